@@ -1,0 +1,165 @@
+//! Classification: what kind of request this is and what routing needs from it.
+//!
+//! Two steps, so the proxy reads a body only when it must:
+//! 1. [`classify_head`] looks at method, path and headers and decides the API
+//!    family and endpoint, and whether the body carries routing information.
+//! 2. [`classify_body`] parses a JSON body of an inference request just enough
+//!    to get the model, stream flag, output-token limit, prompt-size estimate
+//!    and prefix fingerprint. The bytes themselves are forwarded unchanged.
+
+mod body;
+mod head;
+pub mod prefix;
+
+pub use body::{classify_body, ClassifyError, ClassifyOptions};
+pub use head::classify_head;
+
+/// The API family of a request: decides the error format and health path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiFamily {
+    /// OpenAI-compatible (`/v1/...`): vLLM, SGLang, TGI's Messages API, llama.cpp server.
+    OpenAi,
+    /// Hugging Face TGI native API (`/generate`, `/generate_stream`).
+    Tgi,
+    /// KServe v2 / Triton (`/v2/models/{name}/infer`).
+    KServe,
+    /// Ollama (`/api/generate`, `/api/chat`, `/api/embed`).
+    Ollama,
+    /// gRPC (by `content-type: application/grpc`).
+    Grpc,
+    /// Anything else: forwarded as ordinary HTTP.
+    Other,
+}
+
+impl ApiFamily {
+    /// The name used in config files (`match.family`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiFamily::OpenAi => "openai",
+            ApiFamily::Tgi => "tgi",
+            ApiFamily::KServe => "kserve",
+            ApiFamily::Ollama => "ollama",
+            ApiFamily::Grpc => "grpc",
+            ApiFamily::Other => "other",
+        }
+    }
+
+    /// Parse a config name.
+    pub fn from_name(name: &str) -> Option<ApiFamily> {
+        Some(match name {
+            "openai" => ApiFamily::OpenAi,
+            "tgi" => ApiFamily::Tgi,
+            "kserve" => ApiFamily::KServe,
+            "ollama" => ApiFamily::Ollama,
+            "grpc" => ApiFamily::Grpc,
+            "other" => ApiFamily::Other,
+            _ => return None,
+        })
+    }
+
+    /// All families, for config validation messages.
+    pub const NAMES: &'static [&'static str] =
+        &["openai", "tgi", "kserve", "ollama", "grpc", "other"];
+}
+
+/// The specific endpoint within a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`
+    ChatCompletions,
+    /// `POST /v1/completions`
+    Completions,
+    /// `POST /v1/embeddings`
+    Embeddings,
+    /// `POST /v1/rerank` (also `/rerank`, `/v2/rerank` as Cohere/Jina-style servers use)
+    Rerank,
+    /// `GET /v1/models`
+    Models,
+    /// `POST /v1/responses`
+    Responses,
+    /// TGI `POST /generate`
+    TgiGenerate,
+    /// TGI `POST /generate_stream`
+    TgiGenerateStream,
+    /// KServe v2 `POST /v2/models/{name}[/versions/{v}]/infer`
+    KServeInfer,
+    /// Ollama `POST /api/generate`
+    OllamaGenerate,
+    /// Ollama `POST /api/chat`
+    OllamaChat,
+    /// Ollama `POST /api/embed` (and the older `/api/embeddings`)
+    OllamaEmbed,
+    /// A gRPC call (any path).
+    Grpc,
+    /// Not an inference endpoint.
+    Other,
+}
+
+/// Request priority, from the `x-infergate-priority` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Shed first under overload.
+    Sheddable,
+    /// The default.
+    #[default]
+    Standard,
+    /// Served first, shed last.
+    Critical,
+}
+
+/// The header carrying [`Priority`].
+pub const PRIORITY_HEADER: &str = "x-infergate-priority";
+
+/// Result of [`classify_head`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// API family.
+    pub family: ApiFamily,
+    /// Endpoint within the family.
+    pub endpoint: Endpoint,
+    /// Model named in the path (KServe), if any.
+    pub path_model: Option<String>,
+    /// True when the body is JSON that names the model or the prompt, so the
+    /// proxy must read it before routing.
+    pub parse_body: bool,
+    /// Priority from the priority header (Standard when absent or unknown).
+    pub priority: Priority,
+}
+
+/// Everything routing needs to know about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestClass {
+    /// API family.
+    pub family: ApiFamily,
+    /// Endpoint within the family.
+    pub endpoint: Endpoint,
+    /// The model asked for (body `model`, or the path for KServe).
+    pub model: Option<String>,
+    /// Whether the client asked for a streamed response.
+    pub stream: bool,
+    /// Declared output-token limit (`max_tokens`, `max_completion_tokens`,
+    /// `max_new_tokens`, `num_predict`, `max_output_tokens`).
+    pub max_tokens: Option<u32>,
+    /// Estimated prompt tokens (prompt bytes / [`prefix::BYTES_PER_TOKEN`]).
+    pub prompt_tokens: u32,
+    /// Prefix fingerprint: chained block hashes of the prompt, see [`prefix`].
+    pub prefix: Vec<u64>,
+    /// Priority from the request header.
+    pub priority: Priority,
+}
+
+impl RequestClass {
+    /// A class for a request whose body was not parsed.
+    pub fn from_head(head: Head) -> RequestClass {
+        RequestClass {
+            family: head.family,
+            endpoint: head.endpoint,
+            model: head.path_model,
+            stream: false,
+            max_tokens: None,
+            prompt_tokens: 0,
+            prefix: Vec::new(),
+            priority: head.priority,
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The fleet: runtime state of pools and their nodes.
+//!
+//! Configuration says which nodes exist; this module holds what the gateway
+//! knows about them while it runs (in-flight requests, counters). A node's
+//! [`NodeLoad`] outlives config reloads: the registry hands the same load
+//! object to the new [`Node`] when a reload keeps a node of the same pool and
+//! name, so requests in flight keep being counted against it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::uri::Authority;
+
+/// Live load counters of one node. Updated on every request with relaxed
+/// atomics; no lock on the data path.
+#[derive(Debug, Default)]
+pub struct NodeLoad {
+    outstanding: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl NodeLoad {
+    /// Requests currently in flight to the node.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+    /// Attempts sent to the node since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// Attempts that failed at the node (connect error, timeout, 5xx, broken stream).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+    /// Record a failed attempt.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One node of a pool as the running config sees it.
+#[derive(Debug)]
+pub struct Node {
+    /// Name, unique within its pool.
+    pub name: String,
+    /// `host:port` the gateway connects to.
+    pub addr: Authority,
+    /// Relative share of traffic for weighted policies (>= 1).
+    pub weight: u32,
+    /// Most requests the node may have in flight, if limited.
+    pub max_concurrent: Option<u32>,
+    /// Live counters, shared across config reloads.
+    pub load: Arc<NodeLoad>,
+}
+
+impl Node {
+    /// A node with fresh counters (tests, benchmarks).
+    pub fn new(name: impl Into<String>, addr: Authority, weight: u32) -> Node {
+        Node {
+            name: name.into(),
+            addr,
+            weight: weight.max(1),
+            max_concurrent: None,
+            load: Arc::new(NodeLoad::default()),
+        }
+    }
+
+    /// Requests currently in flight to the node.
+    #[inline]
+    pub fn outstanding(&self) -> u64 {
+        self.load.outstanding()
+    }
+
+    /// True when the node has reached its concurrency limit.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        match self.max_concurrent {
+            Some(max) => self.outstanding() >= u64::from(max),
+            None => false,
+        }
+    }
+
+    /// Count a new attempt against the node; the guard ends it when dropped.
+    pub fn begin_request(&self) -> InFlight {
+        self.load.requests.fetch_add(1, Ordering::Relaxed);
+        self.load.outstanding.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            load: Arc::clone(&self.load),
+        }
+    }
+}
+
+/// An attempt in flight to a node. Dropping it (response finished, client
+/// went away, error) decrements the node's outstanding count exactly once.
+#[derive(Debug)]
+pub struct InFlight {
+    load: Arc<NodeLoad>,
+}
+
+impl InFlight {
+    /// The load counters this attempt is counted in.
+    pub fn load(&self) -> &NodeLoad {
+        &self.load
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.load.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A named set of nodes serving the same models.
+#[derive(Debug)]
+pub struct Pool {
+    /// Pool name from the config.
+    pub name: String,
+    /// Nodes in config order; policies address them by index.
+    pub nodes: Vec<Arc<Node>>,
+}
+
+/// Keeps [`NodeLoad`]s alive across reloads, keyed by (pool, node).
+#[derive(Debug, Default)]
+pub struct LoadRegistry {
+    loads: Mutex<HashMap<(String, String), Arc<NodeLoad>>>,
+}
+
+impl LoadRegistry {
+    /// The load object for `pool`/`node`, created on first use. Called only
+    /// when a config is built, never on the request path.
+    pub fn load_for(&self, pool: &str, node: &str) -> Arc<NodeLoad> {
+        let mut map = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry((pool.to_string(), node.to_string())).or_default())
+    }
+
+    /// Forget nodes that are not in `keep` and have nothing in flight.
+    pub fn retain(&self, keep: &[(String, String)]) {
+        let mut map = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|k, v| keep.contains(k) || v.outstanding() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_guard_counts_once() {
+        let n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
+        let g1 = n.begin_request();
+        let g2 = n.begin_request();
+        assert_eq!(n.outstanding(), 2);
+        drop(g1);
+        assert_eq!(n.outstanding(), 1);
+        drop(g2);
+        assert_eq!(n.outstanding(), 0);
+        assert_eq!(n.load.requests(), 2);
+    }
+
+    #[test]
+    fn registry_reuses_load_across_reloads() {
+        let r = LoadRegistry::default();
+        let a = r.load_for("p", "n");
+        let b = r.load_for("p", "n");
+        assert!(Arc::ptr_eq(&a, &b));
+        r.retain(&[]);
+        let c = r.load_for("p", "n");
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn full_respects_limit() {
+        let mut n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
+        n.max_concurrent = Some(1);
+        assert!(!n.is_full());
+        let _g = n.begin_request();
+        assert!(n.is_full());
+    }
+}

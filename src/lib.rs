@@ -1,0 +1,8 @@
+//! infergate: a load balancer for AI inference traffic.
+//!
+//! See `ARCHITECTURE.md` at the repository root for a map of the modules.
+
+pub mod balance;
+pub mod classify;
+pub mod fleet;
+pub mod sim;
