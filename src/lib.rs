@@ -4,5 +4,9 @@
 
 pub mod balance;
 pub mod classify;
+pub mod cli;
+pub mod config;
 pub mod fleet;
+pub mod proxy;
 pub mod sim;
+pub mod workload;

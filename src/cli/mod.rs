@@ -1,0 +1,215 @@
+//! The `infergate` command line: `serve`, `check`, `sim` and `demo`.
+
+mod demo;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::proxy::{self, Gateway};
+use crate::sim;
+
+/// A load balancer for AI inference traffic.
+#[derive(Debug, Parser)]
+#[command(name = "infergate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How long to let requests in flight finish after SIGTERM/Ctrl-C.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        drain: Duration,
+    },
+    /// Validate a configuration file and report every problem.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run simulated inference nodes (OpenAI API, vLLM metrics).
+    Sim {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Port of the first node; node i listens on base-port + i (0: any free ports).
+        #[arg(long, default_value_t = 9000)]
+        base_port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+        host: IpAddr,
+        /// Speed factor per node, comma-separated (1.0 = full speed, 0.5 = half).
+        #[arg(long, value_delimiter = ',')]
+        speeds: Vec<f64>,
+        /// Simulator settings (TOML with the fields of the simulator's config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the whole product on this machine: simulated nodes, a gateway and a workload.
+    Demo(demo::DemoArgs),
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::config::duration::parse(text)
+}
+
+/// Run the command line; returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config, drain } => serve(config, drain).await,
+        Command::Check { config } => check(&config),
+        Command::Sim {
+            nodes,
+            base_port,
+            host,
+            speeds,
+            config,
+        } => run_sim(nodes, base_port, host, &speeds, config).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            let nodes: usize = config.pools.iter().map(|p| p.nodes.len()).sum();
+            println!(
+                "{}: OK ({} pools, {} nodes, {} routes)",
+                path.display(),
+                config.pools.len(),
+                nodes,
+                config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let gateway = match Gateway::new(&config) {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match proxy::bind(&gateway).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", config.listener.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %config.listener.addr, "infergate listening");
+    tokio::spawn(reload_on_sighup(gateway.clone(), path));
+    match proxy::serve(gateway, listener, shutdown_signal(), drain).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// Reload the config file on SIGHUP; a bad file is refused and logged.
+async fn reload_on_sighup(gateway: std::sync::Arc<Gateway>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match Config::load(&path).and_then(|c| gateway.reload(&c)) {
+                Ok(()) => tracing::info!(file = %path.display(), "reloaded on SIGHUP"),
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "reload refused; running config kept")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (gateway, path);
+}
+
+async fn run_sim(
+    count: usize,
+    base_port: u16,
+    host: IpAddr,
+    speeds: &[f64],
+    config: Option<PathBuf>,
+) -> ExitCode {
+    let sim_config = match config {
+        Some(path) => match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| toml::from_str::<sim::SimConfig>(&text).map_err(|e| e.to_string()))
+        {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => sim::SimConfig::default(),
+    };
+    let nodes = match sim::start_fleet(host, base_port, count, &sim_config, speeds).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            eprintln!("cannot start simulated nodes: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for node in &nodes {
+        println!("{} listening on http://{}", node.name(), node.addr());
+    }
+    shutdown_signal().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,592 @@
+//! The configuration file: its schema, loading and validation.
+//!
+//! One TOML file is the source of truth. [`Config::from_toml`] parses it
+//! (unknown fields are refused) and [`Config::validate`] checks it as a whole,
+//! reporting every problem with the path of the field at fault, e.g.
+//! `routes[1].pool: unknown pool "llama"`. Only a config that passes both is
+//! ever handed to the gateway, so a bad edit never replaces a running config.
+
+pub mod duration;
+mod glob;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::Authority;
+use serde::Deserialize;
+
+pub use glob::ModelPattern;
+
+use crate::balance::POLICY_NAMES;
+use crate::classify::ApiFamily;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The data-plane listener.
+    #[serde(default)]
+    pub listener: ListenerConfig,
+    /// Classification settings.
+    #[serde(default)]
+    pub classify: ClassifyConfig,
+    /// Pools of nodes.
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+    /// Routes, matched in order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Data-plane listener settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address to listen on.
+    pub addr: String,
+    /// Most client connections open at once; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// Most bytes of request headers (HTTP/1.1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Default most bytes of a request body (413 above); routes may override.
+    pub max_body_bytes: u64,
+    /// Time a client has to send complete request headers.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request body the gateway must read
+    /// before routing (inference requests).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub body_timeout: Duration,
+    /// Serve HTTP/2 (h2c, prior knowledge) besides HTTP/1.1.
+    pub http2: bool,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            addr: "127.0.0.1:8080".to_string(),
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 8 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            http2: true,
+        }
+    }
+}
+
+/// Classification settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyConfig {
+    /// Most prompt blocks (64 bytes each) hashed into a prefix fingerprint.
+    pub max_prefix_blocks: usize,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        ClassifyConfig {
+            max_prefix_blocks: 256,
+        }
+    }
+}
+
+/// Protocol the gateway speaks to a pool's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (model servers' usual protocol).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (gRPC servers, e.g. Triton).
+    H2c,
+}
+
+/// A pool: nodes that serve the same models.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique pool name.
+    pub name: String,
+    /// Protocol to the nodes.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// The nodes.
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// One node of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name, unique within the pool.
+    pub name: String,
+    /// `host:port` to connect to.
+    pub addr: String,
+    /// Relative share of traffic (1 to 10000).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Most requests in flight to this node; it is skipped when full.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A route: which requests go to which pool, by which policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique route name.
+    pub name: String,
+    /// What a request must look like to take this route (all conditions).
+    #[serde(rename = "match", default)]
+    pub matcher: MatchConfig,
+    /// Pool the route sends to.
+    pub pool: String,
+    /// Balancing policy (see `balance::POLICY_NAMES`).
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Timeouts for requests on this route.
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    /// Most request-body bytes; defaults to the listener's.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// Extra attempts on other nodes when one fails before any response byte.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_policy() -> String {
+    "least_outstanding".to_string()
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+/// Conditions of a route; an absent condition matches everything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// API family: openai, tgi, kserve, ollama, grpc, other.
+    pub family: Option<String>,
+    /// Path must start with this.
+    pub path_prefix: Option<String>,
+    /// HTTP method, e.g. `POST`.
+    pub method: Option<String>,
+    /// Model name, exact or glob (`llama-*`).
+    pub model: Option<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Per-route timeouts.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    /// Establishing a TCP connection to a node.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect: Duration,
+    /// From sending the request to the response headers (includes queueing
+    /// and prefill on the node, so generous for LLMs).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub first_byte: Duration,
+    /// Longest silence between two chunks of a response body.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle: Duration,
+    /// The whole exchange, first attempt to last byte.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub total: Duration,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect: Duration::from_secs(2),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One problem found in a config, with the path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Field path such as `pools[0].nodes[2].addr`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a field of the wrong type or unknown name.
+    #[error("{0}")]
+    Parse(String),
+    /// Parsed, but not a valid config.
+    #[error("invalid config:\n{}", list(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn list(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Check the config as a whole; every problem is reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |path: String, message: String| errors.push(FieldError { path, message });
+
+        if self.listener.addr.parse::<std::net::SocketAddr>().is_err() {
+            err(
+                "listener.addr".into(),
+                format!("`{}` is not an IP:port address", self.listener.addr),
+            );
+        }
+        if self.listener.max_connections == 0 {
+            err(
+                "listener.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.listener.max_header_bytes < 1024 {
+            err(
+                "listener.max_header_bytes".into(),
+                "must be at least 1024".into(),
+            );
+        }
+        if self.listener.max_body_bytes == 0 {
+            err(
+                "listener.max_body_bytes".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.classify.max_prefix_blocks > 65_536 {
+            err(
+                "classify.max_prefix_blocks".into(),
+                "must be at most 65536".into(),
+            );
+        }
+
+        let mut pool_names = HashSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            let at = format!("pools[{i}]");
+            if pool.name.is_empty() {
+                err(format!("{at}.name"), "must not be empty".into());
+            } else if !pool_names.insert(pool.name.as_str()) {
+                err(
+                    format!("{at}.name"),
+                    format!("duplicate pool name \"{}\"", pool.name),
+                );
+            }
+            if pool.nodes.is_empty() {
+                err(
+                    format!("{at}.nodes"),
+                    format!("pool \"{}\" has no nodes", pool.name),
+                );
+            }
+            let mut node_names = HashSet::new();
+            for (j, node) in pool.nodes.iter().enumerate() {
+                let at = format!("{at}.nodes[{j}]");
+                if node.name.is_empty() {
+                    err(format!("{at}.name"), "must not be empty".into());
+                } else if !node_names.insert(node.name.as_str()) {
+                    err(
+                        format!("{at}.name"),
+                        format!("duplicate node name \"{}\" in pool", node.name),
+                    );
+                }
+                if let Err(why) = parse_node_addr(&node.addr) {
+                    err(format!("{at}.addr"), why);
+                }
+                if !(1..=10_000).contains(&node.weight) {
+                    err(format!("{at}.weight"), "must be between 1 and 10000".into());
+                }
+                if node.max_concurrent == Some(0) {
+                    err(format!("{at}.max_concurrent"), "must be at least 1".into());
+                }
+            }
+        }
+
+        let mut route_names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if route.name.is_empty() {
+                err(format!("{at}.name"), "must not be empty".into());
+            } else if !route_names.insert(route.name.as_str()) {
+                err(
+                    format!("{at}.name"),
+                    format!("duplicate route name \"{}\"", route.name),
+                );
+            }
+            if !pool_names.contains(route.pool.as_str()) {
+                err(
+                    format!("{at}.pool"),
+                    format!("unknown pool \"{}\"", route.pool),
+                );
+            }
+            if !POLICY_NAMES.contains(&route.policy.as_str()) {
+                err(
+                    format!("{at}.policy"),
+                    format!(
+                        "unknown policy \"{}\" (known: {})",
+                        route.policy,
+                        POLICY_NAMES.join(", ")
+                    ),
+                );
+            }
+            let m = &route.matcher;
+            if let Some(family) = &m.family {
+                if ApiFamily::from_name(family).is_none() {
+                    err(
+                        format!("{at}.match.family"),
+                        format!(
+                            "unknown family \"{family}\" (known: {})",
+                            ApiFamily::NAMES.join(", ")
+                        ),
+                    );
+                }
+            }
+            if let Some(prefix) = &m.path_prefix {
+                if !prefix.starts_with('/') {
+                    err(
+                        format!("{at}.match.path_prefix"),
+                        "must start with /".into(),
+                    );
+                }
+            }
+            if let Some(method) = &m.method {
+                if http::Method::from_bytes(method.as_bytes()).is_err() {
+                    err(
+                        format!("{at}.match.method"),
+                        format!("`{method}` is not an HTTP method"),
+                    );
+                }
+            }
+            if m.model.as_deref() == Some("") {
+                err(format!("{at}.match.model"), "must not be empty".into());
+            }
+            for (name, value) in &m.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    err(
+                        format!("{at}.match.headers"),
+                        format!("`{name}` is not a header name"),
+                    );
+                }
+                if http::HeaderValue::from_str(value).is_err() {
+                    err(
+                        format!("{at}.match.headers.{name}"),
+                        "is not a valid header value".into(),
+                    );
+                }
+            }
+            let t = &route.timeouts;
+            for (field, value) in [
+                ("connect", t.connect),
+                ("first_byte", t.first_byte),
+                ("idle", t.idle),
+                ("total", t.total),
+            ] {
+                if value.is_zero() {
+                    err(
+                        format!("{at}.timeouts.{field}"),
+                        "must be greater than 0".into(),
+                    );
+                }
+            }
+            if route.max_body_bytes == Some(0) {
+                err(format!("{at}.max_body_bytes"), "must be at least 1".into());
+            }
+            if route.retries > 10 {
+                err(format!("{at}.retries"), "must be at most 10".into());
+            }
+        }
+
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+/// Parse a node address: `host:port` with a port, no scheme or path.
+pub fn parse_node_addr(addr: &str) -> Result<Authority, String> {
+    let authority: Authority = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` is not a host:port address"))?;
+    if authority.port_u16().is_none() {
+        return Err(format!("`{addr}` has no port"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(format!("`{addr}` must not contain credentials"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("`{addr}` has no host"));
+    }
+    Ok(authority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [listener]
+        addr = "127.0.0.1:0"
+
+        [[pools]]
+        name = "llama"
+        [[pools.nodes]]
+        name = "a"
+        addr = "127.0.0.1:9001"
+        weight = 2
+        [[pools.nodes]]
+        name = "b"
+        addr = "localhost:9002"
+        max_concurrent = 8
+
+        [[routes]]
+        name = "chat"
+        pool = "llama"
+        policy = "weighted_round_robin"
+        [routes.match]
+        family = "openai"
+        model = "llama-*"
+        headers = { "x-tenant" = "blue" }
+        [routes.timeouts]
+        first_byte = "30s"
+        idle = "500ms"
+    "#;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::from_toml(text) {
+            Err(ConfigError::Invalid(errors)) => errors.iter().map(|e| e.to_string()).collect(),
+            Err(other) => vec![other.to_string()],
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.pools[0].nodes[0].weight, 2);
+        assert_eq!(c.pools[0].nodes[1].weight, 1);
+        assert_eq!(c.routes[0].timeouts.idle, Duration::from_millis(500));
+        assert_eq!(c.routes[0].timeouts.connect, Duration::from_secs(2));
+        assert_eq!(c.routes[0].retries, 1);
+        assert_eq!(c.listener.max_body_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_by_name() {
+        let e = errors_of(&GOOD.replace("weight = 2", "wieght = 2"));
+        assert!(e[0].contains("unknown field `wieght`"), "{e:?}");
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let bad = GOOD
+            .replace("pool = \"llama\"", "pool = \"nope\"")
+            .replace("weighted_round_robin", "fastest")
+            .replace("127.0.0.1:9001", "http://127.0.0.1:9001/x")
+            .replace("name = \"b\"", "name = \"a\"")
+            .replace("family = \"openai\"", "family = \"soap\"")
+            .replace("idle = \"500ms\"", "idle = \"0s\"");
+        let e = errors_of(&bad);
+        let expect = [
+            "pools[0].nodes[0].addr:",
+            "pools[0].nodes[1].name: duplicate node name \"a\"",
+            "routes[0].pool: unknown pool \"nope\"",
+            "routes[0].policy: unknown policy \"fastest\"",
+            "routes[0].match.family: unknown family \"soap\"",
+            "routes[0].timeouts.idle: must be greater than 0",
+        ];
+        for want in expect {
+            assert!(
+                e.iter().any(|m| m.starts_with(want)),
+                "missing {want} in {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_pool_and_duplicate_pool_are_refused() {
+        let text = r#"
+            [[pools]]
+            name = "p"
+            nodes = []
+            [[pools]]
+            name = "p"
+            [[pools.nodes]]
+            name = "a"
+            addr = "127.0.0.1:1"
+        "#;
+        let e = errors_of(text);
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("pools[0].nodes: pool \"p\" has no nodes")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("pools[1].name: duplicate pool name")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_and_address() {
+        let e = errors_of(&GOOD.replace("\"30s\"", "\"30 parsecs\""));
+        assert!(e[0].contains("unknown unit"), "{e:?}");
+        assert!(parse_node_addr("127.0.0.1").is_err());
+        assert!(parse_node_addr("user:pw@host:80").is_err());
+        assert!(parse_node_addr("node-1.internal:8000").is_ok());
+        assert!(parse_node_addr("[::1]:8000").is_ok());
+    }
+}

@@ -1,0 +1,212 @@
+//! The response body the gateway sends to clients.
+//!
+//! Either a small body the gateway made itself, or a node's response passed
+//! through frame by frame: nothing is buffered, each chunk (an SSE event, a
+//! JSON fragment) is handed to the client as it arrives. The pass-through
+//! enforces the idle and total timeouts, releases the node's in-flight slot
+//! the moment the stream ends, and, when a node fails mid-stream on an SSE
+//! response, sends a final `error` event before cutting the connection so a
+//! streaming client learns why its stream stopped.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::fleet::InFlight;
+
+/// Error type of [`ResponseBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a pass-through stream was cut.
+#[derive(Debug)]
+pub struct StreamError(pub String);
+
+impl fmt::Display for StreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+/// Body of a response to a client.
+pub struct ResponseBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Box<Upstream>),
+}
+
+/// Settings for passing a node's body through.
+pub struct PassThrough {
+    /// Longest silence between chunks.
+    pub idle: Duration,
+    /// Deadline for the whole exchange.
+    pub deadline: Instant,
+    /// The node's in-flight slot; released when the stream ends.
+    pub in_flight: InFlight,
+    /// Send an SSE error event before cutting a failed stream.
+    pub sse: bool,
+}
+
+struct Upstream {
+    inner: Incoming,
+    idle: Duration,
+    deadline: Instant,
+    last_activity: Instant,
+    timer: Pin<Box<Sleep>>,
+    in_flight: Option<InFlight>,
+    sse: bool,
+    state: State,
+}
+
+enum State {
+    Streaming,
+    Failing(StreamError),
+    Done,
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(bytes: Bytes) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Full(Some(bytes)),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Full(None),
+        }
+    }
+
+    /// A node's body, passed through as it arrives.
+    pub fn upstream(inner: Incoming, settings: PassThrough) -> ResponseBody {
+        let now = Instant::now();
+        let first = (now + settings.idle).min(settings.deadline);
+        ResponseBody {
+            kind: Kind::Upstream(Box::new(Upstream {
+                inner,
+                idle: settings.idle,
+                deadline: settings.deadline,
+                last_activity: now,
+                timer: Box::pin(tokio::time::sleep_until(first)),
+                in_flight: Some(settings.in_flight),
+                sse: settings.sse,
+                state: State::Streaming,
+            })),
+        }
+    }
+}
+
+impl Upstream {
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.load().record_failure();
+        }
+        tracing::warn!(reason = %why, "response stream from node cut");
+        let error = StreamError(why);
+        if self.sse {
+            let event = sse_error_event(&error.0);
+            self.state = State::Failing(error);
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        self.state = State::Done;
+        Poll::Ready(Some(Err(Box::new(error))))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Done => return Poll::Ready(None),
+            State::Failing(error) => return Poll::Ready(Some(Err(Box::new(error)))),
+            State::Streaming => self.state = State::Streaming,
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.last_activity = Instant::now();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.fail(format!("node connection failed mid-response: {e}"))
+            }
+            Poll::Ready(None) => {
+                self.in_flight = None;
+                self.state = State::Done;
+                Poll::Ready(None)
+            }
+            Poll::Pending => loop {
+                // The timer is moved only when it fires early, not on every
+                // chunk: one timer reset per idle period instead of per frame.
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        let now = Instant::now();
+                        if now >= self.deadline {
+                            return self.fail("total timeout reached while streaming".into());
+                        }
+                        let idle_deadline = self.last_activity + self.idle;
+                        if now >= idle_deadline {
+                            return self.fail(format!("no data from node for {:?}", self.idle));
+                        }
+                        self.timer.as_mut().reset(idle_deadline.min(self.deadline));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// An OpenAI-style error event for a stream that failed part-way.
+fn sse_error_event(message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": "server_error", "param": null, "code": "upstream_stream_error" }
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Upstream(upstream) => upstream.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(data) => data.is_none(),
+            Kind::Upstream(upstream) => match upstream.state {
+                State::Streaming => upstream.inner.is_end_stream(),
+                State::Failing(_) => false,
+                State::Done => true,
+            },
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(upstream) => match upstream.state {
+                State::Streaming => upstream.inner.size_hint(),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The request path: classify, route, pick a node, forward, and retry on
+//! another node while nothing has reached the client yet.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{PassThrough, ResponseBody};
+use super::errors::{error_response, ErrorKind};
+use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
+use super::table::{Route, RouteTable, UpstreamBody};
+use super::Gateway;
+use crate::balance::PickContext;
+use crate::classify::{classify_body, classify_head, ApiFamily, Endpoint, RequestClass};
+use crate::config::UpstreamProtocol;
+
+/// A request answered by the gateway itself.
+type Reject = Response<ResponseBody>;
+
+/// Entry point for one client request (hyper service function).
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let table = gateway.table();
+    let id = request_id(req.headers());
+    let mut response = match proxy(&table, peer, req, &id).await {
+        Ok(response) | Err(response) => response,
+    };
+    response.headers_mut().insert(REQUEST_ID.clone(), id);
+    Ok(response)
+}
+
+/// What is forwarded as the request body: bytes already read (replayable on
+/// retry) or the client's stream (one attempt only).
+enum RequestBody {
+    Buffered(Bytes),
+    Streaming(Option<Limited<Incoming>>),
+}
+
+impl RequestBody {
+    fn for_attempt(&mut self) -> Option<UpstreamBody> {
+        match self {
+            RequestBody::Buffered(bytes) => Some(
+                Full::new(bytes.clone())
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            ),
+            RequestBody::Streaming(stream) => stream.take().map(|s| s.boxed_unsync()),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Buffered(_))
+    }
+}
+
+async fn proxy(
+    table: &RouteTable,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    id: &HeaderValue,
+) -> Result<Response<ResponseBody>, Reject> {
+    let (parts, incoming) = req.into_parts();
+    let head = classify_head(&parts.method, parts.uri.path(), &parts.headers);
+    let family = head.family;
+
+    if head.endpoint == Endpoint::Models && parts.method == Method::GET {
+        return Ok(models_response(table, parts.uri.path()));
+    }
+
+    let declared_len = content_length(&parts.headers);
+    let (class, buffered, incoming) = if head.parse_body {
+        if declared_len.is_some_and(|n| n > table.max_body_bytes) {
+            return Err(too_large(family, table.max_body_bytes));
+        }
+        let bytes = read_body(incoming, table, family).await?;
+        let class = classify_body(head, &bytes, &table.classify)
+            .map_err(|e| error_response(family, ErrorKind::BadRequest, &e.to_string()))?;
+        (class, Some(bytes), None)
+    } else {
+        (RequestClass::from_head(head), None, Some(incoming))
+    };
+
+    let Some(route) = table.route(&parts.method, parts.uri.path(), &parts.headers, &class) else {
+        return Err(match &class.model {
+            Some(model) if !table.serves_model(model) || family == ApiFamily::OpenAi => {
+                error_response(
+                    family,
+                    ErrorKind::ModelNotFound,
+                    &format!(
+                        "The model `{}` does not exist or is not served here.",
+                        printable(model)
+                    ),
+                )
+            }
+            _ => error_response(family, ErrorKind::NoRoute, "No route serves this request."),
+        });
+    };
+
+    let body = match (buffered, incoming) {
+        (Some(bytes), _) => {
+            if bytes.len() as u64 > route.max_body_bytes {
+                return Err(too_large(family, route.max_body_bytes));
+            }
+            RequestBody::Buffered(bytes)
+        }
+        (None, Some(incoming)) => {
+            if declared_len.is_some_and(|n| n > route.max_body_bytes) {
+                return Err(too_large(family, route.max_body_bytes));
+            }
+            let limit = usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX);
+            RequestBody::Streaming(Some(Limited::new(incoming, limit)))
+        }
+        (None, None) => RequestBody::Buffered(Bytes::new()),
+    };
+    forward(route, parts, body, &class, peer, id).await
+}
+
+/// How one attempt ended without a usable response.
+enum AttemptError {
+    Connect,
+    Timeout,
+    Other,
+}
+
+async fn forward(
+    route: &Route,
+    parts: Parts,
+    mut body: RequestBody,
+    class: &RequestClass,
+    peer: SocketAddr,
+    id: &HeaderValue,
+) -> Result<Response<ResponseBody>, Reject> {
+    let family = class.family;
+    let deadline = Instant::now() + route.timeouts.total;
+    let nodes = &route.pool.nodes;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut headers = parts.headers;
+    let grpc = family == ApiFamily::Grpc;
+    strip_hop_by_hop(
+        &mut headers,
+        grpc && route.protocol == UpstreamProtocol::H2c,
+    );
+    add_forwarded(&mut headers, peer, "http");
+    headers.insert(REQUEST_ID.clone(), id.clone());
+    if !headers.contains_key(HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(HOST, value);
+            }
+        }
+    }
+
+    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    let mut last_error: Option<Reject> = None;
+    let ctx = PickContext {
+        request: Some(class),
+    };
+    for attempt in 0..=route.retries {
+        let eligible = |i: usize| !tried.contains(&i) && nodes.get(i).is_some_and(|n| !n.is_full());
+        let Some(index) = route.policy.pick(nodes, &eligible, &ctx) else {
+            break;
+        };
+        let Some(node) = nodes.get(index) else {
+            break;
+        };
+        tried.push(index);
+        let Some(upstream_body) = body.for_attempt() else {
+            break;
+        };
+        let last_attempt = attempt == route.retries || !body.replayable();
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(node.addr.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Err(error_response(
+                    family,
+                    ErrorKind::BadRequest,
+                    "Invalid request path.",
+                ))
+            }
+        };
+        let mut request = Request::new(upstream_body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = match route.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::H2c => Version::HTTP_2,
+        };
+        *request.headers_mut() = if last_attempt {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+
+        let in_flight = node.begin_request();
+        let first_byte_deadline = (Instant::now() + route.timeouts.first_byte).min(deadline);
+        let outcome =
+            tokio::time::timeout_at(first_byte_deadline, route.client.request(request)).await;
+        let error = match outcome {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                let retryable_status = matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                );
+                if status.is_server_error() {
+                    in_flight.load().record_failure();
+                }
+                if retryable_status && !last_attempt {
+                    tracing::debug!(node = %node.name, %status, "retrying on another node");
+                    continue;
+                }
+                let (mut resp_parts, resp_body) = response.into_parts();
+                strip_hop_by_hop(&mut resp_parts.headers, false);
+                let sse = family == ApiFamily::OpenAi
+                    && resp_parts
+                        .headers
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("text/event-stream"));
+                let body = ResponseBody::upstream(
+                    resp_body,
+                    PassThrough {
+                        idle: route.timeouts.idle,
+                        deadline,
+                        in_flight,
+                        sse,
+                    },
+                );
+                return Ok(Response::from_parts(resp_parts, body));
+            }
+            Ok(Err(e)) => {
+                in_flight.load().record_failure();
+                tracing::warn!(node = %node.name, error = %e, "attempt failed");
+                if e.is_connect() {
+                    AttemptError::Connect
+                } else {
+                    AttemptError::Other
+                }
+            }
+            Err(_) => {
+                in_flight.load().record_failure();
+                tracing::warn!(node = %node.name, "no response within the first-byte timeout");
+                AttemptError::Timeout
+            }
+        };
+        last_error = Some(match error {
+            AttemptError::Connect => error_response(
+                family,
+                ErrorKind::Upstream,
+                "Could not connect to a model server.",
+            ),
+            AttemptError::Other => error_response(
+                family,
+                ErrorKind::Upstream,
+                "The model server failed to answer.",
+            ),
+            AttemptError::Timeout => error_response(
+                family,
+                ErrorKind::Timeout,
+                "The model server did not answer in time.",
+            ),
+        });
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        error_response(
+            family,
+            ErrorKind::NoCapacity,
+            "No model server can take this request now; retry later.",
+        )
+    }))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn too_large(family: ApiFamily, limit: u64) -> Reject {
+    error_response(
+        family,
+        ErrorKind::TooLarge,
+        &format!("Request body is larger than the limit of {limit} bytes."),
+    )
+}
+
+/// Read a whole inference body, bounded in size and time.
+async fn read_body(
+    incoming: Incoming,
+    table: &RouteTable,
+    family: ApiFamily,
+) -> Result<Bytes, Reject> {
+    let limit = usize::try_from(table.max_body_bytes).unwrap_or(usize::MAX);
+    let read = Limited::new(incoming, limit).collect();
+    match tokio::time::timeout(table.listener.body_timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large(family, table.max_body_bytes))
+        }
+        Ok(Err(_)) => Err(error_response(
+            family,
+            ErrorKind::BadRequest,
+            "Could not read the request body.",
+        )),
+        Err(_) => Err(error_response(
+            family,
+            ErrorKind::ClientTimeout,
+            "The request body was not sent in time.",
+        )),
+    }
+}
+
+/// `GET /v1/models` (and `/v1/models/{id}`) answered from the routes.
+fn models_response(table: &RouteTable, path: &str) -> Response<ResponseBody> {
+    let model_entry = |id: &str| serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": "infergate" });
+    let path = path.trim_end_matches('/');
+    let body = match path.strip_prefix("/v1/models/") {
+        Some(id) if table.models.iter().any(|m| m == id) => model_entry(id),
+        Some(id) => {
+            return error_response(
+                ApiFamily::OpenAi,
+                ErrorKind::ModelNotFound,
+                &format!(
+                    "The model `{}` does not exist or is not served here.",
+                    printable(id)
+                ),
+            )
+        }
+        None => serde_json::json!({
+            "object": "list",
+            "data": table.models.iter().map(|m| model_entry(m)).collect::<Vec<_>>(),
+        }),
+    };
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A client-supplied name made safe to echo: bounded and without control characters.
+fn printable(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(200).collect()
+}

@@ -1,0 +1,236 @@
+//! Sends the workload: open-loop Poisson arrivals at a target rate.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::prompts::{system_prompt, words};
+use super::stats::{Sample, Stats};
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    /// Gateway address.
+    pub target: SocketAddr,
+    /// Model name to ask for.
+    pub model: String,
+    /// Mean requests per second (Poisson arrivals).
+    pub rate: f64,
+    /// Number of concurrent chat sessions (users).
+    pub sessions: usize,
+    /// Number of distinct shared system prompts.
+    pub system_prompts: usize,
+    /// Length of each system prompt in bytes (~4 bytes per token).
+    pub system_prompt_bytes: usize,
+    /// Range of user-message lengths in bytes.
+    pub user_bytes: (usize, usize),
+    /// Range of `max_tokens`.
+    pub max_tokens: (u32, u32),
+    /// Share of requests that stream (0..=1).
+    pub stream_share: f64,
+    /// Turns before a session starts a new conversation.
+    pub max_turns: usize,
+    /// Most requests in flight; arrivals beyond it are counted as errors.
+    pub max_in_flight: usize,
+    /// Seed for every random choice.
+    pub seed: u64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig {
+            target: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            model: "llama-3.1-8b-instruct".into(),
+            rate: 10.0,
+            sessions: 32,
+            system_prompts: 4,
+            system_prompt_bytes: 4096,
+            user_bytes: (100, 800),
+            max_tokens: (16, 256),
+            stream_share: 0.7,
+            max_turns: 6,
+            max_in_flight: 512,
+            seed: 42,
+        }
+    }
+}
+
+struct Session {
+    system: usize,
+    history: Vec<(&'static str, String)>,
+}
+
+/// Send the workload until `stop` resolves; every finished request is
+/// recorded in `stats`. Requests still in flight at stop are abandoned.
+pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Output = ()>) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut rng = fastrand::Rng::with_seed(config.seed);
+    let prompts: Vec<String> = (0..config.system_prompts.max(1))
+        .map(|i| system_prompt(config.seed, i, config.system_prompt_bytes))
+        .collect();
+    let mut sessions: Vec<Session> = (0..config.sessions.max(1))
+        .map(|i| Session {
+            system: i % prompts.len(),
+            history: Vec::new(),
+        })
+        .collect();
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let uri = format!("http://{}/v1/chat/completions", config.target);
+    let mut next = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        // Exponential inter-arrival times: a Poisson process at `rate`.
+        let gap = -(1.0 - rng.f64()).ln() / config.rate.max(0.001);
+        next += Duration::from_secs_f64(gap.min(60.0));
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = &mut stop => return,
+        }
+        let session_index = rng.usize(..sessions.len());
+        let session = &mut sessions[session_index];
+        if session.history.len() / 2 >= config.max_turns {
+            session.history.clear();
+        }
+        let user_len =
+            rng.usize(config.user_bytes.0..=config.user_bytes.1.max(config.user_bytes.0));
+        let user = words(&mut rng, user_len);
+        session.history.push(("user", user));
+        let stream = rng.f64() < config.stream_share;
+        let max_tokens =
+            rng.u32(config.max_tokens.0..=config.max_tokens.1.max(config.max_tokens.0));
+        let mut messages =
+            vec![serde_json::json!({"role": "system", "content": prompts[session.system]})];
+        messages.extend(
+            session
+                .history
+                .iter()
+                .map(|(role, text)| serde_json::json!({"role": role, "content": text})),
+        );
+        // The reply is synthetic so the next turn's prompt is deterministic.
+        let reply = words(&mut rng, 200);
+        session.history.push(("assistant", reply));
+        let body = serde_json::json!({
+            "model": config.model,
+            "messages": messages,
+            "stream": stream,
+            "max_tokens": max_tokens,
+            "stream_options": {"include_usage": true},
+        });
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            stats.record(Sample {
+                status: 0,
+                ok: false,
+                ttft: Duration::ZERO,
+                total: Duration::ZERO,
+                tokens: 0,
+            });
+            continue;
+        };
+        let request = Request::post(&uri)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())));
+        let Ok(request) = request else { continue };
+        let client = client.clone();
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let sample = send(&client, request, stream).await;
+            stats.record(sample);
+            drop(permit);
+        });
+    }
+}
+
+/// Send one request and read the whole response, timing it.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+    stream: bool,
+) -> Sample {
+    let start = Instant::now();
+    let failed = |status: u16| Sample {
+        status,
+        ok: false,
+        ttft: start.elapsed(),
+        total: start.elapsed(),
+        tokens: 0,
+    };
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(_) => return failed(0),
+    };
+    let status = response.status();
+    let mut body = response.into_body();
+    if status != StatusCode::OK {
+        let _ = body.collect().await;
+        return failed(status.as_u16());
+    }
+    if !stream {
+        return match body.collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                let tokens = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["usage"]["completion_tokens"].as_u64())
+                    .unwrap_or(0) as u32;
+                let total = start.elapsed();
+                Sample {
+                    status: 200,
+                    ok: true,
+                    ttft: total,
+                    total,
+                    tokens,
+                }
+            }
+            Err(_) => failed(200),
+        };
+    }
+    let mut ttft = None;
+    let mut tokens = 0u32;
+    let mut done = false;
+    let mut line = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return failed(200) };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        for &byte in data.iter() {
+            if byte != b'\n' {
+                line.push(byte);
+                continue;
+            }
+            if let Some(event) = line.strip_prefix(b"data: ") {
+                if event == b"[DONE]" {
+                    done = true;
+                } else if event.windows(9).any(|w| w == b"\"content\"") {
+                    tokens += 1;
+                    ttft.get_or_insert_with(|| start.elapsed());
+                } else if event.starts_with(b"{\"error\"") {
+                    return failed(200);
+                }
+            }
+            line.clear();
+        }
+    }
+    let total = start.elapsed();
+    Sample {
+        status: 200,
+        ok: done,
+        ttft: ttft.unwrap_or(total),
+        total,
+        tokens,
+    }
+}

@@ -1,0 +1,270 @@
+//! Shared helpers for integration tests: simulated nodes, gateways on
+//! ephemeral loopback ports, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use infergate::config::Config;
+use infergate::proxy::{self, Gateway};
+use infergate::sim::{SimConfig, SimNode};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Model the simulated nodes serve in tests.
+pub const MODEL: &str = "llama-3.1-8b-instruct";
+
+/// A simulator config that runs 100x faster than real time.
+pub fn fast_sim() -> SimConfig {
+    SimConfig {
+        time_scale: 0.01,
+        ..SimConfig::default()
+    }
+}
+
+/// Start `n` simulated nodes on ephemeral ports.
+pub async fn start_nodes(n: usize, config: &SimConfig) -> Vec<SimNode> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let node = SimNode::start(
+            &format!("sim-{i}"),
+            "127.0.0.1:0".parse().unwrap(),
+            config.clone(),
+        )
+        .await
+        .expect("start sim node");
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// A running gateway on an ephemeral port.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    /// Stop accepting and wait for the server task (drain up to 5 s).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Gateway config: one pool `p` with the given node addresses and weights,
+/// one OpenAI route `r` for MODEL with `policy`, plus `extra` TOML appended
+/// to the route table (route-level keys must come first, so `route_extra`
+/// is spliced into the route).
+pub fn config_text(nodes: &[(SocketAddr, u32)], policy: &str, route_extra: &str) -> String {
+    let mut text = String::from("[listener]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"p\"\n");
+    for (i, (addr, weight)) in nodes.iter().enumerate() {
+        text.push_str(&format!(
+            "[[pools.nodes]]\nname = \"n{i}\"\naddr = \"{addr}\"\nweight = {weight}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"{policy}\"\n{route_extra}\n[routes.match]\nfamily = \"openai\"\nmodel = \"{MODEL}\"\n"
+    ));
+    text
+}
+
+/// Start a gateway for `config_text`.
+pub async fn start_gateway(config_text: &str) -> TestGateway {
+    let config = Config::from_toml(config_text).expect("valid test config");
+    let gateway = Gateway::new(&config).expect("gateway");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(proxy::serve(
+        Arc::clone(&gateway),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    TestGateway {
+        addr,
+        gateway,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// Addresses of nodes with weight 1.
+pub fn unweighted(nodes: &[SimNode]) -> Vec<(SocketAddr, u32)> {
+    nodes.iter().map(|n| (n.addr(), 1)).collect()
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A complete response.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The simulated node that served the request.
+    pub fn node(&self) -> String {
+        self.headers
+            .get("x-sim-node")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// POST `body` as JSON to `path` and read the whole response.
+pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
+    let request = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap();
+    send(request).await
+}
+
+/// GET `path`.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(
+        Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// Send a request and read the whole response (10 s limit).
+pub async fn send(request: Request<Full<Bytes>>) -> Reply {
+    let response = tokio::time::timeout(Duration::from_secs(10), client().request(request))
+        .await
+        .expect("response within 10s")
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("body within 10s")
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// A chat request body.
+pub fn chat(content: &str, stream: bool, max_tokens: u32) -> String {
+    serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "stream": stream,
+        "max_tokens": max_tokens,
+        "stream_options": {"include_usage": true},
+    })
+    .to_string()
+}
+
+/// Poll `condition` every 10 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A plain upstream that answers every request with a JSON echo of what it
+/// received: method, path, headers and body length. For header tests.
+pub async fn start_echo() -> (SocketAddr, JoinHandle<()>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let method = req.method().to_string();
+                    let path = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default();
+                    let headers: serde_json::Map<String, serde_json::Value> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                        .collect();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let echo = serde_json::json!({
+                        "method": method, "path": path, "headers": headers, "body_len": body.len(),
+                    });
+                    let mut response =
+                        hyper::Response::new(Full::new(Bytes::from(echo.to_string())));
+                    response
+                        .headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    response
+                        .headers_mut()
+                        .insert("connection", "x-upstream-hop".parse().unwrap());
+                    response
+                        .headers_mut()
+                        .insert("x-upstream-hop", "secret".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
