@@ -39,8 +39,8 @@ use serde_json::error::Category;
 use super::prefix::{estimate_tokens, feed_message, seed_for_model, PrefixHasher};
 mod shape;
 
-use shape::{BodyShape, Loc, Message, Parsed, Piece, ResponsesInput, Seed};
 use super::{Endpoint, Head, RequestClass};
+use shape::{BodyShape, Loc, Message, Parsed, Piece, ResponsesInput, Seed};
 
 /// Options for body classification.
 #[derive(Debug, Clone)]

@@ -140,6 +140,16 @@ mod tests {
         classify_head(&method, path, &map)
     }
 
+    /// method, path, family, endpoint, path model, parse_body
+    type Case<'a> = (
+        &'a Method,
+        &'a str,
+        ApiFamily,
+        Endpoint,
+        Option<&'a str>,
+        bool,
+    );
+
     #[test]
     fn path_table() {
         use ApiFamily as F;
@@ -147,7 +157,7 @@ mod tests {
         let post = Method::POST;
         let get = Method::GET;
         #[rustfmt::skip]
-        let cases: &[(&Method, &str, F, E, Option<&str>, bool)] = &[
+        let cases: &[Case] = &[
             (&post, "/v1/chat/completions", F::OpenAi, E::ChatCompletions, None, true),
             (&post, "/v1/chat/completions/", F::OpenAi, E::ChatCompletions, None, true),
             (&get, "/v1/chat/completions", F::OpenAi, E::ChatCompletions, None, false),
@@ -199,8 +209,15 @@ mod tests {
 
     #[test]
     fn grpc_by_content_type_on_any_path() {
-        for ct in ["application/grpc", "application/grpc+proto", "Application/GRPC"] {
-            for path in ["/inference.GRPCInferenceService/ModelInfer", "/v1/chat/completions"] {
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC",
+        ] {
+            for path in [
+                "/inference.GRPCInferenceService/ModelInfer",
+                "/v1/chat/completions",
+            ] {
                 let h = head(Method::POST, path, &[("content-type", ct)]);
                 assert_eq!(h.family, ApiFamily::Grpc, "{ct} {path}");
                 assert_eq!(h.endpoint, Endpoint::Grpc);
@@ -235,7 +252,10 @@ mod tests {
         let h = head(
             Method::POST,
             "/x",
-            &[("content-type", "application/grpc"), (PRIORITY_HEADER, "critical")],
+            &[
+                ("content-type", "application/grpc"),
+                (PRIORITY_HEADER, "critical"),
+            ],
         );
         assert_eq!(h.priority, Priority::Critical);
     }

@@ -431,7 +431,9 @@ impl<'de> Shape<'de> for MessageShape<'_> {
             _ => K::Other,
         }))? {
             match k {
-                K::Role => msg.role = map.next_value_seed(Seed(Str(Loc::Field(&self.0, "role"))))?,
+                K::Role => {
+                    msg.role = map.next_value_seed(Seed(Str(Loc::Field(&self.0, "role"))))?
+                }
                 K::Content => {
                     msg.content =
                         map.next_value_seed(Seed(ContentShape(Loc::Field(&self.0, "content"))))?

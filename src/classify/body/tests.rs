@@ -197,14 +197,22 @@ fn completions_prompts() {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let c = ok("/v1/completions", &format!(r#"{{"model":"m","prompt":[{list}]}}"#));
+    let c = ok(
+        "/v1/completions",
+        &format!(r#"{{"model":"m","prompt":[{list}]}}"#),
+    );
     assert_eq!(c.prompt_tokens, 40);
     let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
     assert_eq!(c.prefix, block_hashes(seed_for_model("m"), &bytes, 256));
     assert_eq!(c.prefix.len(), 160 / BLOCK_BYTES);
     // Array of arrays: same ids split in two, same fingerprint and count.
     let (l, r) = ids.split_at(17);
-    let j = |v: &[u32]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let j = |v: &[u32]| {
+        v.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let c2 = ok(
         "/v1/completions",
         &format!(r#"{{"model":"m","prompt":[[{}],[{}]]}}"#, j(l), j(r)),
@@ -237,7 +245,10 @@ fn embeddings_input() {
     let long = "e".repeat(BLOCK_BYTES * 3);
     let c = ok("/v1/embeddings", &format!(r#"{{"input":"{long}"}}"#));
     assert_eq!(c.prefix.len(), 3);
-    assert_eq!(c.prefix, block_hashes(seed_for_model(""), long.as_bytes(), 256));
+    assert_eq!(
+        c.prefix,
+        block_hashes(seed_for_model(""), long.as_bytes(), 256)
+    );
     let e = err("/v1/embeddings", r#"{"input":{"text":"x"}}"#);
     assert!(e.starts_with("`input` must be"), "{e}");
 }
@@ -255,12 +266,18 @@ fn rerank_query_and_documents() {
         assert_eq!(c.model.as_deref(), Some("rr"));
         assert!(!c.stream);
         let text = format!("{q}{d1}tail");
-        assert_eq!(c.prefix, block_hashes(seed_for_model("rr"), text.as_bytes(), 256));
+        assert_eq!(
+            c.prefix,
+            block_hashes(seed_for_model("rr"), text.as_bytes(), 256)
+        );
         assert_eq!(c.prefix.len(), 2);
         assert_eq!(c.prompt_tokens, estimate_tokens(text.len()));
     }
     let e = err("/v1/rerank", r#"{"query":"x","documents":["a",7]}"#);
-    assert_eq!(e, "`documents[1]` must be a string or an object with `text`");
+    assert_eq!(
+        e,
+        "`documents[1]` must be a string or an object with `text`"
+    );
 }
 
 #[test]
@@ -307,21 +324,32 @@ fn responses_instructions_and_input() {
 #[test]
 fn tgi_generate() {
     let inputs = "t".repeat(BLOCK_BYTES * 2 + 5);
-    let body = format!(r#"{{"inputs":"{inputs}","parameters":{{"max_new_tokens":20,"temperature":0.5}}}}"#);
+    let body = format!(
+        r#"{{"inputs":"{inputs}","parameters":{{"max_new_tokens":20,"temperature":0.5}}}}"#
+    );
     let c = ok("/generate", &body);
     assert_eq!(c.family, ApiFamily::Tgi);
     assert_eq!(c.endpoint, Endpoint::TgiGenerate);
     assert_eq!(c.model, None);
     assert!(!c.stream);
     assert_eq!(c.max_tokens, Some(20));
-    assert_eq!(c.prefix, block_hashes(seed_for_model(""), inputs.as_bytes(), 256));
+    assert_eq!(
+        c.prefix,
+        block_hashes(seed_for_model(""), inputs.as_bytes(), 256)
+    );
     assert_eq!(c.prompt_tokens, estimate_tokens(inputs.len()));
     let c = ok("/generate_stream", &body);
     assert!(c.stream);
-    let c = ok("/generate_stream", r#"{"inputs":"x","model":"tgi-m","stream":false}"#);
+    let c = ok(
+        "/generate_stream",
+        r#"{"inputs":"x","model":"tgi-m","stream":false}"#,
+    );
     assert!(c.stream);
     assert_eq!(c.model.as_deref(), Some("tgi-m"));
-    let e = err("/generate", r#"{"inputs":"x","parameters":{"max_new_tokens":"5"}}"#);
+    let e = err(
+        "/generate",
+        r#"{"inputs":"x","parameters":{"max_new_tokens":"5"}}"#,
+    );
     assert_eq!(e, "`parameters.max_new_tokens` must be an integer");
 }
 
@@ -343,23 +371,34 @@ fn ollama_endpoints() {
     assert_eq!(c.prompt_tokens, estimate_tokens(h.total_bytes()));
     assert_eq!(c.prefix, h.finish());
 
-    let c = ok("/api/generate", r#"{"model":"llama3","prompt":"x","stream":false}"#);
+    let c = ok(
+        "/api/generate",
+        r#"{"model":"llama3","prompt":"x","stream":false}"#,
+    );
     assert!(!c.stream);
-    let c = ok("/api/generate", r#"{"model":"llama3","options":{"num_predict":-1}}"#);
+    let c = ok(
+        "/api/generate",
+        r#"{"model":"llama3","options":{"num_predict":-1}}"#,
+    );
     assert_eq!(c.max_tokens, None);
 
     // chat: like OpenAI, stream default true.
     let long = "c".repeat(200);
     let c = ok(
         "/api/chat",
-        &format!(r#"{{"model":"llama3","messages":[{{"role":"user","content":"{long}","images":[]}}]}}"#),
+        &format!(
+            r#"{{"model":"llama3","messages":[{{"role":"user","content":"{long}","images":[]}}]}}"#
+        ),
     );
     assert_eq!(c.endpoint, Endpoint::OllamaChat);
     assert!(c.stream);
     let (fp, n) = chat_fp("llama3", &[("user", &[&long])]);
     assert_eq!(c.prefix, fp);
     assert_eq!(c.prompt_tokens, estimate_tokens(n));
-    let c = ok("/api/chat", r#"{"model":"llama3","messages":[],"stream":false}"#);
+    let c = ok(
+        "/api/chat",
+        r#"{"model":"llama3","messages":[],"stream":false}"#,
+    );
     assert!(!c.stream);
 
     // embed: input string/array, or legacy prompt; never streams.
@@ -367,7 +406,10 @@ fn ollama_endpoints() {
     assert_eq!(c.endpoint, Endpoint::OllamaEmbed);
     assert!(!c.stream);
     assert_eq!(c.prompt_tokens, 1);
-    let c = ok("/api/embeddings", r#"{"model":"nomic","prompt":"abcdefgh"}"#);
+    let c = ok(
+        "/api/embeddings",
+        r#"{"model":"nomic","prompt":"abcdefgh"}"#,
+    );
     assert_eq!(c.prompt_tokens, 2);
     assert_eq!(c.model.as_deref(), Some("nomic"));
 }
@@ -426,7 +468,10 @@ fn errors_name_the_field() {
             r#"{"max_completion_tokens":[]}"#,
             "`max_completion_tokens` must be an integer",
         ),
-        (r#"{"messages":{}}"#, "`messages` must be an array of message objects"),
+        (
+            r#"{"messages":{}}"#,
+            "`messages` must be an array of message objects",
+        ),
         (r#"{"messages":["hi"]}"#, "`messages[0]` must be an object"),
         (
             r#"{"messages":[{"role":"user","content":"a"},{"role":1}]}"#,
@@ -451,7 +496,10 @@ fn errors_name_the_field() {
         assert_eq!(e.to_string(), *want, "{body}");
     }
     // Fields the endpoint does not read are not checked.
-    ok(chat, r#"{"prompt":5,"input":{},"options":"x","temperature":"hot"}"#);
+    ok(
+        chat,
+        r#"{"prompt":5,"input":{},"options":"x","temperature":"hot"}"#,
+    );
     assert_eq!(
         err("/api/generate", r#"{"options":[1]}"#),
         "`options` must be an object"
@@ -470,9 +518,16 @@ fn errors_name_the_field() {
 fn malformed_bodies_are_errors() {
     let chat = "/v1/chat/completions";
     assert_eq!(classify(chat, "").unwrap_err(), ClassifyError::EmptyBody);
-    assert_eq!(classify(chat, " \n\t").unwrap_err(), ClassifyError::EmptyBody);
+    assert_eq!(
+        classify(chat, " \n\t").unwrap_err(),
+        ClassifyError::EmptyBody
+    );
     for body in ["[]", "\"x\"", "5", "null", "true", " [1,2]"] {
-        assert_eq!(classify(chat, body).unwrap_err(), ClassifyError::NotAnObject, "{body}");
+        assert_eq!(
+            classify(chat, body).unwrap_err(),
+            ClassifyError::NotAnObject,
+            "{body}"
+        );
     }
     assert_eq!(
         ClassifyError::NotAnObject.to_string(),
