@@ -1,1 +1,5 @@
-//! The inference node simulator (in progress).
+//! The inference node simulator.
+pub mod config;
+mod engine;
+mod kv;
+pub mod metrics;
