@@ -315,6 +315,12 @@ impl Core {
         lock(&self.faults).clone()
     }
 
+    pub fn set_faults(&self, f: Faults) {
+        *lock(&self.faults) = f;
+        // A changed slowdown applies from the next step on.
+        self.notify.notify_one();
+    }
+
     /// Queue a request. Errors (a message) when it can never be served.
     pub fn submit(&self, req: SeqRequest) -> Result<UnboundedReceiver<Event>, String> {
         let total = req.prompt_tokens.saturating_add(req.max_tokens);

@@ -80,6 +80,7 @@ impl BlockPool {
     }
 
     /// Whether a block with this content hash is resident.
+    #[cfg(test)]
     pub fn contains(&self, hash: u64) -> bool {
         self.cached.contains_key(&hash)
     }

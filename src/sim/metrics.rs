@@ -181,7 +181,7 @@ impl Metrics {
         let model = model.replace('\\', "\\\\").replace('"', "\\\"");
         let l = format!("model_name=\"{model}\"");
         let mut out = String::with_capacity(8192);
-        let mut gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name}{{{l}}} {v:?}");
