@@ -1,0 +1,579 @@
+//! The HTTP surface of a simulated node: OpenAI-compatible endpoints,
+//! `/health`, `/metrics`, `/sim/*` control, and fault injection.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::config::Faults;
+use super::engine::{Core, Done, Event, SeqRequest};
+use crate::classify::prefix::{estimate_tokens, feed_message, seed_for_model, PrefixHasher};
+
+/// Why a response is cut off. Returned from the service (hyper then closes
+/// the connection without answering) or from a streaming body (hyper aborts
+/// the connection without the terminating chunk).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SimError {
+    #[error("connection closed by fault injection (close_after_tokens)")]
+    FaultClose,
+    #[error("simulated engine stopped")]
+    EngineGone,
+    #[error("reading the request body failed: {0}")]
+    Body(#[from] hyper::Error),
+}
+
+pub(crate) type Body = BoxBody<Bytes, SimError>;
+
+/// Per-node context of the HTTP handlers.
+pub(crate) struct Ctx {
+    pub name: String,
+    name_hdr: HeaderValue,
+    pub core: Arc<Core>,
+}
+
+impl Ctx {
+    pub fn new(name: &str, core: Arc<Core>) -> Self {
+        let name_hdr =
+            HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("sim"));
+        Ctx {
+            name: name.to_string(),
+            name_hdr,
+            core,
+        }
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn openai_error(
+    status: StatusCode,
+    message: &str,
+    typ: &str,
+    param: Option<&str>,
+    code: Value,
+) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": typ, "param": param, "code": code}}),
+    )
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    openai_error(
+        StatusCode::BAD_REQUEST,
+        message,
+        "invalid_request_error",
+        None,
+        json!(400),
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Entry point of every request.
+pub(crate) async fn handle(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, SimError> {
+    let path = req.uri().path().to_string();
+    if !path.starts_with("/sim/") {
+        let inference = matches!(
+            path.as_str(),
+            "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
+        );
+        ctx.core.record_request(&path, inference);
+        let f = ctx.core.faults();
+        if f.hang {
+            // A hung server: the connection stays open, nothing comes back.
+            std::future::pending::<()>().await;
+        }
+        if f.added_latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(f.added_latency_ms)).await;
+        }
+    }
+    let mut resp = route(&ctx, &path, req).await?;
+    resp.headers_mut()
+        .insert("x-sim-node", ctx.name_hdr.clone());
+    Ok(resp)
+}
+
+async fn route(
+    ctx: &Ctx,
+    path: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, SimError> {
+    let m = req.method().clone();
+    Ok(match (m, path) {
+        (Method::POST, "/v1/chat/completions") => return generate(ctx, true, req).await,
+        (Method::POST, "/v1/completions") => return generate(ctx, false, req).await,
+        (Method::POST, "/v1/embeddings") => return embeddings(ctx, req).await,
+        (Method::GET, "/v1/models") => json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "data": [{
+                "id": ctx.core.cfg.model, "object": "model", "created": unix_now(),
+                "owned_by": "infergate-sim", "root": ctx.core.cfg.model,
+                "max_model_len": ctx.core.cfg.max_model_len,
+            }]}),
+        ),
+        (Method::GET, "/health") => Response::new(full(Bytes::new())),
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(full(ctx.core.metrics_text()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (Method::GET, "/sim/faults") => json_response(StatusCode::OK, &json!(ctx.core.faults())),
+        (Method::POST | Method::PUT, "/sim/faults") => {
+            let body = req.into_body().collect().await?.to_bytes();
+            match serde_json::from_slice::<Faults>(&body) {
+                Ok(f) => {
+                    ctx.core.set_faults(f.clone());
+                    json_response(StatusCode::OK, &json!(f))
+                }
+                Err(e) => bad_request(&format!("invalid faults: {e}")),
+            }
+        }
+        (Method::GET, "/sim/stats") => {
+            json_response(StatusCode::OK, &json!(ctx.core.stats(&ctx.name)))
+        }
+        (
+            _,
+            "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/models"
+            | "/health" | "/metrics" | "/sim/faults" | "/sim/stats",
+        ) => openai_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            "invalid_request_error",
+            None,
+            json!(405),
+        ),
+        _ => openai_error(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {path}"),
+            "invalid_request_error",
+            None,
+            json!(404),
+        ),
+    })
+}
+
+/// Read and check an inference request: injected errors, JSON, model.
+/// `Ok(Err(resp))` is an early answer.
+async fn prelude(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+) -> Result<Result<(Value, Bytes), Response<Body>>, SimError> {
+    let body = req.into_body().collect().await?.to_bytes();
+    let f = ctx.core.faults();
+    if f.error_rate > 0.0 && fastrand::f64() < f.error_rate {
+        ctx.core.record_injected_error();
+        let status =
+            StatusCode::from_u16(f.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(Err(openai_error(
+            status,
+            "injected fault",
+            "server_error",
+            None,
+            json!(status.as_u16()),
+        )));
+    }
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return Ok(Err(bad_request("request body must be a JSON object"))),
+        Err(e) => return Ok(Err(bad_request(&format!("malformed JSON: {e}")))),
+    };
+    match v.get("model") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(m)) if *m == ctx.core.cfg.model => {}
+        Some(other) => {
+            let m = other.as_str().map(str::to_string).unwrap_or(other.to_string());
+            return Ok(Err(openai_error(
+                StatusCode::NOT_FOUND,
+                &format!("The model `{m}` does not exist."),
+                "invalid_request_error",
+                Some("model"),
+                json!("model_not_found"),
+            )));
+        }
+    }
+    Ok(Ok((v, body)))
+}
+
+/// The shared prompt fingerprint of a chat request.
+fn chat_prompt(v: &Value, model: &str) -> Result<PrefixHasher, String> {
+    let msgs = v
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or("'messages' must be an array")?;
+    let mut h = PrefixHasher::new(seed_for_model(model), usize::MAX);
+    for m in msgs {
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or("every message needs a string 'role'")?;
+        match m.get("content") {
+            Some(Value::String(s)) => feed_message(&mut h, role, [s.as_str()]),
+            Some(Value::Array(parts)) => feed_message(
+                &mut h,
+                role,
+                parts
+                    .iter()
+                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                    .filter_map(|p| p.get("text").and_then(Value::as_str)),
+            ),
+            None | Some(Value::Null) => feed_message(&mut h, role, std::iter::empty()),
+            Some(_) => return Err("message 'content' must be a string or an array".into()),
+        }
+    }
+    Ok(h)
+}
+
+/// The input strings of a completions `prompt` or embeddings `input`.
+fn text_inputs<'a>(v: Option<&'a Value>, field: &str) -> Result<Vec<&'a str>, String> {
+    let err = || format!("'{field}' must be a string or an array of strings");
+    match v {
+        Some(Value::String(s)) => Ok(vec![s.as_str()]),
+        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().ok_or_else(err)).collect(),
+        _ => Err(err()),
+    }
+}
+
+fn text_prompt(inputs: &[&str], model: &str) -> PrefixHasher {
+    let mut h = PrefixHasher::new(seed_for_model(model), usize::MAX);
+    for s in inputs {
+        h.update(s.as_bytes());
+    }
+    h
+}
+
+const WORDS: &[&str] = &[
+    "the", "model", "routes", "tokens", "across", "a", "cache", "of", "blocks", "and", "every",
+    "request", "streams", "back", "quickly", "while", "batches", "grow", "under", "load", "so",
+    "latency", "stays", "low", "for", "users", "who", "wait", "on", "answers", "from", "nodes",
+];
+
+/// The `i`-th generated token's text.
+fn word(seed: u64, i: u32) -> String {
+    let w = WORDS[((seed.wrapping_add(u64::from(i).wrapping_mul(0x9e37_79b9))) >> 7) as usize
+        % WORDS.len()];
+    if i == 0 {
+        w.to_string()
+    } else {
+        format!(" {w}")
+    }
+}
+
+fn usage(d: &Done) -> Value {
+    json!({
+        "prompt_tokens": d.prompt_tokens,
+        "completion_tokens": d.completion_tokens,
+        "total_tokens": d.prompt_tokens + d.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": d.cached_tokens},
+    })
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    chat: bool,
+    seed: u64,
+}
+
+impl Meta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.chat, chunk) {
+            (true, true) => "chat.completion.chunk",
+            (true, false) => "chat.completion",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn chunk(&self, choice: Value) -> Value {
+        json!({"id": self.id, "object": self.object(true), "created": self.created,
+               "model": self.model, "choices": [choice]})
+    }
+
+    fn token_chunk(&self, i: u32) -> Value {
+        let text = word(self.seed, i);
+        if self.chat {
+            let delta = if i == 0 {
+                json!({"role": "assistant", "content": text})
+            } else {
+                json!({"content": text})
+            };
+            self.chunk(json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}))
+        } else {
+            self.chunk(json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null}))
+        }
+    }
+
+    fn final_chunk(&self, d: &Done) -> Value {
+        if self.chat {
+            self.chunk(json!({"index": 0, "delta": {}, "logprobs": null,
+                              "finish_reason": d.finish_reason}))
+        } else {
+            self.chunk(json!({"index": 0, "text": "", "logprobs": null,
+                              "finish_reason": d.finish_reason}))
+        }
+    }
+
+    fn usage_chunk(&self, d: &Done) -> Value {
+        json!({"id": self.id, "object": self.object(true), "created": self.created,
+               "model": self.model, "choices": [], "usage": usage(d)})
+    }
+
+    fn full_response(&self, d: &Done) -> Value {
+        let text: String = (0..d.completion_tokens).map(|i| word(self.seed, i)).collect();
+        let choice = if self.chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text},
+                   "logprobs": null, "finish_reason": d.finish_reason})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": d.finish_reason})
+        };
+        json!({"id": self.id, "object": self.object(false), "created": self.created,
+               "model": self.model, "choices": [choice], "usage": usage(d)})
+    }
+}
+
+fn sse(buf: &mut Vec<u8>, v: &Value) {
+    buf.extend_from_slice(b"data: ");
+    let _ = serde_json::to_writer(&mut *buf, v);
+    buf.extend_from_slice(b"\n\n");
+}
+
+/// A server-sent-events body fed by the engine: one event per token, each
+/// sent as soon as the engine produces it.
+struct SseBody {
+    rx: UnboundedReceiver<Event>,
+    meta: Meta,
+    include_usage: bool,
+    close_after: Option<u32>,
+    sent: u32,
+    done: bool,
+}
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = SimError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, SimError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.close_after.is_some_and(|n| this.sent >= n) {
+            this.done = true;
+            return Poll::Ready(Some(Err(SimError::FaultClose)));
+        }
+        let mut buf = Vec::with_capacity(256);
+        match ready!(this.rx.poll_recv(cx)) {
+            None => {
+                this.done = true;
+                return Poll::Ready(Some(Err(SimError::EngineGone)));
+            }
+            Some(Event::Token) => {
+                sse(&mut buf, &this.meta.token_chunk(this.sent));
+                this.sent += 1;
+            }
+            Some(Event::Done(d)) => {
+                this.done = true;
+                sse(&mut buf, &this.meta.final_chunk(&d));
+                if this.include_usage {
+                    sse(&mut buf, &this.meta.usage_chunk(&d));
+                }
+                buf.extend_from_slice(b"data: [DONE]\n\n");
+            }
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+async fn generate(
+    ctx: &Ctx,
+    chat: bool,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, SimError> {
+    let (v, body) = match prelude(ctx, req).await? {
+        Ok(x) => x,
+        Err(resp) => return Ok(resp),
+    };
+    let cfg = &ctx.core.cfg;
+    let hasher = if chat {
+        chat_prompt(&v, &cfg.model)
+    } else {
+        text_inputs(v.get("prompt"), "prompt").map(|i| text_prompt(&i, &cfg.model))
+    };
+    let hasher = match hasher {
+        Ok(h) => h,
+        Err(e) => return Ok(bad_request(&e)),
+    };
+    let explicit = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| v.get(*k).filter(|x| !x.is_null()));
+    let (max_tokens, finish_reason) = match explicit {
+        None => (cfg.default_max_tokens, "stop"),
+        Some(x) => match x.as_u64() {
+            Some(n) => (u32::try_from(n).unwrap_or(u32::MAX), "length"),
+            None => return Ok(bad_request("max_tokens must be a non-negative integer")),
+        },
+    };
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = v
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let prompt_tokens = estimate_tokens(hasher.total_bytes());
+    let hashes = hasher.finish();
+    let mut rx = match ctx.core.submit(SeqRequest {
+        prompt_tokens,
+        hashes,
+        max_tokens,
+        finish_reason,
+    }) {
+        Ok(rx) => rx,
+        Err(e) => return Ok(bad_request(&e)),
+    };
+    let meta = Meta {
+        id: format!(
+            "{}-{:032x}",
+            if chat { "chatcmpl" } else { "cmpl" },
+            fastrand::u128(..)
+        ),
+        created: unix_now(),
+        model: cfg.model.clone(),
+        chat,
+        seed: xxh3_64(&body),
+    };
+    let close_after = ctx.core.faults().close_after_tokens;
+    if stream {
+        let body = SseBody {
+            rx,
+            meta,
+            include_usage,
+            close_after,
+            sent: 0,
+            done: false,
+        };
+        let mut r = Response::new(BodyExt::boxed(body));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Ok(r);
+    }
+    let mut tokens = 0u32;
+    let done = loop {
+        if close_after.is_some_and(|n| tokens >= n) {
+            return Err(SimError::FaultClose);
+        }
+        match rx.recv().await {
+            Some(Event::Token) => tokens += 1,
+            Some(Event::Done(d)) => break d,
+            None => return Err(SimError::EngineGone),
+        }
+    };
+    if close_after.is_some() {
+        return Err(SimError::FaultClose);
+    }
+    Ok(json_response(StatusCode::OK, &meta.full_response(&done)))
+}
+
+/// A deterministic unit vector derived from the input text.
+fn embed(text: &str, dim: usize) -> Vec<f32> {
+    let mut x = xxh3_64(text.as_bytes());
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| {
+            // splitmix64
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+        })
+        .collect();
+    let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|a| *a /= norm);
+    }
+    v
+}
+
+async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, SimError> {
+    let (v, _) = match prelude(ctx, req).await? {
+        Ok(x) => x,
+        Err(resp) => return Ok(resp),
+    };
+    let cfg = &ctx.core.cfg;
+    let inputs = match text_inputs(v.get("input"), "input") {
+        Ok(i) => i,
+        Err(e) => return Ok(bad_request(&e)),
+    };
+    let h = text_prompt(&inputs, &cfg.model);
+    let prompt_tokens = estimate_tokens(h.total_bytes());
+    let mut rx = match ctx.core.submit(SeqRequest {
+        prompt_tokens,
+        hashes: h.finish(),
+        max_tokens: 0,
+        finish_reason: "stop",
+    }) {
+        Ok(rx) => rx,
+        Err(e) => return Ok(bad_request(&e)),
+    };
+    let done = loop {
+        match rx.recv().await {
+            Some(Event::Done(d)) => break d,
+            Some(Event::Token) => {}
+            None => return Err(SimError::EngineGone),
+        }
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": embed(s, cfg.embedding_dim)}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "model": cfg.model, "data": data,
+                "usage": {"prompt_tokens": done.prompt_tokens, "total_tokens": done.prompt_tokens}}),
+    ))
+}
