@@ -81,7 +81,7 @@ async fn streaming_chat_arrives_event_by_event() {
         if let Some(data) = frame.data_ref() {
             if first_event_at.is_none() && data.starts_with(b"data: ") {
                 first_event_at = Some(start.elapsed());
-                node_done_at_first_event = Some(nodes[0].stats().completed);
+                node_done_at_first_event = Some(nodes[0].stats().completed_ok);
             }
             text.extend_from_slice(data);
         }

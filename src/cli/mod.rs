@@ -80,7 +80,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             let nodes: usize = config.pools.iter().map(|p| p.nodes.len()).sum();

@@ -32,7 +32,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Format a duration the way [`parse`] reads it.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -71,7 +71,11 @@ struct Upstream {
 
 enum State {
     Streaming,
+    /// The SSE error event was handed over; yield once so hyper flushes it
+    /// to the client before the error aborts the connection.
     Failing(StreamError),
+    /// Flushed; the next poll returns the error.
+    Failed(StreamError),
     Done,
 }
 
@@ -128,7 +132,12 @@ impl Upstream {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Done => return Poll::Ready(None),
-            State::Failing(error) => return Poll::Ready(Some(Err(Box::new(error)))),
+            State::Failing(error) => {
+                self.state = State::Failed(error);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            State::Failed(error) => return Poll::Ready(Some(Err(Box::new(error)))),
             State::Streaming => self.state = State::Streaming,
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
@@ -193,7 +202,7 @@ impl Body for ResponseBody {
             Kind::Full(data) => data.is_none(),
             Kind::Upstream(upstream) => match upstream.state {
                 State::Streaming => upstream.inner.is_end_stream(),
-                State::Failing(_) => false,
+                State::Failing(_) | State::Failed(_) => false,
                 State::Done => true,
             },
         }

@@ -124,11 +124,7 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-async fn route(
-    ctx: &Ctx,
-    path: &str,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, SimError> {
+async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response<Body>, SimError> {
     let m = req.method().clone();
     Ok(match (m, path) {
         (Method::POST, "/v1/chat/completions") => return generate(ctx, true, req).await,
@@ -167,8 +163,14 @@ async fn route(
         }
         (
             _,
-            "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/models"
-            | "/health" | "/metrics" | "/sim/faults" | "/sim/stats",
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/models"
+            | "/health"
+            | "/metrics"
+            | "/sim/faults"
+            | "/sim/stats",
         ) => openai_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed",
@@ -215,7 +217,10 @@ async fn prelude(
         None | Some(Value::Null) => {}
         Some(Value::String(m)) if *m == ctx.core.cfg.model => {}
         Some(other) => {
-            let m = other.as_str().map(str::to_string).unwrap_or(other.to_string());
+            let m = other
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(other.to_string());
             return Ok(Err(openai_error(
                 StatusCode::NOT_FOUND,
                 &format!("The model `{m}` does not exist."),
@@ -283,8 +288,8 @@ const WORDS: &[&str] = &[
 
 /// The `i`-th generated token's text.
 fn word(seed: u64, i: u32) -> String {
-    let w = WORDS[((seed.wrapping_add(u64::from(i).wrapping_mul(0x9e37_79b9))) >> 7) as usize
-        % WORDS.len()];
+    let w = WORDS
+        [((seed.wrapping_add(u64::from(i).wrapping_mul(0x9e37_79b9))) >> 7) as usize % WORDS.len()];
     if i == 0 {
         w.to_string()
     } else {
@@ -353,7 +358,9 @@ impl Meta {
     }
 
     fn full_response(&self, d: &Done) -> Value {
-        let text: String = (0..d.completion_tokens).map(|i| word(self.seed, i)).collect();
+        let text: String = (0..d.completion_tokens)
+            .map(|i| word(self.seed, i))
+            .collect();
         let choice = if self.chat {
             json!({"index": 0, "message": {"role": "assistant", "content": text},
                    "logprobs": null, "finish_reason": d.finish_reason})
