@@ -482,9 +482,18 @@ mod tests {
         assert_eq!(
             plans,
             vec![
-                Plan { prefill_tokens: 40, decode_seqs: 0 },
-                Plan { prefill_tokens: 0, decode_seqs: 1 },
-                Plan { prefill_tokens: 0, decode_seqs: 1 },
+                Plan {
+                    prefill_tokens: 40,
+                    decode_seqs: 0
+                },
+                Plan {
+                    prefill_tokens: 0,
+                    decode_seqs: 1
+                },
+                Plan {
+                    prefill_tokens: 0,
+                    decode_seqs: 1
+                },
             ]
         );
         let mut ev = Vec::new();

@@ -124,11 +124,7 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-async fn route(
-    ctx: &Ctx,
-    path: &str,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, SimError> {
+async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response<Body>, SimError> {
     let m = req.method().clone();
     Ok(match (m, path) {
         (Method::POST, "/v1/chat/completions") => return generate(ctx, true, req).await,
@@ -167,8 +163,14 @@ async fn route(
         }
         (
             _,
-            "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/models"
-            | "/health" | "/metrics" | "/sim/faults" | "/sim/stats",
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/models"
+            | "/health"
+            | "/metrics"
+            | "/sim/faults"
+            | "/sim/stats",
         ) => openai_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed",
@@ -215,7 +217,10 @@ async fn prelude(
         None | Some(Value::Null) => {}
         Some(Value::String(m)) if *m == ctx.core.cfg.model => {}
         Some(other) => {
-            let m = other.as_str().map(str::to_string).unwrap_or(other.to_string());
+            let m = other
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(other.to_string());
             return Ok(Err(openai_error(
                 StatusCode::NOT_FOUND,
                 &format!("The model `{m}` does not exist."),
@@ -283,8 +288,8 @@ const WORDS: &[&str] = &[
 
 /// The `i`-th generated token's text.
 fn word(seed: u64, i: u32) -> String {
-    let w = WORDS[((seed.wrapping_add(u64::from(i).wrapping_mul(0x9e37_79b9))) >> 7) as usize
-        % WORDS.len()];
+    let w = WORDS
+        [((seed.wrapping_add(u64::from(i).wrapping_mul(0x9e37_79b9))) >> 7) as usize % WORDS.len()];
     if i == 0 {
         w.to_string()
     } else {
@@ -353,7 +358,9 @@ impl Meta {
     }
 
     fn full_response(&self, d: &Done) -> Value {
-        let text: String = (0..d.completion_tokens).map(|i| word(self.seed, i)).collect();
+        let text: String = (0..d.completion_tokens)
+            .map(|i| word(self.seed, i))
+            .collect();
         let choice = if self.chat {
             json!({"index": 0, "message": {"role": "assistant", "content": text},
                    "logprobs": null, "finish_reason": d.finish_reason})
@@ -380,6 +387,7 @@ struct SseBody {
     close_after: Option<u32>,
     sent: u32,
     done: bool,
+    yielded: bool,
 }
 
 impl hyper::body::Body for SseBody {
@@ -394,12 +402,21 @@ impl hyper::body::Body for SseBody {
         if this.done {
             return Poll::Ready(None);
         }
+        let ev = ready!(this.rx.poll_recv(cx));
+        // Cut only once the engine has moved on, so the n-th event had time
+        // to be flushed (hyper drops unflushed data when the body errors).
         if this.close_after.is_some_and(|n| this.sent >= n) {
+            if !this.yielded {
+                // Return Pending once so hyper flushes what it has written.
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             this.done = true;
             return Poll::Ready(Some(Err(SimError::FaultClose)));
         }
         let mut buf = Vec::with_capacity(256);
-        match ready!(this.rx.poll_recv(cx)) {
+        match ev {
             None => {
                 this.done = true;
                 return Poll::Ready(Some(Err(SimError::EngineGone)));
@@ -490,6 +507,7 @@ async fn generate(
             close_after,
             sent: 0,
             done: false,
+            yielded: false,
         };
         let mut r = Response::new(BodyExt::boxed(body));
         let h = r.headers_mut();
