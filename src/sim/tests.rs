@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use ::http::{HeaderMap, Request, StatusCode};
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -704,5 +704,27 @@ async fn metrics_parse_and_use_vllm_names() {
     assert!(m.contains(
         "vllm:time_to_first_token_seconds_count{model_name=\"llama-3.1-8b-instruct\"} 1\n"
     ));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let node = start(fast()).await;
+    let c: C = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let resp = c
+        .request(post(
+            node.addr(),
+            "/v1/chat/completions",
+            &chat("h2", Some(3), true),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), ::http::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-sim-node"], "t");
+    let (frames, clean) = read_stream(&mut resp.into_body()).await;
+    assert!(clean);
+    assert_eq!(sse_events(&frames).last().unwrap(), "[DONE]");
     node.shutdown().await;
 }
