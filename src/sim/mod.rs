@@ -13,9 +13,9 @@
 
 pub mod config;
 mod engine;
-mod http;
 mod kv;
 pub mod metrics;
+mod server;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +36,7 @@ pub use config::{Faults, SimConfig};
 pub use metrics::SimStats;
 
 use engine::{run_engine, Core};
-use http::{handle, Ctx};
+use server::{handle, Ctx};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -134,6 +134,7 @@ pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Ou
             stats.record(Sample {
                 status: 0,
                 ok: false,
+                streamed: stream,
                 ttft: Duration::ZERO,
                 total: Duration::ZERO,
                 tokens: 0,
@@ -164,6 +165,7 @@ pub async fn send(
     let failed = |status: u16| Sample {
         status,
         ok: false,
+        streamed: stream,
         ttft: start.elapsed(),
         total: start.elapsed(),
         tokens: 0,
@@ -190,6 +192,7 @@ pub async fn send(
                 Sample {
                     status: 200,
                     ok: true,
+                    streamed: false,
                     ttft: total,
                     total,
                     tokens,
@@ -229,6 +232,7 @@ pub async fn send(
     Sample {
         status: 200,
         ok: done,
+        streamed: true,
         ttft: ttft.unwrap_or(total),
         total,
         tokens,

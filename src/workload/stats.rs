@@ -10,6 +10,9 @@ pub struct Sample {
     pub status: u16,
     /// Whether the whole response arrived intact.
     pub ok: bool,
+    /// Whether the response was streamed (only streamed requests have a
+    /// time to first token distinct from the total).
+    pub streamed: bool,
     /// Time to first token (first SSE event with content; for non-streaming
     /// requests, the whole response time).
     pub ttft: Duration,
@@ -51,7 +54,7 @@ pub struct Summary {
     pub p50: Duration,
     /// 99th percentile end-to-end latency.
     pub p99: Duration,
-    /// Median time to first token.
+    /// Median time to first token (streamed requests).
     pub ttft_p50: Duration,
     /// 99th percentile time to first token.
     pub ttft_p99: Duration,
@@ -63,7 +66,11 @@ impl Summary {
     /// Summarize `samples` (successful ones for latencies).
     pub fn of(samples: &[Sample]) -> Summary {
         let mut total: Vec<Duration> = samples.iter().filter(|s| s.ok).map(|s| s.total).collect();
-        let mut ttft: Vec<Duration> = samples.iter().filter(|s| s.ok).map(|s| s.ttft).collect();
+        let mut ttft: Vec<Duration> = samples
+            .iter()
+            .filter(|s| s.ok && s.streamed)
+            .map(|s| s.ttft)
+            .collect();
         total.sort_unstable();
         ttft.sort_unstable();
         let mean = if ttft.is_empty() {
@@ -110,6 +117,7 @@ mod tests {
         let ok = Sample {
             status: 200,
             ok: true,
+            streamed: true,
             ttft: Duration::from_millis(10),
             total: Duration::from_millis(20),
             tokens: 3,

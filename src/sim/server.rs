@@ -387,6 +387,7 @@ struct SseBody {
     close_after: Option<u32>,
     sent: u32,
     done: bool,
+    yielded: bool,
 }
 
 impl hyper::body::Body for SseBody {
@@ -401,12 +402,21 @@ impl hyper::body::Body for SseBody {
         if this.done {
             return Poll::Ready(None);
         }
+        let ev = ready!(this.rx.poll_recv(cx));
+        // Cut only once the engine has moved on, so the n-th event had time
+        // to be flushed (hyper drops unflushed data when the body errors).
         if this.close_after.is_some_and(|n| this.sent >= n) {
+            if !this.yielded {
+                // Return Pending once so hyper flushes what it has written.
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             this.done = true;
             return Poll::Ready(Some(Err(SimError::FaultClose)));
         }
         let mut buf = Vec::with_capacity(256);
-        match ready!(this.rx.poll_recv(cx)) {
+        match ev {
             None => {
                 this.done = true;
                 return Poll::Ready(Some(Err(SimError::EngineGone)));
@@ -497,6 +507,7 @@ async fn generate(
             close_after,
             sent: 0,
             done: false,
+            yielded: false,
         };
         let mut r = Response::new(BodyExt::boxed(body));
         let h = r.headers_mut();
