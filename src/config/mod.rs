@@ -61,6 +61,8 @@ pub struct ListenerConfig {
     pub body_timeout: Duration,
     /// Serve HTTP/2 (h2c, prior knowledge) besides HTTP/1.1.
     pub http2: bool,
+    /// Worker threads serving connections (0: one per CPU).
+    pub workers: usize,
 }
 
 impl Default for ListenerConfig {
@@ -73,6 +75,7 @@ impl Default for ListenerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             http2: true,
+            workers: 0,
         }
     }
 }
@@ -293,6 +296,9 @@ impl Config {
                 "listener.max_connections".into(),
                 "must be at least 1".into(),
             );
+        }
+        if self.listener.workers > 1024 {
+            err("listener.workers".into(), "must be at most 1024".into());
         }
         if self.listener.max_header_bytes < 1024 {
             err(

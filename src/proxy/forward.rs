@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use super::body::{PassThrough, ResponseBody};
 use super::errors::{error_response, ErrorKind};
 use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
-use super::table::{Route, RouteTable, UpstreamBody};
+use super::table::{Route, RouteTable};
+use super::upstream::{self, UpstreamBody};
 use super::Gateway;
 use crate::balance::PickContext;
 use crate::classify::{classify_body, classify_head, ApiFamily, Endpoint, RequestClass};
@@ -214,8 +215,11 @@ async fn forward(
 
         let in_flight = node.begin_request();
         let first_byte_deadline = (Instant::now() + route.timeouts.first_byte).min(deadline);
-        let outcome =
-            tokio::time::timeout_at(first_byte_deadline, route.client.request(request)).await;
+        let outcome = tokio::time::timeout_at(
+            first_byte_deadline,
+            upstream::client(route.timeouts.connect, route.protocol).request(request),
+        )
+        .await;
         let error = match outcome {
             Ok(Ok(response)) => {
                 let status = response.status();

@@ -10,6 +10,8 @@ pub mod errors;
 mod forward;
 pub mod headers;
 pub mod table;
+mod upstream;
+mod worker;
 
 use std::future::Future;
 use std::io;
@@ -18,8 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -27,26 +28,22 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, ConfigError};
 use crate::fleet::LoadRegistry;
-use table::ClientCache;
 pub use table::RouteTable;
 
 /// The gateway's shared state.
 pub struct Gateway {
     table: ArcSwap<RouteTable>,
     loads: LoadRegistry,
-    clients: ClientCache,
 }
 
 impl Gateway {
     /// A gateway running `config`.
     pub fn new(config: &Config) -> Result<Arc<Gateway>, ConfigError> {
         let loads = LoadRegistry::default();
-        let clients = ClientCache::default();
-        let table = RouteTable::build(config, &loads, &clients)?;
+        let table = RouteTable::build(config, &loads)?;
         Ok(Arc::new(Gateway {
             table: ArcSwap::from_pointee(table),
             loads,
-            clients,
         }))
     }
 
@@ -58,7 +55,7 @@ impl Gateway {
     /// Replace the running config. On error nothing changes. Listener
     /// settings take effect only at the next start.
     pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
-        let table = RouteTable::build(config, &self.loads, &self.clients)?;
+        let table = RouteTable::build(config, &self.loads)?;
         self.table.store(Arc::new(table));
         tracing::info!("config reloaded");
         Ok(())
@@ -76,6 +73,11 @@ pub async fn bind(gateway: &Gateway) -> io::Result<TcpListener> {
 
 /// Serve client connections on `listener` until `shutdown` resolves, then
 /// stop accepting and let open requests finish for up to `drain`.
+///
+/// This task only accepts; each connection is handed to one of
+/// `listener.workers` threads, each running its own single-threaded runtime
+/// with its own upstream connection pools, so a request never hops threads
+/// (thread-per-core, as Envoy and nginx workers do).
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
@@ -83,27 +85,17 @@ pub async fn serve(
     drain: Duration,
 ) -> io::Result<()> {
     let settings = gateway.table().listener.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    let builder = if settings.http2 {
-        builder
-    } else {
-        builder.http1_only()
+    let builder = connection_builder(&settings);
+    let count = match settings.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
+    let mut workers = worker::Workers::start(count, builder, Arc::clone(&gateway))?;
 
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut next_worker = 0usize;
     loop {
         // Take a connection slot before accepting: over the limit, clients
         // wait in the kernel's accept backlog instead of being served badly.
@@ -127,26 +119,53 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |req| forward::handle(Arc::clone(&gateway), peer, req));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "client connection ended with error");
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand a connection to a worker");
+                continue;
             }
-            drop(permit);
-        });
+        };
+        workers.dispatch(
+            next_worker,
+            worker::Job {
+                stream,
+                peer,
+                permit,
+                watcher: graceful.watcher(),
+            },
+        );
+        next_worker = next_worker.wrapping_add(1);
     }
     drop(listener);
     tracing::info!("listener closed; draining open connections");
+    workers.close();
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("drain deadline reached with connections still open");
     }
+    workers.stop().await;
     Ok(())
+}
+
+fn connection_builder(settings: &crate::config::ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    if settings.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
 }

@@ -1,20 +1,12 @@
 //! The routing table: a validated [`Config`] turned into what the request
-//! path reads — compiled matchers, pools of [`Node`]s, policy instances and
-//! upstream clients. A table is immutable; a reload builds a new one and
+//! path reads — compiled matchers, pools of [`Node`]s and policy instances. A table is immutable; a reload builds a new one and
 //! swaps it in, and requests in flight keep the one they started with.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::BoxError;
 use crate::balance::{self, Policy};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
 use crate::config::{
@@ -22,41 +14,6 @@ use crate::config::{
     UpstreamProtocol,
 };
 use crate::fleet::{LoadRegistry, Node, Pool};
-
-/// Request body type sent to nodes.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
-/// Pooled keep-alive HTTP client to nodes.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-/// Upstream clients shared across reloads, one per (connect timeout,
-/// protocol), so a reload does not throw away pooled connections.
-#[derive(Default)]
-pub struct ClientCache {
-    clients: Mutex<HashMap<(Duration, UpstreamProtocol), UpstreamClient>>,
-}
-
-impl ClientCache {
-    fn get(&self, connect_timeout: Duration, protocol: UpstreamProtocol) -> UpstreamClient {
-        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((connect_timeout, protocol))
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_keepalive(Some(Duration::from_secs(30)));
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new());
-                if protocol == UpstreamProtocol::H2c {
-                    builder.http2_only(true);
-                }
-                builder.build(connector)
-            })
-            .clone()
-    }
-}
 
 /// Compiled route conditions.
 #[derive(Debug)]
@@ -118,8 +75,6 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Extra attempts after a failure before the first response byte.
     pub retries: u32,
-    /// Client for the pool's nodes.
-    pub client: UpstreamClient,
 }
 
 /// The whole routing state of one config version.
@@ -142,11 +97,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// Build a table from a config. Validates again, so no unvalidated config
     /// can get here.
-    pub fn build(
-        config: &Config,
-        loads: &LoadRegistry,
-        clients: &ClientCache,
-    ) -> Result<RouteTable, ConfigError> {
+    pub fn build(config: &Config, loads: &LoadRegistry) -> Result<RouteTable, ConfigError> {
         config.validate()?;
         let mut pools = Vec::with_capacity(config.pools.len());
         let mut protocols = HashMap::new();
@@ -231,7 +182,6 @@ impl RouteTable {
                 timeouts: route.timeouts,
                 max_body_bytes: route_limit,
                 retries: route.retries,
-                client: clients.get(route.timeouts.connect, protocol),
             });
         }
         Ok(RouteTable {
