@@ -119,6 +119,37 @@ pub struct PoolConfig {
     /// The nodes.
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
+    /// Most requests waiting for a node when every node is at its limit;
+    /// beyond it requests are shed with 429 (0: shed at once).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Longest a request waits in the queue before it is shed with 429.
+    #[serde(default = "default_queue_timeout", deserialize_with = "duration::deserialize")]
+    pub queue_timeout: Duration,
+    /// A node that joins or returns ramps from 10% to its full share over
+    /// this window ("0s": off).
+    #[serde(default = "default_slow_start", deserialize_with = "duration::deserialize")]
+    pub slow_start: Duration,
+    /// Below this percentage of available nodes the pool is in panic mode
+    /// and routes across all nodes, as Envoy does (0: never).
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: u32,
+}
+
+fn default_queue_size() -> usize {
+    256
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_slow_start() -> Duration {
+    Duration::ZERO
+}
+
+fn default_panic_threshold() -> u32 {
+    50
 }
 
 /// One node of a pool.
@@ -135,6 +166,9 @@ pub struct NodeConfig {
     /// Most requests in flight to this node; it is skipped when full.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// Take no new requests; requests in flight finish.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 fn default_weight() -> u32 {
@@ -164,6 +198,29 @@ pub struct RouteConfig {
     /// Extra attempts on other nodes when one fails before any response byte.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Bound on concurrent retries, so retries cannot amplify an outage.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
+}
+
+/// Envoy-style retry budget: retries in flight may be at most `percent` of
+/// the route's requests in flight, but at least `min_concurrency`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    /// Share of active requests that may be retries.
+    pub percent: u32,
+    /// Retries always allowed in flight regardless of the share.
+    pub min_concurrency: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            percent: 20,
+            min_concurrency: 3,
+        }
+    }
 }
 
 fn default_policy() -> String {
@@ -330,6 +387,15 @@ impl Config {
                     format!("duplicate pool name \"{}\"", pool.name),
                 );
             }
+            if pool.panic_threshold > 100 {
+                err(format!("{at}.panic_threshold"), "must be a percentage (0 to 100)".into());
+            }
+            if pool.queue_size > 1_000_000 {
+                err(format!("{at}.queue_size"), "must be at most 1000000".into());
+            }
+            if pool.queue_timeout.is_zero() && pool.queue_size > 0 {
+                err(format!("{at}.queue_timeout"), "must be greater than 0 when queue_size > 0".into());
+            }
             if pool.nodes.is_empty() {
                 err(
                     format!("{at}.nodes"),
@@ -447,6 +513,9 @@ impl Config {
             }
             if route.max_body_bytes == Some(0) {
                 err(format!("{at}.max_body_bytes"), "must be at least 1".into());
+            }
+            if route.retry_budget.percent > 100 {
+                err(format!("{at}.retry_budget.percent"), "must be a percentage (0 to 100)".into());
             }
             if route.retries > 10 {
                 err(format!("{at}.retries"), "must be at most 10".into());

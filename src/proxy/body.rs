@@ -19,7 +19,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::fleet::InFlight;
+use super::select::Slot;
+use crate::health::FailureKind;
 
 /// Error type of [`ResponseBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,7 +54,7 @@ pub struct PassThrough {
     /// Deadline for the whole exchange.
     pub deadline: Instant,
     /// The node's in-flight slot; released when the stream ends.
-    pub in_flight: InFlight,
+    pub slot: Slot,
     /// Send an SSE error event before cutting a failed stream.
     pub sse: bool,
 }
@@ -64,7 +65,7 @@ struct Upstream {
     deadline: Instant,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
-    in_flight: Option<InFlight>,
+    slot: Option<Slot>,
     sse: bool,
     state: State,
 }
@@ -105,7 +106,7 @@ impl ResponseBody {
                 deadline: settings.deadline,
                 last_activity: now,
                 timer: Box::pin(tokio::time::sleep_until(first)),
-                in_flight: Some(settings.in_flight),
+                slot: Some(settings.slot),
                 sse: settings.sse,
                 state: State::Streaming,
             })),
@@ -114,9 +115,9 @@ impl ResponseBody {
 }
 
 impl Upstream {
-    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(in_flight) = self.in_flight.take() {
-            in_flight.load().record_failure();
+    fn fail(&mut self, kind: FailureKind, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(slot) = self.slot.take() {
+            slot.failure(kind);
         }
         tracing::warn!(reason = %why, "response stream from node cut");
         let error = StreamError(why);
@@ -146,10 +147,13 @@ impl Upstream {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.fail(format!("node connection failed mid-response: {e}"))
+                self.fail(
+                FailureKind::StreamBroken,
+                format!("node connection failed mid-response: {e}"),
+            )
             }
             Poll::Ready(None) => {
-                self.in_flight = None;
+                self.slot = None;
                 self.state = State::Done;
                 Poll::Ready(None)
             }
@@ -161,11 +165,11 @@ impl Upstream {
                     Poll::Ready(()) => {
                         let now = Instant::now();
                         if now >= self.deadline {
-                            return self.fail("total timeout reached while streaming".into());
+                            return self.fail(FailureKind::Timeout, "total timeout reached while streaming".into());
                         }
                         let idle_deadline = self.last_activity + self.idle;
                         if now >= idle_deadline {
-                            return self.fail(format!("no data from node for {:?}", self.idle));
+                            return self.fail(FailureKind::Timeout, format!("no data from node for {:?}", self.idle));
                         }
                         self.timer.as_mut().reset(idle_deadline.min(self.deadline));
                     }

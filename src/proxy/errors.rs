@@ -22,6 +22,9 @@ pub enum ErrorKind {
     NoRoute,
     /// No node can take the request now (503, with Retry-After).
     NoCapacity,
+    /// Every node is busy and the queue is full or timed out: shed (429,
+    /// with Retry-After).
+    Overloaded,
     /// Connecting to or talking to the node failed (502).
     Upstream,
     /// The node did not answer in time (504).
@@ -38,6 +41,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -51,6 +55,7 @@ impl ErrorKind {
             ErrorKind::ModelNotFound => ("invalid_request_error", "model_not_found"),
             ErrorKind::NoRoute => ("invalid_request_error", "not_found"),
             ErrorKind::NoCapacity => ("server_error", "no_capacity"),
+            ErrorKind::Overloaded => ("rate_limit_error", "overloaded"),
             ErrorKind::Upstream => ("server_error", "upstream_error"),
             ErrorKind::Timeout => ("server_error", "upstream_timeout"),
             ErrorKind::ClientTimeout => ("invalid_request_error", "request_timeout"),
@@ -62,6 +67,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::TooLarge => 3, // INVALID_ARGUMENT
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => 5, // NOT_FOUND
             ErrorKind::NoCapacity | ErrorKind::Upstream => 14, // UNAVAILABLE
+            ErrorKind::Overloaded => 8,                         // RESOURCE_EXHAUSTED
             ErrorKind::Timeout | ErrorKind::ClientTimeout => 4, // DEADLINE_EXCEEDED
         }
     }
@@ -95,7 +101,7 @@ pub fn error_response(family: ApiFamily, kind: ErrorKind, message: &str) -> Resp
             json_response(kind.status(), &serde_json::json!({ "error": message }))
         }
     };
-    if kind == ErrorKind::NoCapacity {
+    if matches!(kind, ErrorKind::NoCapacity | ErrorKind::Overloaded) {
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));

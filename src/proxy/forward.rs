@@ -17,12 +17,13 @@ use tokio::time::Instant;
 use super::body::{PassThrough, ResponseBody};
 use super::errors::{error_response, ErrorKind};
 use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
-use super::table::{Route, RouteTable};
+use super::select::{select, Selection, Slot};
+use super::table::{Route, RouteTable, RetryGuard};
 use super::upstream::{self, UpstreamBody};
 use super::Gateway;
-use crate::balance::PickContext;
 use crate::classify::{classify_body, classify_head, ApiFamily, Endpoint, RequestClass};
 use crate::config::UpstreamProtocol;
+use crate::health::FailureKind;
 
 /// A request answered by the gateway itself.
 type Reject = Response<ResponseBody>;
@@ -167,15 +168,34 @@ async fn forward(
         }
     }
 
+    let _active = route.enter();
+    let mut retry_budget: Option<RetryGuard<'_>> = None;
+    let mut may_retry = |attempt: u32| {
+        attempt < route.retries && (retry_budget.is_some() || {
+            retry_budget = route.try_retry();
+            if retry_budget.is_none() {
+                tracing::debug!(route = %route.name, "retry budget exhausted");
+            }
+            retry_budget.is_some()
+        })
+    };
     let mut tried: Vec<usize> = Vec::with_capacity(2);
     let mut last_error: Option<Reject> = None;
-    let ctx = PickContext {
-        request: Some(class),
-    };
-    for attempt in 0..=route.retries {
-        let eligible = |i: usize| !tried.contains(&i) && nodes.get(i).is_some_and(|n| !n.is_full());
-        let Some(index) = route.policy.pick(nodes, &eligible, &ctx) else {
-            break;
+    let mut attempt = 0u32;
+    loop {
+        let index = match select(route, class, &tried, deadline).await {
+            Selection::Node(index) => index,
+            Selection::Shed(reason) => {
+                tracing::debug!(route = %route.name, ?reason, "request shed");
+                return Err(last_error.unwrap_or_else(|| {
+                    error_response(
+                        family,
+                        ErrorKind::Overloaded,
+                        "All model servers are busy; retry later.",
+                    )
+                }));
+            }
+            Selection::Unavailable => break,
         };
         let Some(node) = nodes.get(index) else {
             break;
@@ -184,7 +204,6 @@ async fn forward(
         let Some(upstream_body) = body.for_attempt() else {
             break;
         };
-        let last_attempt = attempt == route.retries || !body.replayable();
         let uri = match Uri::builder()
             .scheme("http")
             .authority(node.addr.clone())
@@ -200,6 +219,8 @@ async fn forward(
                 ))
             }
         };
+        // Keep the headers for a possible retry only when one can happen.
+        let retry_possible = body.replayable() && attempt < route.retries;
         let mut request = Request::new(upstream_body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -207,13 +228,13 @@ async fn forward(
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::H2c => Version::HTTP_2,
         };
-        *request.headers_mut() = if last_attempt {
-            std::mem::take(&mut headers)
-        } else {
+        *request.headers_mut() = if retry_possible {
             headers.clone()
+        } else {
+            std::mem::take(&mut headers)
         };
 
-        let in_flight = node.begin_request();
+        let slot = Slot::begin(route, node);
         let first_byte_deadline = (Instant::now() + route.timeouts.first_byte).min(deadline);
         let outcome = tokio::time::timeout_at(
             first_byte_deadline,
@@ -223,15 +244,18 @@ async fn forward(
         let error = match outcome {
             Ok(Ok(response)) => {
                 let status = response.status();
+                if status.is_server_error() {
+                    slot.failure(FailureKind::Status5xx);
+                } else {
+                    slot.success();
+                }
                 let retryable_status = matches!(
                     status,
                     StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                 );
-                if status.is_server_error() {
-                    in_flight.load().record_failure();
-                }
-                if retryable_status && !last_attempt {
+                if retryable_status && retry_possible && may_retry(attempt) {
                     tracing::debug!(node = %node.name, %status, "retrying on another node");
+                    attempt += 1;
                     continue;
                 }
                 let (mut resp_parts, resp_body) = response.into_parts();
@@ -247,14 +271,19 @@ async fn forward(
                     PassThrough {
                         idle: route.timeouts.idle,
                         deadline,
-                        in_flight,
+                        slot,
                         sse,
                     },
                 );
                 return Ok(Response::from_parts(resp_parts, body));
             }
             Ok(Err(e)) => {
-                in_flight.load().record_failure();
+                let kind = if e.is_connect() {
+                    FailureKind::Connect
+                } else {
+                    FailureKind::StreamBroken
+                };
+                slot.failure(kind);
                 tracing::warn!(node = %node.name, error = %e, "attempt failed");
                 if e.is_connect() {
                     AttemptError::Connect
@@ -263,11 +292,12 @@ async fn forward(
                 }
             }
             Err(_) => {
-                in_flight.load().record_failure();
+                slot.failure(FailureKind::Timeout);
                 tracing::warn!(node = %node.name, "no response within the first-byte timeout");
                 AttemptError::Timeout
             }
         };
+        drop(slot);
         last_error = Some(match error {
             AttemptError::Connect => error_response(
                 family,
@@ -285,15 +315,16 @@ async fn forward(
                 "The model server did not answer in time.",
             ),
         });
-        if Instant::now() >= deadline {
+        if !retry_possible || Instant::now() >= deadline || !may_retry(attempt) {
             break;
         }
+        attempt += 1;
     }
     Err(last_error.unwrap_or_else(|| {
         error_response(
             family,
             ErrorKind::NoCapacity,
-            "No model server can take this request now; retry later.",
+            "No model server is available for this request; retry later.",
         )
     }))
 }

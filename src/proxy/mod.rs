@@ -10,13 +10,15 @@ pub mod errors;
 mod forward;
 pub mod headers;
 pub mod table;
+mod queue;
+mod select;
 mod upstream;
 mod worker;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -28,23 +30,71 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, ConfigError};
 use crate::fleet::LoadRegistry;
+use crate::health;
 pub use table::RouteTable;
 
 /// The gateway's shared state.
 pub struct Gateway {
     table: ArcSwap<RouteTable>,
     loads: LoadRegistry,
+    queues: queue::QueueRegistry,
+    /// Active health checks of the running config; replaced on reload.
+    checks: Mutex<Vec<health::CheckHandle>>,
 }
 
 impl Gateway {
     /// A gateway running `config`.
     pub fn new(config: &Config) -> Result<Arc<Gateway>, ConfigError> {
         let loads = LoadRegistry::default();
-        let table = RouteTable::build(config, &loads)?;
-        Ok(Arc::new(Gateway {
-            table: ArcSwap::from_pointee(table),
+        let queues = queue::QueueRegistry::default();
+        let table = Arc::new(RouteTable::build(config, &loads, &queues)?);
+        let gateway = Arc::new(Gateway {
+            table: ArcSwap::new(Arc::clone(&table)),
             loads,
-        }))
+            queues,
+            checks: Mutex::new(Vec::new()),
+        });
+        gateway.apply(&table, config);
+        Ok(gateway)
+    }
+
+    /// Apply what a config says about node state (draining) and (re)start
+    /// the active health checks for its pools.
+    fn apply(&self, table: &RouteTable, config: &Config) {
+        for (pool, pool_config) in table.pools.iter().zip(&config.pools) {
+            for (node, node_config) in pool.nodes.iter().zip(&pool_config.nodes) {
+                node.load.health.set_draining(node_config.draining);
+            }
+        }
+        let mut checks = Vec::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for (pool, pool_config) in table.pools.iter().zip(&config.pools) {
+                if let Some(active) = &pool_config.health {
+                    checks.push(health::spawn_checks(Arc::clone(pool), active.clone()));
+                }
+            }
+        }
+        // Dropping the old handles stops the old checks.
+        *self.checks.lock().unwrap_or_else(|p| p.into_inner()) = checks;
+    }
+
+    /// Set or clear draining on a node of the running config: a draining
+    /// node gets no new requests and finishes those in flight. Returns false
+    /// when there is no such node. A reload applies the file's `draining`.
+    pub fn set_draining(&self, pool: &str, node: &str, draining: bool) -> bool {
+        let table = self.table();
+        let Some(node) = table
+            .pools
+            .iter()
+            .filter(|p| p.name == pool)
+            .flat_map(|p| p.nodes.iter())
+            .find(|n| n.name == node)
+        else {
+            return false;
+        };
+        node.load.health.set_draining(draining);
+        tracing::info!(pool, node = %node.name, draining, "drain state changed");
+        true
     }
 
     /// The current routing table.
@@ -55,8 +105,9 @@ impl Gateway {
     /// Replace the running config. On error nothing changes. Listener
     /// settings take effect only at the next start.
     pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
-        let table = RouteTable::build(config, &self.loads)?;
-        self.table.store(Arc::new(table));
+        let table = Arc::new(RouteTable::build(config, &self.loads, &self.queues)?);
+        self.table.store(Arc::clone(&table));
+        self.apply(&table, config);
         tracing::info!("config reloaded");
         Ok(())
     }

@@ -3,15 +3,18 @@
 //! swaps it in, and requests in flight keep the one they started with.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use super::queue::{AdmissionQueue, QueueRegistry};
 use crate::balance::{self, Policy};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
 use crate::config::{
-    parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern, TimeoutConfig,
-    UpstreamProtocol,
+    parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern, RetryBudgetConfig,
+    TimeoutConfig, UpstreamProtocol,
 };
 use crate::fleet::{LoadRegistry, Node, Pool};
 
@@ -65,6 +68,16 @@ pub struct Route {
     matcher: Matcher,
     /// The pool it sends to.
     pub pool: Arc<Pool>,
+    /// Pool-wide settings (queueing, slow start, panic threshold).
+    pub pool_settings: PoolSettings,
+    /// Where requests wait when every node of the pool is at its limit.
+    pub queue: Arc<AdmissionQueue>,
+    /// Requests in flight on this route, for the retry budget.
+    pub active: AtomicU64,
+    /// Retries in flight on this route.
+    pub active_retries: AtomicU64,
+    /// The retry budget.
+    pub retry_budget: RetryBudgetConfig,
     /// Protocol to the pool's nodes.
     pub protocol: UpstreamProtocol,
     /// The balancing policy, built for this pool.
@@ -75,6 +88,63 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Extra attempts after a failure before the first response byte.
     pub retries: u32,
+}
+
+/// Pool-wide settings a route needs on the request path.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Queue bound.
+    pub queue_size: usize,
+    /// Longest wait in the queue.
+    pub queue_timeout: Duration,
+    /// Slow-start window (zero: off).
+    pub slow_start: Duration,
+    /// Panic threshold in percent of available nodes.
+    pub panic_threshold: u32,
+}
+
+impl Route {
+    /// Take a retry from the budget; `None` when the budget is spent. The
+    /// returned guard gives it back.
+    pub fn try_retry(&self) -> Option<RetryGuard<'_>> {
+        let active = self.active.load(Ordering::Relaxed);
+        let allowed = (active * u64::from(self.retry_budget.percent) / 100)
+            .max(u64::from(self.retry_budget.min_concurrency));
+        let retries = self.active_retries.fetch_add(1, Ordering::Relaxed);
+        if retries >= allowed {
+            self.active_retries.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RetryGuard { route: self })
+    }
+
+    /// Count a request as active on the route until the guard drops.
+    pub fn enter(&self) -> ActiveGuard<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard { route: self }
+    }
+}
+
+/// A retry counted against the route's budget.
+pub struct RetryGuard<'a> {
+    route: &'a Route,
+}
+
+impl Drop for RetryGuard<'_> {
+    fn drop(&mut self) {
+        self.route.active_retries.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request counted as active on a route.
+pub struct ActiveGuard<'a> {
+    route: &'a Route,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.route.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The whole routing state of one config version.
@@ -97,10 +167,10 @@ pub struct RouteTable {
 impl RouteTable {
     /// Build a table from a config. Validates again, so no unvalidated config
     /// can get here.
-    pub fn build(config: &Config, loads: &LoadRegistry) -> Result<RouteTable, ConfigError> {
+    pub fn build(config: &Config, loads: &LoadRegistry, queues: &QueueRegistry) -> Result<RouteTable, ConfigError> {
         config.validate()?;
         let mut pools = Vec::with_capacity(config.pools.len());
-        let mut protocols = HashMap::new();
+        let mut settings = HashMap::new();
         let mut keep = Vec::new();
         for (i, pool) in config.pools.iter().enumerate() {
             let mut nodes = Vec::with_capacity(pool.nodes.len());
@@ -120,7 +190,18 @@ impl RouteTable {
                     load: loads.load_for(&pool.name, &node.name),
                 }));
             }
-            protocols.insert(pool.name.clone(), pool.protocol);
+            settings.insert(
+                pool.name.clone(),
+                (
+                    pool.protocol,
+                    PoolSettings {
+                        queue_size: pool.queue_size,
+                        queue_timeout: pool.queue_timeout,
+                        slow_start: pool.slow_start,
+                        panic_threshold: pool.panic_threshold,
+                    },
+                ),
+            );
             pools.push(Arc::new(Pool {
                 name: pool.name.clone(),
                 nodes,
@@ -163,7 +244,9 @@ impl RouteTable {
                 .max_body_bytes
                 .unwrap_or(config.listener.max_body_bytes);
             max_body_bytes = max_body_bytes.max(route_limit);
-            let protocol = protocols.get(&route.pool).copied().unwrap_or_default();
+            let Some(&(protocol, pool_settings)) = settings.get(&route.pool) else {
+                return Err(invalid("pool", format!("unknown pool \"{}\"", route.pool)));
+            };
             routes.push(Route {
                 name: route.name.clone(),
                 matcher: Matcher {
@@ -176,7 +259,12 @@ impl RouteTable {
                     model,
                     headers,
                 },
+                queue: queues.queue_for(&pool.name),
                 pool,
+                pool_settings,
+                active: AtomicU64::new(0),
+                active_retries: AtomicU64::new(0),
+                retry_budget: route.retry_budget,
                 protocol,
                 policy,
                 timeouts: route.timeouts,

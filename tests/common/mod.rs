@@ -79,12 +79,29 @@ impl Drop for TestGateway {
 /// to the route table (route-level keys must come first, so `route_extra`
 /// is spliced into the route).
 pub fn config_text(nodes: &[(SocketAddr, u32)], policy: &str, route_extra: &str) -> String {
-    let mut text = String::from("[listener]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"p\"\n");
+    config_with(nodes, policy, "", route_extra)
+}
+
+/// Like [`config_text`], with `pool_extra` TOML in the pool: scalar keys
+/// first, then any `[pools.x]` tables (split and placed where TOML wants them).
+pub fn config_with(
+    nodes: &[(SocketAddr, u32)],
+    policy: &str,
+    pool_extra: &str,
+    route_extra: &str,
+) -> String {
+    let (scalars, tables) = match pool_extra.find("[pools.") {
+        Some(at) => pool_extra.split_at(at),
+        None => (pool_extra, ""),
+    };
+    let mut text =
+        format!("[listener]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"p\"\n{scalars}\n");
     for (i, (addr, weight)) in nodes.iter().enumerate() {
         text.push_str(&format!(
             "[[pools.nodes]]\nname = \"n{i}\"\naddr = \"{addr}\"\nweight = {weight}\n"
         ));
     }
+    text.push_str(tables);
     text.push_str(&format!(
         "\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"{policy}\"\n{route_extra}\n[routes.match]\nfamily = \"openai\"\nmodel = \"{MODEL}\"\n"
     ));
@@ -267,4 +284,97 @@ pub async fn start_echo() -> (SocketAddr, JoinHandle<()>) {
         }
     });
     (addr, task)
+}
+
+/// One request of a [`Load`] as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// When it finished, since the load started.
+    pub at: Duration,
+    /// HTTP status (0: no response).
+    pub status: u16,
+    /// Whether the body arrived intact (streams end with `[DONE]`).
+    pub ok: bool,
+    /// Node that served it (`x-sim-node`).
+    pub node: String,
+}
+
+/// Steady client load: `workers` clients sending `body` back to back until
+/// stopped (bounded by `max` requests in all, so it always ends).
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<JoinHandle<Vec<Outcome>>>,
+    pub started: tokio::time::Instant,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, workers: usize, body: String, max: usize) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let started = tokio::time::Instant::now();
+        let streaming = body.contains("\"stream\":true");
+        let tasks = (0..workers)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let sent = Arc::clone(&sent);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut outcomes = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && sent.fetch_add(1, Ordering::Relaxed) < max {
+                        let request = Request::post(format!("http://{addr}/v1/chat/completions"))
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body.clone())))
+                            .unwrap();
+                        let outcome = match tokio::time::timeout(Duration::from_secs(20), async {
+                            let response = client.request(request).await.ok()?;
+                            let status = response.status().as_u16();
+                            let node = response
+                                .headers()
+                                .get("x-sim-node")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let body = response.into_body().collect().await.map(|b| b.to_bytes());
+                            let ok = match &body {
+                                Ok(bytes) => {
+                                    status == 200
+                                        && (!streaming || bytes.ends_with(b"data: [DONE]\n\n"))
+                                }
+                                Err(_) => false,
+                            };
+                            Some((status, ok, node))
+                        })
+                        .await
+                        {
+                            Ok(Some((status, ok, node))) => Outcome { at: started.elapsed(), status, ok, node },
+                            _ => Outcome { at: started.elapsed(), status: 0, ok: false, node: String::new() },
+                        };
+                        outcomes.push(outcome);
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        Load { stop, tasks, started }
+    }
+
+    /// Stop sending and collect every outcome, in finishing order.
+    pub async fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for task in self.tasks {
+            all.extend(task.await.unwrap_or_default());
+        }
+        all.sort_by_key(|o| o.at);
+        all
+    }
+}
+
+/// Print one row of the fault-scenario table (collected by bench/faults.sh).
+pub fn scenario(name: &str, outcomes: &[Outcome], recovery: Option<Duration>, note: &str) {
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    let recovery = recovery.map_or("-".to_string(), |d| format!("{}ms", d.as_millis()));
+    println!("SCENARIO|{name}|{}|{failed}|{recovery}|{note}", outcomes.len());
 }

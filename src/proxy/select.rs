@@ -1,0 +1,158 @@
+//! Choosing the node for one attempt.
+//!
+//! Candidates are the route pool's nodes that are available (healthy, not
+//! ejected, not draining — or, in panic mode, all but the draining), not at
+//! their concurrency limit, and not already tried for this request. Nodes
+//! in slow start are thinned at random in proportion to their ramp. When
+//! every candidate is busy the request waits in the pool's admission queue;
+//! when none is available at all it fails fast.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::queue::{AdmissionQueue, Shed};
+use super::table::Route;
+use crate::balance::PickContext;
+use crate::classify::RequestClass;
+use crate::fleet::{InFlight, Node, NodeLoad, Pool};
+use crate::health::{self, FailureKind, OutlierConfig};
+
+/// Outcome of [`select`].
+pub enum Selection {
+    /// Send the attempt to this node index.
+    Node(usize),
+    /// Every candidate stayed busy: shed the request.
+    Shed(Shed),
+    /// No node can serve the request at all (down, ejected, draining, tried).
+    Unavailable,
+}
+
+enum Pick {
+    Node(usize),
+    Busy,
+    Unavailable,
+}
+
+/// Pick a node for the next attempt, waiting in the pool's queue while all
+/// candidates are at their limit (until the queue timeout or `deadline`).
+pub async fn select(route: &Route, class: &RequestClass, tried: &[usize], deadline: Instant) -> Selection {
+    let mut queue_deadline = None;
+    loop {
+        match try_pick(route, class, tried) {
+            Pick::Node(index) => return Selection::Node(index),
+            Pick::Unavailable => return Selection::Unavailable,
+            Pick::Busy => {}
+        }
+        let settings = &route.pool_settings;
+        if settings.queue_size == 0 {
+            return Selection::Shed(Shed::QueueFull);
+        }
+        let until = *queue_deadline.get_or_insert_with(|| (Instant::now() + settings.queue_timeout).min(deadline));
+        let ticket = match route.queue.enqueue(class.priority, settings.queue_size) {
+            Ok(ticket) => ticket,
+            Err(shed) => return Selection::Shed(shed),
+        };
+        // A slot may have freed between the pick and joining the queue.
+        match try_pick(route, class, tried) {
+            Pick::Node(index) => return Selection::Node(index),
+            Pick::Unavailable => return Selection::Unavailable,
+            Pick::Busy => {}
+        }
+        if let Err(shed) = ticket.wait(until).await {
+            return Selection::Shed(shed);
+        }
+    }
+}
+
+fn try_pick(route: &Route, class: &RequestClass, tried: &[usize]) -> Pick {
+    let nodes = &route.pool.nodes;
+    let now = health::now_ms();
+    let panic = health::in_panic(nodes, route.pool_settings.panic_threshold, now);
+    let usable = |node: &Node| {
+        let health = &node.load.health;
+        !health.is_draining() && (panic || health.is_available(now))
+    };
+    let candidate =
+        |i: usize| !tried.contains(&i) && nodes.get(i).is_some_and(|node| usable(node) && !node.is_full());
+    let ctx = PickContext { request: Some(class) };
+    let window = route.pool_settings.slow_start;
+    if !window.is_zero() {
+        let thinned = |i: usize| {
+            candidate(i)
+                && nodes
+                    .get(i)
+                    .is_some_and(|node| fastrand::f64() < node.load.health.slow_start_factor(now, window))
+        };
+        if let Some(index) = route.policy.pick(nodes, &thinned, &ctx) {
+            return Pick::Node(index);
+        }
+    }
+    if let Some(index) = route.policy.pick(nodes, &candidate, &ctx) {
+        return Pick::Node(index);
+    }
+    let any_usable = nodes
+        .iter()
+        .enumerate()
+        .any(|(i, node)| !tried.contains(&i) && usable(node));
+    if any_usable {
+        Pick::Busy
+    } else {
+        Pick::Unavailable
+    }
+}
+
+/// One attempt's hold on a node: counts it in flight, feeds passive health
+/// with the outcome, and on release wakes the next request waiting for the
+/// pool.
+pub struct Slot {
+    in_flight: Option<InFlight>,
+    node: Arc<Node>,
+    pool: Arc<Pool>,
+    outlier: Arc<OutlierConfig>,
+    queue: Arc<AdmissionQueue>,
+}
+
+impl Slot {
+    /// Start an attempt on `node` of `route`.
+    pub fn begin(route: &Route, node: &Arc<Node>) -> Slot {
+        Slot {
+            in_flight: Some(node.begin_request()),
+            node: Arc::clone(node),
+            pool: Arc::clone(&route.pool),
+            outlier: Arc::clone(&route.outlier),
+            queue: Arc::clone(&route.queue),
+        }
+    }
+
+    /// The node's counters.
+    pub fn load(&self) -> &NodeLoad {
+        &self.node.load
+    }
+
+    /// The node answered well (for outlier detection).
+    pub fn success(&self) {
+        self.node.load.health.record_success();
+    }
+
+    /// The attempt failed at the node.
+    pub fn failure(&self, kind: FailureKind) {
+        self.node.load.record_failure();
+        let ejected = self
+            .node
+            .load
+            .health
+            .record_failure(kind, &self.outlier, &self.pool.nodes, health::now_ms());
+        if ejected {
+            tracing::warn!(pool = %self.pool.name, node = %self.node.name, ?kind, "node ejected by outlier detection");
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Free the slot first so the woken waiter finds it free.
+        self.in_flight.take();
+        self.queue.notify_one();
+    }
+}
