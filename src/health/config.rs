@@ -17,6 +17,12 @@
 //! | `outlier.max_ejection_percent` | 50 | infergate (Envoy's is 10; both always allow one) |
 //! | pool `panic_threshold` | 50 % | Envoy `healthy_panic_threshold` |
 //! | slow start floor | 10 % | Envoy `slow_start_config.min_weight_percent` |
+//!
+//! Deviations from Envoy: the ejection multiplier decays by one per
+//! `base_ejection_time` spent un-ejected (Envoy: per `interval`, 10s, a
+//! setting infergate does not have); a successful active check does not
+//! end an ejection (Envoy's `successful_active_health_check_uneject_host`
+//! would: an inference node can answer `/health` while failing requests).
 
 use std::time::Duration;
 

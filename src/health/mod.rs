@@ -15,6 +15,17 @@
 //!
 //! Timestamps are milliseconds of a process-wide monotonic clock,
 //! [`now_ms`].
+//!
+//! Wiring (proxy):
+//! - building a table: `node.load.health.set_label("pool/node")`; per pool
+//!   with `[pools.health]`, `spawn_checks(pool, cfg)` and keep the
+//!   [`CheckHandle`]; on reload spawn the new checks first, then drop the
+//!   old handle (dropping it last-owner resets nodes to "up").
+//! - eligibility: `health.is_available(now)`, unless
+//!   [`in_panic`]`(nodes, panic_threshold, now)`, then any node not
+//!   draining; weigh picks by `health.slow_start_factor(now, window)`.
+//! - outcome of an attempt: `record_success()` or `record_failure(kind,
+//!   &outlier_cfg, &pool.nodes, now)`.
 
 mod active;
 mod config;

@@ -466,6 +466,9 @@ impl NodeHealth {
     /// after it became available (start, return from ejection, up from
     /// active checks): linear over `window` (Envoy's aggression 1.0), never
     /// below [`SLOW_START_MIN_FACTOR`]; 1.0 when `window` is zero or over.
+    /// Nodes present when the gateway starts ramp too, all alike; as in
+    /// Envoy, thinning should be relative (e.g. to the largest factor among
+    /// the candidates) so that equal factors change nothing.
     #[inline]
     pub fn slow_start_factor(&self, now_ms: u64, window: Duration) -> f64 {
         let window_ms = window.as_millis() as u64;
