@@ -7,6 +7,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod fleet;
+pub mod health;
 pub mod proxy;
 pub mod sim;
 pub mod workload;

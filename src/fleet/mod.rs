@@ -19,6 +19,9 @@ pub struct NodeLoad {
     outstanding: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Health state (active checks, outlier ejection, draining), kept
+    /// across reloads with the counters.
+    pub health: crate::health::NodeHealth,
 }
 
 impl NodeLoad {

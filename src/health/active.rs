@@ -1,0 +1,480 @@
+//! Active health checks: one task per node GETs the health path every
+//! interval (± jitter) and applies HAProxy-style `rise`/`fall` thresholds.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Request, Uri};
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinHandle;
+
+use super::config::{ActiveCheckConfig, InitialState};
+use super::node::{CheckResult, NodeHealth};
+use super::now_ms;
+use crate::config::duration;
+use crate::fleet::{Node, Pool};
+
+type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Ids of `spawn_checks` calls; 0 means "never checked".
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+/// Running checks of one pool; dropping it stops them.
+///
+/// On drop, nodes whose checks no later [`spawn_checks`] took over count as
+/// up again (no active checks configured). So on a reload, spawn the new
+/// checks before dropping the old handle, and a node keeps its known state.
+#[derive(Debug)]
+pub struct CheckHandle {
+    owner: u64,
+    pool: Arc<Pool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for CheckHandle {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for node in &self.pool.nodes {
+            node.load.health.release_checks(self.owner);
+        }
+    }
+}
+
+/// Start checking every node of `pool` on the current tokio runtime.
+///
+/// A node never checked before starts in `cfg.initial_state`; one already
+/// known (its [`crate::fleet::NodeLoad`] kept across a reload) keeps its
+/// state. The first check runs at once, then every `interval` ± `jitter`.
+/// A check is a GET of the health path with `timeout` (connect included);
+/// a status in `expected_status` is a success, anything else (connect
+/// error, timeout, other status) a failure. `unhealthy_threshold` failures
+/// in a row mark the node down, `healthy_threshold` successes up; the very
+/// first check of a fresh node decides at once (HAProxy `init-state`).
+pub fn spawn_checks(pool: Arc<Pool>, cfg: ActiveCheckConfig) -> CheckHandle {
+    let owner = NEXT_OWNER.fetch_add(1, Relaxed);
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cfg.timeout));
+    connector.set_nodelay(true);
+    // A fresh connection per check, like HAProxy: a check also proves the
+    // node still accepts connections.
+    let client: CheckClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    let cfg = Arc::new(cfg);
+    let now = now_ms();
+    let mut tasks = Vec::with_capacity(pool.nodes.len());
+    for node in &pool.nodes {
+        let health = &node.load.health;
+        health.set_label(&format!("{}/{}", pool.name, node.name));
+        let fresh = health.claim_checks(owner);
+        if fresh && cfg.initial_state == InitialState::Unhealthy {
+            health.set_active(
+                false,
+                "initial state: unhealthy until a check succeeds",
+                now,
+            );
+        }
+        let uri = format!("http://{}{}", node.addr, cfg.check_path());
+        let uri: Uri = match uri.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                // Validated paths and node addresses always parse.
+                tracing::error!(node = %node.name, %uri, error = %e, "cannot build health check URI");
+                continue;
+            }
+        };
+        tasks.push(tokio::spawn(run(
+            Arc::clone(node),
+            uri,
+            Arc::clone(&cfg),
+            client.clone(),
+            owner,
+            fresh,
+        )));
+    }
+    CheckHandle { owner, pool, tasks }
+}
+
+async fn run(
+    node: Arc<Node>,
+    uri: Uri,
+    cfg: Arc<ActiveCheckConfig>,
+    client: CheckClient,
+    owner: u64,
+    fresh: bool,
+) {
+    let health: &NodeHealth = &node.load.health;
+    // The first check of a fresh node decides at once.
+    let mut first = fresh;
+    let (mut successes, mut failures) = (0u32, 0u32);
+    loop {
+        let started = Instant::now();
+        let at_ms = now_ms();
+        let (ok, detail) = check(&client, &uri, &cfg).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        if !health.checks_owned_by(owner) {
+            return; // a newer checker took over
+        }
+        let now = now_ms();
+        if ok {
+            successes = successes.saturating_add(1);
+            failures = 0;
+            if !health.active_up() && (first || successes >= cfg.healthy_threshold) {
+                let reason = if first {
+                    "active check: first check succeeded".to_string()
+                } else {
+                    format!("active check: {successes} consecutive successes")
+                };
+                health.set_active(true, &reason, now);
+            }
+        } else {
+            failures = failures.saturating_add(1);
+            successes = 0;
+            if health.active_up() && (first || failures >= cfg.unhealthy_threshold) {
+                let reason = if first {
+                    format!("active check: first check failed ({detail})")
+                } else {
+                    format!("active check: {failures} consecutive failures ({detail})")
+                };
+                health.set_active(false, &reason, now);
+            }
+        }
+        health.record_check(CheckResult {
+            at_ms,
+            ok,
+            latency_ms,
+            detail,
+        });
+        first = false;
+        tokio::time::sleep_until((started + jittered(&cfg)).into()).await;
+    }
+}
+
+/// `interval` spread uniformly by ± `jitter` × interval.
+fn jittered(cfg: &ActiveCheckConfig) -> Duration {
+    let spread = cfg.jitter.clamp(0.0, 1.0) * (2.0 * fastrand::f64() - 1.0);
+    cfg.interval.mul_f64(1.0 + spread)
+}
+
+/// One check: (success, detail).
+async fn check(client: &CheckClient, uri: &Uri, cfg: &ActiveCheckConfig) -> (bool, String) {
+    let req = match Request::get(uri.clone())
+        .header(header::USER_AGENT, "infergate-health-check")
+        .body(Empty::<Bytes>::new())
+    {
+        Ok(req) => req,
+        Err(e) => return (false, format!("bad request: {e}")),
+    };
+    match tokio::time::timeout(cfg.timeout, client.request(req)).await {
+        Err(_) => (
+            false,
+            format!("timeout after {}", duration::format(cfg.timeout)),
+        ),
+        Ok(Err(e)) => {
+            let what = if e.is_connect() {
+                "connect error"
+            } else {
+                "request error"
+            };
+            (false, format!("{what}: {}", root_cause(&e)))
+        }
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            (
+                cfg.expected_status.contains(&status),
+                format!("status {status}"),
+            )
+        }
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::HealthState;
+    use crate::sim::{Faults, SimConfig, SimNode};
+    use http::uri::Authority;
+    use http::{Response, StatusCode};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicU16;
+    use tokio::net::TcpListener;
+
+    const INTERVAL: Duration = Duration::from_millis(50);
+
+    fn fast(cfg: ActiveCheckConfig) -> ActiveCheckConfig {
+        ActiveCheckConfig {
+            interval: INTERVAL,
+            timeout: Duration::from_millis(30),
+            jitter: 0.0,
+            ..cfg
+        }
+    }
+
+    fn pool_of(addrs: &[SocketAddr]) -> Arc<Pool> {
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let addr: Authority = a.to_string().parse().unwrap();
+                Arc::new(Node::new(format!("n{i}"), addr, 1))
+            })
+            .collect();
+        Arc::new(Pool {
+            name: "p".into(),
+            nodes,
+        })
+    }
+
+    async fn sim() -> SimNode {
+        SimNode::start("sim", "127.0.0.1:0".parse().unwrap(), SimConfig::small())
+            .await
+            .unwrap()
+    }
+
+    /// Poll `cond` until it holds or `within` passes; the time it took.
+    async fn wait_for(what: &str, within: Duration, cond: impl Fn() -> bool) -> Duration {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < within,
+                "timed out after {within:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        start.elapsed()
+    }
+
+    fn checks_done(h: &NodeHealth) -> bool {
+        h.status(now_ms()).last_check.is_some()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crashed_node_goes_down_and_comes_back() {
+        let node = sim().await;
+        let pool = pool_of(&[node.addr()]);
+        let h = &pool.nodes[0].load.health;
+        let _checks = spawn_checks(pool.clone(), fast(ActiveCheckConfig::default()));
+        assert!(h.is_available(now_ms()), "initial state healthy");
+        wait_for("a check", Duration::from_secs(2), || checks_done(h)).await;
+        let last = h.status(now_ms()).last_check.unwrap();
+        assert!(last.ok, "{last:?}");
+        assert_eq!(last.detail, "status 200");
+
+        node.crash().await;
+        let took = wait_for("down", Duration::from_secs(3), || !h.is_available(now_ms())).await;
+        // Three failed checks: at least two intervals, at most about four.
+        assert!(took >= INTERVAL * 2 - Duration::from_millis(10), "{took:?}");
+        assert!(
+            took <= INTERVAL * 4 + Duration::from_millis(250),
+            "{took:?}"
+        );
+        let s = h.status(now_ms());
+        assert_eq!(s.state, HealthState::Unhealthy);
+        assert!(
+            s.reason
+                .starts_with("active check: 3 consecutive failures (connect error"),
+            "{}",
+            s.reason
+        );
+        assert!(!s.last_check.unwrap().ok);
+
+        node.restart().await.unwrap();
+        let took = wait_for("up", Duration::from_secs(3), || h.is_available(now_ms())).await;
+        assert!(
+            took <= INTERVAL * 3 + Duration::from_millis(250),
+            "{took:?}"
+        );
+        let s = h.status(now_ms());
+        assert_eq!(s.state, HealthState::Healthy);
+        assert_eq!(s.reason, "active check: 2 consecutive successes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hung_node_is_marked_down_by_timeouts() {
+        let node = sim().await;
+        let pool = pool_of(&[node.addr()]);
+        let h = &pool.nodes[0].load.health;
+        let _checks = spawn_checks(pool.clone(), fast(ActiveCheckConfig::default()));
+        wait_for("a check", Duration::from_secs(2), || checks_done(h)).await;
+        node.set_faults(Faults {
+            hang: true,
+            ..Faults::default()
+        });
+        wait_for("down", Duration::from_secs(3), || !h.is_available(now_ms())).await;
+        let s = h.status(now_ms());
+        assert_eq!(
+            s.reason,
+            "active check: 3 consecutive failures (timeout after 30ms)"
+        );
+        let last = s.last_check.unwrap();
+        assert!(last.latency_ms >= 25, "{last:?}");
+
+        node.set_faults(Faults::default());
+        wait_for("up", Duration::from_secs(3), || h.is_available(now_ms())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn initial_state_unhealthy_starts_down_and_comes_up() {
+        let node = sim().await;
+        let pool = pool_of(&[node.addr()]);
+        let h = &pool.nodes[0].load.health;
+        let cfg = ActiveCheckConfig {
+            initial_state: InitialState::Unhealthy,
+            ..fast(ActiveCheckConfig::default())
+        };
+        let _checks = spawn_checks(pool.clone(), cfg);
+        assert!(!h.is_available(now_ms()), "down before the first check");
+        assert_eq!(
+            h.status(now_ms()).reason,
+            "initial state: unhealthy until a check succeeds"
+        );
+        wait_for("up", Duration::from_secs(2), || h.is_available(now_ms())).await;
+        assert_eq!(
+            h.status(now_ms()).reason,
+            "active check: first check succeeded"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn initial_state_healthy_goes_down_on_first_failed_check() {
+        let node = sim().await;
+        let addr = node.addr();
+        node.crash().await;
+        let pool = pool_of(&[addr]);
+        let h = &pool.nodes[0].load.health;
+        let _checks = spawn_checks(pool.clone(), fast(ActiveCheckConfig::default()));
+        wait_for("down", Duration::from_secs(2), || !h.is_available(now_ms())).await;
+        let s = h.status(now_ms());
+        assert!(
+            s.reason.starts_with("active check: first check failed"),
+            "{}",
+            s.reason
+        );
+    }
+
+    /// A server answering every request with the status in `status`.
+    async fn status_server(status: Arc<AtomicU16>) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let status = status.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let code = StatusCode::from_u16(status.load(Relaxed)).unwrap();
+                        async move {
+                            let mut resp = Response::new(Empty::<Bytes>::new());
+                            *resp.status_mut() = code;
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expected_status_is_honoured() {
+        let status = Arc::new(AtomicU16::new(204));
+        let (addr, server) = status_server(status.clone()).await;
+
+        // 204 is not in the default [200].
+        let pool = pool_of(&[addr]);
+        let h = &pool.nodes[0].load.health;
+        let checks = spawn_checks(pool.clone(), fast(ActiveCheckConfig::default()));
+        wait_for("down", Duration::from_secs(2), || !h.is_available(now_ms())).await;
+        assert_eq!(
+            h.status(now_ms()).reason,
+            "active check: first check failed (status 204)"
+        );
+        drop(checks);
+
+        // With 204 expected it comes up; a 503 later takes it down again.
+        let pool = pool_of(&[addr]);
+        let h = &pool.nodes[0].load.health;
+        let cfg = ActiveCheckConfig {
+            expected_status: vec![200, 204],
+            initial_state: InitialState::Unhealthy,
+            ..fast(ActiveCheckConfig::default())
+        };
+        let _checks = spawn_checks(pool.clone(), cfg);
+        wait_for("up", Duration::from_secs(2), || h.is_available(now_ms())).await;
+        status.store(503, Relaxed);
+        wait_for("down", Duration::from_secs(3), || !h.is_available(now_ms())).await;
+        assert_eq!(
+            h.status(now_ms()).reason,
+            "active check: 3 consecutive failures (status 503)"
+        );
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reload_keeps_state_and_drop_stops_checks() {
+        let node = sim().await;
+        let addr = node.addr();
+        node.crash().await;
+        let pool = pool_of(&[addr]);
+        let h = &pool.nodes[0].load.health;
+        let old = spawn_checks(pool.clone(), fast(ActiveCheckConfig::default()));
+        wait_for("down", Duration::from_secs(2), || !h.is_available(now_ms())).await;
+
+        // A reload: new Pool and Node objects sharing the same NodeLoad.
+        let reloaded = Arc::new(Pool {
+            name: "p".into(),
+            nodes: vec![Arc::new(Node {
+                name: "n0".into(),
+                addr: addr.to_string().parse().unwrap(),
+                weight: 1,
+                max_concurrent: None,
+                load: Arc::clone(&pool.nodes[0].load),
+            })],
+        });
+        let cfg = ActiveCheckConfig {
+            initial_state: InitialState::Healthy,
+            ..fast(ActiveCheckConfig::default())
+        };
+        let new = spawn_checks(reloaded, cfg);
+        drop(old);
+        assert!(!h.is_available(now_ms()), "known-down node stays down");
+
+        // The new checker brings it up once the node is back.
+        node.restart().await.unwrap();
+        wait_for("up", Duration::from_secs(3), || h.is_available(now_ms())).await;
+        node.crash().await;
+        wait_for("down", Duration::from_secs(3), || !h.is_available(now_ms())).await;
+
+        // Without checks the node counts as up again, and no check runs.
+        drop(new);
+        assert!(h.is_available(now_ms()));
+        let s = h.status(now_ms());
+        assert_eq!(s.reason, "active checks stopped");
+        assert!(s.last_check.is_none());
+        tokio::time::sleep(INTERVAL * 3).await;
+        assert!(h.status(now_ms()).last_check.is_none(), "checks stopped");
+    }
+}
