@@ -41,41 +41,82 @@ async fn idle_node_killed_costs_no_client_request() {
     assert!(eventually(Duration::from_secs(10), || requests_to(&gw, 0) >= 20).await);
     let killed_at = Instant::now();
     nodes[0].crash().await;
-    let ejected = eventually(Duration::from_secs(10), || state(&gw, 0) == HealthState::Ejected).await;
+    let ejected = eventually(Duration::from_secs(10), || {
+        state(&gw, 0) == HealthState::Ejected
+    })
+    .await;
     let detection = killed_at.elapsed();
     assert!(ejected, "node 0 must be ejected");
     let sent_to_dead = requests_to(&gw, 0);
     let outcomes = load.stop().await;
-    assert!(outcomes.iter().all(|o| o.ok), "client saw failures: {:?}", outcomes.iter().filter(|o| !o.ok).collect::<Vec<_>>());
-    assert_eq!(requests_to(&gw, 0), sent_to_dead, "no attempts after ejection");
-    scenario("node killed while idle", &outcomes, Some(detection), "3 connect failures -> ejected; retries hid them");
+    assert!(
+        outcomes.iter().all(|o| o.ok),
+        "client saw failures: {:?}",
+        outcomes.iter().filter(|o| !o.ok).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        requests_to(&gw, 0),
+        sent_to_dead,
+        "no attempts after ejection"
+    );
+    scenario(
+        "node killed while idle",
+        &outcomes,
+        Some(detection),
+        "3 connect failures -> ejected; retries hid them",
+    );
 }
 
 #[tokio::test]
 async fn node_killed_mid_stream_fails_only_its_streams() {
-    let sim = SimConfig { time_scale: 0.5, ..SimConfig::default() };
+    let sim = SimConfig {
+        time_scale: 0.5,
+        ..SimConfig::default()
+    };
     let nodes = start_nodes(3, &sim).await;
-    let gw = start_gateway(&config_text(&unweighted(&nodes), "round_robin", "retries = 1")).await;
+    let gw = start_gateway(&config_text(
+        &unweighted(&nodes),
+        "round_robin",
+        "retries = 1",
+    ))
+    .await;
     let load = Load::start(gw.addr, 6, chat("long stream", true, 400), 6);
-    assert!(eventually(Duration::from_secs(10), || nodes.iter().all(|n| n.stats().running == 2)).await);
+    assert!(
+        eventually(Duration::from_secs(10), || nodes
+            .iter()
+            .all(|n| n.stats().running == 2))
+        .await
+    );
     let killed_at = Instant::now();
     nodes[0].crash().await;
     let outcomes = load.stop().await;
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
-    assert_eq!(failed.len(), 2, "exactly the two streams on the killed node fail: {outcomes:?}");
+    assert_eq!(
+        failed.len(),
+        2,
+        "exactly the two streams on the killed node fail: {outcomes:?}"
+    );
     assert!(failed.iter().all(|o| o.node == "sim-0" && o.status == 200));
     assert!(outcomes.iter().filter(|o| o.ok).all(|o| o.node != "sim-0"));
     // The gateway keeps serving.
     let after = post(gw.addr, "/v1/chat/completions", chat("after", false, 2)).await;
     assert_eq!(after.status, 200);
     let _ = killed_at;
-    scenario("node killed mid-stream", &outcomes, None, "2 streams on it cut with an SSE error; 4 others finished");
+    scenario(
+        "node killed mid-stream",
+        &outcomes,
+        None,
+        "2 streams on it cut with an SSE error; 4 others finished",
+    );
 }
 
 #[tokio::test]
 async fn hung_node_is_timed_out_then_ejected() {
     let nodes = start_nodes(3, &fast_sim()).await;
-    nodes[0].set_faults(Faults { hang: true, ..Faults::default() });
+    nodes[0].set_faults(Faults {
+        hang: true,
+        ..Faults::default()
+    });
     let gw = start_gateway(&config_with(
         &unweighted(&nodes),
         "round_robin",
@@ -85,20 +126,36 @@ async fn hung_node_is_timed_out_then_ejected() {
     .await;
     let start = Instant::now();
     let load = Load::start(gw.addr, 4, nonstream(), 200);
-    let ejected = eventually(Duration::from_secs(10), || state(&gw, 0) == HealthState::Ejected).await;
+    let ejected = eventually(Duration::from_secs(10), || {
+        state(&gw, 0) == HealthState::Ejected
+    })
+    .await;
     let detection = start.elapsed();
     assert!(ejected);
     let outcomes = load.stop().await;
     assert!(outcomes.iter().all(|o| o.ok), "retries cover the timeouts");
     assert!(outcomes.iter().all(|o| o.node != "sim-0"));
-    assert!(requests_to(&gw, 0) <= 4, "only the timed-out attempts reached it: {}", requests_to(&gw, 0));
-    scenario("hung node", &outcomes, Some(detection), "first_byte 200ms; 2 timeouts -> ejected; share went to the others");
+    assert!(
+        requests_to(&gw, 0) <= 4,
+        "only the timed-out attempts reached it: {}",
+        requests_to(&gw, 0)
+    );
+    scenario(
+        "hung node",
+        &outcomes,
+        Some(detection),
+        "first_byte 200ms; 2 timeouts -> ejected; share went to the others",
+    );
 }
 
 #[tokio::test]
 async fn failing_node_is_ejected_and_returns_with_slow_start() {
     let nodes = start_nodes(2, &fast_sim()).await;
-    nodes[0].set_faults(Faults { error_rate: 1.0, error_status: 503, ..Faults::default() });
+    nodes[0].set_faults(Faults {
+        error_rate: 1.0,
+        error_status: 503,
+        ..Faults::default()
+    });
     let gw = start_gateway(&config_with(
         &unweighted(&nodes),
         "round_robin",
@@ -107,10 +164,17 @@ async fn failing_node_is_ejected_and_returns_with_slow_start() {
     ))
     .await;
     let load = Load::start(gw.addr, 2, nonstream(), 100_000);
-    assert!(eventually(Duration::from_secs(10), || state(&gw, 0) == HealthState::Ejected).await);
+    assert!(
+        eventually(Duration::from_secs(10), || state(&gw, 0)
+            == HealthState::Ejected)
+        .await
+    );
     nodes[0].set_faults(Faults::default());
     let fixed_at = Instant::now();
-    let back = eventually(Duration::from_secs(10), || state(&gw, 0) == HealthState::Healthy).await;
+    let back = eventually(Duration::from_secs(10), || {
+        state(&gw, 0) == HealthState::Healthy
+    })
+    .await;
     assert!(back, "returns after the ejection time");
     let returned_at = Instant::now();
     let before = requests_to(&gw, 0);
@@ -121,7 +185,10 @@ async fn failing_node_is_ejected_and_returns_with_slow_start() {
     tokio::time::sleep_until(returned_at + Duration::from_millis(2100)).await;
     let late = share_over(&gw, Duration::from_millis(400)).await;
     let outcomes = load.stop().await;
-    assert!(outcomes.iter().all(|o| o.ok), "503s were retried on the healthy node");
+    assert!(
+        outcomes.iter().all(|o| o.ok),
+        "503s were retried on the healthy node"
+    );
     assert!(early < 0.35, "slow start: early share {early:.2}");
     assert!(late > 0.40, "full share after slow start: {late:.2}");
     scenario(
@@ -150,16 +217,29 @@ async fn all_nodes_down_is_a_fast_503_and_recovers() {
         "",
     ))
     .await;
-    assert_eq!(post(gw.addr, "/v1/chat/completions", nonstream()).await.status, 200);
+    assert_eq!(
+        post(gw.addr, "/v1/chat/completions", nonstream())
+            .await
+            .status,
+        200
+    );
     for node in &nodes {
         node.crash().await;
     }
-    assert!(eventually(Duration::from_secs(5), || (0..2).all(|i| state(&gw, i) == HealthState::Unhealthy)).await);
+    assert!(
+        eventually(Duration::from_secs(5), || (0..2)
+            .all(|i| state(&gw, i) == HealthState::Unhealthy))
+        .await
+    );
     let start = Instant::now();
     let reply = post(gw.addr, "/v1/chat/completions", nonstream()).await;
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert_eq!(reply.headers["retry-after"], "1");
-    assert!(start.elapsed() < Duration::from_millis(100), "fast: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "fast: {:?}",
+        start.elapsed()
+    );
     let restarted_at = Instant::now();
     for node in &nodes {
         node.restart().await.unwrap();
@@ -167,7 +247,11 @@ async fn all_nodes_down_is_a_fast_503_and_recovers() {
     let mut recovered = None;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if post(gw.addr, "/v1/chat/completions", nonstream()).await.status == 200 {
+        if post(gw.addr, "/v1/chat/completions", nonstream())
+            .await
+            .status
+            == 200
+        {
             recovered = Some(restarted_at.elapsed());
             break;
         }
@@ -180,8 +264,16 @@ async fn all_nodes_down_is_a_fast_503_and_recovers() {
 #[tokio::test]
 async fn saturation_queues_by_priority_then_sheds_with_429() {
     let nodes = start_nodes(1, &fast_sim()).await;
-    nodes[0].set_faults(Faults { added_latency_ms: 300, ..Faults::default() });
-    let mut text = config_with(&unweighted(&nodes), "round_robin", "queue_size = 3\nqueue_timeout = \"5s\"\n", "");
+    nodes[0].set_faults(Faults {
+        added_latency_ms: 300,
+        ..Faults::default()
+    });
+    let mut text = config_with(
+        &unweighted(&nodes),
+        "round_robin",
+        "queue_size = 3\nqueue_timeout = \"5s\"\n",
+        "",
+    );
     text = text.replace("weight = 1\n", "weight = 1\nmax_concurrent = 1\n");
     let gw = start_gateway(&text).await;
     let queued = || gw.gateway.table().routes[0].queue.len();
@@ -191,14 +283,27 @@ async fn saturation_queues_by_priority_then_sheds_with_429() {
             let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
                 .header("content-type", "application/json")
                 .header("x-infergate-priority", priority)
-                .body(http_body_util::Full::new(bytes::Bytes::from(chat(priority, false, 1))))
+                .body(http_body_util::Full::new(bytes::Bytes::from(chat(
+                    priority, false, 1,
+                ))))
                 .unwrap();
             let reply = send(request).await;
-            (priority, reply.status.as_u16(), reply.headers.get("retry-after").cloned(), Instant::now())
+            (
+                priority,
+                reply.status.as_u16(),
+                reply.headers.get("retry-after").cloned(),
+                Instant::now(),
+            )
         })
     };
     let busy = send("standard");
-    assert!(eventually(Duration::from_secs(5), || gw.gateway.table().pools[0].nodes[0].outstanding() == 1).await);
+    assert!(
+        eventually(Duration::from_secs(5), || gw.gateway.table().pools[0].nodes
+            [0]
+        .outstanding()
+            == 1)
+        .await
+    );
     let shed1 = send("sheddable");
     assert!(eventually(Duration::from_secs(5), || queued() == 1).await);
     let shed2 = send("sheddable");
@@ -228,19 +333,36 @@ async fn saturation_queues_by_priority_then_sheds_with_429() {
 #[tokio::test]
 async fn queue_timeout_sheds_with_429() {
     let nodes = start_nodes(1, &fast_sim()).await;
-    nodes[0].set_faults(Faults { added_latency_ms: 1000, ..Faults::default() });
-    let mut text = config_with(&unweighted(&nodes), "round_robin", "queue_size = 8\nqueue_timeout = \"150ms\"\n", "");
+    nodes[0].set_faults(Faults {
+        added_latency_ms: 1000,
+        ..Faults::default()
+    });
+    let mut text = config_with(
+        &unweighted(&nodes),
+        "round_robin",
+        "queue_size = 8\nqueue_timeout = \"150ms\"\n",
+        "",
+    );
     text = text.replace("weight = 1\n", "weight = 1\nmax_concurrent = 1\n");
     let gw = start_gateway(&text).await;
     let addr = gw.addr;
     let _busy = tokio::spawn(async move { post(addr, "/v1/chat/completions", nonstream()).await });
-    assert!(eventually(Duration::from_secs(5), || gw.gateway.table().pools[0].nodes[0].outstanding() == 1).await);
+    assert!(
+        eventually(Duration::from_secs(5), || gw.gateway.table().pools[0].nodes
+            [0]
+        .outstanding()
+            == 1)
+        .await
+    );
     let start = Instant::now();
     let reply = post(gw.addr, "/v1/chat/completions", nonstream()).await;
     assert_eq!(reply.status, 429);
     assert_eq!(reply.json()["error"]["code"], "overloaded");
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(140) && waited < Duration::from_millis(900), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(140) && waited < Duration::from_millis(900),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -256,25 +378,48 @@ async fn reload_under_steady_load_fails_nothing() {
             1 => all[1..].to_vec(),
             _ => all.iter().map(|(a, _)| (*a, 1 + i as u32 % 3)).collect(),
         };
-        let policy = ["round_robin", "least_outstanding", "weighted_round_robin", "power_of_two"][i % 4];
-        let config = infergate::config::Config::from_toml(&config_text(&subset, policy, "")).unwrap();
+        let policy = [
+            "round_robin",
+            "least_outstanding",
+            "weighted_round_robin",
+            "power_of_two",
+        ][i % 4];
+        let config =
+            infergate::config::Config::from_toml(&config_text(&subset, policy, "")).unwrap();
         gw.gateway.reload(&config).unwrap();
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let outcomes = load.stop().await;
     assert!(outcomes.len() > 50);
-    assert!(outcomes.iter().all(|o| o.ok), "{:?}", outcomes.iter().filter(|o| !o.ok).collect::<Vec<_>>());
-    scenario("20 reloads under load", &outcomes, None, &format!("policies and node sets swapped every 25ms for {:?}", start.elapsed()));
+    assert!(
+        outcomes.iter().all(|o| o.ok),
+        "{:?}",
+        outcomes.iter().filter(|o| !o.ok).collect::<Vec<_>>()
+    );
+    scenario(
+        "20 reloads under load",
+        &outcomes,
+        None,
+        &format!(
+            "policies and node sets swapped every 25ms for {:?}",
+            start.elapsed()
+        ),
+    );
 }
 
 #[tokio::test]
 async fn draining_node_takes_nothing_new_and_finishes_its_streams() {
-    let sim = SimConfig { time_scale: 0.3, ..SimConfig::default() };
+    let sim = SimConfig {
+        time_scale: 0.3,
+        ..SimConfig::default()
+    };
     let nodes = start_nodes(2, &sim).await;
     let all = unweighted(&nodes);
     let gw = start_gateway(&config_text(&all, "round_robin", "")).await;
     let addr = gw.addr;
-    let stream = tokio::spawn(async move { post(addr, "/v1/chat/completions", chat("drain me", true, 300)).await });
+    let stream = tokio::spawn(async move {
+        post(addr, "/v1/chat/completions", chat("drain me", true, 300)).await
+    });
     assert!(eventually(Duration::from_secs(5), || nodes[0].stats().running == 1).await);
     assert!(gw.gateway.set_draining("p", "n0", true));
     assert_eq!(state(&gw, 0), HealthState::Draining);
@@ -285,7 +430,11 @@ async fn draining_node_takes_nothing_new_and_finishes_its_streams() {
     let finished = stream.await.unwrap();
     assert_eq!(finished.status, 200);
     assert!(finished.text().ends_with("data: [DONE]\n\n"));
-    assert_eq!(gw.gateway.table().pools[0].nodes[0].outstanding(), 0, "drained");
+    assert_eq!(
+        gw.gateway.table().pools[0].nodes[0].outstanding(),
+        0,
+        "drained"
+    );
     assert!(gw.gateway.set_draining("p", "n0", false));
     assert!(!gw.gateway.set_draining("p", "nope", true));
 }
@@ -298,11 +447,23 @@ async fn draining_from_config_survives_reload_semantics() {
     text = text.replacen("weight = 1\n", "weight = 1\ndraining = true\n", 1);
     let gw = start_gateway(&text).await;
     for _ in 0..4 {
-        assert_eq!(post(gw.addr, "/v1/chat/completions", nonstream()).await.node(), "sim-1");
+        assert_eq!(
+            post(gw.addr, "/v1/chat/completions", nonstream())
+                .await
+                .node(),
+            "sim-1"
+        );
     }
-    gw.gateway.reload(&infergate::config::Config::from_toml(&config_text(&all, "round_robin", "")).unwrap()).unwrap();
+    gw.gateway
+        .reload(
+            &infergate::config::Config::from_toml(&config_text(&all, "round_robin", "")).unwrap(),
+        )
+        .unwrap();
     let served: Vec<String> = futures_served(gw.addr, 4).await;
-    assert!(served.contains(&"sim-0".to_string()), "undrained by the new config: {served:?}");
+    assert!(
+        served.contains(&"sim-0".to_string()),
+        "undrained by the new config: {served:?}"
+    );
 }
 
 async fn futures_served(addr: std::net::SocketAddr, n: usize) -> Vec<String> {
@@ -323,21 +484,42 @@ async fn active_checks_take_a_dead_node_out_within_its_thresholds() {
         "retries = 1",
     ))
     .await;
-    assert!(eventually(Duration::from_secs(2), || state(&gw, 0) == HealthState::Healthy).await);
+    assert!(
+        eventually(Duration::from_secs(2), || state(&gw, 0)
+            == HealthState::Healthy)
+        .await
+    );
     let killed = Instant::now();
     nodes[0].crash().await;
-    assert!(eventually(Duration::from_secs(5), || state(&gw, 0) == HealthState::Unhealthy).await);
+    assert!(
+        eventually(Duration::from_secs(5), || state(&gw, 0)
+            == HealthState::Unhealthy)
+        .await
+    );
     let down_after = killed.elapsed();
     // 3 failures at 100 ms intervals: between 2 and 3 intervals plus slack.
     assert!(down_after <= Duration::from_millis(450), "{down_after:?}");
     let attempts = requests_to(&gw, 0);
     for _ in 0..10 {
-        assert_eq!(post(gw.addr, "/v1/chat/completions", nonstream()).await.node(), "sim-1");
+        assert_eq!(
+            post(gw.addr, "/v1/chat/completions", nonstream())
+                .await
+                .node(),
+            "sim-1"
+        );
     }
-    assert_eq!(requests_to(&gw, 0), attempts, "a node marked down gets no new requests");
+    assert_eq!(
+        requests_to(&gw, 0),
+        attempts,
+        "a node marked down gets no new requests"
+    );
     let restarted = Instant::now();
     nodes[0].restart().await.unwrap();
-    assert!(eventually(Duration::from_secs(5), || state(&gw, 0) == HealthState::Healthy).await);
+    assert!(
+        eventually(Duration::from_secs(5), || state(&gw, 0)
+            == HealthState::Healthy)
+        .await
+    );
     let up_after = restarted.elapsed();
     println!(
         "SCENARIO|active check detection|10|0|{}ms|down after {}ms (interval 100ms x 3), up after {}ms (x 2)",
@@ -356,18 +538,26 @@ async fn start_health_failing_node(name: &'static str) -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
-                    let (status, body) = if req.uri().path() == "/health" {
-                        (503, "{}".to_string())
-                    } else {
-                        (200, serde_json::json!({"object": "chat.completion", "usage": {"completion_tokens": 1}}).to_string())
-                    };
-                    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                    response.headers_mut().insert("x-sim-node", name.parse().unwrap());
-                    Ok::<_, std::convert::Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let service = service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let (status, body) = if req.uri().path() == "/health" {
+                            (503, "{}".to_string())
+                        } else {
+                            (200, serde_json::json!({"object": "chat.completion", "usage": {"completion_tokens": 1}}).to_string())
+                        };
+                        let mut response = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(body),
+                        ));
+                        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        response
+                            .headers_mut()
+                            .insert("x-sim-node", name.parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -387,7 +577,11 @@ async fn panic_mode_spread(threshold: u32) -> std::collections::HashMap<String, 
         "",
     ))
     .await;
-    assert!(eventually(Duration::from_secs(5), || (1..4).all(|i| state(&gw, i) == HealthState::Unhealthy)).await);
+    assert!(
+        eventually(Duration::from_secs(5), || (1..4)
+            .all(|i| state(&gw, i) == HealthState::Unhealthy))
+        .await
+    );
     let mut served = std::collections::HashMap::new();
     for _ in 0..40 {
         let reply = post(gw.addr, "/v1/chat/completions", nonstream()).await;
@@ -404,18 +598,26 @@ async fn panic_mode_spreads_over_all_nodes_below_the_threshold() {
     assert_eq!(panicked.len(), 4, "{panicked:?}");
     // With panic disabled, only the healthy node serves.
     let strict = panic_mode_spread(0).await;
-    assert_eq!(strict.keys().collect::<Vec<_>>(), vec!["sim-0"], "{strict:?}");
+    assert_eq!(
+        strict.keys().collect::<Vec<_>>(),
+        vec!["sim-0"],
+        "{strict:?}"
+    );
 }
 
 #[tokio::test]
 async fn sigterm_lets_requests_in_flight_finish() {
-    let sim = SimConfig { time_scale: 0.3, ..SimConfig::default() };
+    let sim = SimConfig {
+        time_scale: 0.3,
+        ..SimConfig::default()
+    };
     let nodes = start_nodes(1, &sim).await;
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let text = config_text(&unweighted(&nodes), "round_robin", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let text = config_text(&unweighted(&nodes), "round_robin", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let dir = std::env::temp_dir().join(format!("infergate-sigterm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gw.toml");
@@ -439,9 +641,15 @@ async fn sigterm_lets_requests_in_flight_finish() {
     assert!(up, "gateway did not start");
     let load = Load::start(addr, 3, chat("finish me", true, 200), 3);
     assert!(eventually(Duration::from_secs(10), || nodes[0].stats().running == 3).await);
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let closed = eventually(Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_err()).await;
+    let closed = eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
     assert!(closed, "listener closes on SIGTERM");
     let outcomes = load.stop().await;
     assert_eq!(outcomes.len(), 3);
@@ -457,5 +665,10 @@ async fn sigterm_lets_requests_in_flight_finish() {
     let exit = exit.expect("gateway exits after draining");
     assert!(exit.success(), "{exit:?}");
     let _ = std::fs::remove_dir_all(&dir);
-    scenario("SIGTERM under load", &outcomes, None, "3 streams in flight all completed; exit 0");
+    scenario(
+        "SIGTERM under load",
+        &outcomes,
+        None,
+        "3 streams in flight all completed; exit 0",
+    );
 }

@@ -21,6 +21,7 @@ pub use glob::ModelPattern;
 
 use crate::balance::POLICY_NAMES;
 use crate::classify::ApiFamily;
+use crate::health::{self, ActiveCheckConfig, OutlierConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -124,16 +125,28 @@ pub struct PoolConfig {
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
     /// Longest a request waits in the queue before it is shed with 429.
-    #[serde(default = "default_queue_timeout", deserialize_with = "duration::deserialize")]
+    #[serde(
+        default = "default_queue_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
     pub queue_timeout: Duration,
     /// A node that joins or returns ramps from 10% to its full share over
     /// this window ("0s": off).
-    #[serde(default = "default_slow_start", deserialize_with = "duration::deserialize")]
+    #[serde(
+        default = "default_slow_start",
+        deserialize_with = "duration::deserialize"
+    )]
     pub slow_start: Duration,
     /// Below this percentage of available nodes the pool is in panic mode
     /// and routes across all nodes, as Envoy does (0: never).
     #[serde(default = "default_panic_threshold")]
     pub panic_threshold: u32,
+    /// Active health checks (absent: none; nodes count as up).
+    #[serde(default)]
+    pub health: Option<ActiveCheckConfig>,
+    /// Passive outlier detection from real traffic.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
 }
 
 fn default_queue_size() -> usize {
@@ -149,7 +162,7 @@ fn default_slow_start() -> Duration {
 }
 
 fn default_panic_threshold() -> u32 {
-    50
+    crate::health::DEFAULT_PANIC_THRESHOLD
 }
 
 /// One node of a pool.
@@ -387,14 +400,29 @@ impl Config {
                     format!("duplicate pool name \"{}\"", pool.name),
                 );
             }
-            if pool.panic_threshold > 100 {
-                err(format!("{at}.panic_threshold"), "must be a percentage (0 to 100)".into());
+            let mut health_errors = health::validate_panic_threshold(
+                pool.panic_threshold,
+                &format!("{at}.panic_threshold"),
+            );
+            health_errors.extend(health::validate_slow_start(
+                pool.slow_start,
+                &format!("{at}.slow_start"),
+            ));
+            if let Some(active) = &pool.health {
+                health_errors.extend(active.validate(&format!("{at}.health")));
+            }
+            health_errors.extend(pool.outlier.validate(&format!("{at}.outlier")));
+            for e in health_errors {
+                err(e.path, e.message);
             }
             if pool.queue_size > 1_000_000 {
                 err(format!("{at}.queue_size"), "must be at most 1000000".into());
             }
             if pool.queue_timeout.is_zero() && pool.queue_size > 0 {
-                err(format!("{at}.queue_timeout"), "must be greater than 0 when queue_size > 0".into());
+                err(
+                    format!("{at}.queue_timeout"),
+                    "must be greater than 0 when queue_size > 0".into(),
+                );
             }
             if pool.nodes.is_empty() {
                 err(
@@ -515,7 +543,10 @@ impl Config {
                 err(format!("{at}.max_body_bytes"), "must be at least 1".into());
             }
             if route.retry_budget.percent > 100 {
-                err(format!("{at}.retry_budget.percent"), "must be a percentage (0 to 100)".into());
+                err(
+                    format!("{at}.retry_budget.percent"),
+                    "must be a percentage (0 to 100)".into(),
+                );
             }
             if route.retries > 10 {
                 err(format!("{at}.retries"), "must be at most 10".into());

@@ -115,7 +115,11 @@ impl ResponseBody {
 }
 
 impl Upstream {
-    fn fail(&mut self, kind: FailureKind, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn fail(
+        &mut self,
+        kind: FailureKind,
+        why: String,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(slot) = self.slot.take() {
             slot.failure(kind);
         }
@@ -146,12 +150,10 @@ impl Upstream {
                 self.last_activity = Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                self.fail(
+            Poll::Ready(Some(Err(e))) => self.fail(
                 FailureKind::StreamBroken,
                 format!("node connection failed mid-response: {e}"),
-            )
-            }
+            ),
             Poll::Ready(None) => {
                 self.slot = None;
                 self.state = State::Done;
@@ -165,11 +167,17 @@ impl Upstream {
                     Poll::Ready(()) => {
                         let now = Instant::now();
                         if now >= self.deadline {
-                            return self.fail(FailureKind::Timeout, "total timeout reached while streaming".into());
+                            return self.fail(
+                                FailureKind::Timeout,
+                                "total timeout reached while streaming".into(),
+                            );
                         }
                         let idle_deadline = self.last_activity + self.idle;
                         if now >= idle_deadline {
-                            return self.fail(FailureKind::Timeout, format!("no data from node for {:?}", self.idle));
+                            return self.fail(
+                                FailureKind::Timeout,
+                                format!("no data from node for {:?}", self.idle),
+                            );
                         }
                         self.timer.as_mut().reset(idle_deadline.min(self.deadline));
                     }

@@ -67,7 +67,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::TooLarge => 3, // INVALID_ARGUMENT
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => 5, // NOT_FOUND
             ErrorKind::NoCapacity | ErrorKind::Upstream => 14, // UNAVAILABLE
-            ErrorKind::Overloaded => 8,                         // RESOURCE_EXHAUSTED
+            ErrorKind::Overloaded => 8,                       // RESOURCE_EXHAUSTED
             ErrorKind::Timeout | ErrorKind::ClientTimeout => 4, // DEADLINE_EXCEEDED
         }
     }

@@ -18,7 +18,7 @@ use super::body::{PassThrough, ResponseBody};
 use super::errors::{error_response, ErrorKind};
 use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
 use super::select::{select, Selection, Slot};
-use super::table::{Route, RouteTable, RetryGuard};
+use super::table::{RetryGuard, Route, RouteTable};
 use super::upstream::{self, UpstreamBody};
 use super::Gateway;
 use crate::classify::{classify_body, classify_head, ApiFamily, Endpoint, RequestClass};
@@ -171,13 +171,14 @@ async fn forward(
     let _active = route.enter();
     let mut retry_budget: Option<RetryGuard<'_>> = None;
     let mut may_retry = |attempt: u32| {
-        attempt < route.retries && (retry_budget.is_some() || {
-            retry_budget = route.try_retry();
-            if retry_budget.is_none() {
-                tracing::debug!(route = %route.name, "retry budget exhausted");
-            }
-            retry_budget.is_some()
-        })
+        attempt < route.retries
+            && (retry_budget.is_some() || {
+                retry_budget = route.try_retry();
+                if retry_budget.is_none() {
+                    tracing::debug!(route = %route.name, "retry budget exhausted");
+                }
+                retry_budget.is_some()
+            })
     };
     let mut tried: Vec<usize> = Vec::with_capacity(2);
     let mut last_error: Option<Reject> = None;

@@ -9,9 +9,9 @@ pub mod body;
 pub mod errors;
 mod forward;
 pub mod headers;
-pub mod table;
 mod queue;
 mod select;
+pub mod table;
 mod upstream;
 mod worker;
 

@@ -113,7 +113,12 @@ impl AdmissionQueue {
     }
 
     /// Join the queue and wait (tests and simple callers).
-    pub async fn wait(&self, priority: Priority, capacity: usize, deadline: Instant) -> Result<(), Shed> {
+    pub async fn wait(
+        &self,
+        priority: Priority,
+        capacity: usize,
+        deadline: Instant,
+    ) -> Result<(), Shed> {
         self.enqueue(priority, capacity)?.wait(deadline).await
     }
 
@@ -254,17 +259,22 @@ mod tests {
     async fn full_queue_sheds_newcomer_or_displaces_lower_priority() {
         let q = Arc::new(AdmissionQueue::default());
         let q1 = Arc::clone(&q);
-        let sheddable = tokio::spawn(async move { q1.wait(Priority::Sheddable, 1, later(5000)).await });
-        while q.len() < 1 {
+        let sheddable =
+            tokio::spawn(async move { q1.wait(Priority::Sheddable, 1, later(5000)).await });
+        while q.is_empty() {
             tokio::task::yield_now().await;
         }
         // Equal priority: the newcomer is shed.
-        assert_eq!(q.wait(Priority::Sheddable, 1, later(5000)).await, Err(Shed::QueueFull));
+        assert_eq!(
+            q.wait(Priority::Sheddable, 1, later(5000)).await,
+            Err(Shed::QueueFull)
+        );
         // Higher priority displaces the waiting sheddable one.
         let q2 = Arc::clone(&q);
-        let critical = tokio::spawn(async move { q2.wait(Priority::Critical, 1, later(5000)).await });
+        let critical =
+            tokio::spawn(async move { q2.wait(Priority::Critical, 1, later(5000)).await });
         assert_eq!(sheddable.await.unwrap(), Err(Shed::Displaced));
-        while q.len() < 1 {
+        while q.is_empty() {
             tokio::task::yield_now().await;
         }
         q.notify_one();
@@ -293,7 +303,10 @@ mod tests {
     async fn deadline_bounds_the_wait_and_cleans_up() {
         let q = AdmissionQueue::default();
         let start = Instant::now();
-        assert_eq!(q.wait(Priority::Standard, 4, later(50)).await, Err(Shed::TimedOut));
+        assert_eq!(
+            q.wait(Priority::Standard, 4, later(50)).await,
+            Err(Shed::TimedOut)
+        );
         assert!(start.elapsed() >= Duration::from_millis(45));
         assert!(q.is_empty());
         q.notify_one();

@@ -1,7 +1,8 @@
 //! Choosing the node for one attempt.
 //!
 //! Candidates are the route pool's nodes that are available (healthy, not
-//! ejected, not draining — or, in panic mode, all but the draining), not at
+//! ejected, not draining — or, in panic mode, all but the draining; with no
+//! node available at all the request fails fast with 503), not at
 //! their concurrency limit, and not already tried for this request. Nodes
 //! in slow start are thinned at random in proportion to their ramp. When
 //! every candidate is busy the request waits in the pool's admission queue;
@@ -36,7 +37,12 @@ enum Pick {
 
 /// Pick a node for the next attempt, waiting in the pool's queue while all
 /// candidates are at their limit (until the queue timeout or `deadline`).
-pub async fn select(route: &Route, class: &RequestClass, tried: &[usize], deadline: Instant) -> Selection {
+pub async fn select(
+    route: &Route,
+    class: &RequestClass,
+    tried: &[usize],
+    deadline: Instant,
+) -> Selection {
     let mut queue_deadline = None;
     loop {
         match try_pick(route, class, tried) {
@@ -48,7 +54,8 @@ pub async fn select(route: &Route, class: &RequestClass, tried: &[usize], deadli
         if settings.queue_size == 0 {
             return Selection::Shed(Shed::QueueFull);
         }
-        let until = *queue_deadline.get_or_insert_with(|| (Instant::now() + settings.queue_timeout).min(deadline));
+        let until = *queue_deadline
+            .get_or_insert_with(|| (Instant::now() + settings.queue_timeout).min(deadline));
         let ticket = match route.queue.enqueue(class.priority, settings.queue_size) {
             Ok(ticket) => ticket,
             Err(shed) => return Selection::Shed(shed),
@@ -68,21 +75,39 @@ pub async fn select(route: &Route, class: &RequestClass, tried: &[usize], deadli
 fn try_pick(route: &Route, class: &RequestClass, tried: &[usize]) -> Pick {
     let nodes = &route.pool.nodes;
     let now = health::now_ms();
-    let panic = health::in_panic(nodes, route.pool_settings.panic_threshold, now);
+    // Panic mode (Envoy): too few nodes available, so trust the health
+    // signal less and use them all. With none available at all, fail fast
+    // instead (HAProxy): every node is down, and sending traffic anyway
+    // would only add latency and load to servers that are recovering.
+    let panic = health::in_panic(nodes, route.pool_settings.panic_threshold, now)
+        && nodes.iter().any(|n| n.load.health.is_available(now));
     let usable = |node: &Node| {
         let health = &node.load.health;
         !health.is_draining() && (panic || health.is_available(now))
     };
-    let candidate =
-        |i: usize| !tried.contains(&i) && nodes.get(i).is_some_and(|node| usable(node) && !node.is_full());
-    let ctx = PickContext { request: Some(class) };
+    let candidate = |i: usize| {
+        !tried.contains(&i)
+            && nodes
+                .get(i)
+                .is_some_and(|node| usable(node) && !node.is_full())
+    };
+    let ctx = PickContext {
+        request: Some(class),
+    };
     let window = route.pool_settings.slow_start;
     if !window.is_zero() {
+        // Thin relative to the most ramped-up node, so nodes that all
+        // started together (gateway start) are not thinned at all.
+        let top = nodes
+            .iter()
+            .map(|n| n.load.health.slow_start_factor(now, window))
+            .fold(0.0, f64::max);
         let thinned = |i: usize| {
             candidate(i)
-                && nodes
-                    .get(i)
-                    .is_some_and(|node| fastrand::f64() < node.load.health.slow_start_factor(now, window))
+                && nodes.get(i).is_some_and(|node| {
+                    let factor = node.load.health.slow_start_factor(now, window);
+                    factor >= top || fastrand::f64() * top < factor
+                })
         };
         if let Some(index) = route.policy.pick(nodes, &thinned, &ctx) {
             return Pick::Node(index);
@@ -138,11 +163,12 @@ impl Slot {
     /// The attempt failed at the node.
     pub fn failure(&self, kind: FailureKind) {
         self.node.load.record_failure();
-        let ejected = self
-            .node
-            .load
-            .health
-            .record_failure(kind, &self.outlier, &self.pool.nodes, health::now_ms());
+        let ejected = self.node.load.health.record_failure(
+            kind,
+            &self.outlier,
+            &self.pool.nodes,
+            health::now_ms(),
+        );
         if ejected {
             tracing::warn!(pool = %self.pool.name, node = %self.node.name, ?kind, "node ejected by outlier detection");
         }

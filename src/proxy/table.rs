@@ -13,10 +13,11 @@ use super::queue::{AdmissionQueue, QueueRegistry};
 use crate::balance::{self, Policy};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
 use crate::config::{
-    parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern, RetryBudgetConfig,
-    TimeoutConfig, UpstreamProtocol,
+    parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern,
+    RetryBudgetConfig, TimeoutConfig, UpstreamProtocol,
 };
 use crate::fleet::{LoadRegistry, Node, Pool};
+use crate::health::OutlierConfig;
 
 /// Compiled route conditions.
 #[derive(Debug)]
@@ -72,6 +73,8 @@ pub struct Route {
     pub pool_settings: PoolSettings,
     /// Where requests wait when every node of the pool is at its limit.
     pub queue: Arc<AdmissionQueue>,
+    /// Passive outlier detection settings of the pool.
+    pub outlier: Arc<OutlierConfig>,
     /// Requests in flight on this route, for the retry budget.
     pub active: AtomicU64,
     /// Retries in flight on this route.
@@ -167,7 +170,11 @@ pub struct RouteTable {
 impl RouteTable {
     /// Build a table from a config. Validates again, so no unvalidated config
     /// can get here.
-    pub fn build(config: &Config, loads: &LoadRegistry, queues: &QueueRegistry) -> Result<RouteTable, ConfigError> {
+    pub fn build(
+        config: &Config,
+        loads: &LoadRegistry,
+        queues: &QueueRegistry,
+    ) -> Result<RouteTable, ConfigError> {
         config.validate()?;
         let mut pools = Vec::with_capacity(config.pools.len());
         let mut settings = HashMap::new();
@@ -182,18 +189,22 @@ impl RouteTable {
                     }])
                 })?;
                 keep.push((pool.name.clone(), node.name.clone()));
+                let load = loads.load_for(&pool.name, &node.name);
+                load.health
+                    .set_label(&format!("{}/{}", pool.name, node.name));
                 nodes.push(Arc::new(Node {
                     name: node.name.clone(),
                     addr,
                     weight: node.weight.max(1),
                     max_concurrent: node.max_concurrent,
-                    load: loads.load_for(&pool.name, &node.name),
+                    load,
                 }));
             }
             settings.insert(
                 pool.name.clone(),
                 (
                     pool.protocol,
+                    Arc::new(pool.outlier.clone()),
                     PoolSettings {
                         queue_size: pool.queue_size,
                         queue_timeout: pool.queue_timeout,
@@ -244,7 +255,8 @@ impl RouteTable {
                 .max_body_bytes
                 .unwrap_or(config.listener.max_body_bytes);
             max_body_bytes = max_body_bytes.max(route_limit);
-            let Some(&(protocol, pool_settings)) = settings.get(&route.pool) else {
+            let Some((protocol, outlier, pool_settings)) = settings.get(&route.pool).cloned()
+            else {
                 return Err(invalid("pool", format!("unknown pool \"{}\"", route.pool)));
             };
             routes.push(Route {
@@ -262,6 +274,7 @@ impl RouteTable {
                 queue: queues.queue_for(&pool.name),
                 pool,
                 pool_settings,
+                outlier,
                 active: AtomicU64::new(0),
                 active_retries: AtomicU64::new(0),
                 retry_budget: route.retry_budget,
@@ -303,5 +316,46 @@ impl RouteTable {
         self.routes
             .iter()
             .any(|r| r.matcher.model.as_ref().is_none_or(|p| p.matches(model)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(route_extra: &str) -> RouteTable {
+        let text = format!(
+            "[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n\
+             [[routes]]\nname = \"r\"\npool = \"p\"\n{route_extra}\n"
+        );
+        let config = Config::from_toml(&text).unwrap();
+        RouteTable::build(&config, &LoadRegistry::default(), &QueueRegistry::default()).unwrap()
+    }
+
+    #[test]
+    fn retry_budget_allows_min_concurrency_when_idle() {
+        let t = table("");
+        let route = &t.routes[0];
+        let held: Vec<_> = (0..3)
+            .map(|_| route.try_retry().expect("within min_concurrency"))
+            .collect();
+        assert!(route.try_retry().is_none(), "4th concurrent retry refused");
+        drop(held);
+        assert!(route.try_retry().is_some());
+    }
+
+    #[test]
+    fn retry_budget_scales_with_active_requests() {
+        let t = table("[routes.retry_budget]\npercent = 20\nmin_concurrency = 1\n");
+        let route = &t.routes[0];
+        let active: Vec<_> = (0..100).map(|_| route.enter()).collect();
+        let retries: Vec<_> = std::iter::from_fn(|| route.try_retry())
+            .take(1000)
+            .collect();
+        assert_eq!(retries.len(), 20);
+        drop(active);
+        drop(retries);
+        assert_eq!(route.active_retries.load(Ordering::Relaxed), 0);
+        assert_eq!(route.active.load(Ordering::Relaxed), 0);
     }
 }

@@ -322,7 +322,9 @@ impl Load {
                 tokio::spawn(async move {
                     let client = client();
                     let mut outcomes = Vec::new();
-                    while !stop.load(Ordering::Relaxed) && sent.fetch_add(1, Ordering::Relaxed) < max {
+                    while !stop.load(Ordering::Relaxed)
+                        && sent.fetch_add(1, Ordering::Relaxed) < max
+                    {
                         let request = Request::post(format!("http://{addr}/v1/chat/completions"))
                             .header("content-type", "application/json")
                             .body(Full::new(Bytes::from(body.clone())))
@@ -348,8 +350,18 @@ impl Load {
                         })
                         .await
                         {
-                            Ok(Some((status, ok, node))) => Outcome { at: started.elapsed(), status, ok, node },
-                            _ => Outcome { at: started.elapsed(), status: 0, ok: false, node: String::new() },
+                            Ok(Some((status, ok, node))) => Outcome {
+                                at: started.elapsed(),
+                                status,
+                                ok,
+                                node,
+                            },
+                            _ => Outcome {
+                                at: started.elapsed(),
+                                status: 0,
+                                ok: false,
+                                node: String::new(),
+                            },
                         };
                         outcomes.push(outcome);
                     }
@@ -357,7 +369,11 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, tasks, started }
+        Load {
+            stop,
+            tasks,
+            started,
+        }
     }
 
     /// Stop sending and collect every outcome, in finishing order.
@@ -376,5 +392,8 @@ impl Load {
 pub fn scenario(name: &str, outcomes: &[Outcome], recovery: Option<Duration>, note: &str) {
     let failed = outcomes.iter().filter(|o| !o.ok).count();
     let recovery = recovery.map_or("-".to_string(), |d| format!("{}ms", d.as_millis()));
-    println!("SCENARIO|{name}|{}|{failed}|{recovery}|{note}", outcomes.len());
+    println!(
+        "SCENARIO|{name}|{}|{failed}|{recovery}|{note}",
+        outcomes.len()
+    );
 }
