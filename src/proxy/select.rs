@@ -8,6 +8,7 @@
 //! every candidate is busy the request waits in the pool's admission queue;
 //! when none is available at all it fails fast.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -81,6 +82,16 @@ fn try_pick(route: &Route, class: &RequestClass, tried: &[usize]) -> Pick {
     // would only add latency and load to servers that are recovering.
     let panic = health::in_panic(nodes, route.pool_settings.panic_threshold, now)
         && nodes.iter().any(|n| n.load.health.is_available(now));
+    if route.panicking.load(Ordering::Relaxed) != panic
+        && route.panicking.swap(panic, Ordering::Relaxed) != panic
+    {
+        if panic {
+            tracing::warn!(route = %route.name, pool = %route.pool.name, threshold = route.pool_settings.panic_threshold,
+                "panic mode: too few nodes available, routing across all nodes");
+        } else {
+            tracing::info!(route = %route.name, pool = %route.pool.name, "panic mode over");
+        }
+    }
     let usable = |node: &Node| {
         let health = &node.load.health;
         !health.is_draining() && (panic || health.is_available(now))

@@ -3,7 +3,7 @@
 //! swaps it in, and requests in flight keep the one they started with.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +79,9 @@ pub struct Route {
     pub active: AtomicU64,
     /// Retries in flight on this route.
     pub active_retries: AtomicU64,
+    /// Whether the last pick found the pool in panic mode (for logging
+    /// transitions once, and for metrics).
+    pub panicking: AtomicBool,
     /// The retry budget.
     pub retry_budget: RetryBudgetConfig,
     /// Protocol to the pool's nodes.
@@ -277,6 +280,7 @@ impl RouteTable {
                 outlier,
                 active: AtomicU64::new(0),
                 active_retries: AtomicU64::new(0),
+                panicking: AtomicBool::new(false),
                 retry_budget: route.retry_budget,
                 protocol,
                 policy,
