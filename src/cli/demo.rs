@@ -47,7 +47,7 @@ pub fn demo_config(port: u16, model: &str, policy: &str, addrs: &[SocketAddr]) -
     let mut text = format!(
         "# Written by `infergate demo`. Run it yourself with:\n\
          #   infergate serve --config <this file>   (while `infergate sim` serves the nodes)\n\n\
-         [listener]\naddr = \"127.0.0.1:{port}\"\n\n[[pools]]\nname = \"chat\"\n"
+         [listener]\naddr = \"127.0.0.1:{port}\"\n\n[[pools]]\nname = \"chat\"\nslow_start = \"10s\"\n"
     );
     for (i, addr) in addrs.iter().enumerate() {
         let weight = if SPEEDS.get(i).copied().unwrap_or(1.0) < 1.0 {
@@ -59,6 +59,10 @@ pub fn demo_config(port: u16, model: &str, policy: &str, addrs: &[SocketAddr]) -
             "[[pools.nodes]]\nname = \"sim-{i}\"\naddr = \"{addr}\"\nweight = {weight}\nmax_concurrent = 128\n"
         ));
     }
+    text.push_str(
+        "[pools.health]\ninterval = \"2s\"\ntimeout = \"500ms\"\nfamily = \"openai\"\n\
+         [pools.outlier]\nconsecutive_failures = 5\nbase_ejection_time = \"10s\"\n",
+    );
     text.push_str(&format!(
         "\n[[routes]]\nname = \"chat\"\npool = \"chat\"\npolicy = \"{policy}\"\nretries = 1\n\
          [routes.match]\nfamily = \"openai\"\nmodel = \"{model}\"\n\
