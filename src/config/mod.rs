@@ -6,6 +6,7 @@
 //! `routes[1].pool: unknown pool "llama"`. Only a config that passes both is
 //! ever handed to the gateway, so a bad edit never replaces a running config.
 
+mod aware;
 pub mod duration;
 mod glob;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use serde::Deserialize;
 
+pub use aware::{BalanceOptions, CapacityConfig, HashKey, ScorerWeights};
 pub use glob::ModelPattern;
 
 use crate::balance::POLICY_NAMES;
@@ -119,6 +121,9 @@ pub struct PoolConfig {
     /// The nodes.
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
+    /// Scrape the nodes' metrics for capacity signals (`[pools.capacity]`).
+    #[serde(default)]
+    pub capacity: Option<CapacityConfig>,
 }
 
 /// One node of a pool.
@@ -164,6 +169,9 @@ pub struct RouteConfig {
     /// Extra attempts on other nodes when one fails before any response byte.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Options of the AI-aware policies (`[routes.balance]`).
+    #[serde(default)]
+    pub balance: BalanceOptions,
 }
 
 fn default_policy() -> String {
@@ -336,6 +344,11 @@ impl Config {
                     format!("pool \"{}\" has no nodes", pool.name),
                 );
             }
+            if let Some(capacity) = &pool.capacity {
+                for (path, message) in capacity.problems(&format!("{at}.capacity")) {
+                    err(path, message);
+                }
+            }
             let mut node_names = HashSet::new();
             for (j, node) in pool.nodes.iter().enumerate() {
                 let at = format!("{at}.nodes[{j}]");
@@ -385,6 +398,9 @@ impl Config {
                         POLICY_NAMES.join(", ")
                     ),
                 );
+            }
+            for (path, message) in route.balance.problems(&format!("{at}.balance")) {
+                err(path, message);
             }
             let m = &route.matcher;
             if let Some(family) = &m.family {

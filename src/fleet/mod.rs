@@ -12,6 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use http::uri::Authority;
 
+mod ai;
+pub mod capacity;
+
+pub use ai::{expected_output, now_ns, AiLoad, PeakEwma, DEFAULT_EXPECTED_OUTPUT};
+
 /// Live load counters of one node. Updated on every request with relaxed
 /// atomics; no lock on the data path.
 #[derive(Debug, Default)]
@@ -19,6 +24,8 @@ pub struct NodeLoad {
     outstanding: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// AI-aware signals: tokens in flight, latency EWMAs, scraped capacity.
+    pub ai: AiLoad,
 }
 
 impl NodeLoad {
@@ -88,6 +95,7 @@ impl Node {
         self.load.outstanding.fetch_add(1, Ordering::Relaxed);
         InFlight {
             load: Arc::clone(&self.load),
+            attempt: ai::Attempt::default(),
         }
     }
 }
@@ -97,6 +105,7 @@ impl Node {
 #[derive(Debug)]
 pub struct InFlight {
     load: Arc<NodeLoad>,
+    attempt: ai::Attempt,
 }
 
 impl InFlight {
@@ -109,6 +118,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.load.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.attempt.end(&self.load);
     }
 }
 

@@ -143,6 +143,11 @@ impl Upstream {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.last_activity = Instant::now();
+                if frame.is_data() {
+                    if let Some(in_flight) = self.in_flight.as_mut() {
+                        in_flight.on_data_frame();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

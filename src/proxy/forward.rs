@@ -169,11 +169,12 @@ async fn forward(
 
     let mut tried: Vec<usize> = Vec::with_capacity(2);
     let mut last_error: Option<Reject> = None;
-    let ctx = PickContext {
-        request: Some(class),
-    };
     for attempt in 0..=route.retries {
         let eligible = |i: usize| !tried.contains(&i) && nodes.get(i).is_some_and(|n| !n.is_full());
+        let ctx = PickContext {
+            request: Some(class),
+            headers: Some(&headers),
+        };
         let Some(index) = route.policy.pick(nodes, &eligible, &ctx) else {
             break;
         };
@@ -213,7 +214,7 @@ async fn forward(
             headers.clone()
         };
 
-        let in_flight = node.begin_request();
+        let in_flight = node.begin_request_for(class);
         let first_byte_deadline = (Instant::now() + route.timeouts.first_byte).min(deadline);
         let outcome = tokio::time::timeout_at(
             first_byte_deadline,
