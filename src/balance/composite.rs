@@ -51,7 +51,7 @@ impl Composite {
 fn lower_is_better(raw: &[f64]) -> Vec<f64> {
     let min = raw.iter().copied().fold(f64::INFINITY, f64::min);
     let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !(max > min) {
+    if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
         return vec![1.0; raw.len()];
     }
     raw.iter().map(|&x| (max - x) / (max - min)).collect()

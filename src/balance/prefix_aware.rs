@@ -191,13 +191,13 @@ mod tests {
         }
         assert_eq!(per, [2, 2, 2, 2], "{homes:?}");
         // Follow-up turns (prefix + more) go home, whatever the small load.
-        for s in 0..8 {
+        for (s, &home) in homes.iter().enumerate() {
             let r = req(&format!(
                 "{s:04}{}{}",
                 "x".repeat(BLOCK_BYTES * 10),
                 "more".repeat(100)
             ));
-            assert_eq!(pick(&p, &ns, &r), homes[s], "session {s}");
+            assert_eq!(pick(&p, &ns, &r), home, "session {s}");
         }
     }
 

@@ -259,11 +259,12 @@ pub fn table(rows: &[BenchRow], time_scale: f64) -> String {
 
 /// Run the bench.
 pub async fn run(args: BenchArgs) -> ExitCode {
-    if args.speeds.is_empty() || args.speeds.iter().any(|&s| !(s > 0.0)) {
+    if args.speeds.is_empty() || args.speeds.iter().any(|&s| s.is_nan() || s <= 0.0) {
         eprintln!("--speeds needs positive numbers");
         return ExitCode::FAILURE;
     }
-    if !(args.time_scale > 0.0) || !(args.rate > 0.0) {
+    if args.time_scale.is_nan() || args.time_scale <= 0.0 || args.rate.is_nan() || args.rate <= 0.0
+    {
         eprintln!("--rate and --time-scale must be positive");
         return ExitCode::FAILURE;
     }

@@ -324,7 +324,7 @@ mod tests {
         let now = now_ns();
         let ttft = n.load.ai.ttft_secs(now).unwrap();
         let tpot = n.load.ai.tpot_secs(now).unwrap();
-        assert!(ttft >= 0.019 && ttft < 1.0, "{ttft}");
+        assert!((0.019..1.0).contains(&ttft), "{ttft}");
         assert!(tpot >= 0.004 && tpot < ttft, "{tpot}");
         // Non-streamed responses and plain attempts give no samples.
         let m = Node::new("b", Authority::from_static("127.0.0.1:1"), 1);
