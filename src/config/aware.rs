@@ -15,9 +15,9 @@
 //! pool = "chat"
 //! policy = "prefix_aware"     # or consistent_hash, peak_ewma, composite
 //! [routes.balance]
-//! balance_abs_threshold = 8.0
+//! balance_abs_threshold = 16.0
 //! balance_rel_threshold = 1.5
-//! tokens_per_request = 1024
+//! tokens_per_request = 4096
 //! prefix_capacity = 262144
 //! hash_key = "header:x-session-id"   # or "user", "cookie:session"
 //! load_factor = 1.25
@@ -65,9 +65,9 @@ pub struct BalanceOptions {
 impl Default for BalanceOptions {
     fn default() -> Self {
         BalanceOptions {
-            balance_abs_threshold: 8.0,
+            balance_abs_threshold: 16.0,
             balance_rel_threshold: 1.5,
-            tokens_per_request: 1024.0,
+            tokens_per_request: 4096.0,
             prefix_capacity: 262_144,
             hash_key: "user".to_string(),
             load_factor: 1.25,
