@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::uri::Authority;
-use infergate::balance::{build, PickContext, POLICY_NAMES};
+use infergate::balance::{build, BalanceOptions, PickContext, POLICY_NAMES};
 use infergate::fleet::{InFlight, Node};
 
 fn pool(n: usize) -> (Vec<Arc<Node>>, Vec<InFlight>) {
@@ -36,7 +36,7 @@ fn bench_pick(c: &mut Criterion) {
     for &n in &[4usize, 64, 1024] {
         let (nodes, _guards) = pool(n);
         for &name in POLICY_NAMES {
-            let policy = build(name, &nodes).expect("known policy");
+            let policy = build(name, &nodes, &BalanceOptions::default()).expect("known policy");
             let eligible = |_: usize| true;
             group.bench_with_input(BenchmarkId::new(name, n), &nodes, |b, nodes| {
                 b.iter(|| black_box(policy.pick(black_box(nodes), &eligible, &PickContext::EMPTY)))

@@ -9,16 +9,29 @@
 
 use std::sync::Arc;
 
+use http::HeaderMap;
+
 use crate::classify::RequestClass;
+pub use crate::config::BalanceOptions;
 use crate::fleet::Node;
 
+mod composite;
+mod consistent_hash;
 mod least_outstanding;
+mod peak_ewma;
 mod power_of_two;
+mod prefix_aware;
+pub mod prefix_index;
 mod round_robin;
+pub mod signals;
 mod weighted_round_robin;
 
+pub use composite::Composite;
+pub use consistent_hash::ConsistentHash;
 pub use least_outstanding::LeastOutstanding;
+pub use peak_ewma::PeakEwmaP2c;
 pub use power_of_two::PowerOfTwo;
+pub use prefix_aware::PrefixAware;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 
@@ -27,11 +40,17 @@ pub use weighted_round_robin::WeightedRoundRobin;
 pub struct PickContext<'a> {
     /// The request being routed, if classified (absent in benchmarks).
     pub request: Option<&'a RequestClass>,
+    /// The request headers as they will be forwarded (session keys for
+    /// `consistent_hash`), if available.
+    pub headers: Option<&'a HeaderMap>,
 }
 
 impl PickContext<'_> {
     /// A context with no request information.
-    pub const EMPTY: PickContext<'static> = PickContext { request: None };
+    pub const EMPTY: PickContext<'static> = PickContext {
+        request: None,
+        headers: None,
+    };
 }
 
 /// A load-balancing policy for one pool.
@@ -56,15 +75,25 @@ pub const POLICY_NAMES: &[&str] = &[
     "weighted_round_robin",
     "least_outstanding",
     "power_of_two",
+    "prefix_aware",
+    "consistent_hash",
+    "peak_ewma",
+    "composite",
 ];
 
-/// Build the policy called `name` for `nodes`; `None` for an unknown name.
-pub fn build(name: &str, nodes: &[Arc<Node>]) -> Option<Arc<dyn Policy>> {
+/// Build the policy called `name` for `nodes` with the route's `[routes.balance]`
+/// options (policies ignore the options they do not use); `None` for an
+/// unknown name.
+pub fn build(name: &str, nodes: &[Arc<Node>], opts: &BalanceOptions) -> Option<Arc<dyn Policy>> {
     let policy: Arc<dyn Policy> = match name {
         "round_robin" => Arc::new(RoundRobin::new()),
         "weighted_round_robin" => Arc::new(WeightedRoundRobin::new(nodes)),
         "least_outstanding" => Arc::new(LeastOutstanding::new()),
         "power_of_two" => Arc::new(PowerOfTwo::new()),
+        "prefix_aware" => Arc::new(PrefixAware::new(opts)),
+        "consistent_hash" => Arc::new(ConsistentHash::new(nodes, opts)),
+        "peak_ewma" => Arc::new(PeakEwmaP2c::new()),
+        "composite" => Arc::new(Composite::new(opts)),
         _ => return None,
     };
     Some(policy)

@@ -39,7 +39,11 @@ impl PowerOfTwo {
 
 /// Draw an eligible index uniformly from `0..n`, skipping `exclude`, with at
 /// most [`TRIES`] attempts.
-fn draw(n: usize, exclude: Option<usize>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+pub(crate) fn draw(
+    n: usize,
+    exclude: Option<usize>,
+    eligible: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
     for _ in 0..TRIES {
         let i = match exclude {
             // Uniform over the other n - 1 indices.
@@ -62,7 +66,10 @@ fn draw(n: usize, exclude: Option<usize>, eligible: &dyn Fn(usize) -> bool) -> O
 
 /// Two distinct eligible indices chosen uniformly by scanning, or the single
 /// eligible one (`(i, None)`), or `None` if nothing is eligible.
-fn scan_two(n: usize, eligible: &dyn Fn(usize) -> bool) -> Option<(usize, Option<usize>)> {
+pub(crate) fn scan_two(
+    n: usize,
+    eligible: &dyn Fn(usize) -> bool,
+) -> Option<(usize, Option<usize>)> {
     let m = (0..n).filter(|&i| eligible(i)).count();
     match m {
         0 => None,

@@ -235,6 +235,7 @@ fn build(head: Head, p: Parsed<'_>, opts: &ClassifyOptions) -> RequestClass {
         prompt_tokens,
         prefix: h.finish(),
         priority: head.priority,
+        user: p.user.map(|u| u.into_owned()),
     }
 }
 

@@ -146,6 +146,9 @@ pub struct RequestClass {
     pub prefix: Vec<u64>,
     /// Priority from the request header.
     pub priority: Priority,
+    /// End-user id from the body's `user` field (OpenAI chat, completions,
+    /// embeddings, responses), a session key for affinity policies.
+    pub user: Option<String>,
 }
 
 impl RequestClass {
@@ -160,6 +163,7 @@ impl RequestClass {
             prompt_tokens: 0,
             prefix: Vec::new(),
             priority: head.priority,
+            user: None,
         }
     }
 }

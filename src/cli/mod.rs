@@ -1,5 +1,6 @@
-//! The `infergate` command line: `serve`, `check`, `sim` and `demo`.
+//! The `infergate` command line: `serve`, `check`, `sim`, `demo` and `bench`.
 
+pub mod bench;
 mod demo;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -58,6 +59,8 @@ enum Command {
     },
     /// Run the whole product on this machine: simulated nodes, a gateway and a workload.
     Demo(demo::DemoArgs),
+    /// Compare balancing policies on a simulated fleet with the same workload.
+    Bench(bench::BenchArgs),
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -77,6 +80,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             config,
         } => run_sim(nodes, base_port, host, &speeds, config).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

@@ -6,6 +6,7 @@
 //! `routes[1].pool: unknown pool "llama"`. Only a config that passes both is
 //! ever handed to the gateway, so a bad edit never replaces a running config.
 
+mod aware;
 pub mod duration;
 mod glob;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use serde::Deserialize;
 
+pub use aware::{BalanceOptions, CapacityConfig, HashKey, ScorerWeights};
 pub use glob::ModelPattern;
 
 use crate::balance::POLICY_NAMES;
@@ -147,6 +149,9 @@ pub struct PoolConfig {
     /// Passive outlier detection from real traffic.
     #[serde(default)]
     pub outlier: OutlierConfig,
+    /// Scrape the nodes' metrics for capacity signals (`[pools.capacity]`).
+    #[serde(default)]
+    pub capacity: Option<CapacityConfig>,
 }
 
 fn default_queue_size() -> usize {
@@ -214,6 +219,9 @@ pub struct RouteConfig {
     /// Bound on concurrent retries, so retries cannot amplify an outage.
     #[serde(default)]
     pub retry_budget: RetryBudgetConfig,
+    /// Options of the AI-aware policies (`[routes.balance]`).
+    #[serde(default)]
+    pub balance: BalanceOptions,
 }
 
 /// Envoy-style retry budget: retries in flight may be at most `percent` of
@@ -430,6 +438,11 @@ impl Config {
                     format!("pool \"{}\" has no nodes", pool.name),
                 );
             }
+            if let Some(capacity) = &pool.capacity {
+                for (path, message) in capacity.problems(&format!("{at}.capacity")) {
+                    err(path, message);
+                }
+            }
             let mut node_names = HashSet::new();
             for (j, node) in pool.nodes.iter().enumerate() {
                 let at = format!("{at}.nodes[{j}]");
@@ -479,6 +492,9 @@ impl Config {
                         POLICY_NAMES.join(", ")
                     ),
                 );
+            }
+            for (path, message) in route.balance.problems(&format!("{at}.balance")) {
+                err(path, message);
             }
             let m = &route.matcher;
             if let Some(family) = &m.family {

@@ -12,6 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use http::uri::Authority;
 
+mod ai;
+pub mod capacity;
+
+pub use ai::{expected_output, now_ns, AiLoad, PeakEwma, DEFAULT_EXPECTED_OUTPUT};
+
 /// Live load counters of one node. Updated on every request with relaxed
 /// atomics; no lock on the data path.
 #[derive(Debug, Default)]
@@ -22,6 +27,8 @@ pub struct NodeLoad {
     /// Health state (active checks, outlier ejection, draining), kept
     /// across reloads with the counters.
     pub health: crate::health::NodeHealth,
+    /// AI-aware signals: tokens in flight, latency EWMAs, scraped capacity.
+    pub ai: AiLoad,
 }
 
 impl NodeLoad {
@@ -91,6 +98,7 @@ impl Node {
         self.load.outstanding.fetch_add(1, Ordering::Relaxed);
         InFlight {
             load: Arc::clone(&self.load),
+            attempt: ai::Attempt::default(),
         }
     }
 }
@@ -100,6 +108,7 @@ impl Node {
 #[derive(Debug)]
 pub struct InFlight {
     load: Arc<NodeLoad>,
+    attempt: ai::Attempt,
 }
 
 impl InFlight {
@@ -112,6 +121,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.load.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.attempt.end(&self.load);
     }
 }
 

@@ -148,6 +148,11 @@ impl Upstream {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.last_activity = Instant::now();
+                if frame.is_data() {
+                    if let Some(slot) = self.slot.as_mut() {
+                        slot.on_data_frame();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => self.fail(

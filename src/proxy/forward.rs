@@ -184,7 +184,7 @@ async fn forward(
     let mut last_error: Option<Reject> = None;
     let mut attempt = 0u32;
     loop {
-        let index = match select(route, class, &tried, deadline).await {
+        let index = match select(route, class, &headers, &tried, deadline).await {
             Selection::Node(index) => index,
             Selection::Shed(reason) => {
                 tracing::debug!(route = %route.name, ?reason, "request shed");
@@ -235,7 +235,7 @@ async fn forward(
             std::mem::take(&mut headers)
         };
 
-        let slot = Slot::begin(route, node);
+        let slot = Slot::begin(route, node, class);
         let first_byte_deadline = (Instant::now() + route.timeouts.first_byte).min(deadline);
         let outcome = tokio::time::timeout_at(
             first_byte_deadline,

@@ -11,6 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::queue::{AdmissionQueue, Shed};
@@ -41,12 +42,13 @@ enum Pick {
 pub async fn select(
     route: &Route,
     class: &RequestClass,
+    headers: &HeaderMap,
     tried: &[usize],
     deadline: Instant,
 ) -> Selection {
     let mut queue_deadline = None;
     loop {
-        match try_pick(route, class, tried) {
+        match try_pick(route, class, headers, tried) {
             Pick::Node(index) => return Selection::Node(index),
             Pick::Unavailable => return Selection::Unavailable,
             Pick::Busy => {}
@@ -62,7 +64,7 @@ pub async fn select(
             Err(shed) => return Selection::Shed(shed),
         };
         // A slot may have freed between the pick and joining the queue.
-        match try_pick(route, class, tried) {
+        match try_pick(route, class, headers, tried) {
             Pick::Node(index) => return Selection::Node(index),
             Pick::Unavailable => return Selection::Unavailable,
             Pick::Busy => {}
@@ -73,7 +75,7 @@ pub async fn select(
     }
 }
 
-fn try_pick(route: &Route, class: &RequestClass, tried: &[usize]) -> Pick {
+fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[usize]) -> Pick {
     let nodes = &route.pool.nodes;
     let now = health::now_ms();
     // Panic mode (Envoy): too few nodes available, so trust the health
@@ -96,14 +98,17 @@ fn try_pick(route: &Route, class: &RequestClass, tried: &[usize]) -> Pick {
         let health = &node.load.health;
         !health.is_draining() && (panic || health.is_available(now))
     };
+    // Busy: at its concurrency limit, or saturated by its own metrics.
+    let instant = std::time::Instant::now();
     let candidate = |i: usize| {
         !tried.contains(&i)
             && nodes
                 .get(i)
-                .is_some_and(|node| usable(node) && !node.is_full())
+                .is_some_and(|node| usable(node) && !node.is_full() && !node.is_saturated(instant))
     };
     let ctx = PickContext {
         request: Some(class),
+        headers: Some(headers),
     };
     let window = route.pool_settings.slow_start;
     if !window.is_zero() {
@@ -151,9 +156,9 @@ pub struct Slot {
 
 impl Slot {
     /// Start an attempt on `node` of `route`.
-    pub fn begin(route: &Route, node: &Arc<Node>) -> Slot {
+    pub fn begin(route: &Route, node: &Arc<Node>, class: &RequestClass) -> Slot {
         Slot {
-            in_flight: Some(node.begin_request()),
+            in_flight: Some(node.begin_request_for(class)),
             node: Arc::clone(node),
             pool: Arc::clone(&route.pool),
             outlier: Arc::clone(&route.outlier),
@@ -164,6 +169,14 @@ impl Slot {
     /// The node's counters.
     pub fn load(&self) -> &NodeLoad {
         &self.node.load
+    }
+
+    /// A data frame of the node's response went to the client (feeds the
+    /// node's TTFT and per-token latency estimates).
+    pub fn on_data_frame(&mut self) {
+        if let Some(in_flight) = self.in_flight.as_mut() {
+            in_flight.on_data_frame();
+        }
     }
 
     /// The node answered well (for outlier detection).

@@ -16,6 +16,7 @@ use crate::config::{
     parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern,
     RetryBudgetConfig, TimeoutConfig, UpstreamProtocol,
 };
+use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
 use crate::fleet::{LoadRegistry, Node, Pool};
 use crate::health::OutlierConfig;
 
@@ -168,6 +169,9 @@ pub struct RouteTable {
     pub listener: ListenerConfig,
     /// Classification options.
     pub classify: ClassifyOptions,
+    /// Metrics scrapers of pools with `[pools.capacity]`; they stop when
+    /// the table is dropped (after a reload, once its last request ends).
+    pub scrapers: Vec<ScraperHandle>,
 }
 
 impl RouteTable {
@@ -222,6 +226,16 @@ impl RouteTable {
             }));
         }
         loads.retain(&keep);
+        // Scrapers run on the runtime building the table; without one
+        // (config tooling) there is nothing to scrape for.
+        let mut scrapers = Vec::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for (pool, cfg) in pools.iter().zip(&config.pools) {
+                if let Some(capacity) = &cfg.capacity {
+                    scrapers.push(spawn_scrapers(pool, capacity));
+                }
+            }
+        }
 
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut models = BTreeSet::new();
@@ -238,7 +252,7 @@ impl RouteTable {
                 .find(|p| p.name == route.pool)
                 .cloned()
                 .ok_or_else(|| invalid("pool", format!("unknown pool \"{}\"", route.pool)))?;
-            let policy = balance::build(&route.policy, &pool.nodes)
+            let policy = balance::build(&route.policy, &pool.nodes, &route.balance)
                 .ok_or_else(|| invalid("policy", format!("unknown policy \"{}\"", route.policy)))?;
             let m = &route.matcher;
             let model = m.model.as_deref().map(ModelPattern::new);
@@ -298,6 +312,7 @@ impl RouteTable {
             classify: ClassifyOptions {
                 max_prefix_blocks: config.classify.max_prefix_blocks,
             },
+            scrapers,
         })
     }
 

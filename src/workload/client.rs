@@ -45,6 +45,15 @@ pub struct WorkloadConfig {
     pub max_in_flight: usize,
     /// Seed for every random choice.
     pub seed: u64,
+    /// Share (0..=1) of turns that are long: a pasted document as the user
+    /// message and a long answer.
+    pub long_share: f64,
+    /// Range of long user-message lengths in bytes.
+    pub long_user_bytes: (usize, usize),
+    /// Range of `max_tokens` of long turns.
+    pub long_max_tokens: (u32, u32),
+    /// Send each session's id as the body's `user` field.
+    pub send_user: bool,
 }
 
 impl Default for WorkloadConfig {
@@ -62,6 +71,10 @@ impl Default for WorkloadConfig {
             max_turns: 6,
             max_in_flight: 512,
             seed: 42,
+            long_share: 0.0,
+            long_user_bytes: (4000, 12000),
+            long_max_tokens: (256, 512),
+            send_user: false,
         }
     }
 }
@@ -105,13 +118,19 @@ pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Ou
         if session.history.len() / 2 >= config.max_turns {
             session.history.clear();
         }
-        let user_len =
-            rng.usize(config.user_bytes.0..=config.user_bytes.1.max(config.user_bytes.0));
+        // Drawn only when long turns are enabled, so that a config without
+        // them replays exactly the sequence it always did.
+        let long = config.long_share > 0.0 && rng.f64() < config.long_share;
+        let (user_bytes, max_range) = if long {
+            (config.long_user_bytes, config.long_max_tokens)
+        } else {
+            (config.user_bytes, config.max_tokens)
+        };
+        let user_len = rng.usize(user_bytes.0..=user_bytes.1.max(user_bytes.0));
         let user = words(&mut rng, user_len);
         session.history.push(("user", user));
         let stream = rng.f64() < config.stream_share;
-        let max_tokens =
-            rng.u32(config.max_tokens.0..=config.max_tokens.1.max(config.max_tokens.0));
+        let max_tokens = rng.u32(max_range.0..=max_range.1.max(max_range.0));
         let mut messages =
             vec![serde_json::json!({"role": "system", "content": prompts[session.system]})];
         messages.extend(
@@ -123,13 +142,16 @@ pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Ou
         // The reply is synthetic so the next turn's prompt is deterministic.
         let reply = words(&mut rng, 200);
         session.history.push(("assistant", reply));
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "model": config.model,
             "messages": messages,
             "stream": stream,
             "max_tokens": max_tokens,
             "stream_options": {"include_usage": true},
         });
+        if config.send_user {
+            body["user"] = serde_json::json!(format!("session-{session_index}"));
+        }
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             stats.record(Sample {
                 status: 0,
@@ -138,6 +160,7 @@ pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Ou
                 ttft: Duration::ZERO,
                 total: Duration::ZERO,
                 tokens: 0,
+                itl: Duration::ZERO,
             });
             continue;
         };
@@ -169,6 +192,7 @@ pub async fn send(
         ttft: start.elapsed(),
         total: start.elapsed(),
         tokens: 0,
+        itl: Duration::ZERO,
     };
     let response = match client.request(request).await {
         Ok(response) => response,
@@ -196,12 +220,14 @@ pub async fn send(
                     ttft: total,
                     total,
                     tokens,
+                    itl: Duration::ZERO,
                 }
             }
             Err(_) => failed(200),
         };
     }
     let mut ttft = None;
+    let mut last_token: Option<Duration> = None;
     let mut tokens = 0u32;
     let mut done = false;
     let mut line = Vec::new();
@@ -220,7 +246,9 @@ pub async fn send(
                     done = true;
                 } else if event.windows(9).any(|w| w == b"\"content\"") {
                     tokens += 1;
-                    ttft.get_or_insert_with(|| start.elapsed());
+                    let at = start.elapsed();
+                    ttft.get_or_insert(at);
+                    last_token = Some(at);
                 } else if event.starts_with(b"{\"error\"") {
                     return failed(200);
                 }
@@ -229,6 +257,11 @@ pub async fn send(
         }
     }
     let total = start.elapsed();
+    // Mean gap between content events after the first.
+    let itl = match (ttft, last_token) {
+        (Some(first), Some(last)) if tokens > 1 => (last - first) / (tokens - 1),
+        _ => Duration::ZERO,
+    };
     Sample {
         status: 200,
         ok: done,
@@ -236,5 +269,6 @@ pub async fn send(
         ttft: ttft.unwrap_or(total),
         total,
         tokens,
+        itl,
     }
 }

@@ -20,6 +20,9 @@ pub struct Sample {
     pub total: Duration,
     /// Tokens received (SSE content events, or `usage.completion_tokens`).
     pub tokens: u32,
+    /// Mean inter-token latency of a streamed response (zero otherwise or
+    /// with fewer than two tokens).
+    pub itl: Duration,
 }
 
 /// Samples collected since the last [`Stats::take`].
@@ -60,6 +63,12 @@ pub struct Summary {
     pub ttft_p99: Duration,
     /// Mean time to first token.
     pub ttft_mean: Duration,
+    /// Mean of the streamed requests' mean inter-token latencies.
+    pub itl_mean: Duration,
+    /// 99th percentile of the streamed requests' mean inter-token latencies.
+    pub itl_p99: Duration,
+    /// Output tokens received by successful requests.
+    pub tokens: u64,
 }
 
 impl Summary {
@@ -78,7 +87,25 @@ impl Summary {
         } else {
             ttft.iter().sum::<Duration>() / ttft.len() as u32
         };
+        let mut itl: Vec<Duration> = samples
+            .iter()
+            .filter(|s| s.ok && s.streamed && s.tokens > 1)
+            .map(|s| s.itl)
+            .collect();
+        itl.sort_unstable();
+        let itl_mean = if itl.is_empty() {
+            Duration::ZERO
+        } else {
+            itl.iter().sum::<Duration>() / itl.len() as u32
+        };
         Summary {
+            itl_mean,
+            itl_p99: percentile(&itl, 0.99),
+            tokens: samples
+                .iter()
+                .filter(|s| s.ok)
+                .map(|s| u64::from(s.tokens))
+                .sum(),
             count: samples.len(),
             errors: samples.iter().filter(|s| !s.ok).count(),
             p50: percentile(&total, 0.50),
@@ -121,6 +148,7 @@ mod tests {
             ttft: Duration::from_millis(10),
             total: Duration::from_millis(20),
             tokens: 3,
+            itl: Duration::from_millis(5),
         };
         let bad = Sample {
             status: 502,
@@ -130,5 +158,7 @@ mod tests {
         let s = Summary::of(&[ok, bad, ok]);
         assert_eq!((s.count, s.errors), (3, 1));
         assert_eq!(s.ttft_mean, Duration::from_millis(10));
+        assert_eq!(s.itl_mean, Duration::from_millis(5));
+        assert_eq!(s.tokens, 6);
     }
 }

@@ -621,6 +621,8 @@ pub(super) struct Parsed<'a> {
     pub responses_input: Option<ResponsesInput<'a>>,
     /// Rerank `documents`.
     pub docs: Option<Vec<Cow<'a, str>>>,
+    /// OpenAI `user` (end-user id), for session affinity.
+    pub user: Option<Cow<'a, str>>,
 }
 
 /// The top-level object of a request to `endpoint`.
@@ -646,6 +648,7 @@ enum Key {
     Inputs,
     Parameters,
     Options,
+    User,
     Other,
 }
 
@@ -666,6 +669,7 @@ fn body_key(k: &str) -> Key {
         "inputs" => Key::Inputs,
         "parameters" => Key::Parameters,
         "options" => Key::Options,
+        "user" => Key::User,
         _ => Key::Other,
     }
 }
@@ -746,6 +750,9 @@ impl<'de> Shape<'de> for BodyShape<'_> {
                         loc: root("options"),
                         key: "num_predict",
                     }))?
+                }
+                (Key::User, E::ChatCompletions | E::Completions | E::Embeddings | E::Responses) => {
+                    p.user = map.next_value_seed(Seed(Str(root("user"))))?
                 }
                 _ => skip(&mut map)?,
             }

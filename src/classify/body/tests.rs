@@ -608,3 +608,17 @@ fn garbage_and_truncations_never_panic() {
         }
     }
 }
+
+#[test]
+fn user_field_is_read_as_session_key() {
+    let c = ok(
+        "/v1/chat/completions",
+        r#"{"model":"m","user":"alice","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(c.user.as_deref(), Some("alice"));
+    let c = ok(
+        "/v1/completions",
+        r#"{"model":"m","prompt":"x","user":null}"#,
+    );
+    assert_eq!(c.user, None);
+}

@@ -1,0 +1,332 @@
+//! Composite scoring: filter, score, pick (as llm-d's endpoint picker).
+//!
+//! Each candidate (eligible, not saturated — or every eligible node when all
+//! are saturated) gets a weighted sum of scorers, each normalized to 0..1
+//! over the candidates (1 is best), and the highest total wins (ties at
+//! random). Weights come from `[routes.balance] scorers`; 0 turns a scorer
+//! off.
+//!
+//! | scorer | raw signal | normalized |
+//! |---|---|---|
+//! | `prefix` | leading prompt blocks the node was recently sent ([`PrefixIndex`]) | matched / prompt blocks |
+//! | `queue` | running + waiting (scraped when fresh, never below outstanding) | min-max, lower is better |
+//! | `kv` | scraped KV cache use (nodes without a fresh value get the mean of the others) | `1 - use` |
+//! | `outstanding` | gateway requests in flight / weight | min-max, lower is better |
+//! | `latency` | peak-EWMA TTFT + expected tokens × per-token time (no samples: best of the others) | min-max, lower is better |
+//!
+//! Min-max scaling gives 1 to every node when all are equal. The chosen
+//! node is recorded in the prefix index when the `prefix` weight is above 0.
+
+use std::sync::Arc;
+
+use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::signals::{candidates, expected_tokens, latency_parts, queue_depth};
+use super::{PickContext, Policy};
+use crate::config::{BalanceOptions, ScorerWeights};
+use crate::fleet::{now_ns, Node};
+
+/// Composite-scoring policy for one route.
+#[derive(Debug)]
+pub struct Composite {
+    index: PrefixIndex,
+    weights: ScorerWeights,
+}
+
+impl Composite {
+    /// A policy with the configured weights and an empty prefix index.
+    pub fn new(opts: &BalanceOptions) -> Self {
+        Composite {
+            index: PrefixIndex::new(if opts.scorers.prefix > 0.0 {
+                opts.prefix_capacity
+            } else {
+                16
+            }),
+            weights: opts.scorers,
+        }
+    }
+}
+
+/// Min-max scaling where lower raw values are better: 1 for the minimum,
+/// 0 for the maximum, 1 for all when they are equal.
+fn lower_is_better(raw: &[f64]) -> Vec<f64> {
+    let min = raw.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
+        return vec![1.0; raw.len()];
+    }
+    raw.iter().map(|&x| (max - x) / (max - min)).collect()
+}
+
+impl Policy for Composite {
+    fn name(&self) -> &'static str {
+        "composite"
+    }
+
+    fn pick(
+        &self,
+        nodes: &[Arc<Node>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+    ) -> Option<usize> {
+        let now = now_ns();
+        let cands = candidates(nodes, eligible, now);
+        let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
+        let w = &self.weights;
+        if cands.len() <= 1 {
+            let only = cands.first().copied();
+            if let (Some(i), true) = (only, w.prefix > 0.0) {
+                self.index.record(chain, i);
+            }
+            return only;
+        }
+        let m = cands.len();
+        let mut total = vec![0.0f64; m];
+        let mut add = |weight: f64, scores: &[f64]| {
+            if weight > 0.0 {
+                for (t, s) in total.iter_mut().zip(scores) {
+                    *t += weight * s;
+                }
+            }
+        };
+
+        if w.prefix > 0.0 && !chain.is_empty() {
+            let mut mask = 0u64;
+            for &i in &cands {
+                if i < MAX_NODES {
+                    mask |= 1 << i;
+                }
+            }
+            let mut matched = [0u32; MAX_NODES];
+            self.index.match_lengths(chain, mask, &mut matched);
+            let s: Vec<f64> = cands
+                .iter()
+                .map(|&i| f64::from(matched.get(i).copied().unwrap_or(0)) / chain.len() as f64)
+                .collect();
+            add(w.prefix, &s);
+        }
+        if w.queue > 0.0 {
+            let raw: Vec<f64> = cands.iter().map(|&i| queue_depth(&nodes[i], now)).collect();
+            add(w.queue, &lower_is_better(&raw));
+        }
+        if w.kv > 0.0 {
+            let kv: Vec<Option<f64>> = cands
+                .iter()
+                .map(|&i| {
+                    let n = &nodes[i];
+                    n.load
+                        .ai
+                        .capacity
+                        .view(&n.load, now)
+                        .and_then(|v| v.kv_usage)
+                })
+                .collect();
+            let known: Vec<f64> = kv.iter().flatten().copied().collect();
+            if !known.is_empty() {
+                let mean = known.iter().sum::<f64>() / known.len() as f64;
+                let s: Vec<f64> = kv.iter().map(|k| 1.0 - k.unwrap_or(mean)).collect();
+                add(w.kv, &s);
+            }
+        }
+        if w.outstanding > 0.0 {
+            let raw: Vec<f64> = cands
+                .iter()
+                .map(|&i| nodes[i].outstanding() as f64 / f64::from(nodes[i].weight.max(1)))
+                .collect();
+            add(w.outstanding, &lower_is_better(&raw));
+        }
+        if w.latency > 0.0 {
+            let tokens = expected_tokens(ctx.request);
+            let parts: Vec<(Option<f64>, Option<f64>)> = cands
+                .iter()
+                .map(|&i| latency_parts(&nodes[i], now))
+                .collect();
+            let best_ttft = parts
+                .iter()
+                .filter_map(|p| p.0)
+                .fold(f64::INFINITY, f64::min);
+            let best_tpot = parts
+                .iter()
+                .filter_map(|p| p.1)
+                .fold(f64::INFINITY, f64::min);
+            let raw: Vec<f64> = parts
+                .iter()
+                .map(|&(t, p)| {
+                    let t = t.unwrap_or(if best_ttft.is_finite() {
+                        best_ttft
+                    } else {
+                        0.0
+                    });
+                    let p = p.unwrap_or(if best_tpot.is_finite() {
+                        best_tpot
+                    } else {
+                        0.0
+                    });
+                    t + tokens * p
+                })
+                .collect();
+            add(w.latency, &lower_is_better(&raw));
+        }
+
+        let mut best: Option<(usize, f64)> = None;
+        let mut ties = 0usize;
+        for (k, &i) in cands.iter().enumerate() {
+            let s = total[k];
+            match best {
+                Some((_, b)) if s < b => {}
+                Some((_, b)) if s == b => {
+                    ties += 1;
+                    if fastrand::usize(..ties) == 0 {
+                        best = Some((i, s));
+                    }
+                }
+                _ => {
+                    best = Some((i, s));
+                    ties = 1;
+                }
+            }
+        }
+        let choice = best.map(|(i, _)| i)?;
+        if w.prefix > 0.0 {
+            self.index.record(chain, choice);
+        }
+        Some(choice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::prefix::{block_hashes, seed_for_model};
+    use crate::classify::{ApiFamily, Endpoint, Head, Priority, RequestClass};
+    use crate::fleet::capacity::Scraped;
+    use crate::fleet::InFlight;
+    use http::uri::Authority;
+    use std::time::Duration;
+
+    fn nodes(n: usize) -> Vec<Arc<Node>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Node::new(
+                    format!("n{i}"),
+                    Authority::from_static("127.0.0.1:1"),
+                    1,
+                ))
+            })
+            .collect()
+    }
+
+    fn req(text: &str) -> RequestClass {
+        let mut c = RequestClass::from_head(Head {
+            family: ApiFamily::OpenAi,
+            endpoint: Endpoint::ChatCompletions,
+            path_model: None,
+            parse_body: true,
+            priority: Priority::Standard,
+        });
+        c.prefix = block_hashes(seed_for_model("m"), text.as_bytes(), 256);
+        c.prompt_tokens = (text.len() / 4) as u32;
+        c
+    }
+
+    fn only(prefix: f64, queue: f64, kv: f64, outstanding: f64, latency: f64) -> BalanceOptions {
+        BalanceOptions {
+            scorers: ScorerWeights {
+                prefix,
+                queue,
+                kv,
+                outstanding,
+                latency,
+            },
+            ..BalanceOptions::default()
+        }
+    }
+
+    fn pick(p: &Composite, ns: &[Arc<Node>], r: Option<&RequestClass>) -> usize {
+        p.pick(
+            ns,
+            &|_| true,
+            &PickContext {
+                request: r,
+                headers: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn outstanding_scorer_spreads_evenly() {
+        let ns = nodes(4);
+        let p = Composite::new(&only(0.0, 0.0, 0.0, 1.0, 0.0));
+        let mut g: Vec<InFlight> = Vec::new();
+        for _ in 0..400 {
+            let i = pick(&p, &ns, None);
+            g.push(ns[i].begin_request());
+        }
+        assert!(ns.iter().all(|n| n.outstanding() == 100));
+    }
+
+    #[test]
+    fn prefix_weight_trades_against_load() {
+        let ns = nodes(3);
+        let r = req(&"conversation so far ".repeat(50));
+        let strong = Composite::new(&only(3.0, 0.0, 0.0, 1.0, 0.0));
+        let home = pick(&strong, &ns, Some(&r));
+        // Home has the most in flight; the prefix weight (3) beats the
+        // outstanding weight (1).
+        let _g: Vec<InFlight> = (0..5).map(|_| ns[home].begin_request()).collect();
+        assert_eq!(pick(&strong, &ns, Some(&r)), home);
+        // With the weights reversed, load wins.
+        let weak = Composite::new(&only(0.5, 0.0, 0.0, 1.0, 0.0));
+        let h2 = pick(&weak, &ns, Some(&r));
+        let _g2: Vec<InFlight> = (0..5).map(|_| ns[h2].begin_request()).collect();
+        assert_ne!(pick(&weak, &ns, Some(&r)), h2);
+    }
+
+    #[test]
+    fn kv_and_latency_scorers_prefer_the_better_node() {
+        let ns = nodes(2);
+        let now = now_ns();
+        let s = |kv| Scraped {
+            running: Some(1.0),
+            waiting: Some(0.0),
+            kv_usage: Some(kv),
+        };
+        ns[0].load.ai.capacity.record(&s(0.9), 0, now);
+        ns[1].load.ai.capacity.record(&s(0.2), 0, now);
+        let p = Composite::new(&only(0.0, 0.0, 1.0, 0.0, 0.0));
+        assert!((0..50).all(|_| pick(&p, &ns, None) == 1));
+        let l = Composite::new(&only(0.0, 0.0, 0.0, 0.0, 1.0));
+        ns[0].load.ai.observe_ttft(Duration::from_millis(50));
+        ns[0].load.ai.observe_tpot(Duration::from_millis(5));
+        ns[1].load.ai.observe_ttft(Duration::from_millis(500));
+        ns[1].load.ai.observe_tpot(Duration::from_millis(50));
+        assert!((0..50).all(|_| pick(&l, &ns, None) == 0));
+    }
+
+    #[test]
+    fn queue_scorer_uses_fresh_scrapes_and_filters_saturated() {
+        let ns = nodes(3);
+        let now = now_ns();
+        for (i, waiting) in [(0, 9.0), (1, 1.0), (2, 4.0)] {
+            let cap = &ns[i].load.ai.capacity;
+            cap.configure(Duration::from_secs(1), Some(5), None);
+            cap.record(
+                &Scraped {
+                    running: Some(2.0),
+                    waiting: Some(waiting),
+                    kv_usage: None,
+                },
+                0,
+                now,
+            );
+        }
+        let p = Composite::new(&only(0.0, 1.0, 0.0, 0.0, 0.0));
+        assert!((0..50).all(|_| pick(&p, &ns, None) == 1));
+        // Node 1 ineligible: node 0 is saturated (9 > 5), so node 2.
+        for _ in 0..50 {
+            let i = p.pick(&ns, &|i| i != 1, &PickContext::EMPTY).unwrap();
+            assert_eq!(i, 2);
+        }
+        assert_eq!(p.pick(&ns, &|_| false, &PickContext::EMPTY), None);
+    }
+}

@@ -1,0 +1,330 @@
+//! Prefix-aware balancing: send a request to the node that most recently
+//! served the longest leading part of its prompt, so the node's prefix cache
+//! (vLLM automatic prefix caching, SGLang RadixAttention) skips that part of
+//! prefill — unless that node is overloaded compared with the others.
+//!
+//! Like the SGLang router's cache-aware policy, with a flat block-hash index
+//! instead of a radix tree of text (the block chain is the tree: see
+//! [`PrefixIndex`]), and with the balance thresholds applied per node rather
+//! than as one global switch:
+//!
+//! 1. Candidates: eligible nodes that are not saturated (all eligible nodes
+//!    if every one is).
+//! 2. Load `L` of each candidate in request-equivalents per weight: queue
+//!    depth (scraped when fresh, never below the gateway's outstanding
+//!    count) + tokens in flight / `tokens_per_request` (see
+//!    [`signals`](super::signals)).
+//! 3. A node is *overloaded* when `L - L_min > balance_abs_threshold` and
+//!    `L > balance_rel_threshold × L_min`. Overloaded nodes lose their
+//!    cache affinity.
+//! 4. Among the others, the node with the longest matching prefix wins;
+//!    equal matches go to the lower load, then at random.
+//! 5. If no candidate matches a single block, the least-loaded candidate
+//!    wins (new prefixes spread by load).
+//!
+//! The chosen node is recorded for every block of the prompt, so the next
+//! turn of a conversation (same prefix plus more) follows it. Requests
+//! without a prefix (not classified, or shorter than one block) go to the
+//! least-loaded candidate. Cost per pick: O(nodes + prompt blocks) with at
+//! most 2 × 32 short shard locks, no global lock.
+
+use std::sync::Arc;
+
+use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::signals::{argmin_by, candidates, load};
+use super::{PickContext, Policy};
+use crate::config::BalanceOptions;
+use crate::fleet::{now_ns, Node};
+
+/// Prefix-aware policy for one route.
+#[derive(Debug)]
+pub struct PrefixAware {
+    index: PrefixIndex,
+    abs: f64,
+    rel: f64,
+    tokens_per_request: f64,
+}
+
+impl PrefixAware {
+    /// A policy with an empty index.
+    pub fn new(opts: &BalanceOptions) -> Self {
+        PrefixAware {
+            index: PrefixIndex::new(opts.prefix_capacity),
+            abs: opts.balance_abs_threshold,
+            rel: opts.balance_rel_threshold,
+            tokens_per_request: opts.tokens_per_request,
+        }
+    }
+
+    /// The prefix index (tests, memory measurement).
+    pub fn index(&self) -> &PrefixIndex {
+        &self.index
+    }
+}
+
+impl Policy for PrefixAware {
+    fn name(&self) -> &'static str {
+        "prefix_aware"
+    }
+
+    fn pick(
+        &self,
+        nodes: &[Arc<Node>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+    ) -> Option<usize> {
+        let now = now_ns();
+        let cands = candidates(nodes, eligible, now);
+        if cands.len() <= 1 {
+            let only = cands.first().copied();
+            if let (Some(i), Some(req)) = (only, ctx.request) {
+                self.index.record(&req.prefix, i);
+            }
+            return only;
+        }
+        let loads: Vec<f64> = cands
+            .iter()
+            .map(|&i| load(&nodes[i], now, self.tokens_per_request))
+            .collect();
+        let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
+        let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
+
+        let mut matched = [0u32; MAX_NODES];
+        if !chain.is_empty() {
+            let mut mask = 0u64;
+            for (k, &i) in cands.iter().enumerate() {
+                let overloaded = loads[k] - min > self.abs && loads[k] > self.rel * min;
+                if i < MAX_NODES && !overloaded {
+                    mask |= 1 << i;
+                }
+            }
+            self.index.match_lengths(chain, mask, &mut matched);
+        }
+        let best_match = cands
+            .iter()
+            .map(|&i| matched.get(i).copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        let pos = |i: usize| cands.iter().position(|&c| c == i).unwrap_or(0);
+        let choice = if best_match > 0 {
+            let affine: Vec<usize> = cands
+                .iter()
+                .copied()
+                .filter(|&i| matched.get(i).copied().unwrap_or(0) == best_match)
+                .collect();
+            argmin_by(&affine, |i| loads[pos(i)])
+        } else {
+            argmin_by(&cands, |i| loads[pos(i)])
+        }?;
+        self.index.record(chain, choice);
+        Some(choice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::prefix::{block_hashes, seed_for_model, BLOCK_BYTES};
+    use crate::classify::{ApiFamily, Endpoint, Head, Priority, RequestClass};
+    use crate::fleet::InFlight;
+    use http::uri::Authority;
+
+    fn nodes(n: usize) -> Vec<Arc<Node>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Node::new(
+                    format!("n{i}"),
+                    Authority::from_static("127.0.0.1:1"),
+                    1,
+                ))
+            })
+            .collect()
+    }
+
+    fn req(text: &str) -> RequestClass {
+        let mut c = RequestClass::from_head(Head {
+            family: ApiFamily::OpenAi,
+            endpoint: Endpoint::ChatCompletions,
+            path_model: None,
+            parse_body: true,
+            priority: Priority::Standard,
+        });
+        c.prefix = block_hashes(seed_for_model("m"), text.as_bytes(), 256);
+        c.prompt_tokens = (text.len() / 4) as u32;
+        c.max_tokens = Some(16);
+        c
+    }
+
+    fn pick(p: &PrefixAware, ns: &[Arc<Node>], r: &RequestClass) -> usize {
+        p.pick(
+            ns,
+            &|_| true,
+            &PickContext {
+                request: Some(r),
+                headers: None,
+            },
+        )
+        .unwrap()
+    }
+
+    fn hold(ns: &[Arc<Node>], i: usize, k: usize) -> Vec<InFlight> {
+        (0..k).map(|_| ns[i].begin_request()).collect()
+    }
+
+    #[test]
+    fn sessions_stick_to_their_node_and_spread_by_load() {
+        let ns = nodes(4);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let mut homes = Vec::new();
+        let mut guards = Vec::new();
+        // 8 distinct conversations, each request held in flight: new
+        // prefixes spread over the least-loaded nodes.
+        for s in 0..8 {
+            let r = req(&format!("{s:04}{}", "x".repeat(BLOCK_BYTES * 10)));
+            let i = pick(&p, &ns, &r);
+            guards.push(ns[i].begin_request_for(&r));
+            homes.push(i);
+        }
+        let mut per = [0; 4];
+        for &h in &homes {
+            per[h] += 1;
+        }
+        assert_eq!(per, [2, 2, 2, 2], "{homes:?}");
+        // Follow-up turns (prefix + more) go home, whatever the small load.
+        for (s, &home) in homes.iter().enumerate() {
+            let r = req(&format!(
+                "{s:04}{}{}",
+                "x".repeat(BLOCK_BYTES * 10),
+                "more".repeat(100)
+            ));
+            assert_eq!(pick(&p, &ns, &r), home, "session {s}");
+        }
+    }
+
+    #[test]
+    fn overloaded_home_loses_affinity() {
+        let ns = nodes(3);
+        let p = PrefixAware::new(&BalanceOptions {
+            balance_abs_threshold: 4.0,
+            balance_rel_threshold: 1.5,
+            ..BalanceOptions::default()
+        });
+        let r = req(&"shared system prompt ".repeat(40));
+        let home = pick(&p, &ns, &r);
+        // Home is busy but within the absolute threshold: still home.
+        let _g = hold(&ns, home, 4);
+        assert_eq!(pick(&p, &ns, &r), home);
+        // Over both thresholds: goes to the least-loaded other node.
+        let _g2 = hold(&ns, home, 2);
+        let other = (home + 1) % 3;
+        let _g3 = hold(&ns, other, 1);
+        let chosen = pick(&p, &ns, &r);
+        assert_eq!(chosen, (home + 2) % 3);
+        // Now two nodes hold the prefix; ineligible ones are never chosen.
+        for _ in 0..50 {
+            let i = p
+                .pick(
+                    &ns,
+                    &|i| i != chosen,
+                    &PickContext {
+                        request: Some(&r),
+                        headers: None,
+                    },
+                )
+                .unwrap();
+            assert_ne!(i, chosen);
+        }
+    }
+
+    #[test]
+    fn shared_system_prompt_spreads_once_nodes_fill() {
+        // Many sessions share one system prompt; with requests held in
+        // flight, the thresholds spread them instead of piling on one node.
+        let ns = nodes(4);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let sys = "You are a helpful assistant. ".repeat(60);
+        let mut guards = Vec::new();
+        let mut per = [0usize; 4];
+        for s in 0..200 {
+            let r = req(&format!("{sys}user {s}: question"));
+            let i = pick(&p, &ns, &r);
+            guards.push(ns[i].begin_request_for(&r));
+            per[i] += 1;
+        }
+        let (lo, hi) = (per.iter().min().unwrap(), per.iter().max().unwrap());
+        assert!(*lo > 20 && hi - lo < 40, "{per:?}");
+    }
+
+    #[test]
+    fn no_prefix_means_least_loaded_and_none_when_nothing_eligible() {
+        let ns = nodes(3);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let _a = hold(&ns, 0, 2);
+        let _b = hold(&ns, 2, 1);
+        assert_eq!(p.pick(&ns, &|_| true, &PickContext::EMPTY), Some(1));
+        assert_eq!(p.pick(&ns, &|_| false, &PickContext::EMPTY), None);
+        assert_eq!(p.pick(&[], &|_| true, &PickContext::EMPTY), None);
+    }
+
+    #[test]
+    fn saturated_nodes_are_avoided_while_others_remain() {
+        use crate::fleet::capacity::Scraped;
+        let ns = nodes(2);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let r = req(&"abc ".repeat(100));
+        let home = pick(&p, &ns, &r);
+        let cap = &ns[home].load.ai.capacity;
+        cap.configure(std::time::Duration::from_secs(1), Some(2), None);
+        let full = Scraped {
+            running: Some(32.0),
+            waiting: Some(10.0),
+            kv_usage: Some(0.99),
+        };
+        cap.record(&full, 0, now_ns());
+        assert_eq!(pick(&p, &ns, &r), 1 - home);
+        // Only the saturated node eligible: still served.
+        let only = p.pick(
+            &ns,
+            &|i| i == home,
+            &PickContext {
+                request: Some(&r),
+                headers: None,
+            },
+        );
+        assert_eq!(only, Some(home));
+    }
+
+    #[test]
+    fn index_memory_at_100k_prefixes() {
+        use xxhash_rust::xxh3::xxh3_64;
+        // 100k distinct prompts of 8 blocks (128 tokens) each on 8 nodes,
+        // into an index sized for them: report bytes per block held.
+        let idx = PrefixIndex::new(1 << 20);
+        for i in 0..100_000u64 {
+            let chain: Vec<u64> = (0..8)
+                .map(|k: u64| xxh3_64(&[i.to_le_bytes(), k.to_le_bytes()].concat()))
+                .collect();
+            idx.record(&chain, (i % 8) as usize);
+        }
+        let blocks = idx.len();
+        let bytes = idx.memory_bytes();
+        assert_eq!(blocks, 800_000);
+        let per = bytes as f64 / blocks as f64;
+        eprintln!("prefix index: {blocks} blocks, {bytes} bytes, {per:.1} B/block");
+        assert!(per < 64.0, "{per}");
+        // The default capacity bounds it whatever the traffic.
+        let bounded = PrefixIndex::new(262_144);
+        for i in 0..100_000u64 {
+            let chain: Vec<u64> = (0..8)
+                .map(|k: u64| xxh3_64(&[i.to_le_bytes(), k.to_le_bytes()].concat()))
+                .collect();
+            bounded.record(&chain, (i % 8) as usize);
+        }
+        eprintln!(
+            "bounded (262144): {} blocks, {} bytes",
+            bounded.len(),
+            bounded.memory_bytes()
+        );
+        assert!(bounded.len() <= 262_144 + 32 * 16);
+    }
+}

@@ -1,0 +1,269 @@
+//! Which nodes were recently sent which prompt prefixes: a bounded map from
+//! prefix block hash to a node bitset, shared by the prefix-aware policies.
+//!
+//! Requests carry their prompt as a chain of block hashes (see
+//! [`crate::classify::prefix`]): block `k`'s hash covers blocks `0..=k`, so
+//! one flat map `block hash → nodes` answers "how many leading blocks of this
+//! prompt did node `i` see" without a tree: node `i` matches the first `m`
+//! blocks when each of them has bit `i` set. Nodes are tracked by index in
+//! the pool (the first 64; later ones never match).
+//!
+//! # Memory and eviction
+//!
+//! Each entry is 8 (key) + 16 (value, padded) bytes plus hashbrown's control
+//! byte, in a table kept between 7/16 and 7/8 full: about 30–60 bytes per
+//! distinct block. The map holds at most `capacity` blocks; when a shard
+//! grows past its share, the least recently used quarter of it is dropped
+//! (one O(shard) pass per `capacity/4/shards` inserts, so O(1) amortized).
+//!
+//! # Locking
+//!
+//! The map is split into [`SHARDS`] `Mutex`-protected shards by hash bits.
+//! A lookup or a record groups the chain's hashes by shard and takes each
+//! shard's lock once, doing only a few hash probes under it: at most
+//! `SHARDS` short critical sections per request, never one lock over the
+//! whole chain, and workers on different threads rarely meet on a shard.
+//! A `Mutex` rather than an `RwLock` because every pick both reads and
+//! writes the same entries (lookup, then record of the chosen node), and an
+//! uncontended `Mutex` is the cheaper of the two for sections this short.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+/// Number of shards (a power of two).
+pub const SHARDS: usize = 32;
+/// Nodes a bitset can hold.
+pub const MAX_NODES: usize = 64;
+
+/// Block hashes are already uniform (xxh3): use them as they are.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    nodes: u64,
+    used: u32,
+}
+
+type Shard = HashMap<u64, Entry, BuildHasherDefault<IdHasher>>;
+
+/// The index of one route (see the module docs).
+#[derive(Debug)]
+pub struct PrefixIndex {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    clock: AtomicU32,
+}
+
+#[inline]
+fn shard_of(hash: u64) -> usize {
+    // The top bits: hashbrown uses the low bits for the bucket and the top 7
+    // for the control byte; taking bits 52.. keeps the shard choice apart.
+    ((hash >> 52) as usize) & (SHARDS - 1)
+}
+
+impl PrefixIndex {
+    /// An index holding at most about `capacity` blocks.
+    pub fn new(capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(16);
+        PrefixIndex {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard,
+            clock: AtomicU32::new(1),
+        }
+    }
+
+    /// Group the chain's positions by shard: `order` lists positions shard by
+    /// shard, `bounds[s]..bounds[s+1]` are shard `s`'s.
+    fn group(chain: &[u64]) -> (Vec<u32>, [u32; SHARDS + 1]) {
+        let mut counts = [0u32; SHARDS + 1];
+        for &h in chain {
+            counts[shard_of(h) + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            counts[s + 1] += counts[s];
+        }
+        let bounds = counts;
+        let mut next = counts;
+        let mut order = vec![0u32; chain.len()];
+        for (k, &h) in chain.iter().enumerate() {
+            let s = shard_of(h);
+            order[next[s] as usize] = k as u32;
+            next[s] += 1;
+        }
+        (order, bounds)
+    }
+
+    fn lock(&self, s: usize) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[s].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For each node index `i < 64`, how many leading blocks of `chain` it
+    /// was sent (`out[i]`), considering only nodes in `mask`.
+    pub fn match_lengths(&self, chain: &[u64], mask: u64, out: &mut [u32; MAX_NODES]) {
+        out.fill(0);
+        if chain.is_empty() || mask == 0 {
+            return;
+        }
+        let (order, bounds) = Self::group(chain);
+        let mut bits = vec![0u64; chain.len()];
+        for s in 0..SHARDS {
+            let (a, b) = (bounds[s] as usize, bounds[s + 1] as usize);
+            if a == b {
+                continue;
+            }
+            let shard = self.lock(s);
+            for &k in &order[a..b] {
+                bits[k as usize] = shard.get(&chain[k as usize]).map_or(0, |e| e.nodes);
+            }
+        }
+        let mut alive = mask;
+        for (k, &b) in bits.iter().enumerate() {
+            let next = alive & b;
+            let mut gone = alive & !next;
+            while gone != 0 {
+                let i = gone.trailing_zeros() as usize;
+                out[i] = k as u32;
+                gone &= gone - 1;
+            }
+            alive = next;
+            if alive == 0 {
+                return;
+            }
+        }
+        while alive != 0 {
+            let i = alive.trailing_zeros() as usize;
+            out[i] = chain.len() as u32;
+            alive &= alive - 1;
+        }
+    }
+
+    /// Remember that `node` was sent every block of `chain`.
+    pub fn record(&self, chain: &[u64], node: usize) {
+        if node >= MAX_NODES || chain.is_empty() {
+            return;
+        }
+        let bit = 1u64 << node;
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let (order, bounds) = Self::group(chain);
+        for s in 0..SHARDS {
+            let (a, b) = (bounds[s] as usize, bounds[s + 1] as usize);
+            if a == b {
+                continue;
+            }
+            let mut shard = self.lock(s);
+            for &k in &order[a..b] {
+                let e = shard.entry(chain[k as usize]).or_insert(Entry {
+                    nodes: 0,
+                    used: now,
+                });
+                e.nodes |= bit;
+                e.used = now;
+            }
+            if shard.len() > self.per_shard {
+                evict_oldest_quarter(&mut shard);
+            }
+        }
+    }
+
+    /// Blocks held.
+    pub fn len(&self) -> usize {
+        (0..SHARDS).map(|s| self.lock(s).len()).sum()
+    }
+
+    /// True when no block is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Heap bytes of the tables: buckets × (entry + control byte), where
+    /// hashbrown allocates a power of two of buckets at most 7/8 usable.
+    pub fn memory_bytes(&self) -> usize {
+        let per = std::mem::size_of::<(u64, Entry)>() + 1;
+        let buckets = |cap: usize| match cap {
+            0 => 0,
+            1..=3 => 4,
+            4..=7 => 8,
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        (0..SHARDS)
+            .map(|s| buckets(self.lock(s).capacity()) * per)
+            .sum::<usize>()
+            + SHARDS * std::mem::size_of::<Mutex<Shard>>()
+    }
+}
+
+/// Drop the least recently used quarter of a shard.
+fn evict_oldest_quarter(shard: &mut Shard) {
+    let mut ages: Vec<u32> = shard.values().map(|e| e.used).collect();
+    let cut = ages.len() / 4;
+    if cut == 0 {
+        return;
+    }
+    let (_, &mut threshold, _) = ages.select_nth_unstable(cut);
+    // Keep entries newer than the threshold (ties at the threshold go too,
+    // which can drop a little more than a quarter).
+    shard.retain(|_, e| e.used > threshold);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::prefix::{block_hashes, seed_for_model, BLOCK_BYTES};
+
+    fn chain(text: &str) -> Vec<u64> {
+        block_hashes(seed_for_model("m"), text.as_bytes(), 256)
+    }
+
+    #[test]
+    fn longest_match_per_node() {
+        let idx = PrefixIndex::new(4096);
+        let sys = "s".repeat(BLOCK_BYTES * 4);
+        let a = chain(&format!("{sys}{}", "a".repeat(BLOCK_BYTES * 3)));
+        let b = chain(&format!("{sys}{}", "b".repeat(BLOCK_BYTES * 2)));
+        idx.record(&a, 0);
+        idx.record(&b, 1);
+        let mut out = [0; MAX_NODES];
+        idx.match_lengths(&a, u64::MAX, &mut out);
+        assert_eq!(&out[..3], &[7, 4, 0]);
+        idx.match_lengths(&b, u64::MAX, &mut out);
+        assert_eq!(&out[..3], &[4, 6, 0]);
+        // Masked-out nodes never match.
+        idx.match_lengths(&a, 0b10, &mut out);
+        assert_eq!(&out[..2], &[0, 4]);
+        // Unknown prompt.
+        idx.match_lengths(&chain(&"z".repeat(500)), u64::MAX, &mut out);
+        assert!(out.iter().all(|&m| m == 0));
+    }
+
+    #[test]
+    fn capacity_bounds_memory_and_keeps_recent() {
+        let idx = PrefixIndex::new(2048);
+        let recent = chain(&"r".repeat(BLOCK_BYTES * 8));
+        for i in 0..2000u32 {
+            let c = chain(&format!("{i:08}{}", "x".repeat(BLOCK_BYTES * 4)));
+            idx.record(&c, (i % 4) as usize);
+            idx.record(&recent, 1);
+        }
+        assert!(idx.len() <= 2048 + SHARDS * 16, "{}", idx.len());
+        let mut out = [0; MAX_NODES];
+        idx.match_lengths(&recent, u64::MAX, &mut out);
+        assert_eq!(out[1], 8);
+    }
+}

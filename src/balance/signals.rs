@@ -1,0 +1,96 @@
+//! Load signals shared by the AI-aware policies.
+//!
+//! * **Queue depth** of a node: its scraped running + waiting requests when
+//!   the scrape is fresh (the waiting count kept current with the gateway's
+//!   own sends, see [`crate::fleet::capacity`]), but never less than the
+//!   gateway's own outstanding count; else the outstanding count.
+//! * **Load** in request-equivalents per unit of weight: queue depth plus
+//!   the tokens in flight (prompt + expected output) divided by
+//!   `tokens_per_request`, all over the node's weight.
+//! * **Expected latency** of a request: peak-EWMA TTFT + expected output
+//!   tokens × peak-EWMA time per token.
+
+use std::sync::Arc;
+
+use crate::classify::RequestClass;
+use crate::fleet::{expected_output, Node, DEFAULT_EXPECTED_OUTPUT};
+
+/// Queue depth (requests) of a node at `now` (see the module docs).
+pub fn queue_depth(node: &Node, now: u64) -> f64 {
+    let out = node.outstanding();
+    match node.load.ai.capacity.view(&node.load, now) {
+        Some(v) => (v.running + v.waiting).max(out) as f64,
+        None => out as f64,
+    }
+}
+
+/// Load of a node in request-equivalents per unit of weight.
+pub fn load(node: &Node, now: u64, tokens_per_request: f64) -> f64 {
+    let ai = &node.load.ai;
+    let tokens = (ai.prompt_tokens_in_flight() + ai.output_tokens_in_flight()) as f64;
+    (queue_depth(node, now) + tokens / tokens_per_request) / f64::from(node.weight.max(1))
+}
+
+/// True when the node's fresh scraped signals say it is saturated.
+pub fn saturated(node: &Node, now: u64) -> bool {
+    node.load.ai.capacity.is_saturated(&node.load, now)
+}
+
+/// Eligible nodes that are not saturated, or every eligible node when all
+/// are saturated (the proxy decides whether to send to saturated nodes; a
+/// policy only prefers the others).
+pub fn candidates(nodes: &[Arc<Node>], eligible: &dyn Fn(usize) -> bool, now: u64) -> Vec<usize> {
+    let all: Vec<usize> = (0..nodes.len()).filter(|&i| eligible(i)).collect();
+    if all.len() <= 1 {
+        return all;
+    }
+    let free: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| !saturated(&nodes[i], now))
+        .collect();
+    if free.is_empty() {
+        all
+    } else {
+        free
+    }
+}
+
+/// Expected output tokens of the request (its limit, else the default).
+pub fn expected_tokens(request: Option<&RequestClass>) -> f64 {
+    f64::from(request.map_or(DEFAULT_EXPECTED_OUTPUT, expected_output))
+}
+
+/// Peak-EWMA TTFT and per-token time of a node, if it has samples.
+pub fn latency_parts(node: &Node, now: u64) -> (Option<f64>, Option<f64>) {
+    let ai = &node.load.ai;
+    (ai.ttft_secs(now), ai.tpot_secs(now))
+}
+
+/// Index of the minimum of `score` over `items`, ties broken uniformly at
+/// random; `None` for no items.
+pub fn argmin_by(items: &[usize], mut score: impl FnMut(usize) -> f64) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    let mut ties = 0usize;
+    for &i in items {
+        let s = score(i);
+        match best {
+            None => {
+                best = Some((i, s));
+                ties = 1;
+            }
+            Some((_, b)) if s < b => {
+                best = Some((i, s));
+                ties = 1;
+            }
+            Some((_, b)) if s == b => {
+                ties += 1;
+                if fastrand::usize(..ties) == 0 {
+                    best = Some((i, s));
+                }
+            }
+            _ => {}
+        }
+    }
+    best.map(|(i, _)| i)
+}

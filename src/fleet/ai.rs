@@ -1,0 +1,337 @@
+//! The gateway's own AI-aware view of a node: tokens in flight and
+//! peak-EWMA latencies (time to first token, time per output token), plus
+//! the capacity signals scraped from the node (see [`super::capacity`]).
+//!
+//! Everything is a relaxed atomic updated on the request path; no lock.
+//!
+//! # Who updates what
+//!
+//! * [`Node::begin_request_for`] (instead of `begin_request`) counts the
+//!   request's prompt tokens and expected output tokens in flight; the
+//!   [`InFlight`] guard subtracts them when it is dropped.
+//! * [`InFlight::on_data_frame`] is called by the response body for every
+//!   data frame of a node's response: the first frame of a *streamed*
+//!   response gives a TTFT sample ([`AiLoad::observe_ttft`]), the gap between
+//!   later frames a per-token sample ([`AiLoad::observe_tpot`]). Non-streamed
+//!   responses give no samples (their first byte is the whole generation).
+//!
+//! # Peak EWMA
+//!
+//! As linkerd/Finagle's peak EWMA: a sample worse than the current estimate
+//! replaces it at once; a better one is blended in with weight
+//! `1 - exp(-dt / tau)`, where `dt` is the time since the previous sample.
+//! Reads decay the estimate towards zero with the same time constant (as
+//! tower's `PeakEwma` does on every load read), so a node that was slow and
+//! then received no traffic is eventually tried again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::capacity::Capacity;
+use super::{InFlight, Node, NodeLoad};
+use crate::classify::RequestClass;
+
+/// Default time constant of the peak EWMAs.
+pub const DEFAULT_TAU: Duration = Duration::from_secs(10);
+
+/// Output tokens assumed for a request that declares no limit.
+pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
+
+/// Nanoseconds since a process-wide epoch (never 0 after the first call,
+/// so 0 can mean "never").
+pub fn now_ns() -> u64 {
+    at_ns(Instant::now())
+}
+
+/// `t` as nanoseconds since the process-wide epoch (at least 1).
+pub fn at_ns(t: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_secs(1));
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// A peak-sensitive exponentially weighted moving average of a duration,
+/// in seconds, lock-free.
+#[derive(Debug)]
+pub struct PeakEwma {
+    /// `f64` seconds as bits.
+    value: AtomicU64,
+    /// When `value` was last written ([`now_ns`]); 0 = no sample yet.
+    stamp: AtomicU64,
+    tau_ns: f64,
+}
+
+impl Default for PeakEwma {
+    fn default() -> Self {
+        PeakEwma::new(DEFAULT_TAU)
+    }
+}
+
+impl PeakEwma {
+    /// An empty average with time constant `tau`.
+    pub fn new(tau: Duration) -> Self {
+        PeakEwma {
+            value: AtomicU64::new(0f64.to_bits()),
+            stamp: AtomicU64::new(0),
+            tau_ns: (tau.as_nanos() as f64).max(1.0),
+        }
+    }
+
+    /// Record a sample taken at `now_ns`. Concurrent samples may overwrite
+    /// each other (last writer wins); that only loses a sample.
+    pub fn observe_at(&self, sample: Duration, now_ns: u64) {
+        let sample = sample.as_secs_f64();
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        let next = if stamp == 0 {
+            sample
+        } else {
+            let prev = f64::from_bits(self.value.load(Ordering::Relaxed));
+            let w = (-(now_ns.saturating_sub(stamp) as f64) / self.tau_ns).exp();
+            let current = prev * w;
+            if sample > current {
+                sample
+            } else {
+                current + sample * (1.0 - w)
+            }
+        };
+        self.value.store(next.to_bits(), Ordering::Relaxed);
+        self.stamp.store(now_ns.max(1), Ordering::Relaxed);
+    }
+
+    /// The estimate in seconds at `now_ns`, or `None` before any sample.
+    pub fn get_at(&self, now_ns: u64) -> Option<f64> {
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        if stamp == 0 {
+            return None;
+        }
+        let v = f64::from_bits(self.value.load(Ordering::Relaxed));
+        let w = (-(now_ns.saturating_sub(stamp) as f64) / self.tau_ns).exp();
+        Some(v * w)
+    }
+}
+
+/// AI-aware counters of one node, kept in [`NodeLoad::ai`].
+#[derive(Debug, Default)]
+pub struct AiLoad {
+    prompt_tokens: AtomicU64,
+    output_tokens: AtomicU64,
+    ttft: PeakEwma,
+    tpot: PeakEwma,
+    /// Signals scraped from the node's `/metrics`.
+    pub capacity: Capacity,
+}
+
+impl AiLoad {
+    /// Estimated prompt tokens of the requests in flight to the node.
+    pub fn prompt_tokens_in_flight(&self) -> u64 {
+        self.prompt_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Expected output tokens (declared limits) of the requests in flight.
+    pub fn output_tokens_in_flight(&self) -> u64 {
+        self.output_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Record a time-to-first-token sample: from sending the request to
+    /// the first data frame of a streamed response.
+    ///
+    /// Called by [`InFlight::on_data_frame`]; call it directly only for
+    /// samples measured some other way.
+    pub fn observe_ttft(&self, d: Duration) {
+        self.ttft.observe_at(d, now_ns());
+    }
+
+    /// Record a time-per-output-token sample: the gap between two data
+    /// frames of a streamed response (one token per frame for OpenAI-style
+    /// SSE servers; a frame carrying several tokens over-estimates, which
+    /// is on the safe side).
+    pub fn observe_tpot(&self, d: Duration) {
+        self.tpot.observe_at(d, now_ns());
+    }
+
+    /// Peak-EWMA time to first token in seconds, `None` before any sample.
+    pub fn ttft_secs(&self, now_ns: u64) -> Option<f64> {
+        self.ttft.get_at(now_ns)
+    }
+
+    /// Peak-EWMA time per output token in seconds, `None` before any sample.
+    pub fn tpot_secs(&self, now_ns: u64) -> Option<f64> {
+        self.tpot.get_at(now_ns)
+    }
+}
+
+/// What one attempt added to its node's [`AiLoad`], and its response timing.
+#[derive(Debug, Default)]
+pub(super) struct Attempt {
+    prompt_tokens: u64,
+    output_tokens: u64,
+    /// Whether data frames give latency samples (streamed responses).
+    timed: bool,
+    started: Option<Instant>,
+    last_frame: Option<Instant>,
+}
+
+impl Attempt {
+    /// Undo what the attempt added (called once, from `InFlight::drop`).
+    pub(super) fn end(&self, load: &NodeLoad) {
+        if self.prompt_tokens > 0 {
+            load.ai
+                .prompt_tokens
+                .fetch_sub(self.prompt_tokens, Ordering::Relaxed);
+        }
+        if self.output_tokens > 0 {
+            load.ai
+                .output_tokens
+                .fetch_sub(self.output_tokens, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Expected output tokens of a request: its declared limit, else
+/// [`DEFAULT_EXPECTED_OUTPUT`].
+pub fn expected_output(class: &RequestClass) -> u32 {
+    class.max_tokens.unwrap_or(DEFAULT_EXPECTED_OUTPUT)
+}
+
+impl Node {
+    /// Like [`Node::begin_request`], and also count the request's prompt
+    /// and expected output tokens in flight and time its response (TTFT and
+    /// per-token samples when it streams). The proxy should call this for
+    /// classified requests.
+    pub fn begin_request_for(&self, class: &RequestClass) -> InFlight {
+        let mut guard = self.begin_request();
+        let prompt = u64::from(class.prompt_tokens);
+        let output = u64::from(expected_output(class));
+        self.load
+            .ai
+            .prompt_tokens
+            .fetch_add(prompt, Ordering::Relaxed);
+        self.load
+            .ai
+            .output_tokens
+            .fetch_add(output, Ordering::Relaxed);
+        guard.attempt = Attempt {
+            prompt_tokens: prompt,
+            output_tokens: output,
+            timed: class.stream,
+            started: Some(Instant::now()),
+            last_frame: None,
+        };
+        guard
+    }
+
+    /// True when the node's fresh scraped signals put it over its pool's
+    /// `max_queue` or `max_kv_usage`; the proxy should then treat it as not
+    /// eligible. Stale or missing scrapes never saturate a node.
+    pub fn is_saturated(&self, now: Instant) -> bool {
+        self.load.ai.capacity.is_saturated(&self.load, at_ns(now))
+    }
+}
+
+impl InFlight {
+    /// Call for every data frame of the node's response body, as it is
+    /// passed on to the client. Gives a TTFT sample on the first frame and
+    /// a per-token sample for each later one (streamed responses only).
+    pub fn on_data_frame(&mut self) {
+        if !self.attempt.timed {
+            return;
+        }
+        let now = Instant::now();
+        match self.attempt.last_frame {
+            None => {
+                if let Some(started) = self.attempt.started {
+                    self.load.ai.observe_ttft(now.duration_since(started));
+                }
+            }
+            Some(last) => self.load.ai.observe_tpot(now.duration_since(last)),
+        }
+        self.attempt.last_frame = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{ApiFamily, Endpoint, Head, Priority};
+    use http::uri::Authority;
+
+    fn class(prompt: u32, max: Option<u32>, stream: bool) -> RequestClass {
+        let mut c = RequestClass::from_head(Head {
+            family: ApiFamily::OpenAi,
+            endpoint: Endpoint::ChatCompletions,
+            path_model: None,
+            parse_body: true,
+            priority: Priority::Standard,
+        });
+        c.prompt_tokens = prompt;
+        c.max_tokens = max;
+        c.stream = stream;
+        c
+    }
+
+    #[test]
+    fn tokens_in_flight_are_added_and_released_once() {
+        let n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
+        let g1 = n.begin_request_for(&class(1000, Some(100), true));
+        let g2 = n.begin_request_for(&class(50, None, false));
+        let plain = n.begin_request();
+        assert_eq!(n.load.ai.prompt_tokens_in_flight(), 1050);
+        assert_eq!(
+            n.load.ai.output_tokens_in_flight(),
+            100 + u64::from(DEFAULT_EXPECTED_OUTPUT)
+        );
+        assert_eq!(n.outstanding(), 3);
+        drop(g1);
+        assert_eq!(n.load.ai.prompt_tokens_in_flight(), 50);
+        drop(plain);
+        drop(g2);
+        assert_eq!(n.load.ai.prompt_tokens_in_flight(), 0);
+        assert_eq!(n.load.ai.output_tokens_in_flight(), 0);
+        assert_eq!(n.outstanding(), 0);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        assert_eq!(e.get_at(10), None);
+        let s = 1_000_000_000u64;
+        e.observe_at(Duration::from_millis(100), s);
+        assert!((e.get_at(s).unwrap() - 0.1).abs() < 1e-9);
+        // Worse sample: immediately the new peak.
+        e.observe_at(Duration::from_millis(500), s + 1000);
+        assert!((e.get_at(s + 1000).unwrap() - 0.5).abs() < 1e-6);
+        // Better samples pull it down gradually: after one tau, weight 1-1/e.
+        e.observe_at(Duration::from_millis(100), 2 * s + 1000);
+        let v = e.get_at(2 * s + 1000).unwrap();
+        let expect = 0.5 * (-1f64).exp() + 0.1 * (1.0 - (-1f64).exp());
+        assert!((v - expect).abs() < 1e-6, "{v} vs {expect}");
+        // Reads decay towards zero while no samples arrive.
+        let later = e.get_at(12 * s).unwrap();
+        assert!(later < v * 0.001, "{later}");
+    }
+
+    #[test]
+    fn streamed_frames_give_ttft_and_tpot_samples() {
+        let n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
+        let mut g = n.begin_request_for(&class(10, Some(4), true));
+        std::thread::sleep(Duration::from_millis(20));
+        g.on_data_frame();
+        std::thread::sleep(Duration::from_millis(5));
+        g.on_data_frame();
+        let now = now_ns();
+        let ttft = n.load.ai.ttft_secs(now).unwrap();
+        let tpot = n.load.ai.tpot_secs(now).unwrap();
+        assert!((0.019..1.0).contains(&ttft), "{ttft}");
+        assert!(tpot >= 0.004 && tpot < ttft, "{tpot}");
+        // Non-streamed responses and plain attempts give no samples.
+        let m = Node::new("b", Authority::from_static("127.0.0.1:1"), 1);
+        let mut g = m.begin_request_for(&class(10, Some(4), false));
+        g.on_data_frame();
+        let mut p = m.begin_request();
+        p.on_data_frame();
+        assert_eq!(m.load.ai.ttft_secs(now_ns()), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! AI-aware policies through a real gateway in front of simulated nodes.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use infergate::sim::{Faults, SimConfig, SimNode};
+
+fn small_fast() -> SimConfig {
+    SimConfig {
+        time_scale: 0.01,
+        ..SimConfig::small()
+    }
+}
+
+fn conversation(system: &str, turns: &[String], user: Option<&str>) -> String {
+    let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
+    for (i, t) in turns.iter().enumerate() {
+        messages.push(serde_json::json!({"role": "user", "content": t}));
+        if i + 1 < turns.len() {
+            messages.push(serde_json::json!({"role": "assistant", "content": format!("answer {i} {}", "ok ".repeat(40))}));
+        }
+    }
+    let mut body = serde_json::json!({
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": 4,
+    });
+    if let Some(u) = user {
+        body["user"] = serde_json::json!(u);
+    }
+    body.to_string()
+}
+
+fn hit_rate(nodes: &[SimNode]) -> f64 {
+    let (mut h, mut q) = (0, 0);
+    for n in nodes {
+        let s = n.stats();
+        h += s.prefix_hits_tokens;
+        q += s.prefix_queries_tokens;
+    }
+    h as f64 / q.max(1) as f64
+}
+
+/// Six multi-turn sessions, interleaved, each with its own long system
+/// prompt; returns the nodes each session was served by and the hit rate.
+async fn run_sessions(policy: &str) -> (Vec<HashSet<String>>, f64) {
+    let nodes = start_nodes(4, &small_fast()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), policy, "")).await;
+    let sessions = 6;
+    let systems: Vec<String> = (0..sessions)
+        .map(|s| format!("system prompt {s}: {}", "rules and context ".repeat(110)))
+        .collect();
+    let mut turns: Vec<Vec<String>> = vec![Vec::new(); sessions];
+    let mut served: Vec<HashSet<String>> = vec![HashSet::new(); sessions];
+    for turn in 0..5 {
+        for s in 0..sessions {
+            turns[s].push(format!(
+                "question {turn} of session {s} {}",
+                "words ".repeat(30)
+            ));
+            let reply = post(
+                gw.addr,
+                "/v1/chat/completions",
+                conversation(&systems[s], &turns[s], None),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            served[s].insert(reply.node());
+        }
+    }
+    let rate = hit_rate(&nodes);
+    gw.stop().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    (served, rate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_aware_keeps_sessions_home_and_beats_round_robin_hit_rate() {
+    let (served, aware_rate) = run_sessions("prefix_aware").await;
+    for (s, nodes) in served.iter().enumerate() {
+        assert_eq!(nodes.len(), 1, "session {s} served by {nodes:?}");
+    }
+    // Sessions spread over the fleet rather than piling on one node.
+    let homes: HashSet<&String> = served.iter().flatten().collect();
+    assert!(homes.len() >= 3, "{homes:?}");
+    let (_, rr_rate) = run_sessions("round_robin").await;
+    assert!(
+        aware_rate > rr_rate + 0.15,
+        "prefix_aware {aware_rate:.2} vs round_robin {rr_rate:.2}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_user_on_one_node_and_spreads_users() {
+    let nodes = start_nodes(4, &small_fast()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "consistent_hash", "")).await;
+    let mut by_user: HashMap<String, HashSet<String>> = HashMap::new();
+    for round in 0..3 {
+        for u in 0..24 {
+            let user = format!("user-{u}");
+            let body = conversation("sys", &[format!("hello {round}")], Some(&user));
+            let reply = post(gw.addr, "/v1/chat/completions", body).await;
+            assert_eq!(reply.status, 200);
+            by_user.entry(user).or_default().insert(reply.node());
+        }
+    }
+    for (user, nodes) in &by_user {
+        assert_eq!(nodes.len(), 1, "{user} on {nodes:?}");
+    }
+    let used: HashSet<&String> = by_user.values().flatten().collect();
+    assert!(used.len() >= 3, "users all on {used:?}");
+    // A header key works too.
+    gw.stop().await;
+    let gw = start_gateway(&config_text(
+        &unweighted(&nodes),
+        "consistent_hash",
+        "[routes.balance]\nhash_key = \"header:x-session\"\n",
+    ))
+    .await;
+    let mut seen = HashSet::new();
+    for _ in 0..5 {
+        let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+            .header("content-type", "application/json")
+            .header("x-session", "abc")
+            .body(http_body_util::Full::new(bytes::Bytes::from(chat(
+                "hi", false, 2,
+            ))))
+            .unwrap();
+        seen.insert(send(req).await.node());
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    gw.stop().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A node whose scraped queue is over `max_queue` stops getting requests
+/// from the AI-aware policies (they skip saturated nodes while others are
+/// eligible) and gets them back once a scrape shows it recovered.
+///
+/// The proxy's own eligibility check (`Node::is_saturated`) is not wired on
+/// this branch; this exercises the policies' preference and the scraper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_node_is_avoided_until_it_recovers() {
+    let nodes = start_nodes(2, &small_fast()).await;
+    let text = config_text(&unweighted(&nodes), "composite", "").replace(
+        "\n[[routes]]",
+        "[pools.capacity]\ninterval = \"50ms\"\nmax_queue = 2\n\n[[routes]]",
+    );
+    let gw = start_gateway(&text).await;
+    // Flood node 0 directly: 40 long requests, batch limit 32, so it queues.
+    nodes[0].set_faults(Faults {
+        slowdown: 20.0,
+        ..Faults::default()
+    });
+    let target = nodes[0].addr();
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            tokio::spawn(async move {
+                post(target, "/v1/chat/completions", chat("busy", false, 2000)).await
+            })
+        })
+        .collect();
+    let saturated = eventually(Duration::from_secs(5), || nodes[0].stats().waiting > 2).await;
+    assert!(
+        saturated,
+        "node 0 did not queue: {:?}",
+        nodes[0].stats().waiting
+    );
+    // Wait for a scrape to see it.
+    let node0 = gw.gateway.table().pools[0].nodes[0].clone();
+    assert!(
+        eventually(Duration::from_secs(2), || node0
+            .is_saturated(std::time::Instant::now()))
+        .await,
+        "scraper did not mark node 0 saturated"
+    );
+    for i in 0..20 {
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            chat(&format!("q{i}"), false, 2),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.node(),
+            "sim-1",
+            "request {i} went to the saturated node"
+        );
+    }
+    // Recover: cancel the flood (the sim frees aborted sequences) and speed up.
+    for f in &flood {
+        f.abort();
+    }
+    nodes[0].set_faults(Faults::default());
+    assert!(
+        eventually(Duration::from_secs(5), || !node0
+            .is_saturated(std::time::Instant::now()))
+        .await,
+        "node 0 never recovered"
+    );
+    let mut back = false;
+    for i in 0..40 {
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            chat(&format!("r{i}"), false, 2),
+        )
+        .await;
+        if reply.node() == "sim-0" {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "node 0 got no requests after recovering");
+    gw.stop().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_responses_feed_latency_estimates_and_tokens_are_released() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "peak_ewma", "")).await;
+    for i in 0..6 {
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            chat(&format!("s{i}"), true, 8),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+    }
+    let table = gw.gateway.table();
+    let now = infergate::fleet::now_ns();
+    let sampled = table.pools[0]
+        .nodes
+        .iter()
+        .filter(|n| n.load.ai.ttft_secs(now).is_some() && n.load.ai.tpot_secs(now).is_some())
+        .count();
+    assert!(sampled >= 1);
+    for n in &table.pools[0].nodes {
+        assert!(
+            eventually(Duration::from_secs(2), || n
+                .load
+                .ai
+                .prompt_tokens_in_flight()
+                == 0
+                && n.load.ai.output_tokens_in_flight() == 0
+                && n.outstanding() == 0)
+            .await
+        );
+    }
+    gw.stop().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
