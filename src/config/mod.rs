@@ -184,6 +184,10 @@ pub struct NodeConfig {
     /// Most requests in flight to this node; it is skipped when full.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// Most tokens in flight (prompt estimate + expected output); the node is
+    /// skipped when a new request would find it at or over this.
+    #[serde(default)]
+    pub max_inflight_tokens: Option<u64>,
     /// Take no new requests; requests in flight finish.
     #[serde(default)]
     pub draining: bool,
@@ -462,6 +466,12 @@ impl Config {
                 }
                 if node.max_concurrent == Some(0) {
                     err(format!("{at}.max_concurrent"), "must be at least 1".into());
+                }
+                if node.max_inflight_tokens == Some(0) {
+                    err(
+                        format!("{at}.max_inflight_tokens"),
+                        "must be at least 1".into(),
+                    );
                 }
             }
         }

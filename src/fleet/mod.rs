@@ -61,6 +61,8 @@ pub struct Node {
     pub weight: u32,
     /// Most requests the node may have in flight, if limited.
     pub max_concurrent: Option<u32>,
+    /// Most tokens (prompt estimate + expected output) in flight, if limited.
+    pub max_inflight_tokens: Option<u64>,
     /// Live counters, shared across config reloads.
     pub load: Arc<NodeLoad>,
 }
@@ -73,6 +75,7 @@ impl Node {
             addr,
             weight: weight.max(1),
             max_concurrent: None,
+            max_inflight_tokens: None,
             load: Arc::new(NodeLoad::default()),
         }
     }
@@ -83,13 +86,17 @@ impl Node {
         self.load.outstanding()
     }
 
-    /// True when the node has reached its concurrency limit.
+    /// True when the node has reached its concurrency or token limit.
     #[inline]
     pub fn is_full(&self) -> bool {
-        match self.max_concurrent {
-            Some(max) => self.outstanding() >= u64::from(max),
-            None => false,
-        }
+        let requests_full = self
+            .max_concurrent
+            .is_some_and(|max| self.outstanding() >= u64::from(max));
+        let tokens_full = self.max_inflight_tokens.is_some_and(|max| {
+            let ai = &self.load.ai;
+            ai.prompt_tokens_in_flight() + ai.output_tokens_in_flight() >= max
+        });
+        requests_full || tokens_full
     }
 
     /// Count a new attempt against the node; the guard ends it when dropped.
@@ -190,5 +197,28 @@ mod tests {
         assert!(!n.is_full());
         let _g = n.begin_request();
         assert!(n.is_full());
+    }
+
+    #[test]
+    fn full_respects_token_limit() {
+        use crate::classify::{ApiFamily, Endpoint, Head, Priority, RequestClass};
+        let mut n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
+        n.max_inflight_tokens = Some(1000);
+        let mut class = RequestClass::from_head(Head {
+            family: ApiFamily::OpenAi,
+            endpoint: Endpoint::ChatCompletions,
+            path_model: None,
+            parse_body: true,
+            priority: Priority::Standard,
+        });
+        class.prompt_tokens = 600;
+        class.max_tokens = Some(300);
+        let first = n.begin_request_for(&class);
+        assert!(!n.is_full(), "900 of 1000 tokens");
+        let second = n.begin_request_for(&class);
+        assert!(n.is_full(), "1800 of 1000 tokens");
+        drop(second);
+        assert!(!n.is_full());
+        drop(first);
     }
 }

@@ -451,6 +451,7 @@ mod tests {
                 addr: addr.to_string().parse().unwrap(),
                 weight: 1,
                 max_concurrent: None,
+                max_inflight_tokens: None,
                 load: Arc::clone(&pool.nodes[0].load),
             })],
         });

@@ -204,6 +204,7 @@ impl RouteTable {
                     addr,
                     weight: node.weight.max(1),
                     max_concurrent: node.max_concurrent,
+                    max_inflight_tokens: node.max_inflight_tokens,
                     load,
                 }));
             }
