@@ -13,7 +13,9 @@
 //! 2. Load `L` of each candidate in request-equivalents per weight: queue
 //!    depth (scraped when fresh, never below the gateway's outstanding
 //!    count) + tokens in flight / `tokens_per_request` (see
-//!    [`signals`](super::signals)).
+//!    [`signals`](super::signals)), scaled by the node's slowness — its
+//!    peak-EWMA time per token over the fastest candidate's, when at least
+//!    1.25x — so `(L + 1)` counts in the fastest node's time.
 //! 3. A node is *overloaded* when `L - L_min > balance_abs_threshold` and
 //!    `L > balance_rel_threshold × L_min`. Overloaded nodes lose their
 //!    cache affinity.
@@ -31,7 +33,7 @@
 use std::sync::Arc;
 
 use super::prefix_index::{PrefixIndex, MAX_NODES};
-use super::signals::{argmin_by, candidates, load};
+use super::signals::{argmin_by, candidates, latency_parts, load};
 use super::{PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
@@ -82,9 +84,31 @@ impl Policy for PrefixAware {
             }
             return only;
         }
+        // Load in units of the fastest node's time: a node that decodes at
+        // half speed carries twice the load for the same queue, so cache
+        // affinity does not pile work on a slow node (heterogeneous fleets).
+        let tpots: Vec<Option<f64>> = cands
+            .iter()
+            .map(|&i| latency_parts(&nodes[i], now).1)
+            .collect();
+        let fastest = tpots
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
         let loads: Vec<f64> = cands
             .iter()
-            .map(|&i| load(&nodes[i], now, self.tokens_per_request))
+            .zip(&tpots)
+            .map(|(&i, tpot)| {
+                let slowness = match tpot {
+                    // Below 1.25x it is measurement noise between equal nodes.
+                    Some(t) if fastest.is_finite() && fastest > 0.0 && t / fastest >= 1.25 => {
+                        (t / fastest).min(10.0)
+                    }
+                    _ => 1.0,
+                };
+                (load(&nodes[i], now, self.tokens_per_request) + 1.0) * slowness - 1.0
+            })
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
@@ -234,6 +258,50 @@ mod tests {
                 .unwrap();
             assert_ne!(i, chosen);
         }
+    }
+
+    #[test]
+    fn a_slow_home_loses_affinity_sooner() {
+        let ns = nodes(2);
+        let p = PrefixAware::new(&BalanceOptions {
+            balance_abs_threshold: 4.0,
+            balance_rel_threshold: 1.5,
+            ..BalanceOptions::default()
+        });
+        let r = req(&"shared system prompt ".repeat(40));
+        let home = pick(&p, &ns, &r);
+        let other = 1 - home;
+        // Both decode; the home node at a third of the speed.
+        ns[home]
+            .load
+            .ai
+            .observe_tpot(std::time::Duration::from_millis(30));
+        ns[other]
+            .load
+            .ai
+            .observe_tpot(std::time::Duration::from_millis(10));
+        // 3 requests on a 3x slower node weigh like 11 on the fast one:
+        // over both thresholds against an idle fast node.
+        let _g = hold(&ns, home, 3);
+        assert_eq!(pick(&p, &ns, &r), other);
+        // Equal speeds (within noise): 3 in flight stays within the threshold.
+        let q = PrefixAware::new(&BalanceOptions {
+            balance_abs_threshold: 4.0,
+            balance_rel_threshold: 1.5,
+            ..BalanceOptions::default()
+        });
+        let fresh = nodes(2);
+        let home = pick(&q, &fresh, &r);
+        fresh[0]
+            .load
+            .ai
+            .observe_tpot(std::time::Duration::from_millis(10));
+        fresh[1]
+            .load
+            .ai
+            .observe_tpot(std::time::Duration::from_millis(11));
+        let _h = hold(&fresh, home, 3);
+        assert_eq!(pick(&q, &fresh, &r), home);
     }
 
     #[test]
