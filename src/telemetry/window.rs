@@ -367,7 +367,7 @@ impl Window {
                     recent.requests,
                 ));
             }
-            let span = span_secs.min(RECENT_SECS).max(1) as f64;
+            let span = span_secs.clamp(1, RECENT_SECS) as f64;
             let mut ratios = Vec::new();
             let mut max_dev: Option<f64> = None;
             let nodes: Vec<NodeView> = nodes
