@@ -606,3 +606,60 @@ async fn dead_webhook_is_retried_with_backoff_without_touching_the_data_path() {
     admin.stop().await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_one_line_per_request() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let path = std::env::temp_dir().join(format!("infergate-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut text = config_text(&unweighted(&nodes), "round_robin", "");
+    text.push_str(&format!(
+        "\n[access_log]\nenabled = true\nformat = \"json\"\npath = \"{}\"\n",
+        path.display()
+    ));
+    let gw = start_gateway(&text).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let reply = post(gw.addr, "/v1/chat/completions", chat(&format!("x{i}"), i % 2 == 0, 4)).await;
+        assert_eq!(reply.status, 200);
+        ids.push(reply.headers["x-request-id"].to_str().unwrap().to_string());
+    }
+    // A request the gateway answers itself is logged too.
+    let unknown = post(
+        gw.addr,
+        "/v1/chat/completions",
+        r#"{"model":"nope","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>();
+        if lines.len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for id in &ids {
+        let line = lines
+            .iter()
+            .find(|l| l["request_id"] == id.as_str())
+            .expect("line for every request id");
+        assert_eq!(line["route"], "r");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["attempts"], 1);
+        assert!(line["node"].as_str().unwrap().starts_with('n'));
+        assert!(line["latency_ms"].as_f64().unwrap() > 0.0);
+        assert!(line["ttft_ms"].as_f64().unwrap() > 0.0);
+        assert!(line["tokens_in"].as_u64().unwrap() > 0);
+        assert!(line["tokens_out"].as_u64().unwrap() > 0);
+    }
+    assert!(lines.iter().any(|l| l["status"] == 404 && l["node"] == "-"));
+    let _ = std::fs::remove_file(&path);
+    gw.stop().await;
+}
