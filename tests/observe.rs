@@ -620,7 +620,12 @@ async fn access_log_writes_one_line_per_request() {
     let gw = start_gateway(&text).await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let reply = post(gw.addr, "/v1/chat/completions", chat(&format!("x{i}"), i % 2 == 0, 4)).await;
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            chat(&format!("x{i}"), i % 2 == 0, 4),
+        )
+        .await;
         assert_eq!(reply.status, 200);
         ids.push(reply.headers["x-request-id"].to_str().unwrap().to_string());
     }
