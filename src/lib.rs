@@ -2,6 +2,8 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for a map of the modules.
 
+pub mod admin;
+pub mod alerts;
 pub mod balance;
 pub mod classify;
 pub mod cli;
@@ -10,4 +12,5 @@ pub mod fleet;
 pub mod health;
 pub mod proxy;
 pub mod sim;
+pub mod telemetry;
 pub mod workload;

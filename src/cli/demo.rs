@@ -22,6 +22,9 @@ pub struct DemoArgs {
     /// Gateway port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Admin listener (dashboard, /metrics) port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 9090)]
+    admin_port: u16,
     /// Workload requests per second.
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
@@ -115,6 +118,15 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.admin_port));
+    let admin =
+        match crate::admin::start(Arc::clone(&gateway), &config.admin, Some(admin_addr)).await {
+            Ok(admin) => admin,
+            Err(e) => {
+                eprintln!("{e} (try --admin-port)");
+                return ExitCode::FAILURE;
+            }
+        };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -137,6 +149,10 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     println!(
         "  gateway on http://{gateway_addr}  (config: {})",
         args.config_out.display()
+    );
+    println!(
+        "  dashboard on http://{}/  (metrics: http://{}/metrics)",
+        admin.addr, admin.addr
     );
     println!(
         "  workload: {} req/s of chat sessions with shared system prompts, model {}",
@@ -210,6 +226,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let _ = stop_tx.send(true);
     let _ = load.await;
     let _ = server.await;
+    admin.stop().await;
     for node in nodes {
         node.shutdown().await;
     }

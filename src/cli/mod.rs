@@ -127,8 +127,26 @@ async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
         }
     };
     tracing::info!(addr = %config.listener.addr, "infergate listening");
+    let admin = if config.admin.enabled {
+        match crate::admin::start(gateway.clone(), &config.admin, None).await {
+            Ok(admin) => {
+                println!("admin: dashboard and metrics on http://{}/", admin.addr);
+                Some(admin)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     tokio::spawn(reload_on_sighup(gateway.clone(), path));
-    match proxy::serve(gateway, listener, shutdown_signal(), drain).await {
+    let result = proxy::serve(gateway, listener, shutdown_signal(), drain).await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("server error: {e}");

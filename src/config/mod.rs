@@ -41,6 +41,18 @@ pub struct Config {
     /// Routes, matched in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The admin listener (metrics, API, dashboard).
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
+    /// Request telemetry.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Access log.
+    #[serde(default)]
+    pub access_log: crate::telemetry::access::AccessLogConfig,
+    /// Alert rules and notifiers.
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// Data-plane listener settings.
@@ -366,6 +378,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         let mut err = |path: String, message: String| errors.push(FieldError { path, message });
+        for (path, message) in crate::alerts::validate(&self.alerts) {
+            err(path, message);
+        }
+        if let Err(message) = self.admin.validate() {
+            err("admin".into(), message);
+        }
+        if !(0.0..=1.0).contains(&self.access_log.sample) {
+            err(
+                "access_log.sample".into(),
+                "must be between 0.0 and 1.0".into(),
+            );
+        }
 
         if self.listener.addr.parse::<std::net::SocketAddr>().is_err() {
             err(

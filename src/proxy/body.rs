@@ -57,6 +57,8 @@ pub struct PassThrough {
     pub slot: Slot,
     /// Send an SSE error event before cutting a failed stream.
     pub sse: bool,
+    /// Telemetry of this response (records when the body is dropped).
+    pub telemetry: Option<crate::telemetry::Tracker>,
 }
 
 struct Upstream {
@@ -68,6 +70,7 @@ struct Upstream {
     slot: Option<Slot>,
     sse: bool,
     state: State,
+    telemetry: Option<crate::telemetry::Tracker>,
 }
 
 enum State {
@@ -109,6 +112,7 @@ impl ResponseBody {
                 slot: Some(settings.slot),
                 sse: settings.sse,
                 state: State::Streaming,
+                telemetry: settings.telemetry,
             })),
         }
     }
@@ -122,6 +126,9 @@ impl Upstream {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(slot) = self.slot.take() {
             slot.failure(kind);
+        }
+        if let Some(t) = &mut self.telemetry {
+            t.failed();
         }
         tracing::warn!(reason = %why, "response stream from node cut");
         let error = StreamError(why);
@@ -153,6 +160,9 @@ impl Upstream {
                         slot.on_data_frame();
                     }
                 }
+                if let (Some(t), Some(data)) = (&mut self.telemetry, frame.data_ref()) {
+                    t.on_frame(data);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => self.fail(
@@ -161,6 +171,7 @@ impl Upstream {
             ),
             Poll::Ready(None) => {
                 self.slot = None;
+                self.telemetry = None;
                 self.state = State::Done;
                 Poll::Ready(None)
             }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::body::{PassThrough, ResponseBody};
 use super::errors::{error_response, ErrorKind};
 use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
+use super::queue::Shed;
 use super::select::{select, Selection, Slot};
 use super::table::{RetryGuard, Route, RouteTable};
 use super::upstream::{self, UpstreamBody};
@@ -24,6 +25,7 @@ use super::Gateway;
 use crate::classify::{classify_body, classify_head, ApiFamily, Endpoint, RequestClass};
 use crate::config::UpstreamProtocol;
 use crate::health::FailureKind;
+use crate::telemetry::{RequestInfo, ShedReason};
 
 /// A request answered by the gateway itself.
 type Reject = Response<ResponseBody>;
@@ -34,10 +36,22 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let started = std::time::Instant::now();
     let table = gateway.table();
     let id = request_id(req.headers());
-    let mut response = match proxy(&table, peer, req, &id).await {
-        Ok(response) | Err(response) => response,
+    let mut response = match proxy(&table, peer, req, &id, started).await {
+        Ok(response) => response,
+        Err(response) => {
+            let telemetry = &gateway.telemetry;
+            if telemetry.enabled() {
+                telemetry.local_response(
+                    id.to_str().unwrap_or("-"),
+                    response.status().as_u16(),
+                    started,
+                );
+            }
+            response
+        }
     };
     response.headers_mut().insert(REQUEST_ID.clone(), id);
     Ok(response)
@@ -72,6 +86,7 @@ async fn proxy(
     peer: SocketAddr,
     req: Request<Incoming>,
     id: &HeaderValue,
+    started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, Reject> {
     let (parts, incoming) = req.into_parts();
     let head = classify_head(&parts.method, parts.uri.path(), &parts.headers);
@@ -126,7 +141,7 @@ async fn proxy(
         }
         (None, None) => RequestBody::Buffered(Bytes::new()),
     };
-    forward(route, parts, body, &class, peer, id).await
+    forward(route, parts, body, &class, peer, id, started).await
 }
 
 /// How one attempt ended without a usable response.
@@ -143,8 +158,10 @@ async fn forward(
     class: &RequestClass,
     peer: SocketAddr,
     id: &HeaderValue,
+    started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, Reject> {
     let family = class.family;
+    let telemetry = &route.telemetry;
     let deadline = Instant::now() + route.timeouts.total;
     let nodes = &route.pool.nodes;
     let path_and_query = parts
@@ -188,6 +205,11 @@ async fn forward(
             Selection::Node(index) => index,
             Selection::Shed(reason) => {
                 tracing::debug!(route = %route.name, ?reason, "request shed");
+                telemetry.shed(match reason {
+                    Shed::QueueFull => ShedReason::QueueFull,
+                    Shed::Displaced => ShedReason::Displaced,
+                    Shed::TimedOut => ShedReason::QueueTimeout,
+                });
                 return Err(last_error.unwrap_or_else(|| {
                     error_response(
                         family,
@@ -196,7 +218,12 @@ async fn forward(
                     )
                 }));
             }
-            Selection::Unavailable => break,
+            Selection::Unavailable => {
+                if last_error.is_none() {
+                    telemetry.shed(ShedReason::Unavailable);
+                }
+                break;
+            }
         };
         let Some(node) = nodes.get(index) else {
             break;
@@ -245,6 +272,7 @@ async fn forward(
         let error = match outcome {
             Ok(Ok(response)) => {
                 let status = response.status();
+                telemetry.attempt_status(index, status.as_u16());
                 if status.is_server_error() {
                     slot.failure(FailureKind::Status5xx);
                 } else {
@@ -256,6 +284,7 @@ async fn forward(
                 );
                 if retryable_status && retry_possible && may_retry(attempt) {
                     tracing::debug!(node = %node.name, %status, "retrying on another node");
+                    telemetry.retried(index);
                     attempt += 1;
                     continue;
                 }
@@ -274,6 +303,17 @@ async fn forward(
                         deadline,
                         slot,
                         sse,
+                        telemetry: telemetry.tracker(
+                            index,
+                            RequestInfo {
+                                id: id.to_str().unwrap_or("-").to_string(),
+                                start: started,
+                                status: status.as_u16(),
+                                attempts: attempt + 1,
+                                tokens_in: class.prompt_tokens,
+                                sse,
+                            },
+                        ),
                     },
                 );
                 return Ok(Response::from_parts(resp_parts, body));
@@ -299,6 +339,7 @@ async fn forward(
             }
         };
         drop(slot);
+        telemetry.attempt_error(index);
         last_error = Some(match error {
             AttemptError::Connect => error_response(
                 family,
@@ -319,6 +360,7 @@ async fn forward(
         if !retry_possible || Instant::now() >= deadline || !may_retry(attempt) {
             break;
         }
+        telemetry.retried(index);
         attempt += 1;
     }
     Err(last_error.unwrap_or_else(|| {

@@ -40,6 +40,8 @@ pub struct Gateway {
     queues: queue::QueueRegistry,
     /// Active health checks of the running config; replaced on reload.
     checks: Mutex<Vec<health::CheckHandle>>,
+    /// Request telemetry, rolling window and alerts.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Gateway {
@@ -47,14 +49,19 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Arc<Gateway>, ConfigError> {
         let loads = LoadRegistry::default();
         let queues = queue::QueueRegistry::default();
-        let table = Arc::new(RouteTable::build(config, &loads, &queues)?);
+        let telemetry = crate::telemetry::Telemetry::new(config);
+        let table = Arc::new(RouteTable::build_with(config, &loads, &queues, &telemetry)?);
         let gateway = Arc::new(Gateway {
             table: ArcSwap::new(Arc::clone(&table)),
             loads,
             queues,
             checks: Mutex::new(Vec::new()),
+            telemetry,
         });
         gateway.apply(&table, config);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            crate::telemetry::spawn_ticker(Arc::downgrade(&gateway));
+        }
         Ok(gateway)
     }
 
@@ -105,7 +112,12 @@ impl Gateway {
     /// Replace the running config. On error nothing changes. Listener
     /// settings take effect only at the next start.
     pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
-        let table = Arc::new(RouteTable::build(config, &self.loads, &self.queues)?);
+        let table = Arc::new(RouteTable::build_with(
+            config,
+            &self.loads,
+            &self.queues,
+            &self.telemetry,
+        )?);
         self.table.store(Arc::clone(&table));
         self.apply(&table, config);
         tracing::info!("config reloaded");

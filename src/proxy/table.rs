@@ -19,6 +19,7 @@ use crate::config::{
 use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
 use crate::fleet::{LoadRegistry, Node, Pool};
 use crate::health::OutlierConfig;
+use crate::telemetry::Telemetry;
 
 /// Compiled route conditions.
 #[derive(Debug)]
@@ -95,6 +96,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Extra attempts after a failure before the first response byte.
     pub retries: u32,
+    /// Counters of this route's nodes (by node index).
+    pub telemetry: crate::telemetry::RouteTelemetry,
 }
 
 /// Pool-wide settings a route needs on the request path.
@@ -182,6 +185,17 @@ impl RouteTable {
         loads: &LoadRegistry,
         queues: &QueueRegistry,
     ) -> Result<RouteTable, ConfigError> {
+        Self::build_with(config, loads, queues, &Telemetry::disabled())
+    }
+
+    /// [`RouteTable::build`] with series from `telemetry` (kept across
+    /// reloads by (route, pool, node)).
+    pub fn build_with(
+        config: &Config,
+        loads: &LoadRegistry,
+        queues: &QueueRegistry,
+        telemetry: &Arc<Telemetry>,
+    ) -> Result<RouteTable, ConfigError> {
         config.validate()?;
         let mut pools = Vec::with_capacity(config.pools.len());
         let mut settings = HashMap::new();
@@ -241,6 +255,7 @@ impl RouteTable {
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut models = BTreeSet::new();
         let mut max_body_bytes = config.listener.max_body_bytes;
+        let mut keep_series = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
             let invalid = |field: &str, message: String| {
                 ConfigError::Invalid(vec![FieldError {
@@ -256,6 +271,16 @@ impl RouteTable {
             let policy = balance::build(&route.policy, &pool.nodes, &route.balance)
                 .ok_or_else(|| invalid("policy", format!("unknown policy \"{}\"", route.policy)))?;
             let m = &route.matcher;
+            let node_names: Vec<String> = pool.nodes.iter().map(|n| n.name.clone()).collect();
+            for node in &node_names {
+                keep_series.push((route.name.clone(), pool.name.clone(), node.clone()));
+            }
+            let route_telemetry = telemetry.route(
+                &route.name,
+                m.model.as_deref().unwrap_or("*"),
+                &pool.name,
+                &node_names,
+            );
             let model = m.model.as_deref().map(ModelPattern::new);
             if let Some(name) = model.as_ref().and_then(|p| p.exact()) {
                 models.insert(name.to_string());
@@ -302,8 +327,10 @@ impl RouteTable {
                 timeouts: route.timeouts,
                 max_body_bytes: route_limit,
                 retries: route.retries,
+                telemetry: route_telemetry,
             });
         }
+        telemetry.retain(&keep_series);
         Ok(RouteTable {
             routes,
             pools,

@@ -1,0 +1,366 @@
+//! The admin listener: Prometheus `/metrics`, the JSON API, the live
+//! dashboard and, later, mutating endpoints.
+//!
+//! Security: bound to loopback by default. Binding to any other address
+//! needs a token (`admin.token` or `INFERGATE_ADMIN_TOKEN`); every non-GET
+//! request must then carry `Authorization: Bearer <token>` (without a token
+//! configured, non-GET requests are refused). The token is never logged and
+//! is redacted from the config's `Debug` output.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::proxy::Gateway;
+use crate::telemetry::prom;
+
+/// Environment variable that supplies the token when the config has none.
+pub const TOKEN_ENV: &str = "INFERGATE_ADMIN_TOKEN";
+
+/// `[admin]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Run the admin listener.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub addr: String,
+    /// Bearer token for non-GET requests; required off loopback.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            addr: "127.0.0.1:9090".into(),
+            token: None,
+        }
+    }
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl AdminConfig {
+    /// Check the address.
+    pub fn validate(&self) -> Result<(), String> {
+        self.addr
+            .parse::<SocketAddr>()
+            .map(|_| ())
+            .map_err(|_| format!("addr `{}` is not IP:port", self.addr))?;
+        if self.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            return Err("token must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The token from the config, else from [`TOKEN_ENV`].
+    pub fn effective_token(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            std::env::var(TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+        })
+    }
+}
+
+/// Refuse a non-loopback bind without a token.
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), String> {
+    if addr.ip().is_loopback() || token.is_some() {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to start the admin listener on {addr}: it is not a loopback address and no token is set \
+             (set admin.token or {TOKEN_ENV}, or bind admin.addr to 127.0.0.1)"
+        ))
+    }
+}
+
+struct AdminState {
+    gateway: Arc<Gateway>,
+    token: Option<String>,
+}
+
+/// A running admin listener.
+pub struct AdminServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Stop it and wait (open SSE streams are cut).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Start the admin listener for `gateway` on `config.addr` (`addr` given
+/// overrides it, e.g. a free port for the demo).
+pub async fn start(
+    gateway: Arc<Gateway>,
+    config: &AdminConfig,
+    addr: Option<SocketAddr>,
+) -> Result<AdminServer, String> {
+    let addr = match addr {
+        Some(a) => a,
+        None => config
+            .addr
+            .parse()
+            .map_err(|_| format!("admin.addr `{}` is not IP:port", config.addr))?,
+    };
+    let token = config.effective_token();
+    check_exposure(addr, token.as_deref())?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("admin listener: {e}"))?;
+    tracing::info!(addr = %local, token = if token.is_some() { "set" } else { "none" }, "admin listener started");
+    let app = router(Arc::new(AdminState { gateway, token }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    Ok(AdminServer {
+        addr: local,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/app.css", get(app_css))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/series", get(series))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/alerts", get(alerts))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
+        .with_state(state)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    let Some(token) = &state.token else {
+        return (
+            StatusCode::FORBIDDEN,
+            "mutating admin requests need admin.token (or INFERGATE_ADMIN_TOKEN)\n",
+        )
+            .into_response();
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+        next.run(request).await
+    } else {
+        tracing::warn!(method = %request.method(), path = %request.uri().path(), "admin request refused: missing or wrong bearer token");
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong bearer token\n",
+        )
+            .into_response()
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("assets/index.html"),
+    )
+}
+
+async fn app_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/app.js"),
+    )
+}
+
+async fn app_css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/app.css"))
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let table = state.gateway.table();
+    let text = prom::render(&state.gateway.telemetry, &table);
+    ([(header::CONTENT_TYPE, prom::CONTENT_TYPE)], text).into_response()
+}
+
+fn json(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn nodes(State(state): State<Arc<AdminState>>) -> Response {
+    json(&*state.gateway.telemetry.window.snapshot())
+}
+
+#[derive(Deserialize)]
+struct WindowQuery {
+    /// Seconds (default 300, at most 900).
+    window: Option<String>,
+}
+
+async fn series(State(state): State<Arc<AdminState>>, Query(q): Query<WindowQuery>) -> Response {
+    let seconds = match q.window.as_deref() {
+        None => 300,
+        Some(w) => match crate::config::duration::parse(w)
+            .map(|d| d.as_secs() as usize)
+            .or_else(|_| w.parse::<usize>())
+        {
+            Ok(s) => s.clamp(1, crate::telemetry::window::WINDOW_POINTS),
+            Err(_) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "window: seconds (e.g. 300) or a duration (e.g. 5m)\n",
+                )
+                    .into_response()
+            }
+        },
+    };
+    json(&state.gateway.telemetry.window.series(seconds))
+}
+
+async fn alerts(State(state): State<Arc<AdminState>>) -> Response {
+    let a = &state.gateway.telemetry.alerts;
+    let rules: Vec<serde_json::Value> = a
+        .rules()
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name, "kind": r.kind, "pool": r.pool, "threshold": r.threshold,
+                "resolve_threshold": r.resolve_threshold.unwrap_or(r.threshold),
+                "for_s": r.for_.as_secs_f64(), "resolve_for_s": r.resolve_for.as_secs_f64(),
+                "repeat_interval_s": r.repeat_interval.as_secs_f64(), "severity": r.severity,
+            })
+        })
+        .collect();
+    json(&serde_json::json!({
+        "active": a.active(),
+        "history": a.history(usize::MAX),
+        "rules": rules,
+    }))
+}
+
+async fn events(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    let _ = headers;
+    let rx = state.gateway.telemetry.window.subscribe();
+    let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
+        if !first && rx.changed().await.is_err() {
+            return None;
+        }
+        let snapshot = std::sync::Arc::clone(&rx.borrow_and_update());
+        let event = Event::default()
+            .event("snapshot")
+            .json_data(&*snapshot)
+            .unwrap_or_else(|_| Event::default().comment("encode error"));
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, false)))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_rules() {
+        let lo: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:9090".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:9090".parse().unwrap();
+        assert!(check_exposure(lo, None).is_ok());
+        assert!(check_exposure(lo6, None).is_ok());
+        let err = check_exposure(any, None).unwrap_err();
+        assert!(err.contains("not a loopback address"), "{err}");
+        assert!(check_exposure(any, Some("t")).is_ok());
+    }
+
+    #[test]
+    fn debug_redacts_the_token() {
+        let c = AdminConfig {
+            token: Some("s3cret-value".into()),
+            ..AdminConfig::default()
+        };
+        let text = format!("{c:?}");
+        assert!(!text.contains("s3cret-value"));
+        assert!(text.contains("redacted"));
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,570 @@
+//! Telemetry: what the gateway measures about the traffic it carries.
+//!
+//! The request path only touches atomics. Counters and fixed-bucket
+//! histograms live in a [`Series`] per (route, pool, node); the route table
+//! holds the series of its route's nodes by node index ([`RouteTelemetry`]),
+//! so recording is an index and a few relaxed adds, never a map lookup by
+//! name. Series are handed out by the [`Telemetry`] registry when a table is
+//! built and kept across reloads, like [`crate::fleet::NodeLoad`].
+//!
+//! A proxied response carries a [`Tracker`] inside its body: it sees each
+//! frame (first frame = time to first token/byte, gaps between SSE frames =
+//! inter-token time, `data:` events and a trailing `usage.completion_tokens`
+//! = output tokens) and records everything when the body is dropped, which
+//! also writes the access-log line.
+//!
+//! Once a second a ticker ([`spawn_ticker`]) folds the counters into the
+//! rolling window ([`window`]): one point per node per second for 15
+//! minutes, plus the latest [`window::Snapshot`] that the dashboard, the
+//! admin API and the alert rules read.
+//!
+//! Label choices: `code` is the status class (`2xx`, `4xx`, `5xx`, …) or
+//! `error` when the node gave no response (connect error, timeout, reset);
+//! `model` is the route's configured model pattern (bounded cardinality:
+//! never the client-supplied string). `infergate_requests_total` counts
+//! attempts per node, so per node it equals what the node received; its sum
+//! is client requests plus retries (`infergate_retries_total`).
+
+pub mod access;
+pub mod hist;
+pub mod prom;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+pub use hist::{HistSnapshot, Histogram};
+
+use crate::proxy::Gateway;
+
+/// `[telemetry]`: recording on the request path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Record per-request metrics (false: only the node load counters the
+    /// balancer needs; `/metrics` then shows zeros for request series).
+    pub enabled: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { enabled: true }
+    }
+}
+
+/// Status classes of `infergate_requests_total{code}`.
+pub const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+const CODE_ERROR: usize = 5;
+
+/// Index into [`CODES`] for an HTTP status.
+#[inline]
+pub fn code_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// Reasons of `infergate_shed_total{reason}`.
+pub const SHED_REASONS: [&str; 5] = [
+    "queue_full",
+    "displaced",
+    "queue_timeout",
+    "unavailable",
+    "node_429",
+];
+
+/// Why a request was shed, as an index into [`SHED_REASONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The admission queue was full.
+    QueueFull = 0,
+    /// A higher-priority request took the place in the queue.
+    Displaced = 1,
+    /// Waited in the queue until the timeout.
+    QueueTimeout = 2,
+    /// No node available at all (fast 503).
+    Unavailable = 3,
+    /// A node answered 429 (saturated).
+    Node429 = 4,
+}
+
+/// Counters of one (route, pool, node).
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    /// Attempts by [`CODES`] class.
+    pub codes: [AtomicU64; 6],
+    /// End-to-end latency of responses passed through (request start to
+    /// last byte).
+    pub duration: Histogram,
+    /// Request start to the first body frame (first token for streams).
+    pub ttft: Histogram,
+    /// Gaps between frames of SSE streams.
+    pub itl: Histogram,
+    /// Prompt tokens (estimate from classification).
+    pub tokens_in: AtomicU64,
+    /// Output tokens (SSE events, or `usage.completion_tokens`).
+    pub tokens_out: AtomicU64,
+    /// Attempts on this node that were retried elsewhere.
+    pub retries: AtomicU64,
+}
+
+impl RequestStats {
+    /// Attempts answered (any code) plus attempts without a response.
+    pub fn requests(&self) -> u64 {
+        self.codes.iter().map(|c| c.load(Relaxed)).sum()
+    }
+    /// 5xx answers plus attempts without a response.
+    pub fn errors(&self) -> u64 {
+        self.codes[4].load(Relaxed) + self.codes[CODE_ERROR].load(Relaxed)
+    }
+}
+
+/// A labelled [`RequestStats`].
+#[derive(Debug)]
+pub struct Series {
+    /// Route name.
+    pub route: String,
+    /// Pool name.
+    pub pool: String,
+    /// Node name.
+    pub node: String,
+    /// The route's model pattern (`*` when the route matches any model).
+    pub model: String,
+    /// The counters.
+    pub stats: RequestStats,
+}
+
+/// Shed counters of one pool.
+#[derive(Debug, Default)]
+pub struct ShedStats {
+    /// By [`SHED_REASONS`] index.
+    pub counts: [AtomicU64; 5],
+}
+
+/// What the request path needs to record for one route.
+pub struct RouteTelemetry {
+    /// Series by node index of the route's pool.
+    pub nodes: Vec<Arc<Series>>,
+    /// The pool's shed counters.
+    pub shed: Arc<ShedStats>,
+    /// The registry, or `None` when telemetry is disabled.
+    pub hub: Option<Arc<Telemetry>>,
+}
+
+impl RouteTelemetry {
+    /// Count an attempt on node `index` that got `status`.
+    #[inline]
+    pub fn attempt_status(&self, index: usize, status: u16) {
+        if self.hub.is_none() {
+            return;
+        }
+        if let Some(s) = self.nodes.get(index) {
+            s.stats.codes[code_index(status)].fetch_add(1, Relaxed);
+            if status == 429 {
+                self.shed.counts[ShedReason::Node429 as usize].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Count an attempt on node `index` that got no response.
+    #[inline]
+    pub fn attempt_error(&self, index: usize) {
+        if self.hub.is_none() {
+            return;
+        }
+        if let Some(s) = self.nodes.get(index) {
+            s.stats.codes[CODE_ERROR].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Count that the attempt on node `index` is retried on another node.
+    #[inline]
+    pub fn retried(&self, index: usize) {
+        if self.hub.is_none() {
+            return;
+        }
+        if let Some(s) = self.nodes.get(index) {
+            s.stats.retries.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Count a shed request.
+    #[inline]
+    pub fn shed(&self, reason: ShedReason) {
+        if self.hub.is_some() {
+            self.shed.counts[reason as usize].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A tracker for the response body of node `index`.
+    pub fn tracker(&self, index: usize, info: RequestInfo) -> Option<Tracker> {
+        let hub = self.hub.as_ref()?;
+        let series = self.nodes.get(index)?;
+        Some(Tracker {
+            series: Arc::clone(series),
+            hub: Arc::clone(hub),
+            info,
+            first: None,
+            last: None,
+            sse_events: 0,
+            usage: None,
+            failed: false,
+        })
+    }
+}
+
+/// What the access log needs to know about a request besides timing.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// `x-request-id`.
+    pub id: String,
+    /// When the gateway started on it.
+    pub start: Instant,
+    /// Response status.
+    pub status: u16,
+    /// Attempts made (1 without retries).
+    pub attempts: u32,
+    /// Prompt-token estimate.
+    pub tokens_in: u32,
+    /// SSE response.
+    pub sse: bool,
+}
+
+/// Follows one response body; records when dropped.
+pub struct Tracker {
+    series: Arc<Series>,
+    hub: Arc<Telemetry>,
+    info: RequestInfo,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    sse_events: u64,
+    usage: Option<u64>,
+    failed: bool,
+}
+
+impl Tracker {
+    /// A data frame went to the client.
+    #[inline]
+    pub fn on_frame(&mut self, data: &Bytes) {
+        let now = Instant::now();
+        match self.last {
+            None => {
+                self.first = Some(now);
+                self.series
+                    .stats
+                    .ttft
+                    .observe(now.saturating_duration_since(self.info.start));
+            }
+            Some(last) if self.info.sse => self.series.stats.itl.observe(now - last),
+            Some(_) => {}
+        }
+        self.last = Some(now);
+        if self.info.sse {
+            self.sse_events += count_data_events(data);
+        }
+        // Only the tail of a frame is searched: usage comes last.
+        let tail = &data[data.len().saturating_sub(1024)..];
+        if let Some(n) = completion_tokens(tail) {
+            self.usage = Some(n);
+        }
+    }
+
+    /// The stream was cut.
+    pub fn failed(&mut self) {
+        self.failed = true;
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let elapsed = self.info.start.elapsed();
+        let stats = &self.series.stats;
+        stats.duration.observe(elapsed);
+        let out = self.usage.unwrap_or(self.sse_events);
+        stats.tokens_out.fetch_add(out, Relaxed);
+        stats
+            .tokens_in
+            .fetch_add(u64::from(self.info.tokens_in), Relaxed);
+        if let Some(log) = &self.hub.access {
+            log.record(access::Record {
+                id: &self.info.id,
+                route: &self.series.route,
+                model: &self.series.model,
+                node: &self.series.node,
+                attempts: self.info.attempts,
+                status: self.info.status,
+                latency: elapsed,
+                ttft: self
+                    .first
+                    .map(|f| f.saturating_duration_since(self.info.start)),
+                tokens_in: self.info.tokens_in,
+                tokens_out: out,
+                error: self.failed,
+            });
+        }
+    }
+}
+
+/// `data:` events in an SSE chunk, not counting `data: [DONE]`.
+fn count_data_events(data: &[u8]) -> u64 {
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(i) = find(&data[at..], b"data:") {
+        let start = at + i;
+        let rest = &data[start + 5..];
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        if !rest.starts_with(b"[DONE]") {
+            n += 1;
+        }
+        at = start + 5;
+    }
+    n
+}
+
+/// The number after the last `"completion_tokens":` in `data`.
+fn completion_tokens(data: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"completion_tokens\"";
+    let mut found = None;
+    let mut at = 0;
+    while let Some(i) = find(&data[at..], KEY) {
+        let rest = &data[at + i + KEY.len()..];
+        let rest = rest.trim_ascii_start();
+        if let Some(rest) = rest.strip_prefix(b":") {
+            let digits: Vec<u8> = rest
+                .trim_ascii_start()
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            if let Some(n) = std::str::from_utf8(&digits)
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                found = Some(n);
+            }
+        }
+        at += i + KEY.len();
+    }
+    found
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = *needle.first()?;
+    let mut at = 0;
+    while at + needle.len() <= hay.len() {
+        let i = hay[at..].iter().position(|&b| b == first)?;
+        let start = at + i;
+        if hay.len() - start < needle.len() {
+            return None;
+        }
+        if &hay[start..start + needle.len()] == needle {
+            return Some(start);
+        }
+        at = start + 1;
+    }
+    None
+}
+
+/// Responses the gateway made itself, by status class.
+#[derive(Debug, Default)]
+pub struct LocalResponses {
+    /// By [`CODES`] index.
+    pub codes: [AtomicU64; 6],
+}
+
+/// The telemetry registry and its derived state.
+pub struct Telemetry {
+    enabled: bool,
+    series: Mutex<BTreeMap<(String, String, String), Arc<Series>>>,
+    shed: Mutex<BTreeMap<String, Arc<ShedStats>>>,
+    /// Responses made by the gateway (no route, bad request, shed, ...).
+    pub local: LocalResponses,
+    /// Rolling window and latest snapshot.
+    pub window: window::Window,
+    /// Access log, when enabled.
+    pub access: Option<access::AccessLog>,
+    /// Alert rules and notifiers.
+    pub alerts: Arc<crate::alerts::Alerts>,
+    started: Instant,
+}
+
+impl Telemetry {
+    /// A registry for a gateway running with these settings.
+    pub fn new(config: &crate::config::Config) -> Arc<Telemetry> {
+        Arc::new(Telemetry {
+            enabled: config.telemetry.enabled,
+            series: Mutex::default(),
+            shed: Mutex::default(),
+            local: LocalResponses::default(),
+            window: window::Window::default(),
+            access: access::AccessLog::new(&config.access_log),
+            alerts: crate::alerts::Alerts::new(&config.alerts),
+            started: Instant::now(),
+        })
+    }
+
+    /// A registry with defaults (tests, table builds without a gateway).
+    pub fn disabled() -> Arc<Telemetry> {
+        Arc::new(Telemetry {
+            enabled: false,
+            series: Mutex::default(),
+            shed: Mutex::default(),
+            local: LocalResponses::default(),
+            window: window::Window::default(),
+            access: None,
+            alerts: crate::alerts::Alerts::new(&crate::alerts::AlertsConfig::default()),
+            started: Instant::now(),
+        })
+    }
+
+    /// Whether request recording is on.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Time since the registry was made.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The telemetry of a route over `pool`'s `nodes`; called when a table
+    /// is built, never on the request path.
+    pub fn route(
+        self: &Arc<Self>,
+        route: &str,
+        model: &str,
+        pool: &str,
+        nodes: &[String],
+    ) -> RouteTelemetry {
+        let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let nodes = nodes
+            .iter()
+            .map(|node| {
+                let key = (route.to_string(), pool.to_string(), node.clone());
+                let entry = map.entry(key).or_insert_with(|| {
+                    Arc::new(Series {
+                        route: route.to_string(),
+                        pool: pool.to_string(),
+                        node: node.clone(),
+                        model: model.to_string(),
+                        stats: RequestStats::default(),
+                    })
+                });
+                Arc::clone(entry)
+            })
+            .collect();
+        drop(map);
+        let shed = Arc::clone(
+            self.shed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(pool.to_string())
+                .or_default(),
+        );
+        RouteTelemetry {
+            nodes,
+            shed,
+            hub: self.enabled.then(|| Arc::clone(self)),
+        }
+    }
+
+    /// Forget series whose (route, pool, node) is not in `keep`.
+    pub fn retain(&self, keep: &[(String, String, String)]) {
+        let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|k, _| keep.contains(k));
+    }
+
+    /// All series (for exposition and the window).
+    pub fn all_series(&self) -> Vec<Arc<Series>> {
+        let map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
+    }
+
+    /// Shed counters by pool.
+    pub fn all_shed(&self) -> Vec<(String, Arc<ShedStats>)> {
+        let map = self.shed.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
+    }
+
+    /// A response the gateway made itself.
+    pub fn local_response(&self, id: &str, status: u16, start: Instant) {
+        if !self.enabled {
+            return;
+        }
+        self.local.codes[code_index(status)].fetch_add(1, Relaxed);
+        if let Some(log) = &self.access {
+            log.record(access::Record {
+                id,
+                route: "-",
+                model: "-",
+                node: "-",
+                attempts: 0,
+                status,
+                latency: start.elapsed(),
+                ttft: None,
+                tokens_in: 0,
+                tokens_out: 0,
+                error: false,
+            });
+        }
+    }
+}
+
+/// Run the once-a-second ticker for `gateway` until it is dropped: fold
+/// counters into the window, evaluate alert rules, publish the snapshot.
+pub fn spawn_ticker(gateway: Weak<Gateway>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(gateway) = gateway.upgrade() else {
+                return;
+            };
+            let telemetry = Arc::clone(&gateway.telemetry);
+            let table = gateway.table();
+            drop(gateway);
+            telemetry.window.tick(&telemetry, &table);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_event_counting() {
+        let chunk = b"data: {\"a\":1}\n\ndata: {\"a\":2}\n\ndata: [DONE]\n\n";
+        assert_eq!(count_data_events(chunk), 2);
+        assert_eq!(count_data_events(b"data:[DONE]\n\n"), 0);
+        assert_eq!(count_data_events(b": keepalive\n\n"), 0);
+    }
+
+    #[test]
+    fn usage_parsing() {
+        let body = br#"{"usage":{"prompt_tokens":12,"completion_tokens": 37,"total_tokens":49}}"#;
+        assert_eq!(completion_tokens(body), Some(37));
+        assert_eq!(completion_tokens(b"{\"x\":1}"), None);
+        assert_eq!(completion_tokens(b"\"completion_tokens\":"), None);
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(CODES[code_index(200)], "2xx");
+        assert_eq!(CODES[code_index(429)], "4xx");
+        assert_eq!(CODES[code_index(503)], "5xx");
+        assert_eq!(CODES[code_index(99)], "5xx");
+    }
+}
