@@ -72,6 +72,14 @@ async fn run_sessions(policy: &str) -> (Vec<HashSet<String>>, f64) {
         }
     }
     let rate = hit_rate(&nodes);
+    let failures: Vec<u64> = gw.gateway.table().pools[0]
+        .nodes
+        .iter()
+        .map(|n| n.load.failures())
+        .collect();
+    if served.iter().any(|s| s.len() > 1) {
+        eprintln!("DIAG {policy}: served {served:?}, node failures {failures:?}");
+    }
     gw.stop().await;
     for n in nodes {
         n.shutdown().await;

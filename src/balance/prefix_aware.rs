@@ -15,7 +15,8 @@
 //!    count) + tokens in flight / `tokens_per_request` (see
 //!    [`signals`](super::signals)), scaled by the node's slowness — its
 //!    peak-EWMA time per token over the fastest candidate's, when at least
-//!    1.25x — so `(L + 1)` counts in the fastest node's time.
+//!    1.25x — so `L` counts in the fastest node's time. An idle node
+//!    stays at 0 whatever its speed, so new prefixes still spread.
 //! 3. A node is *overloaded* when `L - L_min > balance_abs_threshold` and
 //!    `L > balance_rel_threshold × L_min`. Overloaded nodes lose their
 //!    cache affinity.
@@ -107,7 +108,7 @@ impl Policy for PrefixAware {
                     }
                     _ => 1.0,
                 };
-                (load(&nodes[i], now, self.tokens_per_request) + 1.0) * slowness - 1.0
+                load(&nodes[i], now, self.tokens_per_request) * slowness
             })
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
@@ -280,7 +281,7 @@ mod tests {
             .load
             .ai
             .observe_tpot(std::time::Duration::from_millis(10));
-        // 3 requests on a 3x slower node weigh like 11 on the fast one:
+        // 3 requests on a 3x slower node weigh like 9 on the fast one:
         // over both thresholds against an idle fast node.
         let _g = hold(&ns, home, 3);
         assert_eq!(pick(&p, &ns, &r), other);
