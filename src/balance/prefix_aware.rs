@@ -130,17 +130,15 @@ impl Policy for PrefixAware {
             .map(|&i| matched.get(i).copied().unwrap_or(0))
             .max()
             .unwrap_or(0);
-        let pos = |i: usize| cands.iter().position(|&c| c == i).unwrap_or(0);
-        let choice = if best_match > 0 {
-            let affine: Vec<usize> = cands
-                .iter()
-                .copied()
-                .filter(|&i| matched.get(i).copied().unwrap_or(0) == best_match)
-                .collect();
-            argmin_by(&affine, |i| loads[pos(i)])
+        // Work on positions in `cands` so each load is an index, not a search.
+        let positions: Vec<usize> = if best_match > 0 {
+            (0..cands.len())
+                .filter(|&k| matched.get(cands[k]).copied().unwrap_or(0) == best_match)
+                .collect()
         } else {
-            argmin_by(&cands, |i| loads[pos(i)])
-        }?;
+            (0..cands.len()).collect()
+        };
+        let choice = cands[argmin_by(&positions, |k| loads[k])?];
         self.index.record(chain, choice);
         Some(choice)
     }
