@@ -196,37 +196,16 @@ impl Policy for Composite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::prefix::{block_hashes, seed_for_model};
-    use crate::classify::{ApiFamily, Endpoint, Head, Priority, RequestClass};
+
+    use crate::classify::RequestClass;
     use crate::fleet::capacity::Scraped;
     use crate::fleet::InFlight;
-    use http::uri::Authority;
+
     use std::time::Duration;
 
-    fn nodes(n: usize) -> Vec<Arc<Node>> {
-        (0..n)
-            .map(|i| {
-                Arc::new(Node::new(
-                    format!("n{i}"),
-                    Authority::from_static("127.0.0.1:1"),
-                    1,
-                ))
-            })
-            .collect()
-    }
+    use crate::balance::testing::nodes;
 
-    fn req(text: &str) -> RequestClass {
-        let mut c = RequestClass::from_head(Head {
-            family: ApiFamily::OpenAi,
-            endpoint: Endpoint::ChatCompletions,
-            path_model: None,
-            parse_body: true,
-            priority: Priority::Standard,
-        });
-        c.prefix = block_hashes(seed_for_model("m"), text.as_bytes(), 256);
-        c.prompt_tokens = (text.len() / 4) as u32;
-        c
-    }
+    use crate::balance::testing::chat_request as req;
 
     fn only(prefix: f64, queue: f64, kv: f64, outstanding: f64, latency: f64) -> BalanceOptions {
         BalanceOptions {

@@ -96,21 +96,8 @@ impl Policy for LeastOutstanding {
 mod tests {
     use super::*;
     use crate::fleet::InFlight;
-    use http::uri::Authority;
 
-    fn nodes(weights: &[u32]) -> Vec<Arc<Node>> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                Arc::new(Node::new(
-                    format!("n{i}"),
-                    Authority::from_static("127.0.0.1:1"),
-                    w,
-                ))
-            })
-            .collect()
-    }
+    use crate::balance::testing::weighted_nodes as nodes;
 
     /// Hold `loads[i]` requests in flight on node `i`.
     fn load(ns: &[Arc<Node>], loads: &[usize]) -> Vec<InFlight> {

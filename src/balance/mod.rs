@@ -26,6 +26,9 @@ mod round_robin;
 pub mod signals;
 mod weighted_round_robin;
 
+#[cfg(test)]
+mod testing;
+
 pub use composite::Composite;
 pub use consistent_hash::ConsistentHash;
 pub use least_outstanding::LeastOutstanding;

@@ -99,20 +99,10 @@ impl Policy for PeakEwmaP2c {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::uri::Authority;
+
     use std::time::Duration;
 
-    fn nodes(n: usize) -> Vec<Arc<Node>> {
-        (0..n)
-            .map(|i| {
-                Arc::new(Node::new(
-                    format!("n{i}"),
-                    Authority::from_static("127.0.0.1:1"),
-                    1,
-                ))
-            })
-            .collect()
-    }
+    use crate::balance::testing::nodes;
 
     fn counts(ns: &[Arc<Node>], picks: usize) -> Vec<usize> {
         let p = PeakEwmaP2c::new();

@@ -138,21 +138,8 @@ impl Policy for PowerOfTwo {
 mod tests {
     use super::*;
     use crate::fleet::InFlight;
-    use http::uri::Authority;
 
-    fn nodes(weights: &[u32]) -> Vec<Arc<Node>> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                Arc::new(Node::new(
-                    format!("n{i}"),
-                    Authority::from_static("127.0.0.1:1"),
-                    w,
-                ))
-            })
-            .collect()
-    }
+    use crate::balance::testing::weighted_nodes as nodes;
 
     fn load(ns: &[Arc<Node>], loads: &[usize]) -> Vec<InFlight> {
         ns.iter()

@@ -64,19 +64,8 @@ impl Policy for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::uri::Authority;
 
-    fn nodes(n: usize) -> Vec<Arc<Node>> {
-        (0..n)
-            .map(|i| {
-                Arc::new(Node::new(
-                    format!("n{i}"),
-                    Authority::from_static("127.0.0.1:1"),
-                    1,
-                ))
-            })
-            .collect()
-    }
+    use crate::balance::testing::nodes;
 
     fn counts(
         p: &RoundRobin,

@@ -206,21 +206,8 @@ impl Policy for WeightedRoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::uri::Authority;
 
-    fn nodes(weights: &[u32]) -> Vec<Arc<Node>> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                Arc::new(Node::new(
-                    format!("n{i}"),
-                    Authority::from_static("127.0.0.1:1"),
-                    w,
-                ))
-            })
-            .collect()
-    }
+    use crate::balance::testing::weighted_nodes as nodes;
 
     fn picks(
         p: &WeightedRoundRobin,
