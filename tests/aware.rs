@@ -272,3 +272,53 @@ async fn streamed_responses_feed_latency_estimates_and_tokens_are_released() {
         n.shutdown().await;
     }
 }
+
+/// A reload that keeps the pool's nodes (here: new weights) keeps the
+/// prefix index, so conversations stay on the node that caches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_affinity_survives_a_reload_that_keeps_the_nodes() {
+    let nodes = start_nodes(4, &small_fast()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "prefix_aware", "")).await;
+    let sessions = 6;
+    let systems: Vec<String> = (0..sessions)
+        .map(|s| format!("system prompt {s}: {}", "rules and context ".repeat(110)))
+        .collect();
+    let first = |s: usize| {
+        vec![format!(
+            "first question of session {s} {}",
+            "words ".repeat(30)
+        )]
+    };
+    let mut homes = Vec::new();
+    for (s, system) in systems.iter().enumerate() {
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            conversation(system, &first(s), None),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        homes.push(reply.node());
+    }
+    let reweighted: Vec<_> = nodes.iter().map(|n| (n.addr(), 3)).collect();
+    let config =
+        infergate::config::Config::from_toml(&config_text(&reweighted, "prefix_aware", ""))
+            .unwrap();
+    gw.gateway.reload(&config).unwrap();
+    for (s, system) in systems.iter().enumerate() {
+        let mut turns = first(s);
+        turns.push(format!("second question of session {s}"));
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            conversation(system, &turns, None),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.node(),
+            homes[s],
+            "session {s} left its node after the reload"
+        );
+    }
+}

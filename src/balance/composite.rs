@@ -28,19 +28,25 @@ use crate::fleet::{now_ns, Node};
 /// Composite-scoring policy for one route.
 #[derive(Debug)]
 pub struct Composite {
-    index: PrefixIndex,
+    index: Arc<PrefixIndex>,
     weights: ScorerWeights,
 }
 
 impl Composite {
     /// A policy with the configured weights and an empty prefix index.
     pub fn new(opts: &BalanceOptions) -> Self {
+        let capacity = if opts.scorers.prefix > 0.0 {
+            opts.prefix_capacity
+        } else {
+            16
+        };
+        Composite::with_index(opts, Arc::new(PrefixIndex::new(capacity)))
+    }
+
+    /// A policy using `index` (kept by the caller across config reloads).
+    pub fn with_index(opts: &BalanceOptions, index: Arc<PrefixIndex>) -> Self {
         Composite {
-            index: PrefixIndex::new(if opts.scorers.prefix > 0.0 {
-                opts.prefix_capacity
-            } else {
-                16
-            }),
+            index,
             weights: opts.scorers,
         }
     }

@@ -35,6 +35,7 @@ pub use least_outstanding::LeastOutstanding;
 pub use peak_ewma::PeakEwmaP2c;
 pub use power_of_two::PowerOfTwo;
 pub use prefix_aware::PrefixAware;
+pub use prefix_index::PrefixIndex;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 
@@ -88,15 +89,30 @@ pub const POLICY_NAMES: &[&str] = &[
 /// options (policies ignore the options they do not use); `None` for an
 /// unknown name.
 pub fn build(name: &str, nodes: &[Arc<Node>], opts: &BalanceOptions) -> Option<Arc<dyn Policy>> {
+    build_with_index(name, nodes, opts, || {
+        Arc::new(PrefixIndex::new(opts.prefix_capacity))
+    })
+}
+
+/// Like [`build`], with the prefix index of the prefix-aware policies
+/// (`prefix_aware`, `composite`) taken from `index` instead of a new empty
+/// one, so the caller can keep it across config reloads. `index` is called
+/// only by those policies; the index must be for the same node list.
+pub fn build_with_index(
+    name: &str,
+    nodes: &[Arc<Node>],
+    opts: &BalanceOptions,
+    index: impl FnOnce() -> Arc<PrefixIndex>,
+) -> Option<Arc<dyn Policy>> {
     let policy: Arc<dyn Policy> = match name {
         "round_robin" => Arc::new(RoundRobin::new()),
         "weighted_round_robin" => Arc::new(WeightedRoundRobin::new(nodes)),
         "least_outstanding" => Arc::new(LeastOutstanding::new()),
         "power_of_two" => Arc::new(PowerOfTwo::new()),
-        "prefix_aware" => Arc::new(PrefixAware::new(opts)),
+        "prefix_aware" => Arc::new(PrefixAware::with_index(opts, index())),
         "consistent_hash" => Arc::new(ConsistentHash::new(nodes, opts)),
         "peak_ewma" => Arc::new(PeakEwmaP2c::new()),
-        "composite" => Arc::new(Composite::new(opts)),
+        "composite" => Arc::new(Composite::with_index(opts, index())),
         _ => return None,
     };
     Some(policy)

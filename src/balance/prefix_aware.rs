@@ -42,7 +42,7 @@ use crate::fleet::{now_ns, Node};
 /// Prefix-aware policy for one route.
 #[derive(Debug)]
 pub struct PrefixAware {
-    index: PrefixIndex,
+    index: Arc<PrefixIndex>,
     abs: f64,
     rel: f64,
     tokens_per_request: f64,
@@ -51,8 +51,14 @@ pub struct PrefixAware {
 impl PrefixAware {
     /// A policy with an empty index.
     pub fn new(opts: &BalanceOptions) -> Self {
+        PrefixAware::with_index(opts, Arc::new(PrefixIndex::new(opts.prefix_capacity)))
+    }
+
+    /// A policy using `index` (kept by the caller across config reloads, so
+    /// cache affinity survives a reload that keeps the pool's nodes).
+    pub fn with_index(opts: &BalanceOptions, index: Arc<PrefixIndex>) -> Self {
         PrefixAware {
-            index: PrefixIndex::new(opts.prefix_capacity),
+            index,
             abs: opts.balance_abs_threshold,
             rel: opts.balance_rel_threshold,
             tokens_per_request: opts.tokens_per_request,

@@ -38,6 +38,7 @@ pub struct Gateway {
     table: ArcSwap<RouteTable>,
     loads: LoadRegistry,
     queues: queue::QueueRegistry,
+    indexes: table::IndexRegistry,
     /// Active health checks of the running config; replaced on reload.
     checks: Mutex<Vec<health::CheckHandle>>,
     /// Request telemetry, rolling window and alerts.
@@ -50,11 +51,15 @@ impl Gateway {
         let loads = LoadRegistry::default();
         let queues = queue::QueueRegistry::default();
         let telemetry = crate::telemetry::Telemetry::new(config);
-        let table = Arc::new(RouteTable::build_with(config, &loads, &queues, &telemetry)?);
+        let indexes = table::IndexRegistry::default();
+        let table = Arc::new(RouteTable::build_with(
+            config, &loads, &queues, &indexes, &telemetry,
+        )?);
         let gateway = Arc::new(Gateway {
             table: ArcSwap::new(Arc::clone(&table)),
             loads,
             queues,
+            indexes,
             checks: Mutex::new(Vec::new()),
             telemetry,
         });
@@ -116,6 +121,7 @@ impl Gateway {
             config,
             &self.loads,
             &self.queues,
+            &self.indexes,
             &self.telemetry,
         )?);
         self.table.store(Arc::clone(&table));

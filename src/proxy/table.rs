@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use super::queue::{AdmissionQueue, QueueRegistry};
-use crate::balance::{self, Policy};
+use crate::balance::{self, Policy, PrefixIndex};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
 use crate::config::{
     parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern,
@@ -20,6 +20,34 @@ use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
 use crate::fleet::{LoadRegistry, Node, Pool};
 use crate::health::OutlierConfig;
 use crate::telemetry::Telemetry;
+
+/// Which route, over which node list (an index addresses nodes by
+/// position), with what capacity a prefix index was built for.
+type IndexKey = (String, Vec<String>, usize);
+
+/// Prefix indexes of the prefix-aware policies kept across reloads, so a
+/// reload that keeps a route's pool nodes (a weight or threshold change, an
+/// edit elsewhere) keeps its cache affinity.
+#[derive(Default)]
+pub struct IndexRegistry {
+    indexes: Mutex<HashMap<IndexKey, Arc<PrefixIndex>>>,
+}
+
+impl IndexRegistry {
+    fn get(&self, key: &IndexKey) -> Arc<PrefixIndex> {
+        let mut indexes = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            indexes
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(PrefixIndex::new(key.2))),
+        )
+    }
+
+    fn retain(&self, keep: &[IndexKey]) {
+        let mut indexes = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        indexes.retain(|key, _| keep.contains(key));
+    }
+}
 
 /// Compiled route conditions.
 #[derive(Debug)]
@@ -185,7 +213,13 @@ impl RouteTable {
         loads: &LoadRegistry,
         queues: &QueueRegistry,
     ) -> Result<RouteTable, ConfigError> {
-        Self::build_with(config, loads, queues, &Telemetry::disabled())
+        Self::build_with(
+            config,
+            loads,
+            queues,
+            &IndexRegistry::default(),
+            &Telemetry::disabled(),
+        )
     }
 
     /// [`RouteTable::build`] with series from `telemetry` (kept across
@@ -194,9 +228,11 @@ impl RouteTable {
         config: &Config,
         loads: &LoadRegistry,
         queues: &QueueRegistry,
+        indexes: &IndexRegistry,
         telemetry: &Arc<Telemetry>,
     ) -> Result<RouteTable, ConfigError> {
         config.validate()?;
+        let mut keep_indexes = Vec::new();
         let mut pools = Vec::with_capacity(config.pools.len());
         let mut settings = HashMap::new();
         let mut keep = Vec::new();
@@ -268,10 +304,19 @@ impl RouteTable {
                 .find(|p| p.name == route.pool)
                 .cloned()
                 .ok_or_else(|| invalid("pool", format!("unknown pool \"{}\"", route.pool)))?;
-            let policy = balance::build(&route.policy, &pool.nodes, &route.balance)
+            let node_names: Vec<String> = pool.nodes.iter().map(|n| n.name.clone()).collect();
+            let index_key = (
+                route.name.clone(),
+                node_names.clone(),
+                route.balance.prefix_capacity,
+            );
+            let policy =
+                balance::build_with_index(&route.policy, &pool.nodes, &route.balance, || {
+                    keep_indexes.push(index_key.clone());
+                    indexes.get(&index_key)
+                })
                 .ok_or_else(|| invalid("policy", format!("unknown policy \"{}\"", route.policy)))?;
             let m = &route.matcher;
-            let node_names: Vec<String> = pool.nodes.iter().map(|n| n.name.clone()).collect();
             for node in &node_names {
                 keep_series.push((route.name.clone(), pool.name.clone(), node.clone()));
             }
@@ -331,6 +376,7 @@ impl RouteTable {
             });
         }
         telemetry.retain(&keep_series);
+        indexes.retain(&keep_indexes);
         Ok(RouteTable {
             routes,
             pools,
