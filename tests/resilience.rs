@@ -682,3 +682,69 @@ async fn sigterm_lets_requests_in_flight_finish() {
         "3 streams in flight all completed; exit 0",
     );
 }
+
+/// Nodes busy only by their own scraped metrics (another gateway's load)
+/// free no slot here, so nothing wakes the queue: the waiter must notice
+/// the node recovering on its own, well before its queue timeout.
+#[tokio::test]
+async fn queued_request_is_served_when_scraped_saturation_clears() {
+    let sim = SimConfig {
+        time_scale: 0.01,
+        ..SimConfig::small()
+    };
+    let nodes = start_nodes(1, &sim).await;
+    let text = config_with(
+        &unweighted(&nodes),
+        "round_robin",
+        "queue_timeout = \"5s\"\n[pools.capacity]\ninterval = \"50ms\"\nmax_queue = 2\n",
+        "",
+    );
+    let gw = start_gateway(&text).await;
+    nodes[0].set_faults(Faults {
+        slowdown: 20.0,
+        ..Faults::default()
+    });
+    let target = nodes[0].addr();
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            tokio::spawn(async move {
+                post(
+                    target,
+                    "/v1/chat/completions",
+                    chat("other gateway", false, 2000),
+                )
+                .await
+            })
+        })
+        .collect();
+    let node = gw.gateway.table().pools[0].nodes[0].clone();
+    assert!(
+        eventually(Duration::from_secs(5), || node
+            .is_saturated(std::time::Instant::now()))
+        .await
+    );
+    let addr = gw.addr;
+    let start = Instant::now();
+    let waiting =
+        tokio::spawn(async move { post(addr, "/v1/chat/completions", nonstream()).await });
+    assert!(
+        eventually(Duration::from_secs(2), || gw.gateway.table().routes[0]
+            .queue
+            .len()
+            == 1)
+        .await
+    );
+    // The other gateway's load goes away.
+    for task in &flood {
+        task.abort();
+    }
+    nodes[0].set_faults(Faults::default());
+    let reply = waiting.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "served only after {waited:?}"
+    );
+    println!("SCENARIO|saturation cleared elsewhere|1|0|{}ms|queued behind scraped saturation; served after it cleared (queue timeout 5s)", waited.as_millis());
+}

@@ -164,7 +164,36 @@ pub struct Ticket<'a> {
     rx: Option<oneshot::Receiver<Wake>>,
 }
 
+/// What [`Ticket::wait_some`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// Woken to try again; the ticket has left the queue.
+    Woken,
+    /// Displaced by a higher-priority request; the ticket has left the queue.
+    Displaced,
+    /// `until` passed; the ticket keeps its place in the queue.
+    Elapsed,
+}
+
 impl Ticket<'_> {
+    /// Wait until woken, displaced, or `until`, keeping the place in the
+    /// queue on `Elapsed` (for a caller that re-checks now and then).
+    pub async fn wait_some(&mut self, until: Instant) -> Waited {
+        let Some(rx) = self.rx.as_mut() else {
+            return Waited::Woken;
+        };
+        match tokio::time::timeout_at(until, rx).await {
+            Ok(outcome) => {
+                self.rx = None;
+                match outcome {
+                    Ok(Wake::Retry) | Err(_) => Waited::Woken,
+                    Ok(Wake::Displaced) => Waited::Displaced,
+                }
+            }
+            Err(_) => Waited::Elapsed,
+        }
+    }
+
     /// Wait until woken to try again (`Ok`), displaced, or `deadline`.
     pub async fn wait(mut self, deadline: Instant) -> Result<(), Shed> {
         let Some(rx) = self.rx.as_mut() else {

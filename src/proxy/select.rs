@@ -14,7 +14,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use super::queue::{AdmissionQueue, Shed};
+use super::queue::{AdmissionQueue, Shed, Waited};
 use super::table::Route;
 use crate::balance::PickContext;
 use crate::classify::RequestClass;
@@ -46,34 +46,47 @@ pub async fn select(
     tried: &[usize],
     deadline: Instant,
 ) -> Selection {
-    let mut queue_deadline = None;
+    let settings = &route.pool_settings;
+    let mut until = None;
+    let mut ticket = None;
     loop {
         match try_pick(route, class, headers, tried) {
             Pick::Node(index) => return Selection::Node(index),
             Pick::Unavailable => return Selection::Unavailable,
             Pick::Busy => {}
         }
-        let settings = &route.pool_settings;
         if settings.queue_size == 0 {
             return Selection::Shed(Shed::QueueFull);
         }
-        let until = *queue_deadline
-            .get_or_insert_with(|| (Instant::now() + settings.queue_timeout).min(deadline));
-        let ticket = match route.queue.enqueue(class.priority, settings.queue_size) {
-            Ok(ticket) => ticket,
-            Err(shed) => return Selection::Shed(shed),
+        let until =
+            *until.get_or_insert_with(|| (Instant::now() + settings.queue_timeout).min(deadline));
+        let waiting = match &mut ticket {
+            Some(ticket) => ticket,
+            None => {
+                let joined = match route.queue.enqueue(class.priority, settings.queue_size) {
+                    Ok(joined) => joined,
+                    Err(shed) => return Selection::Shed(shed),
+                };
+                // A slot may have freed between the pick and joining: look again.
+                ticket = Some(joined);
+                continue;
+            }
         };
-        // A slot may have freed between the pick and joining the queue.
-        match try_pick(route, class, headers, tried) {
-            Pick::Node(index) => return Selection::Node(index),
-            Pick::Unavailable => return Selection::Unavailable,
-            Pick::Busy => {}
-        }
-        if let Err(shed) = ticket.wait(until).await {
-            return Selection::Shed(shed);
+        // Slots freed by this gateway's requests wake the queue at once;
+        // nodes that stop being saturated by their scraped metrics, or come
+        // back up, do not, so waiters also look again every RECHECK.
+        let wake = (Instant::now() + RECHECK).min(until);
+        match waiting.wait_some(wake).await {
+            Waited::Woken => ticket = None,
+            Waited::Displaced => return Selection::Shed(Shed::Displaced),
+            Waited::Elapsed if Instant::now() >= until => return Selection::Shed(Shed::TimedOut),
+            Waited::Elapsed => {}
         }
     }
 }
+
+/// How often a queued request looks for a free node without being woken.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[usize]) -> Pick {
     let nodes = &route.pool.nodes;
