@@ -180,6 +180,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/series", get(series))
         .route("/api/v1/events", get(events))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/config/status", get(config_status))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
         .with_state(state)
 }
@@ -227,6 +228,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The running config's version and whether the last reload was refused.
+async fn config_status(State(state): State<Arc<AdminState>>) -> Response {
+    axum::Json(state.gateway.config_status()).into_response()
 }
 
 async fn index() -> Response {

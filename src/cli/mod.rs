@@ -2,6 +2,7 @@
 
 pub mod bench;
 mod demo;
+pub mod reload;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -141,8 +142,9 @@ async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
     } else {
         None
     };
-    tokio::spawn(reload_on_sighup(gateway.clone(), path));
+    let watcher = tokio::spawn(reload::watch(gateway.clone(), path, Duration::from_secs(1)));
     let result = proxy::serve(gateway, listener, shutdown_signal(), drain).await;
+    watcher.abort();
     if let Some(admin) = admin {
         admin.stop().await;
     }
@@ -176,27 +178,6 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutdown requested");
-}
-
-/// Reload the config file on SIGHUP; a bad file is refused and logged.
-async fn reload_on_sighup(gateway: std::sync::Arc<Gateway>, path: PathBuf) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            match Config::load(&path).and_then(|c| gateway.reload(&c)) {
-                Ok(()) => tracing::info!(file = %path.display(), "reloaded on SIGHUP"),
-                Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "reload refused; running config kept")
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (gateway, path);
 }
 
 async fn run_sim(

@@ -43,6 +43,28 @@ pub struct Gateway {
     checks: Mutex<Vec<health::CheckHandle>>,
     /// Request telemetry, rolling window and alerts.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// What the last config reloads did, for the admin API and dashboard.
+    config_status: Mutex<ConfigStatus>,
+}
+
+/// The running config's version and the outcome of the last reload.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConfigStatus {
+    /// Counts configs applied since start (1 = the initial one).
+    pub version: u64,
+    /// When the running config was applied (ms since the Unix epoch).
+    pub applied_unix_ms: u64,
+    /// Why the last attempted reload was refused, if it was (cleared by
+    /// the next successful one). The running config stays in force.
+    pub last_error: Option<String>,
+    /// When that refusal happened (ms since the Unix epoch).
+    pub last_error_unix_ms: Option<u64>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Gateway {
@@ -61,6 +83,11 @@ impl Gateway {
             queues,
             indexes,
             checks: Mutex::new(Vec::new()),
+            config_status: Mutex::new(ConfigStatus {
+                version: 1,
+                applied_unix_ms: unix_ms(),
+                ..ConfigStatus::default()
+            }),
             telemetry,
         });
         gateway.apply(&table, config);
@@ -126,8 +153,31 @@ impl Gateway {
         )?);
         self.table.store(Arc::clone(&table));
         self.apply(&table, config);
-        tracing::info!("config reloaded");
+        let version = {
+            let mut status = self.config_status.lock().unwrap_or_else(|p| p.into_inner());
+            status.version += 1;
+            status.applied_unix_ms = unix_ms();
+            status.last_error = None;
+            status.last_error_unix_ms = None;
+            status.version
+        };
+        tracing::info!(version, "config reloaded");
         Ok(())
+    }
+
+    /// Record that a reload was refused (the running config stays).
+    pub fn note_reload_refused(&self, why: &str) {
+        let mut status = self.config_status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_error = Some(why.to_string());
+        status.last_error_unix_ms = Some(unix_ms());
+    }
+
+    /// The running config's version and the last reload's outcome.
+    pub fn config_status(&self) -> ConfigStatus {
+        self.config_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

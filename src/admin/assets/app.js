@@ -210,5 +210,18 @@ function connect() {
   es.onerror = () => { $("live").className = "dot off"; $("live-text").textContent = "reconnecting…"; };
 }
 
+// A refused config reload is shown until a later reload succeeds.
+async function pollConfigStatus() {
+  try {
+    const r = await fetch("/api/v1/config/status");
+    const st = await r.json();
+    $("config-version").textContent = st.version;
+    $("config-error").hidden = !st.last_error;
+    $("config-error-text").textContent = st.last_error || "";
+  } catch (e) { /* the live dot already shows a lost connection */ }
+}
+
 window.addEventListener("resize", () => { if (last) render(last); });
 loadHistory().then(connect);
+pollConfigStatus();
+setInterval(pollConfigStatus, 2000);

@@ -1,0 +1,104 @@
+//! The config file as the source of truth: changes on disk are applied,
+//! invalid ones refused with the reason shown, and the running config stays.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use infergate::admin::{self, AdminConfig};
+
+/// Replace the file the way config tools do: write aside, then rename.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn file_changes_are_applied_and_bad_ones_refused() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let dir = std::env::temp_dir().join(format!("infergate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gw.toml");
+    let first = config_text(&[(nodes[0].addr(), 1)], "round_robin", "");
+    std::fs::write(&path, &first).unwrap();
+    let gw = start_gateway(&first).await;
+    let watcher = tokio::spawn(infergate::cli::reload::watch(
+        gw.gateway.clone(),
+        path.clone(),
+        Duration::from_millis(50),
+    ));
+    let admin = admin::start(
+        gw.gateway.clone(),
+        &AdminConfig::default(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let status = || gw.gateway.config_status();
+    assert_eq!(
+        post(gw.addr, "/v1/chat/completions", chat("a", false, 1))
+            .await
+            .node(),
+        "sim-0"
+    );
+
+    // A valid change is applied.
+    write_atomically(
+        &path,
+        &config_text(&[(nodes[1].addr(), 1)], "round_robin", ""),
+    );
+    assert!(eventually(Duration::from_secs(5), || status().version == 2).await);
+    assert_eq!(
+        post(gw.addr, "/v1/chat/completions", chat("b", false, 1))
+            .await
+            .node(),
+        "sim-1"
+    );
+
+    // An invalid one is refused with the field named; the running config stays.
+    write_atomically(&path, &config_text(&[(nodes[0].addr(), 1)], "fastest", ""));
+    assert!(eventually(Duration::from_secs(5), || status().last_error.is_some()).await);
+    let refused = status();
+    assert_eq!(refused.version, 2);
+    let why = refused.last_error.unwrap();
+    assert!(
+        why.contains("routes[0].policy: unknown policy \"fastest\""),
+        "{why}"
+    );
+    assert_eq!(
+        post(gw.addr, "/v1/chat/completions", chat("c", false, 1))
+            .await
+            .node(),
+        "sim-1"
+    );
+    let shown = get(admin.addr, "/api/v1/config/status").await.json();
+    assert!(
+        shown["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown policy"),
+        "{shown}"
+    );
+
+    // Fixing the file applies it and clears the error.
+    write_atomically(&path, &first);
+    assert!(eventually(Duration::from_secs(5), || status().version == 3).await);
+    assert!(status().last_error.is_none());
+    assert_eq!(
+        post(gw.addr, "/v1/chat/completions", chat("d", false, 1))
+            .await
+            .node(),
+        "sim-0"
+    );
+
+    // Touching the file without changing it does nothing.
+    std::fs::write(&path, &first).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(status().version, 3);
+
+    watcher.abort();
+    admin.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
