@@ -21,9 +21,9 @@
 //!    `L > balance_rel_threshold × L_min`. Overloaded nodes lose their
 //!    cache affinity.
 //! 4. Among the others, the node with the longest matching prefix wins;
-//!    equal matches go to the lower load, then at random.
+//!    equal matches go to the lower load, then in turn (a rotating start).
 //! 5. If no candidate matches a single block, the least-loaded candidate
-//!    wins (new prefixes spread by load).
+//!    wins, ties taken in turn (new prefixes spread evenly, also when idle).
 //!
 //! The chosen node is recorded for every block of the prompt, so the next
 //! turn of a conversation (same prefix plus more) follows it. Requests
@@ -31,10 +31,11 @@
 //! least-loaded candidate. Cost per pick: O(nodes + prompt blocks) with at
 //! most 2 × 32 short shard locks, no global lock.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::prefix_index::{PrefixIndex, MAX_NODES};
-use super::signals::{argmin_by, candidates, latency_parts, load};
+use super::signals::{candidates, latency_parts, load};
 use super::{PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
@@ -46,6 +47,9 @@ pub struct PrefixAware {
     abs: f64,
     rel: f64,
     tokens_per_request: f64,
+    /// Rotates the start of the least-load scan, so ties (idle nodes) are
+    /// taken in turn and new prefixes spread evenly instead of by chance.
+    next: AtomicUsize,
 }
 
 impl PrefixAware {
@@ -62,6 +66,7 @@ impl PrefixAware {
             abs: opts.balance_abs_threshold,
             rel: opts.balance_rel_threshold,
             tokens_per_request: opts.tokens_per_request,
+            next: AtomicUsize::new(0),
         }
     }
 
@@ -144,7 +149,17 @@ impl Policy for PrefixAware {
         } else {
             (0..cands.len()).collect()
         };
-        let choice = cands[argmin_by(&positions, |k| loads[k])?];
+        if positions.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % positions.len();
+        let mut best = positions[start];
+        for &k in positions[start..].iter().chain(&positions[..start]) {
+            if loads[k] < loads[best] {
+                best = k;
+            }
+        }
+        let choice = cands[best];
         self.index.record(chain, choice);
         Some(choice)
     }
