@@ -26,7 +26,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use super::power_of_two::{draw, scan_two};
+use super::power_of_two::two_choices;
 use super::signals::{expected_tokens, latency_parts};
 use super::{PickContext, Policy};
 use crate::fleet::{now_ns, Node};
@@ -71,21 +71,9 @@ impl Policy for PeakEwmaP2c {
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
-        let n = nodes.len();
-        if n == 0 {
-            return None;
-        }
-        if n == 1 {
-            return eligible(0).then_some(0);
-        }
-        let sampled =
-            draw(n, None, eligible).and_then(|a| draw(n, Some(a), eligible).map(|b| (a, Some(b))));
-        let (a, b) = match sampled {
-            Some(pair) => pair,
-            None => scan_two(n, eligible)?,
-        };
-        let Some(b) = b else {
-            return Some(a);
+        let (a, b) = match two_choices(nodes.len(), eligible)? {
+            (a, Some(b)) => (a, b),
+            (only, None) => return Some(only),
         };
         let (ca, cb) = pair_costs(&nodes[a], &nodes[b], expected_tokens(ctx.request), now_ns());
         match ca.partial_cmp(&cb).unwrap_or(Ordering::Equal) {

@@ -64,6 +64,22 @@ pub(crate) fn draw(
     None
 }
 
+/// The two choices of a power-of-two pick among `n` nodes: two distinct
+/// eligible indices drawn at random (by scanning when random draws keep
+/// missing), or the single eligible one (`(i, None)`), or `None`.
+pub(crate) fn two_choices(
+    n: usize,
+    eligible: &dyn Fn(usize) -> bool,
+) -> Option<(usize, Option<usize>)> {
+    match n {
+        0 => None,
+        1 => eligible(0).then_some((0, None)),
+        _ => draw(n, None, eligible)
+            .and_then(|a| draw(n, Some(a), eligible).map(|b| (a, Some(b))))
+            .or_else(|| scan_two(n, eligible)),
+    }
+}
+
 /// Two distinct eligible indices chosen uniformly by scanning, or the single
 /// eligible one (`(i, None)`), or `None` if nothing is eligible.
 pub(crate) fn scan_two(
@@ -110,21 +126,9 @@ impl Policy for PowerOfTwo {
         eligible: &dyn Fn(usize) -> bool,
         _ctx: &PickContext<'_>,
     ) -> Option<usize> {
-        let n = nodes.len();
-        if n == 0 {
-            return None;
-        }
-        if n == 1 {
-            return eligible(0).then_some(0);
-        }
-        let sampled =
-            draw(n, None, eligible).and_then(|a| draw(n, Some(a), eligible).map(|b| (a, Some(b))));
-        let (a, b) = match sampled {
-            Some(pair) => pair,
-            None => scan_two(n, eligible)?,
-        };
-        let Some(b) = b else {
-            return Some(a);
+        let (a, b) = match two_choices(nodes.len(), eligible)? {
+            (a, Some(b)) => (a, b),
+            (only, None) => return Some(only),
         };
         match cmp_score(load_score(&nodes[a]), load_score(&nodes[b])) {
             Ordering::Less => Some(a),
