@@ -8,6 +8,7 @@ pub mod balance;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod fleet;
 pub mod health;
 pub mod proxy;

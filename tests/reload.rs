@@ -24,13 +24,13 @@ async fn file_changes_are_applied_and_bad_ones_refused() {
     let first = config_text(&[(nodes[0].addr(), 1)], "round_robin", "");
     std::fs::write(&path, &first).unwrap();
     let gw = start_gateway(&first).await;
+    let store = infergate::console::ConfigStore::new(gw.gateway.clone(), Some(path.clone()), first.clone());
     let watcher = tokio::spawn(infergate::cli::reload::watch(
-        gw.gateway.clone(),
-        path.clone(),
+        store.clone(),
         Duration::from_millis(50),
     ));
-    let admin = admin::start(
-        gw.gateway.clone(),
+    let admin = admin::start_with_store(
+        store.clone(),
         &AdminConfig::default(),
         Some("127.0.0.1:0".parse().unwrap()),
     )

@@ -1,11 +1,14 @@
 //! The admin listener: Prometheus `/metrics`, the JSON API, the live
-//! dashboard and, later, mutating endpoints.
+//! dashboard with its configuration console, and the config API
+//! ([`config_api`]) that changes the running config.
 //!
 //! Security: bound to loopback by default. Binding to any other address
 //! needs a token (`admin.token` or `INFERGATE_ADMIN_TOKEN`); every non-GET
 //! request must then carry `Authorization: Bearer <token>` (without a token
 //! configured, non-GET requests are refused). The token is never logged and
 //! is redacted from the config's `Debug` output.
+
+pub mod config_api;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -72,6 +75,9 @@ impl AdminConfig {
         if self.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
             return Err("token must not be empty".into());
         }
+        if self.token.as_deref() == Some(crate::console::redact::PLACEHOLDER) {
+            return Err("token is the redaction placeholder: send the real token, or leave the line as it was read".into());
+        }
         Ok(())
     }
 
@@ -100,6 +106,9 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), Strin
 struct AdminState {
     gateway: Arc<Gateway>,
     token: Option<String>,
+    /// Where config changes go; `None` when the gateway has no config file
+    /// (the config API then answers 501).
+    store: Option<Arc<crate::console::ConfigStore>>,
 }
 
 /// A running admin listener.
@@ -131,9 +140,28 @@ impl Drop for AdminServer {
 }
 
 /// Start the admin listener for `gateway` on `config.addr` (`addr` given
-/// overrides it, e.g. a free port for the demo).
+/// overrides it, e.g. a free port for the demo), without the config API.
 pub async fn start(
     gateway: Arc<Gateway>,
+    config: &AdminConfig,
+    addr: Option<SocketAddr>,
+) -> Result<AdminServer, String> {
+    serve(gateway, None, config, addr).await
+}
+
+/// Start the admin listener with the config API and console writing
+/// through `store`.
+pub async fn start_with_store(
+    store: Arc<crate::console::ConfigStore>,
+    config: &AdminConfig,
+    addr: Option<SocketAddr>,
+) -> Result<AdminServer, String> {
+    serve(Arc::clone(store.gateway()), Some(store), config, addr).await
+}
+
+async fn serve(
+    gateway: Arc<Gateway>,
+    store: Option<Arc<crate::console::ConfigStore>>,
     config: &AdminConfig,
     addr: Option<SocketAddr>,
 ) -> Result<AdminServer, String> {
@@ -153,9 +181,14 @@ pub async fn start(
         .local_addr()
         .map_err(|e| format!("admin listener: {e}"))?;
     tracing::info!(addr = %local, token = if token.is_some() { "set" } else { "none" }, "admin listener started");
-    let app = router(Arc::new(AdminState { gateway, token }));
+    let app = router(Arc::new(AdminState {
+        gateway,
+        token,
+        store,
+    }));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stopped.await;
         });
@@ -181,6 +214,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/config/status", get(config_status))
+        .merge(config_api::routes())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
         .with_state(state)
 }
@@ -230,9 +264,15 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The running config's version and whether the last reload was refused.
+/// The running config's generation, version and whether the last reload
+/// was refused.
 async fn config_status(State(state): State<Arc<AdminState>>) -> Response {
-    axum::Json(state.gateway.config_status()).into_response()
+    let mut status =
+        serde_json::to_value(state.gateway.config_status()).unwrap_or(serde_json::Value::Null);
+    if let (Some(store), Some(map)) = (&state.store, status.as_object_mut()) {
+        map.insert("config_version".into(), store.current().version.clone().into());
+    }
+    axum::Json(status).into_response()
 }
 
 async fn index() -> Response {

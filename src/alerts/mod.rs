@@ -193,10 +193,45 @@ pub fn default_rules() -> Vec<RuleConfig> {
     ]
 }
 
+/// A rule as the JSON object of its TOML fields (durations as text), so
+/// the built-in rules can be written into a config file.
+pub fn rule_to_json(rule: &RuleConfig) -> serde_json::Value {
+    let secs = |d: Duration| {
+        if d.subsec_millis() == 0 {
+            format!("{}s", d.as_secs())
+        } else {
+            format!("{}ms", d.as_millis())
+        }
+    };
+    let mut v = serde_json::json!({
+        "name": rule.name,
+        "kind": rule.kind,
+        "threshold": rule.threshold,
+        "for": secs(rule.for_),
+        "resolve_for": secs(rule.resolve_for),
+        "repeat_interval": secs(rule.repeat_interval),
+        "severity": rule.severity,
+    });
+    if let (Some(pool), Some(map)) = (&rule.pool, v.as_object_mut()) {
+        map.insert("pool".into(), pool.clone().into());
+    }
+    if let (Some(t), Some(map)) = (rule.resolve_threshold, v.as_object_mut()) {
+        map.insert("resolve_threshold".into(), t.into());
+    }
+    v
+}
+
 /// Check rules for config validation; returns (path, message) pairs.
 pub fn validate(config: &AlertsConfig) -> Vec<(String, String)> {
     let mut errors = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for (i, r) in config.rules.iter().flatten().enumerate() {
+        if !r.name.is_empty() && !names.insert(r.name.as_str()) {
+            errors.push((
+                format!("alerts.rules[{i}].name"),
+                format!("duplicate rule name \"{}\"", r.name),
+            ));
+        }
         if r.name.is_empty() {
             errors.push((
                 format!("alerts.rules[{i}].name"),
@@ -276,9 +311,11 @@ struct RuleState {
 
 /// The alert engine.
 pub struct Alerts {
-    rules: Vec<RuleConfig>,
-    states: Mutex<BTreeMap<(usize, String), RuleState>>,
-    active: Mutex<BTreeMap<(usize, String), AlertView>>,
+    /// Replaced whole on reload; alert state is keyed by rule name, so an
+    /// edited rule keeps its pending and firing alerts.
+    rules: arc_swap::ArcSwap<Vec<RuleConfig>>,
+    states: Mutex<BTreeMap<(String, String), RuleState>>,
+    active: Mutex<BTreeMap<(String, String), AlertView>>,
     history: Mutex<VecDeque<AlertEvent>>,
     history_len: usize,
     notifiers: Vec<notify::Notifier>,
@@ -309,7 +346,9 @@ impl Alerts {
     /// An engine for `config` (notifier tasks start at the first evaluation).
     pub fn new(config: &AlertsConfig) -> Arc<Alerts> {
         Arc::new(Alerts {
-            rules: config.rules.clone().unwrap_or_else(default_rules),
+            rules: arc_swap::ArcSwap::from_pointee(
+                config.rules.clone().unwrap_or_else(default_rules),
+            ),
             states: Mutex::default(),
             active: Mutex::default(),
             history: Mutex::new(VecDeque::new()),
@@ -322,8 +361,16 @@ impl Alerts {
     }
 
     /// The rules in force.
-    pub fn rules(&self) -> &[RuleConfig] {
-        &self.rules
+    pub fn rules(&self) -> Arc<Vec<RuleConfig>> {
+        self.rules.load_full()
+    }
+
+    /// Put the rules of a reloaded config in force. Alerts of rules that
+    /// keep their name carry over; those of removed rules resolve at the
+    /// next evaluation. Notifiers stay as they were at start.
+    pub fn set_rules(&self, config: &AlertsConfig) {
+        self.rules
+            .store(Arc::new(config.rules.clone().unwrap_or_else(default_rules)));
     }
 
     fn targets(rule: &RuleConfig, snapshot: &Snapshot) -> Vec<Target> {
@@ -385,7 +432,8 @@ impl Alerts {
         let mut states = lock(&self.states);
         let mut active = lock(&self.active);
         let mut seen = std::collections::BTreeSet::new();
-        for (ri, rule) in self.rules.iter().enumerate() {
+        let rules = self.rules.load_full();
+        for rule in rules.iter() {
             let threshold = if rule.kind == RuleKind::NodeDown {
                 0.5
             } else {
@@ -397,7 +445,7 @@ impl Alerts {
                     Some(n) => format!("{}/{n}", t.pool),
                     None => t.pool.clone(),
                 };
-                let key = (ri, target.clone());
+                let key = (rule.name.clone(), target.clone());
                 seen.insert(key.clone());
                 let (breach, clear) = match t.value {
                     None => (false, true),
@@ -520,7 +568,7 @@ impl Alerts {
         drop(history);
         for n in &self.notifiers {
             for e in &events {
-                n.send(e, rule_repeat(&self.rules, &e.alert.rule));
+                n.send(e, rule_repeat(&rules, &e.alert.rule));
             }
         }
     }
@@ -543,7 +591,7 @@ impl Alerts {
         );
         let _ = writeln!(out, "# TYPE infergate_alerts_firing gauge");
         let active = lock(&self.active);
-        for rule in &self.rules {
+        for rule in self.rules.load().iter() {
             let n = active.values().filter(|a| a.rule == rule.name).count();
             let _ = writeln!(
                 out,

@@ -94,9 +94,16 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = std::fs::write(&args.config_out, &text) {
-        eprintln!("note: could not write {}: {e}", args.config_out.display());
-    }
+    let written = match crate::console::persist::write_atomic(&args.config_out, &text) {
+        Ok(()) => Some(args.config_out.clone()),
+        Err(e) => {
+            eprintln!(
+                "note: could not write {}: {e}; console changes will not be persisted",
+                args.config_out.display()
+            );
+            None
+        }
+    };
     let gateway = match Gateway::new(&config) {
         Ok(gateway) => gateway,
         Err(e) => {
@@ -119,14 +126,28 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         }
     };
     let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.admin_port));
+    // The console needs a token for changes: a fresh one per demo run
+    // unless one is given, printed for the person running it.
+    let mut admin_config = config.admin.clone();
+    let token_note = if admin_config.effective_token().is_none() {
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        admin_config.token = Some(token.clone());
+        format!("token for changes, made for this run: {token}")
+    } else {
+        "token for changes: the configured one".to_string()
+    };
+    let store = crate::console::ConfigStore::new(Arc::clone(&gateway), written, text.clone());
     let admin =
-        match crate::admin::start(Arc::clone(&gateway), &config.admin, Some(admin_addr)).await {
+        match crate::admin::start_with_store(Arc::clone(&store), &admin_config, Some(admin_addr))
+            .await
+        {
             Ok(admin) => admin,
             Err(e) => {
                 eprintln!("{e} (try --admin-port)");
                 return ExitCode::FAILURE;
             }
         };
+    let watcher = tokio::spawn(super::reload::watch(store, Duration::from_secs(1)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -153,6 +174,10 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     println!(
         "  dashboard on http://{}/  (metrics: http://{}/metrics)",
         admin.addr, admin.addr
+    );
+    println!(
+        "  console on http://{}/#console  ({token_note})",
+        admin.addr
     );
     println!(
         "  workload: {} req/s of chat sessions with shared system prompts, model {}",
@@ -226,6 +251,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let _ = stop_tx.send(true);
     let _ = load.await;
     let _ = server.await;
+    watcher.abort();
     admin.stop().await;
     for node in nodes {
         node.shutdown().await;

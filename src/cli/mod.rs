@@ -106,7 +106,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
-    let config = match Config::load(&path) {
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::from_toml(&text) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
@@ -128,8 +135,9 @@ async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
         }
     };
     tracing::info!(addr = %config.listener.addr, "infergate listening");
+    let store = crate::console::ConfigStore::new(gateway.clone(), Some(path), text);
     let admin = if config.admin.enabled {
-        match crate::admin::start(gateway.clone(), &config.admin, None).await {
+        match crate::admin::start_with_store(store.clone(), &config.admin, None).await {
             Ok(admin) => {
                 println!("admin: dashboard and metrics on http://{}/", admin.addr);
                 Some(admin)
@@ -142,7 +150,7 @@ async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
     } else {
         None
     };
-    let watcher = tokio::spawn(reload::watch(gateway.clone(), path, Duration::from_secs(1)));
+    let watcher = tokio::spawn(reload::watch(store, Duration::from_secs(1)));
     let result = proxy::serve(gateway, listener, shutdown_signal(), drain).await;
     watcher.abort();
     if let Some(admin) = admin {

@@ -4,20 +4,17 @@
 //! that write in place and tools that replace it atomically (rename) are
 //! both seen, and touching it without a change does nothing. An invalid file
 //! is refused: the error is logged and kept in the gateway's config status
-//! (admin API and dashboard) and the running config stays.
+//! (admin API and dashboard) and the running config stays. The work is
+//! done by [`ConfigStore::poll_file`], so file edits and API changes are
+//! serialized and audited alike.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use xxhash_rust::xxh3::xxh3_64;
+use crate::console::ConfigStore;
 
-use crate::config::Config;
-use crate::proxy::Gateway;
-
-/// Watch `path` until the task is dropped.
-pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, every: Duration) {
-    let mut seen = read_hash(&path).await.map(|(_, hash)| hash);
+/// Watch the store's config file until the task is dropped.
+pub async fn watch(store: Arc<ConfigStore>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hangup = hangups();
@@ -26,32 +23,8 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, every: Duration) {
             _ = tick.tick() => false,
             Some(()) = next_hangup(&mut hangup) => true,
         };
-        let Some((text, hash)) = read_hash(&path).await else {
-            if forced {
-                refuse(&gateway, &path, "cannot read the file");
-            }
-            continue;
-        };
-        if !forced && seen == Some(hash) {
-            continue;
-        }
-        seen = Some(hash);
-        match Config::from_toml(&text).and_then(|config| gateway.reload(&config)) {
-            Ok(()) => tracing::info!(file = %path.display(), forced, "config file applied"),
-            Err(e) => refuse(&gateway, &path, &e.to_string()),
-        }
+        store.poll_file(forced).await;
     }
-}
-
-fn refuse(gateway: &Gateway, path: &Path, why: &str) {
-    tracing::error!(file = %path.display(), error = %why, "config reload refused; running config kept");
-    gateway.note_reload_refused(&format!("{}: {why}", path.display()));
-}
-
-async fn read_hash(path: &Path) -> Option<(String, u64)> {
-    let text = tokio::fs::read_to_string(path).await.ok()?;
-    let hash = xxh3_64(text.as_bytes());
-    Some((text, hash))
 }
 
 #[cfg(unix)]

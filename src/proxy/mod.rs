@@ -61,7 +61,8 @@ pub struct ConfigStatus {
     pub last_error_unix_ms: Option<u64>,
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -153,6 +154,7 @@ impl Gateway {
         )?);
         self.table.store(Arc::clone(&table));
         self.apply(&table, config);
+        self.telemetry.alerts.set_rules(&config.alerts);
         let version = {
             let mut status = self.config_status.lock().unwrap_or_else(|p| p.into_inner());
             status.version += 1;

@@ -1,0 +1,439 @@
+//! The configuration console's core: [`ConfigStore`] owns the running
+//! config's text, applies changes (from the admin API or the file on disk)
+//! all or nothing, persists them atomically and records them in the audit
+//! log.
+//!
+//! One change at a time (an async mutex), in this order: check the version
+//! the change was based on (If-Match) and that the file has no edits the
+//! gateway has not applied; edit a copy of the document ([`edit`]); parse
+//! and validate it exactly as the file loader does; stage the new file
+//! (temp + fsync); swap it into the running gateway; rename the file into
+//! place. A failure at any step leaves the running config and the file as
+//! they were. The version is a hash of the file's text, so it survives
+//! restarts and also changes when someone edits the file by hand.
+
+pub mod audit;
+pub mod edit;
+pub mod persist;
+pub mod redact;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use serde_json::Value as Json;
+use toml_edit::DocumentMut;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::config::{Config, ConfigError, FieldError};
+use crate::proxy::Gateway;
+pub use audit::{AuditEntry, AuditLog, Outcome};
+pub use edit::Collection;
+
+/// The version of a config text: 16 hex digits of its hash.
+pub fn version_of(text: &str) -> String {
+    format!("{:016x}", xxh3_64(text.as_bytes()))
+}
+
+/// The running config as the console shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Current {
+    /// Version (use it in If-Match).
+    pub version: String,
+    /// Configs applied since start (1 = the initial one).
+    pub generation: u64,
+    /// The config file, if changes are persisted.
+    pub path: Option<String>,
+    /// The file's text, secrets redacted.
+    pub text: String,
+}
+
+/// A requested change.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    /// Add an entry to a collection.
+    Create(Collection, Json),
+    /// Merge-patch the named entry.
+    Patch(Collection, String, Json),
+    /// Remove the named entry.
+    Delete(Collection, String),
+    /// Merge-patch the whole document.
+    Merge(Json),
+    /// Replace the whole file with this TOML text.
+    Replace(String),
+}
+
+/// A change with who asked and what it was based on.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Who asked (for the audit log).
+    pub actor: String,
+    /// What was asked, one line (for the audit log).
+    pub action: String,
+    /// The version it was based on (`*`: any).
+    pub if_match: Option<String>,
+    /// The edit.
+    pub edit: Edit,
+    /// Only validate and show the diff.
+    pub dry_run: bool,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    /// Version now in force (unchanged for a dry run).
+    pub version: String,
+    /// Configs applied since start.
+    pub generation: u64,
+    /// Whether the text changed (false: the change was a no-op).
+    pub changed: bool,
+    /// Whether the file on disk was written.
+    pub persisted: bool,
+    /// Only validated.
+    pub dry_run: bool,
+    /// Unified diff of the file, secrets redacted.
+    pub diff: String,
+}
+
+/// Why a change was not made. Nothing changed in any case.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChangeError {
+    /// No If-Match was sent.
+    #[error("send If-Match with the version the change is based on (GET /api/v1/config), or * to apply regardless")]
+    VersionRequired,
+    /// The change was based on an older version, or the file on disk holds
+    /// edits that are not in force.
+    #[error("{message}")]
+    Conflict {
+        /// Why.
+        message: String,
+        /// The version in force.
+        current: String,
+    },
+    /// The named entry does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The result would not be a valid config.
+    #[error("{message}")]
+    Invalid {
+        /// All problems in one text.
+        message: String,
+        /// Problems by field, when validation found them.
+        errors: Vec<FieldError>,
+    },
+    /// Valid, but the file could not be written.
+    #[error("{0}")]
+    Persist(String),
+}
+
+struct State {
+    /// The running config's text, exactly as on disk.
+    text: String,
+    /// Hash of the file contents the watcher last looked at.
+    seen_on_disk: Option<u64>,
+}
+
+/// The single writer of the running config and its file.
+pub struct ConfigStore {
+    gateway: Arc<Gateway>,
+    path: Option<PathBuf>,
+    state: tokio::sync::Mutex<State>,
+    current: ArcSwap<Current>,
+    /// Every change tried through the API or picked up from the file.
+    pub audit: AuditLog,
+}
+
+impl ConfigStore {
+    /// A store for a gateway started from `text`, read from `path` (`None`:
+    /// changes are applied but not persisted).
+    pub fn new(gateway: Arc<Gateway>, path: Option<PathBuf>, text: String) -> Arc<ConfigStore> {
+        let current = Current {
+            version: version_of(&text),
+            generation: gateway.config_status().version,
+            path: path.as_ref().map(|p| p.display().to_string()),
+            text: redact::redact(&text),
+        };
+        Arc::new(ConfigStore {
+            gateway,
+            state: tokio::sync::Mutex::new(State {
+                seen_on_disk: Some(xxh3_64(text.as_bytes())),
+                text,
+            }),
+            path,
+            current: ArcSwap::from_pointee(current),
+            audit: AuditLog::default(),
+        })
+    }
+
+    /// The running config (redacted) and its version.
+    pub fn current(&self) -> Arc<Current> {
+        self.current.load_full()
+    }
+
+    /// The gateway this store configures.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Apply a change all or nothing; see the module doc for the steps.
+    pub async fn change(&self, change: Change) -> Result<Applied, ChangeError> {
+        let mut state = self.state.lock().await;
+        let before = version_of(&state.text);
+        let result = self.try_change(&mut state, &change).await;
+        let (outcome, detail, after, diff) = match &result {
+            Ok(a) if a.dry_run => return result,
+            Ok(a) if !a.changed => (Outcome::Unchanged, None, None, String::new()),
+            Ok(a) => (Outcome::Applied, None, Some(a.version.clone()), a.diff.clone()),
+            Err(ChangeError::Conflict { .. } | ChangeError::VersionRequired) => {
+                (Outcome::Conflict, result.as_ref().err().map(|e| e.to_string()), None, String::new())
+            }
+            Err(ChangeError::Persist(m)) => (Outcome::Failed, Some(m.clone()), None, String::new()),
+            Err(e) => (Outcome::Refused, Some(e.to_string()), None, String::new()),
+        };
+        self.audit.record(AuditEntry {
+            id: 0,
+            at_unix_ms: 0,
+            actor: change.actor.clone(),
+            action: change.action.clone(),
+            outcome,
+            detail,
+            version_before: before,
+            version_after: after,
+            diff,
+        });
+        result
+    }
+
+    async fn try_change(&self, state: &mut State, change: &Change) -> Result<Applied, ChangeError> {
+        let current = version_of(&state.text);
+        match change.if_match.as_deref().map(normalize_version) {
+            None => return Err(ChangeError::VersionRequired),
+            Some("*") => {}
+            Some(v) if v == current => {}
+            Some(v) => {
+                return Err(ChangeError::Conflict {
+                    message: format!(
+                        "the config changed since version {v}: it is now at {current}; read it again and redo the change"
+                    ),
+                    current,
+                })
+            }
+        }
+        if let Some(path) = &self.path {
+            if let Some(disk) = read_if_exists(path).await {
+                if disk != state.text {
+                    let why = self
+                        .gateway
+                        .config_status()
+                        .last_error
+                        .map(|e| format!(" (refused: {e})"))
+                        .unwrap_or_default();
+                    return Err(ChangeError::Conflict {
+                        message: format!(
+                            "{} was edited on disk and the edit is not in force{why}; fix or apply the file first, so this change does not overwrite it",
+                            path.display()
+                        ),
+                        current,
+                    });
+                }
+            }
+        }
+
+        let new_text = match &change.edit {
+            Edit::Replace(text) => redact::restore(text, &state.text),
+            edit => {
+                let mut doc: DocumentMut = state.text.parse().map_err(|e| ChangeError::Invalid {
+                    message: format!("the running config does not parse: {e}"),
+                    errors: Vec::new(),
+                })?;
+                let done = match edit {
+                    Edit::Create(c, entry) => edit::create(&mut doc, c, entry),
+                    Edit::Patch(c, name, changes) => edit::patch(&mut doc, c, name, changes),
+                    Edit::Delete(c, name) => edit::delete(&mut doc, c, name),
+                    Edit::Merge(changes) => edit::merge_document(&mut doc, changes),
+                    Edit::Replace(_) => Ok(()),
+                };
+                done.map_err(|e| match e {
+                    edit::EditError::NotFound(m) => ChangeError::NotFound(m),
+                    edit::EditError::Bad(m) => ChangeError::Invalid {
+                        message: m,
+                        errors: Vec::new(),
+                    },
+                })?;
+                doc.to_string()
+            }
+        };
+        let config = Config::from_toml(&new_text).map_err(invalid)?;
+        let diff = unified_diff(&state.text, &new_text);
+        let generation = self.gateway.config_status().version;
+        if new_text == state.text {
+            return Ok(Applied {
+                version: current,
+                generation,
+                changed: false,
+                persisted: false,
+                dry_run: change.dry_run,
+                diff,
+            });
+        }
+        if change.dry_run {
+            return Ok(Applied {
+                version: current,
+                generation,
+                changed: true,
+                persisted: false,
+                dry_run: true,
+                diff,
+            });
+        }
+
+        let staged = match &self.path {
+            Some(path) => Some(stage(path, &new_text).await?),
+            None => None,
+        };
+        self.gateway.reload(&config).map_err(invalid)?;
+        if let Some(staged) = staged {
+            if let Err(e) = commit(staged).await {
+                // The file keeps the old text: put the old config back too.
+                if let Ok(old) = Config::from_toml(&state.text) {
+                    let _ = self.gateway.reload(&old);
+                }
+                return Err(e);
+            }
+        }
+        state.seen_on_disk = Some(xxh3_64(new_text.as_bytes()));
+        state.text = new_text;
+        let applied = self.publish(&state.text);
+        Ok(Applied {
+            version: applied.version.clone(),
+            generation: applied.generation,
+            changed: true,
+            persisted: self.path.is_some(),
+            dry_run: false,
+            diff,
+        })
+    }
+
+    fn publish(&self, text: &str) -> Arc<Current> {
+        let current = Arc::new(Current {
+            version: version_of(text),
+            generation: self.gateway.config_status().version,
+            path: self.path.as_ref().map(|p| p.display().to_string()),
+            text: redact::redact(text),
+        });
+        self.current.store(Arc::clone(&current));
+        current
+    }
+
+    /// Look at the file: apply it when its content changed since the last
+    /// look (or always when `forced`, e.g. on SIGHUP). An invalid file is
+    /// refused: the reason goes to the log, the config status and the
+    /// audit log, and the running config stays.
+    pub async fn poll_file(&self, forced: bool) {
+        let Some(path) = &self.path else { return };
+        let mut state = self.state.lock().await;
+        let Some(text) = read_if_exists(path).await else {
+            if forced {
+                self.refuse_file(path, "cannot read the file", &state.text);
+            }
+            return;
+        };
+        let hash = xxh3_64(text.as_bytes());
+        if !forced && state.seen_on_disk == Some(hash) {
+            return;
+        }
+        state.seen_on_disk = Some(hash);
+        if text == state.text && !forced {
+            return;
+        }
+        let before = version_of(&state.text);
+        match Config::from_toml(&text).and_then(|config| self.gateway.reload(&config)) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), forced, "config file applied");
+                let diff = unified_diff(&state.text, &text);
+                state.text = text;
+                let current = self.publish(&state.text);
+                self.audit.record(AuditEntry {
+                    id: 0,
+                    at_unix_ms: 0,
+                    actor: "file".into(),
+                    action: if forced { "reload (SIGHUP)" } else { "file changed on disk" }.into(),
+                    outcome: if diff.is_empty() { Outcome::Unchanged } else { Outcome::Applied },
+                    detail: None,
+                    version_before: before,
+                    version_after: Some(current.version.clone()),
+                    diff,
+                });
+            }
+            Err(e) => self.refuse_file(path, &e.to_string(), &state.text),
+        }
+    }
+
+    fn refuse_file(&self, path: &Path, why: &str, running: &str) {
+        tracing::error!(file = %path.display(), error = %why, "config reload refused; running config kept");
+        self.gateway
+            .note_reload_refused(&format!("{}: {why}", path.display()));
+        self.audit.record(AuditEntry {
+            id: 0,
+            at_unix_ms: 0,
+            actor: "file".into(),
+            action: "file changed on disk".into(),
+            outcome: Outcome::Refused,
+            detail: Some(why.to_string()),
+            version_before: version_of(running),
+            version_after: None,
+            diff: String::new(),
+        });
+    }
+}
+
+fn invalid(e: ConfigError) -> ChangeError {
+    let errors = match &e {
+        ConfigError::Invalid(errors) => errors.clone(),
+        _ => Vec::new(),
+    };
+    ChangeError::Invalid {
+        message: e.to_string(),
+        errors,
+    }
+}
+
+/// `"abc"`, `W/"abc"` and `abc` all name version `abc`.
+fn normalize_version(v: &str) -> &str {
+    let v = v.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    v.trim_matches('"')
+}
+
+async fn read_if_exists(path: &Path) -> Option<String> {
+    tokio::fs::read_to_string(path).await.ok()
+}
+
+async fn stage(path: &Path, text: &str) -> Result<persist::Staged, ChangeError> {
+    let (path, text) = (path.to_path_buf(), text.to_string());
+    tokio::task::spawn_blocking(move || persist::stage(&path, &text))
+        .await
+        .map_err(|e| ChangeError::Persist(format!("writing the config file: {e}")))?
+        .map_err(|e| ChangeError::Persist(format!("writing the config file: {e}")))
+}
+
+async fn commit(staged: persist::Staged) -> Result<(), ChangeError> {
+    tokio::task::spawn_blocking(move || staged.commit())
+        .await
+        .map_err(|e| ChangeError::Persist(format!("replacing the config file: {e}")))?
+        .map_err(|e| ChangeError::Persist(format!("replacing the config file: {e}")))
+}
+
+/// A unified diff of two config texts with secrets redacted ("" when equal).
+pub fn unified_diff(old: &str, new: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    let (old, new) = (redact::redact(old), redact::redact(new));
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(2)
+        .header("running", "new")
+        .to_string()
+}
