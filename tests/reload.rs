@@ -24,7 +24,8 @@ async fn file_changes_are_applied_and_bad_ones_refused() {
     let first = config_text(&[(nodes[0].addr(), 1)], "round_robin", "");
     std::fs::write(&path, &first).unwrap();
     let gw = start_gateway(&first).await;
-    let store = infergate::console::ConfigStore::new(gw.gateway.clone(), Some(path.clone()), first.clone());
+    let store =
+        infergate::console::ConfigStore::new(gw.gateway.clone(), Some(path.clone()), first.clone());
     let watcher = tokio::spawn(infergate::cli::reload::watch(
         store.clone(),
         Duration::from_millis(50),

@@ -264,8 +264,21 @@ async fn replace_config(
 ) -> Response {
     let a = prelude!(state, headers, peer, q);
     let Ok(text) = String::from_utf8(body.to_vec()) else {
-        return error(StatusCode::BAD_REQUEST, "invalid", "the body is not UTF-8 text");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the body is not UTF-8 text",
+        );
     };
+    // An empty file is a valid config that serves nothing: far more often
+    // a request sent without its body than a wish to stop serving.
+    if text.trim().is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the body is empty: send the whole config file as TOML",
+        );
+    }
     run(a, "PUT config (whole file)".into(), Edit::Replace(text)).await
 }
 
@@ -281,7 +294,12 @@ async fn merge_config(
         Ok(p) => p,
         Err(r) => return r,
     };
-    run(a, format!("PATCH config {}", brief(&patch)), Edit::Merge(patch)).await
+    run(
+        a,
+        format!("PATCH config {}", brief(&patch)),
+        Edit::Merge(patch),
+    )
+    .await
 }
 
 /// A short rendering of a JSON body for the audit line.
@@ -312,7 +330,11 @@ async fn create_in(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let name = entry.get("name").and_then(Json::as_str).unwrap_or("?").to_string();
+    let name = entry
+        .get("name")
+        .and_then(Json::as_str)
+        .unwrap_or("?")
+        .to_string();
     run(
         a,
         format!("create {} {where_}{name}", collection.noun()),
@@ -441,7 +463,12 @@ async fn node_action(
 ) -> Response {
     let a = prelude!(s, h, peer, q);
     let action = format!("{verb} node {pool}/{node}");
-    run(a, action, Edit::Patch(Collection::Nodes { pool }, node, changes)).await
+    run(
+        a,
+        action,
+        Edit::Patch(Collection::Nodes { pool }, node, changes),
+    )
+    .await
 }
 
 async fn drain_node(
@@ -451,7 +478,17 @@ async fn drain_node(
     Query(q): Query<ChangeQuery>,
     h: HeaderMap,
 ) -> Response {
-    node_action(s, peer, pool, node, q, h, "drain", json!({"draining": true})).await
+    node_action(
+        s,
+        peer,
+        pool,
+        node,
+        q,
+        h,
+        "drain",
+        json!({"draining": true}),
+    )
+    .await
 }
 
 async fn enable_node(
@@ -462,7 +499,17 @@ async fn enable_node(
     h: HeaderMap,
 ) -> Response {
     // Removing the field puts the default (not draining) back.
-    node_action(s, peer, pool, node, q, h, "enable", json!({"draining": null})).await
+    node_action(
+        s,
+        peer,
+        pool,
+        node,
+        q,
+        h,
+        "enable",
+        json!({"draining": null}),
+    )
+    .await
 }
 
 async fn weight_node(
@@ -509,7 +556,17 @@ async fn patch_route(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    patch_in(s, peer, q, h, body, Collection::Routes, route.clone(), route).await
+    patch_in(
+        s,
+        peer,
+        q,
+        h,
+        body,
+        Collection::Routes,
+        route.clone(),
+        route,
+    )
+    .await
 }
 
 async fn delete_route(
@@ -540,7 +597,17 @@ async fn patch_rule(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    patch_in(s, peer, q, h, body, Collection::AlertRules, rule.clone(), rule).await
+    patch_in(
+        s,
+        peer,
+        q,
+        h,
+        body,
+        Collection::AlertRules,
+        rule.clone(),
+        rule,
+    )
+    .await
 }
 
 async fn delete_rule(

@@ -270,7 +270,10 @@ async fn config_status(State(state): State<Arc<AdminState>>) -> Response {
     let mut status =
         serde_json::to_value(state.gateway.config_status()).unwrap_or(serde_json::Value::Null);
     if let (Some(store), Some(map)) = (&state.store, status.as_object_mut()) {
-        map.insert("config_version".into(), store.current().version.clone().into());
+        map.insert(
+            "config_version".into(),
+            store.current().version.clone().into(),
+        );
     }
     axum::Json(status).into_response()
 }

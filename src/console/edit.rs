@@ -51,7 +51,11 @@ pub enum EditError {
 
 /// Add an entry built from a JSON object; it must carry a `name` not yet
 /// used in the collection.
-pub fn create(doc: &mut DocumentMut, collection: &Collection, entry: &Json) -> Result<(), EditError> {
+pub fn create(
+    doc: &mut DocumentMut,
+    collection: &Collection,
+    entry: &Json,
+) -> Result<(), EditError> {
     let Json::Object(fields) = entry else {
         return Err(EditError::Bad(format!(
             "a {} must be a JSON object",
@@ -93,7 +97,12 @@ pub fn create(doc: &mut DocumentMut, collection: &Collection, entry: &Json) -> R
             }
             array.push_formatted(value);
         }
-        _ => return Err(EditError::Bad(format!("{} is not a list", path_of(collection)))),
+        _ => {
+            return Err(EditError::Bad(format!(
+                "{} is not a list",
+                path_of(collection)
+            )))
+        }
     }
     Ok(())
 }
@@ -233,7 +242,10 @@ fn list_item<'a>(
     if item.is_array_of_tables() || item.as_array().is_some() {
         Ok(item)
     } else {
-        Err(EditError::Bad(format!("{} is not a list", path_of(collection))))
+        Err(EditError::Bad(format!(
+            "{} is not a list",
+            path_of(collection)
+        )))
     }
 }
 
@@ -246,10 +258,7 @@ fn len(list: &Item) -> usize {
 }
 
 fn name_of(table: &mut dyn TableLike) -> Option<String> {
-    table
-        .get("name")
-        .and_then(Item::as_str)
-        .map(str::to_string)
+    table.get("name").and_then(Item::as_str).map(str::to_string)
 }
 
 fn position(list: &mut Item, name: &str) -> Option<usize> {
@@ -279,7 +288,11 @@ fn entry_mut(list: &mut Item, index: usize) -> Option<&mut dyn TableLike> {
 }
 
 /// Merge `changes` into `target` field by field.
-fn merge(target: &mut dyn TableLike, changes: &Map<String, Json>, at: &str) -> Result<(), EditError> {
+fn merge(
+    target: &mut dyn TableLike,
+    changes: &Map<String, Json>,
+    at: &str,
+) -> Result<(), EditError> {
     for (key, change) in changes {
         let path = if at.is_empty() {
             key.clone()
@@ -300,7 +313,8 @@ fn merge(target: &mut dyn TableLike, changes: &Map<String, Json>, at: &str) -> R
                 _ => {
                     // A new section: written inline so it sits with its
                     // entry wherever that is in the file.
-                    let value = Value::InlineTable(inline_from(fields).map_err(|e| at_path(&path, e))?);
+                    let value =
+                        Value::InlineTable(inline_from(fields).map_err(|e| at_path(&path, e))?);
                     set(target, key, value);
                 }
             },
@@ -372,7 +386,11 @@ fn inline_from(fields: &Map<String, Json>) -> Result<InlineTable, EditError> {
 /// integers stay integers, others are floats.
 fn to_value(json: &Json) -> Result<Value, EditError> {
     Ok(match json {
-        Json::Null => return Err(EditError::Bad("null is only allowed to remove a field".into())),
+        Json::Null => {
+            return Err(EditError::Bad(
+                "null is only allowed to remove a field".into(),
+            ))
+        }
         Json::Bool(b) => Value::from(*b),
         Json::Number(n) => {
             if let Some(i) = n.as_i64() {
@@ -455,14 +473,15 @@ model = "llama-*"
     }
 
     fn check(doc: &DocumentMut) -> crate::config::Config {
-        crate::config::Config::from_toml(&doc.to_string())
-            .unwrap_or_else(|e| panic!("{e}\n{doc}"))
+        crate::config::Config::from_toml(&doc.to_string()).unwrap_or_else(|e| panic!("{e}\n{doc}"))
     }
 
     #[test]
     fn patch_inline_node_keeps_comments() {
         let mut d = doc();
-        let nodes = Collection::Nodes { pool: "llama".into() };
+        let nodes = Collection::Nodes {
+            pool: "llama".into(),
+        };
         patch(&mut d, &nodes, "a", &json!({"weight": 5})).unwrap();
         patch(&mut d, &nodes, "b", &json!({"draining": true})).unwrap();
         let text = d.to_string();
@@ -479,8 +498,16 @@ model = "llama-*"
     #[test]
     fn patch_table_node_and_nested_section() {
         let mut d = doc();
-        let nodes = Collection::Nodes { pool: "embed".into() };
-        patch(&mut d, &nodes, "e1", &json!({"weight": 3, "max_concurrent": 8})).unwrap();
+        let nodes = Collection::Nodes {
+            pool: "embed".into(),
+        };
+        patch(
+            &mut d,
+            &nodes,
+            "e1",
+            &json!({"weight": 3, "max_concurrent": 8}),
+        )
+        .unwrap();
         patch(
             &mut d,
             &Collection::Pools,
@@ -495,8 +522,21 @@ model = "llama-*"
         assert_eq!(c.pools[1].queue_size, 10);
         assert!(c.pools[1].health.is_some());
         // Nested merge into the section just made.
-        patch(&mut d, &Collection::Pools, "embed", &json!({"health": {"unhealthy_threshold": 4}})).unwrap();
-        assert_eq!(check(&d).pools[1].health.as_ref().unwrap().unhealthy_threshold, 4);
+        patch(
+            &mut d,
+            &Collection::Pools,
+            "embed",
+            &json!({"health": {"unhealthy_threshold": 4}}),
+        )
+        .unwrap();
+        assert_eq!(
+            check(&d).pools[1]
+                .health
+                .as_ref()
+                .unwrap()
+                .unhealthy_threshold,
+            4
+        );
     }
 
     #[test]
@@ -516,7 +556,9 @@ model = "llama-*"
         .unwrap();
         create(
             &mut d,
-            &Collection::Nodes { pool: "llama".into() },
+            &Collection::Nodes {
+                pool: "llama".into(),
+            },
             &json!({"name": "c", "addr": "10.0.0.3:8000"}),
         )
         .unwrap();
@@ -531,7 +573,14 @@ model = "llama-*"
         assert!(matches!(dup, Err(EditError::Bad(m)) if m.contains("already exists")));
         delete(&mut d, &Collection::Routes, "qwen").unwrap();
         delete(&mut d, &Collection::Pools, "qwen").unwrap();
-        delete(&mut d, &Collection::Nodes { pool: "embed".into() }, "e1").unwrap();
+        delete(
+            &mut d,
+            &Collection::Nodes {
+                pool: "embed".into(),
+            },
+            "e1",
+        )
+        .unwrap();
         let text = d.to_string();
         assert!(!text.contains("qwen"), "{text}");
         assert!(!text.contains("e1"), "{text}");
@@ -554,23 +603,50 @@ model = "llama-*"
         let rules = c.alerts.rules.unwrap();
         assert_eq!(rules.len(), crate::alerts::default_rules().len() + 1);
         assert_eq!(rules.last().unwrap().name, "Slow");
-        patch(&mut d, &Collection::AlertRules, "Slow", &json!({"threshold": 3.5})).unwrap();
+        patch(
+            &mut d,
+            &Collection::AlertRules,
+            "Slow",
+            &json!({"threshold": 3.5}),
+        )
+        .unwrap();
         delete(&mut d, &Collection::AlertRules, "NodeDown").unwrap();
         let rules = check(&d).alerts.rules.unwrap();
         assert!(rules.iter().all(|r| r.name != "NodeDown"));
-        assert_eq!(rules.iter().find(|r| r.name == "Slow").unwrap().threshold, 3.5);
+        assert_eq!(
+            rules.iter().find(|r| r.name == "Slow").unwrap().threshold,
+            3.5
+        );
     }
 
     #[test]
     fn merge_document_sections_and_bad_values() {
         let mut d = doc();
-        merge_document(&mut d, &json!({"telemetry": {"enabled": false}, "listener": {"max_connections": 5}})).unwrap();
+        merge_document(
+            &mut d,
+            &json!({"telemetry": {"enabled": false}, "listener": {"max_connections": 5}}),
+        )
+        .unwrap();
         let c = check(&d);
         assert_eq!(c.listener.max_connections, 5);
-        assert!(d.to_string().contains("addr = \"127.0.0.1:8080\" # data plane"));
-        let bad = patch(&mut d, &Collection::Pools, "llama", &json!({"x": [1, null]}));
+        assert!(d
+            .to_string()
+            .contains("addr = \"127.0.0.1:8080\" # data plane"));
+        let bad = patch(
+            &mut d,
+            &Collection::Pools,
+            "llama",
+            &json!({"x": [1, null]}),
+        );
         assert!(matches!(bad, Err(EditError::Bad(m)) if m.starts_with("x:")));
-        let nf = patch(&mut d, &Collection::Nodes { pool: "nope".into() }, "a", &json!({}));
+        let nf = patch(
+            &mut d,
+            &Collection::Nodes {
+                pool: "nope".into(),
+            },
+            "a",
+            &json!({}),
+        );
         assert!(matches!(nf, Err(EditError::NotFound(m)) if m.contains("no pool named \"nope\"")));
     }
 }

@@ -184,10 +184,18 @@ impl ConfigStore {
         let (outcome, detail, after, diff) = match &result {
             Ok(a) if a.dry_run => return result,
             Ok(a) if !a.changed => (Outcome::Unchanged, None, None, String::new()),
-            Ok(a) => (Outcome::Applied, None, Some(a.version.clone()), a.diff.clone()),
-            Err(ChangeError::Conflict { .. } | ChangeError::VersionRequired) => {
-                (Outcome::Conflict, result.as_ref().err().map(|e| e.to_string()), None, String::new())
-            }
+            Ok(a) => (
+                Outcome::Applied,
+                None,
+                Some(a.version.clone()),
+                a.diff.clone(),
+            ),
+            Err(ChangeError::Conflict { .. } | ChangeError::VersionRequired) => (
+                Outcome::Conflict,
+                result.as_ref().err().map(|e| e.to_string()),
+                None,
+                String::new(),
+            ),
             Err(ChangeError::Persist(m)) => (Outcome::Failed, Some(m.clone()), None, String::new()),
             Err(e) => (Outcome::Refused, Some(e.to_string()), None, String::new()),
         };
@@ -243,10 +251,11 @@ impl ConfigStore {
         let new_text = match &change.edit {
             Edit::Replace(text) => redact::restore(text, &state.text),
             edit => {
-                let mut doc: DocumentMut = state.text.parse().map_err(|e| ChangeError::Invalid {
-                    message: format!("the running config does not parse: {e}"),
-                    errors: Vec::new(),
-                })?;
+                let mut doc: DocumentMut =
+                    state.text.parse().map_err(|e| ChangeError::Invalid {
+                        message: format!("the running config does not parse: {e}"),
+                        errors: Vec::new(),
+                    })?;
                 let done = match edit {
                     Edit::Create(c, entry) => edit::create(&mut doc, c, entry),
                     Edit::Patch(c, name, changes) => edit::patch(&mut doc, c, name, changes),
@@ -358,8 +367,17 @@ impl ConfigStore {
                     id: 0,
                     at_unix_ms: 0,
                     actor: "file".into(),
-                    action: if forced { "reload (SIGHUP)" } else { "file changed on disk" }.into(),
-                    outcome: if diff.is_empty() { Outcome::Unchanged } else { Outcome::Applied },
+                    action: if forced {
+                        "reload (SIGHUP)"
+                    } else {
+                        "file changed on disk"
+                    }
+                    .into(),
+                    outcome: if diff.is_empty() {
+                        Outcome::Unchanged
+                    } else {
+                        Outcome::Applied
+                    },
                     detail: None,
                     version_before: before,
                     version_after: Some(current.version.clone()),

@@ -1,0 +1,642 @@
+//! The configuration console end to end: a gateway with its config file,
+//! the admin listener with the config API, and real HTTP between them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use infergate::admin::{self, AdminConfig, AdminServer};
+use infergate::config::Config;
+use infergate::console::ConfigStore;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-token-123";
+
+struct Console {
+    gw: TestGateway,
+    admin: AdminServer,
+    store: Arc<ConfigStore>,
+    path: PathBuf,
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("infergate-console-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("gateway.toml")
+}
+
+async fn start_console(name: &str, text: &str) -> Console {
+    let path = scratch(name);
+    std::fs::write(&path, text).unwrap();
+    let gw = start_gateway(text).await;
+    let store = ConfigStore::new(gw.gateway.clone(), Some(path.clone()), text.to_string());
+    let admin = admin::start_with_store(
+        store.clone(),
+        &AdminConfig {
+            token: Some(TOKEN.into()),
+            ..AdminConfig::default()
+        },
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    Console {
+        gw,
+        admin,
+        store,
+        path,
+    }
+}
+
+/// One admin request; `version` goes in If-Match.
+async fn call(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    version: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .header("x-infergate-actor", "tester");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(version) = version {
+        request = request.header("if-match", format!("\"{version}\""));
+    }
+    let body = body.map_or(Bytes::new(), |b| Bytes::from(b.to_string()));
+    send(request.body(Full::new(body)).unwrap()).await
+}
+
+async fn version(admin: SocketAddr) -> String {
+    let reply = get(admin, "/api/v1/config").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.json()["version"].as_str().unwrap().to_string()
+}
+
+impl Console {
+    async fn change(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let v = version(self.admin.addr).await;
+        call(self.admin.addr, method, path, Some(TOKEN), Some(&v), body).await
+    }
+    fn file(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap()
+    }
+    fn file_config(&self) -> Config {
+        Config::from_toml(&self.file()).unwrap()
+    }
+}
+
+async fn served_by(addr: SocketAddr, n: usize, body: &str) -> Vec<String> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let reply = post(addr, "/v1/chat/completions", body.to_string()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        nodes.push(reply.node());
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn api_changes_apply_persist_and_are_audited() {
+    let nodes = start_nodes(3, &fast_sim()).await;
+    let text = format!(
+        "# Our fleet: keep this comment\n{}",
+        config_text(&unweighted(&nodes), "round_robin", "")
+    );
+    let c = start_console("crud", &text).await;
+    let admin = c.admin.addr;
+
+    // Read: version, text and a JSON view.
+    let read = get(admin, "/api/v1/config").await;
+    let body = read.json();
+    let v0 = body["version"].as_str().unwrap().to_string();
+    assert_eq!(read.headers["etag"].to_str().unwrap(), format!("\"{v0}\""));
+    assert_eq!(body["config"]["pools"][0]["nodes"][1]["name"], "n1");
+    assert!(body["text"].as_str().unwrap().contains("keep this comment"));
+
+    // Weight: in force, persisted with the comment kept, version moved.
+    let reply = c
+        .change(
+            Method::PUT,
+            "/api/v1/config/pools/p/nodes/n0/weight",
+            Some(json!({"weight": 5})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let v1 = reply.json()["version"].as_str().unwrap().to_string();
+    assert_ne!(v0, v1);
+    assert!(reply.json()["diff"]
+        .as_str()
+        .unwrap()
+        .contains("+weight = 5"));
+    assert_eq!(c.gw.gateway.table().pools[0].nodes[0].weight, 5);
+    assert!(c.file().starts_with("# Our fleet: keep this comment\n"));
+    assert_eq!(c.file_config().pools[0].nodes[0].weight, 5);
+    assert_eq!(infergate::console::version_of(&c.file()), v1);
+
+    // Drain: no new requests go to it; enable brings it back.
+    let reply = c
+        .change(Method::POST, "/api/v1/config/pools/p/nodes/n1/drain", None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(c.file_config().pools[0].nodes[1].draining);
+    let seen = served_by(c.gw.addr, 14, &chat("hi", false, 1)).await;
+    assert!(!seen.contains(&"sim-1".to_string()), "{seen:?}");
+    let reply = c
+        .change(Method::POST, "/api/v1/config/pools/p/nodes/n1/enable", None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(!c.file_config().pools[0].nodes[1].draining);
+    let seen = served_by(c.gw.addr, 14, &chat("hi", false, 1)).await;
+    assert!(seen.contains(&"sim-1".to_string()), "{seen:?}");
+
+    // A new model pool with its own policy and thresholds, and its route.
+    let qwen = infergate::sim::SimNode::start(
+        "qwen-0",
+        "127.0.0.1:0".parse().unwrap(),
+        infergate::sim::SimConfig {
+            model: "qwen-7b".into(),
+            ..fast_sim()
+        },
+    )
+    .await
+    .unwrap();
+    let reply = c
+        .change(
+            Method::POST,
+            "/api/v1/config/pools",
+            Some(json!({
+                "name": "qwen",
+                "queue_size": 16,
+                "outlier": {"consecutive_failures": 3},
+                "nodes": [{"name": "q0", "addr": qwen.addr().to_string(), "max_concurrent": 8}],
+            })),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let reply = c
+        .change(
+            Method::POST,
+            "/api/v1/config/routes",
+            Some(
+                json!({"name": "qwen", "pool": "qwen", "policy": "least_outstanding",
+                        "match": {"family": "openai", "model": "qwen-*"}}),
+            ),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = json!({"model": "qwen-7b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let seen = served_by(c.gw.addr, 3, &body.to_string()).await;
+    assert_eq!(seen, ["qwen-0"; 3]);
+    let file = c.file_config();
+    assert_eq!(file.pools[1].name, "qwen");
+    assert_eq!(file.pools[1].queue_size, 16);
+    assert_eq!(file.routes[1].policy, "least_outstanding");
+
+    // An alert rule, added next to the built-in ones and in force.
+    let reply = c
+        .change(
+            Method::POST,
+            "/api/v1/config/alerts/rules",
+            Some(json!({"name": "QwenSlow", "kind": "latency_p99", "pool": "qwen", "threshold": 2.5, "for": "30s"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let rules = c.gw.gateway.telemetry.alerts.rules();
+    assert!(rules
+        .iter()
+        .any(|r| r.name == "QwenSlow" && r.threshold == 2.5));
+    assert!(rules.iter().any(|r| r.name == "NodeDown"));
+
+    // Delete: the route first (the pool is still referenced until then).
+    let reply = c
+        .change(Method::DELETE, "/api/v1/config/pools/qwen", None)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(reply.text().contains("routes[1].pool"), "{}", reply.text());
+    let reply = c
+        .change(Method::DELETE, "/api/v1/config/routes/qwen", None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = c
+        .change(Method::DELETE, "/api/v1/config/pools/qwen", None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(c.file_config().pools.len(), 1);
+
+    // The audit log has who, what and how, newest first.
+    let audit = get(admin, "/api/v1/config/audit").await.json();
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(entries.len() >= 9, "{audit}");
+    assert_eq!(entries[0]["action"], "delete pool qwen");
+    assert_eq!(entries[0]["outcome"], "applied");
+    assert_eq!(entries[0]["actor"], "tester (127.0.0.1)");
+    assert!(entries
+        .iter()
+        .any(|e| e["outcome"] == "refused" && e["action"] == "delete pool qwen"));
+    assert!(entries.iter().any(|e| e["action"] == "drain node p/n1"
+        && e["diff"].as_str().unwrap().contains("draining = true")));
+    qwen.shutdown().await;
+    c.admin.stop().await;
+    c.gw.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_conflicting_edits_one_wins_and_the_file_matches_it() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let c = start_console(
+        "conflict",
+        &config_text(&unweighted(&nodes), "round_robin", ""),
+    )
+    .await;
+    let admin = c.admin.addr;
+    for round in 0..5u32 {
+        let v = version(admin).await;
+        let (a, b) = (10 + round * 2, 11 + round * 2);
+        let path = "/api/v1/config/pools/p/nodes/n0/weight";
+        let (ra, rb) = tokio::join!(
+            call(
+                admin,
+                Method::PUT,
+                path,
+                Some(TOKEN),
+                Some(&v),
+                Some(json!({"weight": a}))
+            ),
+            call(
+                admin,
+                Method::PUT,
+                path,
+                Some(TOKEN),
+                Some(&v),
+                Some(json!({"weight": b}))
+            ),
+        );
+        let mut statuses = [ra.status.as_u16(), rb.status.as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "{} / {}", ra.text(), rb.text());
+        let (winner, loser) = if ra.status == StatusCode::OK {
+            (a, &rb)
+        } else {
+            (b, &ra)
+        };
+        let conflict = loser.json();
+        assert_eq!(conflict["error"]["type"], "conflict");
+        assert_eq!(conflict["error"]["current_version"], version(admin).await);
+        assert_eq!(c.file_config().pools[0].nodes[0].weight, winner);
+        assert_eq!(c.gw.gateway.table().pools[0].nodes[0].weight, winner);
+    }
+    c.admin.stop().await;
+    c.gw.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_changes_leave_config_and_file_untouched() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let c = start_console(
+        "invalid",
+        &config_text(&unweighted(&nodes), "round_robin", ""),
+    )
+    .await;
+    let admin = c.admin.addr;
+    let before_file = c.file();
+    let before_version = version(admin).await;
+    let before_generation = c.gw.gateway.config_status().version;
+
+    let reply = c
+        .change(
+            Method::PATCH,
+            "/api/v1/config/pools/p/nodes/n0",
+            Some(json!({"weight": 0})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let error = reply.json();
+    assert_eq!(error["error"]["type"], "invalid");
+    assert_eq!(
+        error["error"]["errors"][0]["path"], "pools[0].nodes[0].weight",
+        "{error}"
+    );
+
+    let reply = c
+        .change(
+            Method::PATCH,
+            "/api/v1/config/routes/r",
+            Some(json!({"policy": "fastest"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.json()["error"]["errors"][0]["path"],
+        "routes[0].policy"
+    );
+
+    let reply = c
+        .change(
+            Method::PATCH,
+            "/api/v1/config/pools/p",
+            Some(json!({"queue_sise": 3})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("queue_sise"), "{}", reply.text());
+
+    // Whole-file replacement: an empty body and a TOML syntax error.
+    let put = |body: &'static str| {
+        let v = before_version.clone();
+        async move {
+            let request = Request::put(format!("http://{admin}/api/v1/config"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("if-match", v)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            send(request).await
+        }
+    };
+    let reply = put("").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    let reply = put("[[pools]\nname = 1").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(reply.text().contains("line 1"), "{}", reply.text());
+
+    let reply = c
+        .change(
+            Method::PATCH,
+            "/api/v1/config/pools/nope/nodes/n0",
+            Some(json!({"weight": 2})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
+    let reply = c
+        .change(
+            Method::POST,
+            "/api/v1/config/pools/p/nodes",
+            Some(json!({"name": "n0", "addr": "127.0.0.1:1"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("already exists"));
+
+    // A dry run of a valid change shows the diff and changes nothing.
+    let v = version(admin).await;
+    let reply = call(
+        admin,
+        Method::PATCH,
+        "/api/v1/config/pools/p/nodes/n1?dry_run=true",
+        Some(TOKEN),
+        Some(&v),
+        Some(json!({"weight": 3})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.json()["diff"]
+        .as_str()
+        .unwrap()
+        .contains("+weight = 3"));
+
+    assert_eq!(c.file(), before_file);
+    assert_eq!(version(admin).await, before_version);
+    assert_eq!(c.gw.gateway.config_status().version, before_generation);
+    assert_eq!(c.gw.gateway.table().pools[0].nodes[1].weight, 1);
+    c.admin.stop().await;
+    c.gw.stop().await;
+}
+
+#[tokio::test]
+async fn changes_need_the_token_and_a_version() {
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let c = start_console("auth", &config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let admin = c.admin.addr;
+    let path = "/api/v1/config/pools/p/nodes/n0/drain";
+    let v = version(admin).await;
+    let none = call(admin, Method::POST, path, None, Some(&v), None).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    let wrong = call(admin, Method::POST, path, Some("nope"), Some(&v), None).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let unversioned = call(admin, Method::POST, path, Some(TOKEN), None, None).await;
+    assert_eq!(unversioned.status, StatusCode::PRECONDITION_REQUIRED);
+    let stale = call(
+        admin,
+        Method::POST,
+        path,
+        Some(TOKEN),
+        Some("0000000000000000"),
+        None,
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT);
+    assert!(!c.file_config().pools[0].nodes[0].draining);
+    let any = call(admin, Method::POST, path, Some(TOKEN), Some("*"), None).await;
+    assert_eq!(any.status, StatusCode::OK, "{}", any.text());
+    assert!(c.file_config().pools[0].nodes[0].draining);
+    // The token never shows in what the API returns.
+    let text = format!(
+        "{}\n{}",
+        get(admin, "/api/v1/config").await.text(),
+        get(admin, "/api/v1/config/audit").await.text()
+    );
+    assert!(!text.contains(TOKEN));
+    c.admin.stop().await;
+    c.gw.stop().await;
+}
+
+#[tokio::test]
+async fn file_edits_and_api_changes_do_not_overwrite_each_other() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let text = config_text(&unweighted(&nodes), "round_robin", "");
+    let c = start_console("file", &text).await;
+    // An invalid hand edit: refused, and the API will not write over it.
+    std::fs::write(&c.path, text.replace("round_robin", "nope")).unwrap();
+    c.store.poll_file(false).await;
+    assert!(c.gw.gateway.config_status().last_error.is_some());
+    let reply = c
+        .change(
+            Method::PUT,
+            "/api/v1/config/pools/p/nodes/n0/weight",
+            Some(json!({"weight": 4})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(reply.text().contains("edited on disk"), "{}", reply.text());
+    assert!(c.file().contains("nope"));
+    // Fixed by hand: picked up, audited as the file's, and the API works again.
+    std::fs::write(&c.path, text.replace("round_robin", "power_of_two")).unwrap();
+    c.store.poll_file(false).await;
+    assert_eq!(c.gw.gateway.table().routes[0].policy.name(), "power_of_two");
+    let reply = c
+        .change(
+            Method::PUT,
+            "/api/v1/config/pools/p/nodes/n0/weight",
+            Some(json!({"weight": 4})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(c.file().contains("power_of_two"));
+    let audit = get(c.admin.addr, "/api/v1/config/audit").await.json();
+    let actors: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actors[..3],
+        ["tester (127.0.0.1)", "file", "tester (127.0.0.1)"]
+    );
+    c.admin.stop().await;
+    c.gw.stop().await;
+}
+
+#[tokio::test]
+async fn api_changes_under_load_fail_no_request() {
+    let nodes = start_nodes(3, &fast_sim()).await;
+    let c = start_console("load", &config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let load = Load::start(c.gw.addr, 8, chat("hello there", true, 8), 100_000);
+    let policies = [
+        "least_outstanding",
+        "weighted_round_robin",
+        "power_of_two",
+        "round_robin",
+    ];
+    for i in 0..20usize {
+        let reply = if i % 2 == 0 {
+            c.change(
+                Method::PUT,
+                &format!("/api/v1/config/pools/p/nodes/n{}/weight", i % 3),
+                Some(json!({"weight": 1 + i})),
+            )
+            .await
+        } else {
+            c.change(
+                Method::PATCH,
+                "/api/v1/config/routes/r",
+                Some(json!({"policy": policies[i % 4]})),
+            )
+            .await
+        };
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcomes = load.stop().await;
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    scenario(
+        "20 API changes under load",
+        &outcomes,
+        None,
+        "weights and policy changed through the config API",
+    );
+    assert!(outcomes.len() > 50, "{} requests", outcomes.len());
+    assert_eq!(failed, 0, "{failed} of {} requests failed", outcomes.len());
+    c.admin.stop().await;
+    c.gw.stop().await;
+}
+
+/// `infergate serve` as a child process, its admin address read from its
+/// output.
+async fn spawn_serve(path: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(["serve", "--config"])
+        .arg(path)
+        .env("INFERGATE_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn infergate serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("admin: dashboard and metrics on http://") {
+                return rest.trim_end_matches('/').parse::<SocketAddr>().ok();
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("admin address printed");
+    (child, addr)
+}
+
+#[tokio::test]
+async fn kill_9_during_persisted_writes_never_tears_the_file() {
+    // A large file (300 nodes), so a write takes long enough to be hit.
+    let mut text = String::from(
+        "# crash test\n[listener]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"p\"\n",
+    );
+    for i in 0..300 {
+        text.push_str(&format!(
+            "[[pools.nodes]]\nname = \"n{i}\" # node {i} of the crash test fleet\naddr = \"127.0.0.1:{}\"\n",
+            10_000 + i
+        ));
+    }
+    text.push_str(
+        "\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.match]\nfamily = \"openai\"\n",
+    );
+    let path = scratch("kill9");
+    std::fs::write(&path, &text).unwrap();
+    let mut completed = 0usize;
+    for round in 0..6u64 {
+        let (mut child, admin) = spawn_serve(&path).await;
+        let writer = tokio::spawn(async move {
+            let mut done = 0usize;
+            for i in 0.. {
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client().request(
+                        Request::put(format!(
+                            "http://{admin}/api/v1/config/pools/p/nodes/n{}/weight",
+                            i % 300
+                        ))
+                        .header("authorization", format!("Bearer {TOKEN}"))
+                        .header("if-match", "*")
+                        .body(Full::new(Bytes::from(format!(
+                            "{{\"weight\": {}}}",
+                            1 + i % 50
+                        ))))
+                        .unwrap(),
+                    ),
+                )
+                .await;
+                match reply {
+                    Ok(Ok(r)) if r.status() == StatusCode::OK => done += 1,
+                    _ => break,
+                }
+            }
+            done
+        });
+        // Let some writes land, then kill -9 at a moment the writes do not see coming.
+        tokio::time::sleep(Duration::from_millis(150 + 37 * round)).await;
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+        completed += writer.await.unwrap_or(0);
+        let after = std::fs::read_to_string(&path).unwrap();
+        let config = Config::from_toml(&after)
+            .unwrap_or_else(|e| panic!("round {round}: file invalid after kill -9: {e}"));
+        assert_eq!(config.pools[0].nodes.len(), 300, "round {round}");
+        assert!(after.starts_with("# crash test\n"));
+        assert!(after.contains("# node 299 of the crash test fleet"));
+    }
+    println!("kill -9 test: {completed} persisted writes over 6 kills, file valid after each");
+    assert!(
+        completed > 6,
+        "only {completed} writes completed; the test did not exercise writes"
+    );
+}
