@@ -1,7 +1,11 @@
-//! The `infergate` command line: `serve`, `check`, `sim`, `demo` and `bench`.
+//! The `infergate` command line: `serve`, `check`, `ctl`, `sim`, `demo`
+//! and `bench`.
 
 pub mod bench;
+mod ctl;
 mod demo;
+mod http;
+mod probe;
 pub mod reload;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -34,12 +38,25 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         drain: Duration,
     },
-    /// Validate a configuration file and report every problem.
+    /// Validate a configuration file (--config), or how a running gateway
+    /// spreads traffic across its nodes (--gateway, with --admin).
     Check {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        /// Configuration file (TOML) to validate.
+        #[arg(
+            long,
+            short,
+            required_unless_present = "gateway",
+            conflicts_with = "gateway"
+        )]
+        config: Option<PathBuf>,
+        /// Data-plane URL of a running gateway to probe.
+        #[arg(long)]
+        gateway: Option<String>,
+        #[command(flatten)]
+        probe: probe::ProbeArgs,
     },
+    /// Read and change a running gateway through its admin API.
+    Ctl(ctl::CtlArgs),
     /// Run simulated inference nodes (OpenAI API, vLLM metrics).
     Sim {
         /// Number of nodes.
@@ -68,11 +85,43 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::config::duration::parse(text)
 }
 
+/// Commands whose output is read by other programs end quietly when the
+/// reader goes away (`infergate ctl nodes | head`), as Unix tools do,
+/// instead of failing on the closed pipe. Only for them: the gateway keeps
+/// ignoring SIGPIPE, so a closed client socket is an error, not an exit.
+fn exit_quietly_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: called before any output and with no other thread relying
+    // on SIGPIPE's disposition; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Run the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    if matches!(
+        cli.command,
+        Command::Ctl(_)
+            | Command::Check {
+                gateway: Some(_),
+                ..
+            }
+    ) {
+        exit_quietly_on_closed_stdout();
+    }
     match cli.command {
         Command::Serve { config, drain } => serve(config, drain).await,
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            gateway,
+            probe,
+        } => match (config, gateway) {
+            (Some(config), _) => check(&config),
+            (None, Some(gateway)) => probe::run(&gateway, &probe).await,
+            (None, None) => ExitCode::from(2),
+        },
+        Command::Ctl(args) => ctl::run(args).await,
         Command::Sim {
             nodes,
             base_port,
