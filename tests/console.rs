@@ -352,6 +352,10 @@ async fn invalid_changes_leave_config_and_file_untouched() {
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.text().contains("queue_sise"), "{}", reply.text());
+    assert_eq!(
+        reply.json()["error"]["errors"][0]["path"],
+        "pools[0].queue_sise"
+    );
 
     // Whole-file replacement: an empty body and a TOML syntax error.
     let put = |body: &'static str| {

@@ -132,8 +132,8 @@ fn ask(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     query: &ChangeQuery,
-) -> Result<Ask, Response> {
-    let store = state.store.clone().ok_or_else(no_store)?;
+) -> Result<Ask, Box<Response>> {
+    let store = state.store.clone().ok_or_else(|| Box::new(no_store()))?;
     Ok(Ask {
         store,
         actor: actor(headers, peer),
@@ -196,13 +196,13 @@ fn change_error(e: &ChangeError) -> Response {
     }
 }
 
-fn parse_json(body: &Bytes) -> Result<Json, Response> {
+fn parse_json(body: &Bytes) -> Result<Json, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             "invalid",
             &format!("the body is not JSON: {e}"),
-        )
+        ))
     })
 }
 
@@ -250,7 +250,7 @@ macro_rules! prelude {
     ($state:expr, $headers:expr, $peer:expr, $query:expr) => {
         match ask(&$state, &$headers, Some($peer.0), &$query) {
             Ok(a) => a,
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     };
 }
@@ -292,7 +292,7 @@ async fn merge_config(
     let a = prelude!(state, headers, peer, q);
     let patch = match parse_json(&body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     run(
         a,
@@ -328,7 +328,7 @@ async fn create_in(
     let a = prelude!(state, headers, peer, q);
     let entry = match parse_json(&body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = entry
         .get("name")
@@ -357,7 +357,7 @@ async fn patch_in(
     let a = prelude!(state, headers, peer, q);
     let changes = match parse_json(&body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     run(
         a,
@@ -451,6 +451,7 @@ async fn delete_node(
     delete_in(s, peer, q, h, Collection::Nodes { pool }, label, node).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn node_action(
     s: Arc<AdminState>,
     peer: Peer,
@@ -532,7 +533,7 @@ async fn weight_node(
                 "weight: send {\"weight\": N} with N from 1 to 10000",
             )
         }
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let verb = format!("weight {weight} for");
     node_action(s, peer, pool, node, q, h, &verb, json!({"weight": weight})).await

@@ -209,6 +209,16 @@ fn report(json: bool, applied: &Value, what: &str) {
     } else if applied["changed"] == json!(false) {
         println!("{what}: no change (it already was)");
     } else {
+        if let Some(later) = applied["restart_required"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+        {
+            let names: Vec<&str> = later.iter().filter_map(Value::as_str).collect();
+            println!(
+                "note: {} take(s) effect at the next restart; the rest is in force now",
+                names.join(", ")
+            );
+        }
         println!(
             "{what} · config version {}{}",
             applied["version"].as_str().unwrap_or("?"),

@@ -330,6 +330,85 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// The path (`pools[1].health.interval`) of the innermost key or value
+/// whose text covers byte `offset` of `text`, for pointing parse errors at
+/// a field the way validation errors are.
+pub fn field_path_at(text: &str, offset: usize) -> Option<String> {
+    use toml_edit::{Item, Table, Value};
+    fn covers(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+        span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
+    }
+    fn in_value(value: &Value, offset: usize, path: &mut String) -> bool {
+        match value {
+            Value::InlineTable(t) => {
+                for (key, v) in t.iter() {
+                    let key_span = t.key(key).and_then(|k| k.span());
+                    if covers(key_span, offset) || covers(v.span(), offset) {
+                        path.push('.');
+                        path.push_str(key);
+                        in_value(v, offset, path);
+                        return true;
+                    }
+                }
+                false
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    if covers(v.span(), offset) {
+                        path.push_str(&format!("[{i}]"));
+                        in_value(v, offset, path);
+                        return true;
+                    }
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+    fn in_table(table: &Table, offset: usize, path: &mut String) -> bool {
+        for (key, item) in table.iter() {
+            let key_span = table.key(key).and_then(|k| k.span());
+            let mut here = path.clone();
+            if !here.is_empty() {
+                here.push('.');
+            }
+            here.push_str(key);
+            let found = match item {
+                Item::Value(v) => {
+                    if covers(key_span, offset) || covers(v.span(), offset) {
+                        in_value(v, offset, &mut here);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Item::Table(t) => in_table(t, offset, &mut here),
+                Item::ArrayOfTables(tables) => {
+                    let mut hit = false;
+                    for (i, t) in tables.iter().enumerate() {
+                        let mut entry = format!("{here}[{i}]");
+                        if in_table(t, offset, &mut entry) {
+                            here = entry;
+                            hit = true;
+                            break;
+                        }
+                    }
+                    hit
+                }
+                Item::None => false,
+            };
+            if found {
+                *path = here;
+                return true;
+            }
+        }
+        false
+    }
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut path = String::new();
+    in_table(doc.as_table(), offset, &mut path).then_some(path)
+}
+
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -342,8 +421,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// Not valid TOML, or a field of the wrong type or unknown name.
-    #[error("{0}")]
-    Parse(String),
+    #[error("{message}")]
+    Parse {
+        /// The parser's message with the line it points at.
+        message: String,
+        /// The field at fault, e.g. `pools[1].health.interval`, when the
+        /// error points into a key or value.
+        field: Option<FieldError>,
+    },
     /// Parsed, but not a valid config.
     #[error("invalid config:\n{}", list(.0))]
     Invalid(Vec<FieldError>),
@@ -360,7 +445,15 @@ fn list(errors: &[FieldError]) -> String {
 impl Config {
     /// Parse and validate TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            message: e.to_string(),
+            field: e.span().and_then(|span| {
+                Some(FieldError {
+                    path: field_path_at(text, span.start)?,
+                    message: e.message().trim().to_string(),
+                })
+            }),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -677,6 +770,25 @@ mod tests {
         assert_eq!(c.routes[0].timeouts.connect, Duration::from_secs(2));
         assert_eq!(c.routes[0].retries, 1);
         assert_eq!(c.listener.max_body_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn parse_errors_point_at_the_field() {
+        let text = "[[pools]]\nname = \"a\"\n[[pools]]\nname = \"b\"\nhealth = { interval = \"1s\", fall = 2 }\n";
+        match Config::from_toml(text) {
+            Err(ConfigError::Parse { field: Some(f), .. }) => {
+                assert_eq!(f.path, "pools[1].health.fall");
+                assert!(f.message.contains("unknown field `fall`"), "{}", f.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = "[[pools]]\nname = \"a\"\n[[pools.nodes]]\nname = \"n\"\naddr = \"127.0.0.1:1\"\nweight = \"heavy\"\n";
+        match Config::from_toml(text) {
+            Err(ConfigError::Parse { field: Some(f), .. }) => {
+                assert_eq!(f.path, "pools[0].nodes[0].weight")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

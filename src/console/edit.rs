@@ -155,7 +155,7 @@ pub fn names(doc: &DocumentMut, collection: &Collection) -> Vec<String> {
     let mut doc = doc.clone();
     match list_item(&mut doc, collection, false) {
         Ok(list) => (0..len(list))
-            .filter_map(|i| entry_mut(list, i).and_then(|t| name_of(t)))
+            .filter_map(|i| entry_mut(list, i).and_then(name_of))
             .collect(),
         Err(_) => Vec::new(),
     }

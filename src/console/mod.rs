@@ -94,6 +94,43 @@ pub struct Applied {
     pub dry_run: bool,
     /// Unified diff of the file, secrets redacted.
     pub diff: String,
+    /// Sections that changed but are read only at start (listener, admin,
+    /// telemetry, access log, alert notifiers): they take effect at the
+    /// next restart; everything else is in force now.
+    pub restart_required: Vec<String>,
+}
+
+/// Sections the running gateway reads only at start.
+const START_ONLY: [&str; 6] = [
+    "listener",
+    "admin",
+    "telemetry",
+    "access_log",
+    "alerts.notifiers",
+    "alerts.history",
+];
+
+/// Which start-only sections differ between two valid config texts.
+pub fn restart_required(old: &str, new: &str) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (
+        toml::from_str::<toml::Table>(old),
+        toml::from_str::<toml::Table>(new),
+    ) else {
+        return Vec::new();
+    };
+    let pick = |t: &toml::Table, path: &str| -> Option<toml::Value> {
+        let mut parts = path.split('.');
+        let mut value = t.get(parts.next()?)?;
+        for part in parts {
+            value = value.get(part)?;
+        }
+        Some(value.clone())
+    };
+    START_ONLY
+        .iter()
+        .filter(|path| pick(&old, path) != pick(&new, path))
+        .map(|p| p.to_string())
+        .collect()
 }
 
 /// Why a change was not made. Nothing changed in any case.
@@ -275,6 +312,7 @@ impl ConfigStore {
         };
         let config = Config::from_toml(&new_text).map_err(invalid)?;
         let diff = unified_diff(&state.text, &new_text);
+        let restart = restart_required(&state.text, &new_text);
         let generation = self.gateway.config_status().version;
         if new_text == state.text {
             return Ok(Applied {
@@ -284,6 +322,7 @@ impl ConfigStore {
                 persisted: false,
                 dry_run: change.dry_run,
                 diff,
+                restart_required: restart,
             });
         }
         if change.dry_run {
@@ -294,6 +333,7 @@ impl ConfigStore {
                 persisted: false,
                 dry_run: true,
                 diff,
+                restart_required: restart,
             });
         }
 
@@ -321,6 +361,7 @@ impl ConfigStore {
             persisted: self.path.is_some(),
             dry_run: false,
             diff,
+            restart_required: restart,
         })
     }
 
@@ -409,6 +450,9 @@ impl ConfigStore {
 fn invalid(e: ConfigError) -> ChangeError {
     let errors = match &e {
         ConfigError::Invalid(errors) => errors.clone(),
+        ConfigError::Parse {
+            field: Some(field), ..
+        } => vec![field.clone()],
         _ => Vec::new(),
     };
     ChangeError::Invalid {
@@ -454,4 +498,21 @@ pub fn unified_diff(old: &str, new: &str) -> String {
         .context_radius(2)
         .header("running", "new")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_only_sections_are_named() {
+        let old = "[listener]\naddr = \"127.0.0.1:1\"\n[[pools]]\nname = \"p\"\n";
+        assert!(restart_required(old, old).is_empty());
+        let pools = old.replace("name = \"p\"", "name = \"q\"");
+        assert!(restart_required(old, &pools).is_empty());
+        let listener = old.replace(":1", ":2");
+        assert_eq!(restart_required(old, &listener), ["listener"]);
+        let notifiers = format!("{old}[[alerts.notifiers]]\nkind = \"log\"\n");
+        assert_eq!(restart_required(old, &notifiers), ["alerts.notifiers"]);
+    }
 }
