@@ -534,13 +534,33 @@ async fn api_changes_under_load_fail_no_request() {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Hand edits of the file under the same load, picked up by the watcher.
+    for i in 0..10usize {
+        let text = c.file();
+        let policy = policies[i % 4];
+        let edited = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("policy = ") {
+                    format!("policy = \"{policy}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&c.path, edited).unwrap();
+        c.store.poll_file(false).await;
+        assert_eq!(c.gw.gateway.table().routes[0].policy.name(), policy);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let outcomes = load.stop().await;
     let failed = outcomes.iter().filter(|o| !o.ok).count();
     scenario(
-        "20 API changes under load",
+        "20 API changes + 10 file edits under load",
         &outcomes,
         None,
-        "weights and policy changed through the config API",
+        "weights and policy changed through the config API, then the policy by editing the file",
     );
     assert!(outcomes.len() > 50, "{} requests", outcomes.len());
     assert_eq!(failed, 0, "{failed} of {} requests failed", outcomes.len());

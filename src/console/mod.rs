@@ -455,10 +455,16 @@ fn invalid(e: ConfigError) -> ChangeError {
         } => vec![field.clone()],
         _ => Vec::new(),
     };
-    ChangeError::Invalid {
-        message: e.to_string(),
-        errors,
-    }
+    // Lead with the field when the parser named one: the generated TOML's
+    // line numbers mean little to an API caller.
+    let message = match &e {
+        ConfigError::Parse {
+            field: Some(field),
+            message,
+        } => format!("{field}\n{message}"),
+        _ => e.to_string(),
+    };
+    ChangeError::Invalid { message, errors }
 }
 
 /// `"abc"`, `W/"abc"` and `abc` all name version `abc`.
