@@ -664,3 +664,75 @@ async fn kill_9_during_persisted_writes_never_tears_the_file() {
         "only {completed} writes completed; the test did not exercise writes"
     );
 }
+
+#[tokio::test]
+async fn off_loopback_reads_need_the_token_too() {
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let config = AdminConfig {
+        token: Some(TOKEN.into()),
+        ..AdminConfig::default()
+    };
+    // Bound to every interface: not loopback, so reads are protected.
+    let admin = admin::start(
+        gw.gateway.clone(),
+        &config,
+        Some("0.0.0.0:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", admin.addr.port()).parse().unwrap();
+    let read = |auth: Option<String>, cookie: Option<String>, path: &'static str| async move {
+        let mut r = Request::get(format!("http://{addr}{path}"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        send(r.body(Full::new(Bytes::new())).unwrap()).await.status
+    };
+    assert_eq!(read(None, None, "/metrics").await, 401);
+    assert_eq!(read(None, None, "/api/v1/nodes").await, 401);
+    assert_eq!(
+        read(Some(format!("Bearer {TOKEN}")), None, "/metrics").await,
+        200
+    );
+    let cookie = format!("theme=dark; {}={TOKEN}", admin::READ_COOKIE);
+    assert_eq!(read(None, Some(cookie.clone()), "/api/v1/nodes").await, 200);
+    assert_eq!(
+        read(
+            None,
+            Some(format!("{}=wrong", admin::READ_COOKIE)),
+            "/api/v1/nodes"
+        )
+        .await,
+        401
+    );
+    // The page itself loads, to ask for the token.
+    assert_eq!(read(None, None, "/").await, 200);
+    // The cookie never authorizes a change.
+    let r = Request::post(format!("http://{addr}/api/v1/config/pools"))
+        .header("cookie", cookie)
+        .header("if-match", "*")
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap();
+    assert_eq!(send(r).await.status, 401);
+    admin.stop().await;
+
+    // `open_reads = true` opens them again (e.g. for a Prometheus without auth).
+    let open = admin::start(
+        gw.gateway.clone(),
+        &AdminConfig {
+            open_reads: Some(true),
+            ..config
+        },
+        Some("0.0.0.0:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", open.addr.port()).parse().unwrap();
+    assert_eq!(get(addr, "/metrics").await.status, 200);
+    open.stop().await;
+    gw.stop().await;
+}

@@ -5,8 +5,10 @@
 //! Security: bound to loopback by default. Binding to any other address
 //! needs a token (`admin.token` or `INFERGATE_ADMIN_TOKEN`); every non-GET
 //! request must then carry `Authorization: Bearer <token>` (without a token
-//! configured, non-GET requests are refused). The token is never logged and
-//! is redacted from the config's `Debug` output.
+//! configured, non-GET requests are refused). Off loopback, reads need the
+//! token too (header, or the dashboard's [`READ_COOKIE`]) unless
+//! `admin.open_reads = true`. The token is never logged and is redacted
+//! from the config's `Debug` output.
 
 pub mod config_api;
 
@@ -41,8 +43,13 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Address to listen on.
     pub addr: String,
-    /// Bearer token for non-GET requests; required off loopback.
+    /// Bearer token for changes; required off loopback.
     pub token: Option<String>,
+    /// Whether reads (dashboard data, API, metrics) are open without the
+    /// token. Absent: open on a loopback address, token required anywhere
+    /// else. Set `true` to let e.g. an unauthenticated Prometheus scrape a
+    /// non-loopback listener.
+    pub open_reads: Option<bool>,
 }
 
 impl Default for AdminConfig {
@@ -51,6 +58,7 @@ impl Default for AdminConfig {
             enabled: true,
             addr: "127.0.0.1:9090".into(),
             token: None,
+            open_reads: None,
         }
     }
 }
@@ -61,6 +69,7 @@ impl fmt::Debug for AdminConfig {
             .field("enabled", &self.enabled)
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("open_reads", &self.open_reads)
             .finish()
     }
 }
@@ -109,7 +118,20 @@ struct AdminState {
     /// Where config changes go; `None` when the gateway has no config file
     /// (the config API then answers 501).
     store: Option<Arc<crate::console::ConfigStore>>,
+    /// Reads need the token too (non-loopback listener by default).
+    reads_need_token: bool,
 }
+
+/// The cookie the dashboard sets (from the token the user typed) so its
+/// event stream, which cannot send headers, can read a listener whose
+/// reads need the token. Accepted for reads only: changes always need the
+/// `Authorization` header, which a browser never adds by itself, so a
+/// forged cross-site request cannot change anything.
+pub const READ_COOKIE: &str = "infergate_token";
+
+/// Paths served without the token even when reads need it: the page and
+/// its scripts, which hold no data and ask for the token.
+const PUBLIC_ASSETS: [&str; 4] = ["/", "/app.js", "/app.css", "/console.js"];
 
 /// A running admin listener.
 pub struct AdminServer {
@@ -181,10 +203,12 @@ async fn serve(
         .local_addr()
         .map_err(|e| format!("admin listener: {e}"))?;
     tracing::info!(addr = %local, token = if token.is_some() { "set" } else { "none" }, "admin listener started");
+    let reads_need_token = !config.open_reads.unwrap_or(addr.ip().is_loopback());
     let app = router(Arc::new(AdminState {
         gateway,
         token,
         store,
+        reads_need_token,
     }));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -207,6 +231,7 @@ fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/app.js", get(app_js))
+        .route("/console.js", get(console_js))
         .route("/app.css", get(app_css))
         .route("/metrics", get(metrics))
         .route("/api/v1/nodes", get(nodes))
@@ -224,8 +249,21 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token from a `Cookie` header's [`READ_COOKIE`].
+fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == READ_COOKIE)
+        .map(|(_, value)| value)
+}
+
 async fn auth(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
-    if matches!(*request.method(), Method::GET | Method::HEAD) {
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    if read && (!state.reads_need_token || PUBLIC_ASSETS.contains(&request.uri().path())) {
         return next.run(request).await;
     }
     let Some(token) = &state.token else {
@@ -239,7 +277,8 @@ async fn auth(State(state): State<Arc<AdminState>>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| read.then(|| cookie_token(request.headers())).flatten());
     if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
         next.run(request).await
     } else {
@@ -289,6 +328,13 @@ async fn app_js() -> Response {
     asset(
         "text/javascript; charset=utf-8",
         include_str!("assets/app.js"),
+    )
+}
+
+async fn console_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/console.js"),
     )
 }
 
