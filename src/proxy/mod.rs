@@ -120,7 +120,9 @@ impl Gateway {
 
     /// Set or clear draining on a node of the running config: a draining
     /// node gets no new requests and finishes those in flight. Returns false
-    /// when there is no such node. A reload applies the file's `draining`.
+    /// when there is no such node. Not persisted: the next reload applies
+    /// the file's `draining`; the config API (`console::ConfigStore`)
+    /// drains through the file so it lasts.
     pub fn set_draining(&self, pool: &str, node: &str, draining: bool) -> bool {
         let table = self.table();
         let Some(node) = table

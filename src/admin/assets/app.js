@@ -201,14 +201,27 @@ function render(snap) {
   for (const pool of snap.pools) renderPool(pool, snap);
 }
 
+let stream = null;
 function connect() {
+  if (stream) stream.close();
   const es = new EventSource("/api/v1/events");
+  stream = es;
   es.addEventListener("snapshot", (ev) => {
     $("live").className = "dot on"; $("live-text").textContent = "live";
     try { render(JSON.parse(ev.data)); } catch (e) { console.error(e); }
   });
-  es.onerror = () => { $("live").className = "dot off"; $("live-text").textContent = "reconnecting…"; };
+  es.onerror = () => {
+    $("live").className = "dot off";
+    // Closed for good: the listener refused the stream (reads need the token).
+    $("live-text").textContent = es.readyState === EventSource.CLOSED ? "no data: enter the admin token in the Console" : "reconnecting…";
+  };
 }
+
+// The console got a token: a stream refused for want of it can start now.
+window.addEventListener("infergate:token", () => {
+  if (!stream || stream.readyState === EventSource.CLOSED) loadHistory().then(connect);
+  pollConfigStatus();
+});
 
 // A refused config reload is shown until a later reload succeeds.
 async function pollConfigStatus() {

@@ -104,8 +104,9 @@
     }
   }
 
+  // Reads send the token too: off loopback the listener wants it for reads.
   async function getJson(url) {
-    const r = await fetch(url, { cache: "no-store" });
+    const r = await fetch(url, { cache: "no-store", headers: token() ? { "Authorization": "Bearer " + token() } : {} });
     const text = await r.text();
     let body; try { body = JSON.parse(text); } catch (_) { body = text; }
     if (!r.ok) throw new ApiError(r.status, body);
@@ -260,6 +261,11 @@
     return undefined;
   }
 
+  function badInput(scope) {
+    const m = msgOf(scope);
+    if (m) { m.textContent = "Fix the marked fields first (nothing was sent)."; m.classList.add("error"); }
+  }
+
   // A merge patch of the fields that differ from what was loaded; an
   // emptied field becomes null (removed: the default applies).
   function collectPatch(scope) {
@@ -273,6 +279,7 @@
       if (value === undefined) { ok = false; continue; }
       setPath(patch, el.dataset.f, value);
     }
+    if (!ok) badInput(scope);
     return ok ? patch : null;
   }
 
@@ -289,6 +296,7 @@
       if (value === undefined) { ok = false; continue; }
       setPath(entry, el.dataset.f, value);
     }
+    if (!ok) badInput(scope);
     return ok ? entry : null;
   }
 
@@ -488,13 +496,15 @@
   async function run(scope, button, what, fn) {
     if (button) button.disabled = true;
     $("con-notice").hidden = true;
+    clearErrors(scope);
     try {
       const res = await fn();
       if (!res) return; // nothing to send
       const diffLines = (res.diff || "").split("\n").filter((l) => /^[+-][^+-]/.test(l)).length;
       if (res.dry_run) return res;
-      notice(res.changed ? `${what}: applied, now version ${res.version}${res.persisted ? ", saved to the file" : ""} (${diffLines} changed lines)`
-        : `${what}: nothing changed`, res.changed ? "ok" : "info");
+      const restart = (res.restart_required || []).length ? `; takes effect after a restart: ${res.restart_required.join(", ")}` : "";
+      notice(res.changed ? `${what}: applied, now version ${res.version}${res.persisted ? ", saved to the file" : ""} (${diffLines} changed lines)${restart}`
+        : `${what}: nothing changed`, res.changed ? (restart ? "warn" : "ok") : "info");
       await loadConfig();
       pollLive();
       return res;
@@ -660,23 +670,34 @@
 
   // ---- wiring ------------------------------------------------------------
 
+  // The token goes to sessionStorage (this tab) and, for the dashboard's
+  // event stream (which cannot send headers) on a listener whose reads need
+  // it, to the session cookie the listener accepts for reads only.
+  const COOKIE = "infergate_token";
+  function setCookie(t) {
+    document.cookie = t && /^[\x21-\x7e]+$/.test(t) && !/[;,"\\]/.test(t)
+      ? `${COOKIE}=${t}; Path=/; SameSite=Strict` : `${COOKIE}=; Path=/; SameSite=Strict; Max-Age=0`;
+  }
   function saveToken() {
     const t = $("con-token").value.trim();
-    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    if (t) { sessionStorage.setItem(TOKEN_KEY, t); setCookie(t); }
     $("con-token").value = "";
     $("con-token").classList.remove("bad");
     tokenState();
+    window.dispatchEvent(new Event("infergate:token"));
+    if (view === "console") { loadConfig(); pollLive(); }
   }
 
   $("con-token-save").addEventListener("click", saveToken);
   $("con-token").addEventListener("keydown", (ev) => { if (ev.key === "Enter") saveToken(); });
-  $("con-token-forget").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); tokenState(); });
+  $("con-token-forget").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); setCookie(""); tokenState(); });
   $("con-reload").addEventListener("click", () => { $("con-notice").hidden = true; loadConfig(); pollLive(); });
   $("con-stale-reload").addEventListener("click", () => loadConfig());
   $("console-view").addEventListener("click", onAction);
   $("console-view").addEventListener("keydown", onKey);
   $("audit-view").addEventListener("click", onAuditClick);
   $("audit-refresh").addEventListener("click", loadAudit);
+  if (token()) setCookie(token());
   window.addEventListener("hashchange", showView);
   setInterval(() => { if (view === "console") { pollLive(); pollVersion(); } }, 2000);
   showView();
