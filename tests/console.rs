@@ -393,6 +393,7 @@ async fn invalid_changes_leave_config_and_file_untouched() {
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.text().contains("already exists"));
+    assert_eq!(reply.json()["error"]["errors"][0]["path"], "name");
 
     // A dry run of a valid change shows the diff and changes nothing.
     let v = version(admin).await;

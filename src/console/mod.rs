@@ -303,8 +303,8 @@ impl ConfigStore {
                 done.map_err(|e| match e {
                     edit::EditError::NotFound(m) => ChangeError::NotFound(m),
                     edit::EditError::Bad(m) => ChangeError::Invalid {
+                        errors: field_of(&m).into_iter().collect(),
                         message: m,
-                        errors: Vec::new(),
                     },
                 })?;
                 doc.to_string()
@@ -465,6 +465,20 @@ fn invalid(e: ConfigError) -> ChangeError {
         _ => e.to_string(),
     };
     ChangeError::Invalid { message, errors }
+}
+
+/// An edit error written `field.path: what` as a field error, so the
+/// console can show it next to the field.
+fn field_of(message: &str) -> Option<FieldError> {
+    let (path, what) = message.split_once(": ")?;
+    let is_path = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+    is_path.then(|| FieldError {
+        path: path.to_string(),
+        message: what.to_string(),
+    })
 }
 
 /// `"abc"`, `W/"abc"` and `abc` all name version `abc`.
