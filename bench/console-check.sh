@@ -11,12 +11,7 @@
 # Usage: bench/console-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
-fi
-if [ ! -d bench/node_modules/playwright-core ]; then
-  (cd bench && npm install --no-save --no-audit --no-fund --silent playwright-core@1) >/dev/null
-fi
+bash bench/browser-setup.sh
 cargo build -q
 BIN=target/debug/infergate
 WORK=$(mktemp -d)
@@ -38,7 +33,7 @@ if [ $up -eq 0 ]; then echo "FAIL: the demo's admin listener did not come up"; c
 URL="http://127.0.0.1:$PORT/"
 echo "demo running, dashboard on $URL, config in $WORK/demo.toml"
 fail=0
-node bench/console-check.mjs "$URL" "$WORK/demo.toml" "$PWD/docs/console.png" || fail=1
+node bench/console-check.mjs "$URL" "$WORK/demo.toml" "${SCREENSHOT:-$PWD/docs/console.png}" || fail=1
 if grep -q "$CONSOLE_TOKEN" "$WORK/demo.log" "$WORK/demo.toml"; then echo "FAIL: the token shows up in the log or the config file"; fail=1; fi
-if [ $fail -eq 0 ]; then echo "console check passed; screenshot in docs/console.png"; else echo "--- demo log (tail)"; tail -20 "$WORK/demo.log"; fi
+if [ $fail -eq 0 ]; then echo "console check passed; screenshot in ${SCREENSHOT:-docs/console.png}"; else echo "--- demo log (tail)"; tail -20 "$WORK/demo.log"; fi
 exit $fail

@@ -9,13 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WARM=${1:-20}
-if ! command -v chromium >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
-fi
-# playwright-core from npm drives Debian's chromium (no browser download).
-if [ ! -d bench/node_modules/playwright-core ]; then
-  (cd bench && npm install --no-save --no-audit --no-fund --silent playwright-core@1) >/dev/null
-fi
+bash bench/browser-setup.sh
 cargo build -q
 BIN=target/debug/infergate
 WORK=$(mktemp -d)
@@ -32,7 +26,7 @@ URL="http://127.0.0.1:$PORT/"
 echo "demo running, dashboard on $URL; $WARM s of traffic first"
 sleep "$WARM"
 fail=0
-node bench/dashboard-check.mjs "$URL" "$PWD/docs/dashboard.png" || fail=1
+node bench/dashboard-check.mjs "$URL" "${SCREENSHOT:-$PWD/docs/dashboard.png}" || fail=1
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -c '^infergate_' | xargs echo "metric samples:"
-[ $fail -eq 0 ] && echo "dashboard check passed; screenshot in docs/dashboard.png"
+[ $fail -eq 0 ] && echo "dashboard check passed; screenshot in ${SCREENSHOT:-docs/dashboard.png}"
 exit $fail
