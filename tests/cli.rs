@@ -8,9 +8,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use infergate::admin::{self, AdminConfig, AdminServer};
+use infergate::admin::AdminServer;
 use infergate::config::Config;
-use infergate::console::ConfigStore;
 use infergate::sim::Faults;
 
 const TOKEN: &str = "cli-test-token";
@@ -22,23 +21,7 @@ struct Running {
 }
 
 async fn start(name: &str, text: &str) -> Running {
-    let dir = std::env::temp_dir().join(format!("infergate-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    let gw = start_gateway(text).await;
-    let store = ConfigStore::new(gw.gateway.clone(), Some(path.clone()), text.to_string());
-    let admin = admin::start_with_store(
-        store,
-        &AdminConfig {
-            token: Some(TOKEN.into()),
-            ..AdminConfig::default()
-        },
-        Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let (gw, _store, admin, path) = start_with_console(name, text, TOKEN).await;
     Running { gw, admin, path }
 }
 

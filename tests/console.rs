@@ -26,6 +26,7 @@ struct Console {
     path: PathBuf,
 }
 
+/// A scratch file path for tests that run the binary themselves.
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("infergate-console-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -34,20 +35,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 async fn start_console(name: &str, text: &str) -> Console {
-    let path = scratch(name);
-    std::fs::write(&path, text).unwrap();
-    let gw = start_gateway(text).await;
-    let store = ConfigStore::new(gw.gateway.clone(), Some(path.clone()), text.to_string());
-    let admin = admin::start_with_store(
-        store.clone(),
-        &AdminConfig {
-            token: Some(TOKEN.into()),
-            ..AdminConfig::default()
-        },
-        Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let (gw, store, admin, path) = start_with_console(name, text, TOKEN).await;
     Console {
         gw,
         admin,
@@ -444,6 +432,27 @@ async fn changes_need_the_token_and_a_version() {
     .await;
     assert_eq!(stale.status, StatusCode::CONFLICT);
     assert!(!c.file_config().pools[0].nodes[0].draining);
+    let unknown = call(
+        admin,
+        Method::POST,
+        "/api/v1/config/pools/p/nodes/n0/reboot",
+        Some(TOKEN),
+        Some("*"),
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let wrong = call(
+        admin,
+        Method::PATCH,
+        "/api/v1/config/pools",
+        Some(TOKEN),
+        Some("*"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong.headers["allow"], "POST");
     let any = call(admin, Method::POST, path, Some(TOKEN), Some("*"), None).await;
     assert_eq!(any.status, StatusCode::OK, "{}", any.text());
     assert!(c.file_config().pools[0].nodes[0].draining);

@@ -17,6 +17,9 @@
 //! | POST | `/pools/{pool}/nodes/{node}/drain`, `/enable` | drain or put back a node |
 //! | PUT | `/pools/{pool}/nodes/{node}/weight` | set a node's weight (`{"weight": N}`) |
 //!
+//! Paths below `/api/v1/config/` other than `audit` are parsed by
+//! [`Target::parse`], so each method has one handler for every collection.
+//!
 //! `?dry_run=true` on any change validates it and returns the diff without
 //! applying it.
 
@@ -27,7 +30,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
@@ -45,38 +48,76 @@ pub(super) fn routes() -> Router<Arc<AdminState>> {
             get(read_config).put(replace_config).patch(merge_config),
         )
         .route("/api/v1/config/audit", get(audit))
-        .route("/api/v1/config/pools", post(create_pool))
+        // Everything else names an entry or a collection: see `Target`.
         .route(
-            "/api/v1/config/pools/{pool}",
-            axum::routing::patch(patch_pool).delete(delete_pool),
+            "/api/v1/config/{*target}",
+            post(post_target)
+                .patch(patch_target)
+                .delete(delete_target)
+                .put(put_target),
         )
-        .route("/api/v1/config/pools/{pool}/nodes", post(create_node))
-        .route(
-            "/api/v1/config/pools/{pool}/nodes/{node}",
-            axum::routing::patch(patch_node).delete(delete_node),
-        )
-        .route(
-            "/api/v1/config/pools/{pool}/nodes/{node}/drain",
-            post(drain_node),
-        )
-        .route(
-            "/api/v1/config/pools/{pool}/nodes/{node}/enable",
-            post(enable_node),
-        )
-        .route(
-            "/api/v1/config/pools/{pool}/nodes/{node}/weight",
-            put(weight_node),
-        )
-        .route("/api/v1/config/routes", post(create_route))
-        .route(
-            "/api/v1/config/routes/{route}",
-            axum::routing::patch(patch_route).delete(delete_route),
-        )
-        .route("/api/v1/config/alerts/rules", post(create_rule))
-        .route(
-            "/api/v1/config/alerts/rules/{rule}",
-            axum::routing::patch(patch_rule).delete(delete_rule),
-        )
+}
+
+/// What a path under `/api/v1/config/` names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// A collection (`pools`, `routes`, `alerts/rules`, `pools/P/nodes`).
+    List(Collection),
+    /// One entry of a collection.
+    Entry(Collection, String),
+    /// An action on a node: `drain`, `enable` or `weight`.
+    NodeAction(String, String, &'static str),
+}
+
+impl Target {
+    fn parse(path: &str) -> Option<Target> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let nodes = |pool: &str| Collection::Nodes {
+            pool: pool.to_string(),
+        };
+        Some(match parts.as_slice() {
+            ["pools"] => Target::List(Collection::Pools),
+            ["routes"] => Target::List(Collection::Routes),
+            ["alerts", "rules"] => Target::List(Collection::AlertRules),
+            ["pools", pool] => Target::Entry(Collection::Pools, pool.to_string()),
+            ["routes", route] => Target::Entry(Collection::Routes, route.to_string()),
+            ["alerts", "rules", rule] => Target::Entry(Collection::AlertRules, rule.to_string()),
+            ["pools", pool, "nodes"] => Target::List(nodes(pool)),
+            ["pools", pool, "nodes", node] => Target::Entry(nodes(pool), node.to_string()),
+            ["pools", pool, "nodes", node, action] => {
+                let action = ["drain", "enable", "weight"]
+                    .into_iter()
+                    .find(|a| a == action)?;
+                Target::NodeAction(pool.to_string(), node.to_string(), action)
+            }
+            _ => return None,
+        })
+    }
+
+    /// How the entry is named in audit lines: `p`, `p/n`.
+    fn label(collection: &Collection, name: &str) -> String {
+        match collection {
+            Collection::Nodes { pool } => format!("{pool}/{name}"),
+            _ => name.to_string(),
+        }
+    }
+}
+
+fn unknown_path(path: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no config API at /api/v1/config/{path} (see docs/console.md)"),
+    )
+}
+
+fn wrong_method(allowed: &str) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, allowed.to_string())],
+        axum::Json(json!({"error": {"type": "method_not_allowed", "message": format!("use {allowed} here")}})),
+    )
+        .into_response()
 }
 
 /// What every change handler gets.
@@ -246,23 +287,11 @@ async fn audit(State(state): State<Arc<AdminState>>, Query(q): Query<AuditQuery>
 
 type Peer = ConnectInfo<SocketAddr>;
 
-macro_rules! prelude {
-    ($state:expr, $headers:expr, $peer:expr, $query:expr) => {
-        match ask(&$state, &$headers, Some($peer.0), &$query) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        }
+async fn replace_config(r: ChangeRequest, body: Bytes) -> Response {
+    let a = match r.ask() {
+        Ok(a) => a,
+        Err(resp) => return *resp,
     };
-}
-
-async fn replace_config(
-    State(state): State<Arc<AdminState>>,
-    peer: Peer,
-    Query(q): Query<ChangeQuery>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let a = prelude!(state, headers, peer, q);
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -282,14 +311,11 @@ async fn replace_config(
     run(a, "PUT config (whole file)".into(), Edit::Replace(text)).await
 }
 
-async fn merge_config(
-    State(state): State<Arc<AdminState>>,
-    peer: Peer,
-    Query(q): Query<ChangeQuery>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let a = prelude!(state, headers, peer, q);
+async fn merge_config(r: ChangeRequest, body: Bytes) -> Response {
+    let a = match r.ask() {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
     let patch = match parse_json(&body) {
         Ok(p) => p,
         Err(r) => return *r,
@@ -316,211 +342,145 @@ fn brief(value: &Json) -> String {
     text
 }
 
-async fn create_in(
+/// The pieces every change handler extracts.
+struct ChangeRequest {
     state: Arc<AdminState>,
     peer: Peer,
-    q: ChangeQuery,
+    query: ChangeQuery,
     headers: HeaderMap,
-    body: Bytes,
-    collection: Collection,
-    where_: String,
-) -> Response {
-    let a = prelude!(state, headers, peer, q);
-    let entry = match parse_json(&body) {
-        Ok(p) => p,
-        Err(r) => return *r,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ChangeRequest
+where
+    Arc<AdminState>: axum::extract::FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let state: Arc<AdminState> = axum::extract::FromRef::from_ref(state);
+        let peer = Peer::from_request_parts(parts, &state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(query) = Query::<ChangeQuery>::from_request_parts(parts, &state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(ChangeRequest {
+            headers: parts.headers.clone(),
+            state,
+            peer,
+            query,
+        })
+    }
+}
+
+impl ChangeRequest {
+    fn ask(&self) -> Result<Ask, Box<Response>> {
+        ask(&self.state, &self.headers, Some(self.peer.0), &self.query)
+    }
+}
+
+/// POST: create an entry in a collection, or drain / enable a node.
+async fn post_target(Path(target): Path<String>, r: ChangeRequest, body: Bytes) -> Response {
+    let a = match r.ask() {
+        Ok(a) => a,
+        Err(resp) => return *resp,
     };
-    let name = entry
-        .get("name")
-        .and_then(Json::as_str)
-        .unwrap_or("?")
-        .to_string();
-    run(
-        a,
-        format!("create {} {where_}{name}", collection.noun()),
-        Edit::Create(collection, entry),
-    )
-    .await
+    match Target::parse(&target) {
+        Some(Target::List(collection)) => {
+            let entry = match parse_json(&body) {
+                Ok(p) => p,
+                Err(resp) => return *resp,
+            };
+            let name = entry.get("name").and_then(Json::as_str).unwrap_or("?");
+            let action = format!(
+                "create {} {}",
+                collection.noun(),
+                Target::label(&collection, name)
+            );
+            run(a, action, Edit::Create(collection, entry)).await
+        }
+        Some(Target::NodeAction(pool, node, verb @ ("drain" | "enable"))) => {
+            // Enabling removes the field: the default is not draining.
+            let changes = if verb == "drain" {
+                json!({"draining": true})
+            } else {
+                json!({"draining": null})
+            };
+            let action = format!("{verb} node {pool}/{node}");
+            run(
+                a,
+                action,
+                Edit::Patch(Collection::Nodes { pool }, node, changes),
+            )
+            .await
+        }
+        Some(Target::NodeAction(..)) => wrong_method("PUT"),
+        Some(Target::Entry(..)) => wrong_method("PATCH, DELETE"),
+        None => unknown_path(&target),
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn patch_in(
-    state: Arc<AdminState>,
-    peer: Peer,
-    q: ChangeQuery,
-    headers: HeaderMap,
-    body: Bytes,
-    collection: Collection,
-    label: String,
-    name: String,
-) -> Response {
-    let a = prelude!(state, headers, peer, q);
-    let changes = match parse_json(&body) {
-        Ok(p) => p,
-        Err(r) => return *r,
+/// PATCH: merge-patch one entry.
+async fn patch_target(Path(target): Path<String>, r: ChangeRequest, body: Bytes) -> Response {
+    let a = match r.ask() {
+        Ok(a) => a,
+        Err(resp) => return *resp,
     };
-    run(
-        a,
-        format!("update {} {label} {}", collection.noun(), brief(&changes)),
-        Edit::Patch(collection, name, changes),
-    )
-    .await
+    match Target::parse(&target) {
+        Some(Target::Entry(collection, name)) => {
+            let changes = match parse_json(&body) {
+                Ok(p) => p,
+                Err(resp) => return *resp,
+            };
+            let action = format!(
+                "update {} {} {}",
+                collection.noun(),
+                Target::label(&collection, &name),
+                brief(&changes)
+            );
+            run(a, action, Edit::Patch(collection, name, changes)).await
+        }
+        Some(Target::List(_)) => wrong_method("POST"),
+        Some(Target::NodeAction(..)) => wrong_method("POST, PUT"),
+        None => unknown_path(&target),
+    }
 }
 
-async fn delete_in(
-    state: Arc<AdminState>,
-    peer: Peer,
-    q: ChangeQuery,
-    headers: HeaderMap,
-    collection: Collection,
-    label: String,
-    name: String,
-) -> Response {
-    let a = prelude!(state, headers, peer, q);
-    run(
-        a,
-        format!("delete {} {label}", collection.noun()),
-        Edit::Delete(collection, name),
-    )
-    .await
+/// DELETE: remove one entry.
+async fn delete_target(Path(target): Path<String>, r: ChangeRequest) -> Response {
+    let a = match r.ask() {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
+    match Target::parse(&target) {
+        Some(Target::Entry(collection, name)) => {
+            let action = format!(
+                "delete {} {}",
+                collection.noun(),
+                Target::label(&collection, &name)
+            );
+            run(a, action, Edit::Delete(collection, name)).await
+        }
+        Some(_) => wrong_method("POST, PATCH"),
+        None => unknown_path(&target),
+    }
 }
 
-async fn create_pool(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    create_in(s, peer, q, h, body, Collection::Pools, String::new()).await
-}
-
-async fn patch_pool(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path(pool): Path<String>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    patch_in(s, peer, q, h, body, Collection::Pools, pool.clone(), pool).await
-}
-
-async fn delete_pool(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path(pool): Path<String>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-) -> Response {
-    delete_in(s, peer, q, h, Collection::Pools, pool.clone(), pool).await
-}
-
-async fn create_node(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path(pool): Path<String>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let label = format!("{pool}/");
-    create_in(s, peer, q, h, body, Collection::Nodes { pool }, label).await
-}
-
-async fn patch_node(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path((pool, node)): Path<(String, String)>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let label = format!("{pool}/{node}");
-    patch_in(s, peer, q, h, body, Collection::Nodes { pool }, label, node).await
-}
-
-async fn delete_node(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path((pool, node)): Path<(String, String)>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-) -> Response {
-    let label = format!("{pool}/{node}");
-    delete_in(s, peer, q, h, Collection::Nodes { pool }, label, node).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn node_action(
-    s: Arc<AdminState>,
-    peer: Peer,
-    pool: String,
-    node: String,
-    q: ChangeQuery,
-    h: HeaderMap,
-    verb: &str,
-    changes: Json,
-) -> Response {
-    let a = prelude!(s, h, peer, q);
-    let action = format!("{verb} node {pool}/{node}");
-    run(
-        a,
-        action,
-        Edit::Patch(Collection::Nodes { pool }, node, changes),
-    )
-    .await
-}
-
-async fn drain_node(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path((pool, node)): Path<(String, String)>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-) -> Response {
-    node_action(
-        s,
-        peer,
-        pool,
-        node,
-        q,
-        h,
-        "drain",
-        json!({"draining": true}),
-    )
-    .await
-}
-
-async fn enable_node(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path((pool, node)): Path<(String, String)>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-) -> Response {
-    // Removing the field puts the default (not draining) back.
-    node_action(
-        s,
-        peer,
-        pool,
-        node,
-        q,
-        h,
-        "enable",
-        json!({"draining": null}),
-    )
-    .await
-}
-
-async fn weight_node(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path((pool, node)): Path<(String, String)>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// PUT: set a node's weight.
+async fn put_target(Path(target): Path<String>, r: ChangeRequest, body: Bytes) -> Response {
+    let a = match r.ask() {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
+    let Some(Target::NodeAction(pool, node, "weight")) = Target::parse(&target) else {
+        return match Target::parse(&target) {
+            Some(_) => wrong_method("POST, PATCH, DELETE"),
+            None => unknown_path(&target),
+        };
+    };
     let weight = match parse_json(&body) {
         Ok(Json::Number(n)) => Json::Number(n),
         Ok(Json::Object(o)) if o.len() == 1 && o.get("weight").is_some_and(Json::is_number) => {
@@ -533,90 +493,49 @@ async fn weight_node(
                 "weight: send {\"weight\": N} with N from 1 to 10000",
             )
         }
-        Err(r) => return *r,
+        Err(resp) => return *resp,
     };
-    let verb = format!("weight {weight} for");
-    node_action(s, peer, pool, node, q, h, &verb, json!({"weight": weight})).await
-}
-
-async fn create_route(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    create_in(s, peer, q, h, body, Collection::Routes, String::new()).await
-}
-
-async fn patch_route(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path(route): Path<String>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    patch_in(
-        s,
-        peer,
-        q,
-        h,
-        body,
-        Collection::Routes,
-        route.clone(),
-        route,
+    let action = format!("weight {weight} for node {pool}/{node}");
+    run(
+        a,
+        action,
+        Edit::Patch(
+            Collection::Nodes { pool },
+            node,
+            json!({ "weight": weight }),
+        ),
     )
     .await
 }
 
-async fn delete_route(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path(route): Path<String>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-) -> Response {
-    delete_in(s, peer, q, h, Collection::Routes, route.clone(), route).await
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn create_rule(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    create_in(s, peer, q, h, body, Collection::AlertRules, String::new()).await
-}
-
-async fn patch_rule(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path(rule): Path<String>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    patch_in(
-        s,
-        peer,
-        q,
-        h,
-        body,
-        Collection::AlertRules,
-        rule.clone(),
-        rule,
-    )
-    .await
-}
-
-async fn delete_rule(
-    State(s): State<Arc<AdminState>>,
-    peer: Peer,
-    Path(rule): Path<String>,
-    Query(q): Query<ChangeQuery>,
-    h: HeaderMap,
-) -> Response {
-    delete_in(s, peer, q, h, Collection::AlertRules, rule.clone(), rule).await
+    #[test]
+    fn targets_parse() {
+        let nodes = Collection::Nodes { pool: "p".into() };
+        assert_eq!(
+            Target::parse("pools"),
+            Some(Target::List(Collection::Pools))
+        );
+        assert_eq!(
+            Target::parse("alerts/rules/x"),
+            Some(Target::Entry(Collection::AlertRules, "x".into()))
+        );
+        assert_eq!(
+            Target::parse("pools/p/nodes"),
+            Some(Target::List(nodes.clone()))
+        );
+        assert_eq!(
+            Target::parse("pools/p/nodes/n"),
+            Some(Target::Entry(nodes, "n".into()))
+        );
+        assert_eq!(
+            Target::parse("pools/p/nodes/n/drain"),
+            Some(Target::NodeAction("p".into(), "n".into(), "drain"))
+        );
+        assert_eq!(Target::parse("pools/p/nodes/n/reboot"), None);
+        assert_eq!(Target::parse("listeners"), None);
+    }
 }

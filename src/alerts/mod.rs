@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use notify::{NotifierConfig, NotifierKind};
+pub use notify::{rfc3339, NotifierConfig, NotifierKind};
 
 use crate::config::duration;
 use crate::telemetry::window::Snapshot;

@@ -397,3 +397,41 @@ pub fn scenario(name: &str, outcomes: &[Outcome], recovery: Option<Duration>, no
         outcomes.len()
     );
 }
+
+/// A gateway started from `text` written to a fresh file under the temp
+/// directory (`name` keeps tests apart), with the config store and an
+/// admin listener (config API) on an ephemeral loopback port whose token
+/// is `token`.
+pub async fn start_with_console(
+    name: &str,
+    text: &str,
+    token: &str,
+) -> (
+    TestGateway,
+    Arc<infergate::console::ConfigStore>,
+    infergate::admin::AdminServer,
+    std::path::PathBuf,
+) {
+    let dir = std::env::temp_dir().join(format!("infergate-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let gw = start_gateway(text).await;
+    let store = infergate::console::ConfigStore::new(
+        gw.gateway.clone(),
+        Some(path.clone()),
+        text.to_string(),
+    );
+    let admin = infergate::admin::start_with_store(
+        store.clone(),
+        &infergate::admin::AdminConfig {
+            token: Some(token.into()),
+            ..infergate::admin::AdminConfig::default()
+        },
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    (gw, store, admin, path)
+}
