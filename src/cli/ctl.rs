@@ -489,14 +489,16 @@ fn audit_table(audit: &Value) -> String {
         .map(String::from)
         .to_vec()];
     for e in audit["entries"].as_array().into_iter().flatten() {
+        // One line: the first problem, without the "invalid config:" lead.
         let detail: String = e["detail"]
             .as_str()
             .unwrap_or("")
             .lines()
-            .next()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && *l != "invalid config:")
             .unwrap_or("")
             .chars()
-            .take(80)
+            .take(100)
             .collect();
         rows.push(vec![
             e["id"].to_string(),

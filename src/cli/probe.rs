@@ -70,6 +70,7 @@ struct NodeResult {
     requests: u64,
     errors: u64,
     mean_latency_ms: Option<f64>,
+    p99_latency_ms: Option<f64>,
     allowed_gap: f64,
     ok: bool,
     reason: Option<String>,
@@ -280,6 +281,7 @@ async fn probe_route(
         let finished = a.finished.saturating_sub(b.finished);
         let mean_latency_ms =
             (finished > 0).then(|| (a.seconds - b.seconds) / finished as f64 * 1000.0);
+        let p99_latency_ms = a.quantile_ms_since(b, 0.99);
         let expected = node["expected_share"].as_f64().unwrap_or(0.0);
         let observed = if served > 0 {
             requests as f64 / served as f64
@@ -322,6 +324,7 @@ async fn probe_route(
             requests,
             errors,
             mean_latency_ms,
+            p99_latency_ms,
             allowed_gap,
             ok: reason.is_none(),
             reason,
@@ -351,6 +354,28 @@ struct Counts {
     /// Responses passed through and their summed duration.
     finished: u64,
     seconds: f64,
+    /// Cumulative duration histogram: upper bound (s) → count.
+    buckets: BTreeMap<u64, (f64, u64)>,
+}
+
+impl Counts {
+    /// The `q` quantile (ms) of durations recorded between `before` and
+    /// `self`, as the upper bound of the bucket it falls in (what
+    /// Prometheus' `histogram_quantile` would say, without interpolation).
+    fn quantile_ms_since(&self, before: &Counts, q: f64) -> Option<f64> {
+        let total = self.finished.saturating_sub(before.finished);
+        if total == 0 {
+            return None;
+        }
+        let rank = (total as f64 * q).ceil().max(1.0) as u64;
+        for (key, (bound, count)) in &self.buckets {
+            let earlier = before.buckets.get(key).map_or(0, |b| b.1);
+            if count.saturating_sub(earlier) >= rank {
+                return Some(bound * 1000.0);
+            }
+        }
+        None
+    }
 }
 
 fn total(counts: &BTreeMap<(String, String), Counts>) -> u64 {
@@ -375,6 +400,7 @@ fn parse_counters(text: &str, route: &str) -> BTreeMap<(String, String), Counts>
             "infergate_requests_total"
                 | "infergate_request_duration_seconds_sum"
                 | "infergate_request_duration_seconds_count"
+                | "infergate_request_duration_seconds_bucket"
         ) || labels.get("route").map(String::as_str) != Some(route)
         {
             continue;
@@ -391,6 +417,23 @@ fn parse_counters(text: &str, route: &str) -> BTreeMap<(String, String), Counts>
                 }
             }
             "infergate_request_duration_seconds_sum" => entry.seconds += value,
+            "infergate_request_duration_seconds_bucket" => {
+                let bound = match labels.get("le").map(String::as_str) {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => le.parse().unwrap_or(f64::INFINITY),
+                    None => continue,
+                };
+                // Keyed by the bound's bits so buckets sort by bound.
+                let slot = entry
+                    .buckets
+                    .entry(if bound.is_finite() {
+                        (bound * 1e6) as u64
+                    } else {
+                        u64::MAX
+                    })
+                    .or_insert((bound, 0));
+                slot.1 += value as u64;
+            }
             _ => entry.finished += value as u64,
         }
     }
@@ -523,15 +566,8 @@ fn print_report(results: &[RouteResult], pass: bool) {
             ms(r.client_p99_ms),
         );
         let mut rows = vec![[
-            "  NODE",
-            "STATE",
-            "WEIGHT",
-            "EXPECTED",
-            "OBSERVED",
-            "ALLOWED",
-            "REQS",
-            "MEAN LATENCY",
-            "VERDICT",
+            "  NODE", "STATE", "WEIGHT", "EXPECTED", "OBSERVED", "ALLOWED", "REQS", "MEAN",
+            "P99 ≤", "VERDICT",
         ]
         .map(String::from)
         .to_vec()];
@@ -545,6 +581,7 @@ fn print_report(results: &[RouteResult], pass: bool) {
                 format!("±{:.1}%", n.allowed_gap * 100.0),
                 n.requests.to_string(),
                 ms(n.mean_latency_ms),
+                ms(n.p99_latency_ms),
                 n.reason
                     .clone()
                     .map_or("ok".into(), |why| format!("FAIL: {why}")),
@@ -595,6 +632,26 @@ infergate_requests_total{route="r",pool="p",node="b \"q\"",model="m",code="2xx"}
             3
         );
         assert_eq!(total(&counts), 11);
+    }
+
+    #[test]
+    fn quantiles_from_bucket_deltas() {
+        let at = |counts: [u64; 3]| {
+            let text = format!(
+                "infergate_request_duration_seconds_bucket{{route=\"r\",pool=\"p\",node=\"a\",model=\"m\",le=\"0.01\"}} {}\n\
+                 infergate_request_duration_seconds_bucket{{route=\"r\",pool=\"p\",node=\"a\",model=\"m\",le=\"0.1\"}} {}\n\
+                 infergate_request_duration_seconds_bucket{{route=\"r\",pool=\"p\",node=\"a\",model=\"m\",le=\"+Inf\"}} {}\n\
+                 infergate_request_duration_seconds_count{{route=\"r\",pool=\"p\",node=\"a\",model=\"m\"}} {}\n",
+                counts[0], counts[1], counts[2], counts[2]
+            );
+            parse_counters(&text, "r")[&("p".to_string(), "a".to_string())].clone()
+        };
+        // Before: 10 fast. After: 10 + 98 fast, 2 slower (≤ 100 ms).
+        let before = at([10, 10, 10]);
+        let after = at([108, 110, 110]);
+        assert_eq!(after.quantile_ms_since(&before, 0.5), Some(10.0));
+        assert_eq!(after.quantile_ms_since(&before, 0.99), Some(100.0));
+        assert_eq!(before.quantile_ms_since(&before, 0.99), None);
     }
 
     #[test]
