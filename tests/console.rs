@@ -746,3 +746,37 @@ async fn off_loopback_reads_need_the_token_too() {
     open.stop().await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_admin_client_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let admin = admin::start(
+        gw.gateway.clone(),
+        &AdminConfig {
+            header_timeout: Duration::from_millis(200),
+            ..AdminConfig::default()
+        },
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(admin.addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 5 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Others are served meanwhile and after.
+    assert_eq!(get(admin.addr, "/metrics").await.status, StatusCode::OK);
+    admin.stop().await;
+    gw.stop().await;
+}

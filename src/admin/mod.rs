@@ -50,6 +50,9 @@ pub struct AdminConfig {
     /// else. Set `true` to let e.g. an unauthenticated Prometheus scrape a
     /// non-loopback listener.
     pub open_reads: Option<bool>,
+    /// Time a client has to send complete request headers.
+    #[serde(deserialize_with = "crate::config::duration::deserialize")]
+    pub header_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -59,6 +62,7 @@ impl Default for AdminConfig {
             addr: "127.0.0.1:9090".into(),
             token: None,
             open_reads: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -70,6 +74,7 @@ impl fmt::Debug for AdminConfig {
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("open_reads", &self.open_reads)
+            .field("header_timeout", &self.header_timeout)
             .finish()
     }
 }
@@ -83,6 +88,9 @@ impl AdminConfig {
             .map_err(|_| format!("addr `{}` is not IP:port", self.addr))?;
         if self.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
             return Err("token must not be empty".into());
+        }
+        if self.header_timeout.is_zero() {
+            return Err("header_timeout must be more than 0s".into());
         }
         if self.token.as_deref() == Some(crate::console::redact::PLACEHOLDER) {
             return Err("token is the redaction placeholder: send the real token, or leave the line as it was read".into());
@@ -211,20 +219,78 @@ async fn serve(
         reads_need_token,
     }));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, app, config.header_timeout, stopped));
     Ok(AdminServer {
         addr: local,
         stop: Some(stop),
         task: Some(task),
     })
+}
+
+/// Most admin connections open at once; more wait in the accept backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// How long open connections (e.g. dashboards' event streams) get to
+/// finish when the listener stops.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Serve admin connections until `stopped`: a bounded number at once, each
+/// with a header read timeout, so a slow or stalled client cannot hold the
+/// listener (axum's own `serve` has neither).
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stopped: oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stopped);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut stopped => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        // The config API names who changed what by the caller's address.
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(STOP_GRACE, graceful.shutdown()).await;
 }
 
 fn router(state: Arc<AdminState>) -> Router {
