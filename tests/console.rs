@@ -780,3 +780,68 @@ async fn a_stalled_admin_client_is_cut_off() {
     admin.stop().await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_change_that_cannot_be_written_changes_nothing() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let text = config_text(&unweighted(&nodes), "round_robin", "");
+    let gw = start_gateway(&text).await;
+    // The file's directory is a regular file: every write fails (as root,
+    // permissions would not stop it).
+    let blocker = scratch("unwritable");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let store = ConfigStore::new(
+        gw.gateway.clone(),
+        Some(blocker.join("gateway.toml")),
+        text.clone(),
+    );
+    let generation = gw.gateway.config_status().version;
+    let result = store
+        .change(infergate::console::Change {
+            actor: "tester".into(),
+            action: "weight".into(),
+            if_match: Some("*".into()),
+            edit: infergate::console::Edit::Patch(
+                infergate::console::Collection::Nodes { pool: "p".into() },
+                "n0".into(),
+                json!({"weight": 9}),
+            ),
+            dry_run: false,
+        })
+        .await;
+    let error = result.expect_err("the write fails");
+    assert!(
+        matches!(error, infergate::console::ChangeError::Persist(_)),
+        "{error}"
+    );
+    assert_eq!(gw.gateway.table().pools[0].nodes[0].weight, 1);
+    assert_eq!(gw.gateway.config_status().version, generation);
+    assert_eq!(
+        store.current().version,
+        infergate::console::version_of(&text)
+    );
+    assert_eq!(
+        store.audit.latest(1)[0].outcome,
+        infergate::console::Outcome::Failed
+    );
+
+    // Without a file, changes apply and say they were not persisted.
+    let memory = ConfigStore::new(gw.gateway.clone(), None, text.clone());
+    let applied = memory
+        .change(infergate::console::Change {
+            actor: "tester".into(),
+            action: "weight".into(),
+            if_match: Some(infergate::console::version_of(&text)),
+            edit: infergate::console::Edit::Patch(
+                infergate::console::Collection::Nodes { pool: "p".into() },
+                "n0".into(),
+                json!({"weight": 9}),
+            ),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    assert!(applied.changed && !applied.persisted);
+    assert_eq!(gw.gateway.table().pools[0].nodes[0].weight, 9);
+    gw.stop().await;
+}
