@@ -7,6 +7,7 @@
 //      observed share (the dashboard's recent window) rises to match;
 //   5. a node is drained with its button and shows as draining;
 //   6. the audit view lists the changes by the console, with their diffs;
+//   9. rolling back to the first config of the history restores the file;
 //   7. a change based on an old version gets the conflict notice and a re-read;
 //   8. an invalid weight (0) shows the API's message next to the field;
 //   9. a screenshot of the console goes to OUT.png.
@@ -213,6 +214,19 @@ if (!/weight/.test(top)) await fail("no message at the top of the form: " + top)
 if ((await page.textContent("#con-version")) !== versionBefore) await fail("the version changed after an invalid change");
 if (fileWeights()["sim-1"] !== before["sim-1"]) await fail("the invalid weight reached the file");
 step("invalid weight", `inline "${inline.trim()}", form message "${top.trim().replace(/\s+/g, " ")}"`);
+
+// 9. Roll back to the config the demo started with, from the history.
+await page.click('nav.tabs a[data-view="audit"]');
+await must(page.waitForSelector("#history-rows tr.history-entry:last-child button[data-rollback]", { timeout: 10000 }),
+  "no rollback button for the first config in the history");
+await page.click("#history-rows tr.history-entry:last-child button[data-rollback]");
+await must(page.waitForFunction(() => /Rolled back/.test(document.getElementById("history-msg").textContent)
+  && document.querySelector("#history-rows tr.history-entry:first-child .badge.ok"), null, { timeout: 10000 }),
+  "the rollback did not report success");
+const rolled = fileWeights();
+if (JSON.stringify(rolled) !== JSON.stringify(before)) await fail("the file after rollback differs: " + JSON.stringify(rolled));
+if (/draining\s*=\s*true/.test(readFileSync(configPath, "utf8"))) await fail("the drain survived the rollback");
+step("rollback", `back to the start config from the history: weights ${JSON.stringify(rolled)}, no drain`);
 
 if (errors.length) await fail("page errors: " + errors.join("; "));
 await page.screenshot({ path: out, fullPage: true });

@@ -160,6 +160,27 @@ async fn ctl_lists_drains_weighs_and_applies() {
         std::fs::read_to_string(new_file).unwrap()
     );
 
+    // The history lists what was in force; rollback goes back one step.
+    let out = ctl(r.admin.addr, &["history"]).await;
+    let history = stdout(&out);
+    assert!(history.lines().count() >= 6, "{history}");
+    assert!(history.contains("start"), "{history}");
+    let out = ctl(r.admin.addr, &["rollback", "--yes"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("+policy = \"round_robin\""),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(r.gw.gateway.table().routes[0].policy.name(), "round_robin");
+    let out = ctl(r.admin.addr, &["rollback", "0123456789abcdef", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not among the last"),
+        "{}",
+        stderr(&out)
+    );
+
     // JSON for scripts, and the audit trail of all the above.
     let out = ctl(r.admin.addr, &["--json", "nodes"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -224,12 +224,34 @@ async fn api_changes_apply_persist_and_are_audited() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(c.file_config().pools.len(), 1);
 
+    // Rollback to the config the gateway started with: the file comes back
+    // byte for byte, comments included, and so does the running config.
+    let history = get(admin, "/api/v1/config/history").await.json();
+    let versions = history["versions"].as_array().unwrap();
+    assert_eq!(versions.last().unwrap()["actor"], "start");
+    assert_eq!(versions.last().unwrap()["version"], v0.as_str());
+    let reply = c
+        .change(
+            Method::POST,
+            "/api/v1/config/rollback",
+            Some(json!({"version": v0})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(c.file(), text);
+    assert_eq!(c.gw.gateway.table().pools[0].nodes[0].weight, 1);
+    assert_eq!(
+        c.gw.gateway.telemetry.alerts.rules().len(),
+        infergate::alerts::default_rules().len()
+    );
+
     // The audit log has who, what and how, newest first.
     let audit = get(admin, "/api/v1/config/audit").await.json();
     let entries = audit["entries"].as_array().unwrap();
     assert!(entries.len() >= 9, "{audit}");
-    assert_eq!(entries[0]["action"], "delete pool qwen");
-    assert_eq!(entries[0]["outcome"], "applied");
+    assert_eq!(entries[0]["action"], format!("rollback to {v0}"));
+    assert_eq!(entries[1]["action"], "delete pool qwen");
+    assert_eq!(entries[1]["outcome"], "applied");
     assert_eq!(entries[0]["actor"], "tester (127.0.0.1)");
     assert!(entries
         .iter()

@@ -12,6 +12,8 @@
 //! | PUT | `` | replace the whole file (TOML body) |
 //! | PATCH | `` | JSON merge patch of the whole document |
 //! | GET | `/audit` | the audit log, newest first (`?limit=`) |
+//! | GET | `/history` | the last configs in force (version, when, who, what), newest first |
+//! | POST | `/rollback` | put an earlier version back in force (`{"version": "..."}`) |
 //! | POST | `/pools`, `/routes`, `/alerts/rules`, `/pools/{pool}/nodes` | create an entry (JSON) |
 //! | PATCH, DELETE | `/pools/{pool}`, `/routes/{route}`, `/alerts/rules/{rule}`, `/pools/{pool}/nodes/{node}` | change (merge patch) or remove it |
 //! | POST | `/pools/{pool}/nodes/{node}/drain`, `/enable` | drain or put back a node |
@@ -48,6 +50,8 @@ pub(super) fn routes() -> Router<Arc<AdminState>> {
             get(read_config).put(replace_config).patch(merge_config),
         )
         .route("/api/v1/config/audit", get(audit))
+        .route("/api/v1/config/history", get(history))
+        .route("/api/v1/config/rollback", post(rollback))
         // Everything else names an entry or a collection: see `Target`.
         .route(
             "/api/v1/config/{*target}",
@@ -286,6 +290,35 @@ async fn audit(State(state): State<Arc<AdminState>>, Query(q): Query<AuditQuery>
 }
 
 type Peer = ConnectInfo<SocketAddr>;
+
+async fn history(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(store) = &state.store else {
+        return no_store();
+    };
+    let current = store.current().version.clone();
+    axum::Json(json!({"current": current, "versions": store.history()})).into_response()
+}
+
+async fn rollback(r: ChangeRequest, body: Bytes) -> Response {
+    let a = match r.ask() {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
+    let version = match parse_json(&body) {
+        Ok(v) => match v.get("version").and_then(Json::as_str) {
+            Some(version) => version.to_string(),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "version: send {\"version\": \"...\"} with a version from GET /api/v1/config/history",
+                )
+            }
+        },
+        Err(resp) => return *resp,
+    };
+    run(a, format!("rollback to {version}"), Edit::Rollback(version)).await
+}
 
 async fn replace_config(r: ChangeRequest, body: Bytes) -> Response {
     let a = match r.ask() {

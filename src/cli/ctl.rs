@@ -66,6 +66,19 @@ enum CtlCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Configs in force recently, newest first (for rollback).
+    History,
+    /// Put an earlier config back in force, after showing the diff.
+    Rollback {
+        /// Version to go back to (default: the one before the current).
+        version: Option<String>,
+        /// Roll back without asking.
+        #[arg(long, short)]
+        yes: bool,
+        /// Only show the diff.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Alerts firing now, and the rules.
     Alerts,
     /// The running config file (secrets redacted).
@@ -158,6 +171,23 @@ async fn run_inner(args: &CtlArgs) -> Result<(), Failure> {
         CtlCommand::Apply { file, yes, dry_run } => {
             apply(&api, args.json, file, *yes, *dry_run).await
         }
+        CtlCommand::History => {
+            let history = api
+                .get_json("/api/v1/config/history")
+                .await
+                .map_err(unreachable)?;
+            if args.json {
+                print_json(&history);
+            } else {
+                print!("{}", history_table(&history));
+            }
+            Ok(())
+        }
+        CtlCommand::Rollback {
+            version,
+            yes,
+            dry_run,
+        } => rollback(&api, args.json, version.as_deref(), *yes, *dry_run).await,
         CtlCommand::Alerts => {
             let alerts = api.get_json("/api/v1/alerts").await.map_err(unreachable)?;
             if args.json {
@@ -304,15 +334,75 @@ async fn apply(
 ) -> Result<(), Failure> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| unreachable(format!("cannot read {}: {e}", file.display())))?;
+    let what = format!("applied {}", file.display());
+    let change = Outgoing {
+        method: Method::PUT,
+        path: "/api/v1/config",
+        body: Bytes::from(text),
+    };
+    preview_then_send(api, json, change, &what, yes, dry_run).await
+}
+
+async fn rollback(
+    api: &Http,
+    json: bool,
+    version: Option<&str>,
+    yes: bool,
+    dry_run: bool,
+) -> Result<(), Failure> {
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => {
+            let history = api
+                .get_json("/api/v1/config/history")
+                .await
+                .map_err(unreachable)?;
+            let current = history["current"].as_str().unwrap_or("");
+            history["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v["version"].as_str())
+                .find(|v| *v != current)
+                .map(str::to_string)
+                .ok_or_else(|| refused("no earlier config to roll back to".into()))?
+        }
+    };
+    let what = format!("rolled back to {version}");
+    let change = Outgoing {
+        method: Method::POST,
+        path: "/api/v1/config/rollback",
+        body: Bytes::from(json!({ "version": version }).to_string()),
+    };
+    preview_then_send(api, json, change, &what, yes, dry_run).await
+}
+
+/// A change request to preview and then send.
+struct Outgoing {
+    method: Method,
+    path: &'static str,
+    body: Bytes,
+}
+
+/// Validate and diff a change with a dry run, ask (or require --yes), then
+/// send it based on the version previewed, so anything changed since is a
+/// 409 instead of being overwritten.
+async fn preview_then_send(
+    api: &Http,
+    json: bool,
+    change: Outgoing,
+    what: &str,
+    yes: bool,
+    dry_run: bool,
+) -> Result<(), Failure> {
     let version = current_version(api).await?;
     let if_match = [("if-match", format!("\"{version}\""))];
-    // The gateway validates and diffs (secrets redacted on both sides).
     let preview = api
         .send(
-            Method::PUT,
-            "/api/v1/config?dry_run=true",
+            change.method.clone(),
+            &format!("{}?dry_run=true", change.path),
             &if_match,
-            text.clone(),
+            change.body.clone(),
         )
         .await
         .map_err(unreachable)?;
@@ -321,10 +411,7 @@ async fn apply(
         if json {
             print_json(&preview);
         } else {
-            println!(
-                "{}: no change from the running config (version {version})",
-                file.display()
-            );
+            println!("no change from the running config (version {version})");
         }
         return Ok(());
     }
@@ -351,13 +438,12 @@ async fn apply(
             return Err(refused("not applied".into()));
         }
     }
-    // Based on the version previewed: anything changed since is a 409.
     let reply = api
-        .send(Method::PUT, "/api/v1/config", &if_match, text)
+        .send(change.method, change.path, &if_match, change.body)
         .await
         .map_err(unreachable)?;
     let applied = applied_or_failure(&reply)?;
-    report(json, &applied, &format!("applied {}", file.display()));
+    report(json, &applied, what);
     Ok(())
 }
 
@@ -482,6 +568,24 @@ fn alerts_table(alerts: &Value) -> String {
     }
     out.push_str(&table(&rows));
     out
+}
+
+fn history_table(history: &Value) -> String {
+    let current = history["current"].as_str().unwrap_or("");
+    let mut rows = vec![["", "VERSION", "SINCE (UTC)", "BY", "WHAT"]
+        .map(String::from)
+        .to_vec()];
+    for v in history["versions"].as_array().into_iter().flatten() {
+        let version = v["version"].as_str().unwrap_or("");
+        rows.push(vec![
+            if version == current { "*" } else { "" }.into(),
+            version.into(),
+            utc(v["at_unix_ms"].as_u64().unwrap_or(0)),
+            v["actor"].as_str().unwrap_or("").into(),
+            v["action"].as_str().unwrap_or("").into(),
+        ]);
+    }
+    table(&rows)
 }
 
 fn audit_table(audit: &Value) -> String {

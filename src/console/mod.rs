@@ -62,6 +62,24 @@ pub enum Edit {
     Merge(Json),
     /// Replace the whole file with this TOML text.
     Replace(String),
+    /// Go back to an earlier version kept in the history.
+    Rollback(String),
+}
+
+/// Configs kept for rollback.
+pub const HISTORY_LEN: usize = 20;
+
+/// A config that was in force, for the history and rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    /// Its version.
+    pub version: String,
+    /// When it was put in force (ms since the Unix epoch).
+    pub at_unix_ms: u64,
+    /// Who put it in force (`start` for the config the gateway started with).
+    pub actor: String,
+    /// What made it.
+    pub action: String,
 }
 
 /// A change with who asked and what it was based on.
@@ -177,6 +195,9 @@ pub struct ConfigStore {
     path: Option<PathBuf>,
     state: tokio::sync::Mutex<State>,
     current: ArcSwap<Current>,
+    /// The last [`HISTORY_LEN`] configs in force, oldest first, with their
+    /// full text (for rollback; never served unredacted).
+    history: std::sync::Mutex<std::collections::VecDeque<(VersionInfo, String)>>,
     /// Every change tried through the API or picked up from the file.
     pub audit: AuditLog,
 }
@@ -191,8 +212,15 @@ impl ConfigStore {
             path: path.as_ref().map(|p| p.display().to_string()),
             text: redact::redact(&text),
         };
+        let first = VersionInfo {
+            version: current.version.clone(),
+            at_unix_ms: crate::proxy::unix_ms(),
+            actor: "start".into(),
+            action: "config the gateway started with".into(),
+        };
         Arc::new(ConfigStore {
             gateway,
+            history: std::sync::Mutex::new([(first, text.clone())].into()),
             state: tokio::sync::Mutex::new(State {
                 seen_on_disk: Some(xxh3_64(text.as_bytes())),
                 text,
@@ -201,6 +229,37 @@ impl ConfigStore {
             current: ArcSwap::from_pointee(current),
             audit: AuditLog::default(),
         })
+    }
+
+    /// The configs kept for rollback, newest first.
+    pub fn history(&self) -> Vec<VersionInfo> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.iter().rev().map(|(v, _)| v.clone()).collect()
+    }
+
+    fn remember(&self, text: &str, actor: &str, action: &str) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.push_back((
+            VersionInfo {
+                version: version_of(text),
+                at_unix_ms: crate::proxy::unix_ms(),
+                actor: actor.to_string(),
+                action: action.to_string(),
+            },
+            text.to_string(),
+        ));
+        while history.len() > HISTORY_LEN {
+            history.pop_front();
+        }
+    }
+
+    fn kept_text(&self, version: &str) -> Option<String> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history
+            .iter()
+            .rev()
+            .find(|(v, _)| v.version == version)
+            .map(|(_, text)| text.clone())
     }
 
     /// The running config (redacted) and its version.
@@ -287,6 +346,14 @@ impl ConfigStore {
 
         let new_text = match &change.edit {
             Edit::Replace(text) => redact::restore(text, &state.text),
+            Edit::Rollback(version) => {
+                let version = normalize_version(version);
+                self.kept_text(version).ok_or_else(|| {
+                    ChangeError::NotFound(format!(
+                        "version {version} is not among the last {HISTORY_LEN} configs (GET /api/v1/config/history)"
+                    ))
+                })?
+            }
             edit => {
                 let mut doc: DocumentMut =
                     state.text.parse().map_err(|e| ChangeError::Invalid {
@@ -298,7 +365,7 @@ impl ConfigStore {
                     Edit::Patch(c, name, changes) => edit::patch(&mut doc, c, name, changes),
                     Edit::Delete(c, name) => edit::delete(&mut doc, c, name),
                     Edit::Merge(changes) => edit::merge_document(&mut doc, changes),
-                    Edit::Replace(_) => Ok(()),
+                    Edit::Replace(_) | Edit::Rollback(_) => Ok(()),
                 };
                 done.map_err(|e| match e {
                     edit::EditError::NotFound(m) => ChangeError::NotFound(m),
@@ -353,6 +420,7 @@ impl ConfigStore {
         }
         state.seen_on_disk = Some(xxh3_64(new_text.as_bytes()));
         state.text = new_text;
+        self.remember(&state.text, &change.actor, &change.action);
         let applied = self.publish(&state.text);
         Ok(Applied {
             version: applied.version.clone(),
@@ -403,6 +471,9 @@ impl ConfigStore {
                 tracing::info!(file = %path.display(), forced, "config file applied");
                 let diff = unified_diff(&state.text, &text);
                 state.text = text;
+                if !diff.is_empty() {
+                    self.remember(&state.text, "file", "file changed on disk");
+                }
                 let current = self.publish(&state.text);
                 self.audit.record(AuditEntry {
                     id: 0,

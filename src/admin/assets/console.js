@@ -640,6 +640,7 @@
   const OUTCOME = { applied: "ok", unchanged: "idle", refused: "bad", conflict: "warn", failed: "bad" };
 
   async function loadAudit() {
+    loadHistory();
     try {
       const { entries } = await getJson(API + "/audit?limit=200");
       $("audit-count").textContent = entries.length;
@@ -660,7 +661,46 @@
     }
   }
 
+  async function loadHistory() {
+    try {
+      const h = await getJson(API + "/history");
+      $("history-count").textContent = h.versions.length;
+      $("history-rows").innerHTML = h.versions.map((v) => `<tr class="history-entry" data-version="${he(v.version)}">
+          <td class="l mono">${he(v.version)}</td>
+          <td class="l">${he(new Date(v.at_unix_ms).toLocaleString())}</td>
+          <td class="l">${he(v.actor)}</td>
+          <td class="l">${he(v.action)}</td>
+          <td class="l">${v.version === h.current ? '<span class="badge ok">in force</span>'
+            : `<button type="button" class="ghost" data-rollback="${he(v.version)}">Roll back</button>`}</td></tr>`).join("");
+    } catch (e) {
+      $("history-msg").textContent = "Cannot read the config history: " + e.message;
+      $("history-msg").className = "cf-msg error";
+    }
+  }
+
+  // Preview the rollback's diff (a dry run), ask, then apply it based on
+  // the version just read, like every other change.
+  async function rollbackTo(version) {
+    const msg = $("history-msg");
+    try {
+      cfg = await getJson(API);
+      const preview = await change("POST", "/rollback", { version }, { dryRun: true });
+      if (!preview.changed) { msg.textContent = "That is the config in force already."; msg.className = "cf-msg"; return; }
+      if (!confirm(`Roll back to ${version}?\n\n${preview.diff.slice(0, 2000)}`)) return;
+      const done = await change("POST", "/rollback", { version });
+      msg.textContent = `Rolled back: version ${done.version} is in force` + (done.persisted ? " and saved to the file." : ".");
+      msg.className = "cf-msg ok";
+      cfg = null;
+      loadAudit();
+    } catch (e) {
+      msg.textContent = "Rollback refused: " + e.message;
+      msg.className = "cf-msg error";
+    }
+  }
+
   function onAuditClick(ev) {
+    const r = ev.target.closest("button[data-rollback]");
+    if (r) return rollbackTo(r.dataset.rollback);
     const b = ev.target.closest("button[data-diff]");
     if (!b) return;
     const row = b.closest("tr").nextElementSibling;
