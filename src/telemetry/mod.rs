@@ -316,60 +316,36 @@ impl Drop for Tracker {
 
 /// `data:` events in an SSE chunk, not counting `data: [DONE]`.
 fn count_data_events(data: &[u8]) -> u64 {
-    let mut n = 0;
-    let mut at = 0;
-    while let Some(i) = find(&data[at..], b"data:") {
-        let start = at + i;
-        let rest = &data[start + 5..];
-        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-        if !rest.starts_with(b"[DONE]") {
-            n += 1;
-        }
-        at = start + 5;
-    }
-    n
+    memchr::memmem::find_iter(data, b"data:")
+        .filter(|&start| {
+            let rest = &data[start + 5..];
+            !rest
+                .strip_prefix(b" ")
+                .unwrap_or(rest)
+                .starts_with(b"[DONE]")
+        })
+        .count() as u64
 }
 
-/// The number after the last `"completion_tokens":` in `data`.
+/// The number after the last `"completion_tokens":` in `data`. Searched
+/// from the end (usage comes last) with a vectorized substring search: this
+/// runs on every response frame.
 fn completion_tokens(data: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"completion_tokens\"";
-    let mut found = None;
-    let mut at = 0;
-    while let Some(i) = find(&data[at..], KEY) {
-        let rest = &data[at + i + KEY.len()..];
-        let rest = rest.trim_ascii_start();
+    let mut end = data.len();
+    while let Some(i) = memchr::memmem::rfind(&data[..end], KEY) {
+        let rest = data[i + KEY.len()..].trim_ascii_start();
         if let Some(rest) = rest.strip_prefix(b":") {
-            let digits: Vec<u8> = rest
-                .trim_ascii_start()
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .copied()
-                .collect();
-            if let Some(n) = std::str::from_utf8(&digits)
+            let digits = rest.trim_ascii_start();
+            let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+            let value = std::str::from_utf8(&digits[..n])
                 .ok()
-                .and_then(|s| s.parse().ok())
-            {
-                found = Some(n);
+                .and_then(|s| s.parse().ok());
+            if value.is_some() {
+                return value;
             }
         }
-        at += i + KEY.len();
-    }
-    found
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = *needle.first()?;
-    let mut at = 0;
-    while at + needle.len() <= hay.len() {
-        let i = hay[at..].iter().position(|&b| b == first)?;
-        let start = at + i;
-        if hay.len() - start < needle.len() {
-            return None;
-        }
-        if &hay[start..start + needle.len()] == needle {
-            return Some(start);
-        }
-        at = start + 1;
+        end = i;
     }
     None
 }
