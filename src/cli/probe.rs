@@ -34,6 +34,10 @@ pub struct ProbeArgs {
     /// Admin listener of the same gateway (expected shares, counters).
     #[arg(long, requires = "gateway")]
     admin: Option<String>,
+    /// Admin token, for an admin listener whose reads need it (off
+    /// loopback).
+    #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Probe requests per route.
     #[arg(long, default_value_t = 200)]
     requests: usize,
@@ -134,7 +138,10 @@ async fn probe_all(
     if args.requests == 0 || args.requests > 100_000 {
         return Err("--requests must be from 1 to 100000".into());
     }
-    let api = Http::new(admin, Duration::from_secs(10))?;
+    let mut api = Http::new(admin, Duration::from_secs(10))?;
+    if let Some(token) = &args.token {
+        api = api.with_header("authorization", &format!("Bearer {token}"))?;
+    }
     let data = Http::new(gateway, Duration::from_secs(60))?;
     let config = api.get_json("/api/v1/config").await?;
     let routes = config["config"]["routes"]
