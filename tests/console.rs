@@ -649,6 +649,26 @@ async fn kill_9_during_persisted_writes_never_tears_the_file() {
     let path = scratch("kill9");
     std::fs::write(&path, &text).unwrap();
     let mut completed = 0usize;
+    // A reader that looks at the file all along: with an in-place write it
+    // would see empty or half-written files; with write-and-rename, never.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, path) = (Arc::clone(&stop), path.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut torn) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    reads += 1;
+                    if !text.starts_with("# crash test\n")
+                        || !text.ends_with("family = \"openai\"\n")
+                    {
+                        torn += 1;
+                    }
+                }
+            }
+            (reads, torn)
+        })
+    };
     for round in 0..6u64 {
         let (mut child, admin) = spawn_serve(&path).await;
         let writer = tokio::spawn(async move {
@@ -690,7 +710,11 @@ async fn kill_9_during_persisted_writes_never_tears_the_file() {
         assert!(after.starts_with("# crash test\n"));
         assert!(after.contains("# node 299 of the crash test fleet"));
     }
-    println!("kill -9 test: {completed} persisted writes over 6 kills, file valid after each");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, torn) = reader.join().unwrap();
+    println!("kill -9 test: {completed} persisted writes over 6 kills, file valid after each; a concurrent reader saw {torn} torn files in {reads} reads");
+    assert_eq!(torn, 0, "a reader saw a partly written file");
+    assert!(reads > 100, "the reader barely ran ({reads} reads)");
     assert!(
         completed > 6,
         "only {completed} writes completed; the test did not exercise writes"
