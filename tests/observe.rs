@@ -668,3 +668,57 @@ async fn access_log_writes_one_line_per_request() {
     let _ = std::fs::remove_file(&path);
     gw.stop().await;
 }
+
+/// Alert rules and notifiers added through the config API take effect
+/// without a restart.
+#[tokio::test]
+async fn alert_rule_and_notifier_added_through_the_api_fire() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let (recv, got) = start_receiver().await;
+    let text = config_with(
+        &unweighted(&nodes),
+        "round_robin",
+        "[pools.health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n",
+        "",
+    ) + "\n[alerts]\nrules = []\n";
+    let (gw, _store, admin, _path) = start_with_console("alerts-api", &text, "tok").await;
+    let change = |method: http::Method, path: &'static str, body: serde_json::Value| async move {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", admin.addr))
+            .header("authorization", "Bearer tok")
+            .header("if-match", "*")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        send(request).await
+    };
+    let reply = change(
+        http::Method::POST,
+        "/api/v1/config/alerts/rules",
+        serde_json::json!({"name": "Down", "kind": "node_down", "for": "500ms", "resolve_for": "500ms"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = change(
+        http::Method::PATCH,
+        "/api/v1/config",
+        serde_json::json!({"alerts": {"notifiers": [{"kind": "webhook", "url": format!("http://{recv}/hook")}]}}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["restart_required"], serde_json::json!([]));
+
+    nodes[1].crash().await;
+    assert!(
+        wait_for(Duration::from_secs(10), || !webhook_events(&got, "firing")
+            .is_empty())
+        .await,
+        "the rule and the notifier added at runtime fired"
+    );
+    assert_eq!(
+        webhook_events(&got, "firing")[0].body["alert"]["rule"],
+        "Down"
+    );
+    admin.stop().await;
+    gw.stop().await;
+}

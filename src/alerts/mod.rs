@@ -318,7 +318,9 @@ pub struct Alerts {
     active: Mutex<BTreeMap<(String, String), AlertView>>,
     history: Mutex<VecDeque<AlertEvent>>,
     history_len: usize,
-    notifiers: Vec<notify::Notifier>,
+    /// Replaced whole when a reload changes `[[alerts.notifiers]]`; the old
+    /// ones finish what is queued and stop when the last send ends.
+    notifiers: arc_swap::ArcSwap<Vec<Arc<notify::Notifier>>>,
     start: Once,
     /// Fire events so far.
     pub fired: AtomicU64,
@@ -353,7 +355,13 @@ impl Alerts {
             active: Mutex::default(),
             history: Mutex::new(VecDeque::new()),
             history_len: config.history.max(1),
-            notifiers: config.notifiers.iter().map(notify::Notifier::new).collect(),
+            notifiers: arc_swap::ArcSwap::from_pointee(
+                config
+                    .notifiers
+                    .iter()
+                    .map(|n| Arc::new(notify::Notifier::new(n)))
+                    .collect(),
+            ),
             start: Once::new(),
             fired: AtomicU64::new(0),
             resolved: AtomicU64::new(0),
@@ -365,12 +373,39 @@ impl Alerts {
         self.rules.load_full()
     }
 
-    /// Put the rules of a reloaded config in force. Alerts of rules that
-    /// keep their name carry over; those of removed rules resolve at the
-    /// next evaluation. Notifiers stay as they were at start.
+    /// Put the rules and notifiers of a reloaded config in force. Alerts of
+    /// rules that keep their name carry over; those of removed rules
+    /// resolve at the next evaluation. Notifiers are replaced only when
+    /// their settings changed. (`history` is read at start only.)
     pub fn set_rules(&self, config: &AlertsConfig) {
         self.rules
             .store(Arc::new(config.rules.clone().unwrap_or_else(default_rules)));
+        let same = {
+            let current = self.notifiers.load();
+            current.len() == config.notifiers.len()
+                && current
+                    .iter()
+                    .zip(&config.notifiers)
+                    .all(|(n, c)| n.config() == c)
+        };
+        if same {
+            return;
+        }
+        let fresh: Vec<Arc<notify::Notifier>> = config
+            .notifiers
+            .iter()
+            .map(|n| Arc::new(notify::Notifier::new(n)))
+            .collect();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for n in &fresh {
+                n.start();
+            }
+        }
+        self.notifiers.store(Arc::new(fresh));
+        tracing::info!(
+            notifiers = config.notifiers.len(),
+            "alert notifiers replaced"
+        );
     }
 
     fn targets(rule: &RuleConfig, snapshot: &Snapshot) -> Vec<Target> {
@@ -421,7 +456,7 @@ impl Alerts {
     pub fn evaluate(&self, snapshot: &Snapshot) {
         self.start.call_once(|| {
             if tokio::runtime::Handle::try_current().is_ok() {
-                for n in &self.notifiers {
+                for n in self.notifiers.load().iter() {
                     n.start();
                 }
             }
@@ -566,7 +601,7 @@ impl Alerts {
             }
         }
         drop(history);
-        for n in &self.notifiers {
+        for n in self.notifiers.load().iter() {
             for e in &events {
                 n.send(e, rule_repeat(&rules, &e.alert.rule));
             }
@@ -606,7 +641,7 @@ impl Alerts {
             "# HELP infergate_alert_notifications_total Alert notifications by notifier and result (sent; failed after all retries; dropped when the queue was full; attempt = delivery attempts including retries)."
         );
         let _ = writeln!(out, "# TYPE infergate_alert_notifications_total counter");
-        for n in &self.notifiers {
+        for n in self.notifiers.load().iter() {
             n.render(out);
         }
     }

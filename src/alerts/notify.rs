@@ -32,7 +32,7 @@ pub enum NotifierKind {
 }
 
 /// `[[alerts.notifiers]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifierConfig {
     /// Name in metrics (default: the kind).
@@ -160,6 +160,11 @@ impl Notifier {
             self.counters.dropped.fetch_add(1, Relaxed);
             tracing::warn!(notifier = %self.name, "alert notification dropped: queue full");
         }
+    }
+
+    /// The settings it was made from.
+    pub fn config(&self) -> &NotifierConfig {
+        &self.config
     }
 
     /// Prometheus lines for this notifier.

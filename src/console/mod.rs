@@ -113,18 +113,17 @@ pub struct Applied {
     /// Unified diff of the file, secrets redacted.
     pub diff: String,
     /// Sections that changed but are read only at start (listener, admin,
-    /// telemetry, access log, alert notifiers): they take effect at the
+    /// telemetry, access log, alert history size): they take effect at the
     /// next restart; everything else is in force now.
     pub restart_required: Vec<String>,
 }
 
 /// Sections the running gateway reads only at start.
-const START_ONLY: [&str; 6] = [
+const START_ONLY: [&str; 5] = [
     "listener",
     "admin",
     "telemetry",
     "access_log",
-    "alerts.notifiers",
     "alerts.history",
 ];
 
@@ -603,7 +602,9 @@ mod tests {
         assert!(restart_required(old, &pools).is_empty());
         let listener = old.replace(":1", ":2");
         assert_eq!(restart_required(old, &listener), ["listener"]);
+        let history = format!("{old}[alerts]\nhistory = 5\n");
+        assert_eq!(restart_required(old, &history), ["alerts.history"]);
         let notifiers = format!("{old}[[alerts.notifiers]]\nkind = \"log\"\n");
-        assert_eq!(restart_required(old, &notifiers), ["alerts.notifiers"]);
+        assert!(restart_required(old, &notifiers).is_empty());
     }
 }
