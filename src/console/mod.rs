@@ -112,15 +112,21 @@ pub struct Applied {
     pub dry_run: bool,
     /// Unified diff of the file, secrets redacted.
     pub diff: String,
-    /// Sections that changed but are read only at start (listener, admin,
-    /// telemetry, access log, alert history size): they take effect at the
-    /// next restart; everything else is in force now.
+    /// Settings that changed but are read only at start (the listener's
+    /// address, connection and header limits and workers; admin, telemetry,
+    /// access log, alert history size): they take effect at the next
+    /// restart; everything else is in force now.
     pub restart_required: Vec<String>,
 }
 
 /// Sections the running gateway reads only at start.
-const START_ONLY: [&str; 5] = [
-    "listener",
+const START_ONLY: [&str; 10] = [
+    "listener.addr",
+    "listener.max_connections",
+    "listener.max_header_bytes",
+    "listener.header_timeout",
+    "listener.http2",
+    "listener.workers",
     "admin",
     "telemetry",
     "access_log",
@@ -601,7 +607,10 @@ mod tests {
         let pools = old.replace("name = \"p\"", "name = \"q\"");
         assert!(restart_required(old, &pools).is_empty());
         let listener = old.replace(":1", ":2");
-        assert_eq!(restart_required(old, &listener), ["listener"]);
+        assert_eq!(restart_required(old, &listener), ["listener.addr"]);
+        // Body limits are read per request from the route table.
+        let body = old.replace("[listener]\n", "[listener]\nmax_body_bytes = 10\n");
+        assert!(restart_required(old, &body).is_empty());
         let history = format!("{old}[alerts]\nhistory = 5\n");
         assert_eq!(restart_required(old, &history), ["alerts.history"]);
         let notifiers = format!("{old}[[alerts.notifiers]]\nkind = \"log\"\n");
