@@ -322,3 +322,76 @@ async fn prefix_affinity_survives_a_reload_that_keeps_the_nodes() {
         );
     }
 }
+
+/// Affinity follows nodes by name across a reload that removes one node and
+/// adds another at the front (every remaining node changes position), as
+/// editing the pool through the console does.
+#[tokio::test]
+async fn prefix_affinity_survives_nodes_added_and_removed() {
+    let nodes = start_nodes(5, &small_fast()).await;
+    let config = |members: &[usize]| {
+        let mut text =
+            String::from("[listener]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"p\"\n");
+        for &i in members {
+            text.push_str(&format!(
+                "[[pools.nodes]]\nname = \"sim-{i}\"\naddr = \"{}\"\n",
+                nodes[i].addr()
+            ));
+        }
+        text.push_str(&format!(
+            "\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"prefix_aware\"\n[routes.match]\nfamily = \"openai\"\nmodel = \"{MODEL}\"\n"
+        ));
+        text
+    };
+    let gw = start_gateway(&config(&[0, 1, 2, 3])).await;
+    let sessions = 8;
+    let systems: Vec<String> = (0..sessions)
+        .map(|s| format!("system prompt {s}: {}", "rules and context ".repeat(110)))
+        .collect();
+    let first = |s: usize| {
+        vec![format!(
+            "first question of session {s} {}",
+            "words ".repeat(30)
+        )]
+    };
+    let mut homes = Vec::new();
+    for (s, system) in systems.iter().enumerate() {
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            conversation(system, &first(s), None),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        homes.push(reply.node());
+    }
+    // sim-0 leaves, sim-4 joins in front: sim-1..3 move from 1..3 to 1..3
+    // of a list that now starts with sim-4 (and sim-0's slot is sim-4's).
+    let changed = infergate::config::Config::from_toml(&config(&[4, 3, 1, 2])).unwrap();
+    gw.gateway.reload(&changed).unwrap();
+    let mut kept = 0;
+    for (s, system) in systems.iter().enumerate() {
+        if homes[s] == "sim-0" {
+            continue;
+        }
+        let mut turns = first(s);
+        turns.push(format!("second question of session {s}"));
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            conversation(system, &turns, None),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.node(),
+            homes[s],
+            "session {s} left its node after the pool changed"
+        );
+        kept += 1;
+    }
+    assert!(
+        kept >= 4,
+        "only {kept} sessions had a home that stayed: {homes:?}"
+    );
+}

@@ -182,6 +182,46 @@ impl PrefixIndex {
         }
     }
 
+    /// A copy for a new node list: `new_position[i]` is where the node at
+    /// index `i` now sits (`None`: removed). Blocks only removed nodes had
+    /// are dropped. The old index stays as it was, for the requests still
+    /// running on the old node list.
+    pub fn remapped(&self, new_position: &[Option<usize>]) -> PrefixIndex {
+        let copy = PrefixIndex {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: self.per_shard,
+            clock: AtomicU32::new(self.clock.load(Ordering::Relaxed)),
+        };
+        for s in 0..SHARDS {
+            let old = self.lock(s);
+            let mut new = Shard::with_capacity_and_hasher(old.len(), Default::default());
+            for (&hash, entry) in old.iter() {
+                let mut nodes = 0u64;
+                let mut bits = entry.nodes;
+                while bits != 0 {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if let Some(Some(j)) = new_position.get(i) {
+                        if *j < MAX_NODES {
+                            nodes |= 1 << j;
+                        }
+                    }
+                }
+                if nodes != 0 {
+                    new.insert(
+                        hash,
+                        Entry {
+                            nodes,
+                            used: entry.used,
+                        },
+                    );
+                }
+            }
+            *copy.lock(s) = new;
+        }
+        copy
+    }
+
     /// Blocks held.
     pub fn len(&self) -> usize {
         (0..SHARDS).map(|s| self.lock(s).len()).sum()
@@ -265,5 +305,32 @@ mod tests {
         let mut out = [0; MAX_NODES];
         idx.match_lengths(&recent, u64::MAX, &mut out);
         assert_eq!(out[1], 8);
+    }
+
+    #[test]
+    fn remapping_follows_nodes_by_their_new_position() {
+        let index = PrefixIndex::new(1024);
+        let chain = |seed: u64| -> Vec<u64> { (0..4).map(|k| seed * 100 + k + 1).collect() };
+        index.record(&chain(1), 0);
+        index.record(&chain(2), 1);
+        index.record(&chain(3), 2);
+        // Old [a, b, c] -> new [d, a, c]: a moves to 1, b is gone, c stays.
+        let moved = index.remapped(&[Some(1), None, Some(2)]);
+        let lengths = |idx: &PrefixIndex, seed: u64| {
+            let mut out = [0u32; MAX_NODES];
+            idx.match_lengths(&chain(seed), u64::MAX, &mut out);
+            out
+        };
+        assert_eq!(lengths(&moved, 1)[1], 4);
+        assert_eq!(lengths(&moved, 1)[0], 0);
+        assert!(
+            lengths(&moved, 2).iter().all(|&n| n == 0),
+            "b's blocks are gone"
+        );
+        assert_eq!(lengths(&moved, 3)[2], 4);
+        assert_eq!(moved.len(), 8);
+        // The old index is untouched.
+        assert_eq!(lengths(&index, 1)[0], 4);
+        assert_eq!(index.len(), 12);
     }
 }

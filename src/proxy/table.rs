@@ -26,8 +26,9 @@ use crate::telemetry::Telemetry;
 type IndexKey = (String, Vec<String>, usize);
 
 /// Prefix indexes of the prefix-aware policies kept across reloads, so a
-/// reload that keeps a route's pool nodes (a weight or threshold change, an
-/// edit elsewhere) keeps its cache affinity.
+/// reload keeps a route's cache affinity: as it is when the pool's nodes are
+/// unchanged (a weight or threshold change, an edit elsewhere), remapped by
+/// node name when nodes were added, removed or reordered.
 #[derive(Default)]
 pub struct IndexRegistry {
     indexes: Mutex<HashMap<IndexKey, Arc<PrefixIndex>>>,
@@ -36,11 +37,29 @@ pub struct IndexRegistry {
 impl IndexRegistry {
     fn get(&self, key: &IndexKey) -> Arc<PrefixIndex> {
         let mut indexes = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            indexes
-                .entry(key.clone())
-                .or_insert_with(|| Arc::new(PrefixIndex::new(key.2))),
-        )
+        if let Some(index) = indexes.get(key) {
+            return Arc::clone(index);
+        }
+        // The same route over another node list (a node added, removed or
+        // moved, e.g. through the console): carry affinity over by node
+        // name into a copy; the old index stays with the old table until
+        // `retain` drops it after a successful build.
+        let earlier = indexes
+            .iter()
+            .find(|(k, _)| k.0 == key.0 && k.2 == key.2)
+            .map(|(k, index)| (k.1.clone(), Arc::clone(index)));
+        let index = match earlier {
+            Some((old_nodes, old)) => {
+                let position: Vec<Option<usize>> = old_nodes
+                    .iter()
+                    .map(|name| key.1.iter().position(|n| n == name))
+                    .collect();
+                Arc::new(old.remapped(&position))
+            }
+            None => Arc::new(PrefixIndex::new(key.2)),
+        };
+        indexes.insert(key.clone(), Arc::clone(&index));
+        index
     }
 
     fn retain(&self, keep: &[IndexKey]) {
