@@ -215,6 +215,25 @@ if ((await page.textContent("#con-version")) !== versionBefore) await fail("the 
 if (fileWeights()["sim-1"] !== before["sim-1"]) await fail("the invalid weight reached the file");
 step("invalid weight", `inline "${inline.trim()}", form message "${top.trim().replace(/\s+/g, " ")}"`);
 
+// The console as it looks now: sim-0 at weight 5, sim-3 draining, the
+// refused weight's message next to its field.
+await page.screenshot({ path: out, fullPage: true });
+
+// 8b. Pool thresholds through the settings form: a duration, a boolean and
+// a list, written to the file with the right TOML types.
+await page.click(".con-pool[data-pool=\"chat\"] details.pool-settings > summary");
+await page.fill('.con-pool[data-pool="chat"] [data-f="outlier.max_ejection_time"]', "120s");
+await page.selectOption('.con-pool[data-pool="chat"] [data-f="outlier.enabled"]', "false");
+await page.fill('.con-pool[data-pool="chat"] [data-f="health.expected_status"]', "200, 204");
+await page.click('.con-pool[data-pool="chat"] button[data-act="pool-save"]');
+await until("pool settings in the file", 10, async () => {
+  const text = readFileSync(configPath, "utf8");
+  const ok = /max_ejection_time\s*=\s*"120s"/.test(text) && /enabled\s*=\s*false/.test(text)
+    && /expected_status\s*=\s*\[\s*200,\s*204\s*\]/.test(text);
+  return { ok, tail: text.slice(text.indexOf("[pools.health]"), text.indexOf("[[routes]]")) };
+});
+step("pool settings", "outlier.max_ejection_time = \"120s\", outlier.enabled = false, health.expected_status = [200, 204] in the file");
+
 // 9. Roll back to the config the demo started with, from the history.
 await page.click('nav.tabs a[data-view="audit"]');
 await must(page.waitForSelector("#history-rows tr.history-entry:last-child button[data-rollback]", { timeout: 10000 }),
@@ -229,7 +248,6 @@ if (/draining\s*=\s*true/.test(readFileSync(configPath, "utf8"))) await fail("th
 step("rollback", `back to the start config from the history: weights ${JSON.stringify(rolled)}, no drain`);
 
 if (errors.length) await fail("page errors: " + errors.join("; "));
-await page.screenshot({ path: out, fullPage: true });
 await browser.close();
 console.log(`screenshot: ${out}`);
 console.log(`timings: ${timings.join("; ")}; total ${((Date.now() - t0) / 1000).toFixed(1)} s`);

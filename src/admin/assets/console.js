@@ -12,9 +12,11 @@
   const KINDS = ["node_down", "pool_healthy_below", "imbalance", "imbalance_ratio", "latency_p99",
     "ttft_p99", "error_rate", "shedding"];
   const SEVERITIES = ["critical", "warning", "info"];
+  const FAMILIES = ["openai", "tgi", "kserve", "ollama", "grpc", "other"];
 
   // Field specs: f = path inside the entry (dots for nested tables), t = type
-  // (int, float, dur, str, select), d = the default shown as placeholder.
+  // (int, float, dur, str, select, bool, ints = comma-separated whole
+  // numbers), d = the default shown as placeholder.
   const POOL_GROUPS = [
     ["Queue and ramp", [
       { f: "queue_size", l: "queue size", t: "int", d: "256" },
@@ -26,11 +28,17 @@
       { f: "health.timeout", l: "timeout", t: "dur", d: "1s" },
       { f: "health.unhealthy_threshold", l: "unhealthy after", t: "int", d: "3" },
       { f: "health.healthy_threshold", l: "healthy after", t: "int", d: "2" },
-      { f: "health.path", l: "path", t: "str", d: "family default" }]],
+      { f: "health.path", l: "path", t: "str", d: "family default" },
+      { f: "health.family", l: "API family", t: "select", options: FAMILIES, d: "the routes' family" },
+      { f: "health.expected_status", l: "expected status", t: "ints", d: "200" },
+      { f: "health.jitter", l: "jitter (0..1)", t: "float", d: "0.1" },
+      { f: "health.initial_state", l: "initial state", t: "select", options: ["healthy", "unhealthy"], d: "healthy" }]],
     ["Outlier detection", [
       { f: "outlier.consecutive_failures", l: "consecutive failures", t: "int", d: "5" },
       { f: "outlier.base_ejection_time", l: "base ejection time", t: "dur", d: "30s" },
-      { f: "outlier.max_ejection_percent", l: "max ejected %", t: "int", d: "50" }]],
+      { f: "outlier.max_ejection_percent", l: "max ejected %", t: "int", d: "50" },
+      { f: "outlier.max_ejection_time", l: "max ejection time", t: "dur", d: "300s" },
+      { f: "outlier.enabled", l: "enabled", t: "bool", d: "true" }]],
     ["Capacity (scraped metrics)", [
       { f: "capacity.interval", l: "scrape interval", t: "dur", d: "1s" },
       { f: "capacity.max_queue", l: "max queue", t: "int", d: "none" },
@@ -45,6 +53,12 @@
     { f: "timeouts.first_byte", l: "first byte timeout", t: "dur", d: "60s" },
     { f: "timeouts.idle", l: "idle timeout", t: "dur", d: "30s" },
     { f: "timeouts.total", l: "total timeout", t: "dur", d: "600s" },
+    { f: "match.family", l: "match family", t: "select", options: FAMILIES, d: "any" },
+    { f: "match.path_prefix", l: "match path prefix", t: "str", d: "any" },
+    { f: "match.method", l: "match method", t: "str", d: "any" },
+    { f: "max_body_bytes", l: "max body bytes", t: "int", d: "listener's" },
+    { f: "retry_budget.percent", l: "retry budget %", t: "int", d: "20" },
+    { f: "retry_budget.min_concurrency", l: "retry budget minimum", t: "int", d: "3" },
   ];
   const ROUTE_BALANCE = [
     { f: "balance.balance_abs_threshold", l: "abs threshold (prefix_aware)", t: "float", d: "16" },
@@ -257,6 +271,13 @@
     } else if (t === "dur") {
       if (DUR.test(v)) return v;
       fieldError(el, "a duration like 500ms, 10s, 5m");
+    } else if (t === "bool") {
+      if (v === "true" || v === "false") return v === "true";
+      fieldError(el, "true or false");
+    } else if (t === "ints") {
+      const parts = v.split(",").map((x) => x.trim()).filter((x) => x !== "");
+      if (parts.length && parts.every((x) => /^\d+$/.test(x))) return parts.map(Number);
+      fieldError(el, "whole numbers separated by commas, e.g. 200, 204");
     } else return v;
     return undefined;
   }
@@ -303,8 +324,11 @@
   // ---- rendering ---------------------------------------------------------
 
   function input(spec, value, extra = "") {
-    const v = value == null ? "" : String(value);
+    const v = value == null ? "" : Array.isArray(value) ? value.join(", ") : String(value);
     const cls = spec.t === "int" || spec.t === "float" ? "num" : "";
+    if (spec.t === "bool") {
+      return input({ ...spec, t: "select", options: ["true", "false"] }, value, extra).replace('data-t="str"', 'data-t="bool"');
+    }
     if (spec.t === "select") {
       const opts = (v && !spec.options.includes(v) ? [v, ...spec.options] : spec.options)
         .map((o) => `<option value="${he(o)}"${o === v ? " selected" : ""}>${he(o)}</option>`).join("");
