@@ -279,44 +279,16 @@ async fn streamed_responses_feed_latency_estimates_and_tokens_are_released() {
 async fn prefix_affinity_survives_a_reload_that_keeps_the_nodes() {
     let nodes = start_nodes(4, &small_fast()).await;
     let gw = start_gateway(&config_text(&unweighted(&nodes), "prefix_aware", "")).await;
-    let sessions = 6;
-    let systems: Vec<String> = (0..sessions)
-        .map(|s| format!("system prompt {s}: {}", "rules and context ".repeat(110)))
-        .collect();
-    let first = |s: usize| {
-        vec![format!(
-            "first question of session {s} {}",
-            "words ".repeat(30)
-        )]
-    };
-    let mut homes = Vec::new();
-    for (s, system) in systems.iter().enumerate() {
-        let reply = post(
-            gw.addr,
-            "/v1/chat/completions",
-            conversation(system, &first(s), None),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
-        homes.push(reply.node());
-    }
+    let systems = session_systems(6);
+    let homes = open_sessions(gw.addr, &systems).await;
     let reweighted: Vec<_> = nodes.iter().map(|n| (n.addr(), 3)).collect();
     let config =
         infergate::config::Config::from_toml(&config_text(&reweighted, "prefix_aware", ""))
             .unwrap();
     gw.gateway.reload(&config).unwrap();
     for (s, system) in systems.iter().enumerate() {
-        let mut turns = first(s);
-        turns.push(format!("second question of session {s}"));
-        let reply = post(
-            gw.addr,
-            "/v1/chat/completions",
-            conversation(system, &turns, None),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
         assert_eq!(
-            reply.node(),
+            second_turn(gw.addr, system, s).await,
             homes[s],
             "session {s} left its node after the reload"
         );
@@ -344,29 +316,9 @@ async fn prefix_affinity_survives_nodes_added_and_removed() {
         text
     };
     let gw = start_gateway(&config(&[0, 1, 2, 3])).await;
-    let sessions = 8;
-    let systems: Vec<String> = (0..sessions)
-        .map(|s| format!("system prompt {s}: {}", "rules and context ".repeat(110)))
-        .collect();
-    let first = |s: usize| {
-        vec![format!(
-            "first question of session {s} {}",
-            "words ".repeat(30)
-        )]
-    };
-    let mut homes = Vec::new();
-    for (s, system) in systems.iter().enumerate() {
-        let reply = post(
-            gw.addr,
-            "/v1/chat/completions",
-            conversation(system, &first(s), None),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
-        homes.push(reply.node());
-    }
-    // sim-0 leaves, sim-4 joins in front: sim-1..3 move from 1..3 to 1..3
-    // of a list that now starts with sim-4 (and sim-0's slot is sim-4's).
+    let systems = session_systems(8);
+    let homes = open_sessions(gw.addr, &systems).await;
+    // sim-0 leaves, sim-4 joins in front: every remaining node changes position.
     let changed = infergate::config::Config::from_toml(&config(&[4, 3, 1, 2])).unwrap();
     gw.gateway.reload(&changed).unwrap();
     let mut kept = 0;
@@ -374,17 +326,8 @@ async fn prefix_affinity_survives_nodes_added_and_removed() {
         if homes[s] == "sim-0" {
             continue;
         }
-        let mut turns = first(s);
-        turns.push(format!("second question of session {s}"));
-        let reply = post(
-            gw.addr,
-            "/v1/chat/completions",
-            conversation(system, &turns, None),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
         assert_eq!(
-            reply.node(),
+            second_turn(gw.addr, system, s).await,
             homes[s],
             "session {s} left its node after the pool changed"
         );
@@ -394,4 +337,48 @@ async fn prefix_affinity_survives_nodes_added_and_removed() {
         kept >= 4,
         "only {kept} sessions had a home that stayed: {homes:?}"
     );
+}
+
+/// Long shared system prompts, one per session.
+fn session_systems(sessions: usize) -> Vec<String> {
+    (0..sessions)
+        .map(|s| format!("system prompt {s}: {}", "rules and context ".repeat(110)))
+        .collect()
+}
+
+fn first_turn(s: usize) -> Vec<String> {
+    vec![format!(
+        "first question of session {s} {}",
+        "words ".repeat(30)
+    )]
+}
+
+/// Send each session's first turn; the node each landed on.
+async fn open_sessions(addr: std::net::SocketAddr, systems: &[String]) -> Vec<String> {
+    let mut homes = Vec::new();
+    for (s, system) in systems.iter().enumerate() {
+        let reply = post(
+            addr,
+            "/v1/chat/completions",
+            conversation(system, &first_turn(s), None),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        homes.push(reply.node());
+    }
+    homes
+}
+
+/// Send session `s`'s second turn; the node it landed on.
+async fn second_turn(addr: std::net::SocketAddr, system: &str, s: usize) -> String {
+    let mut turns = first_turn(s);
+    turns.push(format!("second question of session {s}"));
+    let reply = post(
+        addr,
+        "/v1/chat/completions",
+        conversation(system, &turns, None),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    reply.node()
 }

@@ -34,6 +34,14 @@ fn scratch(name: &str) -> PathBuf {
     dir.join("gateway.toml")
 }
 
+/// `n` fast simulated nodes behind a round-robin gateway with the console.
+async fn console_over(name: &str, n: usize) -> (Vec<infergate::sim::SimNode>, Console) {
+    let nodes = start_nodes(n, &fast_sim()).await;
+    let text = config_text(&unweighted(&nodes), "round_robin", "");
+    let console = start_console(name, &text).await;
+    (nodes, console)
+}
+
 async fn start_console(name: &str, text: &str) -> Console {
     let (gw, store, admin, path) = start_with_console(name, text, TOKEN).await;
     Console {
@@ -74,6 +82,10 @@ async fn version(admin: SocketAddr) -> String {
 }
 
 impl Console {
+    async fn stop(self) {
+        self.admin.stop().await;
+        self.gw.stop().await;
+    }
     async fn change(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let v = version(self.admin.addr).await;
         call(self.admin.addr, method, path, Some(TOKEN), Some(&v), body).await
@@ -259,18 +271,12 @@ async fn api_changes_apply_persist_and_are_audited() {
     assert!(entries.iter().any(|e| e["action"] == "drain node p/n1"
         && e["diff"].as_str().unwrap().contains("draining = true")));
     qwen.shutdown().await;
-    c.admin.stop().await;
-    c.gw.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test]
 async fn concurrent_conflicting_edits_one_wins_and_the_file_matches_it() {
-    let nodes = start_nodes(2, &fast_sim()).await;
-    let c = start_console(
-        "conflict",
-        &config_text(&unweighted(&nodes), "round_robin", ""),
-    )
-    .await;
+    let (_nodes, c) = console_over("conflict", 2).await;
     let admin = c.admin.addr;
     for round in 0..5u32 {
         let v = version(admin).await;
@@ -308,18 +314,12 @@ async fn concurrent_conflicting_edits_one_wins_and_the_file_matches_it() {
         assert_eq!(c.file_config().pools[0].nodes[0].weight, winner);
         assert_eq!(c.gw.gateway.table().pools[0].nodes[0].weight, winner);
     }
-    c.admin.stop().await;
-    c.gw.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test]
 async fn invalid_changes_leave_config_and_file_untouched() {
-    let nodes = start_nodes(2, &fast_sim()).await;
-    let c = start_console(
-        "invalid",
-        &config_text(&unweighted(&nodes), "round_robin", ""),
-    )
-    .await;
+    let (_nodes, c) = console_over("invalid", 2).await;
     let admin = c.admin.addr;
     let before_file = c.file();
     let before_version = version(admin).await;
@@ -426,14 +426,12 @@ async fn invalid_changes_leave_config_and_file_untouched() {
     assert_eq!(version(admin).await, before_version);
     assert_eq!(c.gw.gateway.config_status().version, before_generation);
     assert_eq!(c.gw.gateway.table().pools[0].nodes[1].weight, 1);
-    c.admin.stop().await;
-    c.gw.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test]
 async fn changes_need_the_token_and_a_version() {
-    let nodes = start_nodes(1, &fast_sim()).await;
-    let c = start_console("auth", &config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let (_nodes, c) = console_over("auth", 1).await;
     let admin = c.admin.addr;
     let path = "/api/v1/config/pools/p/nodes/n0/drain";
     let v = version(admin).await;
@@ -485,8 +483,7 @@ async fn changes_need_the_token_and_a_version() {
         get(admin, "/api/v1/config/audit").await.text()
     );
     assert!(!text.contains(TOKEN));
-    c.admin.stop().await;
-    c.gw.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test]
@@ -532,14 +529,12 @@ async fn file_edits_and_api_changes_do_not_overwrite_each_other() {
         actors[..3],
         ["tester (127.0.0.1)", "file", "tester (127.0.0.1)"]
     );
-    c.admin.stop().await;
-    c.gw.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test]
 async fn api_changes_under_load_fail_no_request() {
-    let nodes = start_nodes(3, &fast_sim()).await;
-    let c = start_console("load", &config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let (_nodes, c) = console_over("load", 3).await;
     let load = Load::start(c.gw.addr, 8, chat("hello there", true, 8), 100_000);
     let policies = [
         "least_outstanding",
@@ -596,8 +591,7 @@ async fn api_changes_under_load_fail_no_request() {
     );
     assert!(outcomes.len() > 50, "{} requests", outcomes.len());
     assert_eq!(failed, 0, "{failed} of {} requests failed", outcomes.len());
-    c.admin.stop().await;
-    c.gw.stop().await;
+    c.stop().await;
 }
 
 /// `infergate serve` as a child process, its admin address read from its
