@@ -748,3 +748,47 @@ async fn queued_request_is_served_when_scraped_saturation_clears() {
     );
     println!("SCENARIO|saturation cleared elsewhere|1|0|{}ms|queued behind scraped saturation; served after it cleared (queue timeout 5s)", waited.as_millis());
 }
+
+/// Frequent config changes (e.g. weights set through the console every
+/// 150 ms, faster than the checks reach their threshold) must not keep
+/// restarting the active checks: a dead node is still taken out.
+#[tokio::test]
+async fn frequent_reloads_do_not_reset_active_checks() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let text = |weight: u32| {
+        config_with(
+            &[(nodes[0].addr(), weight), (nodes[1].addr(), 1)],
+            "round_robin",
+            "[pools.health]\ninterval = \"100ms\"\ntimeout = \"50ms\"\njitter = 0.0\nunhealthy_threshold = 3\nhealthy_threshold = 2\n[pools.outlier]\nenabled = false\n",
+            "",
+        )
+    };
+    let gw = start_gateway(&text(1)).await;
+    let checked = || {
+        gw.gateway.table().pools[0].nodes[0]
+            .load
+            .health
+            .status(health::now_ms())
+            .last_check
+            .is_some()
+    };
+    assert!(eventually(Duration::from_secs(3), checked).await);
+    nodes[0].crash().await;
+    let killed = Instant::now();
+    let mut weight = 1;
+    while state(&gw, 0) == HealthState::Healthy && killed.elapsed() < Duration::from_secs(3) {
+        weight = weight % 9 + 1;
+        let config = infergate::config::Config::from_toml(&text(weight)).unwrap();
+        gw.gateway.reload(&config).unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(
+        state(&gw, 0),
+        HealthState::Unhealthy,
+        "the dead node was never marked down while reloads kept coming"
+    );
+    println!(
+        "dead node marked down {:?} after the kill, with a reload every 150 ms",
+        killed.elapsed()
+    );
+}

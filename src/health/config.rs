@@ -55,7 +55,7 @@ pub enum InitialState {
 }
 
 /// Active health checks of a pool's nodes (`[pools.health]`); absent = none.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveCheckConfig {
     /// Time between two checks of a node.

@@ -39,13 +39,19 @@ pub struct Gateway {
     loads: LoadRegistry,
     queues: queue::QueueRegistry,
     indexes: table::IndexRegistry,
-    /// Active health checks of the running config; replaced on reload.
-    checks: Mutex<Vec<health::CheckHandle>>,
+    /// Active health checks of the running config, by what they check;
+    /// kept across reloads that leave a pool's checks and nodes as they
+    /// were, so their rise/fall counts are not reset by every change.
+    checks: Mutex<Vec<(CheckKey, health::CheckHandle)>>,
     /// Request telemetry, rolling window and alerts.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// What the last config reloads did, for the admin API and dashboard.
     config_status: Mutex<ConfigStatus>,
 }
+
+/// What a pool's active checks check: the pool, its nodes' names and
+/// addresses, and the check settings.
+type CheckKey = (String, Vec<(String, String)>, health::ActiveCheckConfig);
 
 /// The running config's version and the outcome of the last reload.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -98,24 +104,43 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Apply what a config says about node state (draining) and (re)start
-    /// the active health checks for its pools.
+    /// Apply what a config says about node state (draining) and start the
+    /// active health checks of pools whose checks or nodes changed (others
+    /// keep running, counts and all).
     fn apply(&self, table: &RouteTable, config: &Config) {
         for (pool, pool_config) in table.pools.iter().zip(&config.pools) {
             for (node, node_config) in pool.nodes.iter().zip(&pool_config.nodes) {
                 node.load.health.set_draining(node_config.draining);
             }
         }
-        let mut checks = Vec::new();
-        if tokio::runtime::Handle::try_current().is_ok() {
-            for (pool, pool_config) in table.pools.iter().zip(&config.pools) {
-                if let Some(active) = &pool_config.health {
-                    checks.push(health::spawn_checks(Arc::clone(pool), active.clone()));
-                }
-            }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
         }
-        // Dropping the old handles stops the old checks.
-        *self.checks.lock().unwrap_or_else(|p| p.into_inner()) = checks;
+        let mut running = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut previous = std::mem::take(&mut *running);
+        for (pool, pool_config) in table.pools.iter().zip(&config.pools) {
+            let Some(active) = &pool_config.health else {
+                continue;
+            };
+            let key: CheckKey = (
+                pool.name.clone(),
+                pool.nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.addr.to_string()))
+                    .collect(),
+                active.clone(),
+            );
+            let handle = match previous.iter().position(|(k, _)| *k == key) {
+                // Same checks of the same nodes: keep them running (their
+                // nodes' health lives in the shared load registry anyway).
+                Some(i) => previous.swap_remove(i).1,
+                None => health::spawn_checks(Arc::clone(pool), active.clone()),
+            };
+            running.push((key, handle));
+        }
+        // Dropping the handles left over stops checks no longer configured.
+        drop(running);
+        drop(previous);
     }
 
     /// Set or clear draining on a node of the running config: a draining
