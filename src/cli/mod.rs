@@ -148,7 +148,11 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!(
+                "{}: {}",
+                path.display(),
+                crate::console::redact::scrub_message(&e.to_string())
+            );
             ExitCode::FAILURE
         }
     }
@@ -165,14 +169,22 @@ async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
     let config = match Config::from_toml(&text) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!(
+                "{}: {}",
+                path.display(),
+                crate::console::redact::scrub_message(&e.to_string())
+            );
             return ExitCode::FAILURE;
         }
     };
     let gateway = match Gateway::new(&config) {
         Ok(gateway) => gateway,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!(
+                "{}: {}",
+                path.display(),
+                crate::console::redact::scrub_message(&e.to_string())
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -506,6 +506,7 @@ impl ConfigStore {
     }
 
     fn refuse_file(&self, path: &Path, why: &str, running: &str) {
+        let why = &redact::scrub_message(why);
         tracing::error!(file = %path.display(), error = %why, "config reload refused; running config kept");
         self.gateway
             .note_reload_refused(&format!("{}: {why}", path.display()));
@@ -540,7 +541,17 @@ fn invalid(e: ConfigError) -> ChangeError {
         } => format!("{field}\n{message}"),
         _ => e.to_string(),
     };
-    ChangeError::Invalid { message, errors }
+    let errors = errors
+        .into_iter()
+        .map(|f| FieldError {
+            message: redact::scrub_message(&f.message),
+            ..f
+        })
+        .collect();
+    ChangeError::Invalid {
+        message: redact::scrub_message(&message),
+        errors,
+    }
 }
 
 /// An edit error written `field.path: what` as a field error, so the

@@ -109,6 +109,29 @@ pub fn restore(incoming: &str, current: &str) -> String {
     }
 }
 
+/// An error message with any quoted source line that may hold a secret
+/// masked: TOML parse errors quote the offending line, and a file broken
+/// next to `token = "..."` would otherwise carry the token into the API's
+/// answer, the audit log and the log.
+pub fn scrub_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for line in message.split_inclusive('\n') {
+        let lower = line.to_ascii_lowercase();
+        let secret = lower.contains("token") || lower.contains("hooks.slack.com");
+        match (secret, line.find('=')) {
+            (true, Some(eq)) => {
+                out.push_str(&line[..=eq]);
+                out.push_str(" <redacted>");
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +161,19 @@ url = "http://alerts.example/in"
         assert!(back.contains("token = \"s3cret\""), "{back}");
         assert!(back.contains("/T0/B0/xyz"));
         assert!(back.contains("alerts.example/new"));
+    }
+
+    #[test]
+    fn error_messages_lose_quoted_secrets() {
+        let text = "[admin]\ntoken = \"s3cr3t\n";
+        let e = crate::config::Config::from_toml(text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3cr3t"), "the parser quotes the line: {e}");
+        let clean = scrub_message(&e);
+        assert!(!clean.contains("s3cr3t"), "{clean}");
+        assert!(clean.contains("token = <redacted>"), "{clean}");
+        assert!(clean.contains("line 2"), "{clean}");
     }
 
     #[test]
