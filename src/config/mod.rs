@@ -330,6 +330,24 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Names of pools, nodes and routes: they appear in URLs of the config API
+/// (`/pools/{pool}/nodes/{node}`), in `POOL/NODE` on the command line and
+/// in metric labels, so no `/`, no control characters, at most 128 bytes.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("must not be empty".into())
+    } else if name.len() > 128 {
+        Err("must be at most 128 bytes".into())
+    } else if name.contains('/') || name.chars().any(char::is_control) {
+        Err(format!(
+            "`{}` must not contain `/` or control characters",
+            name.escape_debug()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The path (`pools[1].health.interval`) of the innermost key or value
 /// whose text covers byte `offset` of `text`, for pointing parse errors at
 /// a field the way validation errors are.
@@ -521,8 +539,8 @@ impl Config {
         let mut pool_names = HashSet::new();
         for (i, pool) in self.pools.iter().enumerate() {
             let at = format!("pools[{i}]");
-            if pool.name.is_empty() {
-                err(format!("{at}.name"), "must not be empty".into());
+            if let Err(message) = check_name(&pool.name) {
+                err(format!("{at}.name"), message);
             } else if !pool_names.insert(pool.name.as_str()) {
                 err(
                     format!("{at}.name"),
@@ -567,8 +585,8 @@ impl Config {
             let mut node_names = HashSet::new();
             for (j, node) in pool.nodes.iter().enumerate() {
                 let at = format!("{at}.nodes[{j}]");
-                if node.name.is_empty() {
-                    err(format!("{at}.name"), "must not be empty".into());
+                if let Err(message) = check_name(&node.name) {
+                    err(format!("{at}.name"), message);
                 } else if !node_names.insert(node.name.as_str()) {
                     err(
                         format!("{at}.name"),
@@ -596,8 +614,8 @@ impl Config {
         let mut route_names = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if route.name.is_empty() {
-                err(format!("{at}.name"), "must not be empty".into());
+            if let Err(message) = check_name(&route.name) {
+                err(format!("{at}.name"), message);
             } else if !route_names.insert(route.name.as_str()) {
                 err(
                     format!("{at}.name"),
@@ -770,6 +788,25 @@ mod tests {
         assert_eq!(c.routes[0].timeouts.connect, Duration::from_secs(2));
         assert_eq!(c.routes[0].retries, 1);
         assert_eq!(c.listener.max_body_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn names_fit_urls_and_the_command_line() {
+        let errors = errors_of(
+            "[[pools]]\nname = \"a/b\"\n[[pools.nodes]]\nname = \"n\\u0007\"\naddr = \"127.0.0.1:1\"\n",
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("pools[0].name: `a/b` must not contain `/`")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("pools[0].nodes[0].name:")),
+            "{errors:?}"
+        );
     }
 
     #[test]
