@@ -119,6 +119,9 @@ pub fn patch(
     let Json::Object(changes) = changes else {
         return Err(EditError::Bad("a patch must be a JSON object".into()));
     };
+    if collection == &Collection::AlertRules {
+        materialize_default_rules(doc);
+    }
     let list = list_item(doc, collection, false)?;
     let index = position(list, name).ok_or_else(|| not_found(collection, name))?;
     let entry = entry_mut(list, index).ok_or_else(|| not_found(collection, name))?;
@@ -127,6 +130,9 @@ pub fn patch(
 
 /// Remove the entry named `name`.
 pub fn delete(doc: &mut DocumentMut, collection: &Collection, name: &str) -> Result<(), EditError> {
+    if collection == &Collection::AlertRules {
+        materialize_default_rules(doc);
+    }
     let list = list_item(doc, collection, false)?;
     let index = position(list, name).ok_or_else(|| not_found(collection, name))?;
     match list {
@@ -414,8 +420,8 @@ fn to_value(json: &Json) -> Result<Value, EditError> {
     })
 }
 
-/// `alerts.rules` absent means the built-in rules; adding a rule to an
-/// absent list must keep them, so they are written out first.
+/// `alerts.rules` absent means the built-in rules; adding, changing or
+/// removing a rule must start from them, so they are written out first.
 fn materialize_default_rules(doc: &mut DocumentMut) {
     let present = doc
         .get("alerts")
@@ -617,6 +623,26 @@ model = "llama-*"
             rules.iter().find(|r| r.name == "Slow").unwrap().threshold,
             3.5
         );
+    }
+
+    #[test]
+    fn built_in_rules_can_be_changed_and_removed() {
+        let mut d = doc();
+        patch(
+            &mut d,
+            &Collection::AlertRules,
+            "NodeDown",
+            &json!({"for": "3s"}),
+        )
+        .unwrap();
+        let rules = check(&d).alerts.rules.unwrap();
+        assert_eq!(rules.len(), crate::alerts::default_rules().len());
+        let down = rules.iter().find(|r| r.name == "NodeDown").unwrap();
+        assert_eq!(down.for_, std::time::Duration::from_secs(3));
+        let mut d = doc();
+        delete(&mut d, &Collection::AlertRules, "PoolShedding").unwrap();
+        let rules = check(&d).alerts.rules.unwrap();
+        assert_eq!(rules.len(), crate::alerts::default_rules().len() - 1);
     }
 
     #[test]
