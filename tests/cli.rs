@@ -276,3 +276,51 @@ async fn check_refuses_bad_arguments_and_unreachable_gateways() {
     let out = infergate(&["check"]).await;
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
+
+#[tokio::test]
+async fn ctl_runs_a_change_on_every_replica() {
+    let nodes = start_nodes(2, &fast_sim()).await;
+    let text = config_text(&unweighted(&nodes), "round_robin", "");
+    let a = start("replica-a", &text).await;
+    let b = start("replica-b", &text).await;
+    let both = format!("{},{}", a.admin.addr, b.admin.addr);
+
+    let out = infergate(&["ctl", "--admin", &both, "weight", "n1", "4"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.contains(&format!("== {} ==", a.admin.addr)), "{said}");
+    assert!(said.contains(&format!("== {} ==", b.admin.addr)), "{said}");
+    for r in [&a, &b] {
+        assert_eq!(Config::load(&r.path).unwrap().pools[0].nodes[1].weight, 4);
+    }
+
+    // JSON: one document per replica and line, saying whose it is.
+    let out = infergate(&["ctl", "--admin", &both, "--json", "nodes"]).await;
+    let docs: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[1]["admin"], b.admin.addr.to_string());
+    assert_eq!(
+        docs[1]["result"]["pools"][0]["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // It stops at the first replica that refuses: b is never asked.
+    let out = infergate(&["ctl", "--admin", &both, "weight", "n1", "0"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&a.admin.addr.to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains(&format!("== {} ==", b.admin.addr)));
+    a.admin.stop().await;
+    b.admin.stop().await;
+    a.gw.stop().await;
+    b.gw.stop().await;
+}

@@ -20,9 +20,16 @@ use super::http::{Http, Reply};
 /// `infergate ctl` arguments.
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// Admin listener of the gateway.
-    #[arg(long, env = "INFERGATE_ADMIN", default_value = "http://127.0.0.1:9090")]
-    admin: String,
+    /// Admin listener of the gateway; several, comma-separated, to run
+    /// the same command on each replica in turn (stopping at the first
+    /// that refuses or cannot be asked).
+    #[arg(
+        long,
+        env = "INFERGATE_ADMIN",
+        default_value = "http://127.0.0.1:9090",
+        value_delimiter = ','
+    )]
+    admin: Vec<String>,
     /// Bearer token for changes (better from the environment than the
     /// command line, where other users can see it).
     #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
@@ -105,25 +112,40 @@ fn refused(message: String) -> Failure {
     Failure { code: 1, message }
 }
 
+/// With several gateways: the one being asked, so JSON output says whose
+/// it is (one compact document per line).
+static CURRENT_ADMIN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// Run `ctl`.
 pub async fn run(args: CtlArgs) -> ExitCode {
-    match run_inner(&args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            ExitCode::from(f.code)
+    let several = args.admin.len() > 1;
+    for admin in &args.admin {
+        if several {
+            *CURRENT_ADMIN.lock().unwrap_or_else(|p| p.into_inner()) = Some(admin.clone());
+            if !args.json {
+                println!("== {admin} ==");
+            }
+        }
+        if let Err(f) = run_inner(&args, admin).await {
+            if several {
+                eprintln!("error: {admin}: {}", f.message);
+            } else {
+                eprintln!("error: {}", f.message);
+            }
+            return ExitCode::from(f.code);
         }
     }
+    ExitCode::SUCCESS
 }
 
-async fn run_inner(args: &CtlArgs) -> Result<(), Failure> {
+async fn run_inner(args: &CtlArgs, admin: &str) -> Result<(), Failure> {
     let actor = format!(
         "ctl:{}",
         std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_else(|_| "unknown".into())
     );
-    let mut api = Http::new(&args.admin, Duration::from_secs(30))
+    let mut api = Http::new(admin, Duration::from_secs(30))
         .map_err(unreachable)?
         .with_header("x-infergate-actor", &actor)
         .map_err(unreachable)?;
@@ -227,10 +249,13 @@ async fn run_inner(args: &CtlArgs) -> Result<(), Failure> {
 }
 
 fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    match &*CURRENT_ADMIN.lock().unwrap_or_else(|p| p.into_inner()) {
+        Some(admin) => println!("{}", json!({"admin": admin, "result": value})),
+        None => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+    }
 }
 
 fn report(json: bool, applied: &Value, what: &str) {
