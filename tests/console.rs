@@ -885,3 +885,38 @@ async fn a_change_that_cannot_be_written_changes_nothing() {
     assert_eq!(gw.gateway.table().pools[0].nodes[0].weight, 9);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn audit_file_keeps_the_trail_across_restarts() {
+    let path = scratch("audit-restart");
+    let audit = path.with_file_name("audit.jsonl");
+    let text = format!(
+        "[listener]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\naudit_file = \"{}\"\n\n\
+         [[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"n0\"\naddr = \"127.0.0.1:9\"\n\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\n[routes.match]\nfamily = \"openai\"\n",
+        audit.display()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let (mut child, admin) = spawn_serve(&path).await;
+    let reply = call(
+        admin,
+        Method::PUT,
+        "/api/v1/config/pools/p/nodes/n0/weight",
+        Some(TOKEN),
+        Some("*"),
+        Some(json!({"weight": 6})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+
+    let (mut child, admin) = spawn_serve(&path).await;
+    let entries = get(admin, "/api/v1/config/audit").await.json();
+    let first = &entries["entries"][0];
+    assert_eq!(first["action"], "weight 6 for node p/n0", "{entries}");
+    assert_eq!(first["actor"], "tester (127.0.0.1)");
+    assert!(first["diff"].as_str().unwrap().contains("+weight = 6"));
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}

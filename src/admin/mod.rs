@@ -53,6 +53,9 @@ pub struct AdminConfig {
     /// Time a client has to send complete request headers.
     #[serde(deserialize_with = "crate::config::duration::deserialize")]
     pub header_timeout: Duration,
+    /// Append every config change attempt to this file as a JSON line
+    /// (absent: the audit log lives in memory and the log only).
+    pub audit_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -63,6 +66,7 @@ impl Default for AdminConfig {
             token: None,
             open_reads: None,
             header_timeout: Duration::from_secs(10),
+            audit_file: None,
         }
     }
 }
@@ -75,6 +79,7 @@ impl fmt::Debug for AdminConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("open_reads", &self.open_reads)
             .field("header_timeout", &self.header_timeout)
+            .field("audit_file", &self.audit_file)
             .finish()
     }
 }

@@ -197,6 +197,12 @@ async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
     };
     tracing::info!(addr = %config.listener.addr, "infergate listening");
     let store = crate::console::ConfigStore::new(gateway.clone(), Some(path), text);
+    if let Some(audit_file) = &config.admin.audit_file {
+        if let Err(e) = store.audit.attach_file(audit_file) {
+            eprintln!("cannot use admin.audit_file {}: {e}", audit_file.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let admin = if config.admin.enabled {
         match crate::admin::start_with_store(store.clone(), &config.admin, None).await {
             Ok(admin) => {

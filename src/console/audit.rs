@@ -1,13 +1,15 @@
 //! The audit log: who changed the config, when, what, and how it went.
 //!
 //! Bounded in memory (oldest entries drop first) and readable through the
-//! admin API; each entry is also written to the log (target `audit`) for
-//! durable keeping. Diffs are redacted before they get here.
+//! admin API; each entry is also written to the log (target `audit`) and,
+//! with `admin.audit_file`, appended as a JSON line to that file, from
+//! which the latest entries are read back at start so the API's view
+//! survives restarts. Diffs are redacted before they get here.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Entries kept.
 pub const AUDIT_CAPACITY: usize = 500;
@@ -16,7 +18,7 @@ pub const AUDIT_CAPACITY: usize = 500;
 const MAX_DIFF: usize = 16 * 1024;
 
 /// What happened to a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Validated, in force and persisted.
@@ -32,7 +34,7 @@ pub enum Outcome {
 }
 
 /// One audit entry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Increasing id.
     pub id: u64,
@@ -60,9 +62,50 @@ pub struct AuditEntry {
 pub struct AuditLog {
     entries: Mutex<VecDeque<AuditEntry>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Where entries are appended (`admin.audit_file`).
+    file: Mutex<Option<std::fs::File>>,
 }
 
 impl AuditLog {
+    /// Keep entries in `path` too: its latest entries are loaded now (lines
+    /// that do not parse are skipped), new ones are appended as JSON lines.
+    pub fn attach_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::BufRead;
+        let mut loaded = VecDeque::new();
+        match std::fs::File::open(path) {
+            Ok(file) => {
+                for line in std::io::BufReader::new(file).lines() {
+                    if let Ok(entry) = serde_json::from_str::<AuditEntry>(&line?) {
+                        loaded.push_back(entry);
+                        if loaded.len() > AUDIT_CAPACITY {
+                            loaded.pop_front();
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let last_id = loaded.iter().map(|e| e.id).max().unwrap_or(0);
+        self.next_id
+            .fetch_max(last_id, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = std::mem::take(&mut *entries);
+            loaded.extend(mine);
+            while loaded.len() > AUDIT_CAPACITY {
+                loaded.pop_front();
+            }
+            *entries = loaded;
+        }
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+        Ok(())
+    }
+
     /// Record an entry (its id and time are filled in).
     pub fn record(&self, mut entry: AuditEntry) {
         entry.id = self
@@ -88,6 +131,15 @@ impl AuditLog {
             version_after = entry.version_after.as_deref().unwrap_or(""),
             "config change"
         );
+        if let Some(file) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            use std::io::Write;
+            // One write per line, so concurrent readers never see half a line.
+            let mut line = serde_json::to_vec(&entry).unwrap_or_default();
+            line.push(b'\n');
+            if let Err(e) = file.write_all(&line) {
+                tracing::warn!(error = %e, "cannot append to the audit file");
+            }
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.push_back(entry);
         while entries.len() > AUDIT_CAPACITY {
@@ -118,6 +170,31 @@ mod tests {
             version_after: Some("b".into()),
             diff: "x".repeat(MAX_DIFF + 10),
         }
+    }
+
+    #[test]
+    fn entries_survive_in_the_audit_file() {
+        let path =
+            std::env::temp_dir().join(format!("infergate-audit-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let first = AuditLog::default();
+        first.attach_file(&path).unwrap();
+        first.record(entry("one"));
+        first.record(entry("two"));
+        drop(first);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"{torn line\n"))
+            .unwrap();
+        let again = AuditLog::default();
+        again.attach_file(&path).unwrap();
+        again.record(entry("three"));
+        let latest = again.latest(10);
+        let actions: Vec<&str> = latest.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["three", "two", "one"]);
+        assert_eq!(latest[0].id, 3);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
