@@ -28,6 +28,16 @@ fn temp_path(target: &Path) -> PathBuf {
 /// Write `text` to a synced temporary file next to `target`, with the
 /// target's permissions (a config holding a token stays private).
 pub fn stage(target: &Path, text: &str) -> io::Result<Staged> {
+    // A symlinked config (managed elsewhere, e.g. by a dotfiles tool)
+    // stays a link: the file it points to is the one replaced.
+    let resolved;
+    let target = match fs::symlink_metadata(target) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            resolved = fs::canonicalize(target)?;
+            resolved.as_path()
+        }
+        _ => target,
+    };
     let temp = temp_path(target);
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -119,6 +129,23 @@ mod tests {
         drop(staged);
         assert_eq!(fs::read_to_string(&path).unwrap(), "old");
         assert!(!temp_path(&path).exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_config_stays_a_link() {
+        let dir = scratch("link");
+        let real = dir.join("real.toml");
+        let link = dir.join("gw.toml");
+        fs::write(&real, "old").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomic(&link, "new").unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&real).unwrap(), "new");
+        assert_eq!(fs::read_to_string(&link).unwrap(), "new");
     }
 
     #[cfg(unix)]
