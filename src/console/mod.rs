@@ -383,7 +383,7 @@ impl ConfigStore {
             }
         };
         let config = Config::from_toml(&new_text).map_err(invalid)?;
-        let diff = unified_diff(&state.text, &new_text);
+        let (diff, redacted) = self.diff_from_running(&state.text, &new_text);
         let restart = restart_required(&state.text, &new_text);
         let generation = self.gateway.config_status().version;
         if new_text == state.text {
@@ -426,7 +426,7 @@ impl ConfigStore {
         state.seen_on_disk = Some(xxh3_64(new_text.as_bytes()));
         state.text = new_text;
         self.remember(&state.text, &change.actor, &change.action);
-        let applied = self.publish(&state.text);
+        let applied = self.publish(&state.text, redacted);
         Ok(Applied {
             version: applied.version.clone(),
             generation: applied.generation,
@@ -438,12 +438,26 @@ impl ConfigStore {
         })
     }
 
-    fn publish(&self, text: &str) -> Arc<Current> {
+    /// The diff from the running text to `new` with secrets redacted, and
+    /// `new` redacted (what [`publish`](Self::publish) shows if it goes
+    /// into force). The running text's redacted form is already published,
+    /// so only the new text is redacted here.
+    fn diff_from_running(&self, running: &str, new: &str) -> (String, String) {
+        let shown = self.current();
+        if running == new {
+            return (String::new(), shown.text.clone());
+        }
+        let redacted = redact::redact(new);
+        (unified_diff(&shown.text, &redacted), redacted)
+    }
+
+    /// Put `text` (and its redacted form) on show as the running config.
+    fn publish(&self, text: &str, redacted: String) -> Arc<Current> {
         let current = Arc::new(Current {
             version: version_of(text),
             generation: self.gateway.config_status().version,
             path: self.path.as_ref().map(|p| p.display().to_string()),
-            text: redact::redact(text),
+            text: redacted,
         });
         self.current.store(Arc::clone(&current));
         current
@@ -474,12 +488,12 @@ impl ConfigStore {
         match Config::from_toml(&text).and_then(|config| self.gateway.reload(&config)) {
             Ok(()) => {
                 tracing::info!(file = %path.display(), forced, "config file applied");
-                let diff = unified_diff(&state.text, &text);
+                let (diff, redacted) = self.diff_from_running(&state.text, &text);
                 state.text = text;
                 if !diff.is_empty() {
                     self.remember(&state.text, "file", "file changed on disk");
                 }
-                let current = self.publish(&state.text);
+                let current = self.publish(&state.text, redacted);
                 self.audit.record(AuditEntry {
                     id: 0,
                     at_unix_ms: 0,
@@ -594,13 +608,9 @@ async fn commit(staged: persist::Staged) -> Result<(), ChangeError> {
         .map_err(|e| ChangeError::Persist(format!("replacing the config file: {e}")))
 }
 
-/// A unified diff of two config texts with secrets redacted ("" when equal).
-pub fn unified_diff(old: &str, new: &str) -> String {
-    if old == new {
-        return String::new();
-    }
-    let (old, new) = (redact::redact(old), redact::redact(new));
-    similar::TextDiff::from_lines(&old, &new)
+/// A unified diff of two (already redacted) config texts.
+fn unified_diff(old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
         .unified_diff()
         .context_radius(2)
         .header("running", "new")
