@@ -328,12 +328,6 @@ pub struct Alerts {
     pub resolved: AtomicU64,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -462,7 +456,7 @@ impl Alerts {
             }
         });
         let now = Instant::now();
-        let wall = unix_ms();
+        let wall = crate::telemetry::unix_ms();
         let mut events = Vec::new();
         let mut states = lock(&self.states);
         let mut active = lock(&self.active);

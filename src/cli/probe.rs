@@ -255,7 +255,7 @@ async fn probe_route(
     }
     // States and expected shares as of after the probe (the node view is
     // refreshed every second).
-    let probed_until = crate::proxy::unix_ms();
+    let probed_until = crate::telemetry::unix_ms();
     let mut snapshot = api.get_json("/api/v1/nodes").await?;
     while snapshot["unix_ms"].as_u64().unwrap_or(u64::MAX) < probed_until
         && Instant::now() < deadline + Duration::from_secs(2)

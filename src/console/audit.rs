@@ -112,7 +112,7 @@ impl AuditLog {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        entry.at_unix_ms = crate::proxy::unix_ms();
+        entry.at_unix_ms = crate::telemetry::unix_ms();
         if entry.diff.len() > MAX_DIFF {
             let mut cut = MAX_DIFF;
             while !entry.diff.is_char_boundary(cut) {

@@ -219,7 +219,7 @@ impl ConfigStore {
         };
         let first = VersionInfo {
             version: current.version.clone(),
-            at_unix_ms: crate::proxy::unix_ms(),
+            at_unix_ms: crate::telemetry::unix_ms(),
             actor: "start".into(),
             action: "config the gateway started with".into(),
         };
@@ -247,7 +247,7 @@ impl ConfigStore {
         history.push_back((
             VersionInfo {
                 version: version_of(text),
-                at_unix_ms: crate::proxy::unix_ms(),
+                at_unix_ms: crate::telemetry::unix_ms(),
                 actor: actor.to_string(),
                 action: action.to_string(),
             },

@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, ConfigError};
 use crate::fleet::LoadRegistry;
 use crate::health;
+use crate::telemetry::unix_ms;
 pub use table::RouteTable;
 
 /// The gateway's shared state.
@@ -65,13 +66,6 @@ pub struct ConfigStatus {
     pub last_error: Option<String>,
     /// When that refusal happened (ms since the Unix epoch).
     pub last_error_unix_ms: Option<u64>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Gateway {

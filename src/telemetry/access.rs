@@ -160,18 +160,12 @@ impl AccessLog {
     }
 }
 
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
 /// One log line (without the newline).
 pub fn format_line(format: Format, r: &Record<'_>) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     match format {
         Format::Json => serde_json::json!({
-            "ts_ms": unix_ms() as u64,
+            "ts_ms": super::unix_ms(),
             "request_id": r.id,
             "route": r.route,
             "model": r.model,
@@ -187,7 +181,7 @@ pub fn format_line(format: Format, r: &Record<'_>) -> String {
         .to_string(),
         Format::Text => format!(
             "ts_ms={} request_id={:?} route={:?} model={:?} node={:?} attempts={} status={} latency_ms={:.3} ttft_ms={} tokens_in={} tokens_out={} stream_error={}",
-            unix_ms(),
+            super::unix_ms(),
             r.id,
             r.route,
             r.model,

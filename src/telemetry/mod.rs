@@ -497,6 +497,14 @@ impl Telemetry {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch: the timestamps shown in
+/// the API, alerts, the access log and the config console.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
 /// Run the once-a-second ticker for `gateway` until it is dropped: fold
 /// counters into the window, evaluate alert rules, publish the snapshot.
 pub fn spawn_ticker(gateway: Weak<Gateway>) -> tokio::task::JoinHandle<()> {

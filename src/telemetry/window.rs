@@ -211,12 +211,6 @@ fn state_name(s: HealthState) -> &'static str {
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -427,7 +421,7 @@ impl Window {
                 nodes,
             });
         }
-        let unix = unix_ms();
+        let unix = super::unix_ms();
         inner.ticks.push_back(Tick {
             unix_ms: unix,
             points,
