@@ -371,7 +371,7 @@ impl Alerts {
     /// rules that keep their name carry over; those of removed rules
     /// resolve at the next evaluation. Notifiers are replaced only when
     /// their settings changed. (`history` is read at start only.)
-    pub fn set_rules(&self, config: &AlertsConfig) {
+    pub fn reconfigure(&self, config: &AlertsConfig) {
         self.rules
             .store(Arc::new(config.rules.clone().unwrap_or_else(default_rules)));
         let same = {

@@ -441,7 +441,10 @@ async fn preview_then_send(
         return Ok(());
     }
     if !json || dry_run {
-        print!("{}", colorless_diff(preview["diff"].as_str().unwrap_or("")));
+        print!(
+            "{}",
+            ending_in_newline(preview["diff"].as_str().unwrap_or(""))
+        );
     }
     if dry_run {
         if json {
@@ -472,7 +475,7 @@ async fn preview_then_send(
     Ok(())
 }
 
-fn colorless_diff(diff: &str) -> String {
+fn ending_in_newline(diff: &str) -> String {
     if diff.ends_with('\n') || diff.is_empty() {
         diff.to_string()
     } else {

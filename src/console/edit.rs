@@ -156,17 +156,6 @@ pub fn merge_document(doc: &mut DocumentMut, changes: &Json) -> Result<(), EditE
     merge(doc.as_table_mut(), changes, "")
 }
 
-/// The names in a collection, in file order.
-pub fn names(doc: &DocumentMut, collection: &Collection) -> Vec<String> {
-    let mut doc = doc.clone();
-    match list_item(&mut doc, collection, false) {
-        Ok(list) => (0..len(list))
-            .filter_map(|i| entry_mut(list, i).and_then(name_of))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 fn not_found(collection: &Collection, name: &str) -> EditError {
     match collection {
         Collection::Nodes { pool } => {
@@ -253,18 +242,6 @@ fn list_item<'a>(
             path_of(collection)
         )))
     }
-}
-
-fn len(list: &Item) -> usize {
-    match list {
-        Item::ArrayOfTables(t) => t.len(),
-        Item::Value(Value::Array(a)) => a.len(),
-        _ => 0,
-    }
-}
-
-fn name_of(table: &mut dyn TableLike) -> Option<String> {
-    table.get("name").and_then(Item::as_str).map(str::to_string)
 }
 
 fn position(list: &mut Item, name: &str) -> Option<usize> {
@@ -573,7 +550,8 @@ model = "llama-*"
         assert_eq!(c.pools[2].nodes[1].weight, 3);
         assert_eq!(c.pools[0].nodes.len(), 3);
         assert_eq!(c.routes[1].pool, "qwen");
-        assert_eq!(names(&d, &Collection::Pools), ["llama", "embed", "qwen"]);
+        let pools: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(pools, ["llama", "embed", "qwen"]);
         // Names are unique.
         let dup = create(&mut d, &Collection::Pools, &json!({"name": "qwen"}));
         assert!(matches!(dup, Err(EditError::Bad(m)) if m.contains("already exists")));

@@ -175,7 +175,7 @@ impl Gateway {
         )?);
         self.table.store(Arc::clone(&table));
         self.apply(&table, config);
-        self.telemetry.alerts.set_rules(&config.alerts);
+        self.telemetry.alerts.reconfigure(&config.alerts);
         let version = {
             let mut status = self.config_status.lock().unwrap_or_else(|p| p.into_inner());
             status.version += 1;
