@@ -13,7 +13,7 @@
 //   9. a screenshot of the console goes to OUT.png.
 // Usage: CONSOLE_TOKEN=... node bench/console-check.mjs URL CONFIG.toml OUT.png
 import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { openPage } from "./browser.mjs";
 
 const [url, configPath, out] = process.argv.slice(2);
 const token = process.env.CONSOLE_TOKEN;
@@ -24,16 +24,8 @@ if (!url || !configPath || !out || !token) {
 const NEW_WEIGHT = 5;
 const DRAIN = "sim-3";
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const fail = async (msg) => { console.error("FAIL: " + msg); await browser.close(); process.exit(1); };
-const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
-const errors = [];
-page.on("pageerror", (e) => errors.push(String(e)));
-page.on("dialog", (d) => d.accept()); // confirm() of delete buttons (not used here)
+const { browser, page, fail, errors } = await openPage({ width: 1440, height: 1000 });
+page.on("dialog", (d) => d.accept()); // the rollback button asks confirm()
 const t0 = Date.now();
 const timings = [];
 let mark = Date.now();

@@ -11,26 +11,11 @@
 # Usage: bench/console-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash bench/browser-setup.sh
-cargo build -q
-BIN=target/debug/infergate
-WORK=$(mktemp -d)
-cleanup() { [ -n "${DEMO:-}" ] && kill "$DEMO" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source bench/demo-lib.sh
 # A token known to this script only (never printed).
 CONSOLE_TOKEN="check-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-export CONSOLE_TOKEN
-INFERGATE_ADMIN_TOKEN="$CONSOLE_TOKEN" RUST_LOG=warn $BIN demo --port 0 --admin-port "$PORT" --rate 30 \
-  --policy weighted_round_robin --config-out "$WORK/demo.toml" >"$WORK/demo.log" 2>&1 &
-DEMO=$!
-up=0
-for _ in $(seq 1 100); do
-  if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then up=1; break; fi
-  sleep 0.1
-done
-if [ $up -eq 0 ]; then echo "FAIL: the demo's admin listener did not come up"; cat "$WORK/demo.log"; exit 1; fi
-URL="http://127.0.0.1:$PORT/"
+export CONSOLE_TOKEN INFERGATE_ADMIN_TOKEN="$CONSOLE_TOKEN"
+start_demo --policy weighted_round_robin
 echo "demo running, dashboard on $URL, config in $WORK/demo.toml"
 fail=0
 node bench/console-check.mjs "$URL" "$WORK/demo.toml" "${SCREENSHOT:-$PWD/docs/console.png}" || fail=1

@@ -1,18 +1,10 @@
 // Drives headless Chromium (Debian's /usr/bin/chromium) with playwright-core:
 // loads the dashboard, waits until live numbers change, saves a screenshot.
 // Usage: node bench/dashboard-check.mjs URL OUT.png
-import { chromium } from "playwright-core";
+import { openPage } from "./browser.mjs";
 
 const [url, out] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const fail = async (msg) => { console.error("FAIL: " + msg); await browser.close(); process.exit(1); };
-const page = await browser.newPage({ viewport: { width: 1440, height: 1240 } });
-const errors = [];
-page.on("pageerror", (e) => errors.push(String(e)));
+const { browser, page, fail, errors } = await openPage({ width: 1440, height: 1240 });
 const t0 = Date.now();
 await page.goto(url);
 await page.waitForSelector("#live.on", { timeout: 10000 }).catch(() => fail("event stream never went live"));

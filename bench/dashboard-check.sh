@@ -9,20 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WARM=${1:-20}
-bash bench/browser-setup.sh
-cargo build -q
-BIN=target/debug/infergate
-WORK=$(mktemp -d)
-cleanup() { [ -n "${DEMO:-}" ] && kill "$DEMO" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUST_LOG=warn $BIN demo --port 0 --admin-port "$PORT" --rate 30 --config-out "$WORK/demo.toml" >"$WORK/demo.log" 2>&1 &
-DEMO=$!
-for _ in $(seq 1 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-  sleep 0.1
-done
-URL="http://127.0.0.1:$PORT/"
+source bench/demo-lib.sh
+start_demo
 echo "demo running, dashboard on $URL; $WARM s of traffic first"
 sleep "$WARM"
 fail=0
