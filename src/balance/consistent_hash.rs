@@ -151,7 +151,7 @@ impl Policy for ConsistentHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{ApiFamily, Endpoint, Head, Priority, RequestClass};
+    use crate::classify::RequestClass;
     use crate::fleet::InFlight;
     use http::uri::Authority;
     use http::{HeaderMap, HeaderValue};
@@ -164,13 +164,7 @@ mod tests {
     }
 
     fn user_req(user: &str) -> RequestClass {
-        let mut c = RequestClass::from_head(Head {
-            family: ApiFamily::OpenAi,
-            endpoint: Endpoint::ChatCompletions,
-            path_model: None,
-            parse_body: true,
-            priority: Priority::Standard,
-        });
+        let mut c = crate::balance::testing::chat_class();
         c.user = Some(user.to_string());
         c
     }

@@ -27,7 +27,7 @@ pub mod signals;
 mod weighted_round_robin;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use composite::Composite;
 pub use consistent_hash::ConsistentHash;

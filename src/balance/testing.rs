@@ -28,15 +28,20 @@ pub fn nodes(n: usize) -> Vec<Arc<Node>> {
     weighted_nodes(&vec![1; n])
 }
 
-/// A classified chat request whose prompt is `text` (model "m").
-pub fn chat_request(text: &str) -> RequestClass {
-    let mut c = RequestClass::from_head(Head {
+/// A chat completion request classified from its head only (no body yet).
+pub fn chat_class() -> RequestClass {
+    RequestClass::from_head(Head {
         family: ApiFamily::OpenAi,
         endpoint: Endpoint::ChatCompletions,
         path_model: None,
         parse_body: true,
         priority: Priority::Standard,
-    });
+    })
+}
+
+/// A classified chat request whose prompt is `text` (model "m").
+pub fn chat_request(text: &str) -> RequestClass {
+    let mut c = chat_class();
     c.prefix = block_hashes(seed_for_model("m"), text.as_bytes(), 256);
     c.prompt_tokens = (text.len() / 4) as u32;
     c

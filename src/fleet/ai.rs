@@ -255,17 +255,10 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{ApiFamily, Endpoint, Head, Priority};
     use http::uri::Authority;
 
     fn class(prompt: u32, max: Option<u32>, stream: bool) -> RequestClass {
-        let mut c = RequestClass::from_head(Head {
-            family: ApiFamily::OpenAi,
-            endpoint: Endpoint::ChatCompletions,
-            path_model: None,
-            parse_body: true,
-            priority: Priority::Standard,
-        });
+        let mut c = crate::balance::testing::chat_class();
         c.prompt_tokens = prompt;
         c.max_tokens = max;
         c.stream = stream;

@@ -82,19 +82,8 @@ pub fn in_panic(nodes: &[Arc<Node>], threshold_percent: u32, now_ms: u64) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::uri::Authority;
 
-    fn pool(n: usize) -> Vec<Arc<Node>> {
-        (0..n)
-            .map(|i| {
-                Arc::new(Node::new(
-                    format!("n{i}"),
-                    Authority::from_static("127.0.0.1:1"),
-                    1,
-                ))
-            })
-            .collect()
-    }
+    use crate::balance::testing::nodes as pool;
 
     #[test]
     fn clock_is_monotonic() {

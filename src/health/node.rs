@@ -554,19 +554,8 @@ fn outlier_reason(n: u32, kinds: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::uri::Authority;
 
-    fn pool(n: usize) -> Vec<Arc<Node>> {
-        (0..n)
-            .map(|i| {
-                Arc::new(Node::new(
-                    format!("n{i}"),
-                    Authority::from_static("127.0.0.1:1"),
-                    1,
-                ))
-            })
-            .collect()
-    }
+    use crate::balance::testing::nodes as pool;
 
     fn outlier(base_s: u64, max_s: u64) -> OutlierConfig {
         OutlierConfig {
