@@ -98,7 +98,7 @@ async fn dead_node_is_retried_on_another() {
 }
 
 #[tokio::test]
-async fn all_nodes_dead_is_a_fast_502() {
+async fn all_nodes_dead_is_a_fast_503_with_retry_after() {
     let nodes = start_nodes(2, &fast_sim()).await;
     let gw = start_gateway(&config_text(
         &unweighted(&nodes),
@@ -111,7 +111,9 @@ async fn all_nodes_dead_is_a_fast_502() {
     }
     let start = Instant::now();
     let reply = post(gw.addr, "/v1/chat/completions", chat("anyone?", false, 1)).await;
-    assert_eq!(reply.status, 502);
+    // No node could be reached: like HAProxy, 503 and come back later.
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "1");
     assert_eq!(reply.json()["error"]["type"], "server_error");
     assert!(start.elapsed() < Duration::from_secs(2));
 }

@@ -4,7 +4,8 @@
 pub mod bench;
 mod ctl;
 mod demo;
-mod http;
+mod faults;
+pub(crate) mod http;
 mod probe;
 pub mod reload;
 
@@ -74,11 +75,18 @@ enum Command {
         /// Simulator settings (TOML with the fields of the simulator's config).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Node name (in `x-sim-node`, metrics and logs): NAME for one node,
+        /// NAME-i for several (default sim-i).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Run the whole product on this machine: simulated nodes, a gateway and a workload.
     Demo(demo::DemoArgs),
     /// Compare balancing policies on a simulated fleet with the same workload.
     Bench(bench::BenchArgs),
+    /// Kill, hang, slow and break simulated nodes under load through
+    /// infergate and (where installed) nginx and HAProxy; print one table.
+    Faults(faults::FaultArgs),
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -128,9 +136,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             host,
             speeds,
             config,
-        } => run_sim(nodes, base_port, host, &speeds, config).await,
+            name,
+        } => run_sim(nodes, base_port, host, &speeds, config, name.as_deref()).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Faults(args) => faults::run(args).await,
     }
 }
 
@@ -261,6 +271,7 @@ async fn run_sim(
     host: IpAddr,
     speeds: &[f64],
     config: Option<PathBuf>,
+    name: Option<&str>,
 ) -> ExitCode {
     let sim_config = match config {
         Some(path) => match std::fs::read_to_string(&path)
@@ -275,7 +286,9 @@ async fn run_sim(
         },
         None => sim::SimConfig::default(),
     };
-    let nodes = match sim::start_fleet(host, base_port, count, &sim_config, speeds).await {
+    let nodes = match sim::start_named_fleet(host, base_port, count, &sim_config, speeds, name)
+        .await
+    {
         Ok(nodes) => nodes,
         Err(e) => {
             eprintln!("cannot start simulated nodes: {e}");

@@ -232,32 +232,51 @@ pub struct RouteConfig {
     /// Extra attempts on other nodes when one fails before any response byte.
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// Bound on concurrent retries, so retries cannot amplify an outage.
+    /// Bound on retries, so retries cannot amplify an outage.
     #[serde(default)]
     pub retry_budget: RetryBudgetConfig,
+    /// Node answers that are retried on another node (while nothing has
+    /// reached the client and the body can be replayed): HAProxy's
+    /// `retry-on 500 502 503 504`, Envoy's `retriable-status-codes`.
+    #[serde(default = "default_retry_on_status")]
+    pub retry_on_status: Vec<u16>,
     /// Options of the AI-aware policies (`[routes.balance]`).
     #[serde(default)]
     pub balance: BalanceOptions,
 }
 
-/// Envoy-style retry budget: retries in flight may be at most `percent` of
-/// the route's requests in flight, but at least `min_concurrency`.
+/// Retry budget (Finagle's and Linkerd's): over the last `window`, retries
+/// may be at most `percent` of the route's requests plus `min_per_second`
+/// per second. Retries after a connection was refused or could not be made
+/// are free: nothing reached a node. See `proxy::retry`.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetConfig {
-    /// Share of active requests that may be retries.
+    /// Retries as a share of the route's requests over the window.
     pub percent: u32,
-    /// Retries always allowed in flight regardless of the share.
-    pub min_concurrency: u32,
+    /// Retries per second allowed on top of the share (so a quiet route
+    /// can still retry).
+    pub min_per_second: u32,
+    /// How far back requests and retries are counted.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub window: Duration,
 }
 
 impl Default for RetryBudgetConfig {
     fn default() -> Self {
         RetryBudgetConfig {
             percent: 20,
-            min_concurrency: 3,
+            min_per_second: 10,
+            window: Duration::from_secs(10),
         }
     }
+}
+
+/// Default node statuses retried elsewhere.
+pub const DEFAULT_RETRY_ON_STATUS: [u16; 4] = [500, 502, 503, 504];
+
+fn default_retry_on_status() -> Vec<u16> {
+    DEFAULT_RETRY_ON_STATUS.to_vec()
 }
 
 fn default_policy() -> String {
@@ -707,6 +726,23 @@ impl Config {
                 err(
                     format!("{at}.retry_budget.percent"),
                     "must be a percentage (0 to 100)".into(),
+                );
+            }
+            let window = route.retry_budget.window;
+            if window < Duration::from_secs(1) || window > Duration::from_secs(600) {
+                err(
+                    format!("{at}.retry_budget.window"),
+                    "must be between 1s and 10m".into(),
+                );
+            }
+            if let Some(bad) = route
+                .retry_on_status
+                .iter()
+                .find(|s| !(500..=599).contains(*s))
+            {
+                err(
+                    format!("{at}.retry_on_status"),
+                    format!("{bad} is not a 5xx status; only server errors are retried"),
                 );
             }
             if route.retries > 10 {

@@ -139,6 +139,36 @@ pub struct Pool {
     pub name: String,
     /// Nodes in config order; policies address them by index.
     pub nodes: Vec<Arc<Node>>,
+    /// Percent of nodes that must be available to stay out of panic mode
+    /// (0: never panic).
+    pub panic_threshold: u32,
+    /// How long a node that refused connections or failed its last
+    /// requests counts as known dead (the pool's base ejection time).
+    pub failure_window_ms: u64,
+}
+
+impl Pool {
+    /// A pool with the default panic settings.
+    pub fn new(name: impl Into<String>, nodes: Vec<Arc<Node>>) -> Pool {
+        Pool {
+            name: name.into(),
+            nodes,
+            panic_threshold: crate::health::DEFAULT_PANIC_THRESHOLD,
+            failure_window_ms: crate::health::OutlierConfig::default()
+                .base_ejection_time
+                .as_millis() as u64,
+        }
+    }
+
+    /// Whether the pool is in panic mode now ([`crate::health::in_panic`]).
+    pub fn in_panic(&self, now_ms: u64) -> bool {
+        crate::health::in_panic(
+            &self.nodes,
+            self.panic_threshold,
+            now_ms,
+            self.failure_window_ms,
+        )
+    }
 }
 
 /// Keeps [`NodeLoad`]s alive across reloads, keyed by (pool, node).

@@ -117,7 +117,8 @@ async fn run(
     loop {
         let started = Instant::now();
         let at_ms = now_ms();
-        let (ok, detail) = check(&client, &uri, &cfg).await;
+        let (outcome, detail) = check(&client, &uri, &cfg).await;
+        let ok = outcome == Outcome::Passed;
         let latency_ms = started.elapsed().as_millis() as u64;
         if !health.checks_owned_by(owner) {
             return; // a newer checker took over
@@ -135,6 +136,10 @@ async fn run(
                 health.set_active(true, &reason, now);
             }
         } else {
+            if outcome == Outcome::Refused {
+                // Certain: nothing listens there (panic mode skips it).
+                health.record_refused(now);
+            }
             failures = failures.saturating_add(1);
             successes = 0;
             if health.active_up() && (first || failures >= cfg.unhealthy_threshold) {
@@ -163,19 +168,33 @@ fn jittered(cfg: &ActiveCheckConfig) -> Duration {
     cfg.interval.mul_f64(1.0 + spread)
 }
 
-/// One check: (success, detail).
-async fn check(client: &CheckClient, uri: &Uri, cfg: &ActiveCheckConfig) -> (bool, String) {
+/// How one check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    /// No connection could be made: the node is certainly not serving.
+    Refused,
+    /// A timeout, a broken exchange or an unexpected status.
+    Failed,
+}
+
+/// One check: its outcome and a detail for the dashboard.
+async fn check(client: &CheckClient, uri: &Uri, cfg: &ActiveCheckConfig) -> (Outcome, String) {
     let req = match Request::get(uri.clone())
         .header(header::USER_AGENT, "infergate-health-check")
         .body(Empty::<Bytes>::new())
     {
         Ok(req) => req,
-        Err(e) => return (false, format!("bad request: {e}")),
+        Err(e) => return (Outcome::Failed, format!("bad request: {e}")),
     };
     match tokio::time::timeout(cfg.timeout, client.request(req)).await {
         Err(_) => (
-            false,
+            Outcome::Failed,
             format!("timeout after {}", duration::format(cfg.timeout)),
+        ),
+        Ok(Err(e)) if e.is_connect() && !is_timeout(&e) => (
+            Outcome::Refused,
+            format!("connect error: {}", root_cause(&e)),
         ),
         Ok(Err(e)) => {
             let what = if e.is_connect() {
@@ -183,16 +202,31 @@ async fn check(client: &CheckClient, uri: &Uri, cfg: &ActiveCheckConfig) -> (boo
             } else {
                 "request error"
             };
-            (false, format!("{what}: {}", root_cause(&e)))
+            (Outcome::Failed, format!("{what}: {}", root_cause(&e)))
         }
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
-            (
-                cfg.expected_status.contains(&status),
-                format!("status {status}"),
-            )
+            let outcome = if cfg.expected_status.contains(&status) {
+                Outcome::Passed
+            } else {
+                Outcome::Failed
+            };
+            (outcome, format!("status {status}"))
         }
     }
+}
+
+/// Whether a connect error was a timeout (the node may be only slow to
+/// accept) rather than a refusal.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -237,10 +271,7 @@ mod tests {
                 Arc::new(Node::new(format!("n{i}"), addr, 1))
             })
             .collect();
-        Arc::new(Pool {
-            name: "p".into(),
-            nodes,
-        })
+        Arc::new(Pool::new("p", nodes))
     }
 
     async fn sim() -> SimNode {
@@ -444,9 +475,9 @@ mod tests {
         wait_for("down", Duration::from_secs(2), || !h.is_available(now_ms())).await;
 
         // A reload: new Pool and Node objects sharing the same NodeLoad.
-        let reloaded = Arc::new(Pool {
-            name: "p".into(),
-            nodes: vec![Arc::new(Node {
+        let reloaded = Arc::new(Pool::new(
+            "p",
+            vec![Arc::new(Node {
                 name: "n0".into(),
                 addr: addr.to_string().parse().unwrap(),
                 weight: 1,
@@ -454,7 +485,7 @@ mod tests {
                 max_inflight_tokens: None,
                 load: Arc::clone(&pool.nodes[0].load),
             })],
-        });
+        ));
         let cfg = ActiveCheckConfig {
             initial_state: InitialState::Healthy,
             ..fast(ActiveCheckConfig::default())

@@ -22,8 +22,9 @@
 //!   [`CheckHandle`]; on reload spawn the new checks first, then drop the
 //!   old handle (dropping it last-owner resets nodes to "up").
 //! - eligibility: `health.is_available(now)`, unless
-//!   [`in_panic`]`(nodes, panic_threshold, now)`, then any node not
-//!   draining; weigh picks by `health.slow_start_factor(now, window)`.
+//!   [`in_panic`]`(nodes, panic_threshold, now, window)`, then also the
+//!   nodes [`usable_in_panic`]; weigh picks by
+//!   `health.slow_start_factor(now, window)`.
 //! - outcome of an attempt: `record_success()` or `record_failure(kind,
 //!   &outlier_cfg, &pool.nodes, now)`.
 
@@ -57,11 +58,16 @@ pub fn now_ms() -> u64 {
 
 /// Panic mode (Envoy's `healthy_panic_threshold`): true when fewer than
 /// `threshold_percent` of the pool's nodes are available. The proxy then
-/// routes across all nodes, ignoring health, rather than overload the few
-/// left. Draining nodes are left out of the count (and should stay out of
-/// routing even in panic): they were taken out on purpose. A threshold of 0
-/// disables panic mode.
-pub fn in_panic(nodes: &[Arc<Node>], threshold_percent: u32, now_ms: u64) -> bool {
+/// also routes to the nodes that are out only on a health signal that may be
+/// wrong ([`usable_in_panic`]), rather than overload the few left.
+///
+/// Nodes known not to serve are left out of the count, as are draining
+/// ones: a node whose connections are refused, or whose last requests
+/// failed, within `window_ms` ([`NodeHealth::failed_recently`]; the pool's
+/// base ejection time). Their absence is a fact, not a signal to doubt, so
+/// two dead nodes of three do not put the third's pool in panic. A
+/// threshold of 0 disables panic mode.
+pub fn in_panic(nodes: &[Arc<Node>], threshold_percent: u32, now_ms: u64, window_ms: u64) -> bool {
     if threshold_percent == 0 {
         return false;
     }
@@ -71,12 +77,23 @@ pub fn in_panic(nodes: &[Arc<Node>], threshold_percent: u32, now_ms: u64) -> boo
         if health.is_draining() {
             continue;
         }
-        total += 1;
         if health.is_available(now_ms) {
             available += 1;
+        } else if health.failed_recently(now_ms, window_ms) {
+            continue;
         }
+        total += 1;
     }
     total > 0 && available * 100 < u64::from(threshold_percent) * total
+}
+
+/// Whether panic mode may route to a node that is not available: not
+/// draining, and not known to fail ([`NodeHealth::failed_recently`] within
+/// `window_ms`). Envoy would use every host; a node that refuses
+/// connections or just failed requests would only cost retries.
+#[inline]
+pub fn usable_in_panic(health: &NodeHealth, now_ms: u64, window_ms: u64) -> bool {
+    !health.is_draining() && !health.failed_recently(now_ms, window_ms)
 }
 
 #[cfg(test)]
@@ -92,28 +109,64 @@ mod tests {
         assert!(b >= a);
     }
 
+    const W: u64 = 30_000;
+
     #[test]
     fn panic_threshold() {
         let nodes = pool(4);
         let t = 1_000;
-        assert!(!in_panic(&nodes, 50, t));
+        assert!(!in_panic(&nodes, 50, t, W));
         nodes[0].load.health.set_active(false, "test", t);
-        assert!(!in_panic(&nodes, 50, t), "3 of 4 available");
+        assert!(!in_panic(&nodes, 50, t, W), "3 of 4 available");
         nodes[1].load.health.set_active(false, "test", t);
-        assert!(!in_panic(&nodes, 50, t), "2 of 4 is exactly 50%");
+        assert!(!in_panic(&nodes, 50, t, W), "2 of 4 is exactly 50%");
         nodes[2].load.health.set_active(false, "test", t);
-        assert!(in_panic(&nodes, 50, t), "1 of 4 is below 50%");
-        assert!(!in_panic(&nodes, 0, t), "0 disables panic mode");
-        assert!(in_panic(&nodes, 100, t));
+        assert!(in_panic(&nodes, 50, t, W), "1 of 4 is below 50%");
+        assert!(!in_panic(&nodes, 0, t, W), "0 disables panic mode");
+        assert!(in_panic(&nodes, 100, t, W));
         // A draining node is out of the count: 1 of 3.
         nodes[3].load.health.set_draining(true);
-        assert!(in_panic(&nodes, 50, t));
+        assert!(in_panic(&nodes, 50, t, W));
         nodes[3].load.health.set_draining(false);
         // Every node draining: no panic (nothing to spread over).
         for n in &nodes {
             n.load.health.set_draining(true);
         }
-        assert!(!in_panic(&nodes, 50, t));
-        assert!(!in_panic(&[], 50, t));
+        assert!(!in_panic(&nodes, 50, t, W));
+        assert!(!in_panic(&[], 50, t, W));
+    }
+
+    #[test]
+    fn dead_nodes_neither_cause_panic_nor_get_its_traffic() {
+        let nodes = pool(3);
+        let t = 1_000;
+        let cfg = OutlierConfig::default();
+        // Node 0 refuses connections (seen by a check), node 1 is down by
+        // checks that time out (maybe a wrong signal), node 2 serves.
+        nodes[0].load.health.set_active(false, "refused", t);
+        nodes[0].load.health.record_refused(t);
+        nodes[1].load.health.set_active(false, "timeouts", t);
+        assert!(
+            !in_panic(&nodes, 50, t, W),
+            "1 of the 2 not known dead is available: 50 %"
+        );
+        assert!(!usable_in_panic(&nodes[0].load.health, t, W));
+        assert!(usable_in_panic(&nodes[1].load.health, t, W));
+        // Node 1 fails a real request: now known dead too; no panic.
+        nodes[1]
+            .load
+            .health
+            .record_failure(FailureKind::Timeout, &cfg, &nodes, t + 10);
+        assert!(!usable_in_panic(&nodes[1].load.health, t + 10, W));
+        assert!(!in_panic(&nodes, 50, t + 10, W));
+        // After the window the failures are old news: signals again.
+        let later = t + 10 + W;
+        assert!(usable_in_panic(&nodes[1].load.health, later, W));
+        assert!(in_panic(&nodes, 50, later, W), "1 of 3 available");
+        // A success clears the mark at once.
+        nodes[0].load.health.record_refused(later);
+        assert!(!usable_in_panic(&nodes[0].load.health, later, W));
+        nodes[0].load.health.record_success();
+        assert!(usable_in_panic(&nodes[0].load.health, later, W));
     }
 }

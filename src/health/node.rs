@@ -174,6 +174,11 @@ pub struct NodeHealth {
     available_since_ms: AtomicU64,
     /// Failed requests in a row.
     consecutive_failures: AtomicU32,
+    /// When the node last failed real traffic or refused a connection
+    /// (active checks included), if nothing succeeded since; 0 otherwise.
+    /// Panic mode leaves such a node alone for a while: its failure is a
+    /// fact, not a possibly wrong health signal.
+    failed_at_ms: AtomicU64,
     /// [`FailureKind`] bits seen since the count was last reset.
     failure_kinds: AtomicU8,
     /// Ejections since start.
@@ -198,6 +203,7 @@ impl Default for NodeHealth {
             ejected_until_ms: AtomicU64::new(0),
             available_since_ms: AtomicU64::new(now),
             consecutive_failures: AtomicU32::new(0),
+            failed_at_ms: AtomicU64::new(0),
             failure_kinds: AtomicU8::new(0),
             ejections: AtomicU32::new(0),
             multiplier: AtomicU32::new(0),
@@ -249,6 +255,24 @@ impl NodeHealth {
             self.consecutive_failures.store(0, Relaxed);
             self.failure_kinds.store(0, Relaxed);
         }
+        if self.failed_at_ms.load(Relaxed) != 0 {
+            self.failed_at_ms.store(0, Relaxed);
+        }
+    }
+
+    /// A connection to the node was refused (by an active check; request
+    /// attempts report it through [`NodeHealth::record_failure`]).
+    pub fn record_refused(&self, now_ms: u64) {
+        self.failed_at_ms.store(now_ms.max(1), Relaxed);
+    }
+
+    /// True when the node is known not to serve: its last request failed,
+    /// or a connection to it was refused, less than `window_ms` ago, and
+    /// nothing succeeded since. Panic mode never routes to such a node.
+    #[inline]
+    pub fn failed_recently(&self, now_ms: u64, window_ms: u64) -> bool {
+        let at = self.failed_at_ms.load(Relaxed);
+        at != 0 && now_ms.saturating_sub(at) < window_ms
     }
 
     /// A request to the node failed. When this makes `cfg.consecutive_failures`
@@ -268,6 +292,7 @@ impl NodeHealth {
         pool: &[Arc<Node>],
         now_ms: u64,
     ) -> bool {
+        self.failed_at_ms.store(now_ms.max(1), Relaxed);
         if !cfg.enabled {
             return false;
         }
@@ -406,15 +431,27 @@ impl NodeHealth {
     // ---- active checks -----------------------------------------------
 
     /// Set the active-check state (the checker applies the thresholds).
-    /// Returns true if the state changed; the change is logged.
+    /// Returns true if the state changed; the change is logged. Coming up
+    /// also ends an outlier ejection (Envoy's
+    /// `successful_active_health_check_uneject_host`, on the transition
+    /// only): a node that was down and passes `healthy_threshold` checks in
+    /// a row is back, as in HAProxy, instead of waiting out an ejection that
+    /// its failures while down made long.
     pub fn set_active(&self, up: bool, reason: &str, now_ms: u64) -> bool {
         if self.active_up.swap(up, Relaxed) == up {
             return false;
+        }
+        if up && self.ejected_until_ms.load(Relaxed) != 0 {
+            let _decide = lock(&EJECT_LOCK);
+            if self.ejected_until_ms.swap(0, Relaxed) != 0 {
+                self.last_ejection_end_ms.store(now_ms, Relaxed);
+            }
         }
         let mut info = lock(&self.info);
         if up {
             self.consecutive_failures.store(0, Relaxed);
             self.failure_kinds.store(0, Relaxed);
+            self.failed_at_ms.store(0, Relaxed);
             self.available_since_ms.store(now_ms, Relaxed);
             info.up = Transition::new(reason, now_ms);
             tracing::info!(node = info.label(), reason, "node up");

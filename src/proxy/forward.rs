@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -19,7 +19,8 @@ use super::errors::{error_response, ErrorKind};
 use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
 use super::queue::Shed;
 use super::select::{select, Selection, Slot};
-use super::table::{RetryGuard, Route, RouteTable};
+use super::retry::RetryGuard;
+use super::table::{Route, RouteTable};
 use super::upstream::{self, UpstreamBody};
 use super::Gateway;
 use crate::classify::{classify_body, classify_head, ApiFamily, Endpoint, RequestClass};
@@ -144,11 +145,46 @@ async fn proxy(
     forward(route, parts, body, &class, peer, id, started).await
 }
 
-/// How one attempt ended without a usable response.
+/// How one attempt ended without a usable response (see `retry.rs` for
+/// what each may cost).
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum AttemptError {
+    /// No connection was made: nothing reached the node.
     Connect,
+    /// No response head within the first-byte timeout.
     Timeout,
+    /// The exchange broke before the response head.
     Other,
+}
+
+impl AttemptError {
+    fn response(self, family: ApiFamily) -> Reject {
+        match self {
+            // Like HAProxy: no server could take the request, so the
+            // client may come back (503 with Retry-After), as when every
+            // node is known down.
+            AttemptError::Connect => error_response(
+                family,
+                ErrorKind::NoCapacity,
+                "No model server could be reached; retry later.",
+            ),
+            AttemptError::Other => error_response(
+                family,
+                ErrorKind::Upstream,
+                "The model server failed to answer.",
+            ),
+            AttemptError::Timeout => error_response(
+                family,
+                ErrorKind::Timeout,
+                "The model server did not answer in time.",
+            ),
+        }
+    }
+}
+
+/// The retry budget's clock.
+fn budget_now() -> std::time::Duration {
+    std::time::Duration::from_millis(crate::health::now_ms())
 }
 
 async fn forward(
@@ -185,20 +221,29 @@ async fn forward(
         }
     }
 
-    let _active = route.enter();
-    let mut retry_budget: Option<RetryGuard<'_>> = None;
-    let mut may_retry = |attempt: u32| {
-        attempt < route.retries
-            && (retry_budget.is_some() || {
-                retry_budget = route.try_retry();
-                if retry_budget.is_none() {
-                    tracing::debug!(route = %route.name, "retry budget exhausted");
-                }
-                retry_budget.is_some()
-            })
+    route.retry_budget.deposit(budget_now());
+    // Retries that cost a node something (it may have started on the
+    // request) draw on `retries` and the budget; a failed connect does not.
+    let mut budgeted_left = route.retries;
+    let mut budget_guard: Option<RetryGuard<'_>> = None;
+    let mut budgeted_retry = || {
+        if budgeted_left == 0 {
+            return false;
+        }
+        match route.retry_budget.withdraw(budget_now()) {
+            Some(guard) => {
+                budgeted_left -= 1;
+                budget_guard = Some(guard);
+                true
+            }
+            None => {
+                tracing::debug!(route = %route.name, "retry budget exhausted");
+                false
+            }
+        }
     };
     let mut tried: Vec<usize> = Vec::with_capacity(2);
-    let mut last_error: Option<Reject> = None;
+    let mut last_error: Option<AttemptError> = None;
     let mut attempt = 0u32;
     loop {
         let index = match select(route, class, &headers, &tried, deadline).await {
@@ -210,13 +255,16 @@ async fn forward(
                     Shed::Displaced => ShedReason::Displaced,
                     Shed::TimedOut => ShedReason::QueueTimeout,
                 });
-                return Err(last_error.unwrap_or_else(|| {
-                    error_response(
-                        family,
-                        ErrorKind::Overloaded,
-                        "All model servers are busy; retry later.",
-                    )
-                }));
+                return Err(last_error.map_or_else(
+                    || {
+                        error_response(
+                            family,
+                            ErrorKind::Overloaded,
+                            "All model servers are busy; retry later.",
+                        )
+                    },
+                    |e| e.response(family),
+                ));
             }
             Selection::Unavailable => {
                 if last_error.is_none() {
@@ -247,8 +295,9 @@ async fn forward(
                 ))
             }
         };
-        // Keep the headers for a possible retry only when one can happen.
-        let retry_possible = body.replayable() && attempt < route.retries;
+        // Keep the headers for another attempt only when one can happen: a
+        // replayable body and a node not yet tried.
+        let retry_possible = body.replayable() && tried.len() < nodes.len();
         let mut request = Request::new(upstream_body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -278,11 +327,11 @@ async fn forward(
                 } else {
                     slot.success();
                 }
-                let retryable_status = matches!(
-                    status,
-                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-                );
-                if retryable_status && retry_possible && may_retry(attempt) {
+                if retry_possible
+                    && route.retries_status(status.as_u16())
+                    && Instant::now() < deadline
+                    && budgeted_retry()
+                {
                     tracing::debug!(node = %node.name, %status, "retrying on another node");
                     telemetry.retried(index);
                     attempt += 1;
@@ -318,19 +367,15 @@ async fn forward(
                 );
                 return Ok(Response::from_parts(resp_parts, body));
             }
+            Ok(Err(e)) if e.is_connect() => {
+                slot.failure(FailureKind::Connect);
+                tracing::warn!(node = %node.name, error = %e, "could not connect");
+                AttemptError::Connect
+            }
             Ok(Err(e)) => {
-                let kind = if e.is_connect() {
-                    FailureKind::Connect
-                } else {
-                    FailureKind::StreamBroken
-                };
-                slot.failure(kind);
+                slot.failure(FailureKind::StreamBroken);
                 tracing::warn!(node = %node.name, error = %e, "attempt failed");
-                if e.is_connect() {
-                    AttemptError::Connect
-                } else {
-                    AttemptError::Other
-                }
+                AttemptError::Other
             }
             Err(_) => {
                 slot.failure(FailureKind::Timeout);
@@ -340,36 +385,31 @@ async fn forward(
         };
         drop(slot);
         telemetry.attempt_error(index);
-        last_error = Some(match error {
-            AttemptError::Connect => error_response(
-                family,
-                ErrorKind::Upstream,
-                "Could not connect to a model server.",
-            ),
-            AttemptError::Other => error_response(
-                family,
-                ErrorKind::Upstream,
-                "The model server failed to answer.",
-            ),
-            AttemptError::Timeout => error_response(
-                family,
-                ErrorKind::Timeout,
-                "The model server did not answer in time.",
-            ),
-        });
-        if !retry_possible || Instant::now() >= deadline || !may_retry(attempt) {
+        // Report the most telling failure: a node that broke or timed out
+        // rather than a later one that could not be reached.
+        if last_error.is_none() || error != AttemptError::Connect {
+            last_error = Some(error);
+        }
+        let again = retry_possible
+            && Instant::now() < deadline
+            && (error == AttemptError::Connect || budgeted_retry());
+        if !again {
             break;
         }
         telemetry.retried(index);
         attempt += 1;
     }
-    Err(last_error.unwrap_or_else(|| {
-        error_response(
-            family,
-            ErrorKind::NoCapacity,
-            "No model server is available for this request; retry later.",
-        )
-    }))
+    drop(budget_guard);
+    Err(last_error.map_or_else(
+        || {
+            error_response(
+                family,
+                ErrorKind::NoCapacity,
+                "No model server is available for this request; retry later.",
+            )
+        },
+        |e| e.response(family),
+    ))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

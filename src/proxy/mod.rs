@@ -10,6 +10,7 @@ pub mod errors;
 mod forward;
 pub mod headers;
 mod queue;
+pub mod retry;
 mod select;
 pub mod table;
 mod upstream;

@@ -1,8 +1,9 @@
 //! Choosing the node for one attempt.
 //!
 //! Candidates are the route pool's nodes that are available (healthy, not
-//! ejected, not draining — or, in panic mode, all but the draining; with no
-//! node available at all the request fails fast with 503), not at
+//! ejected, not draining — or, in panic mode, also those out on a health
+//! signal alone, never a node known to refuse or fail; with no node
+//! available at all the request fails fast with 503), not at
 //! their concurrency limit, and not already tried for this request. Nodes
 //! in slow start are thinned at random in proportion to their ramp. When
 //! every candidate is busy the request waits in the pool's admission queue;
@@ -95,13 +96,13 @@ fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[u
     // signal less and use them all. With none available at all, fail fast
     // instead (HAProxy): every node is down, and sending traffic anyway
     // would only add latency and load to servers that are recovering.
-    let panic = health::in_panic(nodes, route.pool_settings.panic_threshold, now)
-        && nodes.iter().any(|n| n.load.health.is_available(now));
+    let window = route.pool.failure_window_ms;
+    let panic = route.pool.in_panic(now) && nodes.iter().any(|n| n.load.health.is_available(now));
     if route.panicking.load(Ordering::Relaxed) != panic
         && route.panicking.swap(panic, Ordering::Relaxed) != panic
     {
         if panic {
-            tracing::warn!(route = %route.name, pool = %route.pool.name, threshold = route.pool_settings.panic_threshold,
+            tracing::warn!(route = %route.name, pool = %route.pool.name, threshold = route.pool.panic_threshold,
                 "panic mode: too few nodes available, routing across all nodes");
         } else {
             tracing::info!(route = %route.name, pool = %route.pool.name, "panic mode over");
@@ -109,7 +110,7 @@ fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[u
     }
     let usable = |node: &Node| {
         let health = &node.load.health;
-        !health.is_draining() && (panic || health.is_available(now))
+        health.is_available(now) || (panic && health::usable_in_panic(health, now, window))
     };
     // Busy: at its concurrency limit, or saturated by its own metrics.
     let instant = std::time::Instant::now();
@@ -123,18 +124,18 @@ fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[u
         request: Some(class),
         headers: Some(headers),
     };
-    let window = route.pool_settings.slow_start;
-    if !window.is_zero() {
+    let ramp = route.pool_settings.slow_start;
+    if !ramp.is_zero() {
         // Thin relative to the most ramped-up node, so nodes that all
         // started together (gateway start) are not thinned at all.
         let top = nodes
             .iter()
-            .map(|n| n.load.health.slow_start_factor(now, window))
+            .map(|n| n.load.health.slow_start_factor(now, ramp))
             .fold(0.0, f64::max);
         let thinned = |i: usize| {
             candidate(i)
                 && nodes.get(i).is_some_and(|node| {
-                    let factor = node.load.health.slow_start_factor(now, window);
+                    let factor = node.load.health.slow_start_factor(now, ramp);
                     factor >= top || fastrand::f64() * top < factor
                 })
         };

@@ -3,18 +3,19 @@
 //! swaps it in, and requests in flight keep the one they started with.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use super::queue::{AdmissionQueue, QueueRegistry};
+use super::retry::RetryBudget;
 use crate::balance::{self, Policy, PrefixIndex};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
 use crate::config::{
     parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern,
-    RetryBudgetConfig, TimeoutConfig, UpstreamProtocol,
+    TimeoutConfig, UpstreamProtocol,
 };
 use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
 use crate::fleet::{LoadRegistry, Node, Pool};
@@ -124,15 +125,13 @@ pub struct Route {
     pub queue: Arc<AdmissionQueue>,
     /// Passive outlier detection settings of the pool.
     pub outlier: Arc<OutlierConfig>,
-    /// Requests in flight on this route, for the retry budget.
-    pub active: AtomicU64,
-    /// Retries in flight on this route.
-    pub active_retries: AtomicU64,
     /// Whether the last pick found the pool in panic mode (for logging
     /// transitions once, and for metrics).
     pub panicking: AtomicBool,
-    /// The retry budget.
-    pub retry_budget: RetryBudgetConfig,
+    /// The retry budget (fresh on every reload).
+    pub retry_budget: RetryBudget,
+    /// Node statuses retried on another node (bit `s - 500`).
+    retry_on_status: u128,
     /// Protocol to the pool's nodes.
     pub protocol: UpstreamProtocol,
     /// The balancing policy, built for this pool.
@@ -156,51 +155,15 @@ pub struct PoolSettings {
     pub queue_timeout: Duration,
     /// Slow-start window (zero: off).
     pub slow_start: Duration,
-    /// Panic threshold in percent of available nodes.
-    pub panic_threshold: u32,
 }
 
 impl Route {
-    /// Take a retry from the budget; `None` when the budget is spent. The
-    /// returned guard gives it back.
-    pub fn try_retry(&self) -> Option<RetryGuard<'_>> {
-        let active = self.active.load(Ordering::Relaxed);
-        let allowed = (active * u64::from(self.retry_budget.percent) / 100)
-            .max(u64::from(self.retry_budget.min_concurrency));
-        let retries = self.active_retries.fetch_add(1, Ordering::Relaxed);
-        if retries >= allowed {
-            self.active_retries.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(RetryGuard { route: self })
-    }
-
-    /// Count a request as active on the route until the guard drops.
-    pub fn enter(&self) -> ActiveGuard<'_> {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard { route: self }
-    }
-}
-
-/// A retry counted against the route's budget.
-pub struct RetryGuard<'a> {
-    route: &'a Route,
-}
-
-impl Drop for RetryGuard<'_> {
-    fn drop(&mut self) {
-        self.route.active_retries.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A request counted as active on a route.
-pub struct ActiveGuard<'a> {
-    route: &'a Route,
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.route.active.fetch_sub(1, Ordering::Relaxed);
+    /// Whether a node's answer with `status` is tried again elsewhere.
+    pub fn retries_status(&self, status: u16) -> bool {
+        status
+            .checked_sub(500)
+            .filter(|bit| *bit < 100)
+            .is_some_and(|bit| self.retry_on_status & (1u128 << bit) != 0)
     }
 }
 
@@ -286,13 +249,14 @@ impl RouteTable {
                         queue_size: pool.queue_size,
                         queue_timeout: pool.queue_timeout,
                         slow_start: pool.slow_start,
-                        panic_threshold: pool.panic_threshold,
                     },
                 ),
             );
             pools.push(Arc::new(Pool {
                 name: pool.name.clone(),
                 nodes,
+                panic_threshold: pool.panic_threshold,
+                failure_window_ms: pool.outlier.base_ejection_time.as_millis() as u64,
             }));
         }
         loads.retain(&keep);
@@ -382,10 +346,13 @@ impl RouteTable {
                 pool,
                 pool_settings,
                 outlier,
-                active: AtomicU64::new(0),
-                active_retries: AtomicU64::new(0),
                 panicking: AtomicBool::new(false),
-                retry_budget: route.retry_budget,
+                retry_budget: RetryBudget::new(route.retry_budget),
+                retry_on_status: route
+                    .retry_on_status
+                    .iter()
+                    .filter_map(|s| s.checked_sub(500).filter(|bit| *bit < 100))
+                    .fold(0u128, |bits, bit| bits | (1u128 << bit)),
                 protocol,
                 policy,
                 timeouts: route.timeouts,
@@ -445,29 +412,19 @@ mod tests {
     }
 
     #[test]
-    fn retry_budget_allows_min_concurrency_when_idle() {
+    fn retry_on_status_defaults_and_overrides() {
         let t = table("");
         let route = &t.routes[0];
-        let held: Vec<_> = (0..3)
-            .map(|_| route.try_retry().expect("within min_concurrency"))
-            .collect();
-        assert!(route.try_retry().is_none(), "4th concurrent retry refused");
-        drop(held);
-        assert!(route.try_retry().is_some());
-    }
-
-    #[test]
-    fn retry_budget_scales_with_active_requests() {
-        let t = table("[routes.retry_budget]\npercent = 20\nmin_concurrency = 1\n");
-        let route = &t.routes[0];
-        let active: Vec<_> = (0..100).map(|_| route.enter()).collect();
-        let retries: Vec<_> = std::iter::from_fn(|| route.try_retry())
-            .take(1000)
-            .collect();
-        assert_eq!(retries.len(), 20);
-        drop(active);
-        drop(retries);
-        assert_eq!(route.active_retries.load(Ordering::Relaxed), 0);
-        assert_eq!(route.active.load(Ordering::Relaxed), 0);
+        for status in [500, 502, 503, 504] {
+            assert!(route.retries_status(status), "{status}");
+        }
+        for status in [200, 400, 429, 501, 505, 599, 600, 0] {
+            assert!(!route.retries_status(status), "{status}");
+        }
+        let t = table("retry_on_status = [503]");
+        assert!(t.routes[0].retries_status(503));
+        assert!(!t.routes[0].retries_status(500));
+        let t = table("retry_on_status = []");
+        assert!(!t.routes[0].retries_status(503));
     }
 }

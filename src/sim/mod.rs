@@ -189,6 +189,24 @@ pub async fn start_fleet(
     cfg: &SimConfig,
     speeds: &[f64],
 ) -> io::Result<Vec<SimNode>> {
+    start_named_fleet(host, base_port, count, cfg, speeds, None).await
+}
+
+/// [`start_fleet`] with node names from `name`: `name` itself for a single
+/// node, `name-i` for several (`None`: `sim-i`).
+pub async fn start_named_fleet(
+    host: IpAddr,
+    base_port: u16,
+    count: usize,
+    cfg: &SimConfig,
+    speeds: &[f64],
+    name: Option<&str>,
+) -> io::Result<Vec<SimNode>> {
+    let node_name = |i: usize| match name {
+        Some(name) if count == 1 => name.to_string(),
+        Some(name) => format!("{name}-{i}"),
+        None => format!("sim-{i}"),
+    };
     let mut nodes = Vec::with_capacity(count);
     for i in 0..count {
         let port = if base_port == 0 {
@@ -204,7 +222,7 @@ pub async fn start_fleet(
             Some(port) => {
                 let mut c = cfg.clone();
                 c.speed = cfg.speed * speeds.get(i).copied().unwrap_or(1.0);
-                SimNode::start(&format!("sim-{i}"), SocketAddr::new(host, port), c).await
+                SimNode::start(&node_name(i), SocketAddr::new(host, port), c).await
             }
         };
         match res {

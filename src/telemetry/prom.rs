@@ -171,9 +171,6 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
     let mut queue_lines = String::new();
     for pool in &table.pools {
         let route = table.routes.iter().find(|r| r.pool.name == pool.name);
-        let threshold = route.map_or(health::DEFAULT_PANIC_THRESHOLD, |r| {
-            r.pool_settings.panic_threshold
-        });
         let mut healthy = 0;
         for node in &pool.nodes {
             let l = labels(&[("pool", &pool.name), ("node", &node.name)]);
@@ -201,7 +198,7 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
         let _ = writeln!(
             pool_lines,
             "infergate_pool_panic{l} {}",
-            u8::from(health::in_panic(&pool.nodes, threshold, now))
+            u8::from(pool.in_panic(now))
         );
         let _ = writeln!(healthy_lines, "infergate_pool_healthy_nodes{l} {healthy}");
         if let Some(route) = route {

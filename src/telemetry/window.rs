@@ -269,13 +269,6 @@ impl Window {
         let mut points = Vec::new();
         let mut pools = Vec::with_capacity(table.pools.len());
         for pool in &table.pools {
-            let threshold = table
-                .routes
-                .iter()
-                .find(|r| r.pool.name == pool.name)
-                .map_or(health::DEFAULT_PANIC_THRESHOLD, |r| {
-                    r.pool_settings.panic_threshold
-                });
             let available: Vec<bool> = pool
                 .nodes
                 .iter()
@@ -407,7 +400,7 @@ impl Window {
                 name: pool.name.clone(),
                 healthy: available.iter().filter(|a| **a).count(),
                 total: pool.nodes.len(),
-                panic: health::in_panic(&pool.nodes, threshold, now),
+                panic: pool.in_panic(now),
                 rate: recent_total as f64 / span,
                 shed_rate: shed_recent as f64 / shed_span,
                 shed_total,

@@ -58,7 +58,8 @@
     { f: "match.method", l: "match method", t: "str", d: "any" },
     { f: "max_body_bytes", l: "max body bytes", t: "int", d: "listener's" },
     { f: "retry_budget.percent", l: "retry budget %", t: "int", d: "20" },
-    { f: "retry_budget.min_concurrency", l: "retry budget minimum", t: "int", d: "3" },
+    { f: "retry_budget.min_per_second", l: "retry budget floor /s", t: "int", d: "10" },
+    { f: "retry_budget.window", l: "retry budget window", t: "dur", d: "10s" },
   ];
   const ROUTE_BALANCE = [
     { f: "balance.balance_abs_threshold", l: "abs threshold (prefix_aware)", t: "float", d: "16" },

@@ -1,0 +1,122 @@
+//! `infergate faults`: the fault matrix (`crate::faultlab`) through
+//! infergate and, where installed, nginx and HAProxy, as one table.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::faultlab::{self, ProxyKind, RunSpec, Timeline};
+
+/// Options of `infergate faults`.
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Proxies to compare (missing peers are skipped with a notice).
+    #[arg(long, value_delimiter = ',', default_value = "infergate,nginx,haproxy")]
+    proxies: Vec<String>,
+    /// Scenarios to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Length of each scenario's load.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    duration: Duration,
+    /// Client connections (one request at a time each).
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests per second (0: as fast as answers come, like wrk).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Where configs and logs go (default: a new temporary folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+/// Run the matrix; exit 1 when infergate misses its target.
+pub async fn run(args: FaultArgs) -> ExitCode {
+    let timeline = Timeline {
+        total: args.duration,
+    };
+    let all = faultlab::scenarios(timeline);
+    if args.list {
+        for s in &all {
+            println!("{}", s.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name))
+        .collect();
+    if chosen.is_empty() {
+        eprintln!("no such scenario; see --list");
+        return ExitCode::from(2);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("cannot find the infergate binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut proxies = Vec::new();
+    for name in &args.proxies {
+        let Some(kind) = ProxyKind::from_name(name) else {
+            eprintln!("unknown proxy `{name}` (infergate, nginx, haproxy)");
+            return ExitCode::from(2);
+        };
+        match kind.program(&exe) {
+            Some(program) => proxies.push((kind, program)),
+            None => eprintln!("NOTICE: {name} is not installed; its column is left out"),
+        }
+    }
+    let dir = args.dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("infergate-faults-{}", std::process::id()))
+    });
+    let spec = RunSpec {
+        exe: exe.clone(),
+        dir: dir.clone(),
+        connections: args.connections.max(1),
+        rate: args.rate,
+        timeline,
+    };
+    eprintln!(
+        "fault matrix: {} scenarios x {} proxies, {:?} each; configs and logs in {}",
+        chosen.len(),
+        proxies.len(),
+        args.duration,
+        dir.display()
+    );
+    let mut outcomes = Vec::new();
+    for scenario in &chosen {
+        for (kind, program) in &proxies {
+            match faultlab::run_one(&spec, scenario, *kind, program).await {
+                Ok(outcome) => {
+                    eprintln!(
+                        "  {:<20} {:<10} {:>7} requests, {} failed",
+                        outcome.scenario, outcome.proxy, outcome.requests, outcome.failed
+                    );
+                    outcomes.push(outcome);
+                }
+                Err(e) => {
+                    eprintln!("  {} {}: could not run: {e}", scenario.name, kind.name());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    println!("{}", faultlab::table(&outcomes));
+    let problems = faultlab::verdict(&outcomes);
+    if problems.is_empty() {
+        println!("infergate: no failure while a node could serve, and no row worse than a peer.");
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            println!("MISSED: {p}");
+        }
+        ExitCode::FAILURE
+    }
+}
