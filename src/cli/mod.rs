@@ -286,15 +286,14 @@ async fn run_sim(
         },
         None => sim::SimConfig::default(),
     };
-    let nodes = match sim::start_named_fleet(host, base_port, count, &sim_config, speeds, name)
-        .await
-    {
-        Ok(nodes) => nodes,
-        Err(e) => {
-            eprintln!("cannot start simulated nodes: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let nodes =
+        match sim::start_named_fleet(host, base_port, count, &sim_config, speeds, name).await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                eprintln!("cannot start simulated nodes: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     for node in &nodes {
         println!("{} listening on http://{}", node.name(), node.addr());
     }

@@ -96,7 +96,10 @@ pub async fn run(
                     Duration::from_secs_f64(spec.connections as f64 / f64::from(spec.rate))
                 });
                 // Spread the workers' first requests over one gap.
-                let mut next = begin + gap.unwrap_or_default().mul_f64(worker as f64 / spec.connections as f64);
+                let mut next = begin
+                    + gap
+                        .unwrap_or_default()
+                        .mul_f64(worker as f64 / spec.connections as f64);
                 loop {
                     if let Some(gap) = gap {
                         tokio::time::sleep_until(next).await;

@@ -222,6 +222,8 @@ pub struct Outcome {
     pub detect: Option<Duration>,
     /// From the return to the first request the returning node answered.
     pub recover: Option<Duration>,
+    /// Whether a node returns in this scenario.
+    pub expects_recovery: bool,
     /// Longest time a failed request took to fail.
     pub slowest_failure: Option<Duration>,
     /// p99 latency of all requests.
@@ -354,6 +356,7 @@ pub fn summarize(scenario: &Scenario, proxy: ProxyKind, records: &[Record]) -> O
         by_status,
         detect,
         recover,
+        expects_recovery: scenario.recovery.is_some(),
         slowest_failure: records.iter().filter(|r| !r.ok()).map(|r| r.latency).max(),
         p99,
         one_node_serves: scenario.one_node_serves,
@@ -363,6 +366,16 @@ pub fn summarize(scenario: &Scenario, proxy: ProxyKind, records: &[Record]) -> O
 
 fn ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".to_string(), |d| format!("{} ms", d.as_millis()))
+}
+
+/// Recovery: `-` where no node returns, `not in run` where one did but
+/// answered nothing before the run ended.
+fn recovery(o: &Outcome) -> String {
+    match (o.expects_recovery, o.recover) {
+        (false, _) => "-".to_string(),
+        (true, None) => "not in run".to_string(),
+        (true, some) => ms(some),
+    }
 }
 
 /// The results as a Markdown table, one row per scenario and proxy.
@@ -390,7 +403,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             o.failed,
             statuses,
             ms(o.detect),
-            ms(o.recover),
+            recovery(o),
             o.p99.as_millis()
         );
     }

@@ -162,7 +162,7 @@ pub fn haproxy_config(addr: SocketAddr, nodes: &[(String, SocketAddr)]) -> Strin
         })
         .collect();
     format!(
-        "global\n  nbthread 2\n  maxconn 20000\n\
+        "global\n  nbthread 2\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 1s\n\
          timeout check 150ms\n  retries 3\n  option redispatch 1\n  retry-on all-retryable-errors\n\
          frontend fe\n  bind {addr}\n  default_backend fleet\n\

@@ -114,6 +114,8 @@ async fn run(
     // The first check of a fresh node decides at once.
     let mut first = fresh;
     let (mut successes, mut failures) = (0u32, 0u32);
+    // Passing checks in a row while the node is ejected.
+    let mut passes_while_ejected = 0u32;
     loop {
         let started = Instant::now();
         let at_ms = now_ms();
@@ -124,7 +126,22 @@ async fn run(
             return; // a newer checker took over
         }
         let now = now_ms();
+        if cfg.uneject_on_pass && health.is_ejected(now) {
+            passes_while_ejected = if ok { passes_while_ejected + 1 } else { 0 };
+            if passes_while_ejected >= cfg.healthy_threshold {
+                health.uneject(
+                    &format!(
+                        "active check: {passes_while_ejected} passing checks ended the ejection"
+                    ),
+                    now,
+                );
+                passes_while_ejected = 0;
+            }
+        } else {
+            passes_while_ejected = 0;
+        }
         if ok {
+            health.record_check_passed();
             successes = successes.saturating_add(1);
             failures = 0;
             if !health.active_up() && (first || successes >= cfg.healthy_threshold) {
@@ -295,6 +312,90 @@ mod tests {
 
     fn checks_done(h: &NodeHealth) -> bool {
         h.status(now_ms()).last_check.is_some()
+    }
+
+    /// Eject node 0 of `pool` by outlier detection (long ejection).
+    fn eject(pool: &Pool) {
+        let cfg = crate::health::OutlierConfig {
+            consecutive_failures: 1,
+            base_ejection_time: Duration::from_secs(600),
+            max_ejection_time: Duration::from_secs(600),
+            ..Default::default()
+        };
+        let h = &pool.nodes[0].load.health;
+        assert!(h.record_failure(
+            crate::health::FailureKind::Status5xx,
+            &cfg,
+            &pool.nodes,
+            now_ms()
+        ));
+        assert!(!h.is_available(now_ms()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passing_checks_end_an_ejection_only_when_asked() {
+        let node = sim().await;
+        // Default: the node answers /health but stays ejected; it counts
+        // as failing (panic mode leaves it alone).
+        let pool = pool_of(&[node.addr()]);
+        let h = &pool.nodes[0].load.health;
+        eject(&pool);
+        let checks = spawn_checks(pool.clone(), fast(ActiveCheckConfig::default()));
+        let count = || h.status(now_ms()).last_check.map_or(0, |c| c.at_ms);
+        let first = {
+            wait_for("a check", Duration::from_secs(2), || checks_done(h)).await;
+            count()
+        };
+        // Several passing checks later: still ejected.
+        wait_for("more checks", Duration::from_secs(3), || {
+            count() >= first + 4 * INTERVAL.as_millis() as u64
+        })
+        .await;
+        assert!(!h.is_available(now_ms()));
+        assert_eq!(h.status(now_ms()).state, HealthState::Ejected);
+        drop(checks);
+
+        // uneject_on_pass: back after healthy_threshold passing checks.
+        let pool = pool_of(&[node.addr()]);
+        let h = &pool.nodes[0].load.health;
+        eject(&pool);
+        let cfg = ActiveCheckConfig {
+            uneject_on_pass: true,
+            ..fast(ActiveCheckConfig::default())
+        };
+        let _checks = spawn_checks(pool.clone(), cfg);
+        wait_for("un-ejected", Duration::from_secs(3), || {
+            h.is_available(now_ms())
+        })
+        .await;
+        let s = h.status(now_ms());
+        assert_eq!(s.state, HealthState::Healthy);
+        assert_eq!(
+            s.reason,
+            "active check: 2 passing checks ended the ejection"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_checks_mark_the_node_known_dead() {
+        let node = sim().await;
+        let pool = pool_of(&[node.addr()]);
+        let h = &pool.nodes[0].load.health;
+        let _checks = spawn_checks(pool.clone(), fast(ActiveCheckConfig::default()));
+        wait_for("a check", Duration::from_secs(2), || checks_done(h)).await;
+        assert!(!h.failed_recently(now_ms(), 60_000));
+        node.crash().await;
+        wait_for("refused", Duration::from_secs(3), || {
+            h.failed_recently(now_ms(), 60_000)
+        })
+        .await;
+        node.restart().await.unwrap();
+        // A passing check disproves the refusal, down or not by then.
+        wait_for("cleared", Duration::from_secs(3), || {
+            !h.failed_recently(now_ms(), 60_000)
+        })
+        .await;
+        wait_for("up", Duration::from_secs(3), || h.is_available(now_ms())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@
 //! | `health.unhealthy_threshold` | 3 | HAProxy `fall 3` |
 //! | `health.healthy_threshold` | 2 | HAProxy `rise 2` |
 //! | `health.initial_state` | healthy | HAProxy `init-state up` |
+//! | `health.uneject_on_pass` | false | infergate (Envoy: true) |
 //! | `outlier.consecutive_failures` | 5 | Envoy `consecutive_5xx` |
 //! | `outlier.base_ejection_time` | 30s | Envoy `base_ejection_time` |
 //! | `outlier.max_ejection_time` | 300s | Envoy `max_ejection_time` |
@@ -21,8 +22,12 @@
 //! Deviations from Envoy: the ejection multiplier decays by one per
 //! `base_ejection_time` spent un-ejected (Envoy: per `interval`, 10s, a
 //! setting infergate does not have); a successful active check does not
-//! end an ejection (Envoy's `successful_active_health_check_uneject_host`
-//! would: an inference node can answer `/health` while failing requests).
+//! end an ejection unless `uneject_on_pass` (Envoy's
+//! `successful_active_health_check_uneject_host` would: an inference node
+//! can answer `/health` while failing requests), but a node the checks had
+//! marked down that they see come back up is un-ejected at once (HAProxy
+//! `rise`: otherwise failures while it was dead, which grow the ejection
+//! time, would keep a recovered node out).
 
 use std::time::Duration;
 
@@ -79,6 +84,15 @@ pub struct ActiveCheckConfig {
     pub expected_status: Vec<u16>,
     /// State before the first check (see [`InitialState`]).
     pub initial_state: InitialState,
+    /// `healthy_threshold` passing checks in a row end an outlier
+    /// ejection (Envoy's `successful_active_health_check_uneject_host`;
+    /// HAProxy brings a server that `observe layer7` marked down back on
+    /// `rise`). Off by default: an inference node can answer `/health`
+    /// while it fails or stalls requests, and each early return would cost
+    /// `consecutive_failures` more failed attempts (with a stall, each a
+    /// whole first-byte timeout). A node the checks saw down comes back
+    /// when they see it up, whatever this says.
+    pub uneject_on_pass: bool,
 }
 
 impl Default for ActiveCheckConfig {
@@ -93,6 +107,7 @@ impl Default for ActiveCheckConfig {
             family: None,
             expected_status: vec![200],
             initial_state: InitialState::Healthy,
+            uneject_on_pass: false,
         }
     }
 }
@@ -374,6 +389,7 @@ mod tests {
             family: Some("grpc".into()),
             expected_status: vec![200, 42],
             initial_state: InitialState::Healthy,
+            uneject_on_pass: false,
         };
         assert_eq!(
             paths(&h.validate("pools[1].health")),

@@ -179,6 +179,8 @@ pub struct NodeHealth {
     /// Panic mode leaves such a node alone for a while: its failure is a
     /// fact, not a possibly wrong health signal.
     failed_at_ms: AtomicU64,
+    /// That failure was a refused connection (a passing check disproves it).
+    refused: AtomicBool,
     /// [`FailureKind`] bits seen since the count was last reset.
     failure_kinds: AtomicU8,
     /// Ejections since start.
@@ -204,6 +206,7 @@ impl Default for NodeHealth {
             available_since_ms: AtomicU64::new(now),
             consecutive_failures: AtomicU32::new(0),
             failed_at_ms: AtomicU64::new(0),
+            refused: AtomicBool::new(false),
             failure_kinds: AtomicU8::new(0),
             ejections: AtomicU32::new(0),
             multiplier: AtomicU32::new(0),
@@ -263,7 +266,16 @@ impl NodeHealth {
     /// A connection to the node was refused (by an active check; request
     /// attempts report it through [`NodeHealth::record_failure`]).
     pub fn record_refused(&self, now_ms: u64) {
+        self.refused.store(true, Relaxed);
         self.failed_at_ms.store(now_ms.max(1), Relaxed);
+    }
+
+    /// An active check passed: a refused connection is no longer the news
+    /// (failed requests still are: a node can answer checks and fail work).
+    pub fn record_check_passed(&self) {
+        if self.refused.load(Relaxed) && self.refused.swap(false, Relaxed) {
+            self.failed_at_ms.store(0, Relaxed);
+        }
     }
 
     /// True when the node is known not to serve: its last request failed,
@@ -292,6 +304,7 @@ impl NodeHealth {
         pool: &[Arc<Node>],
         now_ms: u64,
     ) -> bool {
+        self.refused.store(kind == FailureKind::Connect, Relaxed);
         self.failed_at_ms.store(now_ms.max(1), Relaxed);
         if !cfg.enabled {
             return false;
@@ -399,9 +412,29 @@ impl NodeHealth {
         tracing::info!(node = info.label(), "node returned after ejection");
     }
 
-    fn is_ejected(&self, now_ms: u64) -> bool {
+    /// Whether outlier detection holds the node out now.
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
         let until = self.ejected_until_ms.load(Relaxed);
         until != 0 && now_ms < until
+    }
+
+    /// End an ejection early (passing active checks); `reason` is logged
+    /// and shown. The node ramps up again under slow start.
+    pub fn uneject(&self, reason: &str, now_ms: u64) {
+        {
+            let _decide = lock(&EJECT_LOCK);
+            if self.ejected_until_ms.swap(0, Relaxed) == 0 {
+                return;
+            }
+            self.last_ejection_end_ms.store(now_ms, Relaxed);
+        }
+        self.consecutive_failures.store(0, Relaxed);
+        self.failure_kinds.store(0, Relaxed);
+        self.failed_at_ms.store(0, Relaxed);
+        self.available_since_ms.store(now_ms, Relaxed);
+        let mut info = lock(&self.info);
+        info.up = Transition::new(reason, now_ms);
+        tracing::info!(node = info.label(), reason, "node returned after ejection");
     }
 
     // ---- draining ----------------------------------------------------
@@ -806,6 +839,61 @@ mod tests {
         assert_eq!(fail(&p[0], &p, &cfg, 100_000, 5), 5);
         assert!(h.is_available(200_000));
         assert!((h.slow_start_factor(135_000, w) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn coming_up_by_checks_ends_an_ejection() {
+        let p = pool(2);
+        let h = &p[0].load.health;
+        let cfg = outlier(30, 300);
+        assert_eq!(fail(&p[0], &p, &cfg, 1_000, 5), 5);
+        assert!(h.failed_recently(1_000, 30_000));
+        // Checks see it down, later up: back at once, not after 30 s.
+        h.set_active(false, "active check: 3 consecutive failures", 1_100);
+        assert!(h.set_active(true, "active check: 2 consecutive successes", 2_000));
+        assert!(h.is_available(2_000));
+        assert!(!h.failed_recently(2_000, 30_000));
+        let s = h.status(2_000);
+        assert_eq!(s.state, HealthState::Healthy);
+        assert_eq!(s.ejected_until_ms, None);
+        // Slow start counts from the return.
+        assert_eq!(h.slow_start_factor(2_000, Duration::from_secs(10)), 0.1);
+    }
+
+    #[test]
+    fn uneject_ends_an_ejection_once() {
+        let p = pool(2);
+        let h = &p[0].load.health;
+        h.uneject("nothing to end", 10);
+        assert_eq!(h.status(10).reason, "started");
+        assert_eq!(fail(&p[0], &p, &outlier(30, 300), 1_000, 5), 5);
+        h.uneject("checks passed", 1_500);
+        assert!(h.is_available(1_500));
+        let s = h.status(1_500);
+        assert_eq!(
+            (s.state, s.reason.as_str()),
+            (HealthState::Healthy, "checks passed")
+        );
+        assert_eq!(s.ejections, 1);
+    }
+
+    #[test]
+    fn failures_mark_the_node_until_a_success() {
+        let p = pool(2);
+        let h = &p[0].load.health;
+        let disabled = OutlierConfig {
+            enabled: false,
+            ..OutlierConfig::default()
+        };
+        assert!(!h.failed_recently(0, 1_000));
+        // Even with outlier detection off, a failure is a fact.
+        h.record_failure(FailureKind::Connect, &disabled, &p, 5_000);
+        assert!(h.failed_recently(5_000, 1_000));
+        assert!(h.failed_recently(5_999, 1_000));
+        assert!(!h.failed_recently(6_000, 1_000), "window over");
+        h.record_failure(FailureKind::Status5xx, &disabled, &p, 7_000);
+        h.record_success();
+        assert!(!h.failed_recently(7_000, 1_000));
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct PassThrough {
     pub slot: Slot,
     /// Send an SSE error event before cutting a failed stream.
     pub sse: bool,
+    /// Tell outlier detection the node answered well once the body ends
+    /// cleanly (not at the head: a stream the node then cuts is a failure,
+    /// and a success at its head would reset the failure count each time).
+    pub success_at_end: bool,
     /// Telemetry of this response (records when the body is dropped).
     pub telemetry: Option<crate::telemetry::Tracker>,
 }
@@ -69,6 +73,7 @@ struct Upstream {
     timer: Pin<Box<Sleep>>,
     slot: Option<Slot>,
     sse: bool,
+    success_at_end: bool,
     state: State,
     telemetry: Option<crate::telemetry::Tracker>,
 }
@@ -111,6 +116,7 @@ impl ResponseBody {
                 timer: Box::pin(tokio::time::sleep_until(first)),
                 slot: Some(settings.slot),
                 sse: settings.sse,
+                success_at_end: settings.success_at_end,
                 state: State::Streaming,
                 telemetry: settings.telemetry,
             })),
@@ -170,7 +176,11 @@ impl Upstream {
                 format!("node connection failed mid-response: {e}"),
             ),
             Poll::Ready(None) => {
-                self.slot = None;
+                if let Some(slot) = self.slot.take() {
+                    if self.success_at_end {
+                        slot.success();
+                    }
+                }
                 self.telemetry = None;
                 self.state = State::Done;
                 Poll::Ready(None)

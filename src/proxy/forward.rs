@@ -10,6 +10,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -18,8 +19,8 @@ use super::body::{PassThrough, ResponseBody};
 use super::errors::{error_response, ErrorKind};
 use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
 use super::queue::Shed;
-use super::select::{select, Selection, Slot};
 use super::retry::RetryGuard;
+use super::select::{select, Selection, Slot};
 use super::table::{Route, RouteTable};
 use super::upstream::{self, UpstreamBody};
 use super::Gateway;
@@ -322,9 +323,10 @@ async fn forward(
             Ok(Ok(response)) => {
                 let status = response.status();
                 telemetry.attempt_status(index, status.as_u16());
-                if status.is_server_error() {
+                let server_error = status.is_server_error();
+                if server_error {
                     slot.failure(FailureKind::Status5xx);
-                } else {
+                } else if response.body().is_end_stream() {
                     slot.success();
                 }
                 if retry_possible
@@ -350,6 +352,7 @@ async fn forward(
                     PassThrough {
                         idle: route.timeouts.idle,
                         deadline,
+                        success_at_end: !server_error,
                         slot,
                         sse,
                         telemetry: telemetry.tracker(

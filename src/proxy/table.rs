@@ -14,8 +14,8 @@ use super::retry::RetryBudget;
 use crate::balance::{self, Policy, PrefixIndex};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
 use crate::config::{
-    parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern,
-    TimeoutConfig, UpstreamProtocol,
+    parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern, TimeoutConfig,
+    UpstreamProtocol,
 };
 use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
 use crate::fleet::{LoadRegistry, Node, Pool};
