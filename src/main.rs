@@ -1,5 +1,6 @@
 //! The `infergate` binary: parses the command line and runs it.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,6 +12,9 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal (and not with NO_COLOR): log files and
+        // collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let cli = infergate::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::faultlab::soak::{self, SoakSpec};
 use crate::faultlab::{self, ProxyKind, RunSpec, Timeline};
 
 /// Options of `infergate faults`.
@@ -33,6 +34,17 @@ pub struct FaultArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Instead of the matrix, a soak of this length through infergate: a
+    /// mixed load while random nodes fail and return and the config is
+    /// rewritten (`--rate` defaults to 2000 then).
+    #[arg(long, value_parser = super::parse_duration)]
+    soak: Option<Duration>,
+    /// Soak: a new fault in each pool this often.
+    #[arg(long, default_value = "3s", value_parser = super::parse_duration)]
+    fault_every: Duration,
+    /// Soak: rewrite the config file this often.
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+    reload_every: Duration,
 }
 
 /// Run the matrix; exit 1 when infergate misses its target.
@@ -46,6 +58,9 @@ pub async fn run(args: FaultArgs) -> ExitCode {
             println!("{}", s.name);
         }
         return ExitCode::SUCCESS;
+    }
+    if let Some(duration) = args.soak {
+        return soak(&args, duration).await;
     }
     let chosen: Vec<_> = all
         .into_iter()
@@ -118,5 +133,45 @@ pub async fn run(args: FaultArgs) -> ExitCode {
             println!("MISSED: {p}");
         }
         ExitCode::FAILURE
+    }
+}
+
+async fn soak(args: &FaultArgs, duration: Duration) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("cannot find the infergate binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let spec = SoakSpec {
+        exe,
+        dir: args.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("infergate-soak-{}", std::process::id()))
+        }),
+        duration,
+        rate: if args.rate == 0 { 2000 } else { args.rate },
+        connections: args.connections.max(1),
+        fault_every: args.fault_every,
+        reload_every: args.reload_every,
+    };
+    eprintln!(
+        "soak for {duration:?}; configs and logs in {}",
+        spec.dir.display()
+    );
+    match soak::run(&spec).await {
+        Ok(report) => {
+            println!("{}", soak::render(&report, &spec));
+            let forbidden: usize = report.forbidden.values().sum();
+            if forbidden == 0 && report.panics.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("soak: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

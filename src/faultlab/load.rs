@@ -31,7 +31,15 @@ pub struct LoadSpec {
     pub pause: Option<(Duration, Duration)>,
     /// Longest a client waits for a whole answer.
     pub timeout: Duration,
+    /// A soak's mix instead of one kind of request: 30 % streamed, chat
+    /// and completions, priorities and tenants (`x-tenant`) at random.
+    pub mixed: bool,
 }
+
+/// Priorities a mixed load sends.
+const PRIORITIES: [&str; 3] = ["critical", "standard", "sheddable"];
+/// Tenants a mixed load sends (`x-tenant`; routes may match on it).
+pub const TENANTS: [&str; 2] = ["blue", "green"];
 
 /// One request as the client saw it.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +54,8 @@ pub struct Record {
     pub node: Option<usize>,
     /// The whole answer arrived (a stream with its `[DONE]`).
     pub complete: bool,
+    /// It was a streamed request.
+    pub streaming: bool,
 }
 
 impl Record {
@@ -70,24 +80,37 @@ pub async fn run(
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(spec.connections)
         .build(connector);
-    let body = Bytes::from(
-        serde_json::json!({
+    let body = |chat: bool, streaming: bool| {
+        let mut body = serde_json::json!({
             "model": "llama-3.1-8b-instruct",
-            "messages": [{"role": "user", "content": "Say hello to the fault lab."}],
             "max_tokens": spec.max_tokens,
-            "stream": spec.streaming,
-        })
-        .to_string(),
-    );
-    let uri: http::Uri = match format!("http://{target}/v1/chat/completions").parse() {
-        Ok(uri) => uri,
-        Err(_) => return Vec::new(),
+            "stream": streaming,
+        });
+        if chat {
+            body["messages"] =
+                serde_json::json!([{"role": "user", "content": "Say hello to the fault lab."}]);
+        } else {
+            body["prompt"] = serde_json::json!("Say hello to the fault lab.");
+        }
+        Bytes::from(body.to_string())
+    };
+    // (chat?, streaming?) -> body
+    let bodies = [
+        body(false, false),
+        body(false, true),
+        body(true, false),
+        body(true, true),
+    ];
+    let uri = |path: &str| format!("http://{target}{path}").parse::<http::Uri>();
+    let (Ok(chat_uri), Ok(completions_uri)) = (uri("/v1/chat/completions"), uri("/v1/completions"))
+    else {
+        return Vec::new();
     };
     let workers: Vec<_> = (0..spec.connections)
         .map(|worker| {
             let client = client.clone();
-            let body = body.clone();
-            let uri = uri.clone();
+            let bodies = bodies.clone();
+            let (chat_uri, completions_uri) = (chat_uri.clone(), completions_uri.clone());
             let spec = spec.clone();
             let nodes = nodes.to_vec();
             tokio::spawn(async move {
@@ -116,14 +139,30 @@ pub async fn run(
                             continue;
                         }
                     }
-                    let request = Request::post(uri.clone())
-                        .header("content-type", "application/json")
-                        .body(Full::new(body.clone()));
-                    let Ok(request) = request else { break };
+                    let (chat, streaming) = if spec.mixed {
+                        (fastrand::f64() < 0.7, fastrand::f64() < 0.3)
+                    } else {
+                        (true, spec.streaming)
+                    };
+                    let uri = if chat { &chat_uri } else { &completions_uri };
+                    let mut request =
+                        Request::post(uri.clone()).header("content-type", "application/json");
+                    if spec.mixed {
+                        request = request
+                            .header(
+                                "x-infergate-priority",
+                                PRIORITIES[fastrand::usize(..PRIORITIES.len())],
+                            )
+                            .header("x-tenant", TENANTS[fastrand::usize(..TENANTS.len())]);
+                    }
+                    let body = bodies[usize::from(chat) * 2 + usize::from(streaming)].clone();
+                    let Ok(request) = request.body(Full::new(body)) else {
+                        break;
+                    };
                     let sent = Instant::now();
                     let (status, node, complete) = tokio::time::timeout(
                         spec.timeout,
-                        exchange(&client, request, &nodes, spec.streaming),
+                        exchange(&client, request, &nodes, streaming),
                     )
                     .await
                     .unwrap_or((0, None, false));
@@ -133,6 +172,7 @@ pub async fn run(
                         status,
                         node,
                         complete,
+                        streaming,
                     });
                 }
                 records

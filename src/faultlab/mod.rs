@@ -12,13 +12,15 @@
 //! Columns: requests sent; failed (not a 200 with the whole answer);
 //! failures by status (`000`: no response, `cut`: a stream that broke);
 //! detect: from the fault to the start of the last request it hurt
-//! (failed, or took over [`SLOW`]); recover: from a node's return to the
+//! (failed, or took over [`SLOW`]; requests in flight at the fault count
+//! from 0); recover: from a node's return to the
 //! first request it answered (for "all down", to the first success); p99
 //! latency.
 
 pub mod load;
 pub mod procs;
 pub mod proxies;
+pub mod soak;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -260,6 +262,7 @@ pub async fn run_one(
         max_tokens: if scenario.streaming { 16 } else { 4 },
         pause: scenario.pause,
         timeout: Duration::from_secs(15),
+        mixed: false,
     };
     let begin = Instant::now();
     let target = gateway.addr;
@@ -288,6 +291,7 @@ async fn warm_up(target: std::net::SocketAddr) -> Result<(), String> {
         max_tokens: 1,
         pause: None,
         timeout: Duration::from_secs(2),
+        mixed: false,
     };
     loop {
         let records = load::run(target, &spec, &[], Instant::now()).await;
@@ -300,7 +304,7 @@ async fn warm_up(target: std::net::SocketAddr) -> Result<(), String> {
     }
 }
 
-async fn apply(nodes: &mut [NodeProcess], action: &Action) -> Result<(), String> {
+pub(crate) async fn apply(nodes: &mut [NodeProcess], action: &Action) -> Result<(), String> {
     let node = |i: usize| format!("no node {i}");
     match action {
         Action::Kill(i) => nodes.get_mut(*i).ok_or_else(|| node(*i))?.kill(),
@@ -330,10 +334,11 @@ pub fn summarize(scenario: &Scenario, proxy: ProxyKind, records: &[Record]) -> O
         };
         *by_status.entry(key).or_insert(0) += 1;
     }
+    // Requests in flight when the fault struck count too (from 0).
     let detect = records
         .iter()
-        .filter(|r| r.start >= fault && (!r.ok() || r.latency >= SLOW))
-        .map(|r| r.start - fault)
+        .filter(|r| r.start + r.latency >= fault && (!r.ok() || r.latency >= SLOW))
+        .map(|r| r.start.saturating_sub(fault))
         .max();
     let recover = scenario.recovery.and_then(|(back, node)| {
         records
