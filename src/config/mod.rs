@@ -74,6 +74,12 @@ pub struct ListenerConfig {
     /// before routing (inference requests).
     #[serde(deserialize_with = "duration::deserialize")]
     pub body_timeout: Duration,
+    /// Time a connection may stay open with no request in flight and no
+    /// traffic (HTTP/1 keep-alive, idle HTTP/2 sessions).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// Connections the kernel queues before they are accepted.
+    pub backlog: u32,
     /// Serve HTTP/2 (h2c, prior knowledge) besides HTTP/1.1.
     pub http2: bool,
     /// Worker threads serving connections (0: one per CPU).
@@ -89,6 +95,8 @@ impl Default for ListenerConfig {
             max_body_bytes: 8 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            backlog: 1024,
             http2: true,
             workers: 0,
         }
@@ -531,6 +539,21 @@ impl Config {
             err(
                 "listener.max_connections".into(),
                 "must be at least 1".into(),
+            );
+        }
+        for (field, value) in [
+            ("header_timeout", self.listener.header_timeout),
+            ("body_timeout", self.listener.body_timeout),
+            ("idle_timeout", self.listener.idle_timeout),
+        ] {
+            if value.is_zero() {
+                err(format!("listener.{field}"), "must be greater than 0".into());
+            }
+        }
+        if self.listener.backlog == 0 || self.listener.backlog > 65_535 {
+            err(
+                "listener.backlog".into(),
+                "must be between 1 and 65535".into(),
             );
         }
         if self.listener.workers > 1024 {

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     Timeout,
     /// The client was too slow sending its request (408).
     ClientTimeout,
+    /// The method is not proxied (405).
+    MethodNotAllowed,
 }
 
 impl ErrorKind {
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -59,12 +62,14 @@ impl ErrorKind {
             ErrorKind::Upstream => ("server_error", "upstream_error"),
             ErrorKind::Timeout => ("server_error", "upstream_timeout"),
             ErrorKind::ClientTimeout => ("invalid_request_error", "request_timeout"),
+            ErrorKind::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
         }
     }
 
     fn grpc_status(self) -> u8 {
         match self {
             ErrorKind::BadRequest | ErrorKind::TooLarge => 3, // INVALID_ARGUMENT
+            ErrorKind::MethodNotAllowed => 12,                // UNIMPLEMENTED
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => 5, // NOT_FOUND
             ErrorKind::NoCapacity | ErrorKind::Upstream => 14, // UNAVAILABLE
             ErrorKind::Overloaded => 8,                       // RESOURCE_EXHAUSTED

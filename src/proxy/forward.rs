@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{PassThrough, ResponseBody};
+use super::client_body::{BodyState, BodyWatch, ClientFault, WatchedBody};
 use super::errors::{error_response, ErrorKind};
 use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
 use super::queue::Shed;
@@ -48,6 +50,7 @@ pub async fn handle(
             if telemetry.enabled() {
                 telemetry.local_response(
                     id.to_str().unwrap_or("-"),
+                    peer,
                     response.status().as_u16(),
                     started,
                 );
@@ -60,27 +63,79 @@ pub async fn handle(
 }
 
 /// What is forwarded as the request body: bytes already read (replayable on
-/// retry) or the client's stream (one attempt only).
+/// retry) or the client's stream (one attempt only; watched so that a slow
+/// or broken upload is the client's fault, not the node's).
 enum RequestBody {
     Buffered(Bytes),
-    Streaming(Option<Limited<Incoming>>),
+    Streaming(Option<(Limited<Incoming>, Duration)>),
 }
 
 impl RequestBody {
-    fn for_attempt(&mut self) -> Option<UpstreamBody> {
+    fn for_attempt(&mut self) -> Option<(UpstreamBody, Option<BodyWatch>)> {
         match self {
-            RequestBody::Buffered(bytes) => Some(
+            RequestBody::Buffered(bytes) => Some((
                 Full::new(bytes.clone())
                     .map_err(|e| match e {})
                     .boxed_unsync(),
-            ),
-            RequestBody::Streaming(stream) => stream.take().map(|s| s.boxed_unsync()),
+                None,
+            )),
+            RequestBody::Streaming(stream) => stream.take().map(|(body, idle)| {
+                let (body, watch) = WatchedBody::new(body, idle);
+                (body.boxed_unsync(), Some(watch))
+            }),
         }
     }
 
     fn replayable(&self) -> bool {
         matches!(self, RequestBody::Buffered(_))
     }
+}
+
+/// Wait for the node's response head. The first-byte timeout starts once
+/// the request has been sent whole (at once for a buffered body): a slow
+/// upload is the client's time, bounded by the body timeout, not the
+/// node's. `None` when the head did not come in time.
+async fn response_head<F: std::future::Future>(
+    send: F,
+    watch: Option<BodyWatch>,
+    first_byte: Duration,
+    deadline: Instant,
+) -> Option<F::Output> {
+    tokio::pin!(send);
+    if let Some(mut watch) = watch {
+        tokio::select! {
+            out = &mut send => return Some(out),
+            _ = watch.settled() => {}
+            () = tokio::time::sleep_until(deadline) => return None,
+        }
+    }
+    tokio::time::timeout_at((Instant::now() + first_byte).min(deadline), send)
+        .await
+        .ok()
+}
+
+/// The answer to a client whose own body failed the attempt.
+fn client_fault(watch: Option<&BodyWatch>, family: ApiFamily) -> Option<Reject> {
+    let BodyState::ClientFailed(fault) = watch?.state() else {
+        return None;
+    };
+    Some(match fault {
+        ClientFault::Malformed => error_response(
+            family,
+            ErrorKind::BadRequest,
+            "The request body could not be read (malformed or cut off).",
+        ),
+        ClientFault::TooLarge => error_response(
+            family,
+            ErrorKind::TooLarge,
+            "Request body is larger than the limit.",
+        ),
+        ClientFault::TooSlow => error_response(
+            family,
+            ErrorKind::ClientTimeout,
+            "The request body was not sent in time.",
+        ),
+    })
 }
 
 async fn proxy(
@@ -93,6 +148,9 @@ async fn proxy(
     let (parts, incoming) = req.into_parts();
     let head = classify_head(&parts.method, parts.uri.path(), &parts.headers);
     let family = head.family;
+    if let Some(refusal) = refuse_framing(&parts, family) {
+        return Err(refusal);
+    }
 
     if head.endpoint == Endpoint::Models && parts.method == Method::GET {
         return Ok(models_response(table, parts.uri.path()));
@@ -139,7 +197,10 @@ async fn proxy(
                 return Err(too_large(family, route.max_body_bytes));
             }
             let limit = usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX);
-            RequestBody::Streaming(Some(Limited::new(incoming, limit)))
+            RequestBody::Streaming(Some((
+                Limited::new(incoming, limit),
+                table.listener.body_timeout,
+            )))
         }
         (None, None) => RequestBody::Buffered(Bytes::new()),
     };
@@ -184,8 +245,8 @@ impl AttemptError {
 }
 
 /// The retry budget's clock.
-fn budget_now() -> std::time::Duration {
-    std::time::Duration::from_millis(crate::health::now_ms())
+fn budget_now() -> Duration {
+    Duration::from_millis(crate::health::now_ms())
 }
 
 async fn forward(
@@ -278,7 +339,7 @@ async fn forward(
             break;
         };
         tried.push(index);
-        let Some(upstream_body) = body.for_attempt() else {
+        let Some((upstream_body, watch)) = body.for_attempt() else {
             break;
         };
         let uri = match Uri::builder()
@@ -313,14 +374,33 @@ async fn forward(
         };
 
         let slot = Slot::begin(route, node, class);
-        let first_byte_deadline = (Instant::now() + route.timeouts.first_byte).min(deadline);
-        let outcome = tokio::time::timeout_at(
-            first_byte_deadline,
+        let outcome = response_head(
             upstream::client(route.timeouts.connect, route.protocol).request(request),
+            watch.clone(),
+            route.timeouts.first_byte,
+            deadline,
         )
         .await;
+        if !matches!(outcome, Some(Ok(_))) {
+            // The client's body failed the attempt: its fault, not the
+            // node's (no outlier failure, no retry).
+            if let Some(reply) = client_fault(watch.as_ref(), family) {
+                return Err(reply);
+            }
+        }
         let error = match outcome {
-            Ok(Ok(response)) => {
+            Some(Ok(response)) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                // Upgrade headers are hop-by-hop and never forwarded, so a
+                // node switching protocols is answering something else.
+                drop(slot);
+                tracing::warn!(node = %node.name, "node answered 101 to a request without Upgrade");
+                return Err(error_response(
+                    family,
+                    ErrorKind::Upstream,
+                    "The model server switched protocols; upgrades are not proxied.",
+                ));
+            }
+            Some(Ok(response)) => {
                 let status = response.status();
                 telemetry.attempt_status(index, status.as_u16());
                 let server_error = status.is_server_error();
@@ -359,6 +439,7 @@ async fn forward(
                             index,
                             RequestInfo {
                                 id: id.to_str().unwrap_or("-").to_string(),
+                                client: peer,
                                 start: started,
                                 status: status.as_u16(),
                                 attempts: attempt + 1,
@@ -370,17 +451,27 @@ async fn forward(
                 );
                 return Ok(Response::from_parts(resp_parts, body));
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Some(Err(e)) if is_local_exhaustion(&e) => {
+                // Out of descriptors or buffers here: not the node's fault,
+                // and another node would fail the same way.
+                tracing::warn!(node = %node.name, error = %e, "no local resources to reach a node");
+                return Err(error_response(
+                    family,
+                    ErrorKind::NoCapacity,
+                    "The gateway is out of connections; retry later.",
+                ));
+            }
+            Some(Err(e)) if e.is_connect() => {
                 slot.failure(FailureKind::Connect);
                 tracing::warn!(node = %node.name, error = %e, "could not connect");
                 AttemptError::Connect
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 slot.failure(FailureKind::StreamBroken);
                 tracing::warn!(node = %node.name, error = %e, "attempt failed");
                 AttemptError::Other
             }
-            Err(_) => {
+            None => {
                 slot.failure(FailureKind::Timeout);
                 tracing::warn!(node = %node.name, "no response within the first-byte timeout");
                 AttemptError::Timeout
@@ -413,6 +504,49 @@ async fn forward(
         },
         |e| e.response(family),
     ))
+}
+
+/// Whether an attempt failed for lack of local resources (descriptors,
+/// buffers, memory, ephemeral ports) rather than anything the node did.
+fn is_local_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.raw_os_error(),
+                Some(
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                        | libc::EADDRNOTAVAIL
+                )
+            );
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// Requests a proxy must not forward (RFC 9112 §3.2, RFC 9110 §9.3.6):
+/// an HTTP/1.1 request with no `Host` or several, and `CONNECT` (tunnels
+/// are not proxied).
+fn refuse_framing(parts: &Parts, family: ApiFamily) -> Option<Reject> {
+    if parts.method == Method::CONNECT {
+        return Some(error_response(
+            family,
+            ErrorKind::MethodNotAllowed,
+            "CONNECT is not supported.",
+        ));
+    }
+    if parts.version == Version::HTTP_11 && parts.headers.get_all(HOST).iter().count() != 1 {
+        return Some(error_response(
+            family,
+            ErrorKind::BadRequest,
+            "An HTTP/1.1 request needs exactly one Host header.",
+        ));
+    }
+    None
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

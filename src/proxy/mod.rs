@@ -6,7 +6,10 @@
 //! accept loop with a connection limit and graceful drain.
 
 pub mod body;
+mod client_body;
+mod deadline;
 pub mod errors;
+mod fd_limit;
 mod forward;
 pub mod headers;
 mod queue;
@@ -205,13 +208,21 @@ impl Gateway {
     }
 }
 
-/// Bind the listener address of the gateway's config.
+/// Bind the listener address of the gateway's config, with its backlog.
 pub async fn bind(gateway: &Gateway) -> io::Result<TcpListener> {
-    let addr: SocketAddr =
-        gateway.table().listener.addr.parse().map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "listener.addr is not IP:port")
-        })?;
-    TcpListener::bind(addr).await
+    let listener = gateway.table().listener.clone();
+    let addr: SocketAddr = listener
+        .addr
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "listener.addr is not IP:port"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(listener.backlog)
 }
 
 /// Serve client connections on `listener` until `shutdown` resolves, then
@@ -228,6 +239,7 @@ pub async fn serve(
     drain: Duration,
 ) -> io::Result<()> {
     let settings = gateway.table().listener.clone();
+    fd_limit::check(settings.max_connections);
     let builder = connection_builder(&settings);
     let count = match settings.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -305,7 +317,11 @@ fn connection_builder(settings: &crate::config::ListenerConfig) -> auto::Builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // Pings find peers that vanished with streams open; idle sessions
+        // are closed by `deadline` after `idle_timeout`.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
     if settings.http2 {
         builder
     } else {

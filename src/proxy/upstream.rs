@@ -23,6 +23,9 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Pooled keep-alive HTTP client to nodes.
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
+/// Idle keep-alive connections kept per node by each worker thread.
+pub const MAX_IDLE_PER_NODE: usize = 64;
+
 thread_local! {
     static CLIENTS: RefCell<HashMap<(Duration, UpstreamProtocol), UpstreamClient>> = RefCell::new(HashMap::new());
 }
@@ -44,8 +47,11 @@ fn build(connect_timeout: Duration, protocol: UpstreamProtocol) -> UpstreamClien
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_keepalive(Some(Duration::from_secs(30)));
     let mut builder = Client::builder(TokioExecutor::new());
+    // Idle connections are capped per node and thread, and expire: a burst
+    // must not leave thousands of idle sockets (and their buffers) behind.
     builder
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(MAX_IDLE_PER_NODE)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new());
     if protocol == UpstreamProtocol::H2c {

@@ -1,6 +1,7 @@
 //! Worker threads: each runs a single-threaded tokio runtime and serves the
 //! client connections the accept loop hands it, start to finish.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
+use super::deadline::{Activity, DeadlineIo, Tracked};
 use super::{forward, Gateway};
 
 /// One accepted connection on its way to a worker.
@@ -128,7 +130,22 @@ async fn serve_connection(job: Job, builder: auto::Builder<TokioExecutor>, gatew
             return;
         }
     };
-    let service = service_fn(move |req| forward::handle(Arc::clone(&gateway), peer, req));
+    let listener = gateway.table().listener.clone();
+    let activity = Arc::new(Activity::default());
+    let stream = DeadlineIo::new(
+        stream,
+        Arc::clone(&activity),
+        listener.header_timeout,
+        listener.idle_timeout,
+    );
+    let service = service_fn(move |req| {
+        let guard = activity.begin();
+        let handled = forward::handle(Arc::clone(&gateway), peer, req);
+        async move {
+            let response = handled.await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+        }
+    });
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();

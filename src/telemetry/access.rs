@@ -57,6 +57,8 @@ impl Default for AccessLogConfig {
 pub struct Record<'a> {
     /// Request id.
     pub id: &'a str,
+    /// The client's address.
+    pub client: std::net::SocketAddr,
     /// Route name (`-`: none).
     pub route: &'a str,
     /// Model pattern of the route.
@@ -167,6 +169,7 @@ pub fn format_line(format: Format, r: &Record<'_>) -> String {
         Format::Json => serde_json::json!({
             "ts_ms": super::unix_ms(),
             "request_id": r.id,
+            "client": r.client.to_string(),
             "route": r.route,
             "model": r.model,
             "node": r.node,
@@ -180,9 +183,10 @@ pub fn format_line(format: Format, r: &Record<'_>) -> String {
         })
         .to_string(),
         Format::Text => format!(
-            "ts_ms={} request_id={:?} route={:?} model={:?} node={:?} attempts={} status={} latency_ms={:.3} ttft_ms={} tokens_in={} tokens_out={} stream_error={}",
+            "ts_ms={} request_id={:?} client={} route={:?} model={:?} node={:?} attempts={} status={} latency_ms={:.3} ttft_ms={} tokens_in={} tokens_out={} stream_error={}",
             super::unix_ms(),
             r.id,
+            r.client,
             r.route,
             r.model,
             r.node,
@@ -204,6 +208,7 @@ mod tests {
     fn record() -> Record<'static> {
         Record {
             id: "abc\"1",
+            client: "192.0.2.7:5555".parse().unwrap(),
             route: "r",
             model: "m",
             node: "n0",
@@ -223,6 +228,7 @@ mod tests {
             serde_json::from_str(&format_line(Format::Json, &record())).unwrap();
         assert_eq!(v["request_id"], "abc\"1");
         assert_eq!(v["node"], "n0");
+        assert_eq!(v["client"], "192.0.2.7:5555");
         assert_eq!(v["attempts"], 2);
         assert_eq!(v["latency_ms"], 12.0);
         assert_eq!(v["ttft_ms"], 3.0);
@@ -234,6 +240,7 @@ mod tests {
         let line = format_line(Format::Text, &record());
         assert!(line.contains("request_id=\"abc\\\"1\""), "{line}");
         assert!(line.contains("status=200"));
+        assert!(line.contains(" client=192.0.2.7:5555 "), "{line}");
         assert!(!line.contains('\n'));
     }
 

@@ -227,6 +227,8 @@ impl RouteTelemetry {
 pub struct RequestInfo {
     /// `x-request-id`.
     pub id: String,
+    /// The client's address.
+    pub client: std::net::SocketAddr,
     /// When the gateway started on it.
     pub start: Instant,
     /// Response status.
@@ -297,6 +299,7 @@ impl Drop for Tracker {
         if let Some(log) = &self.hub.access {
             log.record(access::Record {
                 id: &self.info.id,
+                client: self.info.client,
                 route: &self.series.route,
                 model: &self.series.model,
                 node: &self.series.node,
@@ -474,7 +477,13 @@ impl Telemetry {
     }
 
     /// A response the gateway made itself.
-    pub fn local_response(&self, id: &str, status: u16, start: Instant) {
+    pub fn local_response(
+        &self,
+        id: &str,
+        client: std::net::SocketAddr,
+        status: u16,
+        start: Instant,
+    ) {
         if !self.enabled {
             return;
         }
@@ -482,6 +491,7 @@ impl Telemetry {
         if let Some(log) = &self.access {
             log.record(access::Record {
                 id,
+                client,
                 route: "-",
                 model: "-",
                 node: "-",

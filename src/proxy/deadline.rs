@@ -1,0 +1,276 @@
+//! Deadlines on client connections, whatever the protocol: a connection
+//! must start its first request within `listener.header_timeout` (counted
+//! from the accept, not reset by a trickle of bytes, so a silent socket, a
+//! slowloris or a half-sent HTTP/2 preface is closed), and a connection
+//! with no request in flight is closed after `listener.idle_timeout`
+//! without traffic (HTTP/1 keep-alive and idle HTTP/2 sessions alike).
+//!
+//! hyper's own `header_read_timeout` starts only once its HTTP/1 parser
+//! runs; the protocol sniffing before it (HTTP/1 or an HTTP/2 preface) and
+//! HTTP/2 sessions have no deadline, hence this layer under both. Closing
+//! is an end of file on the read side: hyper then closes the connection.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Requests of one connection, seen by the service and its IO.
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    started: AtomicBool,
+}
+
+impl Activity {
+    /// A request starts; it counts until the guard (kept with its
+    /// response body) drops.
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.started.store(true, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+        RequestGuard(Arc::clone(self))
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Relaxed) == 0
+    }
+}
+
+/// One request in flight on a connection.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted until it is done.
+pub struct Tracked<B> {
+    inner: B,
+    _guard: RequestGuard,
+}
+
+impl<B> Tracked<B> {
+    /// Keep `guard` until `inner` ends or is dropped.
+    pub fn new(inner: B, guard: RequestGuard) -> Tracked<B> {
+        Tracked {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client connection's IO with the deadlines of the module docs.
+pub struct DeadlineIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    idle: Duration,
+    last_activity: Instant,
+    first_deadline: Instant,
+    timer: Pin<Box<Sleep>>,
+    expired: bool,
+}
+
+impl<T> DeadlineIo<T> {
+    /// Wrap `inner`: the first request must start within `first`, and the
+    /// connection may then sit without a request for `idle`.
+    pub fn new(inner: T, activity: Arc<Activity>, first: Duration, idle: Duration) -> Self {
+        let now = Instant::now();
+        DeadlineIo {
+            inner,
+            activity,
+            idle,
+            last_activity: now,
+            first_deadline: now + first,
+            timer: Box::pin(tokio::time::sleep_until(now + first)),
+            expired: false,
+        }
+    }
+
+    /// Whether the connection must close now; arms the timer otherwise.
+    /// Called when a read would wait, so once per wait, not per byte.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.expired {
+            return true;
+        }
+        let started = self.activity.started.load(Relaxed);
+        let mut due = if started {
+            self.last_activity + self.idle
+        } else {
+            // No request since the accept: the first deadline holds,
+            // whatever bytes trickled in.
+            self.first_deadline
+        };
+        loop {
+            if started && !self.activity.idle() {
+                // A request is in flight: its own timeouts apply.
+                due = due.max(Instant::now() + self.idle);
+            }
+            if self.timer.deadline() != due {
+                self.timer.as_mut().reset(due);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if !started || self.activity.idle() {
+                self.expired = true;
+                return true;
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.last_activity = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                if this.poll_expired(cx) {
+                    // End of file: hyper closes the connection.
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.last_activity = Instant::now();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.last_activity = Instant::now();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const FIRST: Duration = Duration::from_millis(100);
+    const IDLE: Duration = Duration::from_millis(300);
+
+    #[tokio::test(start_paused = true)]
+    async fn no_first_request_in_time_is_end_of_file_even_with_a_trickle() {
+        let (client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::default());
+        let mut io = DeadlineIo::new(server, activity, FIRST, IDLE);
+        let started = Instant::now();
+        let trickle = tokio::spawn(async move {
+            let mut client = client;
+            for _ in 0..10 {
+                let _ = client.write_all(b"P").await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            client
+        });
+        let mut buf = [0u8; 16];
+        loop {
+            let n = io.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(started.elapsed(), FIRST, "closed at the first deadline");
+        drop(trickle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_only_without_a_request_in_flight() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::default());
+        let mut io = DeadlineIo::new(server, Arc::clone(&activity), FIRST, IDLE);
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        let guard = activity.begin();
+        // A request in flight for 10 idle periods: the connection stays.
+        let read = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let n = io.read(&mut buf).await.unwrap();
+            (n, Instant::now())
+        });
+        tokio::time::sleep(IDLE * 10).await;
+        assert!(!read.is_finished());
+        let released = Instant::now();
+        drop(guard);
+        let (n, closed) = read.await.unwrap();
+        assert_eq!(n, 0, "end of file once idle");
+        assert!(closed - released <= IDLE * 2, "{:?}", closed - released);
+    }
+}

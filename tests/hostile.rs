@@ -1,0 +1,290 @@
+//! Hostile and careless clients: they cannot take a healthy node out of
+//! service, hold connections open without sending, or smuggle framing a
+//! proxy must refuse.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use infergate::health::now_ms;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// A node that reads every request body whole, then answers 200 with its
+/// length; with `switch`, it answers 101 instead.
+async fn reading_node(switch: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| async move {
+                    let read = req.into_body().collect().await;
+                    let mut response = match read {
+                        Ok(body) => {
+                            Response::new(Full::new(Bytes::from(body.to_bytes().len().to_string())))
+                        }
+                        Err(_) => Response::new(Full::new(Bytes::from("broken"))),
+                    };
+                    if switch {
+                        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                        response
+                            .headers_mut()
+                            .insert("upgrade", "websocket".parse().unwrap());
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One pool `p` of `node`, a catch-all route (bodies stream through),
+/// outlier ejection after 2 failures; `listener` lines are added.
+fn streaming_config(node: SocketAddr, listener: &str, route: &str) -> String {
+    format!(
+        "[listener]\naddr = \"127.0.0.1:0\"\n{listener}\n[[pools]]\nname = \"p\"\n\
+         [[pools.nodes]]\nname = \"n0\"\naddr = \"{node}\"\n\
+         [pools.outlier]\nconsecutive_failures = 2\nbase_ejection_time = \"60s\"\n\
+         [[routes]]\nname = \"any\"\npool = \"p\"\nretries = 0\n{route}\n"
+    )
+}
+
+/// Send raw bytes on a new connection; the response's status line.
+async fn raw_status(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn malformed_chunked_bodies_are_the_clients_fault() {
+    let node = reading_node(false).await;
+    let gw = start_gateway(&streaming_config(node, "", "")).await;
+    let bad: [&[u8]; 3] = [
+        b"POST /upload HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n3\nabc\n0\n\n",
+    ];
+    for _ in 0..4 {
+        for request in bad {
+            let status = raw_status(gw.addr, request).await;
+            assert!(
+                status.starts_with("HTTP/1.1 400"),
+                "{status}: {:?}",
+                String::from_utf8_lossy(request)
+            );
+        }
+    }
+    let load = &gw.gateway.table().pools[0].nodes[0].load;
+    assert_eq!(load.failures(), 0, "the node was not blamed");
+    assert!(load.health.is_available(now_ms()), "and not ejected");
+    let ok = raw_status(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 3\r\n\r\nabc",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
+
+#[tokio::test]
+async fn first_byte_timeout_starts_after_the_upload_and_slow_uploads_are_408() {
+    let node = reading_node(false).await;
+    let gw = start_gateway(&streaming_config(
+        node,
+        "body_timeout = \"400ms\"",
+        "[routes.timeouts]\nfirst_byte = \"150ms\"",
+    ))
+    .await;
+    // An upload of 600 ms in 6 pieces: slower than first_byte, each gap
+    // within the body timeout. The node answers at once after it.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 6\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(b"x").await.unwrap();
+    }
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with('6'), "{text}");
+
+    // A client that stops sending: 408 after the body timeout, node kept.
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(b"POST /upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\nxx")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(started.elapsed() >= Duration::from_millis(390));
+    }
+    let load = &gw.gateway.table().pools[0].nodes[0].load;
+    assert_eq!(load.failures(), 0);
+    assert!(load.health.is_available(now_ms()));
+}
+
+/// Whether the gateway closes `stream` within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed() {
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let mut text = config_text(&unweighted(&nodes), "round_robin", "");
+    text = text.replace(
+        "addr = \"127.0.0.1:0\"\n",
+        "addr = \"127.0.0.1:0\"\nmax_connections = 3\nheader_timeout = \"300ms\"\nidle_timeout = \"400ms\"\n",
+    );
+    let gw = start_gateway(&text).await;
+    let started = Instant::now();
+    // Silent, a trickle that never finishes a request, half an HTTP/2
+    // preface: all hold a connection slot until the first deadline.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let mut preface = TcpStream::connect(gw.addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut trickle = TcpStream::connect(gw.addr).await.unwrap();
+    let trickler = tokio::spawn(async move {
+        for _ in 0..20 {
+            if trickle.write_all(b"G").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        trickle
+    });
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+    assert!(closed_within(&mut preface, Duration::from_secs(3)).await);
+    let mut trickle = trickler.await.unwrap();
+    assert!(closed_within(&mut trickle, Duration::from_secs(3)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Slots are free again: a normal client is served.
+    let reply = post(gw.addr, "/v1/chat/completions", chat("hi", false, 1)).await;
+    assert_eq!(reply.status, 200);
+
+    // A keep-alive connection with no request in flight closes when idle
+    // (HTTP/1: also when the next request does not start within the
+    // header timeout; here the idle timeout is the shorter).
+    let mut text = config_text(&unweighted(&nodes), "round_robin", "");
+    text = text.replace(
+        "addr = \"127.0.0.1:0\"\n",
+        "addr = \"127.0.0.1:0\"\nheader_timeout = \"5s\"\nidle_timeout = \"300ms\"\n",
+    );
+    let gw = start_gateway(&text).await;
+    let mut kept = TcpStream::connect(gw.addr).await.unwrap();
+    kept.write_all(b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle_from = Instant::now();
+    assert!(closed_within(&mut kept, Duration::from_secs(3)).await);
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(290) && idle < Duration::from_secs(2),
+        "{idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_request_is_not_cut_by_the_idle_timeout() {
+    let nodes = start_nodes(
+        1,
+        &infergate::sim::SimConfig {
+            time_scale: 1.0,
+            ..fast_sim()
+        },
+    )
+    .await;
+    let mut text = config_text(&unweighted(&nodes), "round_robin", "");
+    text = text.replace(
+        "addr = \"127.0.0.1:0\"\n",
+        "addr = \"127.0.0.1:0\"\nidle_timeout = \"100ms\"\n",
+    );
+    let gw = start_gateway(&text).await;
+    // A non-streamed answer that takes several idle timeouts.
+    let started = Instant::now();
+    let reply = post(gw.addr, "/v1/chat/completions", chat("long", false, 60)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        started.elapsed() > Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn framing_a_proxy_must_refuse() {
+    let node = reading_node(false).await;
+    let gw = start_gateway(&streaming_config(node, "", "")).await;
+    let no_host = raw_status(gw.addr, b"GET /x HTTP/1.1\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    let two_hosts = raw_status(gw.addr, b"GET /x HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n").await;
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
+    let connect = raw_status(
+        gw.addr,
+        b"CONNECT node:443 HTTP/1.1\r\nhost: node:443\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+    let http10 = raw_status(gw.addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert!(http10.contains(" 200 "), "HTTP/1.0 needs no Host: {http10}");
+
+    // A node that switches protocols is not passed through.
+    let switching = reading_node(true).await;
+    let gw = start_gateway(&streaming_config(switching, "", "")).await;
+    let upgrade = raw_status(
+        gw.addr,
+        b"GET /ws HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(upgrade.starts_with("HTTP/1.1 502"), "{upgrade}");
+}
