@@ -15,4 +15,5 @@ pub mod health;
 pub mod proxy;
 pub mod sim;
 pub mod telemetry;
+pub mod tls;
 pub mod workload;

@@ -40,7 +40,8 @@ pub struct NotifierConfig {
     pub name: Option<String>,
     /// Kind.
     pub kind: NotifierKind,
-    /// `http://` URL (not for `log`). For Alertmanager the base URL.
+    /// `http://` or `https://` URL (not for `log`). For Alertmanager the
+    /// base URL. https uses the system's roots.
     #[serde(default)]
     pub url: Option<String>,
     /// Time limit of one delivery attempt.
@@ -83,8 +84,13 @@ impl NotifierConfig {
             return Ok(());
         }
         match &self.url {
-            Some(u) if u.starts_with("http://") && u.parse::<http::Uri>().is_ok() => Ok(()),
-            Some(_) => Err("url must be an http:// URL".into()),
+            Some(u)
+                if (u.starts_with("http://") || u.starts_with("https://"))
+                    && u.parse::<http::Uri>().is_ok() =>
+            {
+                Ok(())
+            }
+            Some(_) => Err("url must be an http:// or https:// URL".into()),
             None => Err("url is required".into()),
         }
     }
@@ -143,7 +149,12 @@ impl Notifier {
         let counters = Arc::clone(&self.counters);
         let name = self.name.clone();
         tokio::spawn(async move {
-            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            // https:// with the system roots (Slack webhooks are https only).
+            let client: WebhookClient =
+                Client::builder(TokioExecutor::new()).build(crate::tls::https_connector(
+                    crate::tls::default_client_config(),
+                    Duration::from_secs(10),
+                ));
             while let Some(job) = rx.recv().await {
                 deliver(&client, &config, &name, &counters, job).await;
             }
@@ -185,8 +196,11 @@ impl Notifier {
     }
 }
 
+/// The notifiers' HTTP(S) client.
+type WebhookClient = Client<crate::tls::HttpsConnector, Full<Bytes>>;
+
 async fn deliver(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &WebhookClient,
     config: &NotifierConfig,
     name: &str,
     counters: &Counters,
@@ -307,6 +321,25 @@ fn payload(kind: NotifierKind, url: &str, job: &Job) -> (String, Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_urls_may_be_https() {
+        let config = |url: &str| NotifierConfig {
+            name: None,
+            kind: NotifierKind::Slack,
+            url: Some(url.to_string()),
+            timeout: d_timeout(),
+            retries: d_retries(),
+            backoff: d_backoff(),
+            max_backoff: d_max_backoff(),
+            queue: d_queue(),
+        };
+        assert!(config("https://hooks.slack.com/services/T/B/x")
+            .validate()
+            .is_ok());
+        assert!(config("http://127.0.0.1:9/hook").validate().is_ok());
+        assert!(config("ftp://example/hook").validate().is_err());
+    }
 
     #[test]
     fn rfc3339_dates() {

@@ -80,8 +80,10 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Connections the kernel queues before they are accepted.
     pub backlog: u32,
-    /// Serve HTTP/2 (h2c, prior knowledge) besides HTTP/1.1.
+    /// Serve HTTP/2 (h2c, prior knowledge; ALPN `h2` with TLS) besides HTTP/1.1.
     pub http2: bool,
+    /// Terminate TLS (`[listener.tls]`: cert, key, optional client_ca).
+    pub tls: Option<crate::tls::ServerTls>,
     /// Worker threads serving connections (0: one per CPU).
     pub workers: usize,
 }
@@ -98,6 +100,7 @@ impl Default for ListenerConfig {
             idle_timeout: Duration::from_secs(60),
             backlog: 1024,
             http2: true,
+            tls: None,
             workers: 0,
         }
     }
@@ -139,6 +142,10 @@ pub struct PoolConfig {
     /// Protocol to the nodes.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// TLS to `https://` nodes: CA bundle, client certificate (default:
+    /// the system roots, no client certificate).
+    #[serde(default)]
+    pub tls: Option<crate::tls::ClientTls>,
     /// The nodes.
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
@@ -550,6 +557,11 @@ impl Config {
                 err(format!("listener.{field}"), "must be greater than 0".into());
             }
         }
+        if let Some(tls) = &self.listener.tls {
+            for e in tls.validate("listener.tls") {
+                err(e.path, e.message);
+            }
+        }
         if self.listener.backlog == 0 || self.listener.backlog > 65_535 {
             err(
                 "listener.backlog".into(),
@@ -624,6 +636,11 @@ impl Config {
                     err(path, message);
                 }
             }
+            if let Some(tls) = &pool.tls {
+                for e in tls.validate(&format!("{at}.tls")) {
+                    err(e.path, e.message);
+                }
+            }
             let mut node_names = HashSet::new();
             for (j, node) in pool.nodes.iter().enumerate() {
                 let at = format!("{at}.nodes[{j}]");
@@ -635,7 +652,7 @@ impl Config {
                         format!("duplicate node name \"{}\" in pool", node.name),
                     );
                 }
-                if let Err(why) = parse_node_addr(&node.addr) {
+                if let Err(why) = parse_node_url(&node.addr) {
                     err(format!("{at}.addr"), why);
                 }
                 if !(1..=10_000).contains(&node.weight) {
@@ -779,6 +796,24 @@ impl Config {
             Err(ConfigError::Invalid(errors))
         }
     }
+}
+
+/// Parse a node address that may name its scheme: `host:port`,
+/// `http://host:port` or `https://host:port` (TLS, `[pools.tls]`).
+/// Returns the authority and whether to speak TLS.
+pub fn parse_node_url(addr: &str) -> Result<(Authority, bool), String> {
+    let (rest, https) = if let Some(rest) = addr.strip_prefix("https://") {
+        (rest, true)
+    } else if let Some(rest) = addr.strip_prefix("http://") {
+        (rest, false)
+    } else {
+        (addr, false)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') {
+        return Err(format!("`{addr}` must not have a path"));
+    }
+    Ok((parse_node_addr(rest)?, https))
 }
 
 /// Parse a node address: `host:port` with a port, no scheme or path.
@@ -952,5 +987,15 @@ mod tests {
         assert!(parse_node_addr("user:pw@host:80").is_err());
         assert!(parse_node_addr("node-1.internal:8000").is_ok());
         assert!(parse_node_addr("[::1]:8000").is_ok());
+        assert_eq!(
+            parse_node_url("https://node-1:8443").map(|(a, tls)| (a.to_string(), tls)),
+            Ok(("node-1:8443".to_string(), true))
+        );
+        assert_eq!(
+            parse_node_url("http://n:80/").map(|(_, tls)| tls),
+            Ok(false)
+        );
+        assert!(parse_node_url("https://n:443/v1").is_err());
+        assert!(parse_node_url("https://n").is_err());
     }
 }

@@ -57,6 +57,8 @@ pub struct Node {
     pub name: String,
     /// `host:port` the gateway connects to.
     pub addr: Authority,
+    /// Speak TLS to it (`https://` address).
+    pub https: bool,
     /// Relative share of traffic for weighted policies (>= 1).
     pub weight: u32,
     /// Most requests the node may have in flight, if limited.
@@ -73,6 +75,7 @@ impl Node {
         Node {
             name: name.into(),
             addr,
+            https: false,
             weight: weight.max(1),
             max_concurrent: None,
             max_inflight_tokens: None,
@@ -145,6 +148,8 @@ pub struct Pool {
     /// How long a node that refused connections or failed its last
     /// requests counts as known dead (the pool's base ejection time).
     pub failure_window_ms: u64,
+    /// TLS settings for its `https://` nodes.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl Pool {
@@ -157,6 +162,16 @@ impl Pool {
             failure_window_ms: crate::health::OutlierConfig::default()
                 .base_ejection_time
                 .as_millis() as u64,
+            tls: crate::tls::default_client_config(),
+        }
+    }
+
+    /// The scheme to reach `node` with.
+    pub fn scheme(node: &Node) -> &'static str {
+        if node.https {
+            "https"
+        } else {
+            "http"
         }
     }
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, Request, Uri};
 use http_body_util::Empty;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
@@ -19,7 +18,7 @@ use super::now_ms;
 use crate::config::duration;
 use crate::fleet::{Node, Pool};
 
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+type CheckClient = Client<crate::tls::HttpsConnector, Empty<Bytes>>;
 
 /// Ids of `spawn_checks` calls; 0 means "never checked".
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
@@ -59,9 +58,8 @@ impl Drop for CheckHandle {
 /// first check of a fresh node decides at once (HAProxy `init-state`).
 pub fn spawn_checks(pool: Arc<Pool>, cfg: ActiveCheckConfig) -> CheckHandle {
     let owner = NEXT_OWNER.fetch_add(1, Relaxed);
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeout));
-    connector.set_nodelay(true);
+    // `https://` nodes are checked over TLS with the pool's settings.
+    let connector = crate::tls::https_connector(Arc::clone(&pool.tls), cfg.timeout);
     // A fresh connection per check, like HAProxy: a check also proves the
     // node still accepts connections.
     let client: CheckClient = Client::builder(TokioExecutor::new())
@@ -81,7 +79,7 @@ pub fn spawn_checks(pool: Arc<Pool>, cfg: ActiveCheckConfig) -> CheckHandle {
                 now,
             );
         }
-        let uri = format!("http://{}{}", node.addr, cfg.check_path());
+        let uri = format!("{}://{}{}", Pool::scheme(node), node.addr, cfg.check_path());
         let uri: Uri = match uri.parse() {
             Ok(uri) => uri,
             Err(e) => {
@@ -582,6 +580,7 @@ mod tests {
                 name: "n0".into(),
                 addr: addr.to_string().parse().unwrap(),
                 weight: 1,
+                https: false,
                 max_concurrent: None,
                 max_inflight_tokens: None,
                 load: Arc::clone(&pool.nodes[0].load),

@@ -273,7 +273,12 @@ async fn forward(
         &mut headers,
         grpc && route.protocol == UpstreamProtocol::H2c,
     );
-    add_forwarded(&mut headers, peer, "http");
+    let proto = if parts.extensions.get::<super::worker::OverTls>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    add_forwarded(&mut headers, peer, proto);
     headers.insert(REQUEST_ID.clone(), id.clone());
     if !headers.contains_key(HOST) {
         if let Some(authority) = parts.uri.authority() {
@@ -343,7 +348,7 @@ async fn forward(
             break;
         };
         let uri = match Uri::builder()
-            .scheme("http")
+            .scheme(crate::fleet::Pool::scheme(node))
             .authority(node.addr.clone())
             .path_and_query(path_and_query.clone())
             .build()
@@ -375,7 +380,8 @@ async fn forward(
 
         let slot = Slot::begin(route, node, class);
         let outcome = response_head(
-            upstream::client(route.timeouts.connect, route.protocol).request(request),
+            upstream::client(route.timeouts.connect, route.protocol, &route.pool.tls)
+                .request(request),
             watch.clone(),
             route.timeouts.first_byte,
             deadline,

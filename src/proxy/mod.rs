@@ -208,6 +208,16 @@ impl Gateway {
     }
 }
 
+/// Aborts a background task when dropped (the task lives as long as the
+/// server).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Bind the listener address of the gateway's config, with its backlog.
 pub async fn bind(gateway: &Gateway) -> io::Result<TcpListener> {
     let listener = gateway.table().listener.clone();
@@ -245,7 +255,26 @@ pub async fn serve(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let mut workers = worker::Workers::start(count, builder, Arc::clone(&gateway))?;
+    let (tls, _cert_reloader) = match &settings.tls {
+        Some(tls) => {
+            let (config, cert) = crate::tls::server_config(tls, settings.http2)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            // Certificate files are looked at every few seconds; a renewed
+            // pair takes over for new handshakes, open connections stay.
+            let reloader = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::tls::RELOAD_EVERY).await;
+                    cert.reload_if_changed();
+                }
+            });
+            (
+                Some(tokio_rustls::TlsAcceptor::from(config)),
+                Some(AbortOnDrop(reloader)),
+            )
+        }
+        None => (None, None),
+    };
+    let mut workers = worker::Workers::start(count, builder, tls, Arc::clone(&gateway))?;
 
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();

@@ -14,7 +14,7 @@ use super::retry::RetryBudget;
 use crate::balance::{self, Policy, PrefixIndex};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
 use crate::config::{
-    parse_node_addr, Config, ConfigError, FieldError, ListenerConfig, ModelPattern, TimeoutConfig,
+    parse_node_url, Config, ConfigError, FieldError, ListenerConfig, ModelPattern, TimeoutConfig,
     UpstreamProtocol,
 };
 use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
@@ -219,9 +219,18 @@ impl RouteTable {
         let mut settings = HashMap::new();
         let mut keep = Vec::new();
         for (i, pool) in config.pools.iter().enumerate() {
+            let tls = match &pool.tls {
+                Some(tls) => crate::tls::client_config(tls).map_err(|message| {
+                    ConfigError::Invalid(vec![FieldError {
+                        path: format!("pools[{i}].tls"),
+                        message,
+                    }])
+                })?,
+                None => crate::tls::default_client_config(),
+            };
             let mut nodes = Vec::with_capacity(pool.nodes.len());
             for (j, node) in pool.nodes.iter().enumerate() {
-                let addr = parse_node_addr(&node.addr).map_err(|message| {
+                let (addr, https) = parse_node_url(&node.addr).map_err(|message| {
                     ConfigError::Invalid(vec![FieldError {
                         path: format!("pools[{i}].nodes[{j}].addr"),
                         message,
@@ -234,6 +243,7 @@ impl RouteTable {
                 nodes.push(Arc::new(Node {
                     name: node.name.clone(),
                     addr,
+                    https,
                     weight: node.weight.max(1),
                     max_concurrent: node.max_concurrent,
                     max_inflight_tokens: node.max_inflight_tokens,
@@ -257,6 +267,7 @@ impl RouteTable {
                 nodes,
                 panic_threshold: pool.panic_threshold,
                 failure_window_ms: pool.outlier.base_ejection_time.as_millis() as u64,
+                tls,
             }));
         }
         loads.retain(&keep);

@@ -11,6 +11,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use super::deadline::{Activity, DeadlineIo, Tracked};
 use super::{forward, Gateway};
@@ -39,6 +40,7 @@ impl Workers {
     pub fn start(
         count: usize,
         builder: auto::Builder<TokioExecutor>,
+        tls: Option<TlsAcceptor>,
         gateway: Arc<Gateway>,
     ) -> std::io::Result<Workers> {
         let (abort, aborted) = watch::channel(false);
@@ -50,11 +52,12 @@ impl Workers {
                 .enable_all()
                 .build()?;
             let builder = builder.clone();
+            let tls = tls.clone();
             let gateway = Arc::clone(&gateway);
             let aborted = aborted.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("infergate-worker-{i}"))
-                .spawn(move || runtime.block_on(run(rx, builder, gateway, aborted)))?;
+                .spawn(move || runtime.block_on(run(rx, builder, tls, gateway, aborted)))?;
             senders.push(tx);
             threads.push(thread);
         }
@@ -94,6 +97,7 @@ impl Workers {
 async fn run(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
     gateway: Arc<Gateway>,
     mut aborted: watch::Receiver<bool>,
 ) {
@@ -102,7 +106,7 @@ async fn run(
         tokio::select! {
             job = jobs.recv() => match job {
                 Some(job) => {
-                    connections.spawn(serve_connection(job, builder.clone(), Arc::clone(&gateway)));
+                    connections.spawn(serve_connection(job, builder.clone(), tls.clone(), Arc::clone(&gateway)));
                 }
                 None => break,
             },
@@ -116,7 +120,16 @@ async fn run(
     }
 }
 
-async fn serve_connection(job: Job, builder: auto::Builder<TokioExecutor>, gateway: Arc<Gateway>) {
+/// Marks requests that came over TLS (for `X-Forwarded-Proto`).
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
+async fn serve_connection(
+    job: Job,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+) {
     let Job {
         stream,
         peer,
@@ -132,14 +145,40 @@ async fn serve_connection(job: Job, builder: auto::Builder<TokioExecutor>, gatew
     };
     let listener = gateway.table().listener.clone();
     let activity = Arc::new(Activity::default());
+    // The deadlines sit under TLS too: a handshake that stalls is a
+    // connection that never starts a request.
     let stream = DeadlineIo::new(
         stream,
         Arc::clone(&activity),
         listener.header_timeout,
         listener.idle_timeout,
     );
-    let service = service_fn(move |req| {
+    match tls {
+        None => serve_io(stream, peer, activity, false, builder, gateway, watcher).await,
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(stream) => serve_io(stream, peer, activity, true, builder, gateway, watcher).await,
+            Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+        },
+    }
+    drop(permit);
+}
+
+async fn serve_io<I>(
+    io: I,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    over_tls: bool,
+    builder: auto::Builder<TokioExecutor>,
+    gateway: Arc<Gateway>,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let guard = activity.begin();
+        if over_tls {
+            req.extensions_mut().insert(OverTls);
+        }
         let handled = forward::handle(Arc::clone(&gateway), peer, req);
         async move {
             let response = handled.await?;
@@ -147,10 +186,9 @@ async fn serve_connection(job: Job, builder: auto::Builder<TokioExecutor>, gatew
         }
     });
     let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .into_owned();
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(error = %e, %peer, "client connection ended with error");
     }
-    drop(permit);
 }
