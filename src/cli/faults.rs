@@ -39,6 +39,11 @@ pub struct FaultArgs {
     /// rewritten (`--rate` defaults to 2000 then).
     #[arg(long, value_parser = super::parse_duration)]
     soak: Option<Duration>,
+    /// Instead of the matrix, replay hostile clients (malformed framing,
+    /// slow and silent clients, floods, admin from another origin) against
+    /// each proxy and print what each did.
+    #[arg(long)]
+    adversarial: bool,
     /// Soak: a new fault in each pool this often.
     #[arg(long, default_value = "3s", value_parser = super::parse_duration)]
     fault_every: Duration,
@@ -61,6 +66,9 @@ pub async fn run(args: FaultArgs) -> ExitCode {
     }
     if let Some(duration) = args.soak {
         return soak(&args, duration).await;
+    }
+    if args.adversarial {
+        return adversarial(&args).await;
     }
     let chosen: Vec<_> = all
         .into_iter()
@@ -171,6 +179,37 @@ async fn soak(args: &FaultArgs, duration: Duration) -> ExitCode {
         }
         Err(e) => {
             eprintln!("soak: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn adversarial(args: &FaultArgs) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("cannot find the infergate binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut proxies = Vec::new();
+    for name in &args.proxies {
+        match ProxyKind::from_name(name).and_then(|k| k.program(&exe).map(|p| (k, p))) {
+            Some(found) => proxies.push(found),
+            None => eprintln!("NOTICE: {name} is not available; its column is left out"),
+        }
+    }
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("infergate-adversarial-{}", std::process::id()))
+    });
+    eprintln!("hostile clients against {} proxies; logs in {}", proxies.len(), dir.display());
+    match crate::faultlab::adversarial::run(&exe, &dir, &proxies).await {
+        Ok(table) => {
+            println!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("adversarial: {e}");
             ExitCode::FAILURE
         }
     }

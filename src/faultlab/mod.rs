@@ -17,6 +17,7 @@
 //! first request it answered (for "all down", to the first success); p99
 //! latency.
 
+pub mod adversarial;
 pub mod load;
 pub mod procs;
 pub mod proxies;

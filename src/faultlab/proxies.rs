@@ -57,6 +57,17 @@ impl ProxyKind {
         dir: &Path,
         nodes: &[(String, SocketAddr)],
     ) -> Result<ProxyProcess, String> {
+        self.start_with_admin(program, dir, nodes, None).await
+    }
+
+    /// [`ProxyKind::start`], with infergate's admin listener on `admin`.
+    pub async fn start_with_admin(
+        self,
+        program: &Path,
+        dir: &Path,
+        nodes: &[(String, SocketAddr)],
+        admin: Option<SocketAddr>,
+    ) -> Result<ProxyProcess, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = dir.join(format!("{}.log", self.name()));
@@ -64,7 +75,7 @@ impl ProxyKind {
         match self {
             ProxyKind::Infergate => {
                 let path = dir.join("infergate.toml");
-                write(&path, &infergate_config(addr, nodes))?;
+                write(&path, &infergate_config(addr, nodes, admin))?;
                 command
                     .args(["serve", "--drain", "1s", "--config"])
                     .arg(&path)
@@ -99,10 +110,18 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 /// infergate: `[pools.health]` and `[pools.outlier]` as above, the route
 /// with `retries = 2` (3 attempts), defaults elsewhere.
-pub fn infergate_config(addr: SocketAddr, nodes: &[(String, SocketAddr)]) -> String {
+pub fn infergate_config(
+    addr: SocketAddr,
+    nodes: &[(String, SocketAddr)],
+    admin: Option<SocketAddr>,
+) -> String {
+    let admin = match admin {
+        Some(admin) => format!("addr = \"{admin}\""),
+        None => "enabled = false".to_string(),
+    };
     let mut text = format!(
-        "[listener]\naddr = \"{addr}\"\n\n[admin]\nenabled = false\n\n\
-         [[pools]]\nname = \"fleet\"\n"
+        "[listener]\naddr = \"{addr}\"\nheader_timeout = \"10s\"\nbody_timeout = \"10s\"\n\n\
+         [admin]\n{admin}\n\n[[pools]]\nname = \"fleet\"\n"
     );
     for (name, node) in nodes {
         text.push_str(&format!(
@@ -137,7 +156,7 @@ pub fn nginx_config(addr: SocketAddr, nodes: &[(String, SocketAddr)], dir: &Path
     format!(
         "{user}daemon off;\nmaster_process on;\nworker_processes 2;\npid {dir}/nginx.pid;\n\
          error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+         http {{\n  access_log off;\n  client_header_timeout 10s;\n  client_body_timeout 10s;\n  keepalive_timeout 60s;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
          fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
          upstream fleet {{\n    least_conn;\n{servers}    keepalive 64;\n  }}\n\
          server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://fleet;\n\
@@ -164,6 +183,7 @@ pub fn haproxy_config(addr: SocketAddr, nodes: &[(String, SocketAddr)]) -> Strin
     format!(
         "global\n  nbthread 2\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 1s\n\
+         timeout http-request 10s\n  timeout http-keep-alive 60s\n\
          timeout check 150ms\n  retries 3\n  option redispatch 1\n  retry-on all-retryable-errors\n\
          frontend fe\n  bind {addr}\n  default_backend fleet\n\
          backend fleet\n  balance leastconn\n  option httpchk GET /health\n{servers}"
@@ -183,7 +203,7 @@ mod tests {
 
     #[test]
     fn infergate_config_is_valid() {
-        let text = infergate_config("127.0.0.1:7000".parse().unwrap(), &nodes());
+        let text = infergate_config("127.0.0.1:7000".parse().unwrap(), &nodes(), None);
         let config = crate::config::Config::from_toml(&text).expect("valid");
         assert_eq!(config.pools[0].nodes.len(), 2);
         assert_eq!(config.routes[0].retries, 2);

@@ -178,13 +178,20 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
             None,
             json!(405),
         ),
-        _ => openai_error(
-            StatusCode::NOT_FOUND,
-            &format!("no route for {path}"),
-            "invalid_request_error",
-            None,
-            json!(404),
-        ),
+        _ => {
+            // Read (and drop) the body first, as servers usually do, so a
+            // broken upload surfaces as a broken request on this node.
+            let _ = http_body_util::Limited::new(req.into_body(), 1 << 20)
+                .collect()
+                .await;
+            openai_error(
+                StatusCode::NOT_FOUND,
+                &format!("no route for {path}"),
+                "invalid_request_error",
+                None,
+                json!(404),
+            )
+        }
     })
 }
 
