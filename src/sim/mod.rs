@@ -16,6 +16,7 @@ mod engine;
 mod kv;
 pub mod metrics;
 mod server;
+mod validate;
 #[cfg(test)]
 mod tests;
 
