@@ -9,6 +9,8 @@ pub mod body;
 pub mod errors;
 mod forward;
 pub mod headers;
+pub mod models;
+pub mod probe;
 mod queue;
 pub mod retry;
 mod select;
@@ -49,6 +51,8 @@ pub struct Gateway {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// What the last config reloads did, for the admin API and dashboard.
     config_status: Mutex<ConfigStatus>,
+    /// Models the nodes say they serve, for `GET /v1/models`.
+    pub models: models::ModelCatalog,
 }
 
 /// What a pool's active checks check: the pool, its nodes' names and
@@ -91,6 +95,7 @@ impl Gateway {
                 ..ConfigStatus::default()
             }),
             telemetry,
+            models: models::ModelCatalog::default(),
         });
         gateway.apply(&table, config);
         if tokio::runtime::Handle::try_current().is_ok() {
