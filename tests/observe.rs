@@ -792,9 +792,14 @@ async fn grpc_errors_are_counted_by_their_status() {
     let trailers = collected.trailers().cloned().unwrap_or_default();
     assert_eq!(trailers["grpc-status"], "14");
 
-    let metrics = || prom::parse(&prom::render(&gw.gateway.telemetry, &gw.gateway.table())).unwrap();
+    let metrics =
+        || prom::parse(&prom::render(&gw.gateway.telemetry, &gw.gateway.table())).unwrap();
     let counted = |samples: &[Sample], code: &str| {
-        total(samples, "infergate_requests_total", &[("node", "n0"), ("code", code)])
+        total(
+            samples,
+            "infergate_requests_total",
+            &[("node", "n0"), ("code", code)],
+        )
     };
     assert!(
         eventually(Duration::from_secs(5), || counted(&metrics(), "5xx") == 1.0).await,
@@ -811,7 +816,13 @@ async fn grpc_errors_are_counted_by_their_status() {
     let response = h2.request(call()).await.unwrap();
     assert_eq!(response.headers()["grpc-status"], "14");
     let _ = response.into_body().collect().await;
-    let local = |code: &str| total(&metrics(), "infergate_local_responses_total", &[("code", code)]);
+    let local = |code: &str| {
+        total(
+            &metrics(),
+            "infergate_local_responses_total",
+            &[("code", code)],
+        )
+    };
     assert!(eventually(Duration::from_secs(5), || local("5xx") == 1.0).await);
     assert_eq!(local("2xx"), 0.0);
 }

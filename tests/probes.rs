@@ -110,7 +110,8 @@ async fn models_lists_what_the_nodes_serve() {
         },
     )
     .await;
-    let addrs = |nodes: &[infergate::sim::SimNode]| nodes.iter().map(|n| n.addr()).collect::<Vec<_>>();
+    let addrs =
+        |nodes: &[infergate::sim::SimNode]| nodes.iter().map(|n| n.addr()).collect::<Vec<_>>();
     let gw = start_gateway(&two_pool_config(&addrs(&llama), &addrs(&qwen), "")).await;
 
     let reply = get(gw.addr, "/v1/models").await;
@@ -120,17 +121,34 @@ async fn models_lists_what_the_nodes_serve() {
     // exact name from the route; qwen is served by a node but no route
     // would send a request for it there.
     assert_eq!(ids(&v), ["gpt-x", MODEL]);
-    let card = v["data"].as_array().unwrap().iter().find(|c| c["id"] == MODEL).unwrap();
+    let card = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == MODEL)
+        .unwrap();
     assert_eq!(card["max_model_len"], 131072);
     assert_eq!(ids(&get(gw.addr, "/models").await.json()), ids(&v));
-    assert_eq!(get(gw.addr, &format!("/v1/models/{MODEL}")).await.json()["id"], MODEL);
-    assert_eq!(get(gw.addr, "/v1/models/qwen2.5-7b-instruct").await.status, 404);
+    assert_eq!(
+        get(gw.addr, &format!("/v1/models/{MODEL}")).await.json()["id"],
+        MODEL
+    );
+    assert_eq!(
+        get(gw.addr, "/v1/models/qwen2.5-7b-instruct").await.status,
+        404
+    );
 
     // Cached: a second listing does not ask the nodes again.
     let asked = |nodes: &[infergate::sim::SimNode]| -> u64 {
         nodes
             .iter()
-            .map(|n| n.stats().requests_by_endpoint.get("/v1/models").copied().unwrap_or(0))
+            .map(|n| {
+                n.stats()
+                    .requests_by_endpoint
+                    .get("/v1/models")
+                    .copied()
+                    .unwrap_or(0)
+            })
             .sum()
     };
     assert_eq!(asked(&llama), 2);
@@ -180,7 +198,10 @@ async fn models_survive_a_node_that_does_not_answer() {
     let gw = start_gateway(&text).await;
     let started = tokio::time::Instant::now();
     let reply = get(gw.addr, "/v1/models").await;
-    assert!(started.elapsed() < Duration::from_secs(3), "one bounded fetch");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "one bounded fetch"
+    );
     assert_eq!(ids(&reply.json()), [MODEL]);
 }
 

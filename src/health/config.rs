@@ -398,10 +398,7 @@ mod tests {
         assert_eq!(p.health.unwrap().timeout, Duration::from_secs(1));
         // An explicit timeout is kept, and still checked.
         let p: Pool = toml::from_str("[health]\ninterval = \"1s\"\ntimeout = \"1s\"").unwrap();
-        assert_eq!(
-            paths(&p.health.unwrap().validate("h")),
-            ["h.timeout"]
-        );
+        assert_eq!(paths(&p.health.unwrap().validate("h")), ["h.timeout"]);
     }
 
     #[test]

@@ -68,9 +68,9 @@ impl ErrorKind {
     fn grpc_status(self) -> u8 {
         match self {
             ErrorKind::BadRequest | ErrorKind::MissingModel | ErrorKind::TooLarge => 3, // INVALID_ARGUMENT
-            ErrorKind::ModelNotFound | ErrorKind::NoRoute => 5, // NOT_FOUND
+            ErrorKind::ModelNotFound | ErrorKind::NoRoute => 5,                         // NOT_FOUND
             ErrorKind::NoCapacity | ErrorKind::Upstream => 14, // UNAVAILABLE
-            ErrorKind::Overloaded => 8,                       // RESOURCE_EXHAUSTED
+            ErrorKind::Overloaded => 8,                        // RESOURCE_EXHAUSTED
             ErrorKind::Timeout | ErrorKind::ClientTimeout => 4, // DEADLINE_EXCEEDED
         }
     }

@@ -16,9 +16,9 @@ mod engine;
 mod kv;
 pub mod metrics;
 mod server;
-mod validate;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::future::Future;
 use std::io;

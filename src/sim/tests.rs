@@ -290,9 +290,18 @@ async fn refuses_what_vllm_refuses() {
     assert_eq!(s, StatusCode::OK);
 
     for (path, bad) in [
-        ("/v1/chat/completions", json!({"model": "llama-3.1-8b-instruct"})),
-        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": "5"})),
-        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "x"}], "stream": "yes"})),
+        (
+            "/v1/chat/completions",
+            json!({"model": "llama-3.1-8b-instruct"}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": "5"}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}),
+        ),
         ("/v1/completions", json!({"max_tokens": 3})),
         ("/v1/embeddings", json!({"inputs": "x"})),
     ] {
@@ -304,7 +313,13 @@ async fn refuses_what_vllm_refuses() {
 
     // Context length: 2000 bytes ≈ 500 tokens of prompt, 1000 in all.
     let long = "x".repeat(2000);
-    let (s, _, v) = post_json(&c, addr, "/v1/chat/completions", &chat(&long, Some(600), false)).await;
+    let (s, _, v) = post_json(
+        &c,
+        addr,
+        "/v1/chat/completions",
+        &chat(&long, Some(600), false),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["type"], "BadRequestError");
     assert_eq!(v["error"]["param"], "max_tokens");
@@ -312,18 +327,33 @@ async fn refuses_what_vllm_refuses() {
         .as_str()
         .unwrap()
         .contains("This model's maximum context length is 1000 tokens"));
-    let (s, _, v) = post_json(&c, addr, "/v1/completions", &json!({"prompt": "x".repeat(4000)})).await;
+    let (s, _, v) = post_json(
+        &c,
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "x".repeat(4000)}),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["param"], "input_tokens");
     // No limit given: the output fills what is left of the context.
-    let (s, _, v) = post_json(&c, addr, "/v1/completions", &json!({"prompt": "x".repeat(3960)})).await;
+    let (s, _, v) = post_json(
+        &c,
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "x".repeat(3960)}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() < 64);
 
     let (s, _, b) = call(&c, get(addr, "/v1/nope")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["detail"], "Not Found");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["detail"],
+        "Not Found"
+    );
     let (s, _, _) = call(&c, get(addr, "/v1/chat/completions")).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(node.stats().completed_ok, 2);

@@ -57,7 +57,10 @@ impl ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "Bad Request".into(),
-            message: format!("1 validation error for {}\n{loc}\n  {msg}", api.model_name()),
+            message: format!(
+                "1 validation error for {}\n{loc}\n  {msg}",
+                api.model_name()
+            ),
             param,
         }
     }
@@ -252,14 +255,20 @@ pub(crate) fn check_schema(api: Api, v: &Map<String, Value>) -> Result<(), ApiEr
                     x.is_boolean()
                 };
                 if !ok {
-                    return err(key, format!("Input should be a valid boolean (got {})", type_name(x)));
+                    return err(
+                        key,
+                        format!("Input should be a valid boolean (got {})", type_name(x)),
+                    );
                 }
             }
         }
         for key in ["max_tokens", "max_completion_tokens", "n", "seed", "top_k"] {
             if let Some(x) = present(key) {
                 if !is_int(x) {
-                    return err(key, format!("Input should be a valid integer (got {})", type_name(x)));
+                    return err(
+                        key,
+                        format!("Input should be a valid integer (got {})", type_name(x)),
+                    );
                 }
             }
         }
@@ -272,7 +281,10 @@ pub(crate) fn check_schema(api: Api, v: &Map<String, Value>) -> Result<(), ApiEr
         ] {
             if let Some(x) = present(key) {
                 if !x.is_number() {
-                    return err(key, format!("Input should be a valid number (got {})", type_name(x)));
+                    return err(
+                        key,
+                        format!("Input should be a valid number (got {})", type_name(x)),
+                    );
                 }
             }
         }
@@ -282,7 +294,10 @@ pub(crate) fn check_schema(api: Api, v: &Map<String, Value>) -> Result<(), ApiEr
                     .as_array()
                     .is_some_and(|a| a.iter().all(Value::is_string));
             if !ok {
-                return err("stop", "Input should be a string or a list of strings".into());
+                return err(
+                    "stop",
+                    "Input should be a string or a list of strings".into(),
+                );
             }
         }
         match present("stream_options") {
@@ -313,14 +328,20 @@ pub(crate) fn check_schema(api: Api, v: &Map<String, Value>) -> Result<(), ApiEr
             Some(other) => {
                 return err(
                     "stream_options",
-                    format!("Input should be a valid dictionary (got {})", type_name(other)),
+                    format!(
+                        "Input should be a valid dictionary (got {})",
+                        type_name(other)
+                    ),
                 )
             }
         }
     }
     if let Some(u) = present("user") {
         if !u.is_string() {
-            return err("user", format!("Input should be a valid string (got {})", type_name(u)));
+            return err(
+                "user",
+                format!("Input should be a valid string (got {})", type_name(u)),
+            );
         }
     }
     Ok(())
@@ -414,10 +435,16 @@ mod tests {
             assert_eq!(e.status, 400);
             assert_eq!(e.kind, "Bad Request");
             assert_eq!(e.param, Some("stream_options"));
-            assert!(e.message.contains("Stream options can only be defined when `stream=True`."));
+            assert!(e
+                .message
+                .contains("Stream options can only be defined when `stream=True`."));
         }
         v.as_object_mut().unwrap().remove("stream");
-        assert!(check_schema(Api::Completion, &obj(json!({"prompt": "x", "stream_options": {"include_usage": true}}))).is_err());
+        assert!(check_schema(
+            Api::Completion,
+            &obj(json!({"prompt": "x", "stream_options": {"include_usage": true}}))
+        )
+        .is_err());
         assert!(check_schema(Api::Chat, &obj(v.clone())).is_err());
         v["stream"] = json!(true);
         assert!(check_schema(Api::Chat, &obj(v.clone())).is_ok());
@@ -434,15 +461,47 @@ mod tests {
         let cases: &[(Api, Value, &str)] = &[
             (Api::Chat, json!({"model": "m"}), "messages"),
             (Api::Chat, json!({"messages": "hi"}), "messages"),
-            (Api::Chat, json!({"messages": [{"content": "hi"}]}), "messages.0.role"),
-            (Api::Chat, json!({"messages": [{"role": "user", "content": 5}]}), "messages.0.content"),
+            (
+                Api::Chat,
+                json!({"messages": [{"content": "hi"}]}),
+                "messages.0.role",
+            ),
+            (
+                Api::Chat,
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages.0.content",
+            ),
             (Api::Chat, json!({"messages": [], "model": 7}), "model"),
-            (Api::Chat, json!({"messages": [], "max_tokens": "10"}), "max_tokens"),
-            (Api::Chat, json!({"messages": [], "max_tokens": 1.5}), "max_tokens"),
-            (Api::Chat, json!({"messages": [], "stream": "true"}), "stream"),
-            (Api::Chat, json!({"messages": [], "temperature": "hot"}), "temperature"),
-            (Api::Chat, json!({"messages": [], "stream": true, "stream_options": true}), "stream_options"),
-            (Api::Chat, json!({"messages": [], "stream": true, "stream_options": {"include_usage": "yes"}}), "stream_options.include_usage"),
+            (
+                Api::Chat,
+                json!({"messages": [], "max_tokens": "10"}),
+                "max_tokens",
+            ),
+            (
+                Api::Chat,
+                json!({"messages": [], "max_tokens": 1.5}),
+                "max_tokens",
+            ),
+            (
+                Api::Chat,
+                json!({"messages": [], "stream": "true"}),
+                "stream",
+            ),
+            (
+                Api::Chat,
+                json!({"messages": [], "temperature": "hot"}),
+                "temperature",
+            ),
+            (
+                Api::Chat,
+                json!({"messages": [], "stream": true, "stream_options": true}),
+                "stream_options",
+            ),
+            (
+                Api::Chat,
+                json!({"messages": [], "stream": true, "stream_options": {"include_usage": "yes"}}),
+                "stream_options.include_usage",
+            ),
             (Api::Completion, json!({"model": "m"}), "prompt"),
             (Api::Completion, json!({"prompt": {"text": "x"}}), "prompt"),
             (Api::Completion, json!({"prompt": ["a", 1]}), "prompt"),
@@ -454,11 +513,18 @@ mod tests {
             let e = check_schema(*api, &obj(body.clone())).expect_err(&body.to_string());
             assert_eq!(e.status, 400, "{body}");
             assert_eq!(e.kind, "Bad Request", "{body}");
-            assert!(e.message.contains(&format!("\n{loc}\n")), "{body}: {}", e.message);
+            assert!(
+                e.message.contains(&format!("\n{loc}\n")),
+                "{body}: {}",
+                e.message
+            );
             assert_eq!(e.body()["error"]["code"], 400);
         }
         for (api, body) in [
-            (Api::Chat, json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}], "stream": true, "stream_options": {"include_usage": true}, "max_tokens": 5, "temperature": 0})),
+            (
+                Api::Chat,
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}], "stream": true, "stream_options": {"include_usage": true}, "max_tokens": 5, "temperature": 0}),
+            ),
             (Api::Completion, json!({"prompt": [1, 2, 3], "model": null})),
             (Api::Completion, json!({"prompt": [[1, 2], [3]]})),
             (Api::Embedding, json!({"input": ["a", "b"]})),
@@ -485,20 +551,43 @@ mod tests {
         // Without a limit the output is capped by the rest of the context.
         assert_eq!(output_budget(900, None, 1000, 256), Ok((100, "length")));
         let e = output_budget(900, Some(101), 1000, 256).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.kind.as_str(), e.param), (400, "BadRequestError", Some("max_tokens")));
-        assert!(e.message.contains("This model's maximum context length is 1000 tokens"), "{}", e.message);
-        assert_eq!(output_budget(900, Some(100), 1000, 256), Ok((100, "length")));
+        assert_eq!(
+            (e.status.as_u16(), e.kind.as_str(), e.param),
+            (400, "BadRequestError", Some("max_tokens"))
+        );
+        assert!(
+            e.message
+                .contains("This model's maximum context length is 1000 tokens"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            output_budget(900, Some(100), 1000, 256),
+            Ok((100, "length"))
+        );
         let e = output_budget(1000, None, 1000, 256).unwrap_err();
         assert_eq!(e.param, Some("input_tokens"));
         assert!(e.message.starts_with("This model's maximum context length is 1000 tokens. However, your request has 1000 input tokens."));
-        assert_eq!(output_budget(10, Some(0), 1000, 256).unwrap_err().param, Some("max_tokens"));
+        assert_eq!(
+            output_budget(10, Some(0), 1000, 256).unwrap_err().param,
+            Some("max_tokens")
+        );
         assert!(check_embedding_len(1000, 1000).is_ok());
-        assert_eq!(check_embedding_len(1001, 1000).unwrap_err().param, Some("input_tokens"));
+        assert_eq!(
+            check_embedding_len(1001, 1000).unwrap_err().param,
+            Some("input_tokens")
+        );
     }
 
     #[test]
     fn injected_types() {
-        assert_eq!(ApiError::injected(StatusCode::INTERNAL_SERVER_ERROR).kind, "InternalServerError");
-        assert_eq!(ApiError::injected(StatusCode::SERVICE_UNAVAILABLE).kind, "ServiceUnavailableError");
+        assert_eq!(
+            ApiError::injected(StatusCode::INTERNAL_SERVER_ERROR).kind,
+            "InternalServerError"
+        );
+        assert_eq!(
+            ApiError::injected(StatusCode::SERVICE_UNAVAILABLE).kind,
+            "ServiceUnavailableError"
+        );
     }
 }

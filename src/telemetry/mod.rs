@@ -87,7 +87,13 @@ pub fn grpc_http_status(code: u32) -> u16 {
 /// The `grpc-status` in `headers` (a trailers-only response or the
 /// trailers), if any.
 pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Index into [`CODES`] for an HTTP status.

@@ -329,12 +329,14 @@ mod tests {
         run(config, Arc::clone(&stats), async move {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                let mut got = collected.lock().unwrap_or_else(|p| p.into_inner());
-                got.extend(watch.take());
-                if got.len() >= 40 || Instant::now() >= deadline {
+                let seen = {
+                    let mut got = collected.lock().unwrap_or_else(|p| p.into_inner());
+                    got.extend(watch.take());
+                    got.len()
+                };
+                if seen >= 40 || Instant::now() >= deadline {
                     return;
                 }
-                drop(got);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
