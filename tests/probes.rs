@@ -65,6 +65,15 @@ async fn health_path_is_configurable_or_proxied() {
     let reply = get(gw.addr, "/health").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.node(), "sim-0", "proxied to the node");
+
+    // The setting is read per request: a reload applies it.
+    let back = config_text(&unweighted(&nodes), "round_robin", "") + CATCH_ALL;
+    gw.gateway
+        .reload(&infergate::config::Config::from_toml(&back).unwrap())
+        .unwrap();
+    let reply = get(gw.addr, "/health").await;
+    assert_eq!(reply.node(), "", "answered by the gateway again");
+    assert_eq!(reply.json()["status"], "ok");
 }
 
 /// Nodes of two pools serving different models; routes by glob, by exact

@@ -924,6 +924,14 @@ mod tests {
     }
 
     #[test]
+    fn a_short_health_interval_alone_is_valid() {
+        let text = "[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n[pools.health]\ninterval = \"1s\"\n";
+        let c = Config::from_toml(text).unwrap();
+        let h = c.pools[0].health.as_ref().unwrap();
+        assert_eq!(h.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
     fn unknown_field_is_refused_by_name() {
         let e = errors_of(&GOOD.replace("weight = 2", "wieght = 2"));
         assert!(e[0].contains("unknown field `wieght`"), "{e:?}");

@@ -20,6 +20,7 @@
 //!
 //! Label choices: `code` is the status class (`2xx`, `4xx`, `5xx`, …) or
 //! `error` when the node gave no response (connect error, timeout, reset);
+//! gRPC calls count by their `grpc-status` ([`grpc_http_status`]);
 //! `model` is the route's configured model pattern (bounded cardinality:
 //! never the client-supplied string). `infergate_requests_total` counts
 //! attempts per node, so per node it equals what the node received; its sum
