@@ -16,6 +16,12 @@
 //! [`FETCH_TIMEOUT`], so it waits at most one bounded fetch; a node that
 //! does not answer in time keeps its last list (or none) until the next
 //! refresh. The cache lock is never held across an `.await`.
+//!
+//! Limits: nodes are asked without the client's credentials (the cache is
+//! shared by all clients), so a node that requires an API key on
+//! `/v1/models` contributes nothing and only the routes' exact names are
+//! listed for it; `listener.models = "proxy"` hands the request to a node
+//! instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
