@@ -7,8 +7,8 @@
 //! gateway asks each available node of every pool an OpenAI route sends to
 //! for its own `/v1/models` and lists the models a route would send to that
 //! pool, together with every exact model name in the routes, deduplicated
-//! by id (the first node's card wins, so fields such as `max_model_len`
-//! pass through).
+//! by id (the first node's card wins, so `max_model_len` passes through;
+//! other fields such as vLLM's `root`, a path on the node, are dropped).
 //!
 //! Node answers are cached per node address for [`TTL`] in a
 //! [`ModelCatalog`] that lives with the gateway (across reloads). A request
@@ -214,15 +214,28 @@ async fn fetch(authority: &http::uri::Authority, connect: Duration) -> Option<Ve
     parse_list(&bytes)
 }
 
+/// Fields of a node's model card passed on to clients. Others are dropped:
+/// vLLM's `root` is often a path on the node's disk.
+const CARD_FIELDS: [&str; 5] = ["id", "object", "created", "owned_by", "max_model_len"];
+
 /// The cards of an OpenAI model list (`{"object": "list", "data": [...]}`),
-/// keeping only entries with a string `id`.
+/// keeping only entries with a string `id`, and of those only
+/// [`CARD_FIELDS`].
 fn parse_list(bytes: &[u8]) -> Option<Vec<Value>> {
     let v: Value = serde_json::from_slice(bytes).ok()?;
     let data = v.get("data")?.as_array()?;
     Some(
         data.iter()
             .filter(|c| c.get("id").is_some_and(Value::is_string))
-            .cloned()
+            .filter_map(Value::as_object)
+            .map(|c| {
+                Value::Object(
+                    c.iter()
+                        .filter(|(k, _)| CARD_FIELDS.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
+            })
             .collect(),
     )
 }
@@ -234,11 +247,12 @@ mod tests {
     #[test]
     fn parses_openai_lists_only() {
         let cards = parse_list(
-            br#"{"object":"list","data":[{"id":"a","max_model_len":8192},{"id":5},{"object":"model"}]}"#,
+            br#"{"object":"list","data":[{"id":"a","max_model_len":8192,"root":"/models/a"},{"id":5},{"object":"model"}]}"#,
         )
         .unwrap();
         assert_eq!(cards.len(), 1);
         assert_eq!(cards[0]["max_model_len"], 8192);
+        assert!(cards[0].get("root").is_none(), "no node paths");
         assert!(parse_list(b"{\"models\":[]}").is_none());
         assert!(parse_list(b"not json").is_none());
     }
