@@ -722,3 +722,107 @@ async fn alert_rule_and_notifier_added_through_the_api_fire() {
     admin.stop().await;
     gw.stop().await;
 }
+
+/// An h2c upstream answering every call with one message and the trailers
+/// `grpc-status: 14` (UNAVAILABLE), as a gRPC server reports a failed call.
+async fn start_failing_grpc() -> SocketAddr {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "14".parse().unwrap());
+                    trailers.insert("grpc-message", "engine%20down".parse().unwrap());
+                    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let mut response =
+                        hyper::Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+                    response
+                        .headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// gRPC calls are counted by their grpc-status, not by the HTTP 200 every
+/// gRPC response carries: a node's failure in the trailers and the
+/// gateway's own UNAVAILABLE both land in `5xx`.
+#[tokio::test]
+async fn grpc_errors_are_counted_by_their_status() {
+    let upstream = start_failing_grpc().await;
+    let text = format!(
+        "[listener]\naddr = \"127.0.0.1:0\"\n[[pools]]\nname = \"g\"\nprotocol = \"h2c\"\n\
+         [[pools.nodes]]\nname = \"n0\"\naddr = \"{upstream}\"\n\
+         [[routes]]\nname = \"grpc\"\npool = \"g\"\nretries = 0\n[routes.match]\nfamily = \"grpc\"\n"
+    );
+    let gw = start_gateway(&text).await;
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let call = || {
+        Request::post(format!("http://{}/inference.Svc/Infer", gw.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    let response = h2.request(call()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(trailers["grpc-status"], "14");
+
+    let metrics =
+        || prom::parse(&prom::render(&gw.gateway.telemetry, &gw.gateway.table())).unwrap();
+    let counted = |samples: &[Sample], code: &str| {
+        total(
+            samples,
+            "infergate_requests_total",
+            &[("node", "n0"), ("code", code)],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || counted(&metrics(), "5xx") == 1.0).await,
+        "{:?}",
+        metrics()
+            .iter()
+            .filter(|s| s.name == "infergate_requests_total")
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(counted(&metrics(), "2xx"), 0.0);
+
+    // The gateway's own gRPC error (no node available): trailers-only, 200.
+    assert!(gw.gateway.set_draining("g", "n0", true));
+    let response = h2.request(call()).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "14");
+    let _ = response.into_body().collect().await;
+    let local = |code: &str| {
+        total(
+            &metrics(),
+            "infergate_local_responses_total",
+            &[("code", code)],
+        )
+    };
+    assert!(eventually(Duration::from_secs(5), || local("5xx") == 1.0).await);
+    assert_eq!(local("2xx"), 0.0);
+}

@@ -7,6 +7,21 @@ use super::{ApiFamily, Endpoint, Head, Priority, PRIORITY_HEADER};
 
 const GRPC_CONTENT_TYPE: &[u8] = b"application/grpc";
 
+/// OpenAI paths classified without their `/v1` prefix, as OpenAI SDKs send
+/// them when the base URL lacks `/v1` and as servers such as infinity
+/// (`/embeddings`, `/rerank`, `/models`) and LiteLLM serve them. `/rerank`
+/// and `/v2/rerank` (vLLM, Jina, Cohere) are classified as well. Other
+/// unprefixed paths (`/tokenize`, `/score`, ...) stay "other" traffic.
+pub const UNPREFIXED_OPENAI_PATHS: &[&str] = &[
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/models",
+    "/models/{id}",
+    "/rerank",
+];
+
 /// Classify a request by method, path and headers.
 ///
 /// `path` is the URI path without the query string. One trailing slash is
@@ -61,19 +76,24 @@ fn route(path: &str) -> (ApiFamily, Endpoint, Option<String>) {
     use ApiFamily as F;
     use Endpoint as E;
     let (family, endpoint) = match path {
-        "/v1/chat/completions" => (F::OpenAi, E::ChatCompletions),
-        "/v1/completions" => (F::OpenAi, E::Completions),
-        "/v1/embeddings" => (F::OpenAi, E::Embeddings),
+        // The OpenAI paths are also accepted without `/v1` (see
+        // `UNPREFIXED_OPENAI_PATHS`); the path is forwarded as sent.
+        "/v1/chat/completions" | "/chat/completions" => (F::OpenAi, E::ChatCompletions),
+        "/v1/completions" | "/completions" => (F::OpenAi, E::Completions),
+        "/v1/embeddings" | "/embeddings" => (F::OpenAi, E::Embeddings),
         "/v1/rerank" | "/rerank" | "/v2/rerank" => (F::OpenAi, E::Rerank),
-        "/v1/models" => (F::OpenAi, E::Models),
-        "/v1/responses" => (F::OpenAi, E::Responses),
+        "/v1/models" | "/models" => (F::OpenAi, E::Models),
+        "/v1/responses" | "/responses" => (F::OpenAi, E::Responses),
         "/generate" => (F::Tgi, E::TgiGenerate),
         "/generate_stream" => (F::Tgi, E::TgiGenerateStream),
         "/api/generate" => (F::Ollama, E::OllamaGenerate),
         "/api/chat" => (F::Ollama, E::OllamaChat),
         "/api/embed" | "/api/embeddings" => (F::Ollama, E::OllamaEmbed),
         _ => {
-            if let Some(id) = path.strip_prefix("/v1/models/") {
+            if let Some(id) = path
+                .strip_prefix("/v1/models/")
+                .or_else(|| path.strip_prefix("/models/"))
+            {
                 if !id.is_empty() {
                     return (F::OpenAi, E::Models, None);
                 }
@@ -194,6 +214,16 @@ mod tests {
             (&get, "/", F::Other, E::Other, None, false),
             (&get, "", F::Other, E::Other, None, false),
             (&get, "/health", F::Other, E::Other, None, false),
+            (&post, "/chat/completions", F::OpenAi, E::ChatCompletions, None, true),
+            (&post, "/completions", F::OpenAi, E::Completions, None, true),
+            (&post, "/embeddings", F::OpenAi, E::Embeddings, None, true),
+            (&post, "/embeddings/", F::OpenAi, E::Embeddings, None, true),
+            (&post, "/responses", F::OpenAi, E::Responses, None, true),
+            (&get, "/models", F::OpenAi, E::Models, None, false),
+            (&get, "/models/bge-small", F::OpenAi, E::Models, None, false),
+            (&get, "/models/", F::OpenAi, E::Models, None, false),
+            (&post, "/tokenize", F::Other, E::Other, None, false),
+            (&post, "/api/v1/chat/completions", F::Other, E::Other, None, false),
             (&post, "/v1/chat/completionsx", F::Other, E::Other, None, false),
             (&post, "/v1/chat/completions//", F::Other, E::Other, None, false),
         ];

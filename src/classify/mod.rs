@@ -12,7 +12,7 @@ mod head;
 pub mod prefix;
 
 pub use body::{classify_body, ClassifyError, ClassifyOptions};
-pub use head::classify_head;
+pub use head::{classify_head, UNPREFIXED_OPENAI_PATHS};
 
 /// The API family of a request: decides the error format and health path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -202,7 +202,11 @@ async fn adversarial(args: &FaultArgs) -> ExitCode {
     let dir = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("infergate-adversarial-{}", std::process::id()))
     });
-    eprintln!("hostile clients against {} proxies; logs in {}", proxies.len(), dir.display());
+    eprintln!(
+        "hostile clients against {} proxies; logs in {}",
+        proxies.len(),
+        dir.display()
+    );
     match crate::faultlab::adversarial::run(&exe, &dir, &proxies).await {
         Ok(table) => {
             println!("{table}");

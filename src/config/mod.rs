@@ -86,6 +86,28 @@ pub struct ListenerConfig {
     pub tls: Option<crate::tls::ServerTls>,
     /// Worker threads serving connections (0: one per CPU).
     pub workers: usize,
+    /// Path the gateway answers itself (GET/HEAD) with its own state: 200
+    /// while some route has an available node, else 503 with
+    /// `Retry-After`; for load balancers and clients (guidellm) that probe
+    /// their backend. `""`: no such path, the request is routed like any
+    /// other.
+    pub health_path: String,
+    /// Who answers `GET /v1/models` (and `/models`): `"gateway"` lists the
+    /// models the pools' available nodes serve (asked on their own
+    /// `/v1/models`, cached) plus the exact names in routes; `"proxy"`
+    /// routes the request to a node like any other.
+    pub models: ModelsMode,
+}
+
+/// Who answers `GET /v1/models` (`listener.models`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelsMode {
+    /// The gateway, from its pools' nodes and routes.
+    #[default]
+    Gateway,
+    /// A node, through the routes.
+    Proxy,
 }
 
 impl Default for ListenerConfig {
@@ -102,6 +124,8 @@ impl Default for ListenerConfig {
             http2: true,
             tls: None,
             workers: 0,
+            health_path: "/health".to_string(),
+            models: ModelsMode::Gateway,
         }
     }
 }
@@ -577,6 +601,17 @@ impl Config {
                 "must be at least 1024".into(),
             );
         }
+        let health_path = &self.listener.health_path;
+        if !health_path.is_empty()
+            && (!health_path.starts_with('/')
+                || health_path.contains('?')
+                || health_path.parse::<http::uri::PathAndQuery>().is_err())
+        {
+            err(
+                "listener.health_path".into(),
+                format!("`{health_path}` must be a path starting with / (or \"\" for none)"),
+            );
+        }
         if self.listener.max_body_bytes == 0 {
             err(
                 "listener.max_body_bytes".into(),
@@ -920,6 +955,38 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn listener_probe_settings() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.listener.health_path, "/health");
+        assert_eq!(c.listener.models, ModelsMode::Gateway);
+        let text = GOOD.replace(
+            "addr = \"127.0.0.1:0\"",
+            "addr = \"127.0.0.1:0\"\nhealth_path = \"\"\nmodels = \"proxy\"",
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.listener.health_path, "");
+        assert_eq!(c.listener.models, ModelsMode::Proxy);
+        let e = errors_of(&GOOD.replace(
+            "addr = \"127.0.0.1:0\"",
+            "addr = \"127.0.0.1:0\"\nhealth_path = \"healthz\"",
+        ));
+        assert!(e[0].starts_with("listener.health_path:"), "{e:?}");
+        let e = errors_of(&GOOD.replace(
+            "addr = \"127.0.0.1:0\"",
+            "addr = \"127.0.0.1:0\"\nmodels = \"nodes\"",
+        ));
+        assert!(e[0].contains("unknown variant"), "{e:?}");
+    }
+
+    #[test]
+    fn a_short_health_interval_alone_is_valid() {
+        let text = "[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n[pools.health]\ninterval = \"1s\"\n";
+        let c = Config::from_toml(text).unwrap();
+        let h = c.pools[0].health.as_ref().unwrap();
+        assert_eq!(h.timeout, Duration::from_millis(500));
     }
 
     #[test]

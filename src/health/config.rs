@@ -6,7 +6,7 @@
 //! | field | default | source |
 //! |---|---|---|
 //! | `health.interval` | 5s | infergate (HAProxy `inter` is 2s; Envoy has no default) |
-//! | `health.timeout` | 1s | infergate (Envoy has no default; HAProxy uses `inter`) |
+//! | `health.timeout` | 1s, at most half the interval | infergate (Envoy has no default; HAProxy uses `inter`) |
 //! | `health.jitter` | 0.1 of interval | infergate (spreads checks like HAProxy `spread-checks`) |
 //! | `health.unhealthy_threshold` | 3 | HAProxy `fall 3` |
 //! | `health.healthy_threshold` | 2 | HAProxy `rise 2` |
@@ -60,14 +60,16 @@ pub enum InitialState {
 }
 
 /// Active health checks of a pool's nodes (`[pools.health]`); absent = none.
+///
+/// Parsed through [`ActiveCheckToml`] so that a missing `timeout` is
+/// derived from the interval ([`default_timeout`]): `interval = "1s"` alone
+/// is a valid section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "ActiveCheckToml")]
 pub struct ActiveCheckConfig {
     /// Time between two checks of a node.
-    #[serde(deserialize_with = "duration::deserialize")]
     pub interval: Duration,
     /// Time a check may take (connect included); must be below `interval`.
-    #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
     /// Random spread of each interval, as a fraction (0 to 1) of it.
     pub jitter: f64,
@@ -108,6 +110,71 @@ impl Default for ActiveCheckConfig {
             expected_status: vec![200],
             initial_state: InitialState::Healthy,
             uneject_on_pass: false,
+        }
+    }
+}
+
+/// The check timeout when none is given: 1 s, or half the interval when
+/// that is shorter, so the defaults are valid together with any interval
+/// (the timeout must stay below it).
+pub fn default_timeout(interval: Duration) -> Duration {
+    (interval / 2).min(Duration::from_secs(1))
+}
+
+/// `[pools.health]` as written: [`ActiveCheckConfig`] with an optional
+/// timeout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ActiveCheckToml {
+    #[serde(deserialize_with = "duration::deserialize")]
+    interval: Duration,
+    #[serde(deserialize_with = "some_duration")]
+    timeout: Option<Duration>,
+    jitter: f64,
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+    path: Option<String>,
+    family: Option<String>,
+    expected_status: Vec<u16>,
+    initial_state: InitialState,
+    uneject_on_pass: bool,
+}
+
+fn some_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration::deserialize(d).map(Some)
+}
+
+impl Default for ActiveCheckToml {
+    fn default() -> Self {
+        let d = ActiveCheckConfig::default();
+        ActiveCheckToml {
+            interval: d.interval,
+            timeout: None,
+            jitter: d.jitter,
+            unhealthy_threshold: d.unhealthy_threshold,
+            healthy_threshold: d.healthy_threshold,
+            path: d.path,
+            family: d.family,
+            expected_status: d.expected_status,
+            initial_state: d.initial_state,
+            uneject_on_pass: d.uneject_on_pass,
+        }
+    }
+}
+
+impl From<ActiveCheckToml> for ActiveCheckConfig {
+    fn from(t: ActiveCheckToml) -> Self {
+        ActiveCheckConfig {
+            interval: t.interval,
+            timeout: t.timeout.unwrap_or_else(|| default_timeout(t.interval)),
+            jitter: t.jitter,
+            unhealthy_threshold: t.unhealthy_threshold,
+            healthy_threshold: t.healthy_threshold,
+            path: t.path,
+            family: t.family,
+            expected_status: t.expected_status,
+            initial_state: t.initial_state,
+            uneject_on_pass: t.uneject_on_pass,
         }
     }
 }
@@ -317,6 +384,21 @@ mod tests {
         assert_eq!(h.check_path(), "/health");
         assert!(h.validate("pools[0].health").is_empty());
         assert!(p.outlier.validate("pools[0].outlier").is_empty());
+    }
+
+    #[test]
+    fn timeout_is_derived_from_the_interval() {
+        let p: Pool = toml::from_str("[health]\ninterval = \"1s\"").unwrap();
+        let h = p.health.unwrap();
+        assert_eq!(h.timeout, Duration::from_millis(500));
+        assert!(h.validate("pools[0].health").is_empty());
+        let p: Pool = toml::from_str("[health]\ninterval = \"200ms\"").unwrap();
+        assert_eq!(p.health.unwrap().timeout, Duration::from_millis(100));
+        let p: Pool = toml::from_str("[health]\ninterval = \"30s\"").unwrap();
+        assert_eq!(p.health.unwrap().timeout, Duration::from_secs(1));
+        // An explicit timeout is kept, and still checked.
+        let p: Pool = toml::from_str("[health]\ninterval = \"1s\"\ntimeout = \"1s\"").unwrap();
+        assert_eq!(paths(&p.health.unwrap().validate("h")), ["h.timeout"]);
     }
 
     #[test]

@@ -166,8 +166,12 @@ impl Upstream {
                         slot.on_data_frame();
                     }
                 }
-                if let (Some(t), Some(data)) = (&mut self.telemetry, frame.data_ref()) {
-                    t.on_frame(data);
+                if let Some(t) = &mut self.telemetry {
+                    if let Some(data) = frame.data_ref() {
+                        t.on_frame(data);
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        t.on_trailers(trailers);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

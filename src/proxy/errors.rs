@@ -14,6 +14,8 @@ use crate::classify::ApiFamily;
 pub enum ErrorKind {
     /// Malformed request (400).
     BadRequest,
+    /// The request names no model but the routes need one (400, `param: model`).
+    MissingModel,
     /// Body over the limit (413).
     TooLarge,
     /// No route serves the model (404).
@@ -39,7 +41,7 @@ impl ErrorKind {
     /// The HTTP status for this kind.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::BadRequest | ErrorKind::MissingModel => StatusCode::BAD_REQUEST,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
@@ -54,6 +56,7 @@ impl ErrorKind {
     fn openai_type_and_code(self) -> (&'static str, &'static str) {
         match self {
             ErrorKind::BadRequest => ("invalid_request_error", "invalid_request"),
+            ErrorKind::MissingModel => ("invalid_request_error", "missing_model"),
             ErrorKind::TooLarge => ("invalid_request_error", "request_too_large"),
             ErrorKind::ModelNotFound => ("invalid_request_error", "model_not_found"),
             ErrorKind::NoRoute => ("invalid_request_error", "not_found"),
@@ -68,11 +71,11 @@ impl ErrorKind {
 
     fn grpc_status(self) -> u8 {
         match self {
-            ErrorKind::BadRequest | ErrorKind::TooLarge => 3, // INVALID_ARGUMENT
-            ErrorKind::MethodNotAllowed => 12,                // UNIMPLEMENTED
+            ErrorKind::BadRequest | ErrorKind::MissingModel | ErrorKind::TooLarge => 3, // INVALID_ARGUMENT
+            ErrorKind::MethodNotAllowed => 12, // UNIMPLEMENTED
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => 5, // NOT_FOUND
             ErrorKind::NoCapacity | ErrorKind::Upstream => 14, // UNAVAILABLE
-            ErrorKind::Overloaded => 8,                       // RESOURCE_EXHAUSTED
+            ErrorKind::Overloaded => 8,        // RESOURCE_EXHAUSTED
             ErrorKind::Timeout | ErrorKind::ClientTimeout => 4, // DEADLINE_EXCEEDED
         }
     }
@@ -85,7 +88,7 @@ pub fn error_response(family: ApiFamily, kind: ErrorKind, message: &str) -> Resp
         ApiFamily::Grpc => grpc_error(kind, message),
         ApiFamily::OpenAi => {
             let (kind_type, code) = kind.openai_type_and_code();
-            let param = if kind == ErrorKind::ModelNotFound {
+            let param = if matches!(kind, ErrorKind::ModelNotFound | ErrorKind::MissingModel) {
                 serde_json::Value::from("model")
             } else {
                 serde_json::Value::Null
@@ -132,21 +135,28 @@ fn grpc_error(kind: ErrorKind, message: &str) -> Response<ResponseBody> {
         "grpc-status",
         HeaderValue::from(u16::from(kind.grpc_status())),
     );
-    // grpc-message is percent-encoded; keeping to a safe subset avoids encoding.
-    let safe: String = message
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || " .,:-_".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if let Ok(value) = HeaderValue::from_str(&safe.replace(' ', "%20")) {
+    // grpc-message is percent-encoded (gRPC over HTTP/2 spec): every byte
+    // outside visible ASCII, and `%` itself, becomes %XX; space too, which
+    // the spec allows either way.
+    let safe = grpc_percent_encode(message);
+    if let Ok(value) = HeaderValue::from_str(&safe) {
         headers.insert("grpc-message", value);
     }
     response
+}
+
+/// Percent-encode a grpc-message value: bytes 0x21..=0x7E other than `%`
+/// stay, every other byte (space, `%`, control, UTF-8) becomes `%XX`.
+fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -187,5 +197,24 @@ mod tests {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["grpc-status"], "4");
         assert_eq!(r.headers()["grpc-message"], "node%20timed%20out");
+    }
+
+    #[test]
+    fn grpc_message_keeps_punctuation_and_encodes_the_rest() {
+        let r = error_response(
+            ApiFamily::Grpc,
+            ErrorKind::NoCapacity,
+            "busy; retry later (100%) – ok?",
+        );
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "busy;%20retry%20later%20(100%25)%20%E2%80%93%20ok?"
+        );
+    }
+
+    #[test]
+    fn missing_model_names_the_param() {
+        let r = error_response(ApiFamily::OpenAi, ErrorKind::MissingModel, "no model");
+        assert_eq!(r.status(), 400);
     }
 }

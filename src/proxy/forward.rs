@@ -20,6 +20,7 @@ use super::body::{PassThrough, ResponseBody};
 use super::client_body::{BodyState, BodyWatch, ClientFault, WatchedBody};
 use super::errors::{error_response, ErrorKind};
 use super::headers::{add_forwarded, request_id, strip_hop_by_hop, REQUEST_ID};
+use super::probe;
 use super::queue::Shed;
 use super::retry::RetryGuard;
 use super::select::{select, Selection, Slot};
@@ -27,9 +28,9 @@ use super::table::{Route, RouteTable};
 use super::upstream::{self, UpstreamBody};
 use super::Gateway;
 use crate::classify::{classify_body, classify_head, ApiFamily, Endpoint, RequestClass};
-use crate::config::UpstreamProtocol;
+use crate::config::{ModelsMode, UpstreamProtocol};
 use crate::health::FailureKind;
-use crate::telemetry::{RequestInfo, ShedReason};
+use crate::telemetry::{grpc_http_status, grpc_status, RequestInfo, ShedReason};
 
 /// A request answered by the gateway itself.
 type Reject = Response<ResponseBody>;
@@ -43,17 +44,22 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let table = gateway.table();
     let id = request_id(req.headers());
-    let mut response = match proxy(&table, peer, req, &id, started).await {
+    // The listener's own probe: answered from the gateway's state, not
+    // counted as traffic (load balancers ask every few seconds).
+    if probe::is_health_probe(&table, req.method(), req.uri().path()) {
+        let mut response = probe::health_response(&table, req.method());
+        response.headers_mut().insert(REQUEST_ID.clone(), id);
+        return Ok(response);
+    }
+    let mut response = match proxy(&gateway, &table, peer, req, &id, started).await {
         Ok(response) => response,
         Err(response) => {
             let telemetry = &gateway.telemetry;
             if telemetry.enabled() {
-                telemetry.local_response(
-                    id.to_str().unwrap_or("-"),
-                    peer,
-                    response.status().as_u16(),
-                    started,
-                );
+                // A gateway-made gRPC error is HTTP 200 with a grpc-status.
+                let status = grpc_status(response.headers())
+                    .map_or(response.status().as_u16(), grpc_http_status);
+                telemetry.local_response(id.to_str().unwrap_or("-"), peer, status, started);
             }
             response
         }
@@ -139,6 +145,7 @@ fn client_fault(watch: Option<&BodyWatch>, family: ApiFamily) -> Option<Reject> 
 }
 
 async fn proxy(
+    gateway: &Gateway,
     table: &RouteTable,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -152,11 +159,16 @@ async fn proxy(
         return Err(refusal);
     }
 
-    if head.endpoint == Endpoint::Models && parts.method == Method::GET {
-        return Ok(models_response(table, parts.uri.path()));
+    if head.endpoint == Endpoint::Models
+        && parts.method == Method::GET
+        && table.listener.models == ModelsMode::Gateway
+    {
+        let cards = gateway.models.list(table).await;
+        return Ok(models_response(&cards, parts.uri.path()));
     }
 
     let declared_len = content_length(&parts.headers);
+    let reads_body = head.parse_body;
     let (class, buffered, incoming) = if head.parse_body {
         if declared_len.is_some_and(|n| n > table.max_body_bytes) {
             return Err(too_large(family, table.max_body_bytes));
@@ -179,6 +191,15 @@ async fn proxy(
                         "The model `{}` does not exist or is not served here.",
                         printable(model)
                     ),
+                )
+            }
+            None if reads_body
+                && table.needs_model(&parts.method, parts.uri.path(), &parts.headers, &class) =>
+            {
+                error_response(
+                    family,
+                    ErrorKind::MissingModel,
+                    "You must provide a model parameter.",
                 )
             }
             _ => error_response(family, ErrorKind::NoRoute, "No route serves this request."),
@@ -408,7 +429,15 @@ async fn forward(
             }
             Some(Ok(response)) => {
                 let status = response.status();
-                telemetry.attempt_status(index, status.as_u16());
+                // A gRPC call's outcome is its grpc-status: in the head of
+                // a trailers-only answer, else in the trailers (counted
+                // when they pass, see `RequestInfo::grpc_deferred`).
+                let grpc_head = grpc.then(|| grpc_status(response.headers())).flatten();
+                let grpc_deferred = grpc && grpc_head.is_none() && status.is_success();
+                let counted = grpc_head.map_or(status.as_u16(), grpc_http_status);
+                if !grpc_deferred {
+                    telemetry.attempt_status(index, counted);
+                }
                 let server_error = status.is_server_error();
                 if server_error {
                     slot.failure(FailureKind::Status5xx);
@@ -447,10 +476,11 @@ async fn forward(
                                 id: id.to_str().unwrap_or("-").to_string(),
                                 client: peer,
                                 start: started,
-                                status: status.as_u16(),
+                                status: counted,
                                 attempts: attempt + 1,
                                 tokens_in: class.prompt_tokens,
                                 sse,
+                                grpc_deferred,
                             },
                         ),
                     },
@@ -596,26 +626,28 @@ async fn read_body(
     }
 }
 
-/// `GET /v1/models` (and `/v1/models/{id}`) answered from the routes.
-fn models_response(table: &RouteTable, path: &str) -> Response<ResponseBody> {
-    let model_entry = |id: &str| serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": "infergate" });
+/// `GET /v1/models` (and `/v1/models/{id}`, `/models`) answered from the
+/// cards [`super::models::ModelCatalog`] gathered.
+fn models_response(cards: &[serde_json::Value], path: &str) -> Response<ResponseBody> {
     let path = path.trim_end_matches('/');
-    let body = match path.strip_prefix("/v1/models/") {
-        Some(id) if table.models.iter().any(|m| m == id) => model_entry(id),
-        Some(id) => {
-            return error_response(
-                ApiFamily::OpenAi,
-                ErrorKind::ModelNotFound,
-                &format!(
-                    "The model `{}` does not exist or is not served here.",
-                    printable(id)
-                ),
-            )
-        }
-        None => serde_json::json!({
-            "object": "list",
-            "data": table.models.iter().map(|m| model_entry(m)).collect::<Vec<_>>(),
-        }),
+    let id = path
+        .strip_prefix("/v1/models/")
+        .or_else(|| path.strip_prefix("/models/"));
+    let body = match id {
+        Some(id) => match cards.iter().find(|c| c["id"].as_str() == Some(id)) {
+            Some(card) => card.clone(),
+            None => {
+                return error_response(
+                    ApiFamily::OpenAi,
+                    ErrorKind::ModelNotFound,
+                    &format!(
+                        "The model `{}` does not exist or is not served here.",
+                        printable(id)
+                    ),
+                )
+            }
+        },
+        None => serde_json::json!({ "object": "list", "data": cards }),
     };
     let mut response = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
     response

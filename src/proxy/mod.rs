@@ -12,6 +12,8 @@ pub mod errors;
 mod fd_limit;
 mod forward;
 pub mod headers;
+pub mod models;
+pub mod probe;
 mod queue;
 pub mod retry;
 mod select;
@@ -52,6 +54,8 @@ pub struct Gateway {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// What the last config reloads did, for the admin API and dashboard.
     config_status: Mutex<ConfigStatus>,
+    /// Models the nodes say they serve, for `GET /v1/models`.
+    pub models: models::ModelCatalog,
 }
 
 /// What a pool's active checks check: the pool, its nodes' names and
@@ -94,6 +98,7 @@ impl Gateway {
                 ..ConfigStatus::default()
             }),
             telemetry,
+            models: models::ModelCatalog::default(),
         });
         gateway.apply(&table, config);
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -87,6 +87,23 @@ impl Matcher {
         headers: &HeaderMap,
         class: &RequestClass,
     ) -> bool {
+        if let Some(pattern) = &self.model {
+            match &class.model {
+                Some(model) if pattern.matches(model) => {}
+                _ => return false,
+            }
+        }
+        self.matches_but_model(method, path, headers, class)
+    }
+
+    /// Every condition but the model.
+    fn matches_but_model(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        class: &RequestClass,
+    ) -> bool {
         if self.family.is_some_and(|f| f != class.family) {
             return false;
         }
@@ -99,12 +116,6 @@ impl Matcher {
         }
         if self.method.as_ref().is_some_and(|m| m != method) {
             return false;
-        }
-        if let Some(pattern) = &self.model {
-            match &class.model {
-                Some(model) if pattern.matches(model) => {}
-                _ => return false,
-            }
         }
         self.headers
             .iter()
@@ -158,6 +169,17 @@ pub struct PoolSettings {
 }
 
 impl Route {
+    /// Whether the route takes OpenAI requests (its family is OpenAI or
+    /// any), so its pool's nodes are asked for `/v1/models`.
+    pub fn lists_openai_models(&self) -> bool {
+        self.matcher.family.is_none_or(|f| f == ApiFamily::OpenAi)
+    }
+
+    /// The route's model condition, if it has one.
+    pub fn model_pattern(&self) -> Option<&ModelPattern> {
+        self.matcher.model.as_ref()
+    }
+
     /// Whether a node's answer with `status` is tried again elsewhere.
     pub fn retries_status(&self, status: u16) -> bool {
         status
@@ -398,6 +420,23 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|r| r.matcher.matches(method, path, headers, class))
+    }
+
+    /// Whether a route that matches by model would take this request if
+    /// it named a model (for telling a request without `model` that needs
+    /// one, a 400, from one no route serves).
+    pub fn needs_model(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        class: &RequestClass,
+    ) -> bool {
+        class.model.is_none()
+            && self.routes.iter().any(|r| {
+                r.matcher.model.is_some()
+                    && r.matcher.matches_but_model(method, path, headers, class)
+            })
     }
 
     /// Whether any route could serve `model` (for telling "unknown model"

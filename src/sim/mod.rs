@@ -18,6 +18,7 @@ pub mod metrics;
 mod server;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::future::Future;
 use std::io;

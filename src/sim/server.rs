@@ -11,12 +11,13 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::config::Faults;
 use super::engine::{Core, Done, Event, SeqRequest};
+use super::validate::{self, Api, ApiError};
 use crate::classify::prefix::{estimate_tokens, feed_message, seed_for_model, PrefixHasher};
 
 /// Why a response is cut off. Returned from the service (hyper then closes
@@ -67,27 +68,13 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     r
 }
 
-fn openai_error(
-    status: StatusCode,
-    message: &str,
-    typ: &str,
-    param: Option<&str>,
-    code: Value,
-) -> Response<Body> {
-    json_response(
-        status,
-        &json!({"error": {"message": message, "type": typ, "param": param, "code": code}}),
-    )
+fn api_error(e: &ApiError) -> Response<Body> {
+    json_response(e.status, &e.body())
 }
 
-fn bad_request(message: &str) -> Response<Body> {
-    openai_error(
-        StatusCode::BAD_REQUEST,
-        message,
-        "invalid_request_error",
-        None,
-        json!(400),
-    )
+/// FastAPI's own answers (unknown path, wrong method): `{"detail": ...}`.
+fn detail(status: StatusCode, detail: &str) -> Response<Body> {
+    json_response(status, &json!({ "detail": detail }))
 }
 
 fn unix_now() -> u64 {
@@ -155,7 +142,7 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
                     ctx.core.set_faults(f.clone());
                     json_response(StatusCode::OK, &json!(f))
                 }
-                Err(e) => bad_request(&format!("invalid faults: {e}")),
+                Err(e) => detail(StatusCode::BAD_REQUEST, &format!("invalid faults: {e}")),
             }
         }
         (Method::GET, "/sim/stats") => {
@@ -171,77 +158,53 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
             | "/metrics"
             | "/sim/faults"
             | "/sim/stats",
-        ) => openai_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-            "invalid_request_error",
-            None,
-            json!(405),
-        ),
+        ) => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         _ => {
             // Read (and drop) the body first, as servers usually do, so a
             // broken upload surfaces as a broken request on this node.
             let _ = http_body_util::Limited::new(req.into_body(), 1 << 20)
                 .collect()
                 .await;
-            openai_error(
-                StatusCode::NOT_FOUND,
-                &format!("no route for {path}"),
-                "invalid_request_error",
-                None,
-                json!(404),
-            )
+            detail(StatusCode::NOT_FOUND, "Not Found")
         }
     })
 }
 
-/// Read and check an inference request: injected errors, JSON, model.
+/// Read and check an inference request as vLLM would: injected errors
+/// first (a fault), then the JSON and its schema, then the model.
 /// `Ok(Err(resp))` is an early answer.
 async fn prelude(
     ctx: &Ctx,
+    api: Api,
     req: Request<Incoming>,
-) -> Result<Result<(Value, Bytes), Response<Body>>, SimError> {
+) -> Result<Result<(Map<String, Value>, Bytes), Response<Body>>, SimError> {
     let body = req.into_body().collect().await?.to_bytes();
     let f = ctx.core.faults();
     if f.error_rate > 0.0 && fastrand::f64() < f.error_rate {
         ctx.core.record_injected_error();
         let status =
             StatusCode::from_u16(f.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return Ok(Err(openai_error(
-            status,
-            "injected fault",
-            "server_error",
-            None,
-            json!(status.as_u16()),
-        )));
+        return Ok(Err(api_error(&ApiError::injected(status))));
     }
-    let v: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return Ok(Err(bad_request("request body must be a JSON object"))),
-        Err(e) => return Ok(Err(bad_request(&format!("malformed JSON: {e}")))),
-    };
-    match v.get("model") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(m)) if *m == ctx.core.cfg.model => {}
-        Some(other) => {
-            let m = other
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or(other.to_string());
-            return Ok(Err(openai_error(
-                StatusCode::NOT_FOUND,
-                &format!("The model `{m}` does not exist."),
-                "invalid_request_error",
-                Some("model"),
-                json!("model_not_found"),
-            )));
+    let v = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(v)) => v,
+        Ok(_) => {
+            return Ok(Err(api_error(&ApiError::malformed_json(
+                "the request body must be a JSON object",
+            ))))
         }
+        Err(e) => return Ok(Err(api_error(&ApiError::malformed_json(&e.to_string())))),
+    };
+    if let Err(e) = validate::check_schema(api, &v)
+        .and_then(|()| validate::check_model(&v, &ctx.core.cfg.model))
+    {
+        return Ok(Err(api_error(&e)));
     }
     Ok(Ok((v, body)))
 }
 
 /// The shared prompt fingerprint of a chat request.
-fn chat_prompt(v: &Value, model: &str) -> Result<PrefixHasher, String> {
+fn chat_prompt(v: &Map<String, Value>, model: &str) -> Result<PrefixHasher, String> {
     let msgs = v
         .get("messages")
         .and_then(Value::as_array)
@@ -269,17 +232,35 @@ fn chat_prompt(v: &Value, model: &str) -> Result<PrefixHasher, String> {
     Ok(h)
 }
 
-/// The input strings of a completions `prompt` or embeddings `input`.
-fn text_inputs<'a>(v: Option<&'a Value>, field: &str) -> Result<Vec<&'a str>, String> {
-    let err = || format!("'{field}' must be a string or an array of strings");
+/// The inputs of a completions `prompt` or embeddings `input` (schema
+/// already checked): strings, or token-id lists written out as text (the
+/// simulator has no tokenizer; ids are hashed and counted by their digits).
+fn text_inputs(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
+    fn tokens(a: &[Value]) -> Option<String> {
+        let ids: Option<Vec<String>> = a
+            .iter()
+            .map(|x| x.as_u64().map(|n| n.to_string()))
+            .collect();
+        ids.map(|ids| ids.join(" "))
+    }
+    let err = || format!("'{field}' must be a string, strings or token ids");
     match v {
-        Some(Value::String(s)) => Ok(vec![s.as_str()]),
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().ok_or_else(err)).collect(),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()),
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a
+            .iter()
+            .map(|x| x.as_array().and_then(|x| tokens(x)).ok_or_else(err))
+            .collect(),
+        Some(Value::Array(a)) => tokens(a).map(|t| vec![t]).ok_or_else(err),
         _ => Err(err()),
     }
 }
 
-fn text_prompt(inputs: &[&str], model: &str) -> PrefixHasher {
+fn text_prompt(inputs: &[String], model: &str) -> PrefixHasher {
     let mut h = PrefixHasher::new(seed_for_model(model), usize::MAX);
     for s in inputs {
         h.update(s.as_bytes());
@@ -454,7 +435,8 @@ async fn generate(
     chat: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, SimError> {
-    let (v, body) = match prelude(ctx, req).await? {
+    let api = if chat { Api::Chat } else { Api::Completion };
+    let (v, body) = match prelude(ctx, api, req).await? {
         Ok(x) => x,
         Err(resp) => return Ok(resp),
     };
@@ -466,24 +448,28 @@ async fn generate(
     };
     let hasher = match hasher {
         Ok(h) => h,
-        Err(e) => return Ok(bad_request(&e)),
+        Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
     };
+    let prompt_tokens = estimate_tokens(hasher.total_bytes());
+    // vLLM prefers `max_completion_tokens` (chat) over `max_tokens`.
     let explicit = ["max_completion_tokens", "max_tokens"]
         .iter()
-        .find_map(|k| v.get(*k).filter(|x| !x.is_null()));
-    let (max_tokens, finish_reason) = match explicit {
-        None => (cfg.default_max_tokens, "stop"),
-        Some(x) => match x.as_u64() {
-            Some(n) => (u32::try_from(n).unwrap_or(u32::MAX), "length"),
-            None => return Ok(bad_request("max_tokens must be a non-negative integer")),
-        },
+        .find_map(|k| v.get(*k).and_then(Value::as_i64));
+    let (max_tokens, finish_reason) = match validate::output_budget(
+        prompt_tokens,
+        explicit,
+        cfg.max_model_len,
+        cfg.default_max_tokens,
+    ) {
+        Ok(budget) => budget,
+        Err(e) => return Ok(api_error(&e)),
     };
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = v
-        .pointer("/stream_options/include_usage")
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let prompt_tokens = estimate_tokens(hasher.total_bytes());
     let hashes = hasher.finish();
     let mut rx = match ctx.core.submit(SeqRequest {
         prompt_tokens,
@@ -492,7 +478,7 @@ async fn generate(
         finish_reason,
     }) {
         Ok(rx) => rx,
-        Err(e) => return Ok(bad_request(&e)),
+        Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
     };
     let meta = Meta {
         id: format!(
@@ -564,17 +550,20 @@ fn embed(text: &str, dim: usize) -> Vec<f32> {
 }
 
 async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, SimError> {
-    let (v, _) = match prelude(ctx, req).await? {
+    let (v, _) = match prelude(ctx, Api::Embedding, req).await? {
         Ok(x) => x,
         Err(resp) => return Ok(resp),
     };
     let cfg = &ctx.core.cfg;
     let inputs = match text_inputs(v.get("input"), "input") {
         Ok(i) => i,
-        Err(e) => return Ok(bad_request(&e)),
+        Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
     };
     let h = text_prompt(&inputs, &cfg.model);
     let prompt_tokens = estimate_tokens(h.total_bytes());
+    if let Err(e) = validate::check_embedding_len(prompt_tokens, cfg.max_model_len) {
+        return Ok(api_error(&e));
+    }
     let mut rx = match ctx.core.submit(SeqRequest {
         prompt_tokens,
         hashes: h.finish(),
@@ -582,7 +571,7 @@ async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>,
         finish_reason: "stop",
     }) {
         Ok(rx) => rx,
-        Err(e) => return Ok(bad_request(&e)),
+        Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
     };
     let done = loop {
         match rx.recv().await {

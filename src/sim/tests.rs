@@ -195,9 +195,11 @@ async fn errors_models_embeddings_and_control() {
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(v["error"]["code"], "model_not_found");
+    // vLLM's shape (engine/serving.py `_check_model`).
+    assert_eq!(v["error"]["code"], 404);
     assert_eq!(v["error"]["param"], "model");
-    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["type"], "NotFoundError");
+    assert_eq!(v["error"]["message"], "The model `gpt-9` does not exist.");
     let (s, _, b) = call(
         &c,
         Request::post(format!("http://{}/v1/completions", node.addr()))
@@ -249,6 +251,112 @@ async fn errors_models_embeddings_and_control() {
     let (_, stats) = get_text(&c, node.addr(), "/sim/stats").await;
     let stats: SimStats = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats.errors_injected, 1);
+    node.shutdown().await;
+}
+
+/// What vLLM refuses, the simulator refuses, with vLLM's statuses and
+/// shapes: `stream_options` without streaming, missing or mistyped fields,
+/// a prompt or limit past the context length; unknown paths as FastAPI.
+#[tokio::test]
+async fn refuses_what_vllm_refuses() {
+    let node = start(SimConfig {
+        max_model_len: 1000,
+        ..fast()
+    })
+    .await;
+    let c = client();
+    let addr = node.addr();
+    let mut body = chat("hi", Some(4), false);
+    body["stream_options"] = json!({"include_usage": true});
+    let (s, _, v) = post_json(&c, addr, "/v1/chat/completions", &body).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "stream_options");
+    assert_eq!(v["error"]["code"], 400);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Stream options can only be defined when `stream=True`."));
+    let (s, _, _) = post_json(
+        &c,
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 2, "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // The same with streaming on is fine.
+    body["stream"] = json!(true);
+    let (s, _, _) = call(&c, post(addr, "/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::OK);
+
+    for (path, bad) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "llama-3.1-8b-instruct"}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": "5"}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}),
+        ),
+        ("/v1/completions", json!({"max_tokens": 3})),
+        ("/v1/embeddings", json!({"inputs": "x"})),
+    ] {
+        let (s, _, v) = post_json(&c, addr, path, &bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} -> {v}");
+        assert_eq!(v["error"]["type"], "Bad Request", "{v}");
+        assert_eq!(v["error"]["code"], 400);
+    }
+
+    // Context length: 2000 bytes ≈ 500 tokens of prompt, 1000 in all.
+    let long = "x".repeat(2000);
+    let (s, _, v) = post_json(
+        &c,
+        addr,
+        "/v1/chat/completions",
+        &chat(&long, Some(600), false),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["type"], "BadRequestError");
+    assert_eq!(v["error"]["param"], "max_tokens");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("This model's maximum context length is 1000 tokens"));
+    let (s, _, v) = post_json(
+        &c,
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "x".repeat(4000)}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["param"], "input_tokens");
+    // No limit given: the output fills what is left of the context.
+    let (s, _, v) = post_json(
+        &c,
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "x".repeat(3960)}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() < 64);
+
+    let (s, _, b) = call(&c, get(addr, "/v1/nope")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["detail"],
+        "Not Found"
+    );
+    let (s, _, _) = call(&c, get(addr, "/v1/chat/completions")).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(node.stats().completed_ok, 2);
     node.shutdown().await;
 }
 

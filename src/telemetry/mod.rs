@@ -20,6 +20,7 @@
 //!
 //! Label choices: `code` is the status class (`2xx`, `4xx`, `5xx`, …) or
 //! `error` when the node gave no response (connect error, timeout, reset);
+//! gRPC calls count by their `grpc-status` ([`grpc_http_status`]);
 //! `model` is the route's configured model pattern (bounded cardinality:
 //! never the client-supplied string). `infergate_requests_total` counts
 //! attempts per node, so per node it equals what the node received; its sum
@@ -60,6 +61,41 @@ impl Default for TelemetryConfig {
 /// Status classes of `infergate_requests_total{code}`.
 pub const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 const CODE_ERROR: usize = 5;
+
+/// The HTTP status a gRPC status code stands for in the status classes
+/// (the mapping of Google's API design guide and grpc-gateway): OK 200,
+/// CANCELLED 499, INVALID_ARGUMENT / FAILED_PRECONDITION / OUT_OF_RANGE
+/// 400, UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404,
+/// ALREADY_EXISTS / ABORTED 409, RESOURCE_EXHAUSTED 429, UNIMPLEMENTED
+/// 501, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, others 500.
+pub fn grpc_http_status(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        16 => 401,
+        7 => 403,
+        5 => 404,
+        6 | 10 => 409,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        4 => 504,
+        _ => 500,
+    }
+}
+
+/// The `grpc-status` in `headers` (a trailers-only response or the
+/// trailers), if any.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
 
 /// Index into [`CODES`] for an HTTP status.
 #[inline]
@@ -239,6 +275,10 @@ pub struct RequestInfo {
     pub tokens_in: u32,
     /// SSE response.
     pub sse: bool,
+    /// A gRPC response whose status comes in the trailers: counted by
+    /// status class when they arrive (or when the stream ends), not at the
+    /// response head, whose HTTP 200 says nothing about the call.
+    pub grpc_deferred: bool,
 }
 
 /// Follows one response body; records when dropped.
@@ -284,12 +324,27 @@ impl Tracker {
     pub fn failed(&mut self) {
         self.failed = true;
     }
+
+    /// Trailers went to the client: a gRPC call's status is there.
+    pub fn on_trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(code) = grpc_status(trailers) {
+            self.info.status = grpc_http_status(code);
+        }
+    }
 }
 
 impl Drop for Tracker {
     fn drop(&mut self) {
         let elapsed = self.info.start.elapsed();
         let stats = &self.series.stats;
+        if self.info.grpc_deferred {
+            let index = if self.failed {
+                CODE_ERROR
+            } else {
+                code_index(self.info.status)
+            };
+            stats.codes[index].fetch_add(1, Relaxed);
+        }
         stats.duration.observe(elapsed);
         let out = self.usage.unwrap_or(self.sse_events);
         stats.tokens_out.fetch_add(out, Relaxed);

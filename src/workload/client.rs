@@ -142,13 +142,7 @@ pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Ou
         // The reply is synthetic so the next turn's prompt is deterministic.
         let reply = words(&mut rng, 200);
         session.history.push(("assistant", reply));
-        let mut body = serde_json::json!({
-            "model": config.model,
-            "messages": messages,
-            "stream": stream,
-            "max_tokens": max_tokens,
-            "stream_options": {"include_usage": true},
-        });
+        let mut body = chat_body(&config.model, messages, stream, max_tokens);
         if config.send_user {
             body["user"] = serde_json::json!(format!("session-{session_index}"));
         }
@@ -176,6 +170,26 @@ pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Ou
             drop(permit);
         });
     }
+}
+
+/// A chat request body. `stream_options` goes only with `stream: true`:
+/// vLLM, the OpenAI API and the SGLang router refuse it otherwise (400).
+pub fn chat_body(
+    model: &str,
+    messages: Vec<serde_json::Value>,
+    stream: bool,
+    max_tokens: u32,
+) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "model": model,
+        "messages": messages,
+        "stream": stream,
+        "max_tokens": max_tokens,
+    });
+    if stream {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    body
 }
 
 /// Send one request and read the whole response, timing it.
@@ -270,5 +284,68 @@ pub async fn send(
         total,
         tokens,
         itl,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_options_only_when_streaming() {
+        let messages = vec![serde_json::json!({"role": "user", "content": "hi"})];
+        let plain = chat_body("m", messages.clone(), false, 8);
+        assert!(plain.get("stream_options").is_none(), "{plain}");
+        assert_eq!(plain["stream"], false);
+        let streamed = chat_body("m", messages, true, 8);
+        assert_eq!(streamed["stream_options"]["include_usage"], true);
+    }
+
+    /// The workload against a simulated vLLM node: every request, streamed
+    /// or not, is accepted (the node refuses what vLLM refuses).
+    #[tokio::test]
+    async fn every_request_is_accepted_by_a_vllm_like_node() {
+        let node = crate::sim::SimNode::start(
+            "w",
+            "127.0.0.1:0".parse().unwrap(),
+            crate::sim::SimConfig {
+                time_scale: 0.001,
+                ..crate::sim::SimConfig::small()
+            },
+        )
+        .await
+        .unwrap();
+        let stats = Arc::new(Stats::default());
+        let config = WorkloadConfig {
+            target: node.addr(),
+            rate: 200.0,
+            stream_share: 0.5,
+            system_prompt_bytes: 256,
+            max_tokens: (2, 8),
+            ..WorkloadConfig::default()
+        };
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (watch, collected) = (Arc::clone(&stats), Arc::clone(&seen));
+        run(config, Arc::clone(&stats), async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let seen = {
+                    let mut got = collected.lock().unwrap_or_else(|p| p.into_inner());
+                    got.extend(watch.take());
+                    got.len()
+                };
+                if seen >= 40 || Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        let samples = std::mem::take(&mut *seen.lock().unwrap());
+        assert!(samples.len() >= 40, "only {} requests", samples.len());
+        assert!(samples.iter().any(|s| s.streamed) && samples.iter().any(|s| !s.streamed));
+        let failed: Vec<_> = samples.iter().filter(|s| !s.ok).collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        node.shutdown().await;
     }
 }

@@ -204,16 +204,19 @@ pub async fn send(request: Request<Full<Bytes>>) -> Reply {
     }
 }
 
-/// A chat request body.
+/// A chat request body (with `stream_options` only when streaming, as
+/// vLLM and the OpenAI API require).
 pub fn chat(content: &str, stream: bool, max_tokens: u32) -> String {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": content}],
         "stream": stream,
         "max_tokens": max_tokens,
-        "stream_options": {"include_usage": true},
-    })
-    .to_string()
+    });
+    if stream {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    body.to_string()
 }
 
 /// Poll `condition` every 10 ms until it holds or `within` passes.
