@@ -9,6 +9,7 @@ pub mod body;
 pub mod errors;
 mod forward;
 pub mod headers;
+pub mod priority;
 mod queue;
 pub mod retry;
 mod select;

@@ -675,7 +675,8 @@
           <td class="l">${he(e.actor)}</td>
           <td class="l action">${he(e.action)}</td>
           <td class="l"><span class="badge ${OUTCOME[e.outcome] || "idle"}">${he(e.outcome)}</span></td>
-          <td class="l detail" title="${he(e.detail || "")}">${he(e.detail || "")}</td>
+          <td class="l detail" title="${he(e.detail || "")}">${he(e.detail || "")}${(e.secrets_changed || []).length
+            ? `<span class="muted">${e.detail ? "; " : ""}secret changed (value not shown): ${he(e.secrets_changed.join(", "))}</span>` : ""}</td>
           <td class="l mono muted">${he(e.version_before.slice(0, 8))}${e.version_after ? " → " + he(e.version_after.slice(0, 8)) : ""}</td>
           <td class="l">${e.diff ? '<button type="button" class="ghost" data-diff="1">show diff</button>' : '<span class="muted">–</span>'}</td></tr>
         ${e.diff ? `<tr class="diffrow" hidden><td class="l" colspan="7"><pre class="diff">${renderDiff(e.diff)}</pre></td></tr>` : ""}`).join("")
