@@ -384,7 +384,10 @@ async fn priority_header_from_an_untrusted_client_displaces_nobody() {
     let (status, _) = send_with(addr, &[("x-infergate-priority", "critical")])
         .await
         .unwrap();
-    assert_eq!(status, 429, "an untrusted critical header displaced a request");
+    assert_eq!(
+        status, 429,
+        "an untrusted critical header displaced a request"
+    );
     assert_eq!(busy.await.unwrap().0, 200);
     assert_eq!(waiting.await.unwrap().0, 200);
 
@@ -392,10 +395,17 @@ async fn priority_header_from_an_untrusted_client_displaces_nobody() {
     // waiting request of the sheddable batch route.
     let busy = send_with(addr, &[]);
     assert!(eventually(Duration::from_secs(5), busy_node).await);
-    let batch = send_with(addr, &[("x-tenant", "batch"), ("x-infergate-priority", "critical")]);
+    let batch = send_with(
+        addr,
+        &[("x-tenant", "batch"), ("x-infergate-priority", "critical")],
+    );
     assert!(eventually(Duration::from_secs(5), || queued() == 1).await);
     let standard = send_with(addr, &[]);
-    assert_eq!(batch.await.unwrap().0, 429, "the batch request is sheddable");
+    assert_eq!(
+        batch.await.unwrap().0,
+        429,
+        "the batch request is sheddable"
+    );
     assert_eq!(busy.await.unwrap().0, 200);
     assert_eq!(standard.await.unwrap().0, 200);
     gw.stop().await;

@@ -55,7 +55,10 @@ fn any_version() -> (&'static str, String) {
 
 /// `infergate serve` on `config`, logging at info to `log`; returns the
 /// child and its admin address.
-async fn serve(config: &std::path::Path, log: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
+async fn serve(
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> (tokio::process::Child, SocketAddr) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
         .args(["serve", "--config"])
@@ -178,7 +181,10 @@ async fn rotated_token_and_slack_urls_never_reach_audit_history_log_or_audit_fil
             assert!(!text.contains(secret), "{secret} is in {place}:\n{text}");
         }
     }
-    assert!(trail[3].1.contains("config change"), "the log has the audit lines");
+    assert!(
+        trail[3].1.contains("config change"),
+        "the log has the audit lines"
+    );
 }
 
 #[tokio::test]
@@ -245,7 +251,11 @@ async fn the_version_cannot_be_used_to_test_token_guesses() {
 
     // A hand edit of the token alone moves it too.
     let file = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, file.replace("stronger-token-value", "edited-by-hand")).unwrap();
+    std::fs::write(
+        &path,
+        file.replace("stronger-token-value", "edited-by-hand"),
+    )
+    .unwrap();
     store.poll_file(false).await;
     let after = request(admin.addr, Method::GET, "/api/v1/config", &[], None).await;
     let edited = after.json()["version"].as_str().unwrap().to_string();
@@ -284,7 +294,11 @@ async fn foreign_host_and_origin_are_refused() {
         )
         .await;
         assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{path}");
-        assert!(reply.text().contains("admin.allowed_hosts"), "{}", reply.text());
+        assert!(
+            reply.text().contains("admin.allowed_hosts"),
+            "{}",
+            reply.text()
+        );
     }
     // ... nor change anything, token or not.
     let drain = "/api/v1/config/pools/p/nodes/n0/drain";
@@ -292,7 +306,11 @@ async fn foreign_host_and_origin_are_refused() {
         addr,
         Method::POST,
         drain,
-        &[host(format!("rebind.attacker.example:{port}")), bearer(), any_version()],
+        &[
+            host(format!("rebind.attacker.example:{port}")),
+            bearer(),
+            any_version(),
+        ],
         None,
     )
     .await;
@@ -304,7 +322,14 @@ async fn foreign_host_and_origin_are_refused() {
         format!("localhost:{port}"),
         format!("[::1]:{port}"),
     ] {
-        let reply = request(addr, Method::GET, "/api/v1/config", &[host(name.clone())], None).await;
+        let reply = request(
+            addr,
+            Method::GET,
+            "/api/v1/config",
+            &[host(name.clone())],
+            None,
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::OK, "{name}");
     }
 
@@ -346,7 +371,9 @@ async fn foreign_host_and_origin_are_refused() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert!(std::fs::read_to_string(&path).unwrap().contains("draining = true"));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("draining = true"));
     admin.stop().await;
 
     // A name of the gateway's own (a DNS name, a reverse proxy's) is added
@@ -402,7 +429,9 @@ async fn the_bearer_scheme_is_case_insensitive() {
         .await;
         assert_eq!(reply.status, StatusCode::OK, "{scheme}: {}", reply.text());
     }
-    assert!(std::fs::read_to_string(&path).unwrap().contains("weight = 4"));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("weight = 4"));
     let reply = request(
         admin.addr,
         Method::PUT,

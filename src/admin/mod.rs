@@ -376,7 +376,11 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Refuse requests whose `Host` or `Origin` is not this listener's.
-async fn check_host(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
+async fn check_host(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     match state
         .hosts
         .check(request.method(), request.uri(), request.headers())

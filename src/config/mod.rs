@@ -989,8 +989,9 @@ mod tests {
         );
         let e = errors_of(&text);
         assert!(
-            e.iter().any(|m| m
-                .starts_with("routes[0].trust_priority_header_from[1]: `10.0.0/8` is not a network")),
+            e.iter().any(|m| m.starts_with(
+                "routes[0].trust_priority_header_from[1]: `10.0.0/8` is not a network"
+            )),
             "{e:?}"
         );
         assert_eq!(e.len(), 1, "{e:?}");
