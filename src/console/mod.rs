@@ -323,13 +323,14 @@ impl ConfigStore {
 
     /// Apply a change all or nothing; see the module doc for the steps.
     ///
-    /// The audit entry and the history show the change's `action` with any
-    /// secret of the running config or of the change blanked, whatever the
-    /// caller wrote into it.
+    /// The audit entry and the history show the change's `action` and
+    /// `actor` with any secret of the running config or of the change
+    /// blanked, whatever the caller wrote into them.
     pub async fn change(&self, mut change: Change) -> Result<Applied, ChangeError> {
         let mut state = self.state.lock().await;
         let secrets = secret_values(&state.text, &change.edit);
         change.action = redact::mask(&change.action, &secrets);
+        change.actor = redact::mask(&change.actor, &secrets);
         let before = state.version.clone();
         let result = self.try_change(&mut state, &change).await;
         let (outcome, detail, after, diff) = match &result {

@@ -49,6 +49,8 @@
     { f: "pool", l: "pool", t: "select", options: [] },
     { f: "match.model", l: "match model", t: "str", d: "any" },
     { f: "retries", l: "retries", t: "int", d: "1" },
+    { f: "priority", l: "queue priority", t: "select", options: ["critical", "standard", "sheddable"], d: "standard" },
+    { f: "trust_priority_header_from", l: "trust priority header from", t: "strs", d: "nobody (e.g. 10.0.0.0/8, ::1)" },
     { f: "timeouts.connect", l: "connect timeout", t: "dur", d: "2s" },
     { f: "timeouts.first_byte", l: "first byte timeout", t: "dur", d: "60s" },
     { f: "timeouts.idle", l: "idle timeout", t: "dur", d: "30s" },
@@ -279,6 +281,10 @@
       const parts = v.split(",").map((x) => x.trim()).filter((x) => x !== "");
       if (parts.length && parts.every((x) => /^\d+$/.test(x))) return parts.map(Number);
       fieldError(el, "whole numbers separated by commas, e.g. 200, 204");
+    } else if (t === "strs") {
+      const parts = v.split(",").map((x) => x.trim()).filter((x) => x !== "");
+      if (parts.length) return parts;
+      fieldError(el, "values separated by commas");
     } else return v;
     return undefined;
   }
