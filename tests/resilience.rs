@@ -269,7 +269,8 @@ async fn saturation_queues_by_priority_then_sheds_with_429() {
         &unweighted(&nodes),
         "round_robin",
         "queue_size = 3\nqueue_timeout = \"5s\"\n",
-        "",
+        // The test client is the trusted scheduler that sets priorities.
+        "trust_priority_header_from = [\"127.0.0.1\"]\n",
     );
     text = text.replace("weight = 1\n", "weight = 1\nmax_concurrent = 1\n");
     let gw = start_gateway(&text).await;
@@ -325,6 +326,89 @@ async fn saturation_queues_by_priority_then_sheds_with_429() {
     let order: Vec<&str> = done.iter().map(|(_, p)| *p).collect();
     assert_eq!(order, vec!["standard", "critical", "critical", "sheddable"]);
     println!("SCENARIO|saturation|6|2|-|max_concurrent 1, queue 3: critical served before sheddable; 2 shed with 429 + Retry-After");
+}
+
+/// One chat request with extra headers, sent in the background: (status,
+/// when it finished).
+fn send_with(
+    addr: std::net::SocketAddr,
+    headers: &'static [(&'static str, &'static str)],
+) -> tokio::task::JoinHandle<(u16, Instant)> {
+    tokio::spawn(async move {
+        let mut request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = http_body_util::Full::new(bytes::Bytes::from(chat("queued", false, 1)));
+        let reply = send(request.body(body).unwrap()).await;
+        (reply.status.as_u16(), Instant::now())
+    })
+}
+
+#[tokio::test]
+async fn priority_header_from_an_untrusted_client_displaces_nobody() {
+    // Issue #12 finding 7: any client could send `critical` and push the
+    // others out of a full queue. Now the header counts only from networks
+    // the route trusts (none by default), and a route's own `priority`
+    // sets its requests' place.
+    let nodes = start_nodes(1, &fast_sim()).await;
+    nodes[0].set_faults(Faults {
+        added_latency_ms: 300,
+        ..Faults::default()
+    });
+    let mut text = config_with(
+        &unweighted(&nodes),
+        "round_robin",
+        "queue_size = 1\nqueue_timeout = \"5s\"\n",
+        "",
+    );
+    text = text.replace("weight = 1\n", "weight = 1\nmax_concurrent = 1\n");
+    // A batch route in front, on the same pool (so the same queue).
+    text = text.replace(
+        "\n[[routes]]\nname = \"r\"",
+        "\n[[routes]]\nname = \"batch\"\npool = \"p\"\npriority = \"sheddable\"\n\
+         [routes.match]\nheaders = { \"x-tenant\" = \"batch\" }\n\n[[routes]]\nname = \"r\"",
+    );
+    let gw = start_gateway(&text).await;
+    let addr = gw.addr;
+    let queued = || gw.gateway.table().routes[0].queue.len();
+    let busy_node = || gw.gateway.table().pools[0].nodes[0].outstanding() == 1;
+
+    // Untrusted header: the queue is full of a standard request, and a
+    // "critical" newcomer is shed instead of displacing it.
+    let busy = send_with(addr, &[]);
+    assert!(eventually(Duration::from_secs(5), busy_node).await);
+    let waiting = send_with(addr, &[]);
+    assert!(eventually(Duration::from_secs(5), || queued() == 1).await);
+    let (status, _) = send_with(addr, &[("x-infergate-priority", "critical")])
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 429,
+        "an untrusted critical header displaced a request"
+    );
+    assert_eq!(busy.await.unwrap().0, 200);
+    assert_eq!(waiting.await.unwrap().0, 200);
+
+    // The route's own priority counts: a standard request displaces a
+    // waiting request of the sheddable batch route.
+    let busy = send_with(addr, &[]);
+    assert!(eventually(Duration::from_secs(5), busy_node).await);
+    let batch = send_with(
+        addr,
+        &[("x-tenant", "batch"), ("x-infergate-priority", "critical")],
+    );
+    assert!(eventually(Duration::from_secs(5), || queued() == 1).await);
+    let standard = send_with(addr, &[]);
+    assert_eq!(
+        batch.await.unwrap().0,
+        429,
+        "the batch request is sheddable"
+    );
+    assert_eq!(busy.await.unwrap().0, 200);
+    assert_eq!(standard.await.unwrap().0, 200);
+    gw.stop().await;
 }
 
 #[tokio::test]

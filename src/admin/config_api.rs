@@ -361,9 +361,11 @@ async fn merge_config(r: ChangeRequest, body: Bytes) -> Response {
     .await
 }
 
-/// A short rendering of a JSON body for the audit line.
+/// A short rendering of a JSON body for the audit line and the history,
+/// with anything that may be a credential blanked (a merge patch may set
+/// `admin.token` or a Slack webhook URL).
 fn brief(value: &Json) -> String {
-    let mut text = value.to_string();
+    let mut text = crate::console::redact::redact_json(value).to_string();
     if text.len() > 200 {
         let mut cut = 200;
         while !text.is_char_boundary(cut) {

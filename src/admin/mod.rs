@@ -2,15 +2,19 @@
 //! dashboard with its configuration console, and the config API
 //! ([`config_api`]) that changes the running config.
 //!
-//! Security: bound to loopback by default. Binding to any other address
-//! needs a token (`admin.token` or `INFERGATE_ADMIN_TOKEN`); every non-GET
-//! request must then carry `Authorization: Bearer <token>` (without a token
+//! Security (`docs/security.md`): bound to loopback by default. Binding to
+//! any other address needs a token (`admin.token` or
+//! `INFERGATE_ADMIN_TOKEN`); every non-GET request must then carry
+//! `Authorization: Bearer <token>` (scheme in any case; without a token
 //! configured, non-GET requests are refused). Off loopback, reads need the
 //! token too (header, or the dashboard's [`READ_COOKIE`]) unless
-//! `admin.open_reads = true`. The token is never logged and is redacted
-//! from the config's `Debug` output.
+//! `admin.open_reads = true`. Every request's `Host` must be one of the
+//! listener's names and a change's `Origin` its own ([`hosts`]), against
+//! DNS rebinding. The token is never logged and is redacted from the
+//! config's `Debug` output.
 
 pub mod config_api;
+pub mod hosts;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -56,6 +60,10 @@ pub struct AdminConfig {
     /// Append every config change attempt to this file as a JSON line
     /// (absent: the audit log lives in memory and the log only).
     pub audit_file: Option<std::path::PathBuf>,
+    /// More names the listener answers to in `Host` (and `Origin`), besides
+    /// its own address (and `localhost` on loopback): `name` for any port,
+    /// `name:port` for one; `"*"` turns the check off. See [`hosts`].
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -67,6 +75,7 @@ impl Default for AdminConfig {
             open_reads: None,
             header_timeout: Duration::from_secs(10),
             audit_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -80,27 +89,45 @@ impl fmt::Debug for AdminConfig {
             .field("open_reads", &self.open_reads)
             .field("header_timeout", &self.header_timeout)
             .field("audit_file", &self.audit_file)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
 
 impl AdminConfig {
-    /// Check the address.
-    pub fn validate(&self) -> Result<(), String> {
-        self.addr
-            .parse::<SocketAddr>()
-            .map(|_| ())
-            .map_err(|_| format!("addr `{}` is not IP:port", self.addr))?;
-        if self.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
-            return Err("token must not be empty".into());
+    /// Every problem, as (field path, message) under `admin.`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push((format!("admin.{field}"), message));
+        };
+        if self.addr.parse::<SocketAddr>().is_err() {
+            problem("addr", format!("`{}` is not IP:port", self.addr));
         }
-        if self.header_timeout.is_zero() {
-            return Err("header_timeout must be more than 0s".into());
+        if self.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            problem("token", "must not be empty".into());
         }
         if self.token.as_deref() == Some(crate::console::redact::PLACEHOLDER) {
-            return Err("token is the redaction placeholder: send the real token, or leave the line as it was read".into());
+            problem(
+                "token",
+                "is the redaction placeholder: send the real token, or leave the line as it was read".into(),
+            );
         }
-        Ok(())
+        if self.header_timeout.is_zero() {
+            problem("header_timeout", "must be more than 0s".into());
+        }
+        for (i, entry) in self.allowed_hosts.iter().enumerate() {
+            if entry.trim() != "*" && hosts::parse_entry(entry).is_none() {
+                problem(
+                    &format!("allowed_hosts[{i}]"),
+                    format!(
+                        "`{}` is not a host name or IP address with an optional port (e.g. \"admin.example.com\", \"gw-1:9090\", or \"*\" for any)",
+                        entry.escape_debug()
+                    ),
+                );
+            }
+        }
+        problems
     }
 
     /// The token from the config, else from [`TOKEN_ENV`].
@@ -133,6 +160,8 @@ struct AdminState {
     store: Option<Arc<crate::console::ConfigStore>>,
     /// Reads need the token too (non-loopback listener by default).
     reads_need_token: bool,
+    /// Names the listener answers to (`Host`, `Origin`).
+    hosts: hosts::AllowedHosts,
 }
 
 /// The cookie the dashboard sets (from the token the user typed) so its
@@ -222,6 +251,7 @@ async fn serve(
         token,
         store,
         reads_need_token,
+        hosts: hosts::AllowedHosts::new(local, &config.allowed_hosts),
     }));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(accept_loop(listener, app, config.header_timeout, stopped));
@@ -312,6 +342,11 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/config/status", get(config_status))
         .merge(config_api::routes())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
+        // Outermost: a foreign Host or Origin is refused before anything.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            check_host,
+        ))
         .with_state(state)
 }
 
@@ -332,6 +367,29 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` works too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Refuse requests whose `Host` or `Origin` is not this listener's.
+async fn check_host(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state
+        .hosts
+        .check(request.method(), request.uri(), request.headers())
+    {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
 async fn auth(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
     if read && (!state.reads_need_token || PUBLIC_ASSETS.contains(&request.uri().path())) {
@@ -348,7 +406,7 @@ async fn auth(State(state): State<Arc<AdminState>>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .or_else(|| read.then(|| cookie_token(request.headers())).flatten());
     if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
         next.run(request).await
@@ -521,6 +579,39 @@ mod tests {
         let text = format!("{c:?}");
         assert!(!text.contains("s3cret-value"));
         assert!(text.contains("redacted"));
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER   abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn problems_name_the_field() {
+        let c = AdminConfig {
+            addr: "nowhere".into(),
+            token: Some(" ".into()),
+            header_timeout: Duration::ZERO,
+            allowed_hosts: vec!["ok.example".into(), "http://bad/".into(), "*".into()],
+            ..AdminConfig::default()
+        };
+        let fields: Vec<String> = c.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "admin.addr",
+                "admin.token",
+                "admin.header_timeout",
+                "admin.allowed_hosts[1]"
+            ]
+        );
+        assert!(AdminConfig::default().problems().is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::uri::Authority;
 
 use crate::classify::prefix::{block_hashes, seed_for_model};
-use crate::classify::{ApiFamily, Endpoint, Head, Priority, RequestClass};
+use crate::classify::{ApiFamily, Endpoint, Head, RequestClass};
 use crate::fleet::Node;
 
 /// Nodes `n0, n1, …` with the given weights (addresses are never dialled).
@@ -35,7 +35,7 @@ pub fn chat_class() -> RequestClass {
         endpoint: Endpoint::ChatCompletions,
         path_model: None,
         parse_body: true,
-        priority: Priority::Standard,
+        asked_priority: None,
     })
 }
 

@@ -39,7 +39,7 @@ use serde_json::error::Category;
 use super::prefix::{estimate_tokens, feed_message, seed_for_model, PrefixHasher};
 mod shape;
 
-use super::{Endpoint, Head, RequestClass};
+use super::{Endpoint, Head, Priority, RequestClass};
 use shape::{BodyShape, Loc, Message, Parsed, Piece, ResponsesInput, Seed};
 
 /// Options for body classification.
@@ -234,7 +234,8 @@ fn build(head: Head, p: Parsed<'_>, opts: &ClassifyOptions) -> RequestClass {
         max_tokens,
         prompt_tokens,
         prefix: h.finish(),
-        priority: head.priority,
+        asked_priority: head.asked_priority,
+        priority: Priority::Standard,
         user: p.user.map(|u| u.into_owned()),
     }
 }

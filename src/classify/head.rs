@@ -28,14 +28,14 @@ pub const UNPREFIXED_OPENAI_PATHS: &[&str] = &[
 /// tolerated (`/v1/chat/completions/` is the same endpoint). gRPC is recognised
 /// by a `content-type` starting with `application/grpc`, whatever the path.
 pub fn classify_head(method: &Method, path: &str, headers: &HeaderMap) -> Head {
-    let priority = priority_of(headers);
+    let asked_priority = asked_priority(headers);
     if is_grpc(headers) {
         return Head {
             family: ApiFamily::Grpc,
             endpoint: Endpoint::Grpc,
             path_model: None,
             parse_body: false,
-            priority,
+            asked_priority,
         };
     }
 
@@ -50,7 +50,7 @@ pub fn classify_head(method: &Method, path: &str, headers: &HeaderMap) -> Head {
         endpoint,
         path_model,
         parse_body,
-        priority,
+        asked_priority,
     }
 }
 
@@ -133,18 +133,11 @@ fn is_grpc(headers: &HeaderMap) -> bool {
     })
 }
 
-fn priority_of(headers: &HeaderMap) -> Priority {
-    let Some(v) = headers.get(PRIORITY_HEADER) else {
-        return Priority::Standard;
-    };
-    let v = v.as_bytes().trim_ascii();
-    if v.eq_ignore_ascii_case(b"critical") {
-        Priority::Critical
-    } else if v.eq_ignore_ascii_case(b"sheddable") {
-        Priority::Sheddable
-    } else {
-        Priority::Standard
-    }
+/// The priority the header asks for; `None` when absent or not a known
+/// name. Whether it counts is the route's decision.
+fn asked_priority(headers: &HeaderMap) -> Option<Priority> {
+    let value = headers.get(PRIORITY_HEADER)?.to_str().ok()?;
+    Priority::from_name(value)
 }
 
 #[cfg(test)]
@@ -233,7 +226,7 @@ mod tests {
             assert_eq!(h.endpoint, *endpoint, "{method} {path}");
             assert_eq!(h.path_model.as_deref(), *model, "{method} {path}");
             assert_eq!(h.parse_body, *parse, "{method} {path}");
-            assert_eq!(h.priority, Priority::Standard);
+            assert_eq!(h.asked_priority, None);
         }
     }
 
@@ -266,18 +259,18 @@ mod tests {
     #[test]
     fn priorities() {
         let cases = [
-            (Some("critical"), Priority::Critical),
-            (Some("CRITICAL"), Priority::Critical),
-            (Some("Sheddable"), Priority::Sheddable),
-            (Some("standard"), Priority::Standard),
-            (Some("urgent"), Priority::Standard),
-            (Some(""), Priority::Standard),
-            (None, Priority::Standard),
+            (Some("critical"), Some(Priority::Critical)),
+            (Some("CRITICAL"), Some(Priority::Critical)),
+            (Some(" Sheddable "), Some(Priority::Sheddable)),
+            (Some("standard"), Some(Priority::Standard)),
+            (Some("urgent"), None),
+            (Some(""), None),
+            (None, None),
         ];
         for (value, want) in cases {
             let headers: Vec<_> = value.map(|v| (PRIORITY_HEADER, v)).into_iter().collect();
             let h = head(Method::POST, "/v1/chat/completions", &headers);
-            assert_eq!(h.priority, want, "{value:?}");
+            assert_eq!(h.asked_priority, want, "{value:?}");
         }
         let h = head(
             Method::POST,
@@ -287,6 +280,6 @@ mod tests {
                 (PRIORITY_HEADER, "critical"),
             ],
         );
-        assert_eq!(h.priority, Priority::Critical);
+        assert_eq!(h.asked_priority, Some(Priority::Critical));
     }
 }

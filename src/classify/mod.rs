@@ -95,7 +95,9 @@ pub enum Endpoint {
     Other,
 }
 
-/// Request priority, from the `x-infergate-priority` header.
+/// Request priority: the route's (`[[routes]] priority`), or the
+/// `x-infergate-priority` header's from clients the route trusts with it
+/// (`trust_priority_header_from`); see `proxy::priority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Priority {
     /// Shed first under overload.
@@ -105,6 +107,24 @@ pub enum Priority {
     Standard,
     /// Served first, shed last.
     Critical,
+}
+
+impl Priority {
+    /// Parse a name (`critical`, `standard`, `sheddable`; any case).
+    pub fn from_name(name: &str) -> Option<Priority> {
+        let name = name.trim();
+        [
+            ("critical", Priority::Critical),
+            ("standard", Priority::Standard),
+            ("sheddable", Priority::Sheddable),
+        ]
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, p)| p)
+    }
+
+    /// All names, for config validation messages.
+    pub const NAMES: &'static [&'static str] = &["critical", "standard", "sheddable"];
 }
 
 /// The header carrying [`Priority`].
@@ -122,8 +142,9 @@ pub struct Head {
     /// True when the body is JSON that names the model or the prompt, so the
     /// proxy must read it before routing.
     pub parse_body: bool,
-    /// Priority from the priority header (Standard when absent or unknown).
-    pub priority: Priority,
+    /// Priority the priority header asks for (`None` when absent or not a
+    /// known name). Only a hint: the route decides whether to trust it.
+    pub asked_priority: Option<Priority>,
 }
 
 /// Everything routing needs to know about one request.
@@ -144,7 +165,11 @@ pub struct RequestClass {
     pub prompt_tokens: u32,
     /// Prefix fingerprint: chained block hashes of the prompt, see [`prefix`].
     pub prefix: Vec<u64>,
-    /// Priority from the request header.
+    /// Priority the request header asks for (see [`Head::asked_priority`]).
+    pub asked_priority: Option<Priority>,
+    /// The priority the request is queued with: `Standard` until the proxy
+    /// has matched a route, which then decides it from its own setting and
+    /// whether it trusts the client's header.
     pub priority: Priority,
     /// End-user id from the body's `user` field (OpenAI chat, completions,
     /// embeddings, responses), a session key for affinity policies.
@@ -162,7 +187,8 @@ impl RequestClass {
             max_tokens: None,
             prompt_tokens: 0,
             prefix: Vec::new(),
-            priority: head.priority,
+            asked_priority: head.asked_priority,
+            priority: Priority::Standard,
             user: None,
         }
     }

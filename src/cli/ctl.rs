@@ -258,12 +258,25 @@ fn print_json(value: &Value) {
     }
 }
 
+/// The secrets a change sets or changes, by name: the redacted diff
+/// cannot show them.
+fn print_secrets_changed(applied: &Value) {
+    if let Some(names) = applied["secrets_changed"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+    {
+        let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+        println!("secret changed (value not shown): {}", names.join(", "));
+    }
+}
+
 fn report(json: bool, applied: &Value, what: &str) {
     if json {
         print_json(applied);
     } else if applied["changed"] == json!(false) {
         println!("{what}: no change (it already was)");
     } else {
+        print_secrets_changed(applied);
         if let Some(later) = applied["restart_required"]
             .as_array()
             .filter(|a| !a.is_empty())
@@ -445,6 +458,9 @@ async fn preview_then_send(
             "{}",
             ending_in_newline(preview["diff"].as_str().unwrap_or(""))
         );
+        if !json {
+            print_secrets_changed(&preview);
+        }
     }
     if dry_run {
         if json {

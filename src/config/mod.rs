@@ -7,6 +7,7 @@
 //! ever handed to the gateway, so a bad edit never replaces a running config.
 
 mod aware;
+mod cidr;
 pub mod duration;
 mod glob;
 
@@ -19,10 +20,11 @@ use http::uri::Authority;
 use serde::Deserialize;
 
 pub use aware::{BalanceOptions, CapacityConfig, HashKey, ScorerWeights};
+pub use cidr::Cidr;
 pub use glob::ModelPattern;
 
 use crate::balance::POLICY_NAMES;
-use crate::classify::ApiFamily;
+use crate::classify::{ApiFamily, Priority};
 use crate::health::{self, ActiveCheckConfig, OutlierConfig};
 
 /// The whole configuration file.
@@ -282,6 +284,17 @@ pub struct RouteConfig {
     /// Options of the AI-aware policies (`[routes.balance]`).
     #[serde(default)]
     pub balance: BalanceOptions,
+    /// Priority of this route's requests in the pool's queue: `critical`,
+    /// `standard` (absent) or `sheddable`.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Clients (networks, e.g. `["10.0.0.0/8", "::1"]`) whose
+    /// `x-infergate-priority` header replaces the route's priority. Empty
+    /// (the default): the header is ignored, so no client can push others
+    /// aside. `["0.0.0.0/0", "::/0"]` trusts every client.
+    /// Checked by [`Config::validate`] (each must parse as a [`Cidr`]).
+    #[serde(default)]
+    pub trust_priority_header_from: Vec<String>,
 }
 
 /// Retry budget (Finagle's and Linkerd's): over the last `window`, retries
@@ -550,8 +563,8 @@ impl Config {
         for (path, message) in crate::alerts::validate(&self.alerts) {
             err(path, message);
         }
-        if let Err(message) = self.admin.validate() {
-            err("admin".into(), message);
+        for (path, message) in self.admin.problems() {
+            err(path, message);
         }
         if !(0.0..=1.0).contains(&self.access_log.sample) {
             err(
@@ -734,6 +747,23 @@ impl Config {
             }
             for (path, message) in route.balance.problems(&format!("{at}.balance")) {
                 err(path, message);
+            }
+            for (j, network) in route.trust_priority_header_from.iter().enumerate() {
+                if let Err(message) = network.parse::<Cidr>() {
+                    err(format!("{at}.trust_priority_header_from[{j}]"), message);
+                }
+            }
+            if let Some(priority) = &route.priority {
+                if Priority::from_name(priority).is_none() {
+                    err(
+                        format!("{at}.priority"),
+                        format!(
+                            "unknown priority \"{}\" (known: {})",
+                            priority.escape_debug(),
+                            Priority::NAMES.join(", ")
+                        ),
+                    );
+                }
             }
             let m = &route.matcher;
             if let Some(family) = &m.family {
@@ -1064,5 +1094,41 @@ mod tests {
         );
         assert!(parse_node_url("https://n:443/v1").is_err());
         assert!(parse_node_url("https://n").is_err());
+    }
+
+    #[test]
+    fn route_priority_settings_are_checked_by_field() {
+        let c = Config::from_toml(&GOOD.replace(
+            "policy = \"weighted_round_robin\"",
+            "policy = \"weighted_round_robin\"\npriority = \"sheddable\"\ntrust_priority_header_from = [\"10.0.0.0/8\", \"::1\"]",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].priority.as_deref(), Some("sheddable"));
+        assert_eq!(c.routes[0].trust_priority_header_from.len(), 2);
+        assert!(Config::from_toml(GOOD).unwrap().routes[0]
+            .trust_priority_header_from
+            .is_empty());
+
+        let e = errors_of(&GOOD.replace(
+            "policy = \"weighted_round_robin\"",
+            "policy = \"weighted_round_robin\"\npriority = \"urgent\"",
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("routes[0].priority: unknown priority \"urgent\"")),
+            "{e:?}"
+        );
+        let text = GOOD.replace(
+            "policy = \"weighted_round_robin\"",
+            "policy = \"weighted_round_robin\"\ntrust_priority_header_from = [\"10.0.0.0/8\", \"10.0.0/8\"]",
+        );
+        let e = errors_of(&text);
+        assert!(
+            e.iter().any(|m| m.starts_with(
+                "routes[0].trust_priority_header_from[1]: `10.0.0/8` is not a network"
+            )),
+            "{e:?}"
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
     }
 }

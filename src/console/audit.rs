@@ -4,7 +4,9 @@
 //! admin API; each entry is also written to the log (target `audit`) and,
 //! with `admin.audit_file`, appended as a JSON line to that file, from
 //! which the latest entries are read back at start so the API's view
-//! survives restarts. Diffs are redacted before they get here.
+//! survives restarts. Diffs are redacted, and actions and details
+//! stripped of secrets, before they get here; a changed secret is named
+//! in `secrets_changed`, never shown.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -55,6 +57,10 @@ pub struct AuditEntry {
     pub version_after: Option<String>,
     /// Unified diff of the config file (secrets redacted), when applied.
     pub diff: String,
+    /// Secrets the change set, changed or removed (`admin.token`,
+    /// `alerts.notifiers[0].url`), which the redacted diff cannot show.
+    #[serde(default)]
+    pub secrets_changed: Vec<String>,
 }
 
 /// The bounded log.
@@ -129,6 +135,7 @@ impl AuditLog {
             outcome = ?entry.outcome,
             detail = entry.detail.as_deref().unwrap_or(""),
             version_after = entry.version_after.as_deref().unwrap_or(""),
+            secrets_changed = ?entry.secrets_changed,
             "config change"
         );
         if let Some(file) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
@@ -169,6 +176,7 @@ mod tests {
             version_before: "a".into(),
             version_after: Some("b".into()),
             diff: "x".repeat(MAX_DIFF + 10),
+            secrets_changed: Vec::new(),
         }
     }
 

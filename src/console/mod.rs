@@ -9,8 +9,14 @@
 //! and validate it exactly as the file loader does; stage the new file
 //! (temp + fsync); swap it into the running gateway; rename the file into
 //! place. A failure at any step leaves the running config and the file as
-//! they were. The version is a hash of the file's text, so it survives
-//! restarts and also changes when someone edits the file by hand.
+//! they were.
+//!
+//! The version is a hash of the file's *redacted* text, so it survives
+//! restarts, changes when someone edits the file by hand, and cannot be
+//! used to test guesses of the token offline (it is served to readers who
+//! have no token). A change of a secret alone does not change the redacted
+//! text, so it moves a per-process counter that is hashed in too
+//! ([`version_for`]); the audit entry names the secret that changed.
 
 pub mod audit;
 pub mod edit;
@@ -24,16 +30,28 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use serde_json::Value as Json;
 use toml_edit::DocumentMut;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::config::{Config, ConfigError, FieldError};
 use crate::proxy::Gateway;
 pub use audit::{AuditEntry, AuditLog, Outcome};
 pub use edit::Collection;
 
-/// The version of a config text: 16 hex digits of its hash.
+/// The version of a config text as a freshly started gateway gives it:
+/// 16 hex digits of the hash of its redacted text (secrets are never
+/// hashed, see the module doc).
 pub fn version_of(text: &str) -> String {
-    format!("{:016x}", xxh3_64(text.as_bytes()))
+    version_for(&redact::redact(text), 0)
+}
+
+/// The version of a config whose redacted text is `redacted`, after
+/// `secret_changes` changes of a secret alone since start.
+fn version_for(redacted: &str, secret_changes: u64) -> String {
+    let hash = match secret_changes {
+        0 => xxh3_64(redacted.as_bytes()),
+        n => xxh3_64_with_seed(redacted.as_bytes(), n),
+    };
+    format!("{hash:016x}")
 }
 
 /// The running config as the console shows it.
@@ -117,6 +135,9 @@ pub struct Applied {
     /// access log, alert history size): they take effect at the next
     /// restart; everything else is in force now.
     pub restart_required: Vec<String>,
+    /// Secrets that changed (`admin.token`, `alerts.notifiers[0].url`):
+    /// the redacted diff cannot show them.
+    pub secrets_changed: Vec<String>,
 }
 
 /// Sections the running gateway reads only at start.
@@ -190,8 +211,28 @@ pub enum ChangeError {
 struct State {
     /// The running config's text, exactly as on disk.
     text: String,
+    /// Its version.
+    version: String,
+    /// Changes that changed secrets since start (hashed into versions, so
+    /// that a new token makes a new version although the redacted text
+    /// stays the same).
+    secret_changes: u64,
     /// Hash of the file contents the watcher last looked at.
     seen_on_disk: Option<u64>,
+}
+
+impl State {
+    /// Put `text` (redacted: `redacted`) in as the running text; returns
+    /// the secrets it changed.
+    fn set(&mut self, text: String, redacted: &str) -> Vec<String> {
+        let changed = redact::changed_secrets(&self.text, &text);
+        if !changed.is_empty() {
+            self.secret_changes += 1;
+        }
+        self.version = version_for(redacted, self.secret_changes);
+        self.text = text;
+        changed
+    }
 }
 
 /// The single writer of the running config and its file.
@@ -211,11 +252,12 @@ impl ConfigStore {
     /// A store for a gateway started from `text`, read from `path` (`None`:
     /// changes are applied but not persisted).
     pub fn new(gateway: Arc<Gateway>, path: Option<PathBuf>, text: String) -> Arc<ConfigStore> {
+        let redacted = redact::redact(&text);
         let current = Current {
-            version: version_of(&text),
+            version: version_for(&redacted, 0),
             generation: gateway.config_status().version,
             path: path.as_ref().map(|p| p.display().to_string()),
-            text: redact::redact(&text),
+            text: redacted,
         };
         let first = VersionInfo {
             version: current.version.clone(),
@@ -228,6 +270,8 @@ impl ConfigStore {
             history: std::sync::Mutex::new([(first, text.clone())].into()),
             state: tokio::sync::Mutex::new(State {
                 seen_on_disk: Some(xxh3_64(text.as_bytes())),
+                version: current.version.clone(),
+                secret_changes: 0,
                 text,
             }),
             path,
@@ -242,16 +286,16 @@ impl ConfigStore {
         history.iter().rev().map(|(v, _)| v.clone()).collect()
     }
 
-    fn remember(&self, text: &str, actor: &str, action: &str) {
+    fn remember(&self, state: &State, actor: &str, action: &str) {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         history.push_back((
             VersionInfo {
-                version: version_of(text),
+                version: state.version.clone(),
                 at_unix_ms: crate::telemetry::unix_ms(),
                 actor: actor.to_string(),
                 action: action.to_string(),
             },
-            text.to_string(),
+            state.text.clone(),
         ));
         while history.len() > HISTORY_LEN {
             history.pop_front();
@@ -278,9 +322,16 @@ impl ConfigStore {
     }
 
     /// Apply a change all or nothing; see the module doc for the steps.
-    pub async fn change(&self, change: Change) -> Result<Applied, ChangeError> {
+    ///
+    /// The audit entry and the history show the change's `action` and
+    /// `actor` with any secret of the running config or of the change
+    /// blanked, whatever the caller wrote into them.
+    pub async fn change(&self, mut change: Change) -> Result<Applied, ChangeError> {
         let mut state = self.state.lock().await;
-        let before = version_of(&state.text);
+        let secrets = secret_values(&state.text, &change.edit);
+        change.action = redact::mask(&change.action, &secrets);
+        change.actor = redact::mask(&change.actor, &secrets);
+        let before = state.version.clone();
         let result = self.try_change(&mut state, &change).await;
         let (outcome, detail, after, diff) = match &result {
             Ok(a) if a.dry_run => return result,
@@ -300,22 +351,27 @@ impl ConfigStore {
             Err(ChangeError::Persist(m)) => (Outcome::Failed, Some(m.clone()), None, String::new()),
             Err(e) => (Outcome::Refused, Some(e.to_string()), None, String::new()),
         };
+        let secrets_changed = match &result {
+            Ok(a) if a.changed => a.secrets_changed.clone(),
+            _ => Vec::new(),
+        };
         self.audit.record(AuditEntry {
             id: 0,
             at_unix_ms: 0,
             actor: change.actor.clone(),
             action: change.action.clone(),
             outcome,
-            detail,
+            detail: detail.map(|d| redact::mask(&d, &secrets)),
             version_before: before,
             version_after: after,
             diff,
+            secrets_changed,
         });
         result
     }
 
     async fn try_change(&self, state: &mut State, change: &Change) -> Result<Applied, ChangeError> {
-        let current = version_of(&state.text);
+        let current = state.version.clone();
         match change.if_match.as_deref().map(normalize_version) {
             None => return Err(ChangeError::VersionRequired),
             Some("*") => {}
@@ -395,6 +451,7 @@ impl ConfigStore {
                 dry_run: change.dry_run,
                 diff,
                 restart_required: restart,
+                secrets_changed: Vec::new(),
             });
         }
         if change.dry_run {
@@ -406,6 +463,7 @@ impl ConfigStore {
                 dry_run: true,
                 diff,
                 restart_required: restart,
+                secrets_changed: redact::changed_secrets(&state.text, &new_text),
             });
         }
 
@@ -424,9 +482,9 @@ impl ConfigStore {
             }
         }
         state.seen_on_disk = Some(xxh3_64(new_text.as_bytes()));
-        state.text = new_text;
-        self.remember(&state.text, &change.actor, &change.action);
-        let applied = self.publish(&state.text, redacted);
+        let secrets_changed = state.set(new_text, &redacted);
+        self.remember(state, &change.actor, &change.action);
+        let applied = self.publish(state, redacted);
         Ok(Applied {
             version: applied.version.clone(),
             generation: applied.generation,
@@ -435,6 +493,7 @@ impl ConfigStore {
             dry_run: false,
             diff,
             restart_required: restart,
+            secrets_changed,
         })
     }
 
@@ -451,10 +510,10 @@ impl ConfigStore {
         (unified_diff(&shown.text, &redacted), redacted)
     }
 
-    /// Put `text` (and its redacted form) on show as the running config.
-    fn publish(&self, text: &str, redacted: String) -> Arc<Current> {
+    /// Put the running config (its redacted form `redacted`) on show.
+    fn publish(&self, state: &State, redacted: String) -> Arc<Current> {
         let current = Arc::new(Current {
-            version: version_of(text),
+            version: state.version.clone(),
             generation: self.gateway.config_status().version,
             path: self.path.as_ref().map(|p| p.display().to_string()),
             text: redacted,
@@ -472,7 +531,7 @@ impl ConfigStore {
         let mut state = self.state.lock().await;
         let Some(text) = read_if_exists(path).await else {
             if forced {
-                self.refuse_file(path, "cannot read the file", &state.text);
+                self.refuse_file(path, "cannot read the file", &state);
             }
             return;
         };
@@ -484,16 +543,17 @@ impl ConfigStore {
         if text == state.text && !forced {
             return;
         }
-        let before = version_of(&state.text);
+        let before = state.version.clone();
         match Config::from_toml(&text).and_then(|config| self.gateway.reload(&config)) {
             Ok(()) => {
                 tracing::info!(file = %path.display(), forced, "config file applied");
                 let (diff, redacted) = self.diff_from_running(&state.text, &text);
-                state.text = text;
-                if !diff.is_empty() {
-                    self.remember(&state.text, "file", "file changed on disk");
+                let secrets_changed = state.set(text, &redacted);
+                let changed = !diff.is_empty() || !secrets_changed.is_empty();
+                if changed {
+                    self.remember(&state, "file", "file changed on disk");
                 }
-                let current = self.publish(&state.text, redacted);
+                let current = self.publish(&state, redacted);
                 self.audit.record(AuditEntry {
                     id: 0,
                     at_unix_ms: 0,
@@ -504,23 +564,30 @@ impl ConfigStore {
                         "file changed on disk"
                     }
                     .into(),
-                    outcome: if diff.is_empty() {
-                        Outcome::Unchanged
-                    } else {
+                    outcome: if changed {
                         Outcome::Applied
+                    } else {
+                        Outcome::Unchanged
                     },
                     detail: None,
                     version_before: before,
                     version_after: Some(current.version.clone()),
                     diff,
+                    secrets_changed,
                 });
             }
-            Err(e) => self.refuse_file(path, &e.to_string(), &state.text),
+            Err(e) => {
+                let why = redact::mask(&e.to_string(), &redact::secrets_in_text(&text));
+                self.refuse_file(path, &why, &state);
+            }
         }
     }
 
-    fn refuse_file(&self, path: &Path, why: &str, running: &str) {
-        let why = &redact::scrub_message(why);
+    fn refuse_file(&self, path: &Path, why: &str, running: &State) {
+        let why = &redact::mask(
+            &redact::scrub_message(why),
+            &redact::secrets_in_text(&running.text),
+        );
         tracing::error!(file = %path.display(), error = %why, "config reload refused; running config kept");
         self.gateway
             .note_reload_refused(&format!("{}: {why}", path.display()));
@@ -531,11 +598,26 @@ impl ConfigStore {
             action: "file changed on disk".into(),
             outcome: Outcome::Refused,
             detail: Some(why.to_string()),
-            version_before: version_of(running),
+            version_before: running.version.clone(),
             version_after: None,
             diff: String::new(),
+            secrets_changed: Vec::new(),
         });
     }
+}
+
+/// Every value that may be a secret in the running text or in what a
+/// change brings, for blanking audit lines.
+fn secret_values(running: &str, edit: &Edit) -> Vec<String> {
+    let mut values = redact::secrets_in_text(running);
+    match edit {
+        Edit::Create(_, json) | Edit::Patch(_, _, json) | Edit::Merge(json) => {
+            values.extend(redact::secrets_in_json(json))
+        }
+        Edit::Replace(text) => values.extend(redact::secrets_in_text(text)),
+        Edit::Rollback(_) | Edit::Delete(..) => {}
+    }
+    values
 }
 
 fn invalid(e: ConfigError) -> ChangeError {
@@ -620,6 +702,24 @@ fn unified_diff(old: &str, new: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_hash_no_secret() {
+        let weak = "[admin]\ntoken = \"weak\"\n";
+        let other = "[admin]\ntoken = \"other\"\n";
+        assert_eq!(version_of(weak), version_of(other));
+        assert_ne!(
+            version_of(weak),
+            format!("{:016x}", xxh3_64(weak.as_bytes())),
+            "the raw text (with the token) is not what is hashed"
+        );
+        // A secret change alone moves the version through the counter.
+        assert_ne!(version_for(&redact::redact(weak), 1), version_of(weak));
+        assert_ne!(
+            version_of(weak),
+            version_of("[admin]\ntoken = \"weak\"\nopen_reads = true\n")
+        );
+    }
 
     #[test]
     fn start_only_sections_are_named() {

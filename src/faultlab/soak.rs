@@ -99,6 +99,7 @@ fn config(addr: std::net::SocketAddr, nodes: &[NodeProcess], generation: usize) 
     let route = |name: &str, pool: &str, policy: &str, matcher: &str| {
         format!(
             "\n[[routes]]\nname = \"{name}\"\npool = \"{pool}\"\npolicy = \"{policy}\"\nretries = 2\n\
+             trust_priority_header_from = [\"127.0.0.0/8\", \"::1\"]\n\
              [routes.timeouts]\nconnect = \"1s\"\nfirst_byte = \"1s\"\nidle = \"2s\"\n{matcher}"
         )
     };

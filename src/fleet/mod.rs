@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn full_respects_token_limit() {
-        use crate::classify::{ApiFamily, Endpoint, Head, Priority, RequestClass};
+        use crate::classify::{ApiFamily, Endpoint, Head, RequestClass};
         let mut n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
         n.max_inflight_tokens = Some(1000);
         let mut class = RequestClass::from_head(Head {
@@ -254,7 +254,7 @@ mod tests {
             endpoint: Endpoint::ChatCompletions,
             path_model: None,
             parse_body: true,
-            priority: Priority::Standard,
+            asked_priority: None,
         });
         class.prompt_tokens = 600;
         class.max_tokens = Some(300);

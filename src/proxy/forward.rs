@@ -169,7 +169,7 @@ async fn proxy(
 
     let declared_len = content_length(&parts.headers);
     let reads_body = head.parse_body;
-    let (class, buffered, incoming) = if head.parse_body {
+    let (mut class, buffered, incoming) = if head.parse_body {
         if declared_len.is_some_and(|n| n > table.max_body_bytes) {
             return Err(too_large(family, table.max_body_bytes));
         }
@@ -205,6 +205,9 @@ async fn proxy(
             _ => error_response(family, ErrorKind::NoRoute, "No route serves this request."),
         });
     };
+
+    // The header's priority only counts from clients the route trusts.
+    class.priority = route.priority.decide(class.asked_priority, peer.ip());
 
     let body = match (buffered, incoming) {
         (Some(bytes), _) => {

@@ -13,6 +13,7 @@ mod fd_limit;
 mod forward;
 pub mod headers;
 pub mod models;
+pub mod priority;
 pub mod probe;
 mod queue;
 pub mod retry;

@@ -153,6 +153,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Extra attempts after a failure before the first response byte.
     pub retries: u32,
+    /// How its requests' queue priority is decided.
+    pub priority: super::priority::PriorityRule,
     /// Counters of this route's nodes (by node index).
     pub telemetry: crate::telemetry::RouteTelemetry,
 }
@@ -391,6 +393,7 @@ impl RouteTable {
                 timeouts: route.timeouts,
                 max_body_bytes: route_limit,
                 retries: route.retries,
+                priority: super::priority::PriorityRule::of(route),
                 telemetry: route_telemetry,
             });
         }

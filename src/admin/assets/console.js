@@ -49,6 +49,8 @@
     { f: "pool", l: "pool", t: "select", options: [] },
     { f: "match.model", l: "match model", t: "str", d: "any" },
     { f: "retries", l: "retries", t: "int", d: "1" },
+    { f: "priority", l: "queue priority", t: "select", options: ["critical", "standard", "sheddable"], d: "standard" },
+    { f: "trust_priority_header_from", l: "trust priority header from", t: "strs", d: "nobody (e.g. 10.0.0.0/8, ::1)" },
     { f: "timeouts.connect", l: "connect timeout", t: "dur", d: "2s" },
     { f: "timeouts.first_byte", l: "first byte timeout", t: "dur", d: "60s" },
     { f: "timeouts.idle", l: "idle timeout", t: "dur", d: "30s" },
@@ -279,6 +281,10 @@
       const parts = v.split(",").map((x) => x.trim()).filter((x) => x !== "");
       if (parts.length && parts.every((x) => /^\d+$/.test(x))) return parts.map(Number);
       fieldError(el, "whole numbers separated by commas, e.g. 200, 204");
+    } else if (t === "strs") {
+      const parts = v.split(",").map((x) => x.trim()).filter((x) => x !== "");
+      if (parts.length) return parts;
+      fieldError(el, "values separated by commas");
     } else return v;
     return undefined;
   }
@@ -675,7 +681,8 @@
           <td class="l">${he(e.actor)}</td>
           <td class="l action">${he(e.action)}</td>
           <td class="l"><span class="badge ${OUTCOME[e.outcome] || "idle"}">${he(e.outcome)}</span></td>
-          <td class="l detail" title="${he(e.detail || "")}">${he(e.detail || "")}</td>
+          <td class="l detail" title="${he(e.detail || "")}">${he(e.detail || "")}${(e.secrets_changed || []).length
+            ? `<span class="muted">${e.detail ? "; " : ""}secret changed (value not shown): ${he(e.secrets_changed.join(", "))}</span>` : ""}</td>
           <td class="l mono muted">${he(e.version_before.slice(0, 8))}${e.version_after ? " → " + he(e.version_after.slice(0, 8)) : ""}</td>
           <td class="l">${e.diff ? '<button type="button" class="ghost" data-diff="1">show diff</button>' : '<span class="muted">–</span>'}</td></tr>
         ${e.diff ? `<tr class="diffrow" hidden><td class="l" colspan="7"><pre class="diff">${renderDiff(e.diff)}</pre></td></tr>` : ""}`).join("")

@@ -430,10 +430,11 @@ fn kserve_and_non_body_endpoints_use_head_only() {
 fn model_falls_back_to_path_and_priority_comes_from_head() {
     let mut head = head_for("/v1/chat/completions");
     head.path_model = Some("from-path".into());
-    head.priority = Priority::Critical;
+    head.asked_priority = Some(Priority::Critical);
     let c = classify_body(head.clone(), br#"{"messages":[]}"#, &Default::default()).unwrap();
     assert_eq!(c.model.as_deref(), Some("from-path"));
-    assert_eq!(c.priority, Priority::Critical);
+    assert_eq!(c.asked_priority, Some(Priority::Critical));
+    assert_eq!(c.priority, Priority::Standard, "the route decides");
     let c = classify_body(head, br#"{"model":"body"}"#, &Default::default()).unwrap();
     assert_eq!(c.model.as_deref(), Some("body"));
 
@@ -441,7 +442,7 @@ fn model_falls_back_to_path_and_priority_comes_from_head() {
     headers.insert(PRIORITY_HEADER, "sheddable".parse().unwrap());
     let h = classify_head(&Method::POST, "/v1/completions", &headers);
     let c = classify_body(h, br#"{"prompt":"x"}"#, &Default::default()).unwrap();
-    assert_eq!(c.priority, Priority::Sheddable);
+    assert_eq!(c.asked_priority, Some(Priority::Sheddable));
 }
 
 #[test]
