@@ -288,3 +288,78 @@ async fn framing_a_proxy_must_refuse() {
     .await;
     assert!(upgrade.starts_with("HTTP/1.1 502"), "{upgrade}");
 }
+
+async fn start_admin(gw: &TestGateway, config: infergate::admin::AdminConfig) -> SocketAddr {
+    let admin = infergate::admin::start(
+        std::sync::Arc::clone(&gw.gateway),
+        &config,
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .expect("admin listener");
+    let addr = admin.addr;
+    // Keep it running for the test.
+    std::mem::forget(admin);
+    addr
+}
+
+#[tokio::test]
+async fn the_admin_listener_closes_silent_sockets_and_caps_event_streams() {
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let admin = start_admin(
+        &gw,
+        infergate::admin::AdminConfig {
+            header_timeout: Duration::from_millis(300),
+            ..infergate::admin::AdminConfig::default()
+        },
+    )
+    .await;
+    let mut silent = TcpStream::connect(admin).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+
+    // 64 dashboards hold event streams; the next is told to come back,
+    // and metrics and the API still answer.
+    let mut streams = Vec::new();
+    for _ in 0..64 {
+        let mut stream = TcpStream::connect(admin).await.unwrap();
+        stream
+            .write_all(format!("GET /api/v1/events HTTP/1.1\r\nhost: {admin}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        streams.push(stream);
+    }
+    let refused = raw_status(
+        admin,
+        format!("GET /api/v1/events HTTP/1.1\r\nhost: {admin}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    let metrics = raw_status(
+        admin,
+        format!("GET /metrics HTTP/1.1\r\nhost: {admin}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    // A closed stream frees its slot (noticed at the next snapshot, every
+    // second): a new dashboard gets in.
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = raw_status(
+            admin,
+            format!("GET /api/v1/events HTTP/1.1\r\nhost: {admin}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        if again.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot was never freed: {again}"
+        );
+    }
+}

@@ -296,3 +296,37 @@ async fn a_bad_certificate_is_refused_with_the_field_named() {
         .to_string();
     assert!(error.contains("listener.tls.cert"), "{error}");
 }
+
+#[tokio::test]
+async fn the_admin_listener_speaks_tls() {
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("admin");
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let admin = infergate::admin::start(
+        Arc::clone(&gw.gateway),
+        &infergate::admin::AdminConfig {
+            tls: Some(infergate::tls::ServerTls {
+                cert,
+                key,
+                client_ca: None,
+            }),
+            ..infergate::admin::AdminConfig::default()
+        },
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .expect("admin over TLS");
+    let client = https_client(
+        &ClientTls {
+            ca: Some(pki.ca_path()),
+            ..ClientTls::default()
+        },
+        false,
+    );
+    let request = Request::get(format!("https://127.0.0.1:{}/metrics", admin.addr.port()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+}

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::proxy::deadline::{Activity, DeadlineIo, Tracked};
 use crate::proxy::Gateway;
 use crate::telemetry::prom;
 
@@ -64,6 +65,12 @@ pub struct AdminConfig {
     /// its own address (and `localhost` on loopback): `name` for any port,
     /// `name:port` for one; `"*"` turns the check off. See [`hosts`].
     pub allowed_hosts: Vec<String>,
+    /// Time a connection may stay open with no request in flight.
+    #[serde(deserialize_with = "crate::config::duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// Serve the admin listener over TLS (`[admin.tls]`: cert, key,
+    /// optional client_ca), like `[listener.tls]`.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for AdminConfig {
@@ -76,6 +83,8 @@ impl Default for AdminConfig {
             header_timeout: Duration::from_secs(10),
             audit_file: None,
             allowed_hosts: Vec::new(),
+            idle_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -90,6 +99,8 @@ impl fmt::Debug for AdminConfig {
             .field("header_timeout", &self.header_timeout)
             .field("audit_file", &self.audit_file)
             .field("allowed_hosts", &self.allowed_hosts)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -115,6 +126,14 @@ impl AdminConfig {
         }
         if self.header_timeout.is_zero() {
             problem("header_timeout", "must be more than 0s".into());
+        }
+        if self.idle_timeout.is_zero() {
+            problem("idle_timeout", "must be more than 0s".into());
+        }
+        if let Some(tls) = &self.tls {
+            for e in tls.validate("tls") {
+                problem(&e.path, e.message);
+            }
         }
         for (i, entry) in self.allowed_hosts.iter().enumerate() {
             if entry.trim() != "*" && hosts::parse_entry(entry).is_none() {
@@ -162,6 +181,9 @@ struct AdminState {
     reads_need_token: bool,
     /// Names the listener answers to (`Host`, `Origin`).
     hosts: hosts::AllowedHosts,
+    /// Event streams (`/api/v1/events`) open at once are capped apart from
+    /// the connection limit, so dashboards cannot starve the API.
+    event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The cookie the dashboard sets (from the token the user typed) so its
@@ -252,9 +274,21 @@ async fn serve(
         store,
         reads_need_token,
         hosts: hosts::AllowedHosts::new(local, &config.allowed_hosts),
+        event_streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
     }));
+    let tls = match &config.tls {
+        Some(tls) => {
+            let (server, cert) = crate::tls::server_config(tls, true)?;
+            Some((tokio_rustls::TlsAcceptor::from(server), cert))
+        }
+        None => None,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(accept_loop(listener, app, config.header_timeout, stopped));
+    let limits = ConnectionLimits {
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    let task = tokio::spawn(accept_loop(listener, app, limits, tls, stopped));
     Ok(AdminServer {
         addr: local,
         stop: Some(stop),
@@ -264,32 +298,44 @@ async fn serve(
 
 /// Most admin connections open at once; more wait in the accept backlog.
 const MAX_CONNECTIONS: usize = 256;
+/// Most `/api/v1/events` streams open at once (a quarter of the
+/// connections: the rest stay for the API, metrics and the console).
+const MAX_EVENT_STREAMS: usize = 64;
+
+/// Deadlines of admin connections (see `proxy::deadline`).
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
 /// How long open connections (e.g. dashboards' event streams) get to
 /// finish when the listener stops.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Serve admin connections until `stopped`: a bounded number at once, each
-/// with a header read timeout, so a slow or stalled client cannot hold the
-/// listener (axum's own `serve` has neither).
+/// Serve admin connections until `stopped`: a bounded number at once,
+/// each with a deadline for its first request, an idle timeout and a
+/// header read timeout, over TLS when configured, so a slow, silent or
+/// stalled client cannot hold the listener (axum's own `serve` has none).
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
-    header_timeout: Duration,
+    limits: ConnectionLimits,
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<crate::tls::ReloadingCert>)>,
     stopped: oneshot::Receiver<()>,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto;
     use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new());
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
+    let mut next_reload = tokio::time::Instant::now() + crate::tls::RELOAD_EVERY;
     tokio::pin!(stopped);
     loop {
         let permit = tokio::select! {
@@ -310,22 +356,71 @@ async fn accept_loop(
             },
             _ = &mut stopped => break,
         };
-        // The config API names who changed what by the caller's address.
-        let service = TowerToHyperService::new(
-            app.clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        if let Some((_, cert)) = &tls {
+            // Renewed certificate files take over for new handshakes.
+            if tokio::time::Instant::now() >= next_reload {
+                cert.reload_if_changed();
+                next_reload = tokio::time::Instant::now() + crate::tls::RELOAD_EVERY;
+            }
+        }
+        let activity = Arc::new(Activity::default());
+        let io = DeadlineIo::new(
+            stream,
+            Arc::clone(&activity),
+            limits.header_timeout,
+            limits.idle_timeout,
         );
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = connection.await;
+            match acceptor {
+                None => serve_admin(io, peer, activity, app, builder, watcher).await,
+                Some(acceptor) => match acceptor.accept(io).await {
+                    Ok(io) => serve_admin(io, peer, activity, app, builder, watcher).await,
+                    Err(e) => tracing::debug!(error = %e, %peer, "admin TLS handshake failed"),
+                },
+            }
             drop(permit);
         });
     }
     drop(listener);
     let _ = tokio::time::timeout(STOP_GRACE, graceful.shutdown()).await;
+}
+
+/// One admin connection: every request is counted in flight until its
+/// response body ends (an event stream for as long as it lasts).
+async fn serve_admin<I>(
+    io: I,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    app: Router,
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::ServiceExt as _;
+    // The config API names who changed what by the caller's address.
+    let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let guard = activity.begin();
+        let app = app.clone();
+        async move {
+            let response = app
+                .oneshot(req.map(axum::body::Body::new))
+                .await
+                .unwrap_or_else(|never| match never {});
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| axum::body::Body::new(Tracked::new(body, guard))),
+            )
+        }
+    });
+    let connection = builder
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service)
+        .into_owned();
+    let _ = watcher.watch(connection).await;
 }
 
 fn router(state: Arc<AdminState>) -> Router {
@@ -537,18 +632,32 @@ async fn alerts(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn events(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let _ = headers;
+    let Ok(slot) = Arc::clone(&state.event_streams).try_acquire_owned() else {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many event streams are open; retry later",
+        )
+            .into_response();
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("5"),
+        );
+        return response;
+    };
     let rx = state.gateway.telemetry.window.subscribe();
-    let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
-        if !first && rx.changed().await.is_err() {
-            return None;
-        }
-        let snapshot = std::sync::Arc::clone(&rx.borrow_and_update());
-        let event = Event::default()
-            .event("snapshot")
-            .json_data(&*snapshot)
-            .unwrap_or_else(|_| Event::default().comment("encode error"));
-        Some((Ok::<_, std::convert::Infallible>(event), (rx, false)))
-    });
+    // The slot rides with the stream and is freed when it ends.
+    let stream =
+        futures_util::stream::unfold((rx, true, slot), |(mut rx, first, slot)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let snapshot = std::sync::Arc::clone(&rx.borrow_and_update());
+            let event = Event::default()
+                .event("snapshot")
+                .json_data(&*snapshot)
+                .unwrap_or_else(|_| Event::default().comment("encode error"));
+            Some((Ok::<_, std::convert::Infallible>(event), (rx, false, slot)))
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

@@ -569,7 +569,9 @@ fn is_local_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Requests a proxy must not forward (RFC 9112 §3.2, RFC 9110 §9.3.6):
 /// an HTTP/1.1 request with no `Host` or several, and `CONNECT` (tunnels
-/// are not proxied).
+/// are not proxied). (`Transfer-Encoding` with `Content-Length`: hyper
+/// drops the length and reads the chunks, as RFC 9112 §6.3 and HAProxy do,
+/// so only the chunked body is forwarded.)
 fn refuse_framing(parts: &Parts, family: ApiFamily) -> Option<Reject> {
     if parts.method == Method::CONNECT {
         return Some(error_response(

@@ -7,7 +7,7 @@
 
 pub mod body;
 mod client_body;
-mod deadline;
+pub mod deadline;
 pub mod errors;
 mod fd_limit;
 mod forward;
