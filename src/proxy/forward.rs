@@ -665,3 +665,38 @@ fn models_response(cards: &[serde_json::Value], path: &str) -> Response<Response
 fn printable(name: &str) -> String {
     name.chars().filter(|c| !c.is_control()).take(200).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error wrapping `inner`, as hyper-util wraps connector errors.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn local_exhaustion_is_told_from_a_node_failure() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::EADDRNOTAVAIL] {
+            let e = Wrapped(std::io::Error::from_raw_os_error(errno));
+            assert!(is_local_exhaustion(&e), "errno {errno}");
+        }
+        for errno in [libc::ECONNREFUSED, libc::ECONNRESET, libc::ETIMEDOUT] {
+            let e = Wrapped(std::io::Error::from_raw_os_error(errno));
+            assert!(!is_local_exhaustion(&e), "errno {errno}");
+        }
+        let timeout = Wrapped(std::io::Error::new(std::io::ErrorKind::TimedOut, "t"));
+        assert!(!is_local_exhaustion(&timeout));
+    }
+}
