@@ -363,3 +363,59 @@ async fn the_admin_listener_closes_silent_sockets_and_caps_event_streams() {
         );
     }
 }
+
+/// Established TCP connections whose remote end is `port` (from
+/// /proc/net/tcp and tcp6: the gateway's side of its node connections).
+fn connections_to(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 3
+                        && fields[3] == "01"
+                        && fields[2]
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| u16::from_str_radix(p, 16).ok())
+                            == Some(port)
+                })
+                .map(|_| ())
+                .collect::<Vec<_>>()
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn idle_node_connections_are_capped_after_a_burst() {
+    let node = reading_node(false).await;
+    let gw = start_gateway(&streaming_config(node, "workers = 1", "")).await;
+    // 200 requests at once: up to 200 connections to the node.
+    let burst: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = gw.addr;
+            tokio::spawn(async move {
+                raw_status(
+                    addr,
+                    b"POST /upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 3\r\n\r\nabc",
+                )
+                .await
+            })
+        })
+        .collect();
+    for request in burst {
+        assert!(request.await.unwrap().starts_with("HTTP/1.1 200"));
+    }
+    // Idle, at most 64 per node and worker thread stay open.
+    let cap = infergate::proxy::MAX_IDLE_PER_NODE;
+    assert!(
+        eventually(Duration::from_secs(5), || connections_to(node.port())
+            <= cap)
+        .await,
+        "{} idle connections to the node",
+        connections_to(node.port())
+    );
+}

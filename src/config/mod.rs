@@ -988,6 +988,21 @@ mod tests {
     }
 
     #[test]
+    fn listener_connection_settings_are_checked_by_field() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.listener.backlog, 1024);
+        assert_eq!(c.listener.idle_timeout, Duration::from_secs(60));
+        let bad = GOOD.replacen(
+            "[listener]\n",
+            "[listener]\nbacklog = 0\nidle_timeout = \"0s\"\n",
+            1,
+        );
+        let error = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(error.contains("listener.backlog"), "{error}");
+        assert!(error.contains("listener.idle_timeout"), "{error}");
+    }
+
+    #[test]
     fn listener_probe_settings() {
         let c = Config::from_toml(GOOD).unwrap();
         assert_eq!(c.listener.health_path, "/health");

@@ -688,7 +688,12 @@ mod tests {
 
     #[test]
     fn local_exhaustion_is_told_from_a_node_failure() {
-        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::EADDRNOTAVAIL] {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
             let e = Wrapped(std::io::Error::from_raw_os_error(errno));
             assert!(is_local_exhaustion(&e), "errno {errno}");
         }

@@ -40,6 +40,7 @@ use crate::fleet::LoadRegistry;
 use crate::health;
 use crate::telemetry::unix_ms;
 pub use table::RouteTable;
+pub use upstream::MAX_IDLE_PER_NODE;
 
 /// The gateway's shared state.
 pub struct Gateway {
@@ -286,6 +287,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let mut next_worker = 0usize;
+    let (mut accept_errors, mut last_accept_warning) = (0u64, None);
     loop {
         // Take a connection slot before accepting: over the limit, clients
         // wait in the kernel's accept backlog instead of being served badly.
@@ -300,8 +302,14 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Typically EMFILE: back off instead of spinning, and
+                    // say so once a second, not fifty times.
+                    accept_errors += 1;
+                    if last_accept_warning.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, failures = accept_errors, "accept failed");
+                        last_accept_warning = Some(std::time::Instant::now());
+                        accept_errors = 0;
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
