@@ -78,12 +78,8 @@ pub async fn run(args: FaultArgs) -> ExitCode {
         eprintln!("no such scenario; see --list");
         return ExitCode::from(2);
     }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("cannot find the infergate binary: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(exe) = this_binary() else {
+        return ExitCode::FAILURE;
     };
     let mut proxies = Vec::new();
     for name in &args.proxies {
@@ -145,12 +141,8 @@ pub async fn run(args: FaultArgs) -> ExitCode {
 }
 
 async fn soak(args: &FaultArgs, duration: Duration) -> ExitCode {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("cannot find the infergate binary: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(exe) = this_binary() else {
+        return ExitCode::FAILURE;
     };
     let spec = SoakSpec {
         exe,
@@ -185,12 +177,8 @@ async fn soak(args: &FaultArgs, duration: Duration) -> ExitCode {
 }
 
 async fn adversarial(args: &FaultArgs) -> ExitCode {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("cannot find the infergate binary: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(exe) = this_binary() else {
+        return ExitCode::FAILURE;
     };
     let mut proxies = Vec::new();
     for name in &args.proxies {
@@ -217,4 +205,11 @@ async fn adversarial(args: &FaultArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// This binary: it runs the simulated nodes and the gateway under test.
+fn this_binary() -> Option<PathBuf> {
+    std::env::current_exe()
+        .map_err(|e| eprintln!("cannot find the infergate binary: {e}"))
+        .ok()
 }
