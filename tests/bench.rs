@@ -98,7 +98,10 @@ async fn bench_against_a_gateway_writes_inference_perf_reports() {
         "progress line: {stderr}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("ttft_p50") && stdout.contains("stage 0 (rate 30/s)"), "{stdout}");
+    assert!(
+        stdout.contains("ttft_p50") && stdout.contains("stage 0 (rate 30/s)"),
+        "{stdout}"
+    );
 
     let summary = json(&dir.join("summary_lifecycle_metrics.json"));
     let count = summary["load_summary"]["count"].as_u64().unwrap();
@@ -130,14 +133,23 @@ async fn bench_against_a_gateway_writes_inference_perf_reports() {
         assert!(ok["throughput"][key].as_f64().unwrap() > 0.0, "{key}");
     }
     // Exactly 8 output tokens each (ignore_eos), counted by the server.
-    assert_eq!(ok["output_tokens"]["total"].as_f64(), Some(8.0 * count as f64));
+    assert_eq!(
+        ok["output_tokens"]["total"].as_f64(),
+        Some(8.0 * count as f64)
+    );
     assert_eq!(ok["client_fallback_requests"]["output"], 0);
     assert!(ok["kv_cache_hit_percent"].as_f64().is_some());
-    assert_eq!(ok["goodput_metrics"]["total_requests"].as_u64(), Some(count));
+    assert_eq!(
+        ok["goodput_metrics"]["total_requests"].as_u64(),
+        Some(count)
+    );
     // Per-node share: from the nodes' header and from the gateway counters.
     let per_node = summary["per_node"].as_object().unwrap();
     assert_eq!(per_node.len(), 2, "{summary}");
-    let share: f64 = per_node.values().map(|v| v["share"].as_f64().unwrap()).sum();
+    let share: f64 = per_node
+        .values()
+        .map(|v| v["share"].as_f64().unwrap())
+        .sum();
     assert!((share - 1.0).abs() < 1e-9);
     let gateway = &summary["per_node_gateway"];
     let counted: u64 = ["p/n0", "p/n1"]
@@ -151,7 +163,8 @@ async fn bench_against_a_gateway_writes_inference_perf_reports() {
     assert_eq!(s1["load_summary"]["requested_rate"], 60.0);
     let s0 = json(&dir.join("stage_0_lifecycle_metrics.json"));
     assert_eq!(
-        s0["load_summary"]["count"].as_u64().unwrap() + s1["load_summary"]["count"].as_u64().unwrap(),
+        s0["load_summary"]["count"].as_u64().unwrap()
+            + s1["load_summary"]["count"].as_u64().unwrap(),
         count
     );
 
@@ -287,7 +300,10 @@ async fn policy_comparison_reports_the_same_way() {
     );
     for policy in ["round_robin", "least_outstanding"] {
         let summary = json(&dir.join(policy).join("summary_lifecycle_metrics.json"));
-        assert!(summary["successes"]["count"].as_u64().unwrap() > 0, "{summary}");
+        assert!(
+            summary["successes"]["count"].as_u64().unwrap() > 0,
+            "{summary}"
+        );
         // Simulated time: 4 requests per simulated second were asked for.
         let stage = json(&dir.join(policy).join("stage_0_lifecycle_metrics.json"));
         assert_eq!(stage["load_summary"]["requested_rate"], 4.0);
@@ -335,9 +351,7 @@ async fn scripted_stream() -> std::net::SocketAddr {
 }
 
 /// An mpsc receiver as a stream (no tokio-stream dependency).
-fn tokio_stream_from<T>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> {
+fn tokio_stream_from<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
@@ -359,7 +373,10 @@ async fn a_known_stream_is_measured_as_defined() {
     let r = send(&bench_client(), &target, &planned, epoch, 0, 0.0).await;
     assert!(r.ok(), "{r:?}");
     // Server counts win over the client's: 5 output tokens, 12 prompt, 8 cached.
-    assert_eq!((r.output_tokens, r.prompt_tokens, r.cached_tokens), (5, 12, Some(8)));
+    assert_eq!(
+        (r.output_tokens, r.prompt_tokens, r.cached_tokens),
+        (5, 12, Some(8))
+    );
     let ttft = r.ttft().unwrap();
     assert!(ttft >= 0.030, "{ttft}");
     // TPOT = (e2e − TTFT) / (output tokens − 1), not over the 3 events.

@@ -262,8 +262,8 @@ fn workload(args: &BenchArgs, model: &str) -> Result<WorkloadKind, String> {
                 .trace
                 .as_ref()
                 .ok_or("--workload trace needs --trace FILE")?;
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             WorkloadKind::Trace {
                 model: model.to_string(),
                 entries: parse_trace(&text).map_err(|e| format!("{}: {e}", path.display()))?,
@@ -373,7 +373,13 @@ fn valid(args: &BenchArgs) -> Result<(), String> {
 }
 
 /// Write the reports and say where.
-fn report_files(dir: &Path, outcome: &Outcome, title: &str, notes: &[String], admin: Option<&Value>) -> Result<(), String> {
+fn report_files(
+    dir: &Path,
+    outcome: &Outcome,
+    title: &str,
+    notes: &[String],
+    admin: Option<&Value>,
+) -> Result<(), String> {
     let files = run_bench::write_reports(dir, outcome, title, notes, admin)
         .map_err(|e| format!("cannot write reports to {}: {e}", dir.display()))?;
     println!("reports in {} ({} files)", dir.display(), files.len());
@@ -433,10 +439,16 @@ async fn run_target(args: &BenchArgs, target: &str) -> Result<(), String> {
     print!("{}", run_bench::table(&outcome.stages));
     println!("times in ms; tpot/itl medians; good% = goodput (--slo-ttft/--slo-tpot); cache% = cached prompt tokens (usage)");
     let dir = args.output.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("bench-report-{}", crate::telemetry::unix_ms() / 1000))
+        PathBuf::from(format!(
+            "bench-report-{}",
+            crate::telemetry::unix_ms() / 1000
+        ))
     });
     let notes = vec![
-        format!("Target {url}, model {model}, {:?} workload, seed {}.", args.workload, args.seed),
+        format!(
+            "Target {url}, model {model}, {:?} workload, seed {}.",
+            args.workload, args.seed
+        ),
         "Times in seconds of wall time.".to_string(),
     ];
     report_files(
@@ -455,9 +467,10 @@ pub async fn run_one(
     sim_config: &SimConfig,
 ) -> Result<BenchRow, String> {
     let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let nodes: Vec<SimNode> = sim::start_fleet(host, 0, args.speeds.len(), sim_config, &args.speeds)
-        .await
-        .map_err(|e| format!("cannot start simulated nodes: {e}"))?;
+    let nodes: Vec<SimNode> =
+        sim::start_fleet(host, 0, args.speeds.len(), sim_config, &args.speeds)
+            .await
+            .map_err(|e| format!("cannot start simulated nodes: {e}"))?;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
     let text = gateway_config(policy, &addrs, &sim_config.model, &args.balance);
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;

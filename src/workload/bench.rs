@@ -68,7 +68,14 @@ pub async fn run(plan: &Plan) -> Outcome {
     let mut stages = Vec::new();
     let mut unfinished_total = 0;
     for (i, spec) in plan.stages.iter().enumerate() {
-        let label = format!("{}{}", plan.label, stage_label(i, spec));
+        let reported = StageSpec {
+            load: match spec.load {
+                Load::Rate(r) => Load::Rate(r * scale),
+                other => other,
+            },
+            duration: spec.duration.div_f64(scale),
+        };
+        let label = format!("{}{}", plan.label, stage_label(i, &reported));
         let result = runner::run_stage(
             &client,
             &plan.target,
@@ -80,15 +87,13 @@ pub async fn run(plan: &Plan) -> Outcome {
             &label,
         )
         .await;
-        let scaled: Vec<Record> = result.records.into_iter().map(|r| r.scaled(scale)).collect();
-        let reported = StageSpec {
-            load: match spec.load {
-                Load::Rate(r) => Load::Rate(r * scale),
-                other => other,
-            },
-            duration: spec.duration.div_f64(scale),
-        };
-        let summary = report::summarize_requests(&scaled, Some(&reported), result.unfinished, plan.slo);
+        let scaled: Vec<Record> = result
+            .records
+            .into_iter()
+            .map(|r| r.scaled(scale))
+            .collect();
+        let summary =
+            report::summarize_requests(&scaled, Some(&reported), result.unfinished, plan.slo);
         unfinished_total += result.unfinished;
         stages.push((stage_label(i, &reported), summary));
         records.extend(scaled);
@@ -151,7 +156,10 @@ pub fn write_reports(
 
 /// A terminal table: one line per stage.
 pub fn table(stages: &[(String, Value)]) -> String {
-    let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |s| format!("{:.0}", s * 1000.0));
+    let ms = |v: &Value| {
+        v.as_f64()
+            .map_or("-".to_string(), |s| format!("{:.0}", s * 1000.0))
+    };
     let mut out = format!(
         "{:<28} {:>6} {:>5} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6}\n",
         "stage",

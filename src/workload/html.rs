@@ -29,7 +29,8 @@ pub fn escape(text: &str) -> String {
 }
 
 fn ms(v: &Value) -> String {
-    v.as_f64().map_or("–".into(), |s| format!("{:.1}", s * 1000.0))
+    v.as_f64()
+        .map_or("–".into(), |s| format!("{:.1}", s * 1000.0))
 }
 
 fn num(v: &Value, digits: usize) -> String {
@@ -78,7 +79,11 @@ fn latency_chart(records: &[Record]) -> String {
         return "<p>No successful requests to chart.</p>\n".into();
     }
     let step = ok.len().div_ceil(MAX_POINTS).max(1);
-    let x_max = records.iter().map(|r| r.start).fold(0.0f64, f64::max).max(1e-9);
+    let x_max = records
+        .iter()
+        .map(|r| r.start)
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
     let y_max = ok
         .iter()
         .map(|r| r.request_latency())
@@ -132,8 +137,10 @@ fn latency_chart(records: &[Record]) -> String {
         }
         svg.push('\n');
     }
-    svg.push_str("</svg>\n<p class=\"legend\"><span style=\"color:#3060c0\">●</span> request latency \
-                  <span style=\"color:#e07020\">●</span> time to first token (streamed)</p>\n");
+    svg.push_str(
+        "</svg>\n<p class=\"legend\"><span style=\"color:#3060c0\">●</span> request latency \
+                  <span style=\"color:#e07020\">●</span> time to first token (streamed)</p>\n",
+    );
     svg
 }
 

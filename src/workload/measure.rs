@@ -22,10 +22,8 @@ pub type BenchClient = Client<HttpsConnector, Full<Bytes>>;
 
 /// A client for `http://` and `https://` targets (system roots).
 pub fn bench_client() -> BenchClient {
-    let connector = crate::tls::https_connector(
-        crate::tls::default_client_config(),
-        Duration::from_secs(10),
-    );
+    let connector =
+        crate::tls::https_connector(crate::tls::default_client_config(), Duration::from_secs(10));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4096)
         .build(connector)
@@ -279,14 +277,10 @@ async fn exchange(
             .map_err(|e| format!("reading the body: {e}"))?
             .to_bytes();
         if !ok {
-            return Err(format!(
-                "HTTP {}: {}",
-                record.status,
-                error_message(&bytes)
-            ));
+            return Err(format!("HTTP {}: {}", record.status, error_message(&bytes)));
         }
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("response is not JSON: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("response is not JSON: {e}"))?;
         return Ok(Seen {
             usage: v.get("usage").filter(|u| u.is_object()).cloned(),
             done: true,
@@ -374,7 +368,10 @@ mod tests {
     fn sse_events_count_content_usage_and_errors() {
         let t0 = Instant::now();
         let mut seen = Seen::default();
-        seen.event(br#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#, t0);
+        seen.event(
+            br#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+            t0,
+        );
         seen.event(br#"{"choices":[{"delta":{"content":"a"}}]}"#, t0);
         seen.event(
             br#"{"choices":[{"text":"b"}]}"#,

@@ -14,7 +14,9 @@ use super::runner::{Load, StageSpec};
 
 /// Percentiles reported for every distribution (inference-perf's default
 /// list; 50 is written `median`).
-pub const PERCENTILES: &[f64] = &[0.1, 1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9];
+pub const PERCENTILES: &[f64] = &[
+    0.1, 1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9,
+];
 
 /// Goodput constraints in seconds (a request is good when it meets all
 /// that are set; inference-perf's `goodput.constraints`).
@@ -117,9 +119,11 @@ pub fn summarize_requests(
         summarize(records.iter().map(|r| r.start - r.scheduled)),
     );
     if let Some(spec) = stage {
-        let (lo, hi) = records.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, r| {
-            (a.0.min(r.start), a.1.max(r.start))
-        });
+        let (lo, hi) = records
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |a, r| {
+                (a.0.min(r.start), a.1.max(r.start))
+            });
         let send_duration = if hi > lo { hi - lo } else { 0.0 };
         load.insert("send_duration".into(), json!(send_duration));
         match spec.load {
@@ -219,12 +223,8 @@ fn goodput(ok: &[&Record], slo: Slo) -> Option<Value> {
     let span = (hi - lo).max(0.0);
     let (mut good, mut good_tokens, mut ttft_ok, mut tpot_ok) = (0usize, 0u64, 0usize, 0usize);
     for r in ok {
-        let ttft_met = slo
-            .ttft
-            .map(|limit| r.ttft().is_some_and(|t| t <= limit));
-        let tpot_met = slo
-            .tpot
-            .map(|limit| r.tpot().is_some_and(|t| t <= limit));
+        let ttft_met = slo.ttft.map(|limit| r.ttft().is_some_and(|t| t <= limit));
+        let tpot_met = slo.tpot.map(|limit| r.tpot().is_some_and(|t| t <= limit));
         ttft_ok += usize::from(ttft_met == Some(true));
         tpot_ok += usize::from(tpot_met == Some(true));
         if ttft_met != Some(false) && tpot_met != Some(false) {
@@ -286,7 +286,10 @@ fn by_label(failed: &[&Record]) -> Value {
     }
     let mut out = Map::new();
     for (label, (count, messages)) in groups {
-        let messages: Vec<Value> = messages.into_iter().map(|m| json!({"message": m})).collect();
+        let messages: Vec<Value> = messages
+            .into_iter()
+            .map(|m| json!({"message": m}))
+            .collect();
         out.insert(label, json!({"count": count, "messages": messages}));
     }
     Value::Object(out)
@@ -390,7 +393,9 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 5.0);
         assert_eq!(percentile(&[7.0], 99.9), 7.0);
         let s = summarize(v);
-        for key in ["mean", "min", "max", "median", "p90", "p95", "p99", "p99.9", "p0.1"] {
+        for key in [
+            "mean", "min", "max", "median", "p90", "p95", "p99", "p99.9", "p0.1",
+        ] {
             assert!(s.get(key).is_some(), "{key} missing in {s}");
         }
         assert_eq!(summarize(Vec::new()), Value::Null);
@@ -423,11 +428,17 @@ mod tests {
         assert_eq!(s["benchmark_time_seconds"], 3.0);
         assert_eq!(s["successes"]["count"], 3);
         assert_eq!(s["failures"]["count"], 1);
-        assert_eq!(s["failures"]["by_label"]["503 - Service Unavailable"]["count"], 1);
+        assert_eq!(
+            s["failures"]["by_label"]["503 - Service Unavailable"]["count"],
+            1
+        );
         let lat = &s["successes"]["latency"];
         assert_eq!(lat["time_to_first_token"]["max"], 1.0);
         assert!((lat["time_per_output_token"]["min"].as_f64().unwrap() - 0.1).abs() < 1e-12);
-        assert_eq!(s["successes"]["throughput"]["output_tokens_per_sec"], 20.0 / 3.0);
+        assert_eq!(
+            s["successes"]["throughput"]["output_tokens_per_sec"],
+            20.0 / 3.0
+        );
         assert_eq!(s["successes"]["throughput"]["requests_per_sec"], 1.0);
         assert_eq!(s["successes"]["prompt_tokens"]["cached"], 120.0);
         assert_eq!(s["successes"]["kv_cache_hit_percent"], 40.0);
