@@ -183,8 +183,8 @@ pub fn table(stages: &[(String, Value)]) -> String {
         out.push_str(&format!(
             "{:<28} {:>6} {:>5} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7.2} {:>8.0} {:>6} {:>6}\n",
             label,
-            s["load_summary"]["count"],
-            s["failures"]["count"],
+            s["load_summary"]["count"].as_u64().unwrap_or(0),
+            s["failures"]["count"].as_u64().unwrap_or(0),
             ms(&l["time_to_first_token"]["median"]),
             ms(&l["time_to_first_token"]["p99"]),
             ms(&l["time_per_output_token"]["median"]),
