@@ -312,14 +312,23 @@ fn count_shares(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -
     Value::Object(out)
 }
 
-/// The first model of `url`'s /v1/models.
-async fn first_model(completions: &str, api_key: Option<&str>) -> Result<String, String> {
+/// The models URL next to a chat completions URL (`…/chat/completions` →
+/// `…/models`; otherwise `/v1/models` on the same host).
+fn models_url(completions: &str) -> Result<String, String> {
+    if let Some(base) = completions.strip_suffix("/chat/completions") {
+        return Ok(format!("{base}/models"));
+    }
     let uri: http::Uri = completions.parse().map_err(|e| format!("{e}"))?;
-    let models = format!(
+    Ok(format!(
         "{}://{}/v1/models",
         uri.scheme_str().unwrap_or("http"),
         uri.authority().map(|a| a.as_str()).unwrap_or("")
-    );
+    ))
+}
+
+/// The first model of the target's models list.
+async fn first_model(completions: &str, api_key: Option<&str>) -> Result<String, String> {
+    let models = models_url(completions)?;
     let client = crate::workload::measure::bench_client();
     let mut request = http::Request::get(&models);
     if let Some(key) = api_key {
@@ -679,6 +688,14 @@ mod tests {
             "http://h:1/custom/chat"
         );
         assert!(completions_url("ftp://h/").is_err());
+        assert_eq!(
+            models_url("https://h/openai/v1/chat/completions").unwrap(),
+            "https://h/openai/v1/models"
+        );
+        assert_eq!(
+            models_url("http://h:1/gen").unwrap(),
+            "http://h:1/v1/models"
+        );
     }
 
     #[test]

@@ -264,6 +264,7 @@ fn by_label(failed: &[&Record]) -> Value {
         let message = r.error.clone().unwrap_or_default();
         let label = match r.status {
             0 if message.starts_with("timeout") => "Timeout".to_string(),
+            0 if message.starts_with("client limit") => "client limit".to_string(),
             0 => "Connection Error".to_string(),
             200..=299 => "stream error".to_string(),
             code => format!(

@@ -15,6 +15,10 @@ use tokio::time::Instant;
 use super::measure::{self, BenchClient, Record, Target};
 use super::source::{Source, WorkloadKind};
 
+/// Most requests a rate stage keeps in flight; arrivals beyond it fail
+/// at once with a `client limit` error.
+pub const MAX_IN_FLIGHT: usize = 8192;
+
 /// How a stage offers load.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Load {
@@ -108,7 +112,31 @@ pub async fn run_stage(
                     break;
                 }
                 tokio::time::sleep_until(next).await;
-                launch(&mut tasks, item.planned, (next - epoch).as_secs_f64());
+                let scheduled = (next - epoch).as_secs_f64();
+                if tasks.len() >= MAX_IN_FLIGHT {
+                    // Open loop, but bounded: an arrival beyond the limit
+                    // fails at once instead of exhausting sockets.
+                    progress.sent.fetch_add(1, Ordering::Relaxed);
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    progress.errors.fetch_add(1, Ordering::Relaxed);
+                    let now = (Instant::now() - epoch).as_secs_f64();
+                    records
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Record {
+                            stage,
+                            scheduled,
+                            start: now,
+                            end: now,
+                            streamed: item.planned.stream,
+                            error: Some(format!(
+                                "client limit: {MAX_IN_FLIGHT} requests in flight"
+                            )),
+                            ..Record::default()
+                        });
+                    continue;
+                }
+                launch(&mut tasks, item.planned, scheduled);
             }
         }
         Load::Concurrency(n) => {
