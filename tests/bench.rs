@@ -15,6 +15,7 @@ async fn infergate(args: &[&str]) -> Output {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
         .args(args)
         .env_remove("INFERGATE_BENCH_API_KEY")
+        .env_remove("INFERGATE_ADMIN_TOKEN")
         .output();
     tokio::time::timeout(Duration::from_secs(120), output)
         .await
@@ -325,9 +326,17 @@ async fn scripted_stream() -> std::net::SocketAddr {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        let service = service_fn(|_req| async {
+        let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
+            // The API key arrives as a bearer token, else no tokens at all.
+            let authorized = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == "Bearer k");
             tokio::spawn(async move {
+                if !authorized {
+                    return;
+                }
                 let event = |s: &str| Ok(Frame::data(Bytes::from(format!("data: {s}\n\n"))));
                 let content = r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#;
                 tokio::time::sleep(Duration::from_millis(30)).await;
@@ -385,4 +394,58 @@ async fn a_known_stream_is_measured_as_defined() {
     // ITL: the two gaps between the three content events, each ≥ 20 ms.
     assert_eq!(r.itl.len(), 2);
     assert!(r.itl.iter().all(|&g| g >= 0.019), "{:?}", r.itl);
+}
+
+#[tokio::test]
+async fn failures_are_labelled_like_inference_perf() {
+    let nodes = start_nodes(1, &fast_sim()).await;
+    nodes[0].set_faults(infergate::sim::Faults {
+        error_rate: 0.5,
+        error_status: 503,
+        ..infergate::sim::Faults::default()
+    });
+    let dir = out_dir("failures");
+    let target = node_url(&nodes[0]);
+    let out = infergate(&[
+        "bench",
+        "--target",
+        &target,
+        "--model",
+        MODEL,
+        "--workload",
+        "synthetic",
+        "--input-tokens",
+        "16",
+        "--output-tokens",
+        "2",
+        "--concurrency",
+        "4",
+        "--duration",
+        "500ms",
+        "--output",
+        dir.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", said(&out));
+    let summary = json(&dir.join("summary_lifecycle_metrics.json"));
+    let failed = summary["failures"]["count"].as_u64().unwrap();
+    assert!(failed > 0, "{summary}");
+    let label = &summary["failures"]["by_label"]["503 - Service Unavailable"];
+    assert_eq!(label["count"].as_u64(), Some(failed), "{summary}");
+    assert!(label["messages"][0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("HTTP 503"));
+    assert_eq!(
+        summary["successes"]["count"].as_u64().unwrap() + failed,
+        summary["load_summary"]["count"].as_u64().unwrap()
+    );
+    let csv = std::fs::read_to_string(dir.join("per_request_lifecycle_metrics.csv")).unwrap();
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(",503,false,")).count() as u64,
+        failed
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
 }

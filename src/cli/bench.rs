@@ -108,6 +108,9 @@ pub struct BenchArgs {
     /// `infergate_requests_total` counters before and after the run.
     #[arg(long)]
     admin: Option<String>,
+    /// Bearer token for `--admin` when its metrics need one.
+    #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Policies to compare (without --target), comma-separated.
     #[arg(
         long,
@@ -275,8 +278,11 @@ fn workload(args: &BenchArgs, model: &str) -> Result<WorkloadKind, String> {
 }
 
 /// Requests per `pool/node` from an infergate admin's `/metrics`.
-async fn gateway_counts(admin: &str) -> Result<BTreeMap<String, u64>, String> {
-    let api = super::http::Http::new(admin, Duration::from_secs(10))?;
+async fn gateway_counts(admin: &str, token: Option<&str>) -> Result<BTreeMap<String, u64>, String> {
+    let mut api = super::http::Http::new(admin, Duration::from_secs(10))?;
+    if let Some(token) = token {
+        api = api.with_header("authorization", &format!("Bearer {token}"))?;
+    }
     let text = api.get_text("/metrics").await?;
     let mut counts = BTreeMap::new();
     for line in text.lines() {
@@ -417,7 +423,7 @@ async fn run_target(args: &BenchArgs, target: &str) -> Result<(), String> {
         label: String::new(),
     };
     let before = match &args.admin {
-        Some(admin) => Some(gateway_counts(admin).await?),
+        Some(admin) => Some(gateway_counts(admin, args.admin_token.as_deref()).await?),
         None => None,
     };
     println!(
@@ -434,12 +440,12 @@ async fn run_target(args: &BenchArgs, target: &str) -> Result<(), String> {
             // briefly until the counters caught up with the client.
             let want: u64 = outcome.records.len() as u64;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-            let mut after = gateway_counts(admin).await?;
+            let mut after = gateway_counts(admin, args.admin_token.as_deref()).await?;
             while after.values().sum::<u64>() < before.values().sum::<u64>() + want
                 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                after = gateway_counts(admin).await?;
+                after = gateway_counts(admin, args.admin_token.as_deref()).await?;
             }
             Some(count_shares(&before, &after))
         }
