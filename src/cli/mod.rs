@@ -83,7 +83,7 @@ enum Command {
     /// Run the whole product on this machine: simulated nodes, a gateway and a workload.
     Demo(demo::DemoArgs),
     /// Compare balancing policies on a simulated fleet with the same workload.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Kill, hang, slow and break simulated nodes under load through
     /// infergate and (where installed) nginx and HAProxy; print one table.
     Faults(faults::FaultArgs),
@@ -139,7 +139,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             name,
         } => run_sim(nodes, base_port, host, &speeds, config, name.as_deref()).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::run(*args).await,
         Command::Faults(args) => faults::run(args).await,
     }
 }

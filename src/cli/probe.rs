@@ -448,7 +448,7 @@ fn parse_counters(text: &str, route: &str) -> BTreeMap<(String, String), Counts>
 }
 
 /// `name{k="v",...} value` → parts (escapes in values: `\\`, `\"`, `\n`).
-fn parse_sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
+pub(crate) fn parse_sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
     if line.starts_with('#') {
         return None;
     }

@@ -79,42 +79,64 @@ impl Default for WorkloadConfig {
     }
 }
 
+/// One planned request: the JSON body and whether it streams.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Request body (an OpenAI chat completion).
+    pub body: serde_json::Value,
+    /// Whether `stream` is true.
+    pub stream: bool,
+}
+
 struct Session {
     system: usize,
     history: Vec<(&'static str, String)>,
 }
 
-/// Send the workload until `stop` resolves; every finished request is
-/// recorded in `stats`. Requests still in flight at stop are abandoned.
-pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Output = ()>) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
-    let mut rng = fastrand::Rng::with_seed(config.seed);
-    let prompts: Vec<String> = (0..config.system_prompts.max(1))
-        .map(|i| system_prompt(config.seed, i, config.system_prompt_bytes))
-        .collect();
-    let mut sessions: Vec<Session> = (0..config.sessions.max(1))
-        .map(|i| Session {
-            system: i % prompts.len(),
-            history: Vec::new(),
-        })
-        .collect();
-    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    let uri = format!("http://{}/v1/chat/completions", config.target);
-    let mut next = Instant::now();
-    tokio::pin!(stop);
-    loop {
-        // Exponential inter-arrival times: a Poisson process at `rate`.
-        let gap = -(1.0 - rng.f64()).ln() / config.rate.max(0.001);
-        next += Duration::from_secs_f64(gap.min(60.0));
-        tokio::select! {
-            () = tokio::time::sleep_until(next) => {}
-            () = &mut stop => return,
+/// The shared-prefix chat sessions of a [`WorkloadConfig`]: every call of
+/// [`ChatSessions::next`] picks a session and adds a turn. Deterministic for
+/// the config's seed (the draws are the ones `run` has always made).
+pub struct ChatSessions {
+    config: WorkloadConfig,
+    rng: fastrand::Rng,
+    prompts: Vec<String>,
+    sessions: Vec<Session>,
+}
+
+impl ChatSessions {
+    /// Sessions for `config` (its `target`, `rate` and `max_in_flight` are
+    /// not used here).
+    pub fn new(config: WorkloadConfig) -> ChatSessions {
+        let rng = fastrand::Rng::with_seed(config.seed);
+        let prompts: Vec<String> = (0..config.system_prompts.max(1))
+            .map(|i| system_prompt(config.seed, i, config.system_prompt_bytes))
+            .collect();
+        let sessions: Vec<Session> = (0..config.sessions.max(1))
+            .map(|i| Session {
+                system: i % prompts.len(),
+                history: Vec::new(),
+            })
+            .collect();
+        ChatSessions {
+            config,
+            rng,
+            prompts,
+            sessions,
         }
-        let session_index = rng.usize(..sessions.len());
-        let session = &mut sessions[session_index];
+    }
+
+    /// Exponential inter-arrival gap in seconds for a Poisson process at
+    /// `rate`, drawn from the sessions' generator.
+    pub fn gap(&mut self, rate: f64) -> f64 {
+        -(1.0 - self.rng.f64()).ln() / rate.max(0.001)
+    }
+
+    /// The next turn of a random session.
+    pub fn next_request(&mut self) -> Planned {
+        let config = &self.config;
+        let rng = &mut self.rng;
+        let session_index = rng.usize(..self.sessions.len());
+        let session = &mut self.sessions[session_index];
         if session.history.len() / 2 >= config.max_turns {
             session.history.clear();
         }
@@ -127,12 +149,12 @@ pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Ou
             (config.user_bytes, config.max_tokens)
         };
         let user_len = rng.usize(user_bytes.0..=user_bytes.1.max(user_bytes.0));
-        let user = words(&mut rng, user_len);
+        let user = words(rng, user_len);
         session.history.push(("user", user));
         let stream = rng.f64() < config.stream_share;
         let max_tokens = rng.u32(max_range.0..=max_range.1.max(max_range.0));
         let mut messages =
-            vec![serde_json::json!({"role": "system", "content": prompts[session.system]})];
+            vec![serde_json::json!({"role": "system", "content": self.prompts[session.system]})];
         messages.extend(
             session
                 .history
@@ -140,12 +162,38 @@ pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Ou
                 .map(|(role, text)| serde_json::json!({"role": role, "content": text})),
         );
         // The reply is synthetic so the next turn's prompt is deterministic.
-        let reply = words(&mut rng, 200);
+        let reply = words(rng, 200);
         session.history.push(("assistant", reply));
         let mut body = chat_body(&config.model, messages, stream, max_tokens);
         if config.send_user {
             body["user"] = serde_json::json!(format!("session-{session_index}"));
         }
+        Planned { body, stream }
+    }
+}
+
+/// Send the workload until `stop` resolves; every finished request is
+/// recorded in `stats`. Requests still in flight at stop are abandoned.
+pub async fn run(config: WorkloadConfig, stats: Arc<Stats>, stop: impl Future<Output = ()>) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let uri = format!("http://{}/v1/chat/completions", config.target);
+    let rate = config.rate;
+    let mut sessions = ChatSessions::new(config);
+    let mut next = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        // Exponential inter-arrival times: a Poisson process at `rate`.
+        let gap = sessions.gap(rate);
+        next += Duration::from_secs_f64(gap.min(60.0));
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = &mut stop => return,
+        }
+        let Planned { body, stream } = sessions.next_request();
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             stats.record(Sample {
                 status: 0,
