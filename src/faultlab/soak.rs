@@ -119,11 +119,10 @@ fn config(addr: std::net::SocketAddr, nodes: &[NodeProcess], generation: usize) 
     text
 }
 
-/// Write `text` to `path` atomically (the watcher never reads half a file).
+/// Write `text` to `path` atomically (the watcher never reads half a
+/// file), as the console does.
 fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    crate::console::persist::write_atomic(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn sample(pid: u32, at: Duration) -> Sample {
