@@ -122,7 +122,8 @@ fn config(addr: std::net::SocketAddr, nodes: &[NodeProcess], generation: usize) 
 /// Write `text` to `path` atomically (the watcher never reads half a
 /// file), as the console does.
 fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
-    crate::console::persist::write_atomic(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    crate::console::persist::write_atomic(path, text)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn sample(pid: u32, at: Duration) -> Sample {
