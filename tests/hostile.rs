@@ -419,3 +419,54 @@ async fn idle_node_connections_are_capped_after_a_burst() {
         connections_to(node.port())
     );
 }
+
+#[tokio::test]
+async fn a_node_that_stops_taking_an_upload_times_out_like_a_hung_node() {
+    // Accepts and never reads: the upload fills the socket buffers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let gw = start_gateway(&streaming_config(
+        node,
+        "max_body_bytes = 268435456",
+        "[routes.timeouts]\nfirst_byte = \"300ms\"",
+    ))
+    .await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = client.into_split();
+    // The client has plenty to send, as fast as it is taken.
+    let sender = tokio::spawn(async move {
+        let chunk = format!("{:x}\r\n{}\r\n", 65536, "x".repeat(65536));
+        for _ in 0..2048 {
+            if writer.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf))
+        .await
+        .expect("an answer, not a hang until the total timeout")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let load = &gw.gateway.table().pools[0].nodes[0].load;
+    assert_eq!(load.failures(), 1, "the node's fault");
+    sender.abort();
+    held.abort();
+}

@@ -14,6 +14,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,14 +49,36 @@ pub enum ClientFault {
     TooSlow,
 }
 
+/// How the sending goes, for telling a slow client from a node that does
+/// not take the body.
+#[derive(Debug)]
+struct Progress {
+    /// The last poll waited for the client (not for the node).
+    waiting_on_client: AtomicBool,
+    /// When a chunk last went to the node.
+    last_chunk: Mutex<Instant>,
+}
+
 /// The forwarding side's view of a watched body.
 #[derive(Debug, Clone)]
-pub struct BodyWatch(watch::Receiver<BodyState>);
+pub struct BodyWatch(watch::Receiver<BodyState>, Arc<Progress>);
 
 impl BodyWatch {
     /// The state now.
     pub fn state(&self) -> BodyState {
         *self.0.borrow()
+    }
+
+    /// Whether the node has stopped taking the body: the client has more to
+    /// send (the last poll did not wait for it) yet no chunk went out for
+    /// `stall`. A slow client is not a stalled node.
+    pub fn node_stalled(&self, stall: Duration) -> bool {
+        !self.1.waiting_on_client.load(Relaxed)
+            && self
+                .1
+                .last_chunk
+                .lock()
+                .is_ok_and(|at| at.elapsed() >= stall)
     }
 
     /// Wait until the body is no longer being sent.
@@ -77,6 +101,7 @@ impl BodyWatch {
 pub struct WatchedBody<B> {
     inner: B,
     state: watch::Sender<BodyState>,
+    progress: Arc<Progress>,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
 }
@@ -86,13 +111,18 @@ impl<B> WatchedBody<B> {
     /// chunks.
     pub fn new(inner: B, idle: Duration) -> (WatchedBody<B>, BodyWatch) {
         let (state, watch) = watch::channel(BodyState::Sending);
+        let progress = Arc::new(Progress {
+            waiting_on_client: AtomicBool::new(false),
+            last_chunk: Mutex::new(Instant::now()),
+        });
         let body = WatchedBody {
             inner,
             state,
+            progress: Arc::clone(&progress),
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
         };
-        (body, BodyWatch(watch))
+        (body, BodyWatch(watch, progress))
     }
 
     fn settle(&self, state: BodyState) {
@@ -125,10 +155,17 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.progress
+            .waiting_on_client
+            .store(polled.is_pending(), Relaxed);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + this.idle;
-                this.timer.as_mut().reset(next);
+                let now = Instant::now();
+                if let Ok(mut at) = this.progress.last_chunk.lock() {
+                    *at = now;
+                }
+                this.timer.as_mut().reset(now + this.idle);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -108,11 +108,25 @@ async fn response_head<F: std::future::Future>(
     deadline: Instant,
 ) -> Option<F::Output> {
     tokio::pin!(send);
-    if let Some(mut watch) = watch {
-        tokio::select! {
-            out = &mut send => return Some(out),
-            _ = watch.settled() => {}
-            () = tokio::time::sleep_until(deadline) => return None,
+    if let Some(watch) = watch {
+        // While the body goes out, look every so often whether the node
+        // stopped taking it (a hung node with an upload in its socket):
+        // that is the node's first-byte timeout, not the client's time.
+        let check = first_byte.min(Duration::from_secs(1));
+        let mut settled = watch.clone();
+        loop {
+            tokio::select! {
+                out = &mut send => return Some(out),
+                _ = settled.settled() => break,
+                () = tokio::time::sleep(check) => {
+                    if watch.node_stalled(first_byte) {
+                        return None;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
         }
     }
     tokio::time::timeout_at((Instant::now() + first_byte).min(deadline), send)
