@@ -594,37 +594,6 @@ async fn api_changes_under_load_fail_no_request() {
     c.stop().await;
 }
 
-/// `infergate serve` as a child process, its admin address read from its
-/// output.
-async fn spawn_serve(path: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
-        .args(["serve", "--config"])
-        .arg(path)
-        .env("INFERGATE_ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn infergate serve");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("admin: dashboard and metrics on http://") {
-                return rest.trim_end_matches('/').parse::<SocketAddr>().ok();
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .expect("admin address printed");
-    (child, addr)
-}
-
 #[tokio::test]
 async fn kill_9_during_persisted_writes_never_tears_the_file() {
     // A large file (300 nodes), so a write takes long enough to be hit.
@@ -664,7 +633,7 @@ async fn kill_9_during_persisted_writes_never_tears_the_file() {
         })
     };
     for round in 0..6u64 {
-        let (mut child, admin) = spawn_serve(&path).await;
+        let (mut child, admin) = spawn_serve(&path, TOKEN, "error", None).await;
         let writer = tokio::spawn(async move {
             let mut done = 0usize;
             for i in 0.. {
@@ -897,7 +866,7 @@ async fn audit_file_keeps_the_trail_across_restarts() {
         audit.display()
     );
     std::fs::write(&path, &text).unwrap();
-    let (mut child, admin) = spawn_serve(&path).await;
+    let (mut child, admin) = spawn_serve(&path, TOKEN, "error", None).await;
     let reply = call(
         admin,
         Method::PUT,
@@ -911,7 +880,7 @@ async fn audit_file_keeps_the_trail_across_restarts() {
     child.start_kill().unwrap();
     let _ = child.wait().await;
 
-    let (mut child, admin) = spawn_serve(&path).await;
+    let (mut child, admin) = spawn_serve(&path, TOKEN, "error", None).await;
     let entries = get(admin, "/api/v1/config/audit").await.json();
     let first = &entries["entries"][0];
     assert_eq!(first["action"], "weight 6 for node p/n0", "{entries}");

@@ -8,7 +8,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -53,40 +52,6 @@ fn any_version() -> (&'static str, String) {
     ("if-match", "*".to_string())
 }
 
-/// `infergate serve` on `config`, logging at info to `log`; returns the
-/// child and its admin address.
-async fn serve(
-    config: &std::path::Path,
-    log: &std::path::Path,
-) -> (tokio::process::Child, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("INFERGATE_ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn infergate serve");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("admin: dashboard and metrics on http://") {
-                return rest.trim_end_matches('/').parse::<SocketAddr>().ok();
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .expect("admin address printed");
-    (child, addr)
-}
-
 #[tokio::test]
 async fn rotated_token_and_slack_urls_never_reach_audit_history_log_or_audit_file() {
     let dir = scratch("audit-secrets");
@@ -105,7 +70,7 @@ async fn rotated_token_and_slack_urls_never_reach_audit_history_log_or_audit_fil
         ),
     )
     .unwrap();
-    let (mut child, admin) = serve(&config, &log).await;
+    let (mut child, admin) = spawn_serve(&config, TOKEN, "info", Some(&log)).await;
     const NEW_TOKEN: &str = "rotated-Secret-4711";
     const REFUSED_SLACK: &str = "SlackSecret42refused";
     const SLACK: &str = "SlackSecret43applied";

@@ -438,3 +438,44 @@ pub async fn start_with_console(
     .unwrap();
     (gw, store, admin, path)
 }
+
+/// `infergate serve --config config` as a child process with `token` as its
+/// admin token, logging at `rust_log` to `log` (None: discarded); returns
+/// the child and the admin address read from its output.
+pub async fn spawn_serve(
+    config: &std::path::Path,
+    token: &str,
+    rust_log: &str,
+    log: Option<&std::path::Path>,
+) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let stderr = match log {
+        Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
+        None => std::process::Stdio::null(),
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("INFERGATE_ADMIN_TOKEN", token)
+        .env("RUST_LOG", rust_log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn infergate serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("admin: dashboard and metrics on http://") {
+                return rest.trim_end_matches('/').parse::<SocketAddr>().ok();
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("admin address printed");
+    (child, addr)
+}
