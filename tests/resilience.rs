@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use infergate::health::{self, HealthState};
-use infergate::sim::{Faults, SimConfig};
+use infergate::sim::{Faults, SimConfig, SimNode};
 use tokio::time::Instant;
 
 fn state(gw: &TestGateway, node: usize) -> HealthState {
@@ -258,21 +258,28 @@ async fn all_nodes_down_is_a_fast_503_and_recovers() {
     println!("SCENARIO|all nodes down|1|1|{}ms|fast 503 + Retry-After in {fast:?}; served again after restart (checks every 100ms)", recovered.as_millis());
 }
 
-#[tokio::test]
-async fn saturation_queues_by_priority_then_sheds_with_429() {
+/// One node taking one request at a time, each 300 ms, behind a queue of
+/// `queue_size` (5 s timeout); `route_extra` goes into the route.
+async fn one_busy_node(queue_size: usize, route_extra: &str) -> (Vec<SimNode>, String) {
     let nodes = start_nodes(1, &fast_sim()).await;
     nodes[0].set_faults(Faults {
         added_latency_ms: 300,
         ..Faults::default()
     });
-    let mut text = config_with(
+    let text = config_with(
         &unweighted(&nodes),
         "round_robin",
-        "queue_size = 3\nqueue_timeout = \"5s\"\n",
-        // The test client is the trusted scheduler that sets priorities.
-        "trust_priority_header_from = [\"127.0.0.1\"]\n",
-    );
-    text = text.replace("weight = 1\n", "weight = 1\nmax_concurrent = 1\n");
+        &format!("queue_size = {queue_size}\nqueue_timeout = \"5s\"\n"),
+        route_extra,
+    )
+    .replace("weight = 1\n", "weight = 1\nmax_concurrent = 1\n");
+    (nodes, text)
+}
+
+#[tokio::test]
+async fn saturation_queues_by_priority_then_sheds_with_429() {
+    // The test client is the trusted scheduler that sets priorities.
+    let (_nodes, text) = one_busy_node(3, "trust_priority_header_from = [\"127.0.0.1\"]\n").await;
     let gw = start_gateway(&text).await;
     let queued = || gw.gateway.table().routes[0].queue.len();
     let addr = gw.addr;
@@ -352,18 +359,7 @@ async fn priority_header_from_an_untrusted_client_displaces_nobody() {
     // others out of a full queue. Now the header counts only from networks
     // the route trusts (none by default), and a route's own `priority`
     // sets its requests' place.
-    let nodes = start_nodes(1, &fast_sim()).await;
-    nodes[0].set_faults(Faults {
-        added_latency_ms: 300,
-        ..Faults::default()
-    });
-    let mut text = config_with(
-        &unweighted(&nodes),
-        "round_robin",
-        "queue_size = 1\nqueue_timeout = \"5s\"\n",
-        "",
-    );
-    text = text.replace("weight = 1\n", "weight = 1\nmax_concurrent = 1\n");
+    let (_nodes, mut text) = one_busy_node(1, "").await;
     // A batch route in front, on the same pool (so the same queue).
     text = text.replace(
         "\n[[routes]]\nname = \"r\"",
