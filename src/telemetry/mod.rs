@@ -374,7 +374,11 @@ impl Drop for Tracker {
 
 /// `data:` events in an SSE chunk, not counting `data: [DONE]`.
 fn count_data_events(data: &[u8]) -> u64 {
-    memchr::memmem::find_iter(data, b"data:")
+    // Built once: this runs on every chunk of every stream.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"data:"));
+    FINDER
+        .find_iter(data)
         .filter(|&start| {
             let rest = &data[start + 5..];
             !rest
@@ -390,8 +394,11 @@ fn count_data_events(data: &[u8]) -> u64 {
 /// runs on every response frame.
 fn completion_tokens(data: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"completion_tokens\"";
+    // Built once: building a searcher costs more than searching a frame.
+    static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(KEY));
     let mut end = data.len();
-    while let Some(i) = memchr::memmem::rfind(&data[..end], KEY) {
+    while let Some(i) = FINDER.rfind(&data[..end]) {
         let rest = data[i + KEY.len()..].trim_ascii_start();
         if let Some(rest) = rest.strip_prefix(b":") {
             let digits = rest.trim_ascii_start();
