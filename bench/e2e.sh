@@ -151,7 +151,7 @@ measure direct $UP_PORT ""
 measure infergate $GW $GW_PID
 measure "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')" $NGX $NGX_PID
 NGX_NAME="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
-HAP_NAME="haproxy $(haproxy -v | head -1 | awk '{print $3}' | cut -d- -f1)"
+HAP_NAME="haproxy $(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}' | cut -d- -f1)"
 measure "$HAP_NAME" $HAP $HAP_PID
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 printf 'infergate / nginx:   req/s %s  p99 %s  CPU/req %s\n' \

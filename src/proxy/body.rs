@@ -74,7 +74,9 @@ struct Upstream {
     idle: Duration,
     deadline: Instant,
     last_activity: Instant,
-    timer: Pin<Box<Sleep>>,
+    /// Armed the first time the node has nothing ready: a body that is
+    /// already complete (most small answers) never touches the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
     slot: Option<Slot>,
     conn: Option<PooledConn>,
     sse: bool,
@@ -113,14 +115,13 @@ impl ResponseBody {
     /// A node's body, passed through as it arrives.
     pub fn upstream(inner: Incoming, settings: PassThrough) -> ResponseBody {
         let now = Instant::now();
-        let first = (now + settings.idle).min(settings.deadline);
         ResponseBody {
             kind: Kind::Upstream(Box::new(Upstream {
                 inner,
                 idle: settings.idle,
                 deadline: settings.deadline,
                 last_activity: now,
-                timer: Box::pin(tokio::time::sleep_until(first)),
+                timer: None,
                 slot: Some(settings.slot),
                 conn: settings.conn,
                 sse: settings.sse,
@@ -210,7 +211,20 @@ impl Upstream {
             Poll::Pending => loop {
                 // The timer is moved only when it fires early, not on every
                 // chunk: one timer reset per idle period instead of per frame.
-                match self.timer.as_mut().poll(cx) {
+                let (idle, deadline, last) = (self.idle, self.deadline, self.last_activity);
+                let timer = match &mut self.timer {
+                    Some(timer) if Instant::now() < timer.deadline() => {
+                        // Armed, not due, and its waker is this task's (a
+                        // body is only ever polled by its connection's
+                        // task): nothing to do until data or the timer.
+                        return Poll::Pending;
+                    }
+                    Some(timer) => timer,
+                    None => self.timer.insert(Box::pin(tokio::time::sleep_until(
+                        (last + idle).min(deadline),
+                    ))),
+                };
+                match timer.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(()) => {
                         let now = Instant::now();
@@ -227,7 +241,7 @@ impl Upstream {
                                 format!("no data from node for {:?}", self.idle),
                             );
                         }
-                        self.timer.as_mut().reset(idle_deadline.min(self.deadline));
+                        timer.as_mut().reset(idle_deadline.min(self.deadline));
                     }
                 }
             },

@@ -124,29 +124,28 @@ impl<T> DeadlineIo<T> {
             return true;
         }
         let started = self.activity.started.load(Relaxed);
-        let mut due = if started {
+        if started && !self.activity.idle() {
+            // A request is in flight: its own timeouts apply, and the
+            // connection's clock restarts from its last traffic once it
+            // ends (hyper reads again then). Not touching the timer here
+            // keeps a streamed response from resetting it on every chunk.
+            return false;
+        }
+        let due = if started {
             self.last_activity + self.idle
         } else {
             // No request since the accept: the first deadline holds,
             // whatever bytes trickled in.
             self.first_deadline
         };
-        loop {
-            if started && !self.activity.idle() {
-                // A request is in flight: its own timeouts apply.
-                due = due.max(Instant::now() + self.idle);
-            }
-            if self.timer.deadline() != due {
-                self.timer.as_mut().reset(due);
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if !started || self.activity.idle() {
-                self.expired = true;
-                return true;
-            }
+        if self.timer.deadline() != due {
+            self.timer.as_mut().reset(due);
         }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.expired = true;
+        true
     }
 }
 

@@ -45,6 +45,9 @@ pub type UpstreamClient = Client<crate::tls::HttpsConnector, UpstreamBody>;
 pub const MAX_IDLE_PER_NODE: usize = 64;
 /// An idle connection unused this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a node connection buffers from the node before the client has
+/// taken it (and the largest response head accepted).
+const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
 /// How often a thread's lists are swept of closed and expired connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -340,6 +343,11 @@ async fn connect(target: &Target<'_>, key: &Key) -> Result<Sender, UpstreamError
         .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
     let io = connector.oneshot(uri).await.map_err(UpstreamError::Connect)?;
     let (sender, connection) = http1::Builder::new()
+        // hyper grows a connection's read buffer up to ~400 KB while a
+        // node streams faster than the client reads; 32 KB (room for any
+        // sane response head) keeps 10,000 streams in bounded memory, as
+        // nginx's proxy_buffer_size and HAProxy's bufsize do.
+        .max_buf_size(UPSTREAM_READ_BUFFER)
         .handshake(io)
         .await
         .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
