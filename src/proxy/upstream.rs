@@ -263,7 +263,9 @@ impl PooledConn {
             return;
         }
         let now = Instant::now();
-        POOL.with(|pool| {
+        // `try_with`: a body dropped while its thread shuts down finds the
+        // pool gone; its connection then just closes.
+        let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.idle.entry(self.key).or_default();
             if list.len() < MAX_IDLE_PER_NODE {
