@@ -12,6 +12,7 @@
 //! `html.rs`, `bench.rs`).
 
 pub mod bench;
+pub mod energy;
 mod client;
 pub mod html;
 pub mod measure;
