@@ -183,11 +183,9 @@ impl Controller {
             }
             self.members = members;
             decision.active = self.members.clone();
-            for i in 0..n {
-                if self.members[i] && nodes[i].state == ParkState::Parked {
-                    decision.wake.push(i);
-                }
-            }
+            decision.wake.extend(
+                (0..n).filter(|&i| self.members[i] && nodes[i].state == ParkState::Parked),
+            );
         } else {
             self.members = vec![true; n];
             // No consolidation: wake parked nodes when the awake ones fall short.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod controller;
 pub mod dcgm;
 mod monitor;
+pub mod prom;
 
 use std::sync::{Arc, Mutex};
 
