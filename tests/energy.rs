@@ -29,7 +29,11 @@ fn summary(gw: &TestGateway) -> PoolSummary {
         .unwrap_or_default()
 }
 
-async fn wait_summary(gw: &TestGateway, what: &str, ok: impl Fn(&PoolSummary) -> bool) -> PoolSummary {
+async fn wait_summary(
+    gw: &TestGateway,
+    what: &str,
+    ok: impl Fn(&PoolSummary) -> bool,
+) -> PoolSummary {
     let met = eventually(Duration::from_secs(10), || ok(&summary(gw))).await;
     let s = summary(gw);
     assert!(met, "{what}: {s:#?}");
@@ -63,11 +67,19 @@ async fn power_is_read_from_the_simulators_dcgm_exporter() {
     );
     let gw = start_gateway(&text).await;
     for _ in 0..6 {
-        let r = post(gw.addr, "/v1/chat/completions", chat("hello there", false, 8)).await;
+        let r = post(
+            gw.addr,
+            "/v1/chat/completions",
+            chat("hello there", false, 8),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let s = wait_summary(&gw, "both nodes have figures and energy", |s| {
-        s.nodes.len() == 2 && s.nodes.iter().all(|n| n.watts.is_some() && n.joules_total > 0.0)
+        s.nodes.len() == 2
+            && s.nodes
+                .iter()
+                .all(|n| n.watts.is_some() && n.joules_total > 0.0)
     })
     .await;
     let (n0, n1) = (&s.nodes[0], &s.nodes[1]);
@@ -80,12 +92,20 @@ async fn power_is_read_from_the_simulators_dcgm_exporter() {
         summary(&gw).nodes[0].watts == Some(idle)
     })
     .await;
-    assert!(settled, "measured {:?}, sim idle {idle}", summary(&gw).nodes[0].watts);
+    assert!(
+        settled,
+        "measured {:?}, sim idle {idle}",
+        summary(&gw).nodes[0].watts
+    );
     // The gateway's energy is counted from the exporter's mJ counter: no
     // more than the simulator's own meter says it used.
     let sim_joules = nodes[0].stats().energy_joules;
     assert!(summary(&gw).nodes[0].joules_total <= sim_joules + 1e-6);
-    assert_eq!(summary(&gw).nodes[1].watts, Some(100.0), "estimated idle = idle_watts × 1 GPU");
+    assert_eq!(
+        summary(&gw).nodes[1].watts,
+        Some(100.0),
+        "estimated idle = idle_watts × 1 GPU"
+    );
     // Tokens were counted, so efficiency is known.
     let s = wait_summary(&gw, "J/token", |s| s.joules_per_token.is_some()).await;
     assert!(s.tokens_per_joule.unwrap() > 0.0);
@@ -94,7 +114,8 @@ async fn power_is_read_from_the_simulators_dcgm_exporter() {
         metrics.contains("infergate_node_power_watts{pool=\"p\",node=\"n0\",source=\"measured\"}"),
         "{metrics}"
     );
-    assert!(metrics.contains("infergate_node_power_watts{pool=\"p\",node=\"n1\",source=\"estimated\"} 100"));
+    assert!(metrics
+        .contains("infergate_node_power_watts{pool=\"p\",node=\"n1\",source=\"estimated\"} 100"));
     assert!(metrics.contains("infergate_pool_energy_joules_total{pool=\"p\"}"));
     gw.stop().await;
 }
@@ -109,9 +130,17 @@ fn consolidating(extra: &str) -> String {
 #[tokio::test]
 async fn consolidation_concentrates_low_load_and_grows_under_load() {
     let nodes = start_nodes(4, &small_fast()).await;
-    let text = config_with(&unweighted(&nodes), "least_outstanding", &consolidating(""), "");
+    let text = config_with(
+        &unweighted(&nodes),
+        "least_outstanding",
+        &consolidating(""),
+        "",
+    );
     let gw = start_gateway(&text).await;
-    wait_summary(&gw, "controller ran", |s| s.nodes.len() == 4 && s.active_nodes == 1).await;
+    wait_summary(&gw, "controller ran", |s| {
+        s.nodes.len() == 4 && s.active_nodes == 1
+    })
+    .await;
     // Low load: one request at a time. least_outstanding alone breaks the
     // ties at random across all four nodes.
     for _ in 0..24 {
@@ -119,10 +148,17 @@ async fn consolidation_concentrates_low_load_and_grows_under_load() {
         assert_eq!(r.status, 200);
     }
     let counts: Vec<u64> = nodes.iter().map(|n| n.stats().requests_total).collect();
-    assert_eq!(counts.iter().filter(|c| **c > 0).count(), 1, "low load on one node: {counts:?}");
+    assert_eq!(
+        counts.iter().filter(|c| **c > 0).count(),
+        1,
+        "low load on one node: {counts:?}"
+    );
     // Load: 16 long requests at once need 16 / (4 × 0.75) → 4 nodes.
     let load = Load::start(gw.addr, 16, chat("busy", true, 400), 200);
-    wait_summary(&gw, "active set grew", |s| s.active_nodes >= 3 && s.nodes_needed >= 3).await;
+    wait_summary(&gw, "active set grew", |s| {
+        s.active_nodes >= 3 && s.nodes_needed >= 3
+    })
+    .await;
     let outcomes = load.stop().await;
     assert!(outcomes.iter().all(|o| o.status == 200));
     let counts: Vec<u64> = nodes.iter().map(|n| n.stats().requests_total).collect();
@@ -148,9 +184,15 @@ async fn idle_nodes_are_reported_parkable_with_autoscaler_gauges() {
     }
     let s = wait_summary(&gw, "two idle nodes parkable", |s| s.parkable_nodes == 2).await;
     assert_eq!(s.nodes_needed, 1);
-    assert!(s.nodes.iter().all(|n| n.state == ParkState::Awake), "no action configured: only reported");
+    assert!(
+        s.nodes.iter().all(|n| n.state == ParkState::Awake),
+        "no action configured: only reported"
+    );
     let metrics = prom::render(&gw.gateway.telemetry, &gw.gateway.table());
-    assert!(metrics.contains("infergate_pool_parkable_nodes{pool=\"p\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("infergate_pool_parkable_nodes{pool=\"p\"} 2"),
+        "{metrics}"
+    );
     assert!(metrics.contains("infergate_pool_nodes_needed{pool=\"p\"} 1"));
     assert!(metrics.contains("infergate_node_parkable{pool=\"p\",node=\"n2\"} 1"));
     gw.stop().await;
@@ -192,7 +234,10 @@ async fn a_parked_node_is_not_health_checked_into_failure_and_wakes_for_load() {
     // Back on; load needs two nodes: the gateway wakes it and routes to it.
     nodes[1].restart().await.unwrap();
     let load = Load::start(gw.addr, 8, chat("wake up", true, 400), 100);
-    let woke = eventually(Duration::from_secs(10), || nodes[1].stats().requests_total > 0).await;
+    let woke = eventually(Duration::from_secs(10), || {
+        nodes[1].stats().requests_total > 0
+    })
+    .await;
     let outcomes = load.stop().await;
     assert!(woke, "{:#?}", summary(&gw));
     assert!(outcomes.iter().all(|o| o.status == 200));
@@ -218,7 +263,11 @@ fn energy_config_errors_name_the_field() {
     match Config::from_toml(&unknown) {
         Err(ConfigError::Parse { field: Some(f), .. }) => {
             assert_eq!(f.path, "pools[0].energy.consolidate.headrom");
-            assert!(f.message.contains("unknown field `headrom`"), "{}", f.message);
+            assert!(
+                f.message.contains("unknown field `headrom`"),
+                "{}",
+                f.message
+            );
         }
         other => panic!("{other:?}"),
     }

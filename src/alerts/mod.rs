@@ -681,9 +681,9 @@ fn summary(rule: &RuleConfig, target: &str, value: f64, threshold: f64) -> Strin
         RuleKind::EnergyPerToken => {
             format!("pool {target} uses {value:.2} J per output token (> {threshold})")
         }
-        RuleKind::NodesShort => format!(
-            "pool {target} needs {value:.0} more nodes than are available (> {threshold})"
-        ),
+        RuleKind::NodesShort => {
+            format!("pool {target} needs {value:.0} more nodes than are available (> {threshold})")
+        }
     }
 }
 

@@ -48,7 +48,10 @@ impl Policy for Consolidate {
         let now = now_ns();
         let mut room = false;
         for (i, node) in nodes.iter().enumerate() {
-            if node.load.power.in_active_set() && eligible(i) && queue_depth(node, now) < self.max_batch {
+            if node.load.power.in_active_set()
+                && eligible(i)
+                && queue_depth(node, now) < self.max_batch
+            {
                 room = true;
                 break;
             }

@@ -734,9 +734,12 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
     if let Some(dir) = &args.output {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let chart = dir.join("energy.svg");
-        std::fs::write(&chart, crate::workload::energy::svg(&reports, args.speeds.len()))
-            .and_then(|()| std::fs::write(dir.join("energy.txt"), &energy_table))
-            .map_err(|e| format!("{}: {e}", chart.display()))?;
+        std::fs::write(
+            &chart,
+            crate::workload::energy::svg(&reports, args.speeds.len()),
+        )
+        .and_then(|()| std::fs::write(dir.join("energy.txt"), &energy_table))
+        .map_err(|e| format!("{}: {e}", chart.display()))?;
         println!("energy chart in {}", chart.display());
     }
     Ok(())

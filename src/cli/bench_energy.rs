@@ -125,7 +125,8 @@ impl Sampler {
     pub fn stop(self) -> Vec<EnergySample> {
         self.task.abort();
         let last = sample(&self.nodes, self.start, self.base, self.time_scale);
-        let mut samples = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut samples =
+            std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()));
         samples.push(last);
         samples
     }
@@ -138,7 +139,10 @@ mod tests {
     #[test]
     fn labels_and_scaled_toml() {
         assert_eq!(split_label("consolidate"), ("least_outstanding", true));
-        assert_eq!(split_label("consolidate+prefix_aware"), ("prefix_aware", true));
+        assert_eq!(
+            split_label("consolidate+prefix_aware"),
+            ("prefix_aware", true)
+        );
         assert_eq!(split_label("round_robin"), ("round_robin", false));
         let sim = SimConfig {
             time_scale: 0.1,
@@ -155,8 +159,11 @@ mod tests {
         let text = energy_toml(&c, &sim);
         assert!(text.contains("ttft_slo = \"100ms\""), "{text}");
         assert!(text.contains("wake_time = \"3000ms\""), "{text}");
-        let cfg: crate::energy::EnergyConfig =
-            toml::from_str::<toml::Value>(&text).unwrap()["pools"]["energy"].clone().try_into().unwrap();
+        let cfg: crate::energy::EnergyConfig = toml::from_str::<toml::Value>(&text).unwrap()
+            ["pools"]["energy"]
+            .clone()
+            .try_into()
+            .unwrap();
         assert!(cfg.problems("e").is_empty());
     }
 }

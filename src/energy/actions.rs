@@ -24,8 +24,10 @@ pub type ActionClient = Client<crate::tls::HttpsConnector, Full<Bytes>>;
 
 /// A client with the pool's TLS settings.
 pub fn client(pool: &Pool) -> ActionClient {
-    Client::builder(TokioExecutor::new())
-        .build(crate::tls::https_connector(Arc::clone(&pool.tls), Duration::from_secs(5)))
+    Client::builder(TokioExecutor::new()).build(crate::tls::https_connector(
+        Arc::clone(&pool.tls),
+        Duration::from_secs(5),
+    ))
 }
 
 /// Park or wake.
@@ -46,7 +48,12 @@ impl Action {
     }
 }
 
-async fn post(client: &ActionClient, url: &str, body: Bytes, timeout: Duration) -> Result<(), String> {
+async fn post(
+    client: &ActionClient,
+    url: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(), String> {
     let request = Request::builder()
         .method(Method::POST)
         .uri(url)
@@ -104,12 +111,20 @@ pub async fn run(
             Action::Park => "/sleep?level=1",
             Action::Wake => "/wake_up",
         };
-        post(client, &format!("{scheme}://{}{path}", node.addr), Bytes::new(), timeout).await
+        post(
+            client,
+            &format!("{scheme}://{}{path}", node.addr),
+            Bytes::new(),
+            timeout,
+        )
+        .await
     } else {
         Ok(())
     };
     match result {
-        Ok(()) => tracing::info!(pool = %pool.name, node = %node.name, action = action.name(), "energy: node {}", if action == Action::Park { "parked" } else { "waking" }),
+        Ok(()) => {
+            tracing::info!(pool = %pool.name, node = %node.name, action = action.name(), "energy: node {}", if action == Action::Park { "parked" } else { "waking" })
+        }
         Err(why) => {
             tracing::warn!(pool = %pool.name, node = %node.name, action = action.name(), %why, "energy: park/wake call failed");
             if action == Action::Park {

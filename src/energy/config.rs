@@ -196,7 +196,10 @@ impl EnergyConfig {
         }
         if let Some(path) = &self.exporter_path {
             if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
-                err("exporter_path", format!("`{path}` must be a path starting with /"));
+                err(
+                    "exporter_path",
+                    format!("`{path}` must be a path starting with /"),
+                );
             }
         }
         if self.exporter_port == Some(0) {
@@ -237,10 +240,16 @@ impl EnergyConfig {
                 err(&format!("{at}.itl_slo"), "must be greater than 0".into());
             }
             if !(c.headroom.is_finite() && (0.0..=0.9).contains(&c.headroom)) {
-                err(&format!("{at}.headroom"), "must be between 0 and 0.9".into());
+                err(
+                    &format!("{at}.headroom"),
+                    "must be between 0 and 0.9".into(),
+                );
             }
             if !(c.target_batch.is_finite() && (1.0..=100_000.0).contains(&c.target_batch)) {
-                err(&format!("{at}.target_batch"), "must be between 1 and 100000".into());
+                err(
+                    &format!("{at}.target_batch"),
+                    "must be between 1 and 100000".into(),
+                );
             }
             if c.min_active == 0 {
                 err(&format!("{at}.min_active"), "must be at least 1".into());
@@ -269,7 +278,10 @@ impl NodePowerConfig {
                 out.push((format!("{at}.exporter_url"), why));
             }
         }
-        for (f, w) in [("idle_watts", self.idle_watts), ("max_watts", self.max_watts)] {
+        for (f, w) in [
+            ("idle_watts", self.idle_watts),
+            ("max_watts", self.max_watts),
+        ] {
             if w.is_some_and(|w| !watts_ok(w)) {
                 out.push((
                     format!("{at}.{f}"),
@@ -279,7 +291,10 @@ impl NodePowerConfig {
         }
         if let (Some(idle), Some(max)) = (self.idle_watts, self.max_watts) {
             if max < idle {
-                out.push((format!("{at}.max_watts"), "must be at least idle_watts".into()));
+                out.push((
+                    format!("{at}.max_watts"),
+                    "must be at least idle_watts".into(),
+                ));
             }
         }
         if self.gpus.is_some_and(|g| !(1..=64).contains(&g)) {
@@ -307,7 +322,11 @@ mod tests {
             }),
             ..EnergyConfig::default()
         };
-        let paths: Vec<String> = cfg.problems("pools[0].energy").into_iter().map(|p| p.0).collect();
+        let paths: Vec<String> = cfg
+            .problems("pools[0].energy")
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
         assert_eq!(
             paths,
             [

@@ -83,7 +83,9 @@ impl Controller {
         now: Instant,
     ) -> Controller {
         Controller {
-            size: consolidate.as_ref().map_or(nodes, |c| c.min_active.min(nodes)),
+            size: consolidate
+                .as_ref()
+                .map_or(nodes, |c| c.min_active.min(nodes)),
             consolidate,
             parking,
             interval,
@@ -112,7 +114,11 @@ impl Controller {
         self.demand += alpha * (demand - self.demand);
         let slope = (self.demand - previous) / dt;
         self.slope += alpha * (slope - self.slope);
-        let lead = self.interval + self.parking.as_ref().map_or(Duration::ZERO, |p| p.wake_time);
+        let lead = self.interval
+            + self
+                .parking
+                .as_ref()
+                .map_or(Duration::ZERO, |p| p.wake_time);
         demand.max(self.demand + self.slope.max(0.0) * lead.as_secs_f64())
     }
 
@@ -142,8 +148,11 @@ impl Controller {
         if consolidating {
             let slack = 1.0 - plan.headroom;
             let breach = nodes.iter().zip(&self.members).any(|(v, &m)| {
-                m && (v.ttft.is_some_and(|t| t > plan.ttft_slo.as_secs_f64() * slack)
-                    || v.tpot.is_some_and(|t| t > plan.itl_slo.as_secs_f64() * slack))
+                m && (v
+                    .ttft
+                    .is_some_and(|t| t > plan.ttft_slo.as_secs_f64() * slack)
+                    || v.tpot
+                        .is_some_and(|t| t > plan.itl_slo.as_secs_f64() * slack))
             });
             let mut want = needed;
             if breach {
@@ -162,7 +171,9 @@ impl Controller {
                 }
             }
             let capacity = nodes.iter().filter(|v| usable(v)).count();
-            self.size = self.size.clamp(plan.min_active.min(capacity), capacity.max(1));
+            self.size = self
+                .size
+                .clamp(plan.min_active.min(capacity), capacity.max(1));
 
             // Keep members that can still serve, then add in order of readiness.
             let mut members = vec![false; n];
@@ -183,9 +194,9 @@ impl Controller {
             }
             self.members = members;
             decision.active = self.members.clone();
-            decision.wake.extend(
-                (0..n).filter(|&i| self.members[i] && nodes[i].state == ParkState::Parked),
-            );
+            decision
+                .wake
+                .extend((0..n).filter(|&i| self.members[i] && nodes[i].state == ParkState::Parked));
         } else {
             self.members = vec![true; n];
             // No consolidation: wake parked nodes when the awake ones fall short.
@@ -194,9 +205,11 @@ impl Controller {
                 .filter(|v| v.state != ParkState::Parked && v.available)
                 .count();
             let short = needed.saturating_sub(awake);
-            decision
-                .wake
-                .extend((0..n).filter(|&i| nodes[i].state == ParkState::Parked).take(short));
+            decision.wake.extend(
+                (0..n)
+                    .filter(|&i| nodes[i].state == ParkState::Parked)
+                    .take(short),
+            );
         }
 
         if let Some(parking) = &self.parking {
@@ -280,7 +293,11 @@ mod tests {
             ..node(1.0)
         };
         let d = c.tick(t0 + sec, &[slow, node(0.0), node(0.0)]);
-        assert_eq!(d.active, [true, true, false], "0.9 s > 0.8 s = 1 s × (1 − 0.2)");
+        assert_eq!(
+            d.active,
+            [true, true, false],
+            "0.9 s > 0.8 s = 1 s × (1 − 0.2)"
+        );
         let down = NodeView {
             available: false,
             ..node(0.0)

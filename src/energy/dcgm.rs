@@ -132,7 +132,10 @@ DCGM_FI_DEV_POWER_USAGE_X{gpu="0"} 99999
         assert_eq!(all.watts, Some(445.5));
         assert_eq!(all.gpus, 3);
         assert_eq!(read(PAGE, &["nope"]), Reading::default());
-        assert_eq!(read("garbage\nDCGM_FI_DEV_POWER_USAGE{gpu=\"0\" 5\n", &[]), Reading::default());
+        assert_eq!(
+            read("garbage\nDCGM_FI_DEV_POWER_USAGE{gpu=\"0\" 5\n", &[]),
+            Reading::default()
+        );
         assert_eq!(label(r#"a="x\"y",Hostname="h""#, "Hostname"), Some("h"));
     }
 }

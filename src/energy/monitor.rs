@@ -158,7 +158,9 @@ async fn run(
             if let Some(url) = own.exporter_url {
                 Exporter::Own(url)
             } else if let Some(path) = &cfg.exporter_path {
-                let port = cfg.exporter_port.unwrap_or_else(|| node.addr.port_u16().unwrap_or(80));
+                let port = cfg
+                    .exporter_port
+                    .unwrap_or_else(|| node.addr.port_u16().unwrap_or(80));
                 Exporter::Own(format!("http://{}:{port}{path}", host_of(node)))
             } else if cfg.exporter_url.is_some() {
                 Exporter::Shared
@@ -167,11 +169,9 @@ async fn run(
             }
         })
         .collect();
-    let client: ScrapeClient =
-        Client::builder(TokioExecutor::new()).build(crate::tls::https_connector(
-            Arc::clone(&pool.tls),
-            cfg.interval,
-        ));
+    let client: ScrapeClient = Client::builder(TokioExecutor::new()).build(
+        crate::tls::https_connector(Arc::clone(&pool.tls), cfg.interval),
+    );
     let action_client = actions::client(&pool);
     let mut controller = Controller::new(
         n,
@@ -187,7 +187,11 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if !pool.nodes.iter().all(|node| node.load.power.owned_by(owner)) {
+        if !pool
+            .nodes
+            .iter()
+            .all(|node| node.load.power.owned_by(owner))
+        {
             return; // a newer config's task took over
         }
         let now = Instant::now();
@@ -289,7 +293,10 @@ async fn run(
             node.load.power.set_parkable(decision.parkable[i]);
         }
         if let Some(parking) = &cfg.parking {
-            for (list, action) in [(&decision.park, Action::Park), (&decision.wake, Action::Wake)] {
+            for (list, action) in [
+                (&decision.park, Action::Park),
+                (&decision.wake, Action::Wake),
+            ] {
                 for &i in list {
                     let (pool, client, parking) =
                         (Arc::clone(&pool), action_client.clone(), parking.clone());

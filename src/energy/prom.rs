@@ -21,15 +21,51 @@ const NODE: &[Line] = &[
 ];
 
 const POOL: &[Line] = &[
-    ("infergate_pool_power_watts", "gauge", "Power draw of the pool's nodes, watts."),
-    ("infergate_pool_energy_joules_total", "counter", "Energy of the pool's nodes counted since the gateway started, joules."),
-    ("infergate_pool_joules_per_token", "gauge", "Joules per output token over the energy window."),
-    ("infergate_pool_tokens_per_joule", "gauge", "Output tokens per joule over the energy window."),
-    ("infergate_pool_active_nodes", "gauge", "Awake nodes in the consolidation active set."),
-    ("infergate_pool_nodes_needed", "gauge", "Nodes the predicted demand needs (target batch with headroom)."),
-    ("infergate_pool_nodes_available", "gauge", "Awake, available nodes."),
-    ("infergate_pool_parkable_nodes", "gauge", "Nodes idle long enough to be parked."),
-    ("infergate_pool_parked_nodes", "gauge", "Nodes parked or waking."),
+    (
+        "infergate_pool_power_watts",
+        "gauge",
+        "Power draw of the pool's nodes, watts.",
+    ),
+    (
+        "infergate_pool_energy_joules_total",
+        "counter",
+        "Energy of the pool's nodes counted since the gateway started, joules.",
+    ),
+    (
+        "infergate_pool_joules_per_token",
+        "gauge",
+        "Joules per output token over the energy window.",
+    ),
+    (
+        "infergate_pool_tokens_per_joule",
+        "gauge",
+        "Output tokens per joule over the energy window.",
+    ),
+    (
+        "infergate_pool_active_nodes",
+        "gauge",
+        "Awake nodes in the consolidation active set.",
+    ),
+    (
+        "infergate_pool_nodes_needed",
+        "gauge",
+        "Nodes the predicted demand needs (target batch with headroom).",
+    ),
+    (
+        "infergate_pool_nodes_available",
+        "gauge",
+        "Awake, available nodes.",
+    ),
+    (
+        "infergate_pool_parkable_nodes",
+        "gauge",
+        "Nodes idle long enough to be parked.",
+    ),
+    (
+        "infergate_pool_parked_nodes",
+        "gauge",
+        "Nodes parked or waking.",
+    ),
 ];
 
 /// Append the energy metrics of every pool with `[pools.energy]`.
@@ -50,14 +86,22 @@ pub fn render(out: &mut String, pools: &[EnergyHandle]) {
                     PowerSource::Estimated => "estimated",
                 };
                 let inner = &l[1..l.len() - 1];
-                let _ = writeln!(node_lines[0], "{}{{{inner},source=\"{src}\"}} {w}", NODE[0].0);
+                let _ = writeln!(
+                    node_lines[0],
+                    "{}{{{inner},source=\"{src}\"}} {w}",
+                    NODE[0].0
+                );
             }
             let _ = writeln!(node_lines[1], "{}{l} {}", NODE[1].0, n.joules_total);
             if let Some(j) = n.joules_per_token {
                 let _ = writeln!(node_lines[2], "{}{l} {j}", NODE[2].0);
             }
             let inner = &l[1..l.len() - 1];
-            for (st, name) in [(ParkState::Awake, "awake"), (ParkState::Parked, "parked"), (ParkState::Waking, "waking")] {
+            for (st, name) in [
+                (ParkState::Awake, "awake"),
+                (ParkState::Parked, "parked"),
+                (ParkState::Waking, "waking"),
+            ] {
                 let _ = writeln!(
                     node_lines[3],
                     "{}{{{inner},state=\"{name}\"}} {}",

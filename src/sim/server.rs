@@ -155,10 +155,9 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
             tokio::time::sleep_until(at.into()).await;
             Response::new(full(Bytes::new()))
         }
-        (Method::GET, "/is_sleeping") => json_response(
-            StatusCode::OK,
-            &json!({"is_sleeping": ctx.core.sleeping()}),
-        ),
+        (Method::GET, "/is_sleeping") => {
+            json_response(StatusCode::OK, &json!({"is_sleeping": ctx.core.sleeping()}))
+        }
         // The node's dcgm-exporter (`:9400/metrics` on a GPU host).
         (Method::GET, "/sim/dcgm/metrics") => {
             let mut r = Response::new(full(ctx.core.dcgm_text(&ctx.name)));

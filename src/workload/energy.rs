@@ -122,12 +122,11 @@ pub fn report(
         output_tokens,
         slo_attainment,
         ttft_p99: p99(ok.iter().filter_map(|r| ttft(r)).collect()),
-        peak_ttft_p99: p99(
-            ok.iter()
-                .filter(|r| r.scheduled >= peak.0 && r.scheduled < peak.1)
-                .filter_map(|r| ttft(r))
-                .collect(),
-        ),
+        peak_ttft_p99: p99(ok
+            .iter()
+            .filter(|r| r.scheduled >= peak.0 && r.scheduled < peak.1)
+            .filter_map(|r| ttft(r))
+            .collect()),
         avg_awake,
         samples,
     }
@@ -138,12 +137,22 @@ pub fn table(reports: &[EnergyReport], baseline: &str) -> String {
     let base = reports.iter().find(|r| r.policy == baseline);
     let mut out = format!(
         "{:<30} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10} {:>9}\n",
-        "policy", "energy_Wh", "avg_W", "J/token", "awake", "slo%", "ttft_p99", "peak_p99", "saving%"
+        "policy",
+        "energy_Wh",
+        "avg_W",
+        "J/token",
+        "awake",
+        "slo%",
+        "ttft_p99",
+        "peak_p99",
+        "saving%"
     );
     for r in reports {
         let saving = base
             .filter(|b| b.joules > 0.0)
-            .map_or("-".to_string(), |b| format!("{:.1}", (1.0 - r.joules / b.joules) * 100.0));
+            .map_or("-".to_string(), |b| {
+                format!("{:.1}", (1.0 - r.joules / b.joules) * 100.0)
+            });
         let _ = writeln!(
             out,
             "{:<30} {:>9.2} {:>8.0} {:>8.2} {:>8.2} {:>7} {:>9.0} {:>10.0} {:>9}",
@@ -162,7 +171,9 @@ pub fn table(reports: &[EnergyReport], baseline: &str) -> String {
     out
 }
 
-const COLORS: &[&str] = &["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+const COLORS: &[&str] = &[
+    "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
 
 /// An SVG with two panels sharing the time axis: fleet power (W) and
 /// awake nodes, one line per policy.
@@ -257,21 +268,48 @@ mod tests {
     #[test]
     fn totals_attainment_peak_and_chart() {
         let samples = vec![
-            EnergySample { t: 0.0, watts: 100.0, joules: 0.0, awake: 2, busy: 0 },
-            EnergySample { t: 10.0, watts: 300.0, joules: 2000.0, awake: 1, busy: 1 },
+            EnergySample {
+                t: 0.0,
+                watts: 100.0,
+                joules: 0.0,
+                awake: 2,
+                busy: 0,
+            },
+            EnergySample {
+                t: 10.0,
+                watts: 300.0,
+                joules: 2000.0,
+                awake: 1,
+                busy: 1,
+            },
         ];
         let records = vec![rec(1.0, 1.1, 2.0, 10), rec(5.0, 7.0, 8.0, 10)];
-        let r = report("a", samples, &records, Slo { ttft: Some(0.5), tpot: None }, 10.0);
+        let r = report(
+            "a",
+            samples,
+            &records,
+            Slo {
+                ttft: Some(0.5),
+                tpot: None,
+            },
+            10.0,
+        );
         assert_eq!(r.joules, 2000.0);
         assert_eq!(r.avg_watts(), 200.0);
         assert_eq!(r.joules_per_token(), Some(100.0));
         assert_eq!(r.slo_attainment, Some(0.5));
-        assert!((r.peak_ttft_p99 - 2.0).abs() < 1e-9, "only the request sent at 5 s is in the peak");
+        assert!(
+            (r.peak_ttft_p99 - 2.0).abs() < 1e-9,
+            "only the request sent at 5 s is in the peak"
+        );
         let mut cheaper = r.clone();
         cheaper.policy = "b".into();
         cheaper.joules = 1000.0;
         let t = table(&[r.clone(), cheaper.clone()], "a");
-        assert!(t.lines().nth(2).unwrap().trim_end().ends_with("50.0"), "{t}");
+        assert!(
+            t.lines().nth(2).unwrap().trim_end().ends_with("50.0"),
+            "{t}"
+        );
         let s = svg(&[r, cheaper], 2);
         assert!(s.starts_with("<svg") && s.matches("<polyline").count() == 4);
     }

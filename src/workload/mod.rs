@@ -12,8 +12,8 @@
 //! `html.rs`, `bench.rs`).
 
 pub mod bench;
-pub mod energy;
 mod client;
+pub mod energy;
 pub mod html;
 pub mod measure;
 mod prompts;

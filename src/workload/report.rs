@@ -135,7 +135,10 @@ pub fn summarize_requests(
             }
             Load::Day { peak, floor } => {
                 load.insert("requested_rate".into(), json!(peak));
-                load.insert("profile".into(), json!({"shape": "day", "peak": peak, "floor": floor}));
+                load.insert(
+                    "profile".into(),
+                    json!({"shape": "day", "peak": peak, "floor": floor}),
+                );
             }
         }
         load.insert(
