@@ -89,7 +89,9 @@ pub struct ConsolidateConfig {
     /// Time-to-first-token objective the active set must keep.
     #[serde(deserialize_with = "duration::deserialize")]
     pub ttft_slo: Duration,
-    /// Inter-token latency objective.
+    /// Inter-token latency objective: not a growth trigger (per-token gaps
+    /// include prefill stalls); `target_batch` must be chosen so a node's
+    /// decode step stays within it. Reported with the SLO by `bench`.
     #[serde(deserialize_with = "duration::deserialize")]
     pub itl_slo: Duration,
     /// Share of capacity and of the objectives kept in reserve (0..0.9):

@@ -8,8 +8,8 @@
 //!   plus the wake-up time when nodes can be parked).
 //! * **Nodes needed** = ⌈predicted demand / (target_batch × (1 −
 //!   headroom))⌉, at least `min_active`. The active set grows to it at
-//!   once; it also grows by one while an active node's latency (peak-EWMA
-//!   TTFT or time per token) is above `slo × (1 − headroom)`.
+//!   once; it also grows by one while an active node's peak-EWMA TTFT is
+//!   above `ttft_slo × (1 − headroom)`.
 //! * **Hysteresis**: the set shrinks by one node only after the need has
 //!   stayed below it for `scale_down_delay`, and not within
 //!   `scale_down_delay` of an SLO breach.
@@ -147,12 +147,14 @@ impl Controller {
         let consolidating = self.consolidate.is_some();
         if consolidating {
             let slack = 1.0 - plan.headroom;
+            // TTFT only: a peak-EWMA time per token jumps at every prefill
+            // chunk that stalls the batch's decodes, so it would keep the
+            // whole pool awake; the per-token time is bounded by
+            // `target_batch` instead (the step time grows with the batch).
             let breach = nodes.iter().zip(&self.members).any(|(v, &m)| {
-                m && (v
+                m && v
                     .ttft
                     .is_some_and(|t| t > plan.ttft_slo.as_secs_f64() * slack)
-                    || v.tpot
-                        .is_some_and(|t| t > plan.itl_slo.as_secs_f64() * slack))
             });
             let mut want = needed;
             if breach {
