@@ -9,6 +9,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod energy;
 pub mod faultlab;
 pub mod fleet;
 pub mod health;

@@ -28,7 +28,7 @@ fn names(text: &str) -> Vec<String> {
 #[tokio::test]
 async fn deploy_files_reference_exposed_metrics() {
     let config = Config::from_toml(
-        "[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        "[[pools]]\nname = \"p\"\n[pools.energy]\n[[pools.nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
     )
     .unwrap();
     let gateway = Gateway::new(&config).unwrap();

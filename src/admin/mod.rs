@@ -434,6 +434,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/series", get(series))
         .route("/api/v1/events", get(events))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/energy", get(energy))
         .route("/api/v1/config/status", get(config_status))
         .merge(config_api::routes())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
@@ -607,6 +608,13 @@ async fn series(State(state): State<Arc<AdminState>>, Query(q): Query<WindowQuer
         },
     };
     json(&state.gateway.telemetry.window.series(seconds))
+}
+
+/// Energy figures of every pool with `[pools.energy]` (`crate::energy`).
+async fn energy(State(state): State<Arc<AdminState>>) -> Response {
+    let table = state.gateway.table();
+    let pools: Vec<_> = table.energy.iter().map(|h| h.state.summary()).collect();
+    json(&serde_json::json!({ "pools": pools }))
 }
 
 async fn alerts(State(state): State<Arc<AdminState>>) -> Response {

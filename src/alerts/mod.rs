@@ -45,6 +45,12 @@ pub enum RuleKind {
     ErrorRate,
     /// A pool sheds more than `threshold` requests per second.
     Shedding,
+    /// A pool with `[pools.energy]` uses more than `threshold` joules per
+    /// output token over its energy window.
+    EnergyPerToken,
+    /// A pool's predicted demand needs more nodes than are available
+    /// (value: needed − available; threshold 0 = any shortfall).
+    NodesShort,
 }
 
 impl RuleKind {
@@ -412,6 +418,8 @@ impl Alerts {
                 RuleKind::PoolHealthyBelow => Some(Some(pool.healthy as f64)),
                 RuleKind::ImbalanceRatio => Some(pool.imbalance.max_min_ratio),
                 RuleKind::Shedding => Some(Some(pool.shed_rate)),
+                RuleKind::EnergyPerToken => Some(pool.joules_per_token),
+                RuleKind::NodesShort => Some(pool.nodes_short),
                 _ => None,
             };
             if let Some(value) = pool_value {
@@ -670,6 +678,12 @@ fn summary(rule: &RuleConfig, target: &str, value: f64, threshold: f64) -> Strin
             threshold * 100.0
         ),
         RuleKind::Shedding => format!("pool {target} sheds {value:.1} req/s (> {threshold})"),
+        RuleKind::EnergyPerToken => {
+            format!("pool {target} uses {value:.2} J per output token (> {threshold})")
+        }
+        RuleKind::NodesShort => {
+            format!("pool {target} needs {value:.0} more nodes than are available (> {threshold})")
+        }
     }
 }
 
@@ -781,6 +795,39 @@ mod tests {
         a.evaluate(&snap("ejected", 0.0));
         assert_eq!(a.fired.load(Relaxed), 1);
         assert_eq!(a.history(10).len(), 1, "repeats are not transitions");
+    }
+
+    #[test]
+    fn energy_rules_watch_joules_per_token_and_node_shortfall() {
+        let pool = |jpt: Option<f64>, short: Option<f64>| Snapshot {
+            pools: vec![PoolView {
+                name: "p".into(),
+                joules_per_token: jpt,
+                nodes_short: short,
+                ..PoolView::default()
+            }],
+            ..Snapshot::default()
+        };
+        let mut efficiency = rule(RuleKind::EnergyPerToken, 2.0, None);
+        efficiency.name = "eff".into();
+        let mut short = rule(RuleKind::NodesShort, 0.0, None);
+        short.name = "short".into();
+        let a = engine(vec![efficiency, short]);
+        a.evaluate(&pool(Some(3.0), Some(0.0)));
+        std::thread::sleep(Duration::from_millis(60));
+        a.evaluate(&pool(Some(3.0), Some(0.0)));
+        let active = a.active();
+        assert_eq!(active.len(), 1, "only J/token is over its threshold");
+        a.evaluate(&pool(Some(1.0), Some(2.0)));
+        std::thread::sleep(Duration::from_millis(60));
+        a.evaluate(&pool(Some(1.0), Some(2.0)));
+        assert_eq!(a.fired.load(Relaxed), 2, "shortfall fires too");
+        // No energy figures (no [pools.energy]): nothing to judge.
+        let b = engine(vec![rule(RuleKind::EnergyPerToken, 0.0, None)]);
+        b.evaluate(&pool(None, None));
+        std::thread::sleep(Duration::from_millis(60));
+        b.evaluate(&pool(None, None));
+        assert!(b.active().is_empty());
     }
 
     #[test]

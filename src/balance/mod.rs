@@ -17,6 +17,7 @@ use crate::fleet::Node;
 
 mod composite;
 mod consistent_hash;
+mod consolidate;
 mod least_outstanding;
 mod peak_ewma;
 mod power_of_two;
@@ -31,6 +32,7 @@ pub(crate) mod testing;
 
 pub use composite::Composite;
 pub use consistent_hash::ConsistentHash;
+pub use consolidate::Consolidate;
 pub use least_outstanding::LeastOutstanding;
 pub use peak_ewma::PeakEwmaP2c;
 pub use power_of_two::PowerOfTwo;

@@ -31,6 +31,8 @@ use crate::workload::runner::{Load, StageSpec};
 use crate::workload::source::{parse_trace, WorkloadKind};
 use crate::workload::WorkloadConfig;
 
+use super::bench_energy;
+
 /// Which requests to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WorkloadName {
@@ -40,6 +42,16 @@ pub enum WorkloadName {
     Synthetic,
     /// Replay a JSONL trace (--trace).
     Trace,
+}
+
+/// How the load changes over a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// One stage per --rate/--concurrency value.
+    Stages,
+    /// One day-shaped stage: 10% of the (first) --rate, up to it at mid
+    /// run, back to 10% (--duration is the whole day).
+    Day,
 }
 
 /// Options of `infergate bench`.
@@ -130,6 +142,16 @@ pub struct BenchArgs {
     /// Extra `[routes.balance]` TOML lines for every route (e.g. `balance_abs_threshold = 4`).
     #[arg(long, default_value = "")]
     balance: String,
+    /// Load profile.
+    #[arg(long, value_enum, default_value_t = Profile::Stages)]
+    profile: Profile,
+    /// `consolidate` policies: requests in flight per node planned as
+    /// efficient (`[pools.energy.consolidate] target_batch`).
+    #[arg(long, default_value_t = 12.0)]
+    target_batch: f64,
+    /// `consolidate` policies: capacity and SLO share kept in reserve.
+    #[arg(long, default_value_t = 0.2)]
+    headroom: f64,
 }
 
 /// One policy's results.
@@ -145,6 +167,8 @@ pub struct BenchRow {
     pub per_node: Vec<u64>,
     /// Preemptions across the fleet.
     pub preemptions: u64,
+    /// Fleet energy, from the simulated nodes' meters.
+    pub energy: crate::workload::energy::EnergyReport,
 }
 
 /// The simulator settings of the bench: the default cost model with
@@ -180,11 +204,18 @@ pub fn bench_workload(model: &str, stream_share: f64, seed: u64) -> WorkloadConf
     }
 }
 
-fn gateway_config(policy: &str, addrs: &[SocketAddr], model: &str, balance: &str) -> String {
+fn gateway_config(
+    policy: &str,
+    addrs: &[SocketAddr],
+    model: &str,
+    balance: &str,
+    energy: &str,
+) -> String {
     let mut text = String::from(
         "[listener]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"bench\"\n\
          [pools.capacity]\ninterval = \"250ms\"\n",
     );
+    text.push_str(energy);
     for (i, addr) in addrs.iter().enumerate() {
         text.push_str(&format!(
             "[[pools.nodes]]\nname = \"sim-{i}\"\naddr = \"{addr}\"\n"
@@ -223,6 +254,16 @@ pub fn completions_url(target: &str) -> Result<String, String> {
 /// The stages from `--rate`/`--concurrency` (`rate_factor` turns a rate
 /// into wall requests per second).
 fn stages(args: &BenchArgs, rate_factor: f64) -> Vec<StageSpec> {
+    if args.profile == Profile::Day {
+        let peak = args.rates.first().copied().unwrap_or(12.0);
+        return vec![StageSpec {
+            load: Load::Day {
+                peak: peak * rate_factor,
+                floor: 0.1,
+            },
+            duration: args.duration,
+        }];
+    }
     if !args.concurrency.is_empty() {
         return args
             .concurrency
@@ -486,8 +527,26 @@ pub async fn run_one(
         sim::start_fleet(host, 0, args.speeds.len(), sim_config, &args.speeds)
             .await
             .map_err(|e| format!("cannot start simulated nodes: {e}"))?;
+    let nodes = Arc::new(nodes);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
-    let text = gateway_config(policy, &addrs, &sim_config.model, &args.balance);
+    let label = policy;
+    let (policy, consolidate) = bench_energy::split_label(label);
+    let energy = if consolidate {
+        bench_energy::energy_toml(
+            &bench_energy::ConsolidateBench {
+                ttft_slo: args.slo_ttft.map_or(1.0, |d| d.as_secs_f64()),
+                itl_slo: args.slo_tpot.map_or(0.1, |d| d.as_secs_f64()),
+                target_batch: args.target_batch,
+                headroom: args.headroom,
+                scale_down: 30.0,
+                idle_after: 20.0,
+            },
+            sim_config,
+        )
+    } else {
+        String::new()
+    };
+    let text = gateway_config(policy, &addrs, &sim_config.model, &args.balance, &energy);
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
     let gateway = Gateway::new(&config).map_err(|e| e.to_string())?;
     let listener = proxy::bind(&gateway).await.map_err(|e| e.to_string())?;
@@ -514,13 +573,22 @@ pub async fn run_one(
         drain: args.drain.unwrap_or(args.duration / 2),
         slo: slo(args),
         time_scale: sim_config.time_scale,
-        label: format!("{policy} "),
+        label: format!("{label} "),
     };
+    let sampler = bench_energy::Sampler::start(Arc::clone(&nodes), sim_config.time_scale);
     let outcome = run_bench::run(&plan).await;
+    let samples = sampler.stop();
+    let energy = crate::workload::energy::report(
+        label,
+        samples,
+        &outcome.records,
+        slo(args),
+        args.duration.as_secs_f64() / sim_config.time_scale,
+    );
 
     let (mut hits, mut queries, mut preemptions) = (0u64, 0u64, 0u64);
     let mut per_node = Vec::new();
-    for n in &nodes {
+    for n in nodes.iter() {
         let s = n.stats();
         hits += s.prefix_hits_tokens;
         queries += s.prefix_queries_tokens;
@@ -530,11 +598,12 @@ pub async fn run_one(
     let _ = stop_tx.send(true);
     let _ = server.await;
     drop(gateway);
-    for n in nodes {
-        n.shutdown().await;
+    for n in nodes.iter() {
+        n.crash().await;
     }
     Ok(BenchRow {
-        policy: policy.to_string(),
+        energy,
+        policy: label.to_string(),
         outcome,
         hit_rate: if queries == 0 {
             0.0
@@ -604,7 +673,7 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
     if let Some(p) = args
         .policies
         .iter()
-        .find(|p| !crate::balance::POLICY_NAMES.contains(&p.as_str()))
+        .find(|p| !crate::balance::POLICY_NAMES.contains(&bench_energy::split_label(p).0))
     {
         return Err(format!("unknown policy {p}"));
     }
@@ -654,6 +723,25 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
     }
     println!("times in simulated ms; itl = mean inter-token latency; hit% = fleet prefix-cache hit rate (tokens)");
     print!("{}", table(&rows));
+    let reports: Vec<_> = rows.iter().map(|r| r.energy.clone()).collect();
+    let energy_table = crate::workload::energy::table(&reports, "least_outstanding");
+    println!(
+        "\nfleet energy from the simulated nodes' meters (sim::power); J/token = joules per output token; \
+         awake = average nodes not parked; slo% = requests within --slo-ttft/--slo-tpot; ttft in simulated ms; \
+         peak_p99 = requests sent in the middle fifth of the run; saving% against least_outstanding"
+    );
+    print!("{energy_table}");
+    if let Some(dir) = &args.output {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let chart = dir.join("energy.svg");
+        std::fs::write(
+            &chart,
+            crate::workload::energy::svg(&reports, args.speeds.len()),
+        )
+        .and_then(|()| std::fs::write(dir.join("energy.txt"), &energy_table))
+        .map_err(|e| format!("{}: {e}", chart.display()))?;
+        println!("energy chart in {}", chart.display());
+    }
     Ok(())
 }
 

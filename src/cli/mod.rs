@@ -2,6 +2,7 @@
 //! and `bench`.
 
 pub mod bench;
+mod bench_energy;
 mod ctl;
 mod demo;
 mod faults;

@@ -205,6 +205,9 @@ pub struct PoolConfig {
     /// Scrape the nodes' metrics for capacity signals (`[pools.capacity]`).
     #[serde(default)]
     pub capacity: Option<CapacityConfig>,
+    /// Power signals, consolidation and parking (`[pools.energy]`, `crate::energy`).
+    #[serde(default)]
+    pub energy: Option<crate::energy::EnergyConfig>,
 }
 
 fn default_queue_size() -> usize {
@@ -244,6 +247,9 @@ pub struct NodeConfig {
     /// Take no new requests; requests in flight finish.
     #[serde(default)]
     pub draining: bool,
+    /// This node's power exporter and model (`[pools.nodes.power]`).
+    #[serde(default)]
+    pub power: Option<crate::energy::NodePowerConfig>,
 }
 
 fn default_weight() -> u32 {
@@ -684,6 +690,11 @@ impl Config {
                     err(path, message);
                 }
             }
+            if let Some(energy) = &pool.energy {
+                for (path, message) in energy.problems(&format!("{at}.energy")) {
+                    err(path, message);
+                }
+            }
             if let Some(tls) = &pool.tls {
                 for e in tls.validate(&format!("{at}.tls")) {
                     err(e.path, e.message);
@@ -705,6 +716,11 @@ impl Config {
                 }
                 if !(1..=10_000).contains(&node.weight) {
                     err(format!("{at}.weight"), "must be between 1 and 10000".into());
+                }
+                if let Some(power) = &node.power {
+                    for (path, message) in power.problems(&format!("{at}.power")) {
+                        err(path, message);
+                    }
                 }
                 if node.max_concurrent == Some(0) {
                     err(format!("{at}.max_concurrent"), "must be at least 1".into());

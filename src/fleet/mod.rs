@@ -14,6 +14,7 @@ use http::uri::Authority;
 
 mod ai;
 pub mod capacity;
+pub mod power;
 
 pub use ai::{expected_output, now_ns, AiLoad, PeakEwma, DEFAULT_EXPECTED_OUTPUT};
 
@@ -29,6 +30,8 @@ pub struct NodeLoad {
     pub health: crate::health::NodeHealth,
     /// AI-aware signals: tokens in flight, latency EWMAs, scraped capacity.
     pub ai: AiLoad,
+    /// Power, energy and parking state (`fleet::power`).
+    pub power: power::NodePower,
 }
 
 impl NodeLoad {

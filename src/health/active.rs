@@ -117,6 +117,13 @@ async fn run(
     loop {
         let started = Instant::now();
         let at_ms = now_ms();
+        if node.load.power.is_asleep(at_ms) {
+            // Parked or waking on purpose (`crate::energy`): not checked
+            // into failure; counting starts afresh once it is awake.
+            (successes, failures, passes_while_ejected) = (0, 0, 0);
+            tokio::time::sleep_until((started + jittered(&cfg)).into()).await;
+            continue;
+        }
         let (outcome, detail) = check(&client, &uri, &cfg).await;
         let ok = outcome == Outcome::Passed;
         let latency_ms = started.elapsed().as_millis() as u64;

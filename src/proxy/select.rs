@@ -110,7 +110,9 @@ fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[u
     }
     let usable = |node: &Node| {
         let health = &node.load.health;
-        health.is_available(now) || (panic && health::usable_in_panic(health, now, window))
+        // A parked or waking node (`crate::energy`) serves nothing, panic or not.
+        !node.load.power.is_asleep(now)
+            && (health.is_available(now) || (panic && health::usable_in_panic(health, now, window)))
     };
     // Busy: at its concurrency limit, or saturated by its own metrics.
     let instant = std::time::Instant::now();

@@ -209,6 +209,8 @@ pub struct RouteTable {
     /// Metrics scrapers of pools with `[pools.capacity]`; they stop when
     /// the table is dropped (after a reload, once its last request ends).
     pub scrapers: Vec<ScraperHandle>,
+    /// Energy tasks of pools with `[pools.energy]` (stop with the table).
+    pub energy: Vec<crate::energy::EnergyHandle>,
 }
 
 impl RouteTable {
@@ -305,6 +307,15 @@ impl RouteTable {
                 }
             }
         }
+        let mut energy = Vec::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for (pool, cfg) in pools.iter().zip(&config.pools) {
+                if let Some(e) = &cfg.energy {
+                    let nodes: Vec<_> = cfg.nodes.iter().map(|n| n.power.clone()).collect();
+                    energy.push(crate::energy::spawn(pool, e, &nodes, telemetry));
+                }
+            }
+        }
 
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut models = BTreeSet::new();
@@ -334,6 +345,17 @@ impl RouteTable {
                     indexes.get(&index_key)
                 })
                 .ok_or_else(|| invalid("policy", format!("unknown policy \"{}\"", route.policy)))?;
+            // `[pools.energy.consolidate]`: the policy picks inside the active set.
+            let consolidate = config
+                .pools
+                .iter()
+                .find(|p| p.name == route.pool)
+                .and_then(|p| p.energy.as_ref())
+                .and_then(|e| e.consolidate.as_ref());
+            let policy: Arc<dyn balance::Policy> = match consolidate {
+                Some(c) => Arc::new(balance::Consolidate::new(policy, c.target_batch)),
+                None => policy,
+            };
             let m = &route.matcher;
             for node in &node_names {
                 keep_series.push((route.name.clone(), pool.name.clone(), node.clone()));
@@ -409,6 +431,7 @@ impl RouteTable {
                 max_prefix_blocks: config.classify.max_prefix_blocks,
             },
             scrapers,
+            energy,
         })
     }
 

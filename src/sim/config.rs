@@ -41,6 +41,8 @@ pub struct SimConfig {
     pub default_max_tokens: u32,
     /// Dimension of `/v1/embeddings` vectors.
     pub embedding_dim: usize,
+    /// Power curve, parked power and wake-up time (`sim::power`).
+    pub power: super::power::PowerModel,
     /// Faults active when the node starts.
     pub faults: Faults,
 }
@@ -63,6 +65,7 @@ impl Default for SimConfig {
             decode_per_seq_secs: 0.000_1,
             default_max_tokens: 256,
             embedding_dim: 384,
+            power: super::power::PowerModel::default(),
             faults: Faults::default(),
         }
     }

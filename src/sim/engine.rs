@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use super::config::{Faults, SimConfig};
 use super::kv::{blocks_for, BlockId, BlockPool};
 use super::metrics::{Gauges, Metrics, SimStats};
+use super::power::{Meter, PowerState};
 use crate::classify::prefix::TOKENS_PER_BLOCK;
 
 /// What the engine tells a request's handler.
@@ -290,6 +291,7 @@ pub(crate) struct Core {
     pub cfg: SimConfig,
     pub faults: Arc<Mutex<Faults>>,
     state: Mutex<State>,
+    power: Mutex<Meter>,
     notify: Notify,
 }
 
@@ -301,6 +303,7 @@ impl Core {
     pub fn new(cfg: SimConfig, faults: Arc<Mutex<Faults>>) -> Arc<Core> {
         Arc::new(Core {
             state: Mutex::new(State::new(&cfg)),
+            power: Mutex::new(Meter::new(cfg.power.clone(), cfg.time_scale)),
             cfg,
             faults,
             notify: Notify::new(),
@@ -375,8 +378,47 @@ impl Core {
     }
 
     pub fn stats(&self, name: &str) -> SimStats {
-        let st = self.state();
-        st.metrics.snapshot(name, &st.gauges())
+        let mut stats = {
+            let st = self.state();
+            st.metrics.snapshot(name, &st.gauges())
+        };
+        let power = self.power();
+        (stats.power_watts, stats.energy_joules) = power.read(Instant::now());
+        stats.sleeping = power.sleeping();
+        stats
+    }
+
+    fn power(&self) -> MutexGuard<'_, Meter> {
+        lock(&self.power)
+    }
+
+    /// The DCGM exporter page of this node (`host`: its `Hostname` label).
+    pub fn dcgm_text(&self, host: &str) -> String {
+        self.power().dcgm_text(host, Instant::now())
+    }
+
+    /// Parked (vLLM `POST /sleep`): no steps, parked power, new inference
+    /// requests refused until woken.
+    pub fn park(&self) {
+        self.power().park(Instant::now());
+        self.notify.notify_one();
+    }
+
+    /// Whether the node is parked (not waking).
+    pub fn parked(&self) -> bool {
+        self.power().state == PowerState::Parked
+    }
+
+    /// Whether the node is parked or waking.
+    pub fn sleeping(&self) -> bool {
+        self.power().sleeping()
+    }
+
+    /// Start waking (vLLM `POST /wake_up`); the instant the engine runs again.
+    pub fn wake(&self) -> Instant {
+        let at = self.power().wake(Instant::now());
+        self.notify.notify_one();
+        at
     }
 
     pub fn metrics_text(&self) -> String {
@@ -408,13 +450,37 @@ impl Core {
 pub(crate) async fn run_engine(core: Arc<Core>) {
     let mut clock = Instant::now();
     loop {
+        // Parked or waking: no steps until awake.
+        let asleep = {
+            let mut power = core.power();
+            if power.poll_awake(Instant::now()) {
+                None
+            } else if let PowerState::Waking(at) = power.state {
+                Some(Some(at))
+            } else {
+                Some(None)
+            }
+        };
+        if let Some(until) = asleep {
+            match until {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => core.notify.notified().await,
+            }
+            let now = Instant::now();
+            clock = clock.max(now);
+            core.power().idle(now);
+            continue;
+        }
         let plan = core.state().plan(&core.cfg);
         let Some(plan) = plan else {
+            core.power().idle(clock);
             core.notify.notified().await;
             // Idle time is not owed to anyone: restart the clock from now.
             clock = clock.max(Instant::now());
             continue;
         };
+        core.power()
+            .step(clock, plan.prefill_tokens + plan.decode_seqs);
         clock += core.step_wall(plan);
         if clock > Instant::now() {
             tokio::time::sleep_until(clock.into()).await;

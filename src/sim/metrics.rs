@@ -59,6 +59,15 @@ pub struct SimStats {
     pub ttft_count: u64,
     /// Sum of end-to-end latency of completed requests, simulated seconds.
     pub e2e_seconds_sum: f64,
+    /// Node power draw now, watts (all GPUs).
+    #[serde(default)]
+    pub power_watts: f64,
+    /// Energy used since the engine started, joules (simulated time).
+    #[serde(default)]
+    pub energy_joules: f64,
+    /// Parked or waking (vLLM sleep mode): no engine steps.
+    #[serde(default)]
+    pub sleeping: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +182,9 @@ impl Metrics {
             ttft_seconds_sum: self.ttft.sum,
             ttft_count: self.ttft.count,
             e2e_seconds_sum: self.e2e.sum,
+            power_watts: 0.0,
+            energy_joules: 0.0,
+            sleeping: false,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod config;
 mod engine;
 mod kv;
 pub mod metrics;
+pub mod power;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub use config::{Faults, SimConfig};
 pub use metrics::SimStats;
+pub use power::PowerModel;
 
 use engine::{run_engine, Core};
 use server::{handle, Ctx};

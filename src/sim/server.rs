@@ -114,6 +114,17 @@ pub(crate) async fn handle(
 async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response<Body>, SimError> {
     let m = req.method().clone();
     Ok(match (m, path) {
+        (Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings")
+            if ctx.core.parked() =>
+        {
+            // vLLM's sleep mode has freed the weights: nothing can run.
+            api_error(&ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "ServiceUnavailableError".into(),
+                message: "The engine is sleeping; POST /wake_up first.".into(),
+                param: None,
+            })
+        }
         (Method::POST, "/v1/chat/completions") => return generate(ctx, true, req).await,
         (Method::POST, "/v1/completions") => return generate(ctx, false, req).await,
         (Method::POST, "/v1/embeddings") => return embeddings(ctx, req).await,
@@ -128,6 +139,28 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
         (Method::GET, "/health") => Response::new(full(Bytes::new())),
         (Method::GET, "/metrics") => {
             let mut r = Response::new(full(ctx.core.metrics_text()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        // vLLM's sleep mode endpoints (served with VLLM_SERVER_DEV_MODE=1).
+        (Method::POST, "/sleep") => {
+            ctx.core.park();
+            Response::new(full(Bytes::new()))
+        }
+        (Method::POST, "/wake_up") => {
+            let at = ctx.core.wake();
+            tokio::time::sleep_until(at.into()).await;
+            Response::new(full(Bytes::new()))
+        }
+        (Method::GET, "/is_sleeping") => {
+            json_response(StatusCode::OK, &json!({"is_sleeping": ctx.core.sleeping()}))
+        }
+        // The node's dcgm-exporter (`:9400/metrics` on a GPU host).
+        (Method::GET, "/sim/dcgm/metrics") => {
+            let mut r = Response::new(full(ctx.core.dcgm_text(&ctx.name)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -157,7 +190,11 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
             | "/health"
             | "/metrics"
             | "/sim/faults"
-            | "/sim/stats",
+            | "/sim/stats"
+            | "/sleep"
+            | "/wake_up"
+            | "/is_sleeping"
+            | "/sim/dcgm/metrics",
         ) => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         _ => {
             // Read (and drop) the body first, as servers usually do, so a

@@ -28,7 +28,8 @@ fn escape(value: &str) -> String {
     out
 }
 
-fn labels(pairs: &[(&str, &str)]) -> String {
+/// `{k="v",…}` with escaped values.
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> String {
     let mut s = String::from("{");
     for (i, (k, v)) in pairs.iter().enumerate() {
         if i > 0 {
@@ -40,7 +41,8 @@ fn labels(pairs: &[(&str, &str)]) -> String {
     s
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// `# HELP` and `# TYPE` lines.
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -298,6 +300,7 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
         );
     }
     telemetry.alerts.render_metrics(&mut out);
+    crate::energy::prom::render(&mut out, &table.energy);
     header(
         &mut out,
         "infergate_uptime_seconds",

@@ -136,6 +136,10 @@ pub struct PoolView {
     pub ttft_p99: Option<f64>,
     /// How evenly traffic follows the expected shares.
     pub imbalance: Imbalance,
+    /// Joules per output token over the energy window (`[pools.energy]`).
+    pub joules_per_token: Option<f64>,
+    /// Nodes needed beyond those available (`[pools.energy]`; 0 when enough).
+    pub nodes_short: Option<f64>,
     /// The nodes.
     pub nodes: Vec<NodeView>,
 }
@@ -396,6 +400,11 @@ impl Window {
             while shed_ring.len() > RECENT_SECS + 1 {
                 shed_ring.pop_front();
             }
+            let energy = table
+                .energy
+                .iter()
+                .find(|h| h.pool == pool.name)
+                .map(|h| h.state.summary());
             pools.push(PoolView {
                 name: pool.name.clone(),
                 healthy: available.iter().filter(|a| **a).count(),
@@ -411,6 +420,10 @@ impl Window {
                     max_min_ratio,
                     level,
                 },
+                joules_per_token: energy.as_ref().and_then(|e| e.joules_per_token),
+                nodes_short: energy
+                    .as_ref()
+                    .map(|e| e.nodes_needed.saturating_sub(e.nodes_available) as f64),
                 nodes,
             });
         }

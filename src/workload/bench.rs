@@ -52,6 +52,7 @@ pub fn stage_label(i: usize, spec: &StageSpec) -> String {
     match spec.load {
         Load::Rate(r) => format!("stage {i} (rate {r}/s)"),
         Load::Concurrency(n) => format!("stage {i} (concurrency {n})"),
+        Load::Day { peak, floor } => format!("stage {i} (day, peak {peak}/s, floor {floor})"),
     }
 }
 
@@ -71,6 +72,10 @@ pub async fn run(plan: &Plan) -> Outcome {
         let reported = StageSpec {
             load: match spec.load {
                 Load::Rate(r) => Load::Rate(r * scale),
+                Load::Day { peak, floor } => Load::Day {
+                    peak: peak * scale,
+                    floor,
+                },
                 other => other,
             },
             duration: spec.duration.div_f64(scale),

@@ -13,6 +13,7 @@
 
 pub mod bench;
 mod client;
+pub mod energy;
 pub mod html;
 pub mod measure;
 mod prompts;

@@ -133,6 +133,13 @@ pub fn summarize_requests(
             Load::Concurrency(n) => {
                 load.insert("concurrency".into(), json!(n));
             }
+            Load::Day { peak, floor } => {
+                load.insert("requested_rate".into(), json!(peak));
+                load.insert(
+                    "profile".into(),
+                    json!({"shape": "day", "peak": peak, "floor": floor}),
+                );
+            }
         }
         load.insert(
             "achieved_rate".into(),

@@ -26,6 +26,30 @@ pub enum Load {
     Rate(f64),
     /// This many requests in flight at all times.
     Concurrency(usize),
+    /// A day-shaped Poisson rate over the stage: `peak × (floor + (1 −
+    /// floor) × sin²(π × elapsed/duration))` — low, up to the peak at mid
+    /// stage, low again.
+    Day {
+        /// Requests per second at the peak.
+        peak: f64,
+        /// Share of the peak at the start and end (0..1).
+        floor: f64,
+    },
+}
+
+impl Load {
+    /// Requests per second `frac` (0..1) of the way through the stage
+    /// (0 for a concurrency stage).
+    pub fn rate_at(&self, frac: f64) -> f64 {
+        match *self {
+            Load::Rate(r) => r,
+            Load::Concurrency(_) => 0.0,
+            Load::Day { peak, floor } => {
+                let s = (std::f64::consts::PI * frac.clamp(0.0, 1.0)).sin();
+                peak * (floor + (1.0 - floor) * s * s)
+            }
+        }
+    }
 }
 
 /// One stage's parameters as run.
@@ -96,8 +120,9 @@ pub async fn run_stage(
         });
     };
     match spec.load {
-        Load::Rate(rate) => {
+        Load::Rate(_) | Load::Day { .. } => {
             let mut next = started;
+            let total = spec.duration.as_secs_f64().max(1e-9);
             loop {
                 // Reap finished tasks so the set stays small.
                 while tasks.try_join_next().is_some() {}
@@ -106,7 +131,11 @@ pub async fn run_stage(
                 };
                 next = match item.at_ms {
                     Some(ms) => started + Duration::from_millis(ms),
-                    None => next + Duration::from_secs_f64(source.gap(rate).min(60.0)),
+                    None => {
+                        let frac = (next - started).as_secs_f64() / total;
+                        let rate = spec.load.rate_at(frac).max(1e-6);
+                        next + Duration::from_secs_f64(source.gap(rate).min(60.0))
+                    }
                 };
                 if next >= stop_at {
                     break;

@@ -238,3 +238,37 @@ window.addEventListener("resize", () => { if (last) render(last); });
 loadHistory().then(connect);
 pollConfigStatus();
 setInterval(pollConfigStatus, 2000);
+
+// Fleet power & efficiency (GET /api/v1/energy; pools with [pools.energy]).
+function energyNum(v, digits) { return v == null ? "–" : Number(v).toFixed(digits); }
+function energyEsc(s) { return String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c])); }
+async function pollEnergy() {
+  let data;
+  try {
+    const r = await fetch("/api/v1/energy");
+    if (!r.ok) return;
+    data = await r.json();
+  } catch (e) { return; }
+  const panel = document.getElementById("energy");
+  const pools = (data && data.pools) || [];
+  panel.hidden = pools.length === 0;
+  document.getElementById("energy-pools").innerHTML = pools.map(p => {
+    const sources = p.measured_nodes + " measured, " + p.estimated_nodes + " estimated";
+    const rows = p.nodes.map(n => "<tr><td class=\"l\">" + energyEsc(n.name) + "</td><td class=\"l\">" + n.state +
+      (n.parkable ? " · parkable" : "") + "</td><td>" + (n.active ? "yes" : "no") + "</td><td>" + energyNum(n.watts, 0) +
+      "</td><td class=\"l\">" + (n.source || "–") + "</td><td>" + energyNum(n.joules_total / 3600, 2) + "</td><td>" +
+      energyNum(n.joules_per_token, 2) + "</td><td>" + energyNum(n.tokens_per_joule, 3) + "</td></tr>").join("");
+    return "<h3>" + energyEsc(p.pool) + "</h3><div class=\"energy-kpis\">" +
+      "<span>power <b>" + energyNum(p.watts, 0) + " W</b> <span class=\"muted\">(" + sources + ")</span></span> · " +
+      "<span>energy <b>" + energyNum(p.joules_total / 3600, 2) + " Wh</b></span> · " +
+      "<span>J/token <b>" + energyNum(p.joules_per_token, 2) + "</b></span> · " +
+      "<span>tokens/J <b>" + energyNum(p.tokens_per_joule, 3) + "</b></span> · " +
+      "<span>active <b>" + p.active_nodes + "</b> / needed <b>" + p.nodes_needed + "</b> / available <b>" + p.nodes_available + "</b></span> · " +
+      "<span>parked <b>" + (p.parked_nodes + p.waking_nodes) + "</b>, parkable <b>" + p.parkable_nodes + "</b></span>" +
+      (p.consolidating ? " · <span class=\"muted\">consolidating</span>" : "") + "</div>" +
+      "<div class=\"tablewrap\"><table><thead><tr><th class=\"l\">node</th><th class=\"l\">state</th><th>active</th><th>W</th>" +
+      "<th class=\"l\">source</th><th>Wh</th><th>J/token</th><th>tokens/J</th></tr></thead><tbody>" + rows + "</tbody></table></div>";
+  }).join("");
+}
+pollEnergy();
+setInterval(pollEnergy, 2000);

@@ -1,0 +1,336 @@
+//! The consolidation and parking decisions of one pool, once per tick.
+//! Pure logic over a snapshot of the nodes (unit-tested here); the monitor
+//! task feeds it and applies what it decides.
+//!
+//! * **Demand** = requests in flight across the pool (scraped running +
+//!   waiting where fresh, else the gateway's outstanding count), smoothed
+//!   by an EWMA whose slope predicts demand `lead` ahead (the tick interval
+//!   plus the wake-up time when nodes can be parked).
+//! * **Nodes needed** = ⌈predicted demand / (target_batch × (1 −
+//!   headroom))⌉, at least `min_active`. The active set grows to it at
+//!   once; it also grows by one while an active node's peak-EWMA TTFT is
+//!   above `ttft_slo × (1 − headroom)`.
+//! * **Hysteresis**: the set shrinks by one node only after the need has
+//!   stayed below it for `scale_down_delay`, and not within
+//!   `scale_down_delay` of an SLO breach.
+//! * **Members**: active nodes stay; new ones are awake available nodes
+//!   in config order, then waking ones, then parked ones (which are woken).
+//! * **Parking**: an awake node outside the set with nothing in flight
+//!   and no new request for `idle_after` is parkable; with an action
+//!   configured it is parked, keeping `spare` idle nodes awake.
+
+use std::time::{Duration, Instant};
+
+use super::config::{ConsolidateConfig, ParkingConfig};
+use crate::fleet::power::ParkState;
+
+/// What the controller sees of one node this tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeView {
+    /// Healthy, not ejected, not draining.
+    pub available: bool,
+    /// Parking state.
+    pub state: ParkState,
+    /// Requests in flight (running + waiting).
+    pub in_flight: f64,
+    /// Requests sent to it since start (to notice traffic between ticks).
+    pub requests: u64,
+    /// Peak-EWMA time to first token, seconds.
+    pub ttft: Option<f64>,
+    /// Peak-EWMA time per output token, seconds.
+    pub tpot: Option<f64>,
+}
+
+/// What the controller decided this tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    /// In the active set (requests go there first).
+    pub active: Vec<bool>,
+    /// Nodes the predicted demand needs.
+    pub needed: usize,
+    /// Idle long enough to be parked.
+    pub parkable: Vec<bool>,
+    /// Park these now.
+    pub park: Vec<usize>,
+    /// Wake these now.
+    pub wake: Vec<usize>,
+}
+
+/// Controller state of one pool.
+#[derive(Debug)]
+pub struct Controller {
+    consolidate: Option<ConsolidateConfig>,
+    parking: Option<ParkingConfig>,
+    interval: Duration,
+    demand: f64,
+    slope: f64,
+    last: Option<Instant>,
+    size: usize,
+    below_since: Option<Instant>,
+    hold_until: Option<Instant>,
+    members: Vec<bool>,
+    last_busy: Vec<Instant>,
+    last_requests: Vec<u64>,
+}
+
+impl Controller {
+    /// A controller for `nodes` nodes; `None` settings are off.
+    pub fn new(
+        nodes: usize,
+        consolidate: Option<ConsolidateConfig>,
+        parking: Option<ParkingConfig>,
+        interval: Duration,
+        now: Instant,
+    ) -> Controller {
+        Controller {
+            size: consolidate
+                .as_ref()
+                .map_or(nodes, |c| c.min_active.min(nodes)),
+            consolidate,
+            parking,
+            interval,
+            demand: 0.0,
+            slope: 0.0,
+            last: None,
+            below_since: None,
+            hold_until: None,
+            members: vec![false; nodes],
+            last_busy: vec![now; nodes],
+            last_requests: vec![0; nodes],
+        }
+    }
+
+    /// Predicted demand `lead` ahead of `now` (requests in flight).
+    fn predict(&mut self, now: Instant, demand: f64) -> f64 {
+        let dt = self
+            .last
+            .map_or(self.interval, |l| now.saturating_duration_since(l))
+            .as_secs_f64()
+            .max(1e-3);
+        self.last = Some(now);
+        let tau = (self.interval.as_secs_f64() * 5.0).max(1e-3);
+        let alpha = 1.0 - (-dt / tau).exp();
+        let previous = self.demand;
+        self.demand += alpha * (demand - self.demand);
+        let slope = (self.demand - previous) / dt;
+        self.slope += alpha * (slope - self.slope);
+        let lead = self.interval
+            + self
+                .parking
+                .as_ref()
+                .map_or(Duration::ZERO, |p| p.wake_time);
+        demand.max(self.demand + self.slope.max(0.0) * lead.as_secs_f64())
+    }
+
+    /// Decide for this tick.
+    pub fn tick(&mut self, now: Instant, nodes: &[NodeView]) -> Decision {
+        let n = nodes.len();
+        for (i, v) in nodes.iter().enumerate() {
+            if v.in_flight > 0.0 || v.requests != self.last_requests[i] {
+                self.last_busy[i] = now;
+            }
+            self.last_requests[i] = v.requests;
+        }
+        let demand: f64 = nodes.iter().map(|v| v.in_flight).sum();
+        let predicted = self.predict(now, demand);
+        let plan = self.consolidate.clone().unwrap_or_default();
+        let per_node = (plan.target_batch * (1.0 - plan.headroom)).max(1e-9);
+        let needed = ((predicted / per_node).ceil() as usize).max(plan.min_active);
+
+        let usable = |v: &NodeView| v.available || v.state != ParkState::Awake;
+        let mut decision = Decision {
+            needed,
+            active: vec![true; n],
+            parkable: vec![false; n],
+            ..Decision::default()
+        };
+        let consolidating = self.consolidate.is_some();
+        if consolidating {
+            let slack = 1.0 - plan.headroom;
+            // TTFT only: a peak-EWMA time per token jumps at every prefill
+            // chunk that stalls the batch's decodes, so it would keep the
+            // whole pool awake; the per-token time is bounded by
+            // `target_batch` instead (the step time grows with the batch).
+            let breach = nodes.iter().zip(&self.members).any(|(v, &m)| {
+                m && v
+                    .ttft
+                    .is_some_and(|t| t > plan.ttft_slo.as_secs_f64() * slack)
+            });
+            let mut want = needed;
+            if breach {
+                want = want.max(self.size + 1);
+                self.hold_until = Some(now + plan.scale_down_delay);
+            }
+            let held = self.hold_until.is_some_and(|h| now < h);
+            if want >= self.size {
+                self.size = want;
+                self.below_since = None;
+            } else if !held {
+                let since = *self.below_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= plan.scale_down_delay {
+                    self.size -= 1;
+                    self.below_since = Some(now);
+                }
+            }
+            let capacity = nodes.iter().filter(|v| usable(v)).count();
+            self.size = self
+                .size
+                .clamp(plan.min_active.min(capacity), capacity.max(1));
+
+            // Keep members that can still serve, then add in order of readiness.
+            let mut members = vec![false; n];
+            let mut count = 0;
+            let order = (0..n)
+                .filter(|&i| self.members[i] && usable(&nodes[i]))
+                .chain((0..n).filter(|&i| nodes[i].state == ParkState::Awake && nodes[i].available))
+                .chain((0..n).filter(|&i| nodes[i].state == ParkState::Waking))
+                .chain((0..n).filter(|&i| nodes[i].state == ParkState::Parked));
+            for i in order {
+                if count >= self.size {
+                    break;
+                }
+                if !members[i] {
+                    members[i] = true;
+                    count += 1;
+                }
+            }
+            self.members = members;
+            decision.active = self.members.clone();
+            decision
+                .wake
+                .extend((0..n).filter(|&i| self.members[i] && nodes[i].state == ParkState::Parked));
+        } else {
+            self.members = vec![true; n];
+            // No consolidation: wake parked nodes when the awake ones fall short.
+            let awake = nodes
+                .iter()
+                .filter(|v| v.state != ParkState::Parked && v.available)
+                .count();
+            let short = needed.saturating_sub(awake);
+            decision.wake.extend(
+                (0..n)
+                    .filter(|&i| nodes[i].state == ParkState::Parked)
+                    .take(short),
+            );
+        }
+
+        if let Some(parking) = &self.parking {
+            let mut idle: Vec<usize> = (0..n)
+                .filter(|&i| {
+                    let v = &nodes[i];
+                    v.state == ParkState::Awake
+                        && v.in_flight == 0.0
+                        && !(consolidating && self.members[i])
+                        && now.saturating_duration_since(self.last_busy[i]) >= parking.idle_after
+                })
+                .collect();
+            for &i in &idle {
+                decision.parkable[i] = true;
+            }
+            if parking.acts() {
+                // Keep the first `spare` idle nodes awake; park the rest.
+                idle.drain(..parking.spare.min(idle.len()));
+                decision.park = idle;
+            }
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(in_flight: f64) -> NodeView {
+        NodeView {
+            available: true,
+            state: ParkState::Awake,
+            in_flight,
+            requests: 0,
+            ttft: None,
+            tpot: None,
+        }
+    }
+
+    fn consolidate() -> ConsolidateConfig {
+        ConsolidateConfig {
+            target_batch: 10.0,
+            headroom: 0.2,
+            scale_down_delay: Duration::from_secs(5),
+            ..ConsolidateConfig::default()
+        }
+    }
+
+    #[test]
+    fn low_load_uses_one_node_and_grows_with_demand() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut c = Controller::new(4, Some(consolidate()), None, sec, t0);
+        let d = c.tick(t0, &[node(1.0), node(0.0), node(0.0), node(0.0)]);
+        assert_eq!(d.active, [true, false, false, false]);
+        assert_eq!(d.needed, 1);
+        // 20 in flight: 8 per node planned → 3 nodes at once.
+        let d = c.tick(t0 + sec, &[node(10.0), node(10.0), node(0.0), node(0.0)]);
+        assert!(d.needed >= 3, "{d:?}");
+        assert_eq!(d.active.iter().filter(|a| **a).count(), d.needed.min(4));
+        // Demand falls: one node leaves per scale_down_delay, not at once.
+        let mut active = d.active.iter().filter(|a| **a).count();
+        for s in 2..30 {
+            let d = c.tick(t0 + sec * s, &[node(1.0), node(0.0), node(0.0), node(0.0)]);
+            let now = d.active.iter().filter(|a| **a).count();
+            assert!(now + 1 >= active, "one at a time");
+            active = now;
+        }
+        assert_eq!(active, 1);
+    }
+
+    #[test]
+    fn slo_breach_grows_the_set_and_unavailable_nodes_are_replaced() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut c = Controller::new(3, Some(consolidate()), None, sec, t0);
+        c.tick(t0, &[node(1.0), node(0.0), node(0.0)]);
+        let slow = NodeView {
+            ttft: Some(0.9),
+            ..node(1.0)
+        };
+        let d = c.tick(t0 + sec, &[slow, node(0.0), node(0.0)]);
+        assert_eq!(
+            d.active,
+            [true, true, false],
+            "0.9 s > 0.8 s = 1 s × (1 − 0.2)"
+        );
+        let down = NodeView {
+            available: false,
+            ..node(0.0)
+        };
+        let d = c.tick(t0 + sec * 2, &[down, node(0.0), node(0.0)]);
+        assert_eq!(d.active, [false, true, true]);
+    }
+
+    #[test]
+    fn idle_nodes_become_parkable_and_parked_ones_wake_for_demand() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let parking = ParkingConfig {
+            idle_after: Duration::from_secs(3),
+            wake_time: Duration::from_secs(2),
+            vllm_sleep: true,
+            ..ParkingConfig::default()
+        };
+        let mut c = Controller::new(3, Some(consolidate()), Some(parking), sec, t0);
+        let mut d = Decision::default();
+        for s in 0..5 {
+            d = c.tick(t0 + sec * s, &[node(1.0), node(0.0), node(0.0)]);
+        }
+        assert_eq!(d.parkable, [false, true, true]);
+        assert_eq!(d.park, [1, 2]);
+        let parked = NodeView {
+            state: ParkState::Parked,
+            ..node(0.0)
+        };
+        let d = c.tick(t0 + sec * 6, &[node(14.0), parked, parked]);
+        assert_eq!(d.wake, [1], "14 in flight needs 2 nodes");
+        assert_eq!(d.active, [true, true, false]);
+    }
+}
