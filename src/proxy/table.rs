@@ -157,6 +157,8 @@ pub struct Route {
     pub priority: super::priority::PriorityRule,
     /// Counters of this route's nodes (by node index).
     pub telemetry: crate::telemetry::RouteTelemetry,
+    /// Per-tenant budgets (`[routes.budget]`); fresh on every reload.
+    pub budget: Option<Arc<crate::tenant::Budgets>>,
 }
 
 /// Pool-wide settings a route needs on the request path.
@@ -395,6 +397,10 @@ impl RouteTable {
                 retries: route.retries,
                 priority: super::priority::PriorityRule::of(route),
                 telemetry: route_telemetry,
+                budget: route
+                    .budget
+                    .as_ref()
+                    .map(|b| Arc::new(crate::tenant::Budgets::new(b))),
             });
         }
         telemetry.retain(&keep_series);

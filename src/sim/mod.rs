@@ -14,6 +14,7 @@
 pub mod config;
 mod engine;
 mod kv;
+mod lora;
 pub mod metrics;
 mod server;
 #[cfg(test)]

@@ -29,6 +29,7 @@
 pub mod access;
 pub mod hist;
 pub mod prom;
+pub mod scrape;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -385,14 +386,18 @@ fn count_data_events(data: &[u8]) -> u64 {
         .count() as u64
 }
 
-/// The number after the last `"completion_tokens":` in `data`. Searched
-/// from the end (usage comes last) with a vectorized substring search: this
-/// runs on every response frame.
+/// The number after the last `"completion_tokens":` in `data`.
 fn completion_tokens(data: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"completion_tokens\"";
+    usage_number(data, b"\"completion_tokens\"")
+}
+
+/// The number after the last `key:` in `data` (`key` with its quotes, e.g.
+/// `"prompt_tokens"`). Searched from the end (usage comes last) with a
+/// vectorized substring search: this runs on every response frame.
+pub fn usage_number(data: &[u8], key: &[u8]) -> Option<u64> {
     let mut end = data.len();
-    while let Some(i) = memchr::memmem::rfind(&data[..end], KEY) {
-        let rest = data[i + KEY.len()..].trim_ascii_start();
+    while let Some(i) = memchr::memmem::rfind(&data[..end], key) {
+        let rest = data[i + key.len()..].trim_ascii_start();
         if let Some(rest) = rest.strip_prefix(b":") {
             let digits = rest.trim_ascii_start();
             let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -406,6 +411,12 @@ fn completion_tokens(data: &[u8]) -> Option<u64> {
         end = i;
     }
     None
+}
+
+/// `data:` events in an SSE chunk, not counting `data: [DONE]` (public for
+/// the tenant budgets' output estimate).
+pub fn sse_data_events(data: &[u8]) -> u64 {
+    count_data_events(data)
 }
 
 /// Responses the gateway made itself, by status class.
