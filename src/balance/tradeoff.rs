@@ -9,7 +9,9 @@
 //!   least inflated by queueing).
 //! * **queueing delay** `delay_i`, from the node's scraped reading
 //!   (decayed by age, `fleet::capacity`): a node with nobody waiting and KV
-//!   cache below [`KV_NEAR_FULL`] starts a new request at once (0).
+//!   cache below [`KV_NEAR_FULL`] (its peak over the last fresh window: a
+//!   node at full KV preempts and dips under the mark between readings)
+//!   starts a new request at once (0).
 //!   Otherwise the batch is full (vLLM only queues when it has no seat or
 //!   no KV blocks), and the request waits for `waiting + 1` of the `running`
 //!   requests to finish; they finish at a rate of `running / D`, where `D`
@@ -88,7 +90,13 @@ impl Costs {
         let Some(v) = node.load.ai.capacity.view(&node.load, now) else {
             return 0.0;
         };
-        let kv_full = v.kv_usage.is_some_and(|k| k >= KV_NEAR_FULL);
+        // The held peak: a node near full KV preempts and dips below the
+        // mark between readings without having room.
+        let kv_full = v
+            .kv_peak
+            .into_iter()
+            .chain(v.kv_usage)
+            .any(|k| k >= KV_NEAR_FULL);
         if v.queued < 0.5 && !kv_full {
             return 0.0;
         }

@@ -124,6 +124,9 @@ pub struct Capacity {
     running: AtomicU64,
     waiting: AtomicU64,
     kv_ppm: AtomicU64,
+    /// Highest KV use lately and when it was read (see [`CapacityView::kv_peak`]).
+    kv_peak_ppm: AtomicU64,
+    kv_peak_at: AtomicU64,
     /// Time of the last good scrape ([`super::now_ns`]); 0 = never.
     scraped_at: AtomicU64,
     outstanding_at_scrape: AtomicU64,
@@ -143,6 +146,8 @@ impl Default for Capacity {
             running: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             kv_ppm: AtomicU64::new(NONE),
+            kv_peak_ppm: AtomicU64::new(0),
+            kv_peak_at: AtomicU64::new(0),
             scraped_at: AtomicU64::new(0),
             outstanding_at_scrape: AtomicU64::new(0),
             fresh_ns: AtomicU64::new(3_000_000_000),
@@ -169,6 +174,11 @@ pub struct CapacityView {
     /// Waiting requests as scraped, times the weight (without the
     /// gateway's additions since).
     pub queued: f64,
+    /// The highest KV use read within the last fresh window (then halving
+    /// every window), times the weight. A node near full KV oscillates
+    /// (it preempts, drops a little, fills again); one reading below the
+    /// mark does not make it roomy.
+    pub kv_peak: Option<f64>,
     /// Weight of the reading, 1 when fresh, down to 1/16 (see module docs).
     pub weight: f64,
     /// Age of the reading in seconds.
@@ -237,11 +247,14 @@ impl Capacity {
         let count = |v: Option<f64>| v.map_or(0, |v| v.max(0.0).round() as u64);
         self.running.store(count(s.running), Ordering::Relaxed);
         self.waiting.store(count(s.waiting), Ordering::Relaxed);
-        self.kv_ppm.store(
-            s.kv_usage
-                .map_or(NONE, |k| (k.clamp(0.0, 1.0) * PPM).round() as u64),
-            Ordering::Relaxed,
-        );
+        let kv = s
+            .kv_usage
+            .map_or(NONE, |k| (k.clamp(0.0, 1.0) * PPM).round() as u64);
+        self.kv_ppm.store(kv, Ordering::Relaxed);
+        if kv != NONE && kv as f64 >= self.kv_peak_at(now_ns) {
+            self.kv_peak_ppm.store(kv, Ordering::Relaxed);
+            self.kv_peak_at.store(now_ns.max(1), Ordering::Relaxed);
+        }
         self.outstanding_at_scrape
             .store(outstanding, Ordering::Relaxed);
         self.scraped_at.store(now_ns.max(1), Ordering::Relaxed);
@@ -260,6 +273,23 @@ impl Capacity {
     /// Failed scrapes in a row.
     pub fn consecutive_failures(&self) -> u64 {
         self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// The held KV peak (ppm) at `now_ns`: full for a fresh window after
+    /// it was read, then halving every window.
+    fn kv_peak_at(&self, now_ns: u64) -> f64 {
+        let at = self.kv_peak_at.load(Ordering::Relaxed);
+        if at == 0 {
+            return 0.0;
+        }
+        let fresh = self.fresh_ns.load(Ordering::Relaxed).max(1);
+        let age = now_ns.saturating_sub(at);
+        let hold = if age <= fresh {
+            1.0
+        } else {
+            0.5f64.powf((age - fresh) as f64 / fresh as f64)
+        };
+        self.kv_peak_ppm.load(Ordering::Relaxed) as f64 * hold
     }
 
     /// Age (ns) and weight of the last good reading at `now_ns`, if usable.
@@ -292,6 +322,7 @@ impl Capacity {
             waiting: queued + since as f64,
             queued,
             kv_usage: (kv != NONE).then(|| kv as f64 / PPM * weight),
+            kv_peak: (kv != NONE).then(|| self.kv_peak_at(now_ns) / PPM * weight),
             weight,
             age_secs: age as f64 / 1e9,
         })
@@ -407,6 +438,20 @@ mod tests {
             30 * S,
         );
         assert!(cap.is_saturated(&n.load, 30 * S));
+        // The KV peak is held for a fresh window (3 s here), then decays.
+        cap.record(
+            &Scraped {
+                kv_usage: Some(0.5),
+                ..busy()
+            },
+            0,
+            31 * S,
+        );
+        let v = cap.view(&n.load, 32 * S).unwrap();
+        assert_eq!((v.kv_usage, v.kv_peak), (Some(0.5), Some(0.95)));
+        let v = cap.view(&n.load, 34 * S).unwrap();
+        let want = 0.95 * 0.5f64.powf(1.0 / 3.0);
+        assert!((v.kv_peak.unwrap() - want).abs() < 1e-9, "{v:?}");
         // Node-level helper with a real clock.
         cap.record(&busy(), 0, crate::fleet::now_ns());
         assert!(n.is_saturated(std::time::Instant::now()));
