@@ -62,16 +62,24 @@ fn saturate(node: &SimNode, kind: Kind) -> Vec<JoinHandle<()>> {
     });
     let target = node.addr();
     let (count, body) = match kind {
-        Kind::Queue => (40, chat("long job", false, 3000)),
+        Kind::Queue => (40, chat("long job", false, 6000)),
         // 5 prompts of ~1400 tokens on 512 blocks of 16: admission takes
         // ~86 %, decoding fills the rest; the engine preempts, 0–2 wait.
-        Kind::Kv => (5, chat(&"context ".repeat(700), false, 3000)),
+        Kind::Kv => (5, chat(&"context ".repeat(700), false, 6000)),
     };
     (0..count)
         .map(|_| {
             let body = body.clone();
+            // No client timeout: the node stays saturated until the test
+            // aborts these (the simulator then drops the sequences).
             tokio::spawn(async move {
-                let _ = post(target, "/v1/chat/completions", body).await;
+                let request = http::Request::post(format!("http://{target}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .unwrap();
+                if let Ok(response) = client().request(request).await {
+                    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                }
             })
         })
         .collect()
@@ -99,15 +107,6 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
     assert_eq!(warm.status, 200, "{}", warm.text());
     let home = usize::from(warm.node() == "sim-1");
     let flood = saturate(&nodes[home], kind);
-    if slow_home_metrics {
-        // Every second scrape of home times out (1 s answer, 150 ms timeout).
-        nodes[home].set_faults(Faults {
-            slowdown: 20.0,
-            slow_metrics_ms: 1000,
-            slow_metrics_every: 2,
-            ..Faults::default()
-        });
-    }
     let gw_home = gw.gateway.table().pools[0].nodes[home].clone();
     assert!(
         eventually(Duration::from_secs(10), || seen(&gw_home, kind)).await,
@@ -115,8 +114,30 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
         nodes[home].stats(),
         gw_home.load.ai.capacity.report(now_ns())
     );
+    // Intermittent: home's metrics page answers in 1 s (scrape timeout
+    // 150 ms) for 250 ms out of every 500 ms, as a loaded vLLM's does.
+    let toggler = slow_home_metrics.then(|| {
+        let addr = nodes[home].addr();
+        tokio::spawn(async move {
+            for slow in [true, false].into_iter().cycle() {
+                let faults = Faults {
+                    slowdown: 20.0,
+                    slow_metrics_ms: if slow { 1000 } else { 0 },
+                    ..Faults::default()
+                };
+                let r = post(addr, "/sim/faults", serde_json::to_string(&faults).unwrap()).await;
+                assert_eq!(r.status, 200);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    });
     let mut went_home = 0;
     for i in 0..20 {
+        if slow_home_metrics {
+            // Spread over the slow and fast phases, so some requests come
+            // while the last scrape failed.
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
         let reply = post(gw.addr, "/v1/chat/completions", shared(i)).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         if reply.node() == format!("sim-{home}") {
@@ -124,6 +145,11 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
         }
     }
     let stats = nodes[home].stats();
+    // The node must still be saturated, or the count means nothing.
+    match kind {
+        Kind::Queue => assert!(stats.running == 16 && stats.waiting >= 20, "{stats:?}"),
+        Kind::Kv => assert!(stats.kv_usage >= 0.8, "{stats:?}"),
+    }
     eprintln!(
         "{policy}/{kind:?}: {went_home} of 20 to the saturated node (running {}, waiting {}, KV {:.2}); scrape {:?}",
         stats.running,
@@ -131,6 +157,9 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
         stats.kv_usage,
         gw_home.load.ai.capacity.report(now_ns())
     );
+    if let Some(t) = toggler {
+        t.abort();
+    }
     for f in flood {
         f.abort();
     }
@@ -148,7 +177,7 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
 /// weight outscored the queue and KV scorers for both kinds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_affinity_yields_to_a_node_saturated_by_queue_or_kv() {
-    let scrape = "[pools.capacity]\ninterval = \"50ms\"\ntimeout = \"500ms\"\n";
+    let scrape = "[pools.capacity]\ninterval = \"50ms\"\ntimeout = \"2s\"\n";
     let mut results = Vec::new();
     for policy in ["prefix_aware", "composite"] {
         for kind in [Kind::Queue, Kind::Kv] {
@@ -161,7 +190,7 @@ async fn cache_affinity_yields_to_a_node_saturated_by_queue_or_kv() {
     );
 }
 
-/// Every second scrape of the saturated node times out. The last good
+/// Scrapes of the saturated node time out most of the time. The last good
 /// reading is kept (and counted as stale), so the node stays saturated by
 /// `max_queue` and avoided; before, a failed scrape erased the reading and
 /// the node looked idle until the next good one.
