@@ -82,8 +82,7 @@ fn usage_total(body: &[u8]) -> u64 {
     let json = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|l| l.contains("\"usage\""))
-        .last()
+        .rfind(|l| l.contains("\"usage\""))
         .unwrap_or(&text)
         .to_string();
     serde_json::from_str::<serde_json::Value>(&json)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use infergate::sim::{SimConfig, SimNode};
+use infergate::sim::SimConfig;
 use tokio::sync::Mutex;
 
 const ADAPTERS: usize = 8;

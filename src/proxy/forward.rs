@@ -226,6 +226,7 @@ async fn proxy(
     // The tenant's budget, before any body is read on (or any node asked).
     let charge = match &route.budget {
         Some(budgets) => Some(budgets.admit(&parts.headers, &class).map_err(|r| {
+            let r = *r;
             let kind = if r.unidentified {
                 ErrorKind::NoTenant
             } else {

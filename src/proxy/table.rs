@@ -302,8 +302,9 @@ impl RouteTable {
         let mut scrapers = Vec::new();
         if tokio::runtime::Handle::try_current().is_ok() {
             for (pool, cfg) in pools.iter().zip(&config.pools) {
-                if let Some(capacity) = &cfg.capacity {
-                    scrapers.push(spawn_scrapers(pool, capacity));
+                match &cfg.capacity {
+                    Some(capacity) => scrapers.push(spawn_scrapers(pool, capacity)),
+                    None => pool.nodes.iter().for_each(|n| n.load.ai.capacity.disable()),
                 }
             }
         }

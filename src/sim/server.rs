@@ -176,7 +176,7 @@ pub(crate) async fn handle(
         }
         if path == "/metrics" && f.slow_metrics_ms > 0 {
             let n = ctx.metrics_answers.fetch_add(1, Ordering::Relaxed);
-            if n % u64::from(f.slow_metrics_every.max(1)) == 0 {
+            if n.is_multiple_of(u64::from(f.slow_metrics_every.max(1))) {
                 tokio::time::sleep(Duration::from_millis(f.slow_metrics_ms)).await;
             }
         }

@@ -185,16 +185,16 @@ impl Budgets {
 
     /// Admit a request of the route, or refuse it. The charge corrects the
     /// token estimate when it is dropped (pass it to the response body).
-    pub fn admit(&self, headers: &HeaderMap, class: &RequestClass) -> Result<Charge, Refusal> {
+    pub fn admit(&self, headers: &HeaderMap, class: &RequestClass) -> Result<Charge, Box<Refusal>> {
         let tenant = match identify(&self.source, headers, class) {
             Some(key) => self.tenant(key),
             None if self.allow_anonymous => Arc::clone(&self.anonymous),
             None => {
-                return Err(Refusal {
+                return Err(Box::new(Refusal {
                     message: "This route needs a tenant: an API key, or the configured header or `user` field.".into(),
                     headers: HeaderMap::new(),
                     unidentified: true,
-                })
+                }))
             }
         };
         let now = now_ns();
@@ -204,7 +204,13 @@ impl Budgets {
         if requests.is_some_and(|d| !d.allowed) {
             tenant.stats.limited_requests.fetch_add(1, Relaxed);
             let d = tenant.tokens.as_ref().map(|b| b.check(0, now));
-            return Err(refusal("requests", &tenant.label, requests, d, requests));
+            return Err(Box::new(refusal(
+                "requests",
+                &tenant.label,
+                requests,
+                d,
+                requests,
+            )));
         }
         let tokens = tenant.tokens.as_ref().map(|b| b.charge(estimate, now));
         if let Some(d) = tokens.filter(|d| !d.allowed) {
@@ -222,7 +228,7 @@ impl Budgets {
                     tenant.label
                 );
             }
-            return Err(r);
+            return Err(Box::new(r));
         }
         tenant.stats.admitted.fetch_add(1, Relaxed);
         Ok(Charge {

@@ -240,6 +240,14 @@ impl Capacity {
         self.enabled.store(true, Ordering::Relaxed);
     }
 
+    /// The pool no longer scrapes (a reload removed `[pools.capacity]`):
+    /// forget the reading and show the state as off.
+    pub fn disable(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
+        self.scraped_at.store(0, Ordering::Relaxed);
+        self.kv_peak_at.store(0, Ordering::Relaxed);
+    }
+
     /// Store a good scrape taken at `now_ns` while the gateway had
     /// `outstanding` requests in flight to the node. Missing signals count
     /// as 0 (KV: unknown).
