@@ -1,94 +1,205 @@
 #!/usr/bin/env bash
-# End-to-end overhead of the gateway: the same wrk load (small JSON POST,
-# non-streaming, 1 output token) straight to one simulated node and through
-# infergate in front of 4 such nodes, one run each, reported as ratios. When
-# nginx or HAProxy are installed (`apt-get install nginx haproxy`), the same
-# load also runs through each of them in front of the same 4 nodes, with
-# keep-alive upstream connections and 2 workers/threads like the gateway.
-# The simulated nodes run with time_scale ~0, so they answer at once and the
-# figures measure the HTTP path, not the model. Installs wrk if missing.
+# The data plane against the classic proxies, one run, one proxy at a time,
+# the same upstreams, reported as ratios (issue #11's method):
+#
+#  1. small POST: wrk -t2 -c$CONNS, a small non-streaming chat POST, through
+#     infergate (least_outstanding, defaults), nginx (2 workers, upstream
+#     keepalive 64) and HAProxy (nbthread 2, http-reuse always) in front of
+#     4 upstreams that cost almost nothing (nginx `return 200` with a small
+#     chat-completion JSON), plus straight to one upstream;
+#  2. streaming (STREAM=1, the default): $STREAMS concurrent SSE streams of
+#     $CHUNKS chunks each (h2load over HTTP/1.1) from 4 simulated nodes that
+#     answer at once, through each proxy and straight to the nodes;
+#  3. h2c clients (H2C=1, the default): h2load with $H2C_CONNS connections
+#     of $H2C_STREAMS streams each, against the same small POST.
+#
+# For each proxy the CPU it spent (utime+stime of all its processes, from
+# /proc) is divided by the requests (or chunks) it served: on a shared 2-core
+# machine that is the steadiest figure. Installs wrk, h2load, nginx and
+# HAProxy with apt when missing.
 # Usage: bench/e2e.sh [duration=10s] [connections=32]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10s}
 CONNS=${2:-32}
-if ! command -v wrk >/dev/null; then
-  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
+STREAM=${STREAM:-1}
+STREAMS=${STREAMS:-1000}
+CHUNKS=${CHUNKS:-500}
+H2C=${H2C:-1}
+H2C_CONNS=${H2C_CONNS:-8}
+H2C_STREAMS=${H2C_STREAMS:-16}
+need() { command -v "$1" >/dev/null || { (apt-get update -qq && apt-get install -y -qq "$2") >/dev/null; }; }
+need wrk wrk; need h2load nghttp2-client; need nginx nginx; need haproxy haproxy
 cargo build --release -q
-BIN=target/release/infergate
+BIN=${INFERGATE_BIN:-target/release/infergate}
 WORK=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-SIM_PORT=19100
-GW_PORT=19180
-printf 'time_scale = 0.000001\n' > "$WORK/sim.toml"
-$BIN sim --nodes 4 --base-port $SIM_PORT --config "$WORK/sim.toml" >"$WORK/sim.log" 2>&1 &
-{
-  printf '[listener]\naddr = "127.0.0.1:%s"\n[[pools]]\nname = "p"\n' $GW_PORT
-  for i in 0 1 2 3; do printf '[[pools.nodes]]\nname = "n%s"\naddr = "127.0.0.1:%s"\n' $i $((SIM_PORT + i)); done
-  printf '[[routes]]\nname = "r"\npool = "p"\npolicy = "least_outstanding"\n'
-} > "$WORK/gw.toml"
-RUST_LOG=warn $BIN serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
+UP_PORT=19100     # 4 nginx `return 200` upstreams: 19100..19103
+SIM_PORT=19110    # 4 simulated nodes for streams: 19110..19113
+GW=19180; NGX=19181; HAP=19182            # proxies in front of the upstreams
+GW_S=19190; NGX_S=19191; HAP_S=19192      # the same proxies in front of the sims
+CHAT='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"llama-3.1-8b-instruct","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"length"}],"usage":{"prompt_tokens":14,"completion_tokens":1,"total_tokens":15}}'
 
 wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0
-    sleep 0.1
-  done
+  for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
   echo "port $1 did not open" >&2; exit 1
 }
-wait_port $SIM_PORT; wait_port $GW_PORT
 
-NGINX_PORT=19181
-HAPROXY_PORT=19182
-if command -v nginx >/dev/null; then
-  mkdir -p "$WORK/nginx"
-  {
-    printf 'worker_processes 2;\npid %s/nginx.pid;\nerror_log %s/nginx/error.log;\n' "$WORK" "$WORK"
-    printf 'events { worker_connections 4096; }\nhttp {\n access_log off;\n'
-    printf ' client_body_temp_path %s/nginx;\n proxy_temp_path %s/nginx;\n' "$WORK" "$WORK"
-    printf ' upstream nodes {\n  least_conn;\n'
-    for i in 0 1 2 3; do printf '  server 127.0.0.1:%s;\n' $((SIM_PORT + i)); done
-    printf '  keepalive 64;\n }\n server {\n  listen 127.0.0.1:%s;\n' $NGINX_PORT
-    printf '  location / { proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }\n }\n}\n'
-  } > "$WORK/nginx.conf"
-  nginx -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
-  wait_port $NGINX_PORT
-fi
-if command -v haproxy >/dev/null; then
-  {
-    printf 'global\n nbthread 2\n maxconn 4096\ndefaults\n mode http\n timeout connect 2s\n timeout client 30s\n timeout server 30s\n'
-    printf 'frontend fe\n bind 127.0.0.1:%s\n default_backend nodes\nbackend nodes\n balance leastconn\n http-reuse always\n' $HAPROXY_PORT
-    for i in 0 1 2 3; do printf ' server n%s 127.0.0.1:%s\n' $i $((SIM_PORT + i)); done
-  } > "$WORK/haproxy.cfg"
-  haproxy -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-  wait_port $HAPROXY_PORT
-fi
+# The cheap upstreams: one nginx worker, four ports.
+mkdir -p "$WORK/up"
+{
+  printf 'worker_processes 1;\npid %s/up.pid;\nerror_log %s/up/error.log;\n' "$WORK" "$WORK"
+  printf 'events { worker_connections 8192; }\nhttp {\n access_log off;\n keepalive_requests 1000000;\n'
+  printf ' client_body_temp_path %s/up;\n' "$WORK"
+  printf ' server {\n'
+  for i in 0 1 2 3; do printf '  listen 127.0.0.1:%s;\n' $((UP_PORT + i)); done
+  printf "  location / { default_type application/json; return 200 '%s'; }\n }\n}\n" "$CHAT"
+} > "$WORK/up.conf"
+nginx -c "$WORK/up.conf" -g 'daemon off;' >"$WORK/up.log" 2>&1 &
 
-run() { wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s bench/post.lua "http://127.0.0.1:$1/v1/chat/completions"; }
-parse() { # rps p50 p99 errors
-  awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
+# Simulated nodes that stream at once (time_scale ~0), for the SSE section.
+printf 'time_scale = 0.000001\n' > "$WORK/sim.toml"
+$BIN sim --nodes 4 --base-port $SIM_PORT --config "$WORK/sim.toml" >"$WORK/sim.log" 2>&1 &
+
+gateway_conf() { # port first_upstream_port
+  printf '[listener]\naddr = "127.0.0.1:%s"\nmax_connections = 16384\n[admin]\naddr = "127.0.0.1:%s"\n[[pools]]\nname = "p"\n' "$1" $(($1 + 1000))
+  for i in 0 1 2 3; do printf '[[pools.nodes]]\nname = "n%s"\naddr = "127.0.0.1:%s"\n' $i $(($2 + i)); done
+  printf '[[routes]]\nname = "r"\npool = "p"\npolicy = "least_outstanding"\n'
+}
+gateway_conf $GW $UP_PORT > "$WORK/gw.toml"
+gateway_conf $GW_S $SIM_PORT > "$WORK/gw_s.toml"
+RUST_LOG=warn $BIN serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
+GW_PID=$!
+RUST_LOG=warn $BIN serve --config "$WORK/gw_s.toml" >"$WORK/gw_s.log" 2>&1 &
+GW_S_PID=$!
+
+mkdir -p "$WORK/nginx"
+{
+  printf 'worker_processes 2;\npid %s/nginx.pid;\nerror_log %s/nginx/error.log;\nworker_rlimit_nofile 16384;\n' "$WORK" "$WORK"
+  printf 'events { worker_connections 8192; }\nhttp {\n access_log off;\n keepalive_requests 1000000;\n'
+  printf ' client_body_temp_path %s/nginx;\n proxy_temp_path %s/nginx;\n' "$WORK" "$WORK"
+  for u in "nodes $UP_PORT" "sims $SIM_PORT"; do
+    set -- $u
+    printf ' upstream %s {\n  least_conn;\n' "$1"
+    for i in 0 1 2 3; do printf '  server 127.0.0.1:%s;\n' $(($2 + i)); done
+    printf '  keepalive 64;\n  keepalive_requests 1000000;\n }\n'
+  done
+  for s in "$NGX nodes" "$NGX_S sims"; do
+    set -- $s
+    printf ' server {\n  listen 127.0.0.1:%s;\n  listen 127.0.0.1:%s http2;\n' "$1" $(($1 + 100))
+    printf '  location / { proxy_pass http://%s; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }\n }\n' "$2"
+  done
+  printf '}\n'
+} > "$WORK/nginx.conf"
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
+NGX_PID=$!
+
+{
+  printf 'global\n nbthread 2\n maxconn 4096\ndefaults\n mode http\n timeout connect 2s\n timeout client 30s\n timeout server 30s\n'
+  for s in "$HAP $UP_PORT" "$HAP_S $SIM_PORT"; do
+    set -- $s
+    printf 'frontend fe%s\n bind 127.0.0.1:%s\n bind 127.0.0.1:%s proto h2\n default_backend be%s\n' "$1" "$1" $(($1 + 100)) "$1"
+    printf 'backend be%s\n balance leastconn\n http-reuse always\n' "$1"
+    for i in 0 1 2 3; do printf ' server n%s 127.0.0.1:%s\n' $i $(($2 + i)); done
+  done
+} > "$WORK/haproxy.cfg"
+haproxy -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+HAP_PID=$!
+
+for p in $UP_PORT $SIM_PORT $GW $GW_S $NGX $HAP; do wait_port $p; done
+
+# CPU ticks (utime+stime) of a process and its children processes (nginx
+# workers); threads are included in a process's own figures.
+ticks() {
+  local total=0 pid
+  for pid in $1 $(pgrep -P "$1" || true); do
+    [ -r /proc/$pid/stat ] || continue
+    total=$((total + $(awk '{print $14 + $15}' /proc/$pid/stat)))
+  done
+  echo $total
+}
+HZ=$(getconf CLK_TCK)
+rss_kb() { local total=0 pid; for pid in $1 $(pgrep -P "$1" || true); do total=$((total + $(awk '/VmRSS/ {print $2}' /proc/$pid/status))); done; echo $total; }
+
+wrk_run() { wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s bench/post.lua "http://127.0.0.1:$1/v1/chat/completions"; }
+wrk_parse() { # requests rps p50 p99 errors
+  awk '/requests in/ {n=$1} /Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
        /Non-2xx/ {err+=$NF} /Socket errors/ {err+=1}
-       END {printf "%s %s %s %d\n", rps, p50, p99, err}' 
+       END {printf "%s %s %s %s %d\n", n, rps, p50, p99, err}'
 }
-to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else {sub(/s$/,"",v); print v*1000} }'; }
+to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s$/,"",v); print v*1000000} }'; }
 
-run $SIM_PORT >/dev/null 2>&1 || true   # warm-up
-printf '\nwrk -t2 -c%s -d%s, small chat POST, 1 output token (%s cores)\n' "$CONNS" "$DURATION" "$(nproc)"
-printf '%-24s %12s %10s %10s %8s   %s\n' target req/s p50 p99 errors "ratio to direct (req/s, p50, p99)"
-read -r D_RPS D_P50 D_P99 D_ERR < <(run $SIM_PORT | parse)
-row() { # name rps p50 p99 err
-  awk -v n="$1" -v r="$2" -v p50="$3" -v p99="$4" -v e="$5" -v dr="$D_RPS" \
-      -v rp50="$(to_ms "$3")" -v rp99="$(to_ms "$4")" -v dp50="$(to_ms "$D_P50")" -v dp99="$(to_ms "$D_P99")" \
-    'BEGIN { printf "%-24s %12s %10s %10s %8s   %.2f  %.2f  %.2f\n", n, r, p50, p99, e, r/dr, rp50/dp50, rp99/dp99 }'
+echo "== 1. small chat POST: wrk -t2 -c$CONNS -d$DURATION ($(nproc) cores), 4 nginx 'return 200' upstreams =="
+wrk_run $UP_PORT >/dev/null 2>&1 || true   # warm-up
+declare -A RPS P99 CPU
+printf '%-26s %10s %9s %9s %7s %12s\n' target req/s p50 p99 errors "CPU us/req"
+measure() { # name port pid
+  local before after out
+  wrk -t2 -c"$CONNS" -d2s -s bench/post.lua "http://127.0.0.1:$2/v1/chat/completions" >/dev/null 2>&1 || true
+  before=$( [ -n "$3" ] && ticks "$3" || echo 0 )
+  out=$(wrk_run "$2" | wrk_parse)
+  after=$( [ -n "$3" ] && ticks "$3" || echo 0 )
+  read -r n rps p50 p99 err <<<"$out"
+  local cpu="-"
+  [ -n "$3" ] && cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  RPS[$1]=$rps; P99[$1]=$(to_us "$p99"); CPU[$1]=$cpu
+  printf '%-26s %10s %9s %9s %7s %12s\n' "$1" "$rps" "$p50" "$p99" "$err" "$cpu"
 }
-row "direct (1 node)" "$D_RPS" "$D_P50" "$D_P99" "$D_ERR"
-read -r R P50 P99 E < <(run $GW_PORT | parse); row "infergate (4 nodes)" "$R" "$P50" "$P99" "$E"
-if command -v nginx >/dev/null; then
-  read -r R P50 P99 E < <(run $NGINX_PORT | parse); row "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (4 nodes)" "$R" "$P50" "$P99" "$E"
+measure direct $UP_PORT ""
+measure infergate $GW $GW_PID
+measure "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')" $NGX $NGX_PID
+NGX_NAME="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
+HAP_NAME="haproxy $(haproxy -v | head -1 | awk '{print $3}' | cut -d- -f1)"
+measure "$HAP_NAME" $HAP $HAP_PID
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+printf 'infergate / nginx:   req/s %s  p99 %s  CPU/req %s\n' \
+  "$(ratio "${RPS[infergate]}" "${RPS[$NGX_NAME]}")" "$(ratio "${P99[infergate]}" "${P99[$NGX_NAME]}")" "$(ratio "${CPU[infergate]}" "${CPU[$NGX_NAME]}")"
+printf 'infergate / haproxy: req/s %s  p99 %s  CPU/req %s\n' \
+  "$(ratio "${RPS[infergate]}" "${RPS[$HAP_NAME]}")" "$(ratio "${P99[infergate]}" "${P99[$HAP_NAME]}")" "$(ratio "${CPU[infergate]}" "${CPU[$HAP_NAME]}")"
+
+if [ "$H2C" = 1 ]; then
+  echo
+  echo "== 2. h2c clients: h2load -c$H2C_CONNS -m$H2C_STREAMS vs HTTP/1.1 h2load --h1 -c$CONNS, same POST =="
+  BODY="$WORK/body.json"
+  printf '%s' '{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"Say hi in one word."}],"max_tokens":1}' > "$BODY"
+  printf '%-26s %14s %14s %16s\n' target "h1 req/s" "h2c req/s" "h2c CPU us/req"
+  h2() { # name h1port h2port pid
+    local h1 h2 before after n
+    h1=$(h2load --h1 -c"$CONNS" -D "${DURATION%s}" -d "$BODY" -H 'content-type: application/json' "http://127.0.0.1:$2/v1/chat/completions" 2>/dev/null | awk '/^finished in/ {print $4}')
+    before=$(ticks "$4")
+    out=$(h2load -c"$H2C_CONNS" -m"$H2C_STREAMS" -D "${DURATION%s}" -d "$BODY" -H 'content-type: application/json' "http://127.0.0.1:$3/v1/chat/completions" 2>/dev/null)
+    after=$(ticks "$4")
+    h2=$(awk '/^finished in/ {print $4}' <<<"$out")
+    n=$(awk '/^requests:/ {print $8}' <<<"$out")
+    printf '%-26s %14s %14s %16s\n' "$1" "$h1" "$h2" "$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
+  }
+  h2 infergate $GW $GW $GW_PID
+  h2 "$NGX_NAME" $NGX $((NGX + 100)) $NGX_PID
+  h2 "$HAP_NAME" $HAP $((HAP + 100)) $HAP_PID
 fi
-if command -v haproxy >/dev/null; then
-  read -r R P50 P99 E < <(run $HAPROXY_PORT | parse); row "haproxy $(haproxy -v | head -1 | awk '{print $3}' | cut -d- -f1) (4 nodes)" "$R" "$P50" "$P99" "$E"
+
+if [ "$STREAM" = 1 ]; then
+  echo
+  echo "== 3. streaming: $STREAMS concurrent SSE streams x $CHUNKS chunks (h2load --h1 -c$STREAMS -n$((STREAMS * 2))) =="
+  SBODY="$WORK/stream.json"
+  printf '{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"Tell a story."}],"max_tokens":%s,"stream":true}' "$CHUNKS" > "$SBODY"
+  printf '%-26s %10s %14s %18s %12s\n' target "streams/s" "mean ms/stream" "CPU ns/chunk" "peak RSS MB"
+  stream() { # name port pid
+    local before after out n
+    before=$( [ -n "$3" ] && ticks "$3" || echo 0 )
+    out=$(h2load --h1 -c"$STREAMS" -n$((STREAMS * 2)) -d "$SBODY" -H 'content-type: application/json' "http://127.0.0.1:$2/v1/chat/completions" 2>/dev/null)
+    after=$( [ -n "$3" ] && ticks "$3" || echo 0 )
+    n=$(awk '/^requests:/ {print $8}' <<<"$out")
+    local cpu="-" rss="-"
+    [ -n "$3" ] && cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" -v c="$CHUNKS" 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e9 / (n * c); else print "-" }')
+    [ -n "$3" ] && rss=$(( $(rss_kb "$3") / 1024 ))
+    printf '%-26s %10s %14s %18s %12s\n' "$1" "$(awk '/^finished in/ {print $4}' <<<"$out")" \
+      "$(awk '/^time for request:/ {print $6}' <<<"$out")" "$cpu" "$rss"
+  }
+  stream "direct (1 node)" $SIM_PORT ""
+  stream infergate $GW_S $GW_S_PID
+  stream "$NGX_NAME" $NGX_S $NGX_PID
+  stream "$HAP_NAME" $HAP_S $HAP_PID
 fi

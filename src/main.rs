@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc's thread-local free lists suit the request path: each worker
+/// thread allocates and frees its requests' buffers itself. Measured in
+/// bench/e2e.sh against glibc malloc (ARCHITECTURE.md, "Data path costs").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -213,6 +213,24 @@ pub fn https_connector(config: Arc<ClientConfig>, connect_timeout: Duration) -> 
         .wrap_connector(http)
 }
 
+/// Like [`https_connector`], offering only HTTP/1.1 in ALPN: for
+/// connections the gateway drives as HTTP/1.1 itself.
+pub fn https_connector_http1(
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> HttpsConnector {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(30)));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*config).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
 /// The client config for pools without `[pools.tls]` and for webhooks:
 /// the system roots, built once.
 pub fn default_client_config() -> Arc<ClientConfig> {

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::select::Slot;
+use super::upstream::PooledConn;
 use crate::health::FailureKind;
 
 /// Error type of [`ResponseBody`].
@@ -55,6 +56,9 @@ pub struct PassThrough {
     pub deadline: Instant,
     /// The node's in-flight slot; released when the stream ends.
     pub slot: Slot,
+    /// The HTTP/1.1 connection carrying the body, given back to the pool
+    /// once the body is read to its end.
+    pub conn: Option<PooledConn>,
     /// Send an SSE error event before cutting a failed stream.
     pub sse: bool,
     /// Tell outlier detection the node answered well once the body ends
@@ -75,8 +79,11 @@ struct Upstream {
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
     slot: Option<Slot>,
+    conn: Option<PooledConn>,
     sse: bool,
     success_at_end: bool,
+    /// No failure was seen (a failed stream's connection is not reused).
+    clean: bool,
     state: State,
     telemetry: Option<crate::telemetry::Tracker>,
     budget: Option<crate::tenant::Charge>,
@@ -119,7 +126,9 @@ impl ResponseBody {
                 last_activity: now,
                 timer: Box::pin(tokio::time::sleep_until(first)),
                 slot: Some(settings.slot),
+                conn: settings.conn,
                 sse: settings.sse,
+                clean: true,
                 success_at_end: settings.success_at_end,
                 state: State::Streaming,
                 telemetry: settings.telemetry,
@@ -135,6 +144,8 @@ impl Upstream {
         kind: FailureKind,
         why: String,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.clean = false;
+        self.conn = None;
         if let Some(slot) = self.slot.take() {
             slot.failure(kind);
         }
@@ -188,6 +199,13 @@ impl Upstream {
                 format!("node connection failed mid-response: {e}"),
             ),
             Poll::Ready(None) => {
+                // The end of a chunked body is only known here (its
+                // `is_end_stream` stays false).
+                if self.clean {
+                    if let Some(conn) = self.conn.take() {
+                        conn.release();
+                    }
+                }
                 if let Some(slot) = self.slot.take() {
                     if self.success_at_end {
                         slot.success();
@@ -223,6 +241,25 @@ impl Upstream {
                 }
             },
         }
+    }
+}
+
+impl Upstream {
+    /// Give the node connection back if its body was read to the end
+    /// (hyper stops polling a sized body at `is_end_stream`, without the
+    /// final `None`).
+    fn release_conn(&mut self) {
+        if self.clean && self.inner.is_end_stream() {
+            if let Some(conn) = self.conn.take() {
+                conn.release();
+            }
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.release_conn();
     }
 }
 

@@ -408,27 +408,12 @@ async fn forward(
         let Some((upstream_body, watch)) = body.for_attempt() else {
             break;
         };
-        let uri = match Uri::builder()
-            .scheme(crate::fleet::Pool::scheme(node))
-            .authority(node.addr.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-        {
-            Ok(uri) => uri,
-            Err(_) => {
-                return Err(error_response(
-                    family,
-                    ErrorKind::BadRequest,
-                    "Invalid request path.",
-                ))
-            }
-        };
         // Keep the headers for another attempt only when one can happen: a
         // replayable body and a node not yet tried.
         let retry_possible = body.replayable() && tried.len() < nodes.len();
         let mut request = Request::new(upstream_body);
         *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
+        *request.uri_mut() = Uri::from(path_and_query.clone());
         *request.version_mut() = match route.protocol {
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::H2c => Version::HTTP_2,
@@ -438,11 +423,23 @@ async fn forward(
         } else {
             std::mem::take(&mut headers)
         };
+        if !request.headers().contains_key(HOST) {
+            // An HTTP/1.0 client may send none; HTTP/1.1 needs one.
+            if let Ok(host) = HeaderValue::from_str(node.addr.as_str()) {
+                request.headers_mut().insert(HOST, host);
+            }
+        }
 
         let slot = Slot::begin(route, node, class);
+        let target = upstream::Target {
+            https: node.https,
+            authority: &node.addr,
+            connect_timeout: route.timeouts.connect,
+            protocol: route.protocol,
+            tls: &route.pool.tls,
+        };
         let outcome = response_head(
-            upstream::client(route.timeouts.connect, route.protocol, &route.pool.tls)
-                .request(request),
+            upstream::send(target, request),
             watch.clone(),
             route.timeouts.first_byte,
             deadline,
@@ -456,7 +453,9 @@ async fn forward(
             }
         }
         let error = match outcome {
-            Some(Ok(response)) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            Some(Ok(upstream::Answer { response, .. }))
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
+            {
                 // Upgrade headers are hop-by-hop and never forwarded, so a
                 // node switching protocols is answering something else.
                 drop(slot);
@@ -467,7 +466,7 @@ async fn forward(
                     "The model server switched protocols; upgrades are not proxied.",
                 ));
             }
-            Some(Ok(response)) => {
+            Some(Ok(upstream::Answer { response, conn })) => {
                 let status = response.status();
                 // A gRPC call's outcome is its grpc-status: in the head of
                 // a trailers-only answer, else in the trailers (counted
@@ -509,6 +508,7 @@ async fn forward(
                         deadline,
                         success_at_end: !server_error,
                         slot,
+                        conn,
                         sse,
                         telemetry: telemetry.tracker(
                             index,

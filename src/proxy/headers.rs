@@ -17,34 +17,36 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Remove hop-by-hop headers: the fixed list plus every header the
 /// `Connection` header names. `keep_te_trailers` keeps `te: trailers`, which
 /// gRPC needs end to end over HTTP/2.
+///
+/// One pass over the names present finds what must go, so a request
+/// without hop-by-hop headers costs no lookups at all (this runs on every
+/// request and response).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    // Names listed in Connection are hop-by-hop too; collect before removing.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut te_trailers = false;
+    for name in headers.keys() {
+        if !is_fixed_hop_by_hop(name) {
+            continue;
+        }
+        if name == header::CONNECTION {
+            // Names listed in Connection are hop-by-hop too.
+            doomed.extend(
+                headers
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+            );
+        } else if name == header::TE && keep_te_trailers {
+            te_trailers = headers
+                .get(header::TE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
+        }
+        doomed.push(name.clone());
     }
-    let te_trailers = keep_te_trailers
-        && headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TRAILER,
-    ] {
+    for name in doomed {
         headers.remove(name);
     }
     if te_trailers {
@@ -52,22 +54,81 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
+fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TRAILER
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Append the client's address to `X-Forwarded-For` and set
 /// `X-Forwarded-Proto` to the scheme the client used.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, proto: &'static str) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
+    // An address is at most 45 bytes; written without allocating.
+    let mut ip = [0u8; 48];
+    let len = write_ip(&mut ip, peer.ip());
+    if len == 0 {
+        return;
+    }
+    let ip = &ip[..len];
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(existing) if !existing.trim_ascii().is_empty() => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + ip.len());
+            joined.extend_from_slice(existing);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip);
+            HeaderValue::from_bytes(&joined)
+        }
+        _ => HeaderValue::from_bytes(ip),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
 }
 
+/// Write `ip` as text into `out`, returning the length (IPv4 by hand: the
+/// formatting machinery costs more than the rest of this header).
+fn write_ip(out: &mut [u8; 48], ip: std::net::IpAddr) -> usize {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    out[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    out[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                out[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            match write!(cursor, "{v6}") {
+                Ok(()) => usize::try_from(cursor.position()).unwrap_or(0),
+                Err(_) => 0,
+            }
+        }
+    }
+}
+
 /// The client's request id if it sent a sane one (visible ASCII, at most 128
-/// bytes), else a new random one.
+/// bytes), else a new random one (32 hex digits).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(value) = headers.get(&REQUEST_ID) {
         let bytes = value.as_bytes();
@@ -75,8 +136,14 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return value.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut random = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for digit in id.iter_mut().rev() {
+        *digit = HEX[(random & 0xf) as usize];
+        random >>= 4;
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
@@ -128,6 +195,16 @@ mod tests {
         add_forwarded(&mut h, peer, "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
+        let v6: SocketAddr = "[2001:db8::ffff:1]:443".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("  "));
+        add_forwarded(&mut h, v6, "https");
+        assert_eq!(h["x-forwarded-for"], "2001:db8::ffff:1");
+        for ip in ["0.0.0.0", "255.255.255.255", "10.100.9.200", "1.20.103.4"] {
+            let mut out = [0u8; 48];
+            let len = write_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(&out[..len], ip.as_bytes());
+        }
     }
 
     #[test]
@@ -135,6 +212,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let generated = request_id(&h);
         assert_eq!(generated.len(), 32);
+        assert!(generated.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(request_id(&h), generated);
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");

@@ -1,43 +1,391 @@
-//! Pooled keep-alive clients to nodes.
+//! Keep-alive connections to nodes, kept per worker thread.
 //!
-//! Each worker thread keeps its own clients (one per connect timeout and
-//! protocol), so a request and the upstream connection it uses live on the
-//! same thread: no cross-thread wake-ups on the hot path, the way
-//! thread-per-core proxies (Envoy, nginx) keep their connection pools.
+//! HTTP/1.1 nodes (the common case) get this module's own pool: per thread,
+//! per node, a short list of hyper's low-level `client::conn::http1`
+//! connections. A request takes a ready connection of its own thread and
+//! writes straight onto it; the connection goes back to the list when its
+//! response body has been read to the end. Compared with hyper-util's
+//! pooled client this saves, per request, a mutex-guarded checkout, a race
+//! between checkout and a lazy connect, key hashing over the URI and a task
+//! spawned to wait for the connection to become idle (see ARCHITECTURE.md,
+//! "Data path costs", for the measured difference).
+//!
+//! HTTP/2 (`h2c`) nodes keep hyper-util's client, which multiplexes streams
+//! on one shared connection. Either way a request and its upstream
+//! connection live on the same thread: no cross-thread wake-ups on the hot
+//! path, the way thread-per-core proxies (Envoy, nginx) keep their pools.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
+use tower::ServiceExt;
 
 use super::body::BoxError;
 use crate::config::UpstreamProtocol;
 
 /// Request body type sent to nodes.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
-/// Pooled keep-alive HTTP(S) client to nodes.
+/// Pooled keep-alive HTTP(S) client to nodes (HTTP/2 and the gateway's own
+/// calls: model lists).
 pub type UpstreamClient = Client<crate::tls::HttpsConnector, UpstreamBody>;
-
-/// A thread's clients: by connect timeout, protocol and TLS settings (the
-/// address of the pool's `ClientConfig`; the weak reference tells a live
-/// entry from one whose table was replaced by a reload).
-type Clients = HashMap<(Duration, UpstreamProtocol, usize), (Weak<ClientConfig>, UpstreamClient)>;
 
 /// Idle keep-alive connections kept per node by each worker thread.
 pub const MAX_IDLE_PER_NODE: usize = 64;
+/// An idle connection unused this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a thread's lists are swept of closed and expired connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Why an exchange with a node failed before its response head.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No connection could be made: nothing reached the node.
+    Connect(BoxError),
+    /// The connection broke or was refused mid-exchange.
+    Exchange(BoxError),
+}
+
+impl UpstreamError {
+    /// Whether nothing reached the node (a refused or unreachable address,
+    /// a connect timeout).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+
+    fn from_legacy(e: hyper_util::client::legacy::Error) -> UpstreamError {
+        if e.is_connect() {
+            UpstreamError::Connect(Box::new(e))
+        } else {
+            UpstreamError::Exchange(Box::new(e))
+        }
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "connect: {e}"),
+            UpstreamError::Exchange(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Connect(e) | UpstreamError::Exchange(e) => Some(e.as_ref()),
+        }
+    }
+}
+
+/// Where a request goes: the node, how it is reached, with what settings.
+pub struct Target<'a> {
+    /// Reached over TLS (`https://`).
+    pub https: bool,
+    /// The node's address.
+    pub authority: &'a Authority,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// HTTP/1.1 or h2c.
+    pub protocol: UpstreamProtocol,
+    /// TLS settings for `https` nodes.
+    pub tls: &'a Arc<ClientConfig>,
+}
+
+impl Target<'_> {
+    fn scheme(&self) -> Scheme {
+        if self.https {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        }
+    }
+}
+
+/// A response head from a node, with the connection that carried it when
+/// that connection can go back to the pool once the body is read.
+pub struct Answer {
+    /// The node's response.
+    pub response: Response<Incoming>,
+    /// The HTTP/1.1 connection to give back at the clean end of the body.
+    pub conn: Option<PooledConn>,
+}
+
+/// Send `request` (its URI in origin form, `/path?query`, with a `Host`
+/// header) to `target`.
+pub async fn send(
+    target: Target<'_>,
+    request: Request<UpstreamBody>,
+) -> Result<Answer, UpstreamError> {
+    if target.protocol == UpstreamProtocol::H2c {
+        let mut request = request;
+        let uri = absolute(&target, request.uri())?;
+        *request.uri_mut() = uri;
+        let client = client(target.connect_timeout, target.protocol, target.tls);
+        return client
+            .request(request)
+            .await
+            .map(|response| Answer {
+                response,
+                conn: None,
+            })
+            .map_err(UpstreamError::from_legacy);
+    }
+    let key = Key::new(&target);
+    let mut request = request;
+    // A kept connection the node closed just before we wrote to it gives
+    // the request back unsent: try it once more on a new connection, as
+    // hyper-util's client does.
+    if let Some(mut sender) = checkout(&key) {
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok(answer(response, sender, key)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => request = unsent,
+                None => return Err(UpstreamError::Exchange(Box::new(e.into_error()))),
+            },
+        }
+    }
+    let mut sender = connect(&target, &key).await?;
+    match sender.send_request(request).await {
+        Ok(response) => Ok(answer(response, sender, key)),
+        Err(e) => Err(UpstreamError::Exchange(Box::new(e))),
+    }
+}
+
+fn answer(response: Response<Incoming>, sender: Sender, key: Key) -> Answer {
+    let conn = PooledConn { sender, key };
+    if http_body::Body::is_end_stream(response.body()) {
+        // Nothing left to read: the connection is free already.
+        conn.release();
+        return Answer {
+            response,
+            conn: None,
+        };
+    }
+    Answer {
+        response,
+        conn: Some(conn),
+    }
+}
+
+fn absolute(target: &Target<'_>, uri: &Uri) -> Result<Uri, UpstreamError> {
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(target.scheme());
+    parts.authority = Some(target.authority.clone());
+    Uri::from_parts(parts).map_err(|e| UpstreamError::Exchange(Box::new(e)))
+}
+
+type Sender = http1::SendRequest<UpstreamBody>;
+
+/// A thread's connections are told apart by node address, scheme, connect
+/// timeout and TLS settings (the address of the pool's `ClientConfig`).
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    /// xxh3 of the rest, computed once: the maps below use it as is
+    /// instead of hashing an address byte by byte on every lookup.
+    hash: u64,
+    authority: Authority,
+    https: bool,
+    connect_timeout: Duration,
+    tls: usize,
+}
+
+impl Key {
+    fn new(target: &Target<'_>) -> Key {
+        let tls = Arc::as_ptr(target.tls) as usize;
+        let seed = (tls as u64)
+            ^ (target.connect_timeout.as_nanos() as u64).rotate_left(17)
+            ^ u64::from(target.https);
+        Key {
+            hash: xxhash_rust::xxh3::xxh3_64_with_seed(target.authority.as_str().as_bytes(), seed),
+            authority: target.authority.clone(),
+            https: target.https,
+            connect_timeout: target.connect_timeout,
+            tls,
+        }
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Passes a [`Key`]'s precomputed hash through.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Key`; fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// A connection taken from the pool (or made) for one exchange.
+pub struct PooledConn {
+    sender: Sender,
+    key: Key,
+}
+
+impl PooledConn {
+    /// The response body was read to its end: the connection can carry the
+    /// next request. (A body abandoned part-way is dropped instead, and
+    /// hyper closes its connection.)
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let list = pool.idle.entry(self.key).or_default();
+            if list.len() < MAX_IDLE_PER_NODE {
+                list.push(Idle {
+                    sender: self.sender,
+                    since: now,
+                });
+            }
+        });
+    }
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: KeyMap<Vec<Idle>>,
+    connectors: HashMap<(Duration, usize), (Weak<ClientConfig>, crate::tls::HttpsConnector)>,
+    last_sweep: Option<Instant>,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// The newest ready connection to the node, if any (the newest: under
+/// light load a few connections stay warm and the others expire).
+fn checkout(key: &Key) -> Option<Sender> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let now = Instant::now();
+        if pool
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
+        {
+            pool.last_sweep = Some(now);
+            sweep(&mut pool.idle, now);
+        }
+        let list = pool.idle.get_mut(key)?;
+        // Newest first; closed ones are dropped on the way, ones still
+        // finishing their last exchange (rare) are left for later.
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if list[i].sender.is_ready() {
+                return Some(list.remove(i).sender);
+            }
+            if list[i].sender.is_closed() {
+                list.remove(i);
+            }
+        }
+        None
+    })
+}
+
+/// Drop connections that closed or sat idle past [`IDLE_TIMEOUT`], and the
+/// lists of nodes with none left.
+fn sweep(idle: &mut KeyMap<Vec<Idle>>, now: Instant) {
+    idle.retain(|_, list| {
+        list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        !list.is_empty()
+    });
+}
+
+/// A new HTTP/1.1 connection to the node, its driver spawned on this
+/// thread's runtime.
+async fn connect(target: &Target<'_>, key: &Key) -> Result<Sender, UpstreamError> {
+    let connector = connector(target.connect_timeout, target.tls);
+    let uri = Uri::builder()
+        .scheme(target.scheme())
+        .authority(target.authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+    let io = connector
+        .oneshot(uri)
+        .await
+        .map_err(UpstreamError::Connect)?;
+    let (sender, connection) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+    let node = key.authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%node, error = %e, "node connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// This thread's connector for `connect_timeout` and `tls` (HTTP/1.1 only
+/// in ALPN, so a TLS node cannot switch the connection to HTTP/2).
+fn connector(connect_timeout: Duration, tls: &Arc<ClientConfig>) -> crate::tls::HttpsConnector {
+    let key = (connect_timeout, Arc::as_ptr(tls) as usize);
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if let Some((config, connector)) = pool.connectors.get(&key) {
+            if config.strong_count() > 0 {
+                return connector.clone();
+            }
+        }
+        pool.connectors
+            .retain(|_, (config, _)| config.strong_count() > 0);
+        let connector = crate::tls::https_connector_http1(Arc::clone(tls), connect_timeout);
+        pool.connectors
+            .insert(key, (Arc::downgrade(tls), connector.clone()));
+        connector
+    })
+}
+
+/// A thread's hyper-util clients: by connect timeout, protocol and TLS
+/// settings (the weak reference tells a live entry from one whose table was
+/// replaced by a reload).
+type Clients = HashMap<(Duration, UpstreamProtocol, usize), (Weak<ClientConfig>, UpstreamClient)>;
 
 thread_local! {
     static CLIENTS: RefCell<Clients> = RefCell::new(HashMap::new());
 }
 
-/// This thread's client for nodes reached with `connect_timeout` over
-/// `protocol`, with `tls` for `https://` nodes.
+/// This thread's hyper-util client for nodes reached with `connect_timeout`
+/// over `protocol`, with `tls` for `https://` nodes.
 pub fn client(
     connect_timeout: Duration,
     protocol: UpstreamProtocol,
@@ -69,7 +417,7 @@ fn build(
     // Idle connections are capped per node and thread, and expire: a burst
     // must not leave thousands of idle sockets (and their buffers) behind.
     builder
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .pool_max_idle_per_host(MAX_IDLE_PER_NODE)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new());

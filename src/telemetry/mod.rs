@@ -29,7 +29,6 @@
 pub mod access;
 pub mod hist;
 pub mod prom;
-pub mod scrape;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -375,7 +374,11 @@ impl Drop for Tracker {
 
 /// `data:` events in an SSE chunk, not counting `data: [DONE]`.
 fn count_data_events(data: &[u8]) -> u64 {
-    memchr::memmem::find_iter(data, b"data:")
+    // Built once: this runs on every chunk of every stream.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"data:"));
+    FINDER
+        .find_iter(data)
         .filter(|&start| {
             let rest = &data[start + 5..];
             !rest
@@ -386,18 +389,36 @@ fn count_data_events(data: &[u8]) -> u64 {
         .count() as u64
 }
 
-/// The number after the last `"completion_tokens":` in `data`.
-fn completion_tokens(data: &[u8]) -> Option<u64> {
-    usage_number(data, b"\"completion_tokens\"")
+/// The number after the last `"completion_tokens":` in `data`. Searched
+/// from the end (usage comes last) with a vectorized substring search: this
+/// runs on every response frame.
+pub fn completion_tokens(data: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"completion_tokens\"";
+    // Built once: building a searcher costs more than searching a frame.
+    static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(KEY));
+    number_after(&FINDER, KEY.len(), data)
 }
 
-/// The number after the last `key:` in `data` (`key` with its quotes, e.g.
-/// `"prompt_tokens"`). Searched from the end (usage comes last) with a
-/// vectorized substring search: this runs on every response frame.
-pub fn usage_number(data: &[u8], key: &[u8]) -> Option<u64> {
+/// The number after the last `"prompt_tokens":` in `data` (the tenant
+/// budgets' correction by usage).
+pub fn prompt_tokens(data: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"prompt_tokens\"";
+    static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(KEY));
+    number_after(&FINDER, KEY.len(), data)
+}
+
+/// The number after the last match of `finder` (a key of `key_len` bytes)
+/// followed by `:`.
+fn number_after(
+    finder: &memchr::memmem::FinderRev<'_>,
+    key_len: usize,
+    data: &[u8],
+) -> Option<u64> {
     let mut end = data.len();
-    while let Some(i) = memchr::memmem::rfind(&data[..end], key) {
-        let rest = data[i + key.len()..].trim_ascii_start();
+    while let Some(i) = finder.rfind(&data[..end]) {
+        let rest = data[i + key_len..].trim_ascii_start();
         if let Some(rest) = rest.strip_prefix(b":") {
             let digits = rest.trim_ascii_start();
             let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();

@@ -337,9 +337,9 @@ impl Charge {
         }
         // Usage comes last: only the tail of a frame is searched.
         let tail = &data[data.len().saturating_sub(1024)..];
-        if let Some(n) = crate::telemetry::usage_number(tail, b"\"completion_tokens\"") {
+        if let Some(n) = crate::telemetry::completion_tokens(tail) {
             self.completion = Some(n);
-            self.prompt = crate::telemetry::usage_number(tail, b"\"prompt_tokens\"");
+            self.prompt = crate::telemetry::prompt_tokens(tail);
         }
     }
 

@@ -1,0 +1,141 @@
+//! The gateway's own HTTP/1.1 connection pool to nodes: connections are
+//! reused once a response has been read to its end (whole or streamed), and
+//! a node that closes kept connections loses no request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the raw node answers.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Content-Length answers, connection kept open.
+    KeepAlive,
+    /// Chunked answers in several chunks, connection kept open.
+    Chunked,
+    /// One answer per connection, then the node closes it without saying
+    /// so (as when its keep-alive timeout fires).
+    CloseAfterOne,
+}
+
+/// A node written against the socket, counting the connections it accepts.
+async fn raw_node(mode: Mode) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream, mode));
+        }
+    });
+    (addr, accepted)
+}
+
+async fn serve(mut stream: TcpStream, mode: Mode) {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request: head, then Content-Length bytes of body.
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + length);
+        let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+        let answer = match mode {
+            Mode::KeepAlive | Mode::CloseAfterOne => format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            Mode::Chunked => {
+                let mut s = String::from(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+                );
+                for i in 0..5 {
+                    let event = format!("data: {{\"i\":{i}}}\n\n");
+                    s.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+                }
+                s.push_str("0\r\n\r\n");
+                s
+            }
+        };
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        if matches!(mode, Mode::CloseAfterOne) {
+            return;
+        }
+    }
+}
+
+async fn gateway_for(node: SocketAddr) -> TestGateway {
+    // One worker thread, so one node connection can serve every request.
+    let config = config_text(&[(node, 1)], "round_robin", "retries = 0").replacen(
+        "[listener]\n",
+        "[listener]\nworkers = 1\n",
+        1,
+    );
+    start_gateway(&config).await
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_node_connection() {
+    let (node, accepted) = raw_node(Mode::KeepAlive).await;
+    let gw = gateway_for(node).await;
+    for i in 0..30 {
+        let reply = post(gw.addr, "/v1/chat/completions", chat("hi", false, 1)).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_streamed_response_read_to_the_end_frees_its_connection() {
+    let (node, accepted) = raw_node(Mode::Chunked).await;
+    let gw = gateway_for(node).await;
+    for i in 0..10 {
+        let reply = post(gw.addr, "/v1/chat/completions", chat("hi", true, 5)).await;
+        assert_eq!(reply.status, 200, "request {i}");
+        assert!(reply.text().contains("\"i\":4"), "{}", reply.text());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_node_closing_kept_connections_loses_no_request() {
+    let (node, accepted) = raw_node(Mode::CloseAfterOne).await;
+    let gw = gateway_for(node).await;
+    // No retries at all: a request written onto a connection the node had
+    // closed would fail; a closed connection must be noticed and replaced.
+    for i in 0..30 {
+        let reply = post(gw.addr, "/v1/chat/completions", chat("hi", false, 1)).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 30);
+}
