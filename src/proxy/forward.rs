@@ -223,7 +223,7 @@ async fn proxy(
     // The header's priority only counts from clients the route trusts.
     class.priority = route.priority.decide(class.asked_priority, peer.ip());
 
-    // The tenant's budget, before any body is read on (or any node asked).
+    // The tenant's budget, before any node is asked.
     let charge = match &route.budget {
         Some(budgets) => Some(budgets.admit(&parts.headers, &class).map_err(|r| {
             let r = *r;

@@ -29,6 +29,7 @@
 pub mod access;
 pub mod hist;
 pub mod prom;
+pub mod scrape;
 pub mod window;
 
 use std::collections::BTreeMap;
