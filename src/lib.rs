@@ -16,5 +16,6 @@ pub mod health;
 pub mod proxy;
 pub mod sim;
 pub mod telemetry;
+pub mod tenant;
 pub mod tls;
 pub mod workload;

@@ -96,8 +96,11 @@ async fn serve(mut stream: TcpStream, mode: Mode) {
 
 async fn gateway_for(node: SocketAddr) -> TestGateway {
     // One worker thread, so one node connection can serve every request.
-    let config = config_text(&[(node, 1)], "round_robin", "retries = 0")
-        .replacen("[listener]\n", "[listener]\nworkers = 1\n", 1);
+    let config = config_text(&[(node, 1)], "round_robin", "retries = 0").replacen(
+        "[listener]\n",
+        "[listener]\nworkers = 1\n",
+        1,
+    );
     start_gateway(&config).await
 }
 

@@ -8,7 +8,7 @@
 //!
 //! | scorer | raw signal | normalized |
 //! |---|---|---|
-//! | `prefix` | leading prompt blocks the node was recently sent ([`PrefixIndex`]) | matched / prompt blocks |
+//! | `prefix` | leading prompt blocks the node was recently sent ([`PrefixIndex`]); 0 when its queue costs more than the match saves ([`tradeoff`](super::tradeoff)) | matched / prompt blocks |
 //! | `queue` | running + waiting (scraped when fresh, never below outstanding) | min-max, lower is better |
 //! | `kv` | scraped KV cache use (nodes without a fresh value get the mean of the others) | `1 - use` |
 //! | `outstanding` | gateway requests in flight / weight | min-max, lower is better |
@@ -19,8 +19,10 @@
 
 use std::sync::Arc;
 
+use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::signals::{candidates, expected_tokens, latency_parts, queue_depth};
+use super::tradeoff::yield_to_queueing;
 use super::{PickContext, Policy};
 use crate::config::{BalanceOptions, ScorerWeights};
 use crate::fleet::{now_ns, Node};
@@ -30,6 +32,8 @@ use crate::fleet::{now_ns, Node};
 pub struct Composite {
     index: Arc<PrefixIndex>,
     weights: ScorerWeights,
+    /// The route's balance options (LoRA spreading uses the thresholds).
+    opts: BalanceOptions,
 }
 
 impl Composite {
@@ -48,6 +52,7 @@ impl Composite {
         Composite {
             index,
             weights: opts.scorers,
+            opts: opts.clone(),
         }
     }
 }
@@ -75,13 +80,21 @@ impl Policy for Composite {
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
         let now = now_ns();
-        let cands = candidates(nodes, eligible, now);
+        let mut cands = candidates(nodes, eligible, now);
+        // LoRA: nodes holding the request's adapter first (see `lora`).
+        let adapter = lora::adapter_of(nodes, &cands, ctx.request, now);
+        if let Some(key) = adapter {
+            cands = lora::narrow(nodes, cands, key, now, &self.opts);
+        }
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
         let w = &self.weights;
         if cands.len() <= 1 {
             let only = cands.first().copied();
             if let (Some(i), true) = (only, w.prefix > 0.0) {
                 self.index.record(chain, i);
+            }
+            if let (Some(i), Some(_)) = (only, adapter) {
+                lora::note(&nodes[i], ctx.request, now);
             }
             return only;
         }
@@ -104,6 +117,8 @@ impl Policy for Composite {
             }
             let mut matched = [0u32; MAX_NODES];
             self.index.match_lengths(chain, mask, &mut matched);
+            // Cache affinity yields to real queueing (scraped waiting, KV).
+            yield_to_queueing(nodes, &cands, now, &mut matched);
             let s: Vec<f64> = cands
                 .iter()
                 .map(|&i| f64::from(matched.get(i).copied().unwrap_or(0)) / chain.len() as f64)
@@ -194,6 +209,9 @@ impl Policy for Composite {
         let choice = best.map(|(i, _)| i)?;
         if w.prefix > 0.0 {
             self.index.record(chain, choice);
+        }
+        if adapter.is_some() {
+            lora::note(&nodes[choice], ctx.request, now);
         }
         Some(choice)
     }
@@ -294,7 +312,12 @@ mod tests {
         let now = now_ns();
         for (i, waiting) in [(0, 9.0), (1, 1.0), (2, 4.0)] {
             let cap = &ns[i].load.ai.capacity;
-            cap.configure(Duration::from_secs(1), Some(5), None);
+            cap.configure(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                Some(5),
+                None,
+            );
             cap.record(
                 &Scraped {
                     running: Some(2.0),

@@ -19,12 +19,14 @@ mod composite;
 mod consistent_hash;
 mod consolidate;
 mod least_outstanding;
+pub mod lora;
 mod peak_ewma;
 mod power_of_two;
 mod prefix_aware;
 pub mod prefix_index;
 mod round_robin;
 pub mod signals;
+pub mod tradeoff;
 mod weighted_round_robin;
 
 #[cfg(test)]

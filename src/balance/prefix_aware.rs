@@ -19,7 +19,9 @@
 //!    stays at 0 whatever its speed, so new prefixes still spread.
 //! 3. A node is *overloaded* when `L - L_min > balance_abs_threshold` and
 //!    `L > balance_rel_threshold × L_min`. Overloaded nodes lose their
-//!    cache affinity.
+//!    cache affinity; so does a node whose scraped queue or KV use says a
+//!    new request would wait there longer than its cached prefix saves
+//!    (see [`tradeoff`](super::tradeoff)).
 //! 4. Among the others, the node with the longest matching prefix wins;
 //!    equal matches go to the lower load, then in turn (a rotating start).
 //! 5. If no candidate matches a single block, the least-loaded candidate
@@ -34,8 +36,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::signals::{candidates, latency_parts, load};
+use super::tradeoff::yield_to_queueing;
 use super::{PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
@@ -47,6 +51,8 @@ pub struct PrefixAware {
     abs: f64,
     rel: f64,
     tokens_per_request: f64,
+    /// The route's balance options (LoRA spreading uses the thresholds).
+    opts: BalanceOptions,
     /// Rotates the start of the least-load scan, so ties (idle nodes) are
     /// taken in turn and new prefixes spread evenly instead of by chance.
     next: AtomicUsize,
@@ -66,6 +72,7 @@ impl PrefixAware {
             abs: opts.balance_abs_threshold,
             rel: opts.balance_rel_threshold,
             tokens_per_request: opts.tokens_per_request,
+            opts: opts.clone(),
             next: AtomicUsize::new(0),
         }
     }
@@ -88,11 +95,17 @@ impl Policy for PrefixAware {
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
         let now = now_ns();
-        let cands = candidates(nodes, eligible, now);
+        let mut cands = candidates(nodes, eligible, now);
+        // LoRA: nodes holding the request's adapter first (see `lora`).
+        let adapter = lora::adapter_of(nodes, &cands, ctx.request, now);
+        if let Some(key) = adapter {
+            cands = lora::narrow(nodes, cands, key, now, &self.opts);
+        }
         if cands.len() <= 1 {
             let only = cands.first().copied();
             if let (Some(i), Some(req)) = (only, ctx.request) {
                 self.index.record(&req.prefix, i);
+                lora::note(&nodes[i], ctx.request, now);
             }
             return only;
         }
@@ -135,6 +148,8 @@ impl Policy for PrefixAware {
                 }
             }
             self.index.match_lengths(chain, mask, &mut matched);
+            // Cache affinity yields to real queueing (scraped waiting, KV).
+            yield_to_queueing(nodes, &cands, now, &mut matched);
         }
         let best_match = cands
             .iter()
@@ -161,6 +176,9 @@ impl Policy for PrefixAware {
         }
         let choice = cands[best];
         self.index.record(chain, choice);
+        if adapter.is_some() {
+            lora::note(&nodes[choice], ctx.request, now);
+        }
         Some(choice)
     }
 }
@@ -343,7 +361,12 @@ mod tests {
         let r = req(&"abc ".repeat(100));
         let home = pick(&p, &ns, &r);
         let cap = &ns[home].load.ai.capacity;
-        cap.configure(std::time::Duration::from_secs(1), Some(2), None);
+        cap.configure(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(1),
+            Some(2),
+            None,
+        );
         let full = Scraped {
             running: Some(32.0),
             waiting: Some(10.0),

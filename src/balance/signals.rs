@@ -19,7 +19,7 @@ use crate::fleet::{expected_output, Node, DEFAULT_EXPECTED_OUTPUT};
 pub fn queue_depth(node: &Node, now: u64) -> f64 {
     let out = node.outstanding();
     match node.load.ai.capacity.view(&node.load, now) {
-        Some(v) => (v.running + v.waiting).max(out) as f64,
+        Some(v) => (v.running + v.waiting).max(out as f64),
         None => out as f64,
     }
 }

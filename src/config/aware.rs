@@ -6,6 +6,7 @@
 //! name = "chat"
 //! [pools.capacity]            # scrape vLLM/SGLang/TGI /metrics
 //! interval = "1s"
+//! timeout = "5s"              # per scrape; busy vLLM answers slowly
 //! path = "/metrics"
 //! max_queue = 32              # waiting requests above this: saturated
 //! max_kv_usage = 0.95         # KV cache use above this: saturated
@@ -192,9 +193,17 @@ impl BalanceOptions {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CapacityConfig {
-    /// Time between scrapes; a scrape older than three intervals is stale.
+    /// Time between scrapes of a node. A reading keeps full weight for
+    /// `max(3 × interval, interval + timeout)`, then decays (see
+    /// `fleet::capacity`).
     #[serde(deserialize_with = "duration::deserialize")]
     pub interval: Duration,
+    /// Longest wait for one metrics page. Separate from the interval: a
+    /// loaded vLLM can take seconds to answer, and that answer is the one
+    /// that matters. Default 5 s (2–3× the slowest answers seen from a
+    /// loaded vLLM).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub timeout: Duration,
     /// Path of the metrics page.
     pub path: String,
     /// A node with more waiting requests than this is saturated.
@@ -207,6 +216,7 @@ impl Default for CapacityConfig {
     fn default() -> Self {
         CapacityConfig {
             interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
             path: "/metrics".to_string(),
             max_queue: None,
             max_kv_usage: None,
@@ -222,6 +232,12 @@ impl CapacityConfig {
             out.push((
                 format!("{at}.interval"),
                 "must be between 10ms and 1h".to_string(),
+            ));
+        }
+        if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(60) {
+            out.push((
+                format!("{at}.timeout"),
+                "must be between 10ms and 60s".to_string(),
             ));
         }
         if !self.path.starts_with('/') || self.path.parse::<http::Uri>().is_err() {
@@ -288,6 +304,7 @@ mod tests {
         let cap = c.pools[0].capacity.as_ref().unwrap();
         assert_eq!(cap.interval, Duration::from_millis(250));
         assert_eq!(cap.path, "/metrics");
+        assert_eq!(cap.timeout, Duration::from_secs(5));
         assert_eq!((cap.max_queue, cap.max_kv_usage), (Some(16), Some(0.9)));
     }
 
@@ -295,7 +312,7 @@ mod tests {
     fn bad_options_name_their_field() {
         let e = errors(&config(
             "[routes.balance]\nbalance_abs_threshold = -1\nbalance_rel_threshold = 0.5\nhash_key = \"query:x\"\nload_factor = 1.0\nscorers = { prefix = -2.0 }\n",
-            "[pools.capacity]\ninterval = \"1ms\"\npath = \"metrics\"\nmax_kv_usage = 1.5\n",
+            "[pools.capacity]\ninterval = \"1ms\"\ntimeout = \"2m\"\npath = \"metrics\"\nmax_kv_usage = 1.5\n",
         ));
         for want in [
             "routes[0].balance.balance_abs_threshold: must be a number >= 0",
@@ -304,6 +321,7 @@ mod tests {
             "routes[0].balance.load_factor:",
             "routes[0].balance.scorers.prefix:",
             "pools[0].capacity.interval:",
+            "pools[0].capacity.timeout:",
             "pools[0].capacity.path:",
             "pools[0].capacity.max_kv_usage:",
         ] {

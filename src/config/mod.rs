@@ -7,6 +7,7 @@
 //! ever handed to the gateway, so a bad edit never replaces a running config.
 
 mod aware;
+mod budget;
 mod cidr;
 pub mod duration;
 mod glob;
@@ -20,6 +21,7 @@ use http::uri::Authority;
 use serde::Deserialize;
 
 pub use aware::{BalanceOptions, CapacityConfig, HashKey, ScorerWeights};
+pub use budget::{BudgetConfig, TenantLimits, TenantSource};
 pub use cidr::Cidr;
 pub use glob::ModelPattern;
 
@@ -290,6 +292,9 @@ pub struct RouteConfig {
     /// Options of the AI-aware policies (`[routes.balance]`).
     #[serde(default)]
     pub balance: BalanceOptions,
+    /// Per-tenant request and token budgets (`[routes.budget]`).
+    #[serde(default)]
+    pub budget: Option<BudgetConfig>,
     /// Priority of this route's requests in the pool's queue: `critical`,
     /// `standard` (absent) or `sheddable`.
     #[serde(default)]
@@ -760,6 +765,11 @@ impl Config {
                         POLICY_NAMES.join(", ")
                     ),
                 );
+            }
+            if let Some(budget) = &route.budget {
+                for (path, message) in budget.problems(&format!("{at}.budget")) {
+                    err(path, message);
+                }
             }
             for (path, message) in route.balance.problems(&format!("{at}.balance")) {
                 err(path, message);

@@ -14,6 +14,11 @@
 //!   response gives a TTFT sample ([`AiLoad::observe_ttft`]), the gap between
 //!   later frames a per-token sample ([`AiLoad::observe_tpot`]). Non-streamed
 //!   responses give no samples (their first byte is the whole generation).
+//!   A TTFT sample of a prompt of at least [`MIN_PREFILL_SAMPLE_TOKENS`]
+//!   tokens also gives a prefill-cost sample, TTFT / prompt tokens
+//!   ([`AiLoad::prefill_secs_per_token`]): an over-estimate when the request
+//!   queued, an under-estimate when part of the prompt was cached, so the
+//!   policies use the lowest node's value (the least queued).
 //!
 //! # Peak EWMA
 //!
@@ -37,6 +42,10 @@ pub const DEFAULT_TAU: Duration = Duration::from_secs(10);
 
 /// Output tokens assumed for a request that declares no limit.
 pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
+
+/// Shortest prompt whose TTFT gives a prefill-cost sample (shorter ones
+/// are dominated by fixed costs).
+pub const MIN_PREFILL_SAMPLE_TOKENS: u64 = 128;
 
 /// Nanoseconds since a process-wide epoch (never 0 after the first call,
 /// so 0 can mean "never").
@@ -101,6 +110,14 @@ impl PeakEwma {
         self.stamp.store(now_ns.max(1), Ordering::Relaxed);
     }
 
+    /// The estimate as of its last sample, without the decay reads apply
+    /// (for cost estimates of a node the gateway has not sent to lately);
+    /// `None` before any sample.
+    pub fn last(&self) -> Option<f64> {
+        (self.stamp.load(Ordering::Relaxed) != 0)
+            .then(|| f64::from_bits(self.value.load(Ordering::Relaxed)))
+    }
+
     /// The estimate in seconds at `now_ns`, or `None` before any sample.
     pub fn get_at(&self, now_ns: u64) -> Option<f64> {
         let stamp = self.stamp.load(Ordering::Relaxed);
@@ -113,6 +130,36 @@ impl PeakEwma {
     }
 }
 
+/// A plain exponentially weighted moving average (no peak, no decay on
+/// read), lock-free; last writer wins under contention.
+#[derive(Debug, Default)]
+pub struct Ewma {
+    value: AtomicU64,
+    stamp: AtomicU64,
+}
+
+impl Ewma {
+    /// Blend in `sample` taken at `now_ns` with weight `1 - exp(-dt / tau)`.
+    pub fn observe_at(&self, sample: f64, now_ns: u64, tau: Duration) {
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        let next = if stamp == 0 {
+            sample
+        } else {
+            let prev = f64::from_bits(self.value.load(Ordering::Relaxed));
+            let w = (-(now_ns.saturating_sub(stamp) as f64) / tau.as_nanos().max(1) as f64).exp();
+            prev * w + sample * (1.0 - w)
+        };
+        self.value.store(next.to_bits(), Ordering::Relaxed);
+        self.stamp.store(now_ns.max(1), Ordering::Relaxed);
+    }
+
+    /// The average, `None` before any sample.
+    pub fn get(&self) -> Option<f64> {
+        (self.stamp.load(Ordering::Relaxed) != 0)
+            .then(|| f64::from_bits(self.value.load(Ordering::Relaxed)))
+    }
+}
+
 /// AI-aware counters of one node, kept in [`NodeLoad::ai`].
 #[derive(Debug, Default)]
 pub struct AiLoad {
@@ -120,8 +167,11 @@ pub struct AiLoad {
     output_tokens: AtomicU64,
     ttft: PeakEwma,
     tpot: PeakEwma,
+    prefill: Ewma,
     /// Signals scraped from the node's `/metrics`.
     pub capacity: Capacity,
+    /// LoRA adapters the node holds (scraped and sent).
+    pub lora: super::lora::LoraState,
 }
 
 impl AiLoad {
@@ -152,9 +202,32 @@ impl AiLoad {
         self.tpot.observe_at(d, now_ns());
     }
 
+    /// Record a prefill-cost sample: a TTFT over the prompt's tokens.
+    pub fn observe_prefill(&self, ttft: Duration, prompt_tokens: u64) {
+        if prompt_tokens >= MIN_PREFILL_SAMPLE_TOKENS {
+            self.prefill.observe_at(
+                ttft.as_secs_f64() / prompt_tokens as f64,
+                now_ns(),
+                DEFAULT_TAU,
+            );
+        }
+    }
+
+    /// Average TTFT per prompt token in seconds (prefill cost plus any
+    /// queueing), `None` before any sample.
+    pub fn prefill_secs_per_token(&self) -> Option<f64> {
+        self.prefill.get()
+    }
+
     /// Peak-EWMA time to first token in seconds, `None` before any sample.
     pub fn ttft_secs(&self, now_ns: u64) -> Option<f64> {
         self.ttft.get_at(now_ns)
+    }
+
+    /// Peak-EWMA time per output token as of the last sample (no read
+    /// decay), `None` before any sample.
+    pub fn tpot_last_secs(&self) -> Option<f64> {
+        self.tpot.last()
     }
 
     /// Peak-EWMA time per output token in seconds, `None` before any sample.
@@ -243,7 +316,11 @@ impl InFlight {
         match self.attempt.last_frame {
             None => {
                 if let Some(started) = self.attempt.started {
-                    self.load.ai.observe_ttft(now.duration_since(started));
+                    let ttft = now.duration_since(started);
+                    self.load.ai.observe_ttft(ttft);
+                    self.load
+                        .ai
+                        .observe_prefill(ttft, self.attempt.prompt_tokens);
                 }
             }
             Some(last) => self.load.ai.observe_tpot(now.duration_since(last)),
@@ -319,6 +396,13 @@ mod tests {
         let tpot = n.load.ai.tpot_secs(now).unwrap();
         assert!((0.019..1.0).contains(&ttft), "{ttft}");
         assert!(tpot >= 0.004 && tpot < ttft, "{tpot}");
+        // 10 prompt tokens: too short for a prefill sample; 1000 give one.
+        assert_eq!(n.load.ai.prefill_secs_per_token(), None);
+        let mut g = n.begin_request_for(&class(1000, Some(4), true));
+        std::thread::sleep(Duration::from_millis(10));
+        g.on_data_frame();
+        let per = n.load.ai.prefill_secs_per_token().unwrap();
+        assert!((0.000_009..0.001).contains(&per), "{per}");
         // Non-streamed responses and plain attempts give no samples.
         let m = Node::new("b", Authority::from_static("127.0.0.1:1"), 1);
         let mut g = m.begin_request_for(&class(10, Some(4), false));

@@ -15,6 +15,7 @@ use http::uri::Authority;
 mod ai;
 pub mod capacity;
 pub mod power;
+pub mod lora;
 
 pub use ai::{expected_output, now_ns, AiLoad, PeakEwma, DEFAULT_EXPECTED_OUTPUT};
 

@@ -67,6 +67,9 @@ pub struct PassThrough {
     pub success_at_end: bool,
     /// Telemetry of this response (records when the body is dropped).
     pub telemetry: Option<crate::telemetry::Tracker>,
+    /// The tenant's token charge, corrected by the response's usage when
+    /// the body is dropped.
+    pub budget: Option<crate::tenant::Charge>,
 }
 
 struct Upstream {
@@ -85,6 +88,7 @@ struct Upstream {
     clean: bool,
     state: State,
     telemetry: Option<crate::telemetry::Tracker>,
+    budget: Option<crate::tenant::Charge>,
 }
 
 enum State {
@@ -129,6 +133,7 @@ impl ResponseBody {
                 success_at_end: settings.success_at_end,
                 state: State::Streaming,
                 telemetry: settings.telemetry,
+                budget: settings.budget,
             })),
         }
     }
@@ -178,6 +183,9 @@ impl Upstream {
                         slot.on_data_frame();
                     }
                 }
+                if let (Some(b), Some(data)) = (&mut self.budget, frame.data_ref()) {
+                    b.on_frame(data);
+                }
                 if let Some(t) = &mut self.telemetry {
                     if let Some(data) = frame.data_ref() {
                         t.on_frame(data);
@@ -205,6 +213,7 @@ impl Upstream {
                     }
                 }
                 self.telemetry = None;
+                self.budget = None;
                 self.state = State::Done;
                 Poll::Ready(None)
             }

@@ -35,6 +35,11 @@ pub enum ErrorKind {
     ClientTimeout,
     /// The method is not proxied (405).
     MethodNotAllowed,
+    /// The tenant is over its budget (429; the budget sets Retry-After
+    /// and the `x-ratelimit-*` headers).
+    RateLimited,
+    /// The route needs a tenant and the request names none (401).
+    NoTenant,
 }
 
 impl ErrorKind {
@@ -50,6 +55,8 @@ impl ErrorKind {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::NoTenant => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -66,6 +73,8 @@ impl ErrorKind {
             ErrorKind::Timeout => ("server_error", "upstream_timeout"),
             ErrorKind::ClientTimeout => ("invalid_request_error", "request_timeout"),
             ErrorKind::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            ErrorKind::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
+            ErrorKind::NoTenant => ("invalid_request_error", "invalid_api_key"),
         }
     }
 
@@ -75,7 +84,8 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => 12, // UNIMPLEMENTED
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => 5, // NOT_FOUND
             ErrorKind::NoCapacity | ErrorKind::Upstream => 14, // UNAVAILABLE
-            ErrorKind::Overloaded => 8,        // RESOURCE_EXHAUSTED
+            ErrorKind::Overloaded | ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
+            ErrorKind::NoTenant => 16,         // UNAUTHENTICATED
             ErrorKind::Timeout | ErrorKind::ClientTimeout => 4, // DEADLINE_EXCEEDED
         }
     }

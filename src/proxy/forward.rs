@@ -223,6 +223,23 @@ async fn proxy(
     // The header's priority only counts from clients the route trusts.
     class.priority = route.priority.decide(class.asked_priority, peer.ip());
 
+    // The tenant's budget, before any node is asked.
+    let charge = match &route.budget {
+        Some(budgets) => Some(budgets.admit(&parts.headers, &class).map_err(|r| {
+            let r = *r;
+            let kind = if r.unidentified {
+                ErrorKind::NoTenant
+            } else {
+                ErrorKind::RateLimited
+            };
+            let mut response = error_response(family, kind, &r.message);
+            response.headers_mut().extend(r.headers);
+            response
+        })?),
+        None => None,
+    };
+    let rate_headers = charge.as_ref().map(|c| c.headers().clone());
+
     let body = match (buffered, incoming) {
         (Some(bytes), _) => {
             if bytes.len() as u64 > route.max_body_bytes {
@@ -242,7 +259,11 @@ async fn proxy(
         }
         (None, None) => RequestBody::Buffered(Bytes::new()),
     };
-    forward(route, parts, body, &class, peer, id, started).await
+    let mut response = forward(route, parts, body, &class, peer, id, started, charge).await?;
+    if let Some(h) = rate_headers {
+        response.headers_mut().extend(h);
+    }
+    Ok(response)
 }
 
 /// How one attempt ended without a usable response (see `retry.rs` for
@@ -287,6 +308,7 @@ fn budget_now() -> Duration {
     Duration::from_millis(crate::health::now_ms())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     route: &Route,
     parts: Parts,
@@ -295,6 +317,7 @@ async fn forward(
     peer: SocketAddr,
     id: &HeaderValue,
     started: std::time::Instant,
+    mut budget: Option<crate::tenant::Charge>,
 ) -> Result<Response<ResponseBody>, Reject> {
     let family = class.family;
     let telemetry = &route.telemetry;
@@ -500,6 +523,7 @@ async fn forward(
                                 grpc_deferred,
                             },
                         ),
+                        budget: budget.take(),
                     },
                 );
                 return Ok(Response::from_parts(resp_parts, body));

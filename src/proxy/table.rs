@@ -157,6 +157,8 @@ pub struct Route {
     pub priority: super::priority::PriorityRule,
     /// Counters of this route's nodes (by node index).
     pub telemetry: crate::telemetry::RouteTelemetry,
+    /// Per-tenant budgets (`[routes.budget]`); fresh on every reload.
+    pub budget: Option<Arc<crate::tenant::Budgets>>,
 }
 
 /// Pool-wide settings a route needs on the request path.
@@ -302,8 +304,9 @@ impl RouteTable {
         let mut scrapers = Vec::new();
         if tokio::runtime::Handle::try_current().is_ok() {
             for (pool, cfg) in pools.iter().zip(&config.pools) {
-                if let Some(capacity) = &cfg.capacity {
-                    scrapers.push(spawn_scrapers(pool, capacity));
+                match &cfg.capacity {
+                    Some(capacity) => scrapers.push(spawn_scrapers(pool, capacity)),
+                    None => pool.nodes.iter().for_each(|n| n.load.ai.capacity.disable()),
                 }
             }
         }
@@ -417,6 +420,10 @@ impl RouteTable {
                 retries: route.retries,
                 priority: super::priority::PriorityRule::of(route),
                 telemetry: route_telemetry,
+                budget: route
+                    .budget
+                    .as_ref()
+                    .map(|b| Arc::new(crate::tenant::Budgets::new(b))),
             });
         }
         telemetry.retain(&keep_series);

@@ -343,7 +343,10 @@ async fn connect(target: &Target<'_>, key: &Key) -> Result<Sender, UpstreamError
         .path_and_query("/")
         .build()
         .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
-    let io = connector.oneshot(uri).await.map_err(UpstreamError::Connect)?;
+    let io = connector
+        .oneshot(uri)
+        .await
+        .map_err(UpstreamError::Connect)?;
     let (sender, connection) = http1::Builder::new()
         // hyper grows a connection's read buffer up to ~400 KB while a
         // node streams faster than the client reads; 32 KB (room for any

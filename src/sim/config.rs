@@ -43,6 +43,16 @@ pub struct SimConfig {
     pub embedding_dim: usize,
     /// Power curve, parked power and wake-up time (`sim::power`).
     pub power: super::power::PowerModel,
+    /// Serve LoRA adapters (vLLM `--enable-lora`): requests may name one
+    /// as `model`, `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`
+    /// work, and `vllm:lora_requests_info` is exported.
+    pub enable_lora: bool,
+    /// Adapters registered at start (vLLM `--lora-modules`, names only).
+    pub lora_modules: Vec<String>,
+    /// Distinct adapters in one batch and GPU slots (vLLM `--max-loras`).
+    pub max_loras: usize,
+    /// Cost of loading an adapter into a GPU slot (simulated seconds).
+    pub lora_load_secs: f64,
     /// Faults active when the node starts.
     pub faults: Faults,
 }
@@ -66,6 +76,10 @@ impl Default for SimConfig {
             default_max_tokens: 256,
             embedding_dim: 384,
             power: super::power::PowerModel::default(),
+            enable_lora: false,
+            lora_modules: Vec::new(),
+            max_loras: 1,
+            lora_load_secs: 0.02,
             faults: Faults::default(),
         }
     }
@@ -114,6 +128,13 @@ pub struct Faults {
     pub close_after_tokens: Option<u32>,
     /// Multiplies every engine step time (1.0 = none, 3.0 = 3x slower).
     pub slowdown: f64,
+    /// Wall-clock milliseconds added before a `/metrics` answer (a loaded
+    /// vLLM has been seen taking 4.9 s), on every `slow_metrics_every`-th
+    /// scrape; 0 = none.
+    pub slow_metrics_ms: u64,
+    /// Which `/metrics` answers are slowed: every n-th (1 = all, 2 = every
+    /// second one: intermittent).
+    pub slow_metrics_every: u32,
 }
 
 impl Default for Faults {
@@ -125,6 +146,8 @@ impl Default for Faults {
             hang: false,
             close_after_tokens: None,
             slowdown: 1.0,
+            slow_metrics_ms: 0,
+            slow_metrics_every: 1,
         }
     }
 }

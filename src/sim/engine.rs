@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use super::config::{Faults, SimConfig};
 use super::kv::{blocks_for, BlockId, BlockPool};
+use super::lora::Lora;
 use super::metrics::{Gauges, Metrics, SimStats};
 use super::power::{Meter, PowerState};
 use crate::classify::prefix::TOKENS_PER_BLOCK;
@@ -53,6 +54,8 @@ pub(crate) struct SeqRequest {
     /// Output tokens to generate (0 = prefill only, e.g. embeddings).
     pub max_tokens: u32,
     pub finish_reason: &'static str,
+    /// The LoRA adapter the request names (`lora.rs`), if any.
+    pub lora: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -85,6 +88,8 @@ pub(crate) struct State {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     pub metrics: Metrics,
+    /// LoRA adapters: registered, and resident in GPU slots.
+    pub lora: Lora,
 }
 
 /// One step's plan: the cost inputs.
@@ -92,6 +97,8 @@ pub(crate) struct State {
 pub(crate) struct Plan {
     pub prefill_tokens: usize,
     pub decode_seqs: usize,
+    /// LoRA adapters loaded into a GPU slot this step.
+    pub lora_loads: usize,
 }
 
 impl State {
@@ -101,7 +108,19 @@ impl State {
             waiting: VecDeque::new(),
             running: Vec::new(),
             metrics: Metrics::default(),
+            lora: Lora::new(&cfg.lora_modules, cfg.max_loras),
         }
+    }
+
+    /// Distinct adapters of the running batch.
+    fn running_loras(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = Vec::new();
+        for id in self.running.iter().filter_map(|s| s.req.lora) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
     }
 
     fn gauges(&self) -> Gauges {
@@ -111,6 +130,15 @@ impl State {
             kv_usage: self.pool.usage(),
             kv_blocks_total: self.pool.total(),
             kv_blocks_cached: self.pool.cached_blocks(),
+            running_loras: self
+                .lora
+                .list(self.running.iter().filter_map(|s| s.req.lora)),
+            waiting_loras: self
+                .lora
+                .list(self.waiting.iter().filter_map(|s| s.req.lora)),
+            max_loras: self.lora.max_loras(),
+            lora_hits: self.lora.hits,
+            lora_loads: self.lora.loads,
         }
     }
 
@@ -174,10 +202,20 @@ impl State {
             i += 1;
         }
 
+        let mut lora_loads = 0;
         if !preempted {
             let reserve = (cfg.kv_watermark * self.pool.total() as f64).ceil() as usize;
+            // Requests whose adapter would exceed max_loras wait (vLLM skips
+            // them and admits the next ones).
+            let mut skipped = VecDeque::new();
             while self.running.len() < cfg.max_num_seqs && budget > 0 {
                 let Some(s) = self.waiting.front() else { break };
+                if let Some(id) = s.req.lora {
+                    if !self.lora.fits(id, &self.running_loras()) {
+                        skipped.extend(self.waiting.pop_front());
+                        continue;
+                    }
+                }
                 let target = s.target();
                 let Some((blocks, hits)) =
                     self.pool
@@ -186,6 +224,10 @@ impl State {
                     break;
                 };
                 let mut s = self.waiting.pop_front().expect("front exists");
+                if let Some(id) = s.req.lora {
+                    let running = self.running_loras();
+                    lora_loads += usize::from(self.lora.admit(id, &running));
+                }
                 // Like vLLM, the last token is always recomputed.
                 let cached = ((hits * TOKENS_PER_BLOCK) as u32).min(target - 1);
                 self.metrics.prefix_queries += u64::from(target);
@@ -199,11 +241,15 @@ impl State {
                 budget -= n;
                 self.running.push(s);
             }
+            while let Some(s) = skipped.pop_back() {
+                self.waiting.push_front(s);
+            }
         }
 
         let mut plan = Plan {
             prefill_tokens: 0,
             decode_seqs: 0,
+            lora_loads,
         };
         for s in &self.running {
             if s.sched == 0 {
@@ -423,7 +469,8 @@ impl Core {
 
     pub fn metrics_text(&self) -> String {
         let st = self.state();
-        st.metrics.render(&self.cfg.model, &st.gauges())
+        st.metrics
+            .render(&self.cfg.model, &st.gauges(), self.cfg.enable_lora)
     }
 
     /// Wall-clock duration of a step with this plan, under current faults.
@@ -439,7 +486,9 @@ impl Core {
         } else {
             1.0
         };
-        let secs = self.cfg.step_secs(plan.prefill_tokens, plan.decode_seqs) / speed
+        let secs = (self.cfg.step_secs(plan.prefill_tokens, plan.decode_seqs)
+            + plan.lora_loads as f64 * self.cfg.lora_load_secs)
+            / speed
             * slowdown
             * self.cfg.time_scale.max(0.0);
         Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
@@ -512,6 +561,7 @@ mod tests {
             hashes,
             max_tokens,
             finish_reason: "length",
+            lora: None,
         }
     }
 
@@ -550,15 +600,18 @@ mod tests {
             vec![
                 Plan {
                     prefill_tokens: 40,
-                    decode_seqs: 0
+                    decode_seqs: 0,
+                    lora_loads: 0
                 },
                 Plan {
                     prefill_tokens: 0,
-                    decode_seqs: 1
+                    decode_seqs: 1,
+                    lora_loads: 0
                 },
                 Plan {
                     prefill_tokens: 0,
-                    decode_seqs: 1
+                    decode_seqs: 1,
+                    lora_loads: 0
                 },
             ]
         );

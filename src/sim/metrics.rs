@@ -68,6 +68,10 @@ pub struct SimStats {
     /// Parked or waking (vLLM sleep mode): no engine steps.
     #[serde(default)]
     pub sleeping: bool,
+    /// Requests whose LoRA adapter was resident in a GPU slot.
+    pub lora_hits: u64,
+    /// Requests whose LoRA adapter had to be loaded first.
+    pub lora_loads: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +162,11 @@ pub(crate) struct Gauges {
     pub kv_usage: f64,
     pub kv_blocks_total: usize,
     pub kv_blocks_cached: usize,
+    pub running_loras: String,
+    pub waiting_loras: String,
+    pub max_loras: usize,
+    pub lora_hits: u64,
+    pub lora_loads: u64,
 }
 
 impl Metrics {
@@ -185,11 +194,13 @@ impl Metrics {
             power_watts: 0.0,
             energy_joules: 0.0,
             sleeping: false,
+            lora_hits: g.lora_hits,
+            lora_loads: g.lora_loads,
         }
     }
 
     /// Prometheus text exposition with vLLM's metric names.
-    pub fn render(&self, model: &str, g: &Gauges) -> String {
+    pub fn render(&self, model: &str, g: &Gauges, lora: bool) -> String {
         let model = model.replace('\\', "\\\\").replace('"', "\\\"");
         let l = format!("model_name=\"{model}\"");
         let mut out = String::with_capacity(8192);
@@ -222,6 +233,25 @@ impl Metrics {
             "GPU KV-cache usage. 1 means 100 percent usage (older name).",
             g.kv_usage,
         );
+        if lora {
+            // As vLLM: one sample per label set, the time as value.
+            let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "# HELP vllm:lora_requests_info Running stats on lora requests."
+            );
+            let _ = writeln!(out, "# TYPE vllm:lora_requests_info gauge");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let _ = writeln!(
+                out,
+                "vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"}} {now:?}",
+                g.max_loras,
+                esc(&g.running_loras),
+                esc(&g.waiting_loras)
+            );
+        }
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

@@ -14,6 +14,7 @@
 pub mod config;
 mod engine;
 mod kv;
+mod lora;
 pub mod metrics;
 pub mod power;
 mod server;

@@ -2,6 +2,7 @@
 //! `/health`, `/metrics`, `/sim/*` control, and fault injection.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,6 +41,8 @@ pub(crate) struct Ctx {
     pub name: String,
     name_hdr: HeaderValue,
     pub core: Arc<Core>,
+    /// `/metrics` answers so far (for `Faults::slow_metrics_every`).
+    metrics_answers: AtomicU64,
 }
 
 impl Ctx {
@@ -50,7 +53,74 @@ impl Ctx {
             name: name.to_string(),
             name_hdr,
             core,
+            metrics_answers: AtomicU64::new(0),
         }
+    }
+}
+
+impl Ctx {
+    /// The registered LoRA adapter a request's `model` names (id, name),
+    /// when the node serves adapters.
+    fn adapter(&self, v: &Map<String, Value>) -> Option<(u32, String)> {
+        if !self.core.cfg.enable_lora {
+            return None;
+        }
+        let m = v.get("model").and_then(Value::as_str)?;
+        if m == self.core.cfg.model {
+            return None;
+        }
+        self.core.state().lora.id(m).map(|id| (id, m.to_string()))
+    }
+}
+
+/// `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`, answered as
+/// vLLM does (plain-text success, JSON errors).
+async fn lora_admin(
+    ctx: &Ctx,
+    load: bool,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, SimError> {
+    if !ctx.core.cfg.enable_lora {
+        return Ok(detail(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    let body = req.into_body().collect().await?.to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(name) = v
+        .get("lora_name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    else {
+        return Ok(api_error(&ApiError::bad_request(
+            "Both 'lora_name' and 'lora_path' must be provided.".into(),
+            None,
+        )));
+    };
+    if load && v.get("lora_path").and_then(Value::as_str).is_none() {
+        return Ok(api_error(&ApiError::bad_request(
+            "Both 'lora_name' and 'lora_path' must be provided.".into(),
+            None,
+        )));
+    }
+    let mut st = ctx.core.state();
+    if load {
+        if !st.lora.register(name) {
+            return Ok(api_error(&ApiError::bad_request(
+                format!("The lora adapter '{name}' has already been loaded."),
+                None,
+            )));
+        }
+        Ok(Response::new(full(format!(
+            "Success: LoRA adapter '{name}' added successfully."
+        ))))
+    } else if st.lora.unregister(name) {
+        Ok(Response::new(full(format!(
+            "Success: LoRA adapter '{name}' removed successfully."
+        ))))
+    } else {
+        let mut e = ApiError::unknown_model(name);
+        e.message = format!("The lora adapter '{name}' cannot be found.");
+        e.param = None;
+        Ok(api_error(&e))
     }
 }
 
@@ -104,6 +174,12 @@ pub(crate) async fn handle(
         if f.added_latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(f.added_latency_ms)).await;
         }
+        if path == "/metrics" && f.slow_metrics_ms > 0 {
+            let n = ctx.metrics_answers.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(u64::from(f.slow_metrics_every.max(1))) {
+                tokio::time::sleep(Duration::from_millis(f.slow_metrics_ms)).await;
+            }
+        }
     }
     let mut resp = route(&ctx, &path, req).await?;
     resp.headers_mut()
@@ -128,14 +204,26 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
         (Method::POST, "/v1/chat/completions") => return generate(ctx, true, req).await,
         (Method::POST, "/v1/completions") => return generate(ctx, false, req).await,
         (Method::POST, "/v1/embeddings") => return embeddings(ctx, req).await,
-        (Method::GET, "/v1/models") => json_response(
-            StatusCode::OK,
-            &json!({"object": "list", "data": [{
-                "id": ctx.core.cfg.model, "object": "model", "created": unix_now(),
-                "owned_by": "infergate-sim", "root": ctx.core.cfg.model,
-                "max_model_len": ctx.core.cfg.max_model_len,
-            }]}),
-        ),
+        (Method::POST, "/v1/load_lora_adapter") => return lora_admin(ctx, true, req).await,
+        (Method::POST, "/v1/unload_lora_adapter") => return lora_admin(ctx, false, req).await,
+        (Method::GET, "/v1/models") => {
+            let cfg = &ctx.core.cfg;
+            let mut data = vec![json!({
+                "id": cfg.model, "object": "model", "created": unix_now(),
+                "owned_by": "infergate-sim", "root": cfg.model,
+                "parent": null, "max_model_len": cfg.max_model_len,
+            })];
+            // Adapters as vLLM lists them: their own card, parent = base.
+            let st = ctx.core.state();
+            for name in st.lora.names() {
+                data.push(json!({
+                    "id": name, "object": "model", "created": unix_now(),
+                    "owned_by": "infergate-sim", "root": format!("/adapters/{name}"),
+                    "parent": cfg.model, "max_model_len": cfg.max_model_len,
+                }));
+            }
+            json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+        }
         (Method::GET, "/health") => Response::new(full(Bytes::new())),
         (Method::GET, "/metrics") => {
             let mut r = Response::new(full(ctx.core.metrics_text()));
@@ -186,6 +274,8 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
             "/v1/chat/completions"
             | "/v1/completions"
             | "/v1/embeddings"
+            | "/v1/load_lora_adapter"
+            | "/v1/unload_lora_adapter"
             | "/v1/models"
             | "/health"
             | "/metrics"
@@ -232,9 +322,13 @@ async fn prelude(
         }
         Err(e) => return Ok(Err(api_error(&ApiError::malformed_json(&e.to_string())))),
     };
-    if let Err(e) = validate::check_schema(api, &v)
-        .and_then(|()| validate::check_model(&v, &ctx.core.cfg.model))
-    {
+    if let Err(e) = validate::check_schema(api, &v).and_then(|()| {
+        if ctx.adapter(&v).is_some() {
+            Ok(())
+        } else {
+            validate::check_model(&v, &ctx.core.cfg.model)
+        }
+    }) {
         return Ok(Err(api_error(&e)));
     }
     Ok(Ok((v, body)))
@@ -478,10 +572,16 @@ async fn generate(
         Err(resp) => return Ok(resp),
     };
     let cfg = &ctx.core.cfg;
+    // An adapter's KV blocks are its own (vLLM hashes the LoRA into them),
+    // as the gateway's fingerprint seeded with the requested model is.
+    let adapter = ctx.adapter(&v);
+    let model = adapter
+        .as_ref()
+        .map_or(cfg.model.as_str(), |(_, n)| n.as_str());
     let hasher = if chat {
-        chat_prompt(&v, &cfg.model)
+        chat_prompt(&v, model)
     } else {
-        text_inputs(v.get("prompt"), "prompt").map(|i| text_prompt(&i, &cfg.model))
+        text_inputs(v.get("prompt"), "prompt").map(|i| text_prompt(&i, model))
     };
     let hasher = match hasher {
         Ok(h) => h,
@@ -513,6 +613,7 @@ async fn generate(
         hashes,
         max_tokens,
         finish_reason,
+        lora: adapter.as_ref().map(|(id, _)| *id),
     }) {
         Ok(rx) => rx,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
@@ -524,7 +625,7 @@ async fn generate(
             fastrand::u128(..)
         ),
         created: unix_now(),
-        model: cfg.model.clone(),
+        model: model.to_string(),
         chat,
         seed: xxh3_64(&body),
     };
@@ -606,6 +707,7 @@ async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>,
         hashes: h.finish(),
         max_tokens: 0,
         finish_reason: "stop",
+        lora: None,
     }) {
         Ok(rx) => rx,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),

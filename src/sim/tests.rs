@@ -750,6 +750,7 @@ async fn batching_slows_each_decode_step() {
         hashes: vec![],
         max_tokens: 30,
         finish_reason: "length",
+        lora: None,
     };
     finish(core.submit(req()).unwrap()).await;
     let single = core.stats("t").e2e_seconds_sum;

@@ -29,6 +29,7 @@
 pub mod access;
 pub mod hist;
 pub mod prom;
+pub mod scrape;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -392,13 +393,28 @@ fn count_data_events(data: &[u8]) -> u64 {
 /// The number after the last `"completion_tokens":` in `data` (usage comes
 /// last). Found with a vectorized forward search built once: this runs on
 /// every response frame, and a reverse search costs several times more.
-fn completion_tokens(data: &[u8]) -> Option<u64> {
+pub fn completion_tokens(data: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"completion_tokens\"";
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
+    number_after(&FINDER, KEY.len(), data)
+}
+
+/// The number after the last `"prompt_tokens":` in `data` (the tenant
+/// budgets' correction by usage).
+pub fn prompt_tokens(data: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"prompt_tokens\"";
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
+    number_after(&FINDER, KEY.len(), data)
+}
+
+/// The number after the last match of `finder` (a key of `key_len` bytes)
+/// followed by `:`.
+fn number_after(finder: &memchr::memmem::Finder<'_>, key_len: usize, data: &[u8]) -> Option<u64> {
     let mut found = None;
-    for i in FINDER.find_iter(data) {
-        let rest = data[i + KEY.len()..].trim_ascii_start();
+    for i in finder.find_iter(data) {
+        let rest = data[i + key_len..].trim_ascii_start();
         if let Some(rest) = rest.strip_prefix(b":") {
             let digits = rest.trim_ascii_start();
             let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -411,6 +427,12 @@ fn completion_tokens(data: &[u8]) -> Option<u64> {
         }
     }
     found
+}
+
+/// `data:` events in an SSE chunk, not counting `data: [DONE]` (public for
+/// the tenant budgets' output estimate).
+pub fn sse_data_events(data: &[u8]) -> u64 {
+    count_data_events(data)
 }
 
 /// Responses the gateway made itself, by status class.

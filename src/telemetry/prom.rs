@@ -15,7 +15,7 @@ use crate::proxy::RouteTable;
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -299,6 +299,13 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
             log.dropped.load(Relaxed)
         );
     }
+    super::scrape::render(&mut out, table);
+    let budgets: Vec<crate::tenant::BudgetView> = table
+        .routes
+        .iter()
+        .filter_map(|r| r.budget.as_ref().map(|b| b.view(&r.name)))
+        .collect();
+    crate::tenant::render(&mut out, &budgets);
     telemetry.alerts.render_metrics(&mut out);
     crate::energy::prom::render(&mut out, &table.energy);
     header(

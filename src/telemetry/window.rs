@@ -111,6 +111,9 @@ pub struct Snapshot {
     pub alerts_active: Vec<crate::alerts::AlertView>,
     /// Latest alert transitions, newest first (bounded).
     pub alerts_recent: Vec<crate::alerts::AlertEvent>,
+    /// Per-tenant budgets of the routes that have one (busiest tenants,
+    /// then `other`).
+    pub budgets: Vec<crate::tenant::BudgetView>,
 }
 
 /// One pool in a [`Snapshot`].
@@ -204,6 +207,9 @@ pub struct NodeView {
     pub ttft_p99: Option<f64>,
     /// Latency p99 in the last second (chart).
     pub p99_1s: Option<f64>,
+    /// What the node's own `/metrics` said and the scrape health, when
+    /// its pool scrapes (`[pools.capacity]`).
+    pub scrape: Option<super::scrape::ScrapeView>,
 }
 
 fn state_name(s: HealthState) -> &'static str {
@@ -354,6 +360,13 @@ impl Window {
                         ttft_p50: q(&recent.ttft, 0.5),
                         ttft_p99: q(&recent.ttft, 0.99),
                         p99_1s: q(&sec.duration, 0.99),
+                        scrape: {
+                            let now = crate::fleet::now_ns();
+                            super::scrape::ScrapeView::of(
+                                &node.load.ai.capacity.report(now),
+                                node.load.ai.lora.report(now),
+                            )
+                        },
                     },
                     recent.requests,
                 ));
@@ -442,6 +455,11 @@ impl Window {
             pools,
             alerts_active: Vec::new(),
             alerts_recent: Vec::new(),
+            budgets: table
+                .routes
+                .iter()
+                .filter_map(|r| r.budget.as_ref().map(|b| b.view(&r.name)))
+                .collect(),
         }
     }
 

@@ -63,7 +63,7 @@ function poolSection(pool) {
     </div>
     <div class="tablewrap"><table>
       <thead><tr><th class="l">node</th><th class="l">state</th><th>req/s</th><th class="l">share (▮ actual, | expected)</th>
-      <th>dev</th><th>in flight</th><th>p50</th><th>p99</th><th>TTFT p50</th><th>TTFT p99</th><th>errors</th>
+      <th>dev</th><th>in flight</th><th>p50</th><th>p99</th><th>TTFT p50</th><th>TTFT p99</th><th class="l" title="From the node's own /metrics: running · waiting · KV cache use, the reading's age and the scrape state">node metrics</th><th>errors</th>
       <th>requests</th><th>ejections</th><th class="l">reason</th></tr></thead>
       <tbody></tbody></table></div>`;
   sec.querySelector(".pname").textContent = pool.name;
@@ -75,6 +75,21 @@ function poolSection(pool) {
   };
   poolEls.set(pool.name, el);
   return el;
+}
+
+// What the node's own /metrics said (scraped by [pools.capacity]) and how
+// healthy that scraping is; "–" when the pool does not scrape.
+function scrapeCell(s) {
+  if (!s) return `<td class="l muted">–</td>`;
+  const f = s.failures;
+  const title = `scrape ${s.state}${s.reason ? " (" + s.reason + ")" : ""}; failures: timeout ${f.timeout}, connect ${f.connect}, status ${f.status}, parse ${f.parse}` +
+    (s.weight == null ? "" : `; routing weight ${s.weight.toFixed(2)}`) +
+    (s.lora_adapters && s.lora_adapters.length ? `; LoRA adapters (max ${s.max_lora ?? "?"}): ${s.lora_adapters.join(", ")}` : "");
+  const cls = s.state === "ok" ? "ok" : s.state === "stale" ? "warn" : s.state === "failing" ? "bad" : "";
+  const reading = s.running == null ? "no reading" :
+    `run ${s.running} · wait ${s.waiting}${s.kv_usage == null ? "" : " · KV " + pct(s.kv_usage, 0)} <span class="muted">${s.age_s.toFixed(1)}s</span>`;
+  const lora = s.lora_adapters && s.lora_adapters.length ? ` <span class="muted">LoRA ${s.lora_adapters.length}/${s.max_lora ?? "?"}</span>` : "";
+  return `<td class="l" title="${esc(title)}">${reading}${lora} <span class="badge ${cls}">${esc(s.state)}${s.reason ? " " + esc(s.reason) : ""}</span></td>`;
 }
 
 function devClass(d) { return d == null ? "dev-ok" : d > 0.5 ? "dev-bad" : d > 0.25 ? "dev-warn" : "dev-ok"; }
@@ -112,6 +127,7 @@ function renderPool(pool, snap) {
       <td class="${devClass(dev == null ? null : Math.abs(dev))}">${dev == null ? "–" : (dev > 0 ? "+" : "") + (dev * 100).toFixed(0) + "%"}</td>
       <td>${num(n.in_flight)}${sat}</td>
       <td>${ms(n.p50)}</td><td>${ms(n.p99)}</td><td>${ms(n.ttft_p50)}</td><td>${ms(n.ttft_p99)}</td>
+      ${scrapeCell(n.scrape)}
       <td class="${n.error_rate > 0.01 ? "err" : ""}">${pct(n.error_rate, 1)}</td>
       <td>${num(n.requests)}</td><td>${n.ejections}</td>
       <td class="l reason" title="${esc(n.reason)}">${esc(n.reason)}</td></tr>`);
@@ -199,6 +215,20 @@ function render(snap) {
   $("updated").textContent = new Date(snap.unix_ms).toLocaleTimeString();
   renderAlerts(snap);
   for (const pool of snap.pools) renderPool(pool, snap);
+  renderBudgets(snap);
+}
+
+// Per-tenant budgets: tenants are shown by configured name or a short id,
+// never by key.
+function renderBudgets(snap) {
+  const budgets = snap.budgets || [];
+  $("budgets").hidden = budgets.length === 0;
+  $("budgets-body").innerHTML = budgets.flatMap((b) => b.tenants.length ? b.tenants.map((t) => `<tr>
+    <td class="l">${esc(b.route)} <span class="muted">${b.tracked} tracked</span></td><td class="l"><b>${esc(t.tenant)}</b></td>
+    <td>${num(t.admitted)}</td><td class="${t.limited_requests ? "err" : ""}">${num(t.limited_requests)}</td>
+    <td class="${t.limited_tokens ? "err" : ""}">${num(t.limited_tokens)}</td><td>${num(t.tokens)}</td>
+    <td>${t.requests_per_minute == null ? "–" : num(t.requests_per_minute)}</td><td>${t.tokens_per_minute == null ? "–" : num(t.tokens_per_minute)}</td></tr>`)
+    : [`<tr><td class="l">${esc(b.route)}</td><td class="l muted" colspan="7">no requests yet</td></tr>`]).join("");
 }
 
 let stream = null;
