@@ -23,6 +23,7 @@ mod power_of_two;
 mod prefix_aware;
 pub mod prefix_index;
 mod round_robin;
+mod sample;
 pub mod signals;
 mod weighted_round_robin;
 

@@ -154,6 +154,12 @@ impl PrefixIndex {
         }
     }
 
+    /// The nodes that were sent the block `hash` (bit `i`: node `i`). For a
+    /// chain's first block: every node that would match at least one block.
+    pub fn holders(&self, hash: u64) -> u64 {
+        self.lock(shard_of(hash)).get(&hash).map_or(0, |e| e.nodes)
+    }
+
     /// Remember that `node` was sent every block of `chain`.
     pub fn record(&self, chain: &[u64], node: usize) {
         if node >= MAX_NODES || chain.is_empty() {
