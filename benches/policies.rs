@@ -1,5 +1,7 @@
 //! Cost of one `pick` for every policy on pools of 4, 64 and 1024 nodes with
-//! weights 1..=4 and random in-flight load, all nodes eligible.
+//! weights 1..=4 and random in-flight load, all nodes eligible (`pick/…`),
+//! and of the prefix-aware policies routing classified chat requests of 64
+//! conversations in turn, so their prefix index is used (`pick_prompt/…`).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -8,6 +10,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::uri::Authority;
 use infergate::balance::{build, BalanceOptions, PickContext, POLICY_NAMES};
+use infergate::classify::prefix::{block_hashes, seed_for_model};
+use infergate::classify::{ApiFamily, Endpoint, Head, RequestClass};
 use infergate::fleet::{InFlight, Node};
 
 fn pool(n: usize) -> (Vec<Arc<Node>>, Vec<InFlight>) {
@@ -46,11 +50,56 @@ fn bench_pick(c: &mut Criterion) {
     group.finish();
 }
 
+/// Chat requests of `n` conversations sharing a system prompt, each with
+/// its own few kilobytes of history.
+fn conversations(n: usize) -> Vec<RequestClass> {
+    let system = "You are a helpful assistant. ".repeat(40);
+    (0..n)
+        .map(|s| {
+            let mut class = RequestClass::from_head(Head {
+                family: ApiFamily::OpenAi,
+                endpoint: Endpoint::ChatCompletions,
+                path_model: None,
+                parse_body: true,
+                asked_priority: None,
+            });
+            let text = format!("{system}conversation {s}: {}", "and then ".repeat(300));
+            class.prefix = block_hashes(seed_for_model("m"), text.as_bytes(), 256);
+            class.prompt_tokens = (text.len() / 4) as u32;
+            class
+        })
+        .collect()
+}
+
+fn bench_pick_prompt(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick_prompt");
+    let requests = conversations(64);
+    for &n in &[64usize, 1024] {
+        let (nodes, _guards) = pool(n);
+        for name in ["prefix_aware", "composite"] {
+            let policy = build(name, &nodes, &BalanceOptions::default()).expect("known policy");
+            let eligible = |_: usize| true;
+            let mut turn = 0;
+            group.bench_with_input(BenchmarkId::new(name, n), &nodes, |b, nodes| {
+                b.iter(|| {
+                    turn = (turn + 1) % requests.len();
+                    let ctx = PickContext {
+                        request: Some(&requests[turn]),
+                        headers: None,
+                    };
+                    black_box(policy.pick(black_box(nodes), &eligible, &ctx))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    targets = bench_pick
+    targets = bench_pick, bench_pick_prompt
 }
 criterion_main!(benches);

@@ -17,7 +17,8 @@
 //! Min-max scaling gives 1 to every node when all are equal. The chosen
 //! node is recorded in the prefix index when the `prefix` weight is above 0.
 //! On pools of more than 128 nodes the candidates are the eligible nodes
-//! holding the prompt's first block plus 32 random eligible nodes
+//! holding the longest part of the prompt (and a few with a shorter part)
+//! plus 16 random eligible nodes
 //! ([`candidates_with`](super::signals::candidates_with)), and scores are
 //! normalized over them: O(1) in the pool's size.
 
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::signals::{candidates_with, expected_tokens, latency_parts, queue_depth};
-use super::{PickContext, Policy};
+use super::{sample, PickContext, Policy};
 use crate::config::{BalanceOptions, ScorerWeights};
 use crate::fleet::{now_ns, Node};
 
@@ -82,9 +83,12 @@ impl Policy for Composite {
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
         let w = &self.weights;
         // On a large pool: a random sample plus the nodes holding the prefix.
-        let holders = || match chain.first() {
-            Some(&h) if w.prefix > 0.0 => self.index.holders(h),
-            _ => 0,
+        let holders = || match w.prefix > 0.0 {
+            true => {
+                let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
+                self.index.likely_holders(chain, deepest, others)
+            }
+            false => 0,
         };
         let cands = candidates_with(nodes, eligible, now, holders);
         if cands.len() <= 1 {
@@ -296,7 +300,7 @@ mod tests {
         for _ in 0..50 {
             calls.set(0);
             assert_eq!(p.pick(&ns, &counting, &ctx), Some(17));
-            assert!(calls.get() <= crate::balance::sample::SAMPLES + 1);
+            assert!(calls.get() <= crate::balance::sample::CANDIDATE_SAMPLES + 1);
         }
         // Without a prefix: the outstanding scorer spreads over the pool.
         let o = Composite::new(&only(0.0, 0.0, 0.0, 1.0, 0.0));
@@ -305,7 +309,10 @@ mod tests {
             let i = pick(&o, &ns, None);
             g.push(ns[i].begin_request());
         }
-        assert!(ns.iter().enumerate().all(|(i, n)| i == 17 || n.outstanding() <= 1));
+        assert!(ns
+            .iter()
+            .enumerate()
+            .all(|(i, n)| i == 17 || n.outstanding() <= 1));
     }
 
     #[test]

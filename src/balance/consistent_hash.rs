@@ -135,7 +135,7 @@ impl ConsistentHash {
 fn eligible_load(nodes: &[Arc<Node>], eligible: &dyn Fn(usize) -> bool) -> (f64, f64) {
     if sample::sampled(nodes.len()) {
         let (mut total, mut weight) = (0u64, 0u64);
-        let drawn = sample::draw_eligible(nodes.len(), eligible, |i| {
+        let drawn = sample::draw_eligible(nodes.len(), sample::SAMPLES, eligible, |i| {
             total += nodes[i].outstanding();
             weight += u64::from(nodes[i].weight.max(1));
         });
@@ -319,7 +319,9 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let ns = nodes(&refs);
         let p = ConsistentHash::new(&ns, &BalanceOptions::default());
-        let cold: Vec<usize> = (0..50).map(|u| pick_user(&p, &ns, &format!("c{u}"))).collect();
+        let cold: Vec<usize> = (0..50)
+            .map(|u| pick_user(&p, &ns, &format!("c{u}")))
+            .collect();
         let mut guards: Vec<InFlight> = Vec::new();
         for n in &ns {
             guards.extend((0..4).map(|_| n.begin_request()));

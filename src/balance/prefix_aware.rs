@@ -31,7 +31,8 @@
 //! least-loaded candidate. Cost per pick: O(nodes + prompt blocks) with at
 //! most 2 × 32 short shard locks, no global lock. On pools of more than 128
 //! nodes the candidates of step 1 are the eligible nodes holding the
-//! prompt's first block plus 32 random eligible nodes
+//! longest part of the prompt (and a few with a shorter part) plus 16
+//! random eligible nodes
 //! ([`candidates_with`](super::signals::candidates_with)), so the cost no
 //! longer grows with the pool and `L_min` is the sample's.
 
@@ -40,7 +41,7 @@ use std::sync::Arc;
 
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::signals::{candidates_with, latency_parts, load};
-use super::{PickContext, Policy};
+use super::{sample, PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
 
@@ -94,7 +95,10 @@ impl Policy for PrefixAware {
         let now = now_ns();
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
         // On a large pool: a random sample plus the nodes holding the prefix.
-        let holders = || chain.first().map_or(0, |&h| self.index.holders(h));
+        let holders = || {
+            let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
+            self.index.likely_holders(chain, deepest, others)
+        };
         let cands = candidates_with(nodes, eligible, now, holders);
         if cands.len() <= 1 {
             let only = cands.first().copied();
@@ -392,7 +396,7 @@ mod tests {
         for _ in 0..50 {
             calls.set(0);
             assert_eq!(p.pick(&ns, &counting, &ctx), Some(40));
-            assert!(calls.get() <= crate::balance::sample::SAMPLES + 1);
+            assert!(calls.get() <= crate::balance::sample::CANDIDATE_SAMPLES + 1);
         }
         // Overloaded: its affinity goes, to a sampled idle node.
         let _more = hold(&ns, 40, 30);
@@ -406,7 +410,10 @@ mod tests {
             let i = pick(&p, &ns, &r);
             held.push(ns[i].begin_request_for(&r));
         }
-        assert!(ns.iter().enumerate().all(|(i, n)| i == 40 || n.outstanding() <= 1));
+        assert!(ns
+            .iter()
+            .enumerate()
+            .all(|(i, n)| i == 40 || n.outstanding() <= 1));
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub fn saturated(node: &Node, now: u64) -> bool {
 /// policy only prefers the others).
 ///
 /// On pools of more than [`sample::SCAN_LIMIT`] nodes these are taken from
-/// [`sample::SAMPLES`] random eligible nodes (see [`candidates_with`]).
+/// [`sample::CANDIDATE_SAMPLES`] random eligible nodes (see
+/// [`candidates_with`]).
 pub fn candidates(nodes: &[Arc<Node>], eligible: &dyn Fn(usize) -> bool, now: u64) -> Vec<usize> {
     candidates_with(nodes, eligible, now, || 0)
 }
@@ -60,23 +61,24 @@ pub fn candidates_with(
 ) -> Vec<usize> {
     let n = nodes.len();
     let all: Vec<usize> = if sample::sampled(n) {
-        let mut seen = vec![0u64; n.div_ceil(64)];
-        let mut picked = Vec::with_capacity(sample::SAMPLES + 8);
-        let mut take = |i: usize| {
-            if seen[i / 64] & (1 << (i % 64)) == 0 {
-                seen[i / 64] |= 1 << (i % 64);
-                picked.push(i);
-            }
-        };
-        let mut bits = hint();
+        let hint = hint();
+        let mut picked = Vec::with_capacity(sample::CANDIDATE_SAMPLES + hint.count_ones() as usize);
+        let mut bits = hint;
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
             bits &= bits - 1;
             if i < n && eligible(i) {
-                take(i);
+                picked.push(i);
             }
         }
-        if sample::draw_eligible(n, eligible, &mut take).enough() {
+        let hinted = picked.len();
+        let drawn = sample::draw_eligible(n, sample::CANDIDATE_SAMPLES, eligible, |i| {
+            let in_hint = i < 64 && hint & (1 << i) != 0;
+            if !in_hint && !picked[hinted..].contains(&i) {
+                picked.push(i);
+            }
+        });
+        if drawn.enough() {
             picked
         } else {
             (0..n).filter(|&i| eligible(i)).collect()

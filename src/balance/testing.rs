@@ -61,8 +61,10 @@ pub struct Quality {
 /// A closed loop over `nodes`: `in_flight` requests are always in flight,
 /// each held (its `InFlight` guard alive) for an exponentially distributed
 /// time of mean 1, and each one that ends is replaced by a new request
-/// placed by `pick`. Runs `picks` picks (the first quarter warms up) with
-/// durations from `seed`.
+/// placed by `pick`. Runs `picks` picks (the first half, at least twice
+/// `in_flight`, warms up: it fills the pool and turns it over) with
+/// durations from `seed`; ranks are taken every 4th pick, the imbalance
+/// every 16th.
 pub fn simulate(
     nodes: &[Arc<Node>],
     pick: &dyn Fn(&[Arc<Node>]) -> usize,
@@ -92,8 +94,8 @@ pub fn simulate(
             }
         }
         let i = pick(nodes);
-        let measured = k >= picks / 4;
-        if measured {
+        let measured = k >= picks / 2;
+        if measured && k % 4 == 0 {
             let chosen = load_score(&nodes[i]);
             let rank = nodes
                 .iter()
