@@ -262,7 +262,7 @@ mod tests {
         let loads: Vec<usize> = (0..1024).map(|i| (i * 7) % 5).collect();
         let _g = load(&ns, &loads);
         for modulus in [1usize, 2, 3, 10, 100, 1000] {
-            let el = move |i: usize| i % modulus == 0;
+            let el = move |i: usize| i.is_multiple_of(modulus);
             let c = counts(&ns, 2000, &el);
             assert_eq!(c.iter().sum::<usize>(), 2000);
         }

@@ -337,13 +337,16 @@ mod tests {
         let h = idx.likely_holders(&talk, 16, 8);
         assert!(h & (1 << 50) != 0, "{h:b}");
         assert_eq!(h.count_ones(), 9, "{h:b}");
-        assert_eq!(h & !((1 << 40) - 1 | 1 << 50), 0, "{h:b}");
+        assert_eq!(h & !(((1 << 40) - 1) | (1 << 50)), 0, "{h:b}");
         // Many equally long matches: a bounded number of them.
         for i in 0..30 {
             idx.record(&talk, i);
         }
         let h = idx.likely_holders(&talk, 16, 8);
-        assert!((h & ((1 << 30) - 1 | 1 << 50)).count_ones() >= 16, "{h:b}");
+        assert!(
+            (h & (((1 << 30) - 1) | (1 << 50))).count_ones() >= 16,
+            "{h:b}"
+        );
         assert_eq!(h.count_ones(), 16 + 8, "{h:b}");
         // Nothing known, or no chain: no hint.
         assert_eq!(
