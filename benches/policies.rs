@@ -1,13 +1,22 @@
 //! Cost of one `pick` for every policy on pools of 4, 64 and 1024 nodes with
-//! weights 1..=4 and random in-flight load, all nodes eligible.
+//! weights 1..=4 and random in-flight load, all nodes eligible (`pick/…`),
+//! and of the prefix-aware policies routing classified chat requests of 64
+//! conversations in turn, so their prefix index is used (`pick_prompt/…`).
+//!
+//! `INFERGATE_BENCH_CPU=1` measures the bench thread's CPU time instead of
+//! wall time: on a shared, loaded machine wall time also counts the time
+//! the thread waited for a core.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{BenchmarkId, Criterion};
 use http::uri::Authority;
 use infergate::balance::{build, BalanceOptions, PickContext, POLICY_NAMES};
+use infergate::classify::prefix::{block_hashes, seed_for_model};
+use infergate::classify::{ApiFamily, Endpoint, Head, RequestClass};
 use infergate::fleet::{InFlight, Node};
 
 fn pool(n: usize) -> (Vec<Arc<Node>>, Vec<InFlight>) {
@@ -31,7 +40,7 @@ fn pool(n: usize) -> (Vec<Arc<Node>>, Vec<InFlight>) {
     (nodes, guards)
 }
 
-fn bench_pick(c: &mut Criterion) {
+fn bench_pick<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("pick");
     for &n in &[4usize, 64, 1024] {
         let (nodes, _guards) = pool(n);
@@ -46,11 +55,102 @@ fn bench_pick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
-    targets = bench_pick
+/// Chat requests of `n` conversations sharing a system prompt, each with
+/// its own few kilobytes of history.
+fn conversations(n: usize) -> Vec<RequestClass> {
+    let system = "You are a helpful assistant. ".repeat(40);
+    (0..n)
+        .map(|s| {
+            let mut class = RequestClass::from_head(Head {
+                family: ApiFamily::OpenAi,
+                endpoint: Endpoint::ChatCompletions,
+                path_model: None,
+                parse_body: true,
+                asked_priority: None,
+            });
+            let text = format!("{system}conversation {s}: {}", "and then ".repeat(300));
+            class.prefix = block_hashes(seed_for_model("m"), text.as_bytes(), 256);
+            class.prompt_tokens = (text.len() / 4) as u32;
+            class
+        })
+        .collect()
 }
-criterion_main!(benches);
+
+fn bench_pick_prompt<M: Measurement>(c: &mut Criterion<M>) {
+    let mut group = c.benchmark_group("pick_prompt");
+    let requests = conversations(64);
+    for &n in &[64usize, 1024] {
+        let (nodes, _guards) = pool(n);
+        for name in ["prefix_aware", "composite"] {
+            let policy = build(name, &nodes, &BalanceOptions::default()).expect("known policy");
+            let eligible = |_: usize| true;
+            let mut turn = 0;
+            group.bench_with_input(BenchmarkId::new(name, n), &nodes, |b, nodes| {
+                b.iter(|| {
+                    turn = (turn + 1) % requests.len();
+                    let ctx = PickContext {
+                        request: Some(&requests[turn]),
+                        headers: None,
+                    };
+                    black_box(policy.pick(black_box(nodes), &eligible, &ctx))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
+struct ThreadCpu;
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        thread_cpu()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        static WALL: WallTime = WallTime;
+        WALL.formatter()
+    }
+}
+
+fn run<M: Measurement>(c: Criterion<M>) {
+    let mut c = c
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .configure_from_args();
+    bench_pick(&mut c);
+    bench_pick_prompt(&mut c);
+    c.final_summary();
+}
+
+fn main() {
+    if std::env::var_os("INFERGATE_BENCH_CPU").is_some() {
+        run(Criterion::default().with_measurement(ThreadCpu));
+    } else {
+        run(Criterion::default());
+    }
+}

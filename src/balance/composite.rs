@@ -16,14 +16,19 @@
 //!
 //! Min-max scaling gives 1 to every node when all are equal. The chosen
 //! node is recorded in the prefix index when the `prefix` weight is above 0.
+//! On pools of more than 128 nodes the candidates are the eligible nodes
+//! holding the longest part of the prompt (and a few with a shorter part)
+//! plus 16 random eligible nodes
+//! ([`candidates_with`](super::signals::candidates_with)), and scores are
+//! normalized over them: O(1) in the pool's size.
 
 use std::sync::Arc;
 
 use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
-use super::signals::{candidates, expected_tokens, latency_parts, queue_depth};
+use super::signals::{candidates_with, expected_tokens, latency_parts, queue_depth};
 use super::tradeoff::yield_to_queueing;
-use super::{PickContext, Policy};
+use super::{sample, PickContext, Policy};
 use crate::config::{BalanceOptions, ScorerWeights};
 use crate::fleet::{now_ns, Node};
 
@@ -80,14 +85,22 @@ impl Policy for Composite {
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
         let now = now_ns();
-        let mut cands = candidates(nodes, eligible, now);
+        let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
+        let w = &self.weights;
+        // On a large pool: a random sample plus the nodes holding the prefix.
+        let holders = || match w.prefix > 0.0 {
+            true => {
+                let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
+                self.index.likely_holders(chain, deepest, others)
+            }
+            false => 0,
+        };
+        let mut cands = candidates_with(nodes, eligible, now, holders);
         // LoRA: nodes holding the request's adapter first (see `lora`).
         let adapter = lora::adapter_of(nodes, &cands, ctx.request, now);
         if let Some(key) = adapter {
             cands = lora::narrow(nodes, cands, key, now, &self.opts);
         }
-        let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
-        let w = &self.weights;
         if cands.len() <= 1 {
             let only = cands.first().copied();
             if let (Some(i), true) = (only, w.prefix > 0.0) {
@@ -283,6 +296,41 @@ mod tests {
         let h2 = pick(&weak, &ns, Some(&r));
         let _g2: Vec<InFlight> = (0..5).map(|_| ns[h2].begin_request()).collect();
         assert_ne!(pick(&weak, &ns, Some(&r)), h2);
+    }
+
+    #[test]
+    fn large_pool_samples_candidates_but_keeps_the_prefix_holders() {
+        fastrand::seed(4);
+        let ns = nodes(1024);
+        let p = Composite::new(&only(3.0, 0.0, 0.0, 1.0, 0.0));
+        let r = req(&"conversation so far ".repeat(50));
+        let ctx = PickContext {
+            request: Some(&r),
+            headers: None,
+        };
+        assert_eq!(p.pick(&ns, &|i| i == 17, &ctx), Some(17));
+        let calls = std::cell::Cell::new(0usize);
+        let counting = |_: usize| {
+            calls.set(calls.get() + 1);
+            true
+        };
+        let _g: Vec<InFlight> = (0..3).map(|_| ns[17].begin_request()).collect();
+        for _ in 0..50 {
+            calls.set(0);
+            assert_eq!(p.pick(&ns, &counting, &ctx), Some(17));
+            assert!(calls.get() <= crate::balance::sample::CANDIDATE_SAMPLES + 1);
+        }
+        // Without a prefix: the outstanding scorer spreads over the pool.
+        let o = Composite::new(&only(0.0, 0.0, 0.0, 1.0, 0.0));
+        let mut g: Vec<InFlight> = Vec::new();
+        for _ in 0..300 {
+            let i = pick(&o, &ns, None);
+            g.push(ns[i].begin_request());
+        }
+        assert!(ns
+            .iter()
+            .enumerate()
+            .all(|(i, n)| i == 17 || n.outstanding() <= 1));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod power_of_two;
 mod prefix_aware;
 pub mod prefix_index;
 mod round_robin;
+mod sample;
 pub mod signals;
 pub mod tradeoff;
 mod weighted_round_robin;

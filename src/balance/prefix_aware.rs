@@ -31,16 +31,21 @@
 //! turn of a conversation (same prefix plus more) follows it. Requests
 //! without a prefix (not classified, or shorter than one block) go to the
 //! least-loaded candidate. Cost per pick: O(nodes + prompt blocks) with at
-//! most 2 × 32 short shard locks, no global lock.
+//! most 2 × 32 short shard locks, no global lock. On pools of more than 128
+//! nodes the candidates of step 1 are the eligible nodes holding the
+//! longest part of the prompt (and a few with a shorter part) plus 16
+//! random eligible nodes
+//! ([`candidates_with`](super::signals::candidates_with)), so the cost no
+//! longer grows with the pool and `L_min` is the sample's.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
-use super::signals::{candidates, latency_parts, load};
+use super::signals::{candidates_with, latency_parts, load};
 use super::tradeoff::yield_to_queueing;
-use super::{PickContext, Policy};
+use super::{sample, PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
 
@@ -95,7 +100,13 @@ impl Policy for PrefixAware {
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
         let now = now_ns();
-        let mut cands = candidates(nodes, eligible, now);
+        let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
+        // On a large pool: a random sample plus the nodes holding the prefix.
+        let holders = || {
+            let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
+            self.index.likely_holders(chain, deepest, others)
+        };
+        let mut cands = candidates_with(nodes, eligible, now, holders);
         // LoRA: nodes holding the request's adapter first (see `lora`).
         let adapter = lora::adapter_of(nodes, &cands, ctx.request, now);
         if let Some(key) = adapter {
@@ -136,7 +147,6 @@ impl Policy for PrefixAware {
             })
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
-        let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
 
         let mut matched = [0u32; MAX_NODES];
         if !chain.is_empty() {
@@ -384,6 +394,49 @@ mod tests {
             },
         );
         assert_eq!(only, Some(home));
+    }
+
+    #[test]
+    fn large_pool_samples_candidates_but_keeps_the_prefix_holders() {
+        // 1,024 nodes: a pick looks at 32 random nodes, not all of them,
+        // yet a session still finds the node holding its prefix.
+        fastrand::seed(9);
+        let ns = nodes(1024);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let r = req(&"a long conversation ".repeat(40));
+        let ctx = PickContext {
+            request: Some(&r),
+            headers: None,
+        };
+        // The first turn lands on node 40 (the only eligible one).
+        assert_eq!(p.pick(&ns, &|i| i == 40, &ctx), Some(40));
+        let calls = std::cell::Cell::new(0usize);
+        let counting = |_: usize| {
+            calls.set(calls.get() + 1);
+            true
+        };
+        let _busy = hold(&ns, 40, 2);
+        for _ in 0..50 {
+            calls.set(0);
+            assert_eq!(p.pick(&ns, &counting, &ctx), Some(40));
+            assert!(calls.get() <= crate::balance::sample::CANDIDATE_SAMPLES + 1);
+        }
+        // Overloaded: its affinity goes, to a sampled idle node.
+        let _more = hold(&ns, 40, 30);
+        let other = p.pick(&ns, &|_| true, &ctx).unwrap();
+        assert_ne!(other, 40);
+        assert_eq!(ns[other].outstanding(), 0);
+        // New prefixes spread over the pool by load.
+        let mut held = Vec::new();
+        for s in 0..300 {
+            let r = req(&format!("{s:04}{}", "y".repeat(BLOCK_BYTES * 4)));
+            let i = pick(&p, &ns, &r);
+            held.push(ns[i].begin_request_for(&r));
+        }
+        assert!(ns
+            .iter()
+            .enumerate()
+            .all(|(i, n)| i == 40 || n.outstanding() <= 1));
     }
 
     #[test]

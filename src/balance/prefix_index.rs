@@ -154,6 +154,43 @@ impl PrefixIndex {
         }
     }
 
+    /// The nodes that were sent the block `hash` (bit `i`: node `i`). For a
+    /// chain's first block: every node that would match at least one block.
+    pub fn holders(&self, hash: u64) -> u64 {
+        self.lock(shard_of(hash)).get(&hash).map_or(0, |e| e.nodes)
+    }
+
+    /// A bounded set of nodes likely to match `chain` best (bit `i`: node
+    /// `i`), for policies that look at a sample of a large pool: up to
+    /// `deepest` of the nodes holding the deepest block of `chain` that any
+    /// node holds (the longest match), and up to `others` more of those
+    /// holding its first block (a shorter match, for when the best are
+    /// overloaded), each chosen from a random rotation. A binary search over
+    /// the chain: O(log blocks) shard lookups.
+    pub fn likely_holders(&self, chain: &[u64], deepest: u32, others: u32) -> u64 {
+        let first = match chain.first() {
+            Some(&h) => self.holders(h),
+            None => return 0,
+        };
+        if first == 0 {
+            return 0;
+        }
+        // Block `len - 1` has holders for `len = found`; find the longest
+        // such `len` (holders only thin out along a chain).
+        let (mut found, mut hi, mut best) = (1usize, chain.len(), first);
+        while found < hi {
+            let mid = found + (hi - found).div_ceil(2);
+            let h = self.holders(chain[mid - 1]);
+            if h != 0 {
+                (found, best) = (mid, h);
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let best = some_of(best, deepest);
+        best | some_of(first & !best, others)
+    }
+
     /// Remember that `node` was sent every block of `chain`.
     pub fn record(&self, chain: &[u64], node: usize) {
         if node >= MAX_NODES || chain.is_empty() {
@@ -250,6 +287,22 @@ impl PrefixIndex {
 }
 
 /// Drop the least recently used quarter of a shard.
+/// Up to `k` of the bits of `set`, taken in order from a random rotation.
+fn some_of(set: u64, k: u32) -> u64 {
+    if set.count_ones() <= k {
+        return set;
+    }
+    let turn = fastrand::u32(..64);
+    let mut rotated = set.rotate_right(turn);
+    let mut out = 0u64;
+    for _ in 0..k {
+        let b = rotated.trailing_zeros();
+        rotated &= rotated - 1;
+        out |= 1u64 << ((b + turn) % 64);
+    }
+    out
+}
+
 fn evict_oldest_quarter(shard: &mut Shard) {
     let mut ages: Vec<u32> = shard.values().map(|e| e.used).collect();
     let cut = ages.len() / 4;
@@ -269,6 +322,38 @@ mod tests {
 
     fn chain(text: &str) -> Vec<u64> {
         block_hashes(seed_for_model("m"), text.as_bytes(), 256)
+    }
+
+    #[test]
+    fn likely_holders_are_the_longest_matches_and_a_few_others() {
+        let idx = PrefixIndex::new(1 << 16);
+        let sys = "s".repeat(BLOCK_BYTES * 4);
+        let talk = chain(&format!("{sys}{}", "t".repeat(BLOCK_BYTES * 20)));
+        // 40 nodes were sent the system prompt, node 50 the whole talk.
+        for i in 0..40 {
+            idx.record(&chain(&format!("{sys}{i:05}")), i);
+        }
+        idx.record(&talk, 50);
+        let h = idx.likely_holders(&talk, 16, 8);
+        assert!(h & (1 << 50) != 0, "{h:b}");
+        assert_eq!(h.count_ones(), 9, "{h:b}");
+        assert_eq!(h & !(((1 << 40) - 1) | (1 << 50)), 0, "{h:b}");
+        // Many equally long matches: a bounded number of them.
+        for i in 0..30 {
+            idx.record(&talk, i);
+        }
+        let h = idx.likely_holders(&talk, 16, 8);
+        assert!(
+            (h & (((1 << 30) - 1) | (1 << 50))).count_ones() >= 16,
+            "{h:b}"
+        );
+        assert_eq!(h.count_ones(), 16 + 8, "{h:b}");
+        // Nothing known, or no chain: no hint.
+        assert_eq!(
+            idx.likely_holders(&chain(&"u".repeat(BLOCK_BYTES * 3)), 16, 8),
+            0
+        );
+        assert_eq!(idx.likely_holders(&[], 16, 8), 0);
     }
 
     #[test]

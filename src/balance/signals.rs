@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use super::sample;
 use crate::classify::RequestClass;
 use crate::fleet::{expected_output, Node, DEFAULT_EXPECTED_OUTPUT};
 
@@ -39,8 +40,52 @@ pub fn saturated(node: &Node, now: u64) -> bool {
 /// Eligible nodes that are not saturated, or every eligible node when all
 /// are saturated (the proxy decides whether to send to saturated nodes; a
 /// policy only prefers the others).
+///
+/// On pools of more than [`sample::SCAN_LIMIT`] nodes these are taken from
+/// [`sample::CANDIDATE_SAMPLES`] random eligible nodes (see
+/// [`candidates_with`]).
 pub fn candidates(nodes: &[Arc<Node>], eligible: &dyn Fn(usize) -> bool, now: u64) -> Vec<usize> {
-    let all: Vec<usize> = (0..nodes.len()).filter(|&i| eligible(i)).collect();
+    candidates_with(nodes, eligible, now, || 0)
+}
+
+/// [`candidates`], where on a large (sampled) pool the eligible nodes in
+/// the bitset `hint()` (bit `i`: node `i`, the first 64 nodes) are always
+/// among them besides the random sample: the nodes the prefix index says
+/// hold the request's prefix. `hint` is called only on sampled pools. When
+/// the sample finds too few eligible nodes, the whole pool is scanned.
+pub fn candidates_with(
+    nodes: &[Arc<Node>],
+    eligible: &dyn Fn(usize) -> bool,
+    now: u64,
+    hint: impl FnOnce() -> u64,
+) -> Vec<usize> {
+    let n = nodes.len();
+    let all: Vec<usize> = if sample::sampled(n) {
+        let hint = hint();
+        let mut picked = Vec::with_capacity(sample::CANDIDATE_SAMPLES + hint.count_ones() as usize);
+        let mut bits = hint;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if i < n && eligible(i) {
+                picked.push(i);
+            }
+        }
+        let hinted = picked.len();
+        let drawn = sample::draw_eligible(n, sample::CANDIDATE_SAMPLES, eligible, |i| {
+            let in_hint = i < 64 && hint & (1 << i) != 0;
+            if !in_hint && !picked[hinted..].contains(&i) {
+                picked.push(i);
+            }
+        });
+        if drawn.enough() {
+            picked
+        } else {
+            (0..n).filter(|&i| eligible(i)).collect()
+        }
+    } else {
+        (0..n).filter(|&i| eligible(i)).collect()
+    };
     if all.len() <= 1 {
         return all;
     }
