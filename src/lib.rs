@@ -9,6 +9,8 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod discovery;
+pub mod epp;
 pub mod faultlab;
 pub mod fleet;
 pub mod health;
