@@ -363,7 +363,7 @@ async fn a_picked_node_that_goes_away_is_not_picked_again() {
     let gone = nodes[1].to_string();
     let mut held = Envoy::open(epp.addr).await;
     assert_eq!(
-        held.pick(&chat("x", true, 8), Some(&[gone.clone()]))
+        held.pick(&chat("x", true, 8), Some(std::slice::from_ref(&gone)))
             .await
             .unwrap(),
         gone
@@ -373,7 +373,7 @@ async fn a_picked_node_that_goes_away_is_not_picked_again() {
     gateway.reload(&Config::from_toml(&text).unwrap()).unwrap();
     let mut envoy = Envoy::open(epp.addr).await;
     let refused = envoy
-        .pick(&chat("x", false, 8), Some(&[gone.clone()]))
+        .pick(&chat("x", false, 8), Some(std::slice::from_ref(&gone)))
         .await
         .unwrap_err();
     assert_eq!(refused.0, 503);

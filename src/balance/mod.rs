@@ -22,6 +22,7 @@ mod peak_ewma;
 mod power_of_two;
 mod prefix_aware;
 pub mod prefix_index;
+pub mod rendezvous;
 mod round_robin;
 pub mod signals;
 mod weighted_round_robin;

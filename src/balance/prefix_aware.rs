@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::rendezvous;
 use super::signals::{candidates, latency_parts, load};
 use super::{PickContext, Policy};
 use crate::config::BalanceOptions;
@@ -50,6 +51,8 @@ pub struct PrefixAware {
     /// Rotates the start of the least-load scan, so ties (idle nodes) are
     /// taken in turn and new prefixes spread evenly instead of by chance.
     next: AtomicUsize,
+    /// `placement = "rendezvous"`: the anchor depth ([`rendezvous`]).
+    anchor_blocks: Option<usize>,
 }
 
 impl PrefixAware {
@@ -67,6 +70,7 @@ impl PrefixAware {
             rel: opts.balance_rel_threshold,
             tokens_per_request: opts.tokens_per_request,
             next: AtomicUsize::new(0),
+            anchor_blocks: (opts.placement == "rendezvous").then_some(opts.anchor_blocks),
         }
     }
 
@@ -124,6 +128,17 @@ impl Policy for PrefixAware {
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
+        if let Some(key) = self
+            .anchor_blocks
+            .and_then(|d| rendezvous::anchor(chain, d))
+        {
+            let fits = |k: usize| !(loads[k] - min > self.abs && loads[k] > self.rel * min);
+            let allowed = |i: usize| cands.iter().position(|&c| c == i).is_some_and(fits);
+            if let Some(&home) = rendezvous::order(key, nodes, &cands, allowed).first() {
+                self.index.record(chain, home);
+                return Some(home);
+            }
+        }
 
         let mut matched = [0u32; MAX_NODES];
         if !chain.is_empty() {

@@ -8,6 +8,7 @@ mod faults;
 pub(crate) mod http;
 mod probe;
 pub mod reload;
+mod replicas;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
