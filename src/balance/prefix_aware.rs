@@ -51,8 +51,8 @@ pub struct PrefixAware {
     /// Rotates the start of the least-load scan, so ties (idle nodes) are
     /// taken in turn and new prefixes spread evenly instead of by chance.
     next: AtomicUsize,
-    /// `placement = "rendezvous"`: the anchor depth ([`rendezvous`]).
-    anchor_blocks: Option<usize>,
+    /// `placement = "rendezvous"`: anchor depth and load factor ([`rendezvous`]).
+    rendezvous: Option<(usize, f64)>,
 }
 
 impl PrefixAware {
@@ -70,7 +70,8 @@ impl PrefixAware {
             rel: opts.balance_rel_threshold,
             tokens_per_request: opts.tokens_per_request,
             next: AtomicUsize::new(0),
-            anchor_blocks: (opts.placement == "rendezvous").then_some(opts.anchor_blocks),
+            rendezvous: (opts.placement == "rendezvous")
+                .then_some((opts.anchor_blocks, opts.load_factor)),
         }
     }
 
@@ -128,13 +129,8 @@ impl Policy for PrefixAware {
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
-        if let Some(key) = self
-            .anchor_blocks
-            .and_then(|d| rendezvous::anchor(chain, d))
-        {
-            let fits = |k: usize| !(loads[k] - min > self.abs && loads[k] > self.rel * min);
-            let allowed = |i: usize| cands.iter().position(|&c| c == i).is_some_and(fits);
-            if let Some(&home) = rendezvous::order(key, nodes, &cands, allowed).first() {
+        if let Some((depth, factor)) = self.rendezvous {
+            if let Some(home) = rendezvous::place(chain, depth, nodes, &cands, &loads, factor) {
                 self.index.record(chain, home);
                 return Some(home);
             }

@@ -56,6 +56,35 @@ pub fn order(
     ranked.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The agreed node for the prompt `chain` among `cands` (indexes into
+/// `nodes`; `loads[k]` is the load of `cands[k]`): the first in rendezvous
+/// order within the bound of consistent hashing with bounded loads
+/// (Mirrokni et al.; Envoy's and HAProxy's `hash-balance-factor`): load
+/// below `ceil(factor × (total + 1) / n)`, which the least-loaded
+/// candidate always is. `None` without a prefix.
+pub fn place(
+    chain: &[u64],
+    anchor_blocks: usize,
+    nodes: &[Arc<Node>],
+    cands: &[usize],
+    loads: &[f64],
+    factor: f64,
+) -> Option<usize> {
+    let key = anchor(chain, anchor_blocks)?;
+    let total: f64 = loads.iter().sum();
+    let bound = (factor * (total + 1.0) / cands.len().max(1) as f64)
+        .ceil()
+        .max(1.0);
+    let within = |i: usize| {
+        cands
+            .iter()
+            .position(|&c| c == i)
+            .and_then(|k| loads.get(k))
+            .is_some_and(|&l| l < bound)
+    };
+    order(key, nodes, cands, within).first().copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +160,21 @@ mod tests {
     fn replicas_agree_on_each_conversations_node() {
         assert_eq!(second_turns_on_the_first_turns_node("rendezvous"), 40);
         assert!(second_turns_on_the_first_turns_node("index") < 30);
+    }
+
+    #[test]
+    fn a_loaded_home_passes_its_keys_to_the_next_in_order() {
+        let ns = nodes(4);
+        let all = [0, 1, 2, 3];
+        let chain = [11, 22, 33];
+        let idle = [0.0; 4];
+        let home = place(&chain, 16, &ns, &all, &idle, 1.25).unwrap();
+        assert_eq!(home, order(33, &ns, &all, |_| true)[0]);
+        let mut loads = [1.0; 4];
+        loads[home] = 4.0; // bound: ceil(1.25 x 8 / 4) = 3
+        let next = place(&chain, 16, &ns, &all, &loads, 1.25).unwrap();
+        assert_eq!(next, order(33, &ns, &all, |_| true)[1]);
+        assert_eq!(place(&[], 16, &ns, &all, &idle, 1.25), None);
     }
 
     #[test]

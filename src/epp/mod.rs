@@ -57,6 +57,10 @@ impl EppConfig {
     }
 }
 
+/// Requests one proxy connection may have in flight through the picker
+/// (Envoy opens more connections past it).
+const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+
 /// A running endpoint picker; dropping it stops it.
 pub struct EppServer {
     /// Where it listens.
@@ -80,7 +84,10 @@ pub fn serve(
     let service = Picker::new(gateway, config.fail_open).into_service();
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
+        // Each stream is one request of the proxy's: bound what a peer can
+        // hold open (its buffered bodies are bounded by max_body_bytes).
         let served = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(service)
             .serve_with_incoming(incoming)
             .await;
