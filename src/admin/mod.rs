@@ -195,7 +195,23 @@ pub const READ_COOKIE: &str = "infergate_token";
 
 /// Paths served without the token even when reads need it: the page and
 /// its scripts, which hold no data and ask for the token.
-const PUBLIC_ASSETS: [&str; 4] = ["/", "/app.js", "/app.css", "/console.js"];
+const PUBLIC_ASSETS: [&str; 6] = [
+    "/",
+    "/app.js",
+    "/app.css",
+    "/console.js",
+    LIVEZ_PATH,
+    READYZ_PATH,
+];
+
+/// Liveness probe path: 200 while the admin listener answers (the
+/// process is not wedged). Open without the token, like the assets: a
+/// kubelet probe carries none, and the answer says nothing secret.
+pub const LIVEZ_PATH: &str = "/livez";
+
+/// Readiness probe path: 200 once the config is loaded and some pool has
+/// a node (a pool fed by discovery starts empty), else 503.
+pub const READYZ_PATH: &str = "/readyz";
 
 /// A running admin listener.
 pub struct AdminServer {
@@ -430,6 +446,8 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/console.js", get(console_js))
         .route("/app.css", get(app_css))
         .route("/metrics", get(metrics))
+        .route(LIVEZ_PATH, get(livez))
+        .route(READYZ_PATH, get(readyz))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/series", get(series))
         .route("/api/v1/events", get(events))
@@ -565,6 +583,28 @@ async fn console_js() -> Response {
 
 async fn app_css() -> Response {
     asset("text/css; charset=utf-8", include_str!("assets/app.css"))
+}
+
+async fn livez() -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], "ok\n").into_response()
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let nodes = state.gateway.known_nodes();
+    if nodes > 0 {
+        (
+            [(header::CACHE_CONTROL, "no-store")],
+            format!("ok: {nodes} nodes known\n"),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CACHE_CONTROL, "no-store")],
+            "not ready: no pool has a node yet (discovery has found none)\n",
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {

@@ -24,6 +24,7 @@ mod peak_ewma;
 mod power_of_two;
 mod prefix_aware;
 pub mod prefix_index;
+pub mod rendezvous;
 mod round_robin;
 mod sample;
 pub mod signals;

@@ -43,6 +43,7 @@ use std::sync::Arc;
 
 use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::rendezvous;
 use super::signals::{candidates_with, latency_parts, load};
 use super::tradeoff::yield_to_queueing;
 use super::{sample, PickContext, Policy};
@@ -61,6 +62,8 @@ pub struct PrefixAware {
     /// Rotates the start of the least-load scan, so ties (idle nodes) are
     /// taken in turn and new prefixes spread evenly instead of by chance.
     next: AtomicUsize,
+    /// `placement = "rendezvous"`: anchor depth and load factor ([`rendezvous`]).
+    rendezvous: Option<(usize, f64)>,
 }
 
 impl PrefixAware {
@@ -79,6 +82,8 @@ impl PrefixAware {
             tokens_per_request: opts.tokens_per_request,
             opts: opts.clone(),
             next: AtomicUsize::new(0),
+            rendezvous: (opts.placement == "rendezvous")
+                .then_some((opts.anchor_blocks, opts.load_factor)),
         }
     }
 
@@ -147,6 +152,12 @@ impl Policy for PrefixAware {
             })
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
+        if let Some((depth, factor)) = self.rendezvous {
+            if let Some(home) = rendezvous::place(chain, depth, nodes, &cands, &loads, factor) {
+                self.index.record(chain, home);
+                return Some(home);
+            }
+        }
 
         let mut matched = [0u32; MAX_NODES];
         if !chain.is_empty() {

@@ -22,7 +22,6 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::proxy::{self, Gateway};
 use crate::sim::{self, SimConfig, SimNode};
 use crate::workload::bench::{self as run_bench, Outcome, Plan};
 use crate::workload::measure::Target;
@@ -152,6 +151,12 @@ pub struct BenchArgs {
     /// `consolidate` policies: capacity and SLO share kept in reserve.
     #[arg(long, default_value_t = 0.2)]
     headroom: f64,
+    /// Gateway replicas in front of the simulated fleet (without
+    /// --target), each new client connection handed to the next in turn as
+    /// a Kubernetes Service does; each keeps its own load view and prefix
+    /// index (see `placement = "rendezvous"`, docs/kubernetes.md).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 /// One policy's results.
@@ -425,6 +430,9 @@ fn valid(args: &BenchArgs) -> Result<(), String> {
     if args.duration.is_zero() {
         return Err("--duration must be positive".into());
     }
+    if !(1..=16).contains(&args.replicas) {
+        return Err("--replicas must be between 1 and 16".into());
+    }
     Ok(())
 }
 
@@ -548,19 +556,8 @@ pub async fn run_one(
     };
     let text = gateway_config(policy, &addrs, &sim_config.model, &args.balance, &energy);
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
-    let gateway = Gateway::new(&config).map_err(|e| e.to_string())?;
-    let listener = proxy::bind(&gateway).await.map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let server = tokio::spawn(proxy::serve(
-        Arc::clone(&gateway),
-        listener,
-        stopped(stop_rx.clone()),
-        Duration::from_secs(1),
-    ));
+    let replicas = super::replicas::start(&config, args.replicas).await?;
+    let addr = replicas.front;
     let plan = Plan {
         target: Target {
             url: format!("http://{addr}/v1/chat/completions"),
@@ -595,9 +592,7 @@ pub async fn run_one(
         preemptions += s.preemptions;
         per_node.push(s.requests_total);
     }
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    drop(gateway);
+    replicas.stop().await;
     for n in nodes.iter() {
         n.crash().await;
     }
@@ -680,12 +675,13 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
     let sim_config = bench_sim(args.time_scale, args.kv_blocks);
     println!(
         "infergate bench: {} nodes (speeds {:?}), {} KV blocks/node, max {} seqs/node, time scale {}; \
-         {} stage(s) of {:?} wall ({:.0} s simulated) per policy, {:?} workload, seed {}",
+         {} gateway replica(s); {} stage(s) of {:?} wall ({:.0} s simulated) per policy, {:?} workload, seed {}",
         args.speeds.len(),
         args.speeds,
         sim_config.kv_blocks,
         sim_config.max_num_seqs,
         args.time_scale,
+        args.replicas,
         stages(args, 1.0).len(),
         args.duration,
         args.duration.as_secs_f64() / args.time_scale,

@@ -9,6 +9,7 @@ mod faults;
 pub(crate) mod http;
 mod probe;
 pub mod reload;
+mod replicas;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -228,9 +229,25 @@ async fn serve(path: PathBuf, drain: Duration) -> ExitCode {
     } else {
         None
     };
+    // The endpoint picker's address is read at start, like the listeners'.
+    let epp = match crate::epp::start(gateway.clone(), &config.epp).await {
+        Ok(Some(epp)) => {
+            println!("epp: endpoint picker (ext_proc gRPC) on {}", epp.addr);
+            Some(epp)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!(
+                "cannot listen on epp.addr {}: {e}",
+                config.epp.addr.as_deref().unwrap_or("")
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let watcher = tokio::spawn(reload::watch(store, Duration::from_secs(1)));
     let result = proxy::serve(gateway, listener, shutdown_signal(), drain).await;
     watcher.abort();
+    drop(epp);
     if let Some(admin) = admin {
         admin.stop().await;
     }

@@ -23,6 +23,8 @@
 //! hash_key = "header:x-session-id"   # or "user", "cookie:session"
 //! load_factor = 1.25
 //! virtual_nodes = 100
+//! placement = "rendezvous"    # prefix_aware: replicas agree (balance/rendezvous.rs)
+//! anchor_blocks = 16
 //! scorers = { prefix = 3.0, queue = 2.0, kv = 1.0, outstanding = 1.0, latency = 1.0 }
 //! ```
 
@@ -61,6 +63,14 @@ pub struct BalanceOptions {
     pub virtual_nodes: u32,
     /// `composite`: weights of the scorers.
     pub scorers: ScorerWeights,
+    /// How `prefix_aware` places a prompt: `"index"` (this gateway's own
+    /// prefix index, least-loaded for new prefixes) or `"rendezvous"`
+    /// (rendezvous hashing of the prompt's anchor over the nodes not
+    /// overloaded, so several replicas agree; `balance::rendezvous`).
+    pub placement: String,
+    /// `placement = "rendezvous"`: the prompt block whose chain value is
+    /// the key (64 bytes a block; the shared start of conversations).
+    pub anchor_blocks: usize,
 }
 
 impl Default for BalanceOptions {
@@ -74,6 +84,8 @@ impl Default for BalanceOptions {
             load_factor: 1.25,
             virtual_nodes: 100,
             scorers: ScorerWeights::default(),
+            placement: "index".to_string(),
+            anchor_blocks: 16,
         }
     }
 }
@@ -166,6 +178,12 @@ impl BalanceOptions {
         }
         if !(1..=1000).contains(&self.virtual_nodes) {
             err("virtual_nodes", "must be between 1 and 1000");
+        }
+        if !["index", "rendezvous"].contains(&self.placement.as_str()) {
+            err("placement", "must be \"index\" or \"rendezvous\"");
+        }
+        if !(1..=4096).contains(&self.anchor_blocks) {
+            err("anchor_blocks", "must be between 1 and 4096");
         }
         let s = &self.scorers;
         for (name, w) in [

@@ -57,6 +57,9 @@ pub struct Config {
     /// Alert rules and notifiers.
     #[serde(default)]
     pub alerts: crate::alerts::AlertsConfig,
+    /// The Gateway API Inference Extension endpoint picker (ext_proc gRPC).
+    #[serde(default)]
+    pub epp: crate::epp::EppConfig,
 }
 
 /// Data-plane listener settings.
@@ -210,6 +213,10 @@ pub struct PoolConfig {
     /// Power signals, consolidation and parking (`[pools.energy]`, `crate::energy`).
     #[serde(default)]
     pub energy: Option<crate::energy::EnergyConfig>,
+    /// Take the nodes from DNS or Kubernetes instead of `nodes`
+    /// (`[pools.discovery]`, see `discovery`).
+    #[serde(default)]
+    pub discovery: Option<crate::discovery::DiscoveryConfig>,
 }
 
 fn default_queue_size() -> usize {
@@ -252,6 +259,10 @@ pub struct NodeConfig {
     /// This node's power exporter and model (`[pools.nodes.power]`).
     #[serde(default)]
     pub power: Option<crate::energy::NodePowerConfig>,
+    /// Where the node came from when a discovery source found it (`None`:
+    /// the file). Never read from the file.
+    #[serde(skip)]
+    pub source: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -577,6 +588,9 @@ impl Config {
         for (path, message) in self.admin.problems() {
             err(path, message);
         }
+        for (path, message) in self.epp.problems() {
+            err(path, message);
+        }
         if !(0.0..=1.0).contains(&self.access_log.sample) {
             err(
                 "access_log.sample".into(),
@@ -684,7 +698,20 @@ impl Config {
                     "must be greater than 0 when queue_size > 0".into(),
                 );
             }
-            if pool.nodes.is_empty() {
+            if let Some(discovery) = &pool.discovery {
+                for (path, message) in discovery.problems(&format!("{at}.discovery")) {
+                    err(path, message);
+                }
+                if pool.nodes.iter().any(|n| n.source.is_none()) {
+                    err(
+                        format!("{at}.nodes"),
+                        format!(
+                            "pool \"{}\" takes its nodes from [pools.discovery]; list nodes or use discovery, not both",
+                            pool.name
+                        ),
+                    );
+                }
+            } else if pool.nodes.is_empty() {
                 err(
                     format!("{at}.nodes"),
                     format!("pool \"{}\" has no nodes", pool.name),

@@ -214,6 +214,13 @@ fn list_item<'a>(
             let inline = !pools.is_array_of_tables();
             let table = entry_mut(pools, index)
                 .ok_or_else(|| EditError::NotFound(format!("no pool named \"{pool}\"")))?;
+            if table.contains_key("discovery") {
+                return Err(EditError::Bad(format!(
+                    "nodes: pool \"{pool}\" takes its nodes from [pools.discovery]; its nodes cannot be \
+                     added, changed, drained or removed here: change them at the source (scale or \
+                     annotate the pods, edit the DNS records) or set the pool's discovery defaults"
+                )));
+            }
             (table, "nodes", inline)
         }
     };

@@ -141,7 +141,7 @@ pub struct Applied {
 }
 
 /// Sections the running gateway reads only at start.
-const START_ONLY: [&str; 10] = [
+const START_ONLY: [&str; 11] = [
     "listener.addr",
     "listener.max_connections",
     "listener.max_header_bytes",
@@ -152,6 +152,7 @@ const START_ONLY: [&str; 10] = [
     "telemetry",
     "access_log",
     "alerts.history",
+    "epp",
 ];
 
 /// Which start-only sections differ between two valid config texts.

@@ -71,6 +71,9 @@ pub struct Node {
     pub max_inflight_tokens: Option<u64>,
     /// Live counters, shared across config reloads.
     pub load: Arc<NodeLoad>,
+    /// Where it came from: `None` for the config file, else the discovery
+    /// source (`kubernetes:ns/service`, `dns:name`).
+    pub source: Option<String>,
 }
 
 impl Node {
@@ -84,6 +87,7 @@ impl Node {
             max_concurrent: None,
             max_inflight_tokens: None,
             load: Arc::new(NodeLoad::default()),
+            source: None,
         }
     }
 

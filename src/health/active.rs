@@ -591,6 +591,7 @@ mod tests {
                 max_concurrent: None,
                 max_inflight_tokens: None,
                 load: Arc::clone(&pool.nodes[0].load),
+                source: None,
             })],
         ));
         let cfg = ActiveCheckConfig {

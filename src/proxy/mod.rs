@@ -13,6 +13,7 @@ mod fd_limit;
 mod forward;
 pub mod headers;
 pub mod models;
+pub mod pick;
 pub mod priority;
 pub mod probe;
 mod queue;
@@ -22,10 +23,11 @@ pub mod table;
 mod upstream;
 mod worker;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -36,9 +38,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, ConfigError};
+use crate::discovery::{self, DiscoveryConfig, FoundNode, SourceHandle};
 use crate::fleet::LoadRegistry;
 use crate::health;
 use crate::telemetry::unix_ms;
+pub use select::Slot;
 pub use table::RouteTable;
 pub use upstream::MAX_IDLE_PER_NODE;
 
@@ -58,6 +62,21 @@ pub struct Gateway {
     config_status: Mutex<ConfigStatus>,
     /// Models the nodes say they serve, for `GET /v1/models`.
     pub models: models::ModelCatalog,
+    /// The loaded config, the nodes discovery found and the sources
+    /// running; also what serializes every table swap.
+    discovery: Mutex<Discovered>,
+    /// This gateway, for the discovery sources' reports.
+    me: Weak<Gateway>,
+}
+
+/// The config as loaded and what discovery added to it.
+struct Discovered {
+    /// The running config as loaded (discovered pools without nodes).
+    base: Config,
+    /// The last set each discovered pool's source reported.
+    found: HashMap<String, Vec<FoundNode>>,
+    /// Running sources by pool and settings.
+    sources: Vec<(String, DiscoveryConfig, SourceHandle)>,
 }
 
 /// What a pool's active checks check: the pool, its nodes' names and
@@ -88,7 +107,13 @@ impl Gateway {
         let table = Arc::new(RouteTable::build_with(
             config, &loads, &queues, &indexes, &telemetry,
         )?);
-        let gateway = Arc::new(Gateway {
+        let gateway = Arc::new_cyclic(|me| Gateway {
+            me: me.clone(),
+            discovery: Mutex::new(Discovered {
+                base: config.clone(),
+                found: HashMap::new(),
+                sources: Vec::new(),
+            }),
             table: ArcSwap::new(Arc::clone(&table)),
             loads,
             queues,
@@ -106,7 +131,108 @@ impl Gateway {
         if tokio::runtime::Handle::try_current().is_ok() {
             crate::telemetry::spawn_ticker(Arc::downgrade(&gateway));
         }
+        gateway.start_sources(&mut gateway.lock_discovery());
         Ok(gateway)
+    }
+
+    fn lock_discovery(&self) -> std::sync::MutexGuard<'_, Discovered> {
+        self.discovery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Build and swap in the table of `config` (the loaded config with the
+    /// discovered nodes in), then apply its node state and checks.
+    fn swap(&self, config: &Config) -> Result<(), ConfigError> {
+        let table = Arc::new(RouteTable::build_with(
+            config,
+            &self.loads,
+            &self.queues,
+            &self.indexes,
+            &self.telemetry,
+        )?);
+        self.table.store(Arc::clone(&table));
+        self.apply(&table, config);
+        Ok(())
+    }
+
+    /// Start the discovery sources `state.base` asks for that are not
+    /// running with the same settings; stop the others. Pools no longer
+    /// discovered forget their found nodes; a pool whose source changed
+    /// keeps its last set until the new source reports.
+    fn start_sources(&self, state: &mut Discovered) {
+        let wanted: Vec<(String, DiscoveryConfig)> = state
+            .base
+            .pools
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.discovery.clone()?)))
+            .collect();
+        state
+            .found
+            .retain(|pool, _| wanted.iter().any(|(p, _)| p == pool));
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let mut previous = std::mem::take(&mut state.sources);
+        for (pool, settings) in wanted {
+            let source = match previous
+                .iter()
+                .position(|(p, s, _)| *p == pool && *s == settings)
+            {
+                Some(i) => previous.swap_remove(i).2,
+                None => {
+                    let me = self.me.clone();
+                    let name = pool.clone();
+                    discovery::spawn(
+                        &pool,
+                        &settings,
+                        Arc::new(move |nodes| {
+                            if let Some(gateway) = me.upgrade() {
+                                gateway.discovered(&name, nodes);
+                            }
+                        }),
+                    )
+                }
+            };
+            state.sources.push((pool, settings, source));
+        }
+    }
+
+    /// A discovery source's report: `pool` now has `nodes`. Builds a new
+    /// table like a reload (node state carries over by name; new nodes
+    /// slow-start; removed ones finish what they have in flight).
+    pub fn discovered(&self, pool: &str, nodes: Vec<FoundNode>) {
+        let mut state = self.lock_discovery();
+        if !state
+            .base
+            .pools
+            .iter()
+            .any(|p| p.name == pool && p.discovery.is_some())
+        {
+            return;
+        }
+        let old = state.found.get(pool).cloned();
+        if old.as_ref() == Some(&nodes) {
+            return;
+        }
+        let (added, removed) = discovery::difference(old.as_deref().unwrap_or_default(), &nodes);
+        let count = nodes.len();
+        state.found.insert(pool.to_string(), nodes);
+        let config = discovery::effective(&state.base, &state.found);
+        match self.swap(&config) {
+            Ok(()) => tracing::info!(
+                pool,
+                nodes = count,
+                ?added,
+                ?removed,
+                "discovered nodes changed"
+            ),
+            Err(e) => {
+                tracing::warn!(pool, error = %e, "discovered nodes refused; keeping the previous set");
+                match old {
+                    Some(old) => state.found.insert(pool.to_string(), old),
+                    None => state.found.remove(pool),
+                };
+            }
+        }
     }
 
     /// Apply what a config says about node state (draining) and start the
@@ -114,8 +240,12 @@ impl Gateway {
     /// keep running, counts and all).
     fn apply(&self, table: &RouteTable, config: &Config) {
         for (pool, pool_config) in table.pools.iter().zip(&config.pools) {
+            // Discovered nodes have no `draining` in the file: a drain set
+            // at run time stays through the source's updates.
             for (node, node_config) in pool.nodes.iter().zip(&pool_config.nodes) {
-                node.load.health.set_draining(node_config.draining);
+                if node_config.source.is_none() {
+                    node.load.health.set_draining(node_config.draining);
+                }
             }
         }
         if tokio::runtime::Handle::try_current().is_err() {
@@ -169,6 +299,12 @@ impl Gateway {
         true
     }
 
+    /// Nodes in the running table, over every pool (the readiness probe:
+    /// a gateway with none can route nothing).
+    pub fn known_nodes(&self) -> usize {
+        self.table.load().pools.iter().map(|p| p.nodes.len()).sum()
+    }
+
     /// The current routing table.
     pub fn table(&self) -> Arc<RouteTable> {
         self.table.load_full()
@@ -177,15 +313,11 @@ impl Gateway {
     /// Replace the running config. On error nothing changes. Listener
     /// settings take effect only at the next start.
     pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
-        let table = Arc::new(RouteTable::build_with(
-            config,
-            &self.loads,
-            &self.queues,
-            &self.indexes,
-            &self.telemetry,
-        )?);
-        self.table.store(Arc::clone(&table));
-        self.apply(&table, config);
+        let mut state = self.lock_discovery();
+        self.swap(&discovery::effective(config, &state.found))?;
+        state.base = config.clone();
+        self.start_sources(&mut state);
+        drop(state);
         self.telemetry.alerts.reconfigure(&config.alerts);
         let version = {
             let mut status = self.config_status.lock().unwrap_or_else(|p| p.into_inner());

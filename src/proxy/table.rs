@@ -276,6 +276,7 @@ impl RouteTable {
                     max_concurrent: node.max_concurrent,
                     max_inflight_tokens: node.max_inflight_tokens,
                     load,
+                    source: node.source.clone(),
                 }));
             }
             settings.insert(

@@ -167,6 +167,9 @@ pub struct NodeView {
     pub name: String,
     /// `host:port`.
     pub addr: String,
+    /// Where the node came from: `config` (the file) or its discovery
+    /// source (`kubernetes:ns/service`, `dns:name`).
+    pub source: String,
     /// Configured weight.
     pub weight: u32,
     /// Health state.
@@ -332,6 +335,7 @@ impl Window {
                     NodeView {
                         name: node.name.clone(),
                         addr: node.addr.to_string(),
+                        source: node.source.clone().unwrap_or_else(|| "config".into()),
                         weight: node.weight,
                         state: state_name(status.state),
                         reason: status.reason,

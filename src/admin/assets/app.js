@@ -120,7 +120,7 @@ function renderPool(pool, snap) {
     const w = Math.min(100, n.share * 100), e = Math.min(100, n.expected_share * 100);
     const scale = Math.max(w, e, 1) > 50 ? 1 : 2; // small shares drawn at 2x
     rows.push(`<tr>
-      <td class="l" title="${esc(n.addr)} · weight ${n.weight}"><b>${esc(n.name)}</b> <span class="muted">w${n.weight}</span></td>
+      <td class="l" title="${esc(n.addr)} · weight ${n.weight} · from ${esc(n.source || "config")}"><b>${esc(n.name)}</b> <span class="muted">w${n.weight}${n.source && n.source !== "config" ? " · " + esc(n.source) : ""}</span></td>
       <td class="l"><span class="state ${n.state}">${n.state}</span> <span class="muted">${dur(n.since_s)}</span></td>
       <td>${num(n.rate, 1)}</td>
       <td class="l"><span class="share"><span class="fill" style="width:${w * scale}%"></span><span class="exp" style="left:${e * scale}%"></span></span>${pct(n.share, 1)} <span class="muted">/ ${pct(n.expected_share, 1)}</span></td>

@@ -397,15 +397,14 @@
     }).join("");
     const groups = POOL_GROUPS.map(([title, specs]) =>
       `<fieldset><legend>${he(title)}</legend>${specs.map((s) => field(s, getPath(p, s.f))).join("")}</fieldset>`).join("");
-    return `<section class="panel con-pool cf-host" data-pool="${he(p.name)}">
-      <h2>Pool <span class="pname">${he(p.name)}</span> <span class="count">${(p.nodes || []).length} nodes</span>
-        <span class="grow"></span><button type="button" data-act="pool-delete" class="danger">Delete pool</button></h2>
-      <div class="cf-msg rows"></div>
-      <div class="tablewrap"><table class="con-nodes">
-        <thead><tr><th class="l">node</th><th class="l">addr</th><th>weight</th><th>max concurrent</th>
-          <th class="l">state</th><th class="l">share / expected</th><th class="l">actions</th></tr></thead>
-        <tbody>${nodes || '<tr><td class="l muted" colspan="7">no nodes</td></tr>'}</tbody></table></div>
-      <div class="cf add-node" data-pool="${he(p.name)}">
+    // A pool fed by discovery has no nodes in the file: its nodes are the
+    // source's (listed live on the dashboard) and the API refuses edits.
+    const d = p.discovery;
+    const source = d && (d.kubernetes ? `Kubernetes Service ${d.kubernetes.namespace || "(own namespace)"}/${d.kubernetes.service}`
+      : d.dns ? `DNS ${[...(d.dns.names || []), ...(d.dns.srv || [])].join(", ")}` : "discovery");
+    const discovered = d ? `<tr><td class="l muted" colspan="7">nodes come from ${he(source)}; they are shown on the dashboard
+      and are not edited here (scale or annotate them at the source; set defaults under [pools.discovery])</td></tr>` : "";
+    const addNode = d ? "" : `<div class="cf add-node" data-pool="${he(p.name)}">
         <div class="cf-msg"></div>
         <div class="row">
           <b class="muted">Add node</b>
@@ -415,7 +414,16 @@
           ${field({ f: "max_concurrent", l: "max concurrent", t: "int", d: "none" }, null, 'data-create="1"')}
           <button type="button" data-act="node-add" data-primary="1">Add node</button>
         </div>
-      </div>
+      </div>`;
+    return `<section class="panel con-pool cf-host" data-pool="${he(p.name)}">
+      <h2>Pool <span class="pname">${he(p.name)}</span> <span class="count">${(p.nodes || []).length} nodes</span>
+        <span class="grow"></span><button type="button" data-act="pool-delete" class="danger">Delete pool</button></h2>
+      <div class="cf-msg rows"></div>
+      <div class="tablewrap"><table class="con-nodes">
+        <thead><tr><th class="l">node</th><th class="l">addr</th><th>weight</th><th>max concurrent</th>
+          <th class="l">state</th><th class="l">share / expected</th><th class="l">actions</th></tr></thead>
+        <tbody>${nodes || discovered || '<tr><td class="l muted" colspan="7">no nodes</td></tr>'}</tbody></table></div>
+      ${addNode}
       <details class="pool-settings" data-k="${he("pool\n" + p.name)}"><summary>Pool settings: queue, health checks, outlier detection, capacity</summary>
         <div class="cf pool-form" data-pool="${he(p.name)}">
           <div class="cf-msg"></div>

@@ -1,0 +1,194 @@
+//! Placement that gateway replicas agree on without talking to each other:
+//! rendezvous (highest random weight) hashing of a request's prefix over
+//! the candidate nodes, skipping nodes over the load bound.
+//!
+//! Several replicas behind a round-robin Service each see a third of the
+//! traffic, so each one's own prefix index learns a different third and
+//! their choices drift apart: the same conversation lands on different
+//! nodes and the nodes' prefix caches miss. A pure function of the prompt
+//! and the node names gives every replica the same answer: the prompt's
+//! *anchor* (the block-hash chain's value after `anchor_blocks` blocks, or
+//! its last block when shorter — the shared system prompt and the start of
+//! a conversation, which later turns repeat) is scored against each node
+//! name (weighted rendezvous: `-weight / ln(u)`, `u` uniform from a hash),
+//! and the best-scored node that is not overloaded wins. A node's
+//! neighbours in that order are the same everywhere too, so the requests a
+//! loaded node sheds also land on one agreed node. Node names must be the
+//! same on every replica (the same config, or discovered pod names).
+//!
+//! Load stays each replica's own view (its in-flight requests and tokens,
+//! plus the nodes' scraped queue depth, which all replicas read alike).
+
+use std::sync::Arc;
+
+use crate::fleet::Node;
+
+/// The key of a prompt's placement: the chain value at `anchor_blocks`
+/// (or the last one of a shorter chain); `None` without a prefix.
+pub fn anchor(chain: &[u64], anchor_blocks: usize) -> Option<u64> {
+    let depth = chain.len().min(anchor_blocks.max(1));
+    depth.checked_sub(1).and_then(|i| chain.get(i)).copied()
+}
+
+/// Weighted rendezvous score of `node` for `key` (higher wins).
+fn score(key: u64, node: &Node) -> f64 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(node.name.as_bytes(), key);
+    // u in (0, 1): never 0, so ln(u) is finite and negative.
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(node.weight.max(1)) / u.ln()
+}
+
+/// Among `cands` (indexes into `nodes`), those `allowed` in rendezvous
+/// order for `key`: the first is the agreed home.
+pub fn order(
+    key: u64,
+    nodes: &[Arc<Node>],
+    cands: &[usize],
+    allowed: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let mut ranked: Vec<(f64, usize)> = cands
+        .iter()
+        .copied()
+        .filter(|&i| allowed(i))
+        .filter_map(|i| nodes.get(i).map(|n| (score(key, n), i)))
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranked.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The agreed node for the prompt `chain` among `cands` (indexes into
+/// `nodes`; `loads[k]` is the load of `cands[k]`): the first in rendezvous
+/// order within the bound of consistent hashing with bounded loads
+/// (Mirrokni et al.; Envoy's and HAProxy's `hash-balance-factor`): load
+/// below `ceil(factor × (total + 1) / n)`, which the least-loaded
+/// candidate always is. `None` without a prefix.
+pub fn place(
+    chain: &[u64],
+    anchor_blocks: usize,
+    nodes: &[Arc<Node>],
+    cands: &[usize],
+    loads: &[f64],
+    factor: f64,
+) -> Option<usize> {
+    let key = anchor(chain, anchor_blocks)?;
+    let total: f64 = loads.iter().sum();
+    let bound = (factor * (total + 1.0) / cands.len().max(1) as f64)
+        .ceil()
+        .max(1.0);
+    let within = |i: usize| {
+        cands
+            .iter()
+            .position(|&c| c == i)
+            .and_then(|k| loads.get(k))
+            .is_some_and(|&l| l < bound)
+    };
+    order(key, nodes, cands, within).first().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::testing::{nodes, weighted_nodes};
+
+    #[test]
+    fn anchor_is_stable_once_the_prompt_is_long_enough() {
+        assert_eq!(anchor(&[], 4), None);
+        assert_eq!(anchor(&[1, 2], 4), Some(2));
+        assert_eq!(anchor(&[1, 2, 3, 4], 4), Some(4));
+        assert_eq!(
+            anchor(&[1, 2, 3, 4, 5, 6], 4),
+            Some(4),
+            "later turns keep the key"
+        );
+    }
+
+    #[test]
+    fn every_replica_agrees_and_keys_spread_by_weight() {
+        let a = weighted_nodes(&[1, 1, 2]);
+        // Another replica: the same names and weights, fresh objects.
+        let b = weighted_nodes(&[1, 1, 2]);
+        let all = [0, 1, 2];
+        let mut homes = [0usize; 3];
+        for key in 0..30_000u64 {
+            let home = order(key, &a, &all, |_| true)[0];
+            assert_eq!(home, order(key, &b, &all, |_| true)[0]);
+            homes[home] += 1;
+        }
+        let share = |i: usize| homes[i] as f64 / 30_000.0;
+        assert!((share(2) - 0.5).abs() < 0.02, "{homes:?}");
+        assert!((share(0) - 0.25).abs() < 0.02, "{homes:?}");
+    }
+
+    /// Conversations whose first turn one replica placed and whose second
+    /// turn another replica places: the same node with `rendezvous`; with
+    /// each replica's own index, the second replica knows nothing.
+    fn second_turns_on_the_first_turns_node(placement: &str) -> usize {
+        use crate::balance::testing::chat_request;
+        use crate::balance::{build, PickContext};
+        let opts = crate::config::BalanceOptions {
+            placement: placement.into(),
+            ..Default::default()
+        };
+        let (a_nodes, b_nodes) = (nodes(4), nodes(4));
+        let a = build("prefix_aware", &a_nodes, &opts).unwrap();
+        let b = build("prefix_aware", &b_nodes, &opts).unwrap();
+        let pick = |p: &dyn crate::balance::Policy, ns: &[Arc<Node>], text: &str| {
+            let r = chat_request(text);
+            let ctx = PickContext {
+                request: Some(&r),
+                headers: None,
+            };
+            p.pick(ns, &|_| true, &ctx).unwrap()
+        };
+        (0..40)
+            .filter(|c| {
+                let first = format!("system prompt {c} {}", "x".repeat(1200));
+                let second = format!("{first} assistant answer; user: and then?");
+                let home = pick(&*a, &a_nodes, &first);
+                // The second replica serves other clients in between.
+                pick(
+                    &*b,
+                    &b_nodes,
+                    &format!("another client {c} {}", "y".repeat(1200)),
+                );
+                home == pick(&*b, &b_nodes, &second)
+            })
+            .count()
+    }
+
+    #[test]
+    fn replicas_agree_on_each_conversations_node() {
+        assert_eq!(second_turns_on_the_first_turns_node("rendezvous"), 40);
+        assert!(second_turns_on_the_first_turns_node("index") < 30);
+    }
+
+    #[test]
+    fn a_loaded_home_passes_its_keys_to_the_next_in_order() {
+        let ns = nodes(4);
+        let all = [0, 1, 2, 3];
+        let chain = [11, 22, 33];
+        let idle = [0.0; 4];
+        let home = place(&chain, 16, &ns, &all, &idle, 1.25).unwrap();
+        assert_eq!(home, order(33, &ns, &all, |_| true)[0]);
+        let mut loads = [1.0; 4];
+        loads[home] = 4.0; // bound: ceil(1.25 x 8 / 4) = 3
+        let next = place(&chain, 16, &ns, &all, &loads, 1.25).unwrap();
+        assert_eq!(next, order(33, &ns, &all, |_| true)[1]);
+        assert_eq!(place(&[], 16, &ns, &all, &idle, 1.25), None);
+    }
+
+    #[test]
+    fn a_skipped_node_moves_only_its_own_keys() {
+        let ns = nodes(4);
+        let all = [0, 1, 2, 3];
+        for key in 0..2_000u64 {
+            let full = order(key, &ns, &all, |_| true);
+            let without = order(key, &ns, &all, |i| i != 1);
+            if full[0] != 1 {
+                assert_eq!(without[0], full[0], "keys of other nodes stay");
+            } else {
+                assert_eq!(without[0], full[1], "the next in order takes them");
+            }
+        }
+    }
+}
