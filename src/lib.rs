@@ -12,6 +12,7 @@ pub mod console;
 pub mod faultlab;
 pub mod fleet;
 pub mod health;
+pub mod kvindex;
 pub mod proxy;
 pub mod sim;
 pub mod telemetry;

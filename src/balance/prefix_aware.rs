@@ -87,6 +87,23 @@ impl Policy for PrefixAware {
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
+        self.pick_matching(nodes, eligible, ctx, &|chain, mask, out| {
+            self.index.match_lengths(chain, mask, out)
+        })
+    }
+}
+
+impl PrefixAware {
+    /// [`Policy::pick`] with the matching step given: `matcher(chain, mask,
+    /// out)` sets how many leading blocks each node in `mask` holds (the
+    /// `precise_prefix` policy passes the engines' real caches).
+    pub(crate) fn pick_matching(
+        &self,
+        nodes: &[Arc<Node>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+        matcher: &dyn Fn(&[u64], u64, &mut [u32; MAX_NODES]),
+    ) -> Option<usize> {
         let now = now_ns();
         let cands = candidates(nodes, eligible, now);
         if cands.len() <= 1 {
@@ -134,7 +151,7 @@ impl Policy for PrefixAware {
                     mask |= 1 << i;
                 }
             }
-            self.index.match_lengths(chain, mask, &mut matched);
+            matcher(chain, mask, &mut matched);
         }
         let best_match = cands
             .iter()

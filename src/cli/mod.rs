@@ -295,7 +295,17 @@ async fn run_sim(
             }
         };
     for node in &nodes {
-        println!("{} listening on http://{}", node.name(), node.addr());
+        match node.kv_events_endpoint() {
+            Some(ep) => println!(
+                "{} listening on http://{}, kv events on {ep}{}",
+                node.name(),
+                node.addr(),
+                node.kv_replay_endpoint()
+                    .map(|r| format!(" (replay {r})"))
+                    .unwrap_or_default()
+            ),
+            None => println!("{} listening on http://{}", node.name(), node.addr()),
+        }
     }
     shutdown_signal().await;
     for node in nodes {

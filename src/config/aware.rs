@@ -60,6 +60,8 @@ pub struct BalanceOptions {
     pub virtual_nodes: u32,
     /// `composite`: weights of the scorers.
     pub scorers: ScorerWeights,
+    /// `precise_prefix`: KV-cache events and tokenizer (see `config::precise`).
+    pub precise: super::precise::PreciseOptions,
 }
 
 impl Default for BalanceOptions {
@@ -73,6 +75,7 @@ impl Default for BalanceOptions {
             load_factor: 1.25,
             virtual_nodes: 100,
             scorers: ScorerWeights::default(),
+            precise: super::precise::PreciseOptions::default(),
         }
     }
 }
@@ -184,6 +187,7 @@ impl BalanceOptions {
         if s.prefix + s.queue + s.kv + s.outstanding + s.latency <= 0.0 {
             err("scorers", "at least one scorer needs a weight above 0");
         }
+        out.extend(self.precise.problems(&format!("{at}.precise")));
         out
     }
 }

@@ -10,6 +10,7 @@ mod aware;
 mod cidr;
 pub mod duration;
 mod glob;
+pub mod precise;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

@@ -43,6 +43,12 @@ pub struct SimConfig {
     pub embedding_dim: usize,
     /// Faults active when the node starts.
     pub faults: Faults,
+    /// KV-cache events, as vLLM's `--kv-events-config` (off by default).
+    pub kv_events: super::kv_events::KvEventsConfig,
+    /// Path of the model's `tokenizer.json`: prompts are tokenized with it
+    /// (token counts, cached blocks, KV events). Without one a token is 4
+    /// bytes of prompt text.
+    pub tokenizer: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -64,6 +70,8 @@ impl Default for SimConfig {
             default_max_tokens: 256,
             embedding_dim: 384,
             faults: Faults::default(),
+            kv_events: super::kv_events::KvEventsConfig::default(),
+            tokenizer: None,
         }
     }
 }

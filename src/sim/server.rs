@@ -18,7 +18,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::config::Faults;
 use super::engine::{Core, Done, Event, SeqRequest};
 use super::validate::{self, Api, ApiError};
-use crate::classify::prefix::{estimate_tokens, feed_message, seed_for_model, PrefixHasher};
+use crate::classify::prefix::{
+    estimate_tokens, feed_message, seed_for_model, PrefixHasher, BYTES_PER_TOKEN, TOKENS_PER_BLOCK,
+};
 
 /// Why a response is cut off. Returned from the service (hyper then closes
 /// the connection without answering) or from a streaming body (hyper aborts
@@ -204,12 +206,15 @@ async fn prelude(
 }
 
 /// The shared prompt fingerprint of a chat request.
-fn chat_prompt(v: &Map<String, Value>, model: &str) -> Result<PrefixHasher, String> {
+fn chat_prompt(v: &Map<String, Value>, model: &str, capture: bool) -> Result<PrefixHasher, String> {
     let msgs = v
         .get("messages")
         .and_then(Value::as_array)
         .ok_or("'messages' must be an array")?;
     let mut h = PrefixHasher::new(seed_for_model(model), usize::MAX);
+    if capture {
+        h = h.with_capture(usize::MAX);
+    }
     for m in msgs {
         let role = m
             .get("role")
@@ -260,8 +265,11 @@ fn text_inputs(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
     }
 }
 
-fn text_prompt(inputs: &[String], model: &str) -> PrefixHasher {
+fn text_prompt(inputs: &[String], model: &str, capture: bool) -> PrefixHasher {
     let mut h = PrefixHasher::new(seed_for_model(model), usize::MAX);
+    if capture {
+        h = h.with_capture(usize::MAX);
+    }
     for s in inputs {
         h.update(s.as_bytes());
     }
@@ -441,16 +449,19 @@ async fn generate(
         Err(resp) => return Ok(resp),
     };
     let cfg = &ctx.core.cfg;
+    let capture = ctx.core.tokenizes();
     let hasher = if chat {
-        chat_prompt(&v, &cfg.model)
+        chat_prompt(&v, &cfg.model, capture)
     } else {
-        text_inputs(v.get("prompt"), "prompt").map(|i| text_prompt(&i, &cfg.model))
+        text_inputs(v.get("prompt"), "prompt").map(|i| text_prompt(&i, &cfg.model, capture))
     };
     let hasher = match hasher {
         Ok(h) => h,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
     };
-    let prompt_tokens = estimate_tokens(hasher.total_bytes());
+    let ids = (!chat).then(|| prompt_ids(v.get("prompt"))).flatten();
+    let prompt = tokenized(&ctx.core, hasher, ids);
+    let prompt_tokens = prompt.prompt_tokens;
     // vLLM prefers `max_completion_tokens` (chat) over `max_tokens`.
     let explicit = ["max_completion_tokens", "max_tokens"]
         .iter()
@@ -470,12 +481,12 @@ async fn generate(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let hashes = hasher.finish();
     let mut rx = match ctx.core.submit(SeqRequest {
         prompt_tokens,
-        hashes,
+        hashes: prompt.hashes,
         max_tokens,
         finish_reason,
+        tokens: prompt.tokens,
     }) {
         Ok(rx) => rx,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
@@ -528,6 +539,78 @@ async fn generate(
     Ok(json_response(StatusCode::OK, &meta.full_response(&done)))
 }
 
+/// A prompt as the engine takes it: token count, block hashes, block tokens.
+struct Tokenized {
+    prompt_tokens: u32,
+    hashes: Vec<u64>,
+    tokens: Arc<[u32]>,
+}
+
+/// Token ids of a completions prompt given as ids (one array, or one
+/// array of arrays).
+fn prompt_ids(v: Option<&Value>) -> Option<Vec<u32>> {
+    let ids = |a: &[Value]| -> Option<Vec<u32>> {
+        a.iter()
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect()
+    };
+    match v? {
+        Value::Array(a) if a.iter().all(Value::is_array) => {
+            let mut out = Vec::new();
+            for inner in a {
+                out.extend(ids(inner.as_array()?)?);
+            }
+            Some(out)
+        }
+        Value::Array(a) => ids(a),
+        _ => None,
+    }
+}
+
+/// Turn the prompt into what the engine caches. Without a tokenizer or KV
+/// events: 4 bytes a token and text block hashes (the gateway's approximate
+/// fingerprint). Otherwise token ids — from the tokenizer, the request's
+/// own ids, or 4-byte pieces of the text as the simulator's stand-in
+/// tokenizer — and hashes chained over each block's ids from this
+/// process's random root, as vLLM does.
+fn tokenized(core: &Core, hasher: PrefixHasher, ids: Option<Vec<u32>>) -> Tokenized {
+    if !core.tokenizes() {
+        let prompt_tokens = estimate_tokens(hasher.total_bytes());
+        return Tokenized {
+            prompt_tokens,
+            hashes: hasher.finish(),
+            tokens: Arc::from(Vec::new()),
+        };
+    }
+    let (_, capture) = hasher.finish_with_capture();
+    let text = capture.map(|c| c.text).unwrap_or_default();
+    let ids = ids.unwrap_or_else(|| match &core.tokenizer {
+        Some(t) => t
+            .encode(&String::from_utf8_lossy(&text))
+            .unwrap_or_default(),
+        None => text
+            .chunks(BYTES_PER_TOKEN)
+            .map(|c| {
+                let mut b = [0u8; 4];
+                b[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(b)
+            })
+            .collect(),
+    });
+    let hashes = crate::kvindex::chain::prompt_keys(
+        core.hash_seed,
+        &ids,
+        TOKENS_PER_BLOCK,
+        usize::MAX,
+    );
+    let full = hashes.len() * TOKENS_PER_BLOCK;
+    Tokenized {
+        prompt_tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+        hashes,
+        tokens: Arc::from(&ids[..full]),
+    }
+}
+
 /// A deterministic unit vector derived from the input text.
 fn embed(text: &str, dim: usize) -> Vec<f32> {
     let mut x = xxh3_64(text.as_bytes());
@@ -559,16 +642,18 @@ async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>,
         Ok(i) => i,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
     };
-    let h = text_prompt(&inputs, &cfg.model);
-    let prompt_tokens = estimate_tokens(h.total_bytes());
+    let h = text_prompt(&inputs, &cfg.model, ctx.core.tokenizes());
+    let prompt = tokenized(&ctx.core, h, None);
+    let prompt_tokens = prompt.prompt_tokens;
     if let Err(e) = validate::check_embedding_len(prompt_tokens, cfg.max_model_len) {
         return Ok(api_error(&e));
     }
     let mut rx = match ctx.core.submit(SeqRequest {
         prompt_tokens,
-        hashes: h.finish(),
+        hashes: prompt.hashes,
         max_tokens: 0,
         finish_reason: "stop",
+        tokens: prompt.tokens,
     }) {
         Ok(rx) => rx,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
