@@ -269,7 +269,10 @@ async fn a_bad_tokenizer_path_or_unknown_node_is_refused_with_its_field() {
         "[routes.balance.precise]\ntokenizer = \"/nonexistent/tokenizer.json\"\n",
     );
     let config = infergate::config::Config::from_toml(&text).unwrap();
-    let err = infergate::proxy::Gateway::new(&config).unwrap_err().to_string();
+    let Err(err) = infergate::proxy::Gateway::new(&config) else {
+        panic!("accepted")
+    };
+    let err = err.to_string();
     assert!(err.contains("routes[0].balance.precise.tokenizer"), "{err}");
     let text = config_text(
         &unweighted(&nodes),
@@ -277,6 +280,9 @@ async fn a_bad_tokenizer_path_or_unknown_node_is_refused_with_its_field() {
         "[routes.balance.precise]\nendpoints = { nx = \"tcp://127.0.0.1:5557\" }\n",
     );
     let config = infergate::config::Config::from_toml(&text).unwrap();
-    let err = infergate::proxy::Gateway::new(&config).unwrap_err().to_string();
+    let Err(err) = infergate::proxy::Gateway::new(&config) else {
+        panic!("accepted")
+    };
+    let err = err.to_string();
     assert!(err.contains("routes[0].balance.precise.endpoints.nx"), "{err}");
 }
