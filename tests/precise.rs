@@ -176,7 +176,10 @@ async fn a_gap_is_replayed_and_without_replay_the_node_is_forgotten() {
     // Without one the node's old blocks are dropped: the index holds only
     // what was stored after the gap, less than the node's cache.
     assert_eq!(s.resync_clears.load(Ordering::Relaxed), 1);
-    let (held, cached) = (p.index.blocks_of(1), nodes[1].cached_block_hashes().len() as u64);
+    let (held, cached) = (
+        p.index.blocks_of(1),
+        nodes[1].cached_block_hashes().len() as u64,
+    );
     assert!(held > 0 && held < cached, "held {held} of {cached}");
 }
 
@@ -209,16 +212,18 @@ async fn the_gateway_routes_to_the_node_that_really_holds_the_prefix() {
     let nodes = start(3, &tok, true).await;
     let mut endpoints = String::new();
     for (i, n) in nodes.iter().enumerate() {
-        endpoints.push_str(&format!(
-            "n{i} = \"{}\", ",
-            n.kv_events_endpoint().unwrap()
-        ));
+        endpoints.push_str(&format!("n{i} = \"{}\", ", n.kv_events_endpoint().unwrap()));
     }
     let route_extra = format!(
         "[routes.balance.precise]\ntokenizer = \"{tok}\"\nendpoints = {{ {} }}\n",
         endpoints.trim_end_matches(", ")
     );
-    let gw = start_gateway(&config_text(&unweighted(&nodes), "precise_prefix", &route_extra)).await;
+    let gw = start_gateway(&config_text(
+        &unweighted(&nodes),
+        "precise_prefix",
+        &route_extra,
+    ))
+    .await;
     let table = gw.gateway.table();
     let precise = Arc::clone(table.routes[0].policy.precise().expect("precise state"));
     assert!(eventually(WAIT, || precise.index.live_mask() == 0b111).await);
@@ -250,11 +255,21 @@ async fn without_a_tokenizer_the_policy_falls_back_and_counts_it() {
         nodes[0].kv_events_endpoint().unwrap(),
         nodes[1].kv_events_endpoint().unwrap()
     );
-    let gw = start_gateway(&config_text(&unweighted(&nodes), "precise_prefix", &route_extra)).await;
+    let gw = start_gateway(&config_text(
+        &unweighted(&nodes),
+        "precise_prefix",
+        &route_extra,
+    ))
+    .await;
     let table = gw.gateway.table();
     let precise = Arc::clone(table.routes[0].policy.precise().unwrap());
     assert!(!precise.has_tokenizer());
-    let r = post(gw.addr, "/v1/chat/completions", chat(&prompt(1, 50), false, 4)).await;
+    let r = post(
+        gw.addr,
+        "/v1/chat/completions",
+        chat(&prompt(1, 50), false, 4),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(precise.index.stats.fallbacks.load(Ordering::Relaxed), 1);
     assert_eq!(precise.index.stats.lookups.load(Ordering::Relaxed), 0);
@@ -284,5 +299,41 @@ async fn a_bad_tokenizer_path_or_unknown_node_is_refused_with_its_field() {
         panic!("accepted")
     };
     let err = err.to_string();
-    assert!(err.contains("routes[0].balance.precise.endpoints.nx"), "{err}");
+    assert!(
+        err.contains("routes[0].balance.precise.endpoints.nx"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_simulator_serves_tokenize_and_render_as_vllm_does() {
+    let tok = tokenizer_file();
+    let nodes = start(1, &tok, false).await;
+    let t = infergate::kvindex::PromptTokenizer::from_file(std::path::Path::new(&tok)).unwrap();
+    let content = prompt(3, 30);
+    let want = t.encode(&format!("user: {content}\n")).unwrap();
+    let body =
+        serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": content}]});
+    let r = post(nodes[0].addr(), "/tokenize", body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["count"], want.len());
+    assert_eq!(v["tokens"], serde_json::json!(want));
+    let r = post(
+        nodes[0].addr(),
+        "/v1/chat/completions/render",
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["token_ids"], serde_json::json!(want));
+    let r = post(
+        nodes[0].addr(),
+        "/v1/completions/render",
+        serde_json::json!({"model": MODEL, "prompt": [5, 6, 7]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.json()[0]["token_ids"], serde_json::json!([5, 6, 7]));
+    // Rendering is not inference: nothing reached the engine.
+    assert_eq!(nodes[0].cached_block_hashes().len(), 0);
 }

@@ -45,7 +45,6 @@ impl PrecisePrefix {
             precise,
         }
     }
-
 }
 
 impl Policy for PrecisePrefix {
@@ -78,17 +77,19 @@ impl Policy for PrecisePrefix {
         };
         let real = Cell::new([0u32; MAX_NODES]);
         let used_precise = Cell::new(false);
-        let choice = self.inner.pick_matching(nodes, eligible, ctx, &|chain, mask, out| {
-            let mut m = [0u32; MAX_NODES];
-            precise.index.match_lengths(&keys, mask & live, &mut m);
-            real.set(m);
-            if m.iter().any(|&n| n > 0) {
-                used_precise.set(true);
-                *out = m;
-            } else {
-                self.inner.index().match_lengths(chain, mask, out);
-            }
-        });
+        let choice = self
+            .inner
+            .pick_matching(nodes, eligible, ctx, &|chain, mask, out| {
+                let mut m = [0u32; MAX_NODES];
+                precise.index.match_lengths(&keys, mask & live, &mut m);
+                real.set(m);
+                if m.iter().any(|&n| n > 0) {
+                    used_precise.set(true);
+                    *out = m;
+                } else {
+                    self.inner.index().match_lengths(chain, mask, out);
+                }
+            });
         stats.lookups.fetch_add(1, Ordering::Relaxed);
         stats
             .lookup_blocks
@@ -100,7 +101,9 @@ impl Policy for PrecisePrefix {
         }
         if let Some(i) = choice {
             let held = real.get().get(i).copied().unwrap_or(0);
-            stats.hit_blocks.fetch_add(u64::from(held), Ordering::Relaxed);
+            stats
+                .hit_blocks
+                .fetch_add(u64::from(held), Ordering::Relaxed);
         }
         choice
     }

@@ -111,12 +111,16 @@ impl KvIndex {
 
     /// Blocks node `node` holds by its events.
     pub fn blocks_of(&self, node: usize) -> u64 {
-        self.blocks.get(node).map_or(0, |b| b.load(Ordering::Relaxed))
+        self.blocks
+            .get(node)
+            .map_or(0, |b| b.load(Ordering::Relaxed))
     }
 
     /// Whether node `node`'s event stream is connected and in sequence.
     pub fn is_live(&self, node: usize) -> bool {
-        self.live.get(node).is_some_and(|l| l.load(Ordering::Relaxed))
+        self.live
+            .get(node)
+            .is_some_and(|l| l.load(Ordering::Relaxed))
     }
 
     /// Nodes whose event streams are live, as a bitset.
@@ -168,7 +172,10 @@ impl KvIndex {
                 medium,
                 extra,
             } => {
-                if medium.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case("gpu")) {
+                if medium
+                    .as_deref()
+                    .is_some_and(|m| !m.eq_ignore_ascii_case("gpu"))
+                {
                     s.other_medium.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -220,7 +227,10 @@ impl KvIndex {
                 block_hashes,
                 medium,
             } => {
-                if medium.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case("gpu")) {
+                if medium
+                    .as_deref()
+                    .is_some_and(|m| !m.eq_ignore_ascii_case("gpu"))
+                {
                     return;
                 }
                 let mut blocks = lock(slot);

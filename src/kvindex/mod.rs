@@ -84,25 +84,89 @@ impl KvStats {
         let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
             ("batches", "KV event batches applied", v(&self.batches)),
-            ("stored_blocks", "blocks added from BlockStored", v(&self.stored_blocks)),
-            ("removed_blocks", "blocks removed by BlockRemoved", v(&self.removed_blocks)),
+            (
+                "stored_blocks",
+                "blocks added from BlockStored",
+                v(&self.stored_blocks),
+            ),
+            (
+                "removed_blocks",
+                "blocks removed by BlockRemoved",
+                v(&self.removed_blocks),
+            ),
             ("cleared", "AllBlocksCleared events", v(&self.cleared)),
-            ("orphan_blocks", "stored blocks with an unknown parent", v(&self.orphan_blocks)),
-            ("unknown_removals", "removals of blocks not held", v(&self.unknown_removals)),
-            ("block_size_mismatch", "stores with another block size", v(&self.block_size_mismatch)),
-            ("other_medium", "events of a tier other than GPU", v(&self.other_medium)),
-            ("over_capacity", "stores refused at max_blocks_per_node", v(&self.over_capacity)),
-            ("malformed", "undecodable messages or events", v(&self.malformed)),
+            (
+                "orphan_blocks",
+                "stored blocks with an unknown parent",
+                v(&self.orphan_blocks),
+            ),
+            (
+                "unknown_removals",
+                "removals of blocks not held",
+                v(&self.unknown_removals),
+            ),
+            (
+                "block_size_mismatch",
+                "stores with another block size",
+                v(&self.block_size_mismatch),
+            ),
+            (
+                "other_medium",
+                "events of a tier other than GPU",
+                v(&self.other_medium),
+            ),
+            (
+                "over_capacity",
+                "stores refused at max_blocks_per_node",
+                v(&self.over_capacity),
+            ),
+            (
+                "malformed",
+                "undecodable messages or events",
+                v(&self.malformed),
+            ),
             ("gaps", "sequence gaps", v(&self.gaps)),
             ("replays", "gaps filled by replay", v(&self.replays)),
-            ("resync_clears", "gaps not replayable: node forgotten", v(&self.resync_clears)),
-            ("restarts", "engine restarts (sequence reset)", v(&self.restarts)),
-            ("disconnects", "event subscriptions lost", v(&self.disconnects)),
-            ("lookups", "picks looked up in the precise index", v(&self.lookups)),
-            ("hits", "lookups where a node held a leading block", v(&self.hits)),
-            ("lookup_blocks", "prompt blocks looked up", v(&self.lookup_blocks)),
-            ("hit_blocks", "prompt blocks held by the chosen node", v(&self.hit_blocks)),
-            ("fallbacks", "picks routed on the approximate index", v(&self.fallbacks)),
+            (
+                "resync_clears",
+                "gaps not replayable: node forgotten",
+                v(&self.resync_clears),
+            ),
+            (
+                "restarts",
+                "engine restarts (sequence reset)",
+                v(&self.restarts),
+            ),
+            (
+                "disconnects",
+                "event subscriptions lost",
+                v(&self.disconnects),
+            ),
+            (
+                "lookups",
+                "picks looked up in the precise index",
+                v(&self.lookups),
+            ),
+            (
+                "hits",
+                "lookups where a node held a leading block",
+                v(&self.hits),
+            ),
+            (
+                "lookup_blocks",
+                "prompt blocks looked up",
+                v(&self.lookup_blocks),
+            ),
+            (
+                "hit_blocks",
+                "prompt blocks held by the chosen node",
+                v(&self.hit_blocks),
+            ),
+            (
+                "fallbacks",
+                "picks routed on the approximate index",
+                v(&self.fallbacks),
+            ),
         ]
     }
 }
@@ -197,7 +261,9 @@ impl Precise {
             tasks.push(rt.spawn(subscriber::run(Arc::clone(&index), i, ep)));
         }
         if tokenizer.is_none() {
-            tracing::warn!("precise_prefix: no tokenizer configured; routing on the approximate prefix index");
+            tracing::warn!(
+                "precise_prefix: no tokenizer configured; routing on the approximate prefix index"
+            );
         } else if tasks.is_empty() {
             tracing::warn!("precise_prefix: no node has a KV events endpoint; routing on the approximate prefix index");
         }

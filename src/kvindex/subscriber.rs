@@ -128,7 +128,8 @@ fn apply_payload(index: &KvIndex, node: usize, payload: &[u8]) {
     match decode_batch(payload) {
         Ok(batch) => {
             s.batches.fetch_add(1, Ordering::Relaxed);
-            s.malformed.fetch_add(batch.skipped as u64, Ordering::Relaxed);
+            s.malformed
+                .fetch_add(batch.skipped as u64, Ordering::Relaxed);
             for e in &batch.events {
                 index.apply(node, e);
             }
@@ -178,7 +179,12 @@ async fn resync(index: &KvIndex, node: usize, ep: &NodeEndpoints, from: u64, unt
             index.clear_node(node);
         }
         s.resync_clears.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(node, from, until, "kv events: missed batches could not be replayed; node's blocks forgotten");
+        tracing::info!(
+            node,
+            from,
+            until,
+            "kv events: missed batches could not be replayed; node's blocks forgotten"
+        );
     }
 }
 
@@ -187,8 +193,11 @@ async fn fetch_replay(endpoint: &str, from: u64, until: u64) -> Result<Vec<(u64,
     let mut dealer = zeromq::DealerSocket::new();
     dealer.connect(endpoint).await.map_err(|e| e.to_string())?;
     // The ROUTER sees [identity, "", start]: DEALER sends the empty delimiter.
-    let req = ZmqMessage::try_from(vec![Bytes::new(), Bytes::copy_from_slice(&from.to_be_bytes())])
-        .map_err(|e| e.to_string())?;
+    let req = ZmqMessage::try_from(vec![
+        Bytes::new(),
+        Bytes::copy_from_slice(&from.to_be_bytes()),
+    ])
+    .map_err(|e| e.to_string())?;
     dealer.send(req).await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     loop {

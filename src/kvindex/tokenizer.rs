@@ -164,7 +164,10 @@ mod tests {
             truncated: true,
         };
         assert_eq!(t.tokens(&p), Some((ids, true)));
-        assert_eq!(t.tokens(&Prompt::Ids(vec![5, 6])), Some((vec![5, 6], false)));
+        assert_eq!(
+            t.tokens(&Prompt::Ids(vec![5, 6])),
+            Some((vec![5, 6], false))
+        );
     }
 
     #[test]

@@ -356,7 +356,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(block_hashes[0], u64::from_be_bytes(digest[24..].try_into().unwrap()));
+        assert_eq!(
+            block_hashes[0],
+            u64::from_be_bytes(digest[24..].try_into().unwrap())
+        );
         assert_eq!(*parent, Some(u64::MAX));
         assert_eq!(lora_name.as_deref(), Some("ad"));
         assert!(extra[0].is_some());
@@ -384,6 +387,9 @@ mod tests {
         assert_eq!(b.events, events);
         assert_eq!(b.skipped, 0);
         assert!(decode_batch(b"\xc1").is_err());
-        assert_eq!(decode_batch(&enc(Value::from(3))), Err(WireError::NotABatch));
+        assert_eq!(
+            decode_batch(&enc(Value::from(3))),
+            Err(WireError::NotABatch)
+        );
     }
 }

@@ -13,13 +13,13 @@ use super::queue::{AdmissionQueue, QueueRegistry};
 use super::retry::RetryBudget;
 use crate::balance::{self, Policy, PrefixIndex};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
+use crate::config::precise::PreciseOptions;
 use crate::config::{
     parse_node_url, Config, ConfigError, FieldError, ListenerConfig, ModelPattern, TimeoutConfig,
     UpstreamProtocol,
 };
 use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
 use crate::fleet::{LoadRegistry, Node, Pool};
-use crate::config::precise::PreciseOptions;
 use crate::health::OutlierConfig;
 use crate::kvindex::Precise;
 use crate::telemetry::Telemetry;

@@ -22,11 +22,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 
 use super::config::{Faults, SimConfig};
-use super::kv_events::KvSink;
-use crate::kvindex::PromptTokenizer;
 use super::kv::{blocks_for, BlockId, BlockPool};
+use super::kv_events::KvSink;
 use super::metrics::{Gauges, Metrics, SimStats};
 use crate::classify::prefix::TOKENS_PER_BLOCK;
+use crate::kvindex::PromptTokenizer;
 
 /// What the engine tells a request's handler.
 #[derive(Debug, Clone, PartialEq)]

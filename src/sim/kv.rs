@@ -214,7 +214,12 @@ impl BlockPool {
             run.get_or_insert(i);
         }
         if let Some(start) = run {
-            self.stored(hashes, start..hashes.len().min(blocks.len()), parent, tokens);
+            self.stored(
+                hashes,
+                start..hashes.len().min(blocks.len()),
+                parent,
+                tokens,
+            );
         }
     }
 

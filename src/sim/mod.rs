@@ -19,6 +19,7 @@ pub mod metrics;
 mod server;
 #[cfg(test)]
 mod tests;
+mod tokenize;
 mod validate;
 
 use std::future::Future;

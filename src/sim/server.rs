@@ -17,10 +17,9 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::config::Faults;
 use super::engine::{Core, Done, Event, SeqRequest};
+use super::tokenize::{prompt_ids, tokenized};
 use super::validate::{self, Api, ApiError};
-use crate::classify::prefix::{
-    estimate_tokens, feed_message, seed_for_model, PrefixHasher, BYTES_PER_TOKEN, TOKENS_PER_BLOCK,
-};
+use crate::classify::prefix::{feed_message, seed_for_model, PrefixHasher};
 
 /// Why a response is cut off. Returned from the service (hyper then closes
 /// the connection without answering) or from a streaming body (hyper aborts
@@ -60,7 +59,7 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let mut r = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -70,7 +69,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     r
 }
 
-fn api_error(e: &ApiError) -> Response<Body> {
+pub(super) fn api_error(e: &ApiError) -> Response<Body> {
     json_response(e.status, &e.body())
 }
 
@@ -127,6 +126,13 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
                 "max_model_len": ctx.core.cfg.max_model_len,
             }]}),
         ),
+        (Method::POST, "/tokenize") => return super::tokenize::tokenize(ctx, req).await,
+        (Method::POST, "/v1/chat/completions/render") => {
+            return super::tokenize::render(ctx, true, req).await
+        }
+        (Method::POST, "/v1/completions/render") => {
+            return super::tokenize::render(ctx, false, req).await
+        }
         (Method::GET, "/health") => Response::new(full(Bytes::new())),
         (Method::GET, "/metrics") => {
             let mut r = Response::new(full(ctx.core.metrics_text()));
@@ -206,7 +212,11 @@ async fn prelude(
 }
 
 /// The shared prompt fingerprint of a chat request.
-fn chat_prompt(v: &Map<String, Value>, model: &str, capture: bool) -> Result<PrefixHasher, String> {
+pub(super) fn chat_prompt(
+    v: &Map<String, Value>,
+    model: &str,
+    capture: bool,
+) -> Result<PrefixHasher, String> {
     let msgs = v
         .get("messages")
         .and_then(Value::as_array)
@@ -240,7 +250,7 @@ fn chat_prompt(v: &Map<String, Value>, model: &str, capture: bool) -> Result<Pre
 /// The inputs of a completions `prompt` or embeddings `input` (schema
 /// already checked): strings, or token-id lists written out as text (the
 /// simulator has no tokenizer; ids are hashed and counted by their digits).
-fn text_inputs(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
+pub(super) fn text_inputs(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
     fn tokens(a: &[Value]) -> Option<String> {
         let ids: Option<Vec<String>> = a
             .iter()
@@ -265,7 +275,7 @@ fn text_inputs(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
     }
 }
 
-fn text_prompt(inputs: &[String], model: &str, capture: bool) -> PrefixHasher {
+pub(super) fn text_prompt(inputs: &[String], model: &str, capture: bool) -> PrefixHasher {
     let mut h = PrefixHasher::new(seed_for_model(model), usize::MAX);
     if capture {
         h = h.with_capture(usize::MAX);
@@ -537,78 +547,6 @@ async fn generate(
         return Err(SimError::FaultClose);
     }
     Ok(json_response(StatusCode::OK, &meta.full_response(&done)))
-}
-
-/// A prompt as the engine takes it: token count, block hashes, block tokens.
-struct Tokenized {
-    prompt_tokens: u32,
-    hashes: Vec<u64>,
-    tokens: Arc<[u32]>,
-}
-
-/// Token ids of a completions prompt given as ids (one array, or one
-/// array of arrays).
-fn prompt_ids(v: Option<&Value>) -> Option<Vec<u32>> {
-    let ids = |a: &[Value]| -> Option<Vec<u32>> {
-        a.iter()
-            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
-            .collect()
-    };
-    match v? {
-        Value::Array(a) if a.iter().all(Value::is_array) => {
-            let mut out = Vec::new();
-            for inner in a {
-                out.extend(ids(inner.as_array()?)?);
-            }
-            Some(out)
-        }
-        Value::Array(a) => ids(a),
-        _ => None,
-    }
-}
-
-/// Turn the prompt into what the engine caches. Without a tokenizer or KV
-/// events: 4 bytes a token and text block hashes (the gateway's approximate
-/// fingerprint). Otherwise token ids — from the tokenizer, the request's
-/// own ids, or 4-byte pieces of the text as the simulator's stand-in
-/// tokenizer — and hashes chained over each block's ids from this
-/// process's random root, as vLLM does.
-fn tokenized(core: &Core, hasher: PrefixHasher, ids: Option<Vec<u32>>) -> Tokenized {
-    if !core.tokenizes() {
-        let prompt_tokens = estimate_tokens(hasher.total_bytes());
-        return Tokenized {
-            prompt_tokens,
-            hashes: hasher.finish(),
-            tokens: Arc::from(Vec::new()),
-        };
-    }
-    let (_, capture) = hasher.finish_with_capture();
-    let text = capture.map(|c| c.text).unwrap_or_default();
-    let ids = ids.unwrap_or_else(|| match &core.tokenizer {
-        Some(t) => t
-            .encode(&String::from_utf8_lossy(&text))
-            .unwrap_or_default(),
-        None => text
-            .chunks(BYTES_PER_TOKEN)
-            .map(|c| {
-                let mut b = [0u8; 4];
-                b[..c.len()].copy_from_slice(c);
-                u32::from_le_bytes(b)
-            })
-            .collect(),
-    });
-    let hashes = crate::kvindex::chain::prompt_keys(
-        core.hash_seed,
-        &ids,
-        TOKENS_PER_BLOCK,
-        usize::MAX,
-    );
-    let full = hashes.len() * TOKENS_PER_BLOCK;
-    Tokenized {
-        prompt_tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
-        hashes,
-        tokens: Arc::from(&ids[..full]),
-    }
 }
 
 /// A deterministic unit vector derived from the input text.

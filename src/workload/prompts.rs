@@ -39,7 +39,15 @@ const WORDS: &[&str] = &[
 pub fn vocabulary() -> Vec<&'static str> {
     let mut words = WORDS.to_vec();
     words.extend([
-        "You", "are", "assistant", "Follow", "these", "operating", "notes", "user", "system",
+        "You",
+        "are",
+        "assistant",
+        "Follow",
+        "these",
+        "operating",
+        "notes",
+        "user",
+        "system",
     ]);
     words
 }

@@ -466,7 +466,8 @@ fn prompt_is_captured_for_the_precise_policy_when_asked() {
         capture_prompt_bytes: 12,
         ..ClassifyOptions::default()
     };
-    let body = r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
+    let body =
+        r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
     let c = classify_body(head_for("/v1/chat/completions"), body.as_bytes(), &opts).unwrap();
     assert_eq!(
         c.prompt.as_deref(),
