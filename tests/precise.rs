@@ -244,6 +244,14 @@ async fn the_gateway_routes_to_the_node_that_really_holds_the_prefix() {
     let s = &precise.index.stats;
     assert_eq!(s.hits.load(Ordering::Relaxed), 4);
     assert!(s.hit_blocks.load(Ordering::Relaxed) >= 4 * 5);
+    // The same counters and per-node states in /metrics.
+    let text = infergate::telemetry::prom::render(&gw.gateway.telemetry, &table);
+    assert!(
+        text.contains("infergate_kv_index_hits_total{route=\"r\"} 4"),
+        "{text}"
+    );
+    assert!(text.contains("infergate_kv_index_live{route=\"r\",node=\"n2\"} 1"));
+    assert!(text.contains("infergate_kv_index_tokenizer{route=\"r\"} 1"));
 }
 
 #[tokio::test]

@@ -79,6 +79,11 @@ enum Command {
         /// NAME-i for several (default sim-i).
         #[arg(long)]
         name: Option<String>,
+        /// Print the tokenizer.json of the simulated fleet (byte-level BPE
+        /// over the workload's words; give it to nodes and gateways with
+        /// `tokenizer`) and exit.
+        #[arg(long)]
+        print_tokenizer: bool,
     },
     /// Run the whole product on this machine: simulated nodes, a gateway and a workload.
     Demo(demo::DemoArgs),
@@ -137,7 +142,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             speeds,
             config,
             name,
-        } => run_sim(nodes, base_port, host, &speeds, config, name.as_deref()).await,
+            print_tokenizer,
+        } => {
+            if print_tokenizer {
+                println!("{}", crate::workload::fleet_tokenizer_json());
+                return ExitCode::SUCCESS;
+            }
+            run_sim(nodes, base_port, host, &speeds, config, name.as_deref()).await
+        }
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(*args).await,
         Command::Faults(args) => faults::run(args).await,
