@@ -85,34 +85,29 @@ fn byte_chars() -> Vec<char> {
 }
 
 /// A byte-level BPE `tokenizer.json` (GPT-2 style: every byte is a token,
-/// so any text encodes) with merges that cut each of `words`, with and
-/// without its leading space, into tokens of up to 4 characters (about the
-/// 4 bytes a token of real English BPE, which the simulator's cost model
-/// assumes). The simulated fleet of `infergate bench` and the tests give
-/// it to both the gateway and the simulator, the way a real deployment
-/// gives both the model's tokenizer.
+/// so any text encodes) whose pre-tokenizer cuts each word, with its leading
+/// space, into pieces of up to 4 characters, and whose vocabulary holds
+/// every such piece of `words` (looked up whole: `ignore_merges`). That is
+/// about the 4 bytes a token of real English BPE, which the simulator's
+/// cost model assumes. The simulated fleet of `infergate bench` and the
+/// tests give it to both the gateway and the simulator, the way a real
+/// deployment gives both the model's tokenizer.
 pub fn byte_level_bpe_json(words: &[&str]) -> String {
     const PIECE: usize = 4;
     let chars = byte_chars();
     let mut vocab: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
     let mut known: std::collections::HashSet<String> = vocab.iter().cloned().collect();
-    let mut merges: Vec<String> = Vec::new();
     for word in words {
         for spaced in [false, true] {
-            let mut pieces: Vec<String> = Vec::new();
+            let mut pieces: Vec<char> = Vec::new();
             if spaced {
-                pieces.push(chars[usize::from(b' ')].to_string());
+                pieces.push(chars[usize::from(b' ')]);
             }
-            pieces.extend(word.bytes().map(|b| chars[usize::from(b)].to_string()));
+            pieces.extend(word.bytes().map(|b| chars[usize::from(b)]));
             for chunk in pieces.chunks(PIECE) {
-                let mut acc = chunk[0].clone();
-                for p in &chunk[1..] {
-                    let merged = format!("{acc}{p}");
-                    if known.insert(merged.clone()) {
-                        merges.push(format!("{acc} {p}"));
-                        vocab.push(merged.clone());
-                    }
-                    acc = merged;
+                let token: String = chunk.iter().collect();
+                if known.insert(token.clone()) {
+                    vocab.push(token);
                 }
             }
         }
@@ -125,20 +120,23 @@ pub fn byte_level_bpe_json(words: &[&str]) -> String {
     let byte_level = serde_json::json!({
         "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
     });
+    let pieces = serde_json::json!({
+        "type": "Split", "pattern": {"Regex": "(?s).{1,4}"}, "behavior": "Isolated", "invert": false
+    });
     serde_json::json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": [],
         "normalizer": null,
-        "pre_tokenizer": byte_level,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [byte_level, pieces]},
         "post_processor": null,
         "decoder": byte_level,
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null,
             "continuing_subword_prefix": null, "end_of_word_suffix": null,
-            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
+            "vocab": vocab, "merges": []
         }
     })
     .to_string()
@@ -151,11 +149,13 @@ mod tests {
     #[test]
     fn byte_level_tokenizer_cuts_words_into_short_pieces_and_encodes_any_text() {
         let t = PromptTokenizer::from_json(&byte_level_bpe_json(&["cache", "prefix"])).unwrap();
-        // Pieces of at most 4 characters: "cach|e".
+        // Pieces of at most 4 characters: "cach|e", " pre|fix", " cac|he".
         let ids = t.encode("cache").unwrap();
         assert_eq!(ids.len(), 2, "{ids:?}");
-        let n = t.encode("cache prefix cache").unwrap().len();
-        assert!((5..=9).contains(&n), "{n}");
+        let all = t.encode("cache prefix cache").unwrap();
+        assert_eq!(all.len(), 6, "{all:?}");
+        assert_eq!(all[..2], ids[..]);
+        assert_ne!(all[4], ids[0]);
         // Unknown text falls back to bytes, never to an unknown token.
         let other = t.encode("zz\u{e9}").unwrap();
         assert_eq!(other.len(), 4);
