@@ -15,7 +15,8 @@
 #
 # Usage: bench/peers.sh            (DURATION=90 seconds per run, RATE=12,
 #                                   SYSTEM_PROMPTS=8; 1 = one hot prefix,
-#                                   RUNS="prefix_aware least_outstanding precise_prefix sglang vllm")
+#                                   RUNS="prefix_aware least_outstanding precise_prefix sglang vllm",
+#                                   NO_BUILD=1 to use target/release as it is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-90}
@@ -26,7 +27,7 @@ RUNS=${RUNS:-"prefix_aware least_outstanding precise_prefix sglang vllm"}
 VENV=${VENV:-$HOME/.cache/infergate-peers/venv}
 MODEL=llama-3.1-8b-instruct
 
-cargo build --release -q
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q
 BIN=target/release/infergate
 
 if [ ! -x "$VENV/bin/sglang-router" ] || [ ! -x "$VENV/bin/vllm-router" ]; then

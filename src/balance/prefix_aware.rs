@@ -40,6 +40,10 @@ use super::{PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
 
+/// How many leading blocks of a chain (`&[u64]`) each node in a mask
+/// (`u64`) holds, written per node index into the array.
+pub(crate) type Matcher<'a> = dyn Fn(&[u64], u64, &mut [u32; MAX_NODES]) + 'a;
+
 /// Prefix-aware policy for one route.
 #[derive(Debug)]
 pub struct PrefixAware {
@@ -102,7 +106,7 @@ impl PrefixAware {
         nodes: &[Arc<Node>],
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
-        matcher: &dyn Fn(&[u64], u64, &mut [u32; MAX_NODES]),
+        matcher: &Matcher<'_>,
     ) -> Option<usize> {
         let now = now_ns();
         let cands = candidates(nodes, eligible, now);
