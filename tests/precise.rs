@@ -79,7 +79,8 @@ fn prompt(seed: usize, words: usize) -> String {
     const V: [&str; 8] = [
         "cache", "prefix", "gateway", "token", "batch", "model", "node", "queue",
     ];
-    let mut out = format!("conversation {seed}:");
+    // The seed comes first, so prompts differ from their first block on.
+    let mut out = format!("{seed}{seed}{seed}:");
     for i in 0..words {
         out.push(' ');
         out.push_str(V[(i * 7 + seed * 3 + i / 5) % V.len()]);
