@@ -16,7 +16,8 @@
 # Usage: bench/peers.sh            (DURATION=90 seconds per run, RATE=12,
 #                                   SYSTEM_PROMPTS=8; 1 = one hot prefix,
 #                                   RUNS="prefix_aware least_outstanding precise_prefix sglang vllm",
-#                                   NO_BUILD=1 to use target/release as it is)
+#                                   NO_BUILD=1 to use target/release as it is,
+#                                   KEEP=1 to keep the logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-90}
@@ -43,7 +44,7 @@ stop_all() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
 }
-trap 'stop_all; rm -rf "$WORK"' EXIT
+trap 'stop_all; if [ -n "${KEEP:-}" ]; then echo "logs in $WORK" >&2; else rm -rf "$WORK"; fi' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # A run of consecutive free ports (nodes and their event ports use port + i).
 free_ports() {
@@ -104,7 +105,7 @@ EOF
   case $name in
     sglang)
       [ -x "$VENV/bin/sglang-router" ] || return 1
-      "$VENV/bin/sglang-router" --host 127.0.0.1 --port "$gw" --policy cache_aware \
+      "$VENV/bin/sglang-router" launch --host 127.0.0.1 --port "$gw" --policy cache_aware \
         --worker-urls "${urls[@]}" >"$WORK/router-$name.log" 2>&1 &
       PIDS+=($!)
       ;;
@@ -171,8 +172,11 @@ for n in names:
         print(f"| {labels.get(n, n)} | – | – | – | – | not run |")
         continue
     s = json.load(open(path))
-    lat = s["successes"]["latency"]
-    ttft, e2e = lat["time_to_first_token"], lat["request_latency"]
+    lat = s["successes"].get("latency") or {}
+    ttft, e2e = lat.get("time_to_first_token"), lat.get("request_latency")
+    if not ttft or not e2e:
+        print(f"| {labels.get(n, n)} | – | – | – | – | {s['successes']['count']} / {s['load_summary']['count']} |")
+        continue
     hits = queries = 0.0
     for f in glob.glob(os.path.join(work, f"metrics-{n}-*.txt")):
         for line in open(f):
