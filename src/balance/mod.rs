@@ -22,6 +22,7 @@ mod least_outstanding;
 pub mod lora;
 mod peak_ewma;
 mod power_of_two;
+mod precise;
 mod prefix_aware;
 pub mod prefix_index;
 pub mod rendezvous;
@@ -40,6 +41,7 @@ pub use consolidate::Consolidate;
 pub use least_outstanding::LeastOutstanding;
 pub use peak_ewma::PeakEwmaP2c;
 pub use power_of_two::PowerOfTwo;
+pub use precise::PrecisePrefix;
 pub use prefix_aware::PrefixAware;
 pub use prefix_index::PrefixIndex;
 pub use round_robin::RoundRobin;
@@ -77,6 +79,12 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
     ) -> Option<usize>;
+
+    /// The precise prefix-cache state (`precise_prefix` only): its index,
+    /// event subscriptions and counters, for `/metrics` and tests.
+    fn precise(&self) -> Option<&Arc<crate::kvindex::Precise>> {
+        None
+    }
 }
 
 /// The policy names a config may use.
@@ -86,6 +94,7 @@ pub const POLICY_NAMES: &[&str] = &[
     "least_outstanding",
     "power_of_two",
     "prefix_aware",
+    "precise_prefix",
     "consistent_hash",
     "peak_ewma",
     "composite",
@@ -116,6 +125,9 @@ pub fn build_with_index(
         "least_outstanding" => Arc::new(LeastOutstanding::new()),
         "power_of_two" => Arc::new(PowerOfTwo::new()),
         "prefix_aware" => Arc::new(PrefixAware::with_index(opts, index())),
+        // Built without its precise state here (it then routes like
+        // `prefix_aware`); the route table builds it with one.
+        "precise_prefix" => Arc::new(PrecisePrefix::new(opts, index(), None)),
         "consistent_hash" => Arc::new(ConsistentHash::new(nodes, opts)),
         "peak_ewma" => Arc::new(PeakEwmaP2c::new()),
         "composite" => Arc::new(Composite::with_index(opts, index())),

@@ -50,6 +50,10 @@ use super::{sample, PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
 
+/// How many leading blocks of a chain (`&[u64]`) each node in a mask
+/// (`u64`) holds, written per node index into the array.
+pub(crate) type Matcher<'a> = dyn Fn(&[u64], u64, &mut [u32; MAX_NODES]) + 'a;
+
 /// Prefix-aware policy for one route.
 #[derive(Debug)]
 pub struct PrefixAware {
@@ -103,6 +107,23 @@ impl Policy for PrefixAware {
         nodes: &[Arc<Node>],
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
+    ) -> Option<usize> {
+        self.pick_matching(nodes, eligible, ctx, &|chain, mask, out| {
+            self.index.match_lengths(chain, mask, out)
+        })
+    }
+}
+
+impl PrefixAware {
+    /// [`Policy::pick`] with the matching step given: `matcher(chain, mask,
+    /// out)` sets how many leading blocks each node in `mask` holds (the
+    /// `precise_prefix` policy passes the engines' real caches).
+    pub(crate) fn pick_matching(
+        &self,
+        nodes: &[Arc<Node>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+        matcher: &Matcher<'_>,
     ) -> Option<usize> {
         let now = now_ns();
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
@@ -168,7 +189,7 @@ impl Policy for PrefixAware {
                     mask |= 1 << i;
                 }
             }
-            self.index.match_lengths(chain, mask, &mut matched);
+            matcher(chain, mask, &mut matched);
             // Cache affinity yields to real queueing (scraped waiting, KV).
             yield_to_queueing(nodes, &cands, now, &mut matched);
         }

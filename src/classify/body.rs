@@ -39,7 +39,9 @@ use serde_json::error::Category;
 use super::prefix::{estimate_tokens, feed_message, seed_for_model, PrefixHasher};
 mod shape;
 
-use super::{Endpoint, Head, Priority, RequestClass};
+use std::sync::Arc;
+
+use super::{Endpoint, Head, Priority, Prompt, RequestClass};
 use shape::{BodyShape, Loc, Message, Parsed, Piece, ResponsesInput, Seed};
 
 /// Options for body classification.
@@ -47,12 +49,17 @@ use shape::{BodyShape, Loc, Message, Parsed, Piece, ResponsesInput, Seed};
 pub struct ClassifyOptions {
     /// Most prefix blocks to hash.
     pub max_prefix_blocks: usize,
+    /// Keep up to this many bytes of prompt text in
+    /// [`RequestClass::prompt`] (0: none; set when a route uses the precise
+    /// prefix policy, which tokenizes it).
+    pub capture_prompt_bytes: usize,
 }
 
 impl Default for ClassifyOptions {
     fn default() -> Self {
         ClassifyOptions {
             max_prefix_blocks: 256,
+            capture_prompt_bytes: 0,
         }
     }
 }
@@ -154,7 +161,12 @@ fn build(head: Head, p: Parsed<'_>, opts: &ClassifyOptions) -> RequestClass {
         seed_for_model(model.as_deref().unwrap_or("")),
         opts.max_prefix_blocks,
     );
+    if opts.capture_prompt_bytes > 0 {
+        h = h.with_capture(opts.capture_prompt_bytes);
+    }
     let mut ids = 0usize;
+    // A prompt of token ids only is kept as the ids themselves.
+    let mut id_prompt: Option<Vec<u32>> = None;
 
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::OllamaChat => {
@@ -163,6 +175,9 @@ fn build(head: Head, p: Parsed<'_>, opts: &ClassifyOptions) -> RequestClass {
         Endpoint::Completions | Endpoint::Embeddings | Endpoint::OllamaEmbed => {
             if let Some(pieces) = &p.pieces {
                 ids += feed_pieces(&mut h, pieces);
+                if opts.capture_prompt_bytes > 0 && p.text.is_none() {
+                    id_prompt = only_ids(pieces);
+                }
             }
             if let Some(text) = &p.text {
                 h.update(text.as_bytes());
@@ -225,6 +240,23 @@ fn build(head: Head, p: Parsed<'_>, opts: &ClassifyOptions) -> RequestClass {
     let text_bytes = h.total_bytes().saturating_sub(ids.saturating_mul(4));
     let prompt_tokens =
         estimate_tokens(text_bytes).saturating_add(u32::try_from(ids).unwrap_or(u32::MAX));
+    let (prefix, capture) = h.finish_with_capture();
+    let prompt = match (id_prompt, capture) {
+        (Some(ids), _) => Some(Arc::new(Prompt::Ids(ids))),
+        (None, Some(c)) if !c.text.is_empty() => {
+            let mut text = c.text;
+            let mut truncated = c.truncated;
+            // A cut can split a UTF-8 sequence: keep the valid part.
+            if let Err(e) = std::str::from_utf8(&text) {
+                text.truncate(e.valid_up_to());
+                truncated = true;
+            }
+            String::from_utf8(text)
+                .ok()
+                .map(|text| Arc::new(Prompt::Text { text, truncated }))
+        }
+        _ => None,
+    };
 
     RequestClass {
         family: head.family,
@@ -233,10 +265,11 @@ fn build(head: Head, p: Parsed<'_>, opts: &ClassifyOptions) -> RequestClass {
         stream,
         max_tokens,
         prompt_tokens,
-        prefix: h.finish(),
+        prefix,
         asked_priority: head.asked_priority,
         priority: Priority::Standard,
         user: p.user.map(|u| u.into_owned()),
+        prompt,
     }
 }
 
@@ -249,6 +282,18 @@ fn feed_messages(h: &mut PrefixHasher, messages: &[Message<'_>], skip_roleless: 
         };
         feed_message(h, role, m.content.parts());
     }
+}
+
+/// The ids of a prompt made of token-id arrays only (`None` if any text).
+fn only_ids(pieces: &[Piece<'_>]) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Ids(v) => out.extend_from_slice(v),
+            Piece::Text(_) => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Feed prompt pieces; returns the number of token ids fed.

@@ -174,6 +174,24 @@ pub struct RequestClass {
     /// End-user id from the body's `user` field (OpenAI chat, completions,
     /// embeddings, responses), a session key for affinity policies.
     pub user: Option<String>,
+    /// The prompt as the precise prefix policy tokenizes it, kept only when
+    /// [`ClassifyOptions::capture_prompt_bytes`] asks for it.
+    pub prompt: Option<std::sync::Arc<Prompt>>,
+}
+
+/// A request's prompt as fed to the prefix fingerprint (see [`body`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Canonical prompt text: chat messages rendered as `role: text\n`,
+    /// other prompts as they are; `truncated` when cut at the capture limit.
+    Text {
+        /// The text (cut at a character boundary).
+        text: String,
+        /// Cut at the capture limit.
+        truncated: bool,
+    },
+    /// A prompt given as token ids (`/v1/completions` with integer arrays).
+    Ids(Vec<u32>),
 }
 
 impl RequestClass {
@@ -190,6 +208,7 @@ impl RequestClass {
             asked_priority: head.asked_priority,
             priority: Priority::Standard,
             user: None,
+            prompt: None,
         }
     }
 }

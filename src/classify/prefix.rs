@@ -39,6 +39,19 @@ pub struct PrefixHasher {
     total_bytes: usize,
     max_blocks: usize,
     hashes: Vec<u64>,
+    /// The text fed, kept (up to a limit) for a tokenizer when asked for.
+    capture: Option<Capture>,
+}
+
+/// Prompt text kept by [`PrefixHasher::with_capture`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// The bytes fed, in order, up to the limit.
+    pub text: Vec<u8>,
+    /// Most bytes kept.
+    pub limit: usize,
+    /// More bytes were fed than kept.
+    pub truncated: bool,
 }
 
 impl PrefixHasher {
@@ -51,12 +64,29 @@ impl PrefixHasher {
             total_bytes: 0,
             max_blocks,
             hashes: Vec::new(),
+            capture: None,
         }
+    }
+
+    /// Also keep the first `limit` bytes fed (the canonical prompt text the
+    /// precise prefix policy tokenizes, see [`crate::kvindex`]).
+    pub fn with_capture(mut self, limit: usize) -> Self {
+        self.capture = Some(Capture {
+            text: Vec::new(),
+            limit,
+            truncated: false,
+        });
+        self
     }
 
     /// Append a segment of prompt text.
     pub fn update(&mut self, mut data: &[u8]) {
         self.total_bytes += data.len();
+        if let Some(c) = &mut self.capture {
+            let room = c.limit.saturating_sub(c.text.len());
+            c.text.extend_from_slice(&data[..room.min(data.len())]);
+            c.truncated |= data.len() > room;
+        }
         while !data.is_empty() && self.hashes.len() < self.max_blocks {
             if self.filled == 0 && data.len() >= BLOCK_BYTES {
                 let (block, rest) = data.split_at(BLOCK_BYTES);
@@ -90,6 +120,11 @@ impl PrefixHasher {
     /// The chain of full-block hashes, first block first.
     pub fn finish(self) -> Vec<u64> {
         self.hashes
+    }
+
+    /// The chain and the captured text (if capturing).
+    pub fn finish_with_capture(self) -> (Vec<u64>, Option<Capture>) {
+        (self.hashes, self.capture)
     }
 }
 
@@ -161,6 +196,16 @@ mod tests {
         assert_ne!(a[0], b[0]);
         // identical blocks at different positions hash differently (chained)
         assert_ne!(a[0], a[1]);
+    }
+
+    #[test]
+    fn capture_keeps_fed_text_up_to_its_limit() {
+        let mut h = PrefixHasher::new(1, 64).with_capture(10);
+        feed_message(&mut h, "user", ["hello", " world"]);
+        let (_, c) = h.finish_with_capture();
+        let c = c.unwrap();
+        assert_eq!(c.text, b"user: hell");
+        assert!(c.truncated);
     }
 
     #[test]

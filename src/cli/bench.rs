@@ -157,6 +157,15 @@ pub struct BenchArgs {
     /// index (see `placement = "rendezvous"`, docs/kubernetes.md).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Distinct shared system prompts of the chat workload (1: a single
+    /// hot prefix dominates).
+    #[arg(long, default_value_t = 8)]
+    system_prompts: usize,
+    /// Simulated nodes publish vLLM KV-cache events and tokenize with the
+    /// fleet tokenizer (always on when `precise_prefix` is compared, for
+    /// every policy alike).
+    #[arg(long)]
+    kv_events: bool,
 }
 
 /// One policy's results.
@@ -296,9 +305,10 @@ fn stages(args: &BenchArgs, rate_factor: f64) -> Vec<StageSpec> {
 /// The workload of `args` for `model`.
 fn workload(args: &BenchArgs, model: &str) -> Result<WorkloadKind, String> {
     Ok(match args.workload {
-        WorkloadName::Chat => {
-            WorkloadKind::Chat(bench_workload(model, args.stream_share, args.seed))
-        }
+        WorkloadName::Chat => WorkloadKind::Chat(WorkloadConfig {
+            system_prompts: args.system_prompts.max(1),
+            ..bench_workload(model, args.stream_share, args.seed)
+        }),
         WorkloadName::Synthetic => WorkloadKind::Synthetic {
             model: model.to_string(),
             input_bytes: args.input_tokens.saturating_mul(4),
@@ -524,6 +534,39 @@ async fn run_target(args: &BenchArgs, target: &str) -> Result<(), String> {
     )
 }
 
+/// The `[routes.balance.precise]` table for a simulated fleet named `sim-i`.
+fn precise_table(tokenizer: &str, nodes: &[SimNode]) -> String {
+    let list = |f: &dyn Fn(&SimNode) -> Option<&str>| {
+        nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| f(n).map(|ep| format!("\"sim-{i}\" = \"{ep}\"")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "\n[routes.balance.precise]\ntokenizer = {tokenizer:?}\nendpoints = {{ {} }}\nreplay_endpoints = {{ {} }}\n",
+        list(&|n| n.kv_events_endpoint()),
+        list(&|n| n.kv_replay_endpoint())
+    )
+}
+
+/// A simulator config publishing KV events (ephemeral ports, with replay)
+/// and tokenizing with the fleet tokenizer written to `dir`.
+pub fn with_kv_events(mut cfg: SimConfig, dir: &std::path::Path) -> Result<SimConfig, String> {
+    let path = dir.join("fleet-tokenizer.json");
+    std::fs::write(&path, crate::workload::fleet_tokenizer_json())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    cfg.tokenizer = Some(path.to_string_lossy().into_owned());
+    cfg.kv_events = sim::KvEventsConfig {
+        enable_kv_cache_events: true,
+        endpoint: "tcp://127.0.0.1:0".into(),
+        replay_endpoint: Some("tcp://127.0.0.1:0".into()),
+        ..sim::KvEventsConfig::default()
+    };
+    Ok(cfg)
+}
+
 /// Run one policy on a fresh simulated fleet.
 pub async fn run_one(
     policy: &str,
@@ -554,7 +597,11 @@ pub async fn run_one(
     } else {
         String::new()
     };
-    let text = gateway_config(policy, &addrs, &sim_config.model, &args.balance, &energy);
+    let mut balance = args.balance.clone();
+    if let (Some(tokenizer), "precise_prefix") = (&sim_config.tokenizer, policy) {
+        balance.push_str(&precise_table(tokenizer, &nodes));
+    }
+    let text = gateway_config(policy, &addrs, &sim_config.model, &balance, &energy);
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
     let replicas = super::replicas::start(&config, args.replicas).await?;
     let addr = replicas.front;
@@ -672,7 +719,14 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
     {
         return Err(format!("unknown policy {p}"));
     }
-    let sim_config = bench_sim(args.time_scale, args.kv_blocks);
+    let mut sim_config = bench_sim(args.time_scale, args.kv_blocks);
+    let kv_events = args.kv_events || args.policies.iter().any(|p| p == "precise_prefix");
+    if kv_events {
+        let dir = std::env::temp_dir().join(format!("infergate-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        sim_config = with_kv_events(sim_config, &dir)?;
+        println!("nodes publish KV events and tokenize with the fleet tokenizer (every policy)");
+    }
     println!(
         "infergate bench: {} nodes (speeds {:?}), {} KV blocks/node, max {} seqs/node, time scale {}; \
          {} gateway replica(s); {} stage(s) of {:?} wall ({:.0} s simulated) per policy, {:?} workload, seed {}",

@@ -81,6 +81,11 @@ enum Command {
         /// NAME-i for several (default sim-i).
         #[arg(long)]
         name: Option<String>,
+        /// Print the tokenizer.json of the simulated fleet (byte-level BPE
+        /// over the workload's words; give it to nodes and gateways with
+        /// `tokenizer`) and exit.
+        #[arg(long)]
+        print_tokenizer: bool,
     },
     /// Run the whole product on this machine: simulated nodes, a gateway and a workload.
     Demo(demo::DemoArgs),
@@ -139,7 +144,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             speeds,
             config,
             name,
-        } => run_sim(nodes, base_port, host, &speeds, config, name.as_deref()).await,
+            print_tokenizer,
+        } => {
+            if print_tokenizer {
+                println!("{}", crate::workload::fleet_tokenizer_json());
+                return ExitCode::SUCCESS;
+            }
+            run_sim(nodes, base_port, host, &speeds, config, name.as_deref()).await
+        }
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(*args).await,
         Command::Faults(args) => faults::run(args).await,
@@ -313,7 +325,17 @@ async fn run_sim(
             }
         };
     for node in &nodes {
-        println!("{} listening on http://{}", node.name(), node.addr());
+        match node.kv_events_endpoint() {
+            Some(ep) => println!(
+                "{} listening on http://{}, kv events on {ep}{}",
+                node.name(),
+                node.addr(),
+                node.kv_replay_endpoint()
+                    .map(|r| format!(" (replay {r})"))
+                    .unwrap_or_default()
+            ),
+            None => println!("{} listening on http://{}", node.name(), node.addr()),
+        }
     }
     shutdown_signal().await;
     for node in nodes {

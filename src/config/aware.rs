@@ -71,6 +71,8 @@ pub struct BalanceOptions {
     /// `placement = "rendezvous"`: the prompt block whose chain value is
     /// the key (64 bytes a block; the shared start of conversations).
     pub anchor_blocks: usize,
+    /// `precise_prefix`: KV-cache events and tokenizer (see `config::precise`).
+    pub precise: super::precise::PreciseOptions,
 }
 
 impl Default for BalanceOptions {
@@ -86,6 +88,7 @@ impl Default for BalanceOptions {
             scorers: ScorerWeights::default(),
             placement: "index".to_string(),
             anchor_blocks: 16,
+            precise: super::precise::PreciseOptions::default(),
         }
     }
 }
@@ -203,6 +206,7 @@ impl BalanceOptions {
         if s.prefix + s.queue + s.kv + s.outstanding + s.latency <= 0.0 {
             err("scorers", "at least one scorer needs a weight above 0");
         }
+        out.extend(self.precise.problems(&format!("{at}.precise")));
         out
     }
 }

@@ -11,6 +11,7 @@ mod budget;
 mod cidr;
 pub mod duration;
 mod glob;
+pub mod precise;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

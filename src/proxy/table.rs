@@ -13,6 +13,7 @@ use super::queue::{AdmissionQueue, QueueRegistry};
 use super::retry::RetryBudget;
 use crate::balance::{self, Policy, PrefixIndex};
 use crate::classify::{ApiFamily, ClassifyOptions, RequestClass};
+use crate::config::precise::PreciseOptions;
 use crate::config::{
     parse_node_url, Config, ConfigError, FieldError, ListenerConfig, ModelPattern, TimeoutConfig,
     UpstreamProtocol,
@@ -20,6 +21,7 @@ use crate::config::{
 use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
 use crate::fleet::{LoadRegistry, Node, Pool};
 use crate::health::OutlierConfig;
+use crate::kvindex::Precise;
 use crate::telemetry::Telemetry;
 
 /// Which route, over which node list (an index addresses nodes by
@@ -33,7 +35,14 @@ type IndexKey = (String, Vec<String>, usize);
 #[derive(Default)]
 pub struct IndexRegistry {
     indexes: Mutex<HashMap<IndexKey, Arc<PrefixIndex>>>,
+    /// Precise states (index + event subscriptions) of `precise_prefix`
+    /// routes, kept while the route, its nodes and its options stay the same.
+    precise: Mutex<HashMap<PreciseKey, Arc<Precise>>>,
 }
+
+/// Which route, over which `(name, host)` nodes, with which precise options
+/// and prefix length.
+type PreciseKey = (String, Vec<(String, String)>, PreciseOptions, usize);
 
 impl IndexRegistry {
     fn get(&self, key: &IndexKey) -> Arc<PrefixIndex> {
@@ -66,6 +75,22 @@ impl IndexRegistry {
     fn retain(&self, keep: &[IndexKey]) {
         let mut indexes = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
         indexes.retain(|key, _| keep.contains(key));
+    }
+
+    /// The precise state for `key`, started when new.
+    fn precise(&self, key: &PreciseKey) -> Result<Arc<Precise>, (String, String)> {
+        let mut states = self.precise.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = states.get(key) {
+            return Ok(Arc::clone(state));
+        }
+        let state = Arc::new(Precise::start(&key.1, &key.2, key.3)?);
+        states.insert(key.clone(), Arc::clone(&state));
+        Ok(state)
+    }
+
+    fn retain_precise(&self, keep: &[PreciseKey]) {
+        let mut states = self.precise.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|key, _| keep.contains(key));
     }
 }
 
@@ -243,6 +268,8 @@ impl RouteTable {
     ) -> Result<RouteTable, ConfigError> {
         config.validate()?;
         let mut keep_indexes = Vec::new();
+        let mut keep_precise = Vec::new();
+        let mut capture_prompt = false;
         let mut pools = Vec::with_capacity(config.pools.len());
         let mut settings = HashMap::new();
         let mut keep = Vec::new();
@@ -343,12 +370,36 @@ impl RouteTable {
                 node_names.clone(),
                 route.balance.prefix_capacity,
             );
-            let policy =
+            let policy: Arc<dyn Policy> = if route.policy == "precise_prefix" {
+                let hosts = pool
+                    .nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.addr.host().to_string()))
+                    .collect();
+                let key = (
+                    route.name.clone(),
+                    hosts,
+                    route.balance.precise.clone(),
+                    config.classify.max_prefix_blocks,
+                );
+                let state = indexes.precise(&key).map_err(|(field, message)| {
+                    invalid(&format!("balance.precise.{field}"), message)
+                })?;
+                keep_precise.push(key);
+                keep_indexes.push(index_key.clone());
+                capture_prompt = true;
+                Arc::new(balance::PrecisePrefix::new(
+                    &route.balance,
+                    indexes.get(&index_key),
+                    Some(state),
+                ))
+            } else {
                 balance::build_with_index(&route.policy, &pool.nodes, &route.balance, || {
                     keep_indexes.push(index_key.clone());
                     indexes.get(&index_key)
                 })
-                .ok_or_else(|| invalid("policy", format!("unknown policy \"{}\"", route.policy)))?;
+                .ok_or_else(|| invalid("policy", format!("unknown policy \"{}\"", route.policy)))?
+            };
             // `[pools.energy.consolidate]`: the policy picks inside the active set.
             let consolidate = config
                 .pools
@@ -429,6 +480,7 @@ impl RouteTable {
         }
         telemetry.retain(&keep_series);
         indexes.retain(&keep_indexes);
+        indexes.retain_precise(&keep_precise);
         Ok(RouteTable {
             routes,
             pools,
@@ -437,6 +489,12 @@ impl RouteTable {
             listener: config.listener.clone(),
             classify: ClassifyOptions {
                 max_prefix_blocks: config.classify.max_prefix_blocks,
+                // Enough text for the prefix's blocks at a few bytes a token.
+                capture_prompt_bytes: if capture_prompt {
+                    config.classify.max_prefix_blocks * crate::classify::prefix::BLOCK_BYTES * 2
+                } else {
+                    0
+                },
             },
             scrapers,
             energy,

@@ -55,6 +55,12 @@ pub struct SimConfig {
     pub lora_load_secs: f64,
     /// Faults active when the node starts.
     pub faults: Faults,
+    /// KV-cache events, as vLLM's `--kv-events-config` (off by default).
+    pub kv_events: super::kv_events::KvEventsConfig,
+    /// Path of the model's `tokenizer.json`: prompts are tokenized with it
+    /// (token counts, cached blocks, KV events). Without one a token is 4
+    /// bytes of prompt text.
+    pub tokenizer: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -81,6 +87,8 @@ impl Default for SimConfig {
             max_loras: 1,
             lora_load_secs: 0.02,
             faults: Faults::default(),
+            kv_events: super::kv_events::KvEventsConfig::default(),
+            tokenizer: None,
         }
     }
 }

@@ -24,9 +24,11 @@ use tokio::sync::Notify;
 use super::config::{Faults, SimConfig};
 use super::kv::{blocks_for, BlockId, BlockPool};
 use super::lora::Lora;
+use super::kv_events::KvSink;
 use super::metrics::{Gauges, Metrics, SimStats};
 use super::power::{Meter, PowerState};
 use crate::classify::prefix::TOKENS_PER_BLOCK;
+use crate::kvindex::PromptTokenizer;
 
 /// What the engine tells a request's handler.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +58,9 @@ pub(crate) struct SeqRequest {
     pub finish_reason: &'static str,
     /// The LoRA adapter the request names (`lora.rs`), if any.
     pub lora: Option<u32>,
+    /// Token ids of the prompt's full blocks (for KV events; empty when
+    /// the node counts 4 bytes a token without ids).
+    pub tokens: Arc<[u32]>,
 }
 
 #[derive(Debug)]
@@ -103,8 +108,12 @@ pub(crate) struct Plan {
 
 impl State {
     fn new(cfg: &SimConfig) -> Self {
+        let mut pool = BlockPool::new(cfg.kv_blocks, cfg.enable_prefix_caching);
+        if cfg.kv_events.enabled() {
+            pool.enable_events();
+        }
         State {
-            pool: BlockPool::new(cfg.kv_blocks, cfg.enable_prefix_caching),
+            pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
             metrics: Metrics::default(),
@@ -121,6 +130,11 @@ impl State {
             }
         }
         ids
+    }
+
+    /// Content hashes of the blocks the prefix cache holds.
+    pub fn cached_hashes(&self) -> Vec<u64> {
+        self.pool.cached_hashes()
     }
 
     fn gauges(&self) -> Gauges {
@@ -279,9 +293,17 @@ impl State {
             s.sched = 0;
             let full = ((s.computed as usize) / TOKENS_PER_BLOCK).min(s.req.hashes.len());
             if full > s.committed {
-                self.pool.commit(
+                let parent = s.committed.checked_sub(1).map(|p| s.req.hashes[p]);
+                let tokens = s
+                    .req
+                    .tokens
+                    .get(s.committed * TOKENS_PER_BLOCK..full * TOKENS_PER_BLOCK)
+                    .unwrap_or(&[]);
+                self.pool.commit_tokens(
                     &s.blocks[s.committed..full],
                     &s.req.hashes[s.committed..full],
+                    parent,
+                    tokens,
                 );
                 s.committed = full;
             }
@@ -339,6 +361,13 @@ pub(crate) struct Core {
     state: Mutex<State>,
     power: Mutex<Meter>,
     notify: Notify,
+    /// Where KV events go, when published.
+    kv: Option<KvSink>,
+    /// The model's tokenizer, when configured.
+    pub tokenizer: Option<Arc<PromptTokenizer>>,
+    /// Root of this process's block-hash chains (random per process, like
+    /// vLLM's `NONE_HASH` without `PYTHONHASHSEED`).
+    pub hash_seed: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -346,14 +375,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Core {
+    #[cfg(test)]
     pub fn new(cfg: SimConfig, faults: Arc<Mutex<Faults>>) -> Arc<Core> {
+        Core::with_io(cfg, faults, None, None)
+    }
+
+    /// A core publishing KV events to `kv` and tokenizing with `tokenizer`.
+    pub fn with_io(
+        cfg: SimConfig,
+        faults: Arc<Mutex<Faults>>,
+        kv: Option<KvSink>,
+        tokenizer: Option<Arc<PromptTokenizer>>,
+    ) -> Arc<Core> {
         Arc::new(Core {
             state: Mutex::new(State::new(&cfg)),
             power: Mutex::new(Meter::new(cfg.power.clone(), cfg.time_scale)),
             cfg,
             faults,
             notify: Notify::new(),
+            kv,
+            tokenizer,
+            hash_seed: fastrand::u64(..),
         })
+    }
+
+    /// Whether prompts are turned into token ids (a tokenizer, or KV
+    /// events that need ids).
+    pub fn tokenizes(&self) -> bool {
+        self.tokenizer.is_some() || self.kv.is_some()
+    }
+
+    /// Send the KV events of the last step, if any.
+    fn publish_events(&self) {
+        let Some(kv) = &self.kv else {
+            return;
+        };
+        let events = self.state().pool.take_events();
+        if !events.is_empty() {
+            kv.publish(events);
+        }
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -538,6 +598,7 @@ pub(crate) async fn run_engine(core: Arc<Core>) {
             tokio::task::yield_now().await;
         }
         core.state().apply(clock, core.cfg.time_scale);
+        core.publish_events();
     }
 }
 
@@ -557,6 +618,7 @@ mod tests {
 
     fn req(prompt_tokens: u32, hashes: Vec<u64>, max_tokens: u32) -> SeqRequest {
         SeqRequest {
+            tokens: Arc::from(Vec::new()),
             prompt_tokens,
             hashes,
             max_tokens,

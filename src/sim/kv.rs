@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::classify::prefix::TOKENS_PER_BLOCK;
+use crate::kvindex::wire::KvEvent;
 
 pub(crate) type BlockId = u32;
 
@@ -36,6 +37,8 @@ pub(crate) struct BlockPool {
     evictable: BTreeMap<u64, BlockId>,
     tick: u64,
     caching: bool,
+    /// KV events since the last [`BlockPool::take_events`], when published.
+    events: Option<Vec<KvEvent>>,
 }
 
 impl BlockPool {
@@ -48,7 +51,18 @@ impl BlockPool {
             evictable: BTreeMap::new(),
             tick: 0,
             caching,
+            events: None,
         }
+    }
+
+    /// Record KV events (vLLM `--kv-events-config`).
+    pub fn enable_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events recorded since the last call.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn total(&self) -> usize {
@@ -77,6 +91,11 @@ impl BlockPool {
     /// Blocks holding cached prefix content (referenced or evictable).
     pub fn cached_blocks(&self) -> usize {
         self.cached.len()
+    }
+
+    /// Content hashes of the cached blocks.
+    pub fn cached_hashes(&self) -> Vec<u64> {
+        self.cached.keys().copied().collect()
     }
 
     /// Whether a block with this content hash is resident.
@@ -144,6 +163,15 @@ impl BlockPool {
                 let (_, id) = self.evictable.pop_first()?;
                 if let Some(h) = self.blocks[id as usize].hash.take() {
                     self.cached.remove(&h);
+                    if let Some(events) = &mut self.events {
+                        match events.last_mut() {
+                            Some(KvEvent::Removed { block_hashes, .. }) => block_hashes.push(h),
+                            _ => events.push(KvEvent::Removed {
+                                block_hashes: vec![h],
+                                medium: Some("GPU".into()),
+                            }),
+                        }
+                    }
                 }
                 id
             }
@@ -154,18 +182,74 @@ impl BlockPool {
 
     /// Register computed full prompt blocks under their content hashes.
     /// `blocks[i]` holds the block hashed `hashes[i]`.
+    #[cfg(test)]
     pub fn commit(&mut self, blocks: &[BlockId], hashes: &[u64]) {
+        self.commit_tokens(blocks, hashes, None, &[]);
+    }
+
+    /// [`BlockPool::commit`], recording a `BlockStored` event (when events
+    /// are on) per run of newly cached blocks: `parent` is the hash of the
+    /// block before `hashes[0]`, `tokens` the token ids of these blocks.
+    pub fn commit_tokens(
+        &mut self,
+        blocks: &[BlockId],
+        hashes: &[u64],
+        parent: Option<u64>,
+        tokens: &[u32],
+    ) {
         if !self.caching {
             return;
         }
-        for (&id, &h) in blocks.iter().zip(hashes) {
+        let mut run: Option<usize> = None;
+        for (i, (&id, &h)) in blocks.iter().zip(hashes).enumerate() {
             let b = &mut self.blocks[id as usize];
             if b.hash.is_some() || self.cached.contains_key(&h) {
+                if let Some(start) = run.take() {
+                    self.stored(hashes, start..i, parent, tokens);
+                }
                 continue;
             }
             b.hash = Some(h);
             self.cached.insert(h, id);
+            run.get_or_insert(i);
         }
+        if let Some(start) = run {
+            self.stored(
+                hashes,
+                start..hashes.len().min(blocks.len()),
+                parent,
+                tokens,
+            );
+        }
+    }
+
+    fn stored(
+        &mut self,
+        hashes: &[u64],
+        run: std::ops::Range<usize>,
+        parent: Option<u64>,
+        tokens: &[u32],
+    ) {
+        let Some(events) = &mut self.events else {
+            return;
+        };
+        let bs = TOKENS_PER_BLOCK;
+        let Some(token_ids) = tokens.get(run.start * bs..run.end * bs) else {
+            return;
+        };
+        events.push(KvEvent::Stored {
+            block_hashes: hashes[run.clone()].to_vec(),
+            parent: if run.start == 0 {
+                parent
+            } else {
+                Some(hashes[run.start - 1])
+            },
+            token_ids: token_ids.to_vec(),
+            block_size: bs as u32,
+            lora_name: None,
+            medium: Some("GPU".into()),
+            extra: Vec::new(),
+        });
     }
 
     /// Release a sequence's blocks. Cached ones become evictable, the tail
@@ -242,6 +326,43 @@ mod tests {
         // One new block: the tail block (3) goes first, the shared head stays.
         let (_b, _) = p.try_allocate(&[7], 1, 0).unwrap();
         assert!(p.contains(1) && p.contains(2) && !p.contains(3));
+    }
+
+    #[test]
+    fn events_record_new_runs_with_parents_and_evictions() {
+        let mut p = BlockPool::new(3, true);
+        p.enable_events();
+        let tokens: Vec<u32> = (0..48).collect();
+        let (a, _) = p.try_allocate(&[1, 2], 2, 0).unwrap();
+        p.commit_tokens(&a, &[1, 2], None, &tokens[..32]);
+        // A second sequence shares block 1 and adds block 3 after it.
+        let (b, hits) = p.try_allocate(&[1, 3], 2, 0).unwrap();
+        assert_eq!(hits, 1);
+        p.commit_tokens(&b, &[1, 3], None, &tokens[..32]);
+        let ev = p.take_events();
+        assert_eq!(ev.len(), 2);
+        match &ev[1] {
+            KvEvent::Stored {
+                block_hashes,
+                parent,
+                token_ids,
+                ..
+            } => {
+                assert_eq!(block_hashes, &[3]);
+                assert_eq!(*parent, Some(1));
+                assert_eq!(token_ids, &tokens[16..32]);
+            }
+            e => panic!("{e:?}"),
+        }
+        p.free(&a);
+        p.free(&b);
+        // Reusing two blocks evicts the LRU cached ones: one Removed event.
+        let _c = p.try_allocate(&[9], 2, 0).unwrap();
+        let ev = p.take_events();
+        assert!(
+            matches!(&ev[..], [KvEvent::Removed { block_hashes, .. }] if block_hashes.len() == 2),
+            "{ev:?}"
+        );
     }
 
     #[test]

@@ -15,11 +15,13 @@ pub mod config;
 mod engine;
 mod kv;
 mod lora;
+pub mod kv_events;
 pub mod metrics;
 pub mod power;
 mod server;
 #[cfg(test)]
 mod tests;
+mod tokenize;
 mod validate;
 
 use std::future::Future;
@@ -36,6 +38,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use config::{Faults, SimConfig};
+pub use kv_events::KvEventsConfig;
 pub use metrics::SimStats;
 pub use power::PowerModel;
 
@@ -82,6 +85,10 @@ pub struct SimNode {
     faults: Arc<Mutex<Faults>>,
     core: Mutex<Arc<Core>>,
     run: tokio::sync::Mutex<Option<Running>>,
+    /// The KV event publisher (its sockets outlive engine restarts, as a
+    /// new vLLM process binds the same ports again).
+    publisher: Option<kv_events::Publisher>,
+    tokenizer: Option<Arc<crate::kvindex::PromptTokenizer>>,
 }
 
 impl std::fmt::Debug for SimNode {
@@ -96,10 +103,27 @@ impl std::fmt::Debug for SimNode {
 impl SimNode {
     /// Bind `addr` (port 0 picks a free port) and start serving.
     pub async fn start(name: &str, addr: SocketAddr, cfg: SimConfig) -> io::Result<SimNode> {
+        let tokenizer = match &cfg.tokenizer {
+            Some(path) => Some(Arc::new(
+                crate::kvindex::PromptTokenizer::from_file(std::path::Path::new(path))
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        let publisher = if cfg.kv_events.enabled() {
+            Some(kv_events::Publisher::start(&cfg.kv_events).await?)
+        } else {
+            None
+        };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let faults = Arc::new(Mutex::new(cfg.faults.clone()));
-        let core = Core::new(cfg.clone(), faults.clone());
+        let core = Core::with_io(
+            cfg.clone(),
+            faults.clone(),
+            publisher.as_ref().map(kv_events::Publisher::sink),
+            tokenizer.clone(),
+        );
         let running = Running::launch(name, listener, core.clone());
         tracing::debug!(node = name, %addr, "simulated node started");
         Ok(SimNode {
@@ -109,6 +133,8 @@ impl SimNode {
             faults,
             core: Mutex::new(core),
             run: tokio::sync::Mutex::new(Some(running)),
+            publisher,
+            tokenizer,
         })
     }
 
@@ -125,6 +151,30 @@ impl SimNode {
     /// The node's configuration.
     pub fn config(&self) -> &SimConfig {
         &self.cfg
+    }
+
+    /// The bound KV events endpoint (`tcp://host:port`), when publishing.
+    pub fn kv_events_endpoint(&self) -> Option<&str> {
+        self.publisher.as_ref().map(|p| p.events.as_str())
+    }
+
+    /// The bound KV replay endpoint, when configured.
+    pub fn kv_replay_endpoint(&self) -> Option<&str> {
+        self.publisher.as_ref().and_then(|p| p.replay.as_deref())
+    }
+
+    /// Lose the next `n` KV event batches on the PUB socket (they stay in
+    /// the replay buffer): a sequence gap for every subscriber.
+    pub fn drop_kv_batches(&self, n: u32) {
+        if let Some(p) = &self.publisher {
+            p.drop_next(n);
+        }
+    }
+
+    /// Engine hashes of the blocks the prefix cache holds (tests compare
+    /// them with what a subscriber learnt).
+    pub fn cached_block_hashes(&self) -> Vec<u64> {
+        lock(&self.core).state().cached_hashes()
     }
 
     /// Snapshot of counters and gauges of the current engine.
@@ -161,7 +211,15 @@ impl SimNode {
             r.kill().await;
         }
         let listener = TcpListener::bind(self.addr).await?;
-        let core = Core::new(self.cfg.clone(), self.faults.clone());
+        if let Some(p) = &self.publisher {
+            p.reset();
+        }
+        let core = Core::with_io(
+            self.cfg.clone(),
+            self.faults.clone(),
+            self.publisher.as_ref().map(kv_events::Publisher::sink),
+            self.tokenizer.clone(),
+        );
         *lock(&self.core) = core.clone();
         *run = Some(Running::launch(&self.name, listener, core));
         Ok(())
@@ -226,6 +284,14 @@ pub async fn start_named_fleet(
             Some(port) => {
                 let mut c = cfg.clone();
                 c.speed = cfg.speed * speeds.get(i).copied().unwrap_or(1.0);
+                // Like vLLM's data-parallel ranks: node i publishes on the
+                // configured port + i.
+                c.kv_events.endpoint = kv_events::offset_port(&cfg.kv_events.endpoint, i);
+                c.kv_events.replay_endpoint = cfg
+                    .kv_events
+                    .replay_endpoint
+                    .as_deref()
+                    .map(|ep| kv_events::offset_port(ep, i));
                 SimNode::start(&node_name(i), SocketAddr::new(host, port), c).await
             }
         };

@@ -18,8 +18,9 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::config::Faults;
 use super::engine::{Core, Done, Event, SeqRequest};
+use super::tokenize::{prompt_ids, tokenized};
 use super::validate::{self, Api, ApiError};
-use crate::classify::prefix::{estimate_tokens, feed_message, seed_for_model, PrefixHasher};
+use crate::classify::prefix::{feed_message, seed_for_model, PrefixHasher};
 
 /// Why a response is cut off. Returned from the service (hyper then closes
 /// the connection without answering) or from a streaming body (hyper aborts
@@ -128,7 +129,7 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let mut r = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -138,7 +139,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     r
 }
 
-fn api_error(e: &ApiError) -> Response<Body> {
+pub(super) fn api_error(e: &ApiError) -> Response<Body> {
     json_response(e.status, &e.body())
 }
 
@@ -223,6 +224,13 @@ async fn route(ctx: &Ctx, path: &str, req: Request<Incoming>) -> Result<Response
                 }));
             }
             json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+        }
+        (Method::POST, "/tokenize") => return super::tokenize::tokenize(ctx, req).await,
+        (Method::POST, "/v1/chat/completions/render") => {
+            return super::tokenize::render(ctx, true, req).await
+        }
+        (Method::POST, "/v1/completions/render") => {
+            return super::tokenize::render(ctx, false, req).await
         }
         (Method::GET, "/health") => Response::new(full(Bytes::new())),
         (Method::GET, "/metrics") => {
@@ -335,12 +343,19 @@ async fn prelude(
 }
 
 /// The shared prompt fingerprint of a chat request.
-fn chat_prompt(v: &Map<String, Value>, model: &str) -> Result<PrefixHasher, String> {
+pub(super) fn chat_prompt(
+    v: &Map<String, Value>,
+    model: &str,
+    capture: bool,
+) -> Result<PrefixHasher, String> {
     let msgs = v
         .get("messages")
         .and_then(Value::as_array)
         .ok_or("'messages' must be an array")?;
     let mut h = PrefixHasher::new(seed_for_model(model), usize::MAX);
+    if capture {
+        h = h.with_capture(usize::MAX);
+    }
     for m in msgs {
         let role = m
             .get("role")
@@ -366,7 +381,7 @@ fn chat_prompt(v: &Map<String, Value>, model: &str) -> Result<PrefixHasher, Stri
 /// The inputs of a completions `prompt` or embeddings `input` (schema
 /// already checked): strings, or token-id lists written out as text (the
 /// simulator has no tokenizer; ids are hashed and counted by their digits).
-fn text_inputs(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
+pub(super) fn text_inputs(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
     fn tokens(a: &[Value]) -> Option<String> {
         let ids: Option<Vec<String>> = a
             .iter()
@@ -391,8 +406,11 @@ fn text_inputs(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
     }
 }
 
-fn text_prompt(inputs: &[String], model: &str) -> PrefixHasher {
+pub(super) fn text_prompt(inputs: &[String], model: &str, capture: bool) -> PrefixHasher {
     let mut h = PrefixHasher::new(seed_for_model(model), usize::MAX);
+    if capture {
+        h = h.with_capture(usize::MAX);
+    }
     for s in inputs {
         h.update(s.as_bytes());
     }
@@ -578,16 +596,19 @@ async fn generate(
     let model = adapter
         .as_ref()
         .map_or(cfg.model.as_str(), |(_, n)| n.as_str());
+    let capture = ctx.core.tokenizes();
     let hasher = if chat {
-        chat_prompt(&v, model)
+        chat_prompt(&v, model, capture)
     } else {
-        text_inputs(v.get("prompt"), "prompt").map(|i| text_prompt(&i, model))
+        text_inputs(v.get("prompt"), "prompt").map(|i| text_prompt(&i, model, capture))
     };
     let hasher = match hasher {
         Ok(h) => h,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
     };
-    let prompt_tokens = estimate_tokens(hasher.total_bytes());
+    let ids = (!chat).then(|| prompt_ids(v.get("prompt"))).flatten();
+    let prompt = tokenized(&ctx.core, hasher, ids);
+    let prompt_tokens = prompt.prompt_tokens;
     // vLLM prefers `max_completion_tokens` (chat) over `max_tokens`.
     let explicit = ["max_completion_tokens", "max_tokens"]
         .iter()
@@ -607,13 +628,13 @@ async fn generate(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let hashes = hasher.finish();
     let mut rx = match ctx.core.submit(SeqRequest {
         prompt_tokens,
-        hashes,
+        hashes: prompt.hashes,
         max_tokens,
         finish_reason,
         lora: adapter.as_ref().map(|(id, _)| *id),
+        tokens: prompt.tokens,
     }) {
         Ok(rx) => rx,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
@@ -697,17 +718,19 @@ async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>,
         Ok(i) => i,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),
     };
-    let h = text_prompt(&inputs, &cfg.model);
-    let prompt_tokens = estimate_tokens(h.total_bytes());
+    let h = text_prompt(&inputs, &cfg.model, ctx.core.tokenizes());
+    let prompt = tokenized(&ctx.core, h, None);
+    let prompt_tokens = prompt.prompt_tokens;
     if let Err(e) = validate::check_embedding_len(prompt_tokens, cfg.max_model_len) {
         return Ok(api_error(&e));
     }
     let mut rx = match ctx.core.submit(SeqRequest {
         prompt_tokens,
-        hashes: h.finish(),
+        hashes: prompt.hashes,
         max_tokens: 0,
         finish_reason: "stop",
         lora: None,
+        tokens: prompt.tokens,
     }) {
         Ok(rx) => rx,
         Err(e) => return Ok(api_error(&ApiError::bad_request(e, None))),

@@ -746,6 +746,7 @@ async fn batching_slows_each_decode_step() {
         }
     }
     let req = || SeqRequest {
+        tokens: Arc::from(Vec::new()),
         prompt_tokens: 8,
         hashes: vec![],
         max_tokens: 30,

@@ -68,6 +68,76 @@ fn histogram(out: &mut String, name: &str, base: &str, h: &HistSnapshot) {
     let _ = writeln!(out, "{name}_count{base} {cumulative}");
 }
 
+/// The `precise_prefix` routes' KV-event index: counters per route, and
+/// per node whether its event stream is live and how many blocks it holds.
+fn precise(out: &mut String, table: &RouteTable) {
+    let routes: Vec<_> = table
+        .routes
+        .iter()
+        .filter_map(|r| r.policy.precise().map(|p| (r, p)))
+        .collect();
+    if routes.is_empty() {
+        return;
+    }
+    let counters = routes[0].1.index.stats.counters();
+    for (k, (name, help, _)) in counters.iter().enumerate() {
+        let metric = format!("infergate_kv_index_{name}_total");
+        header(
+            out,
+            &metric,
+            "counter",
+            &format!("Precise prefix index: {help}."),
+        );
+        for (route, p) in &routes {
+            let value = p.index.stats.counters()[k].2;
+            let _ = writeln!(out, "{metric}{} {value}", labels(&[("route", &route.name)]));
+        }
+    }
+    header(
+        out,
+        "infergate_kv_index_tokenizer",
+        "gauge",
+        "1 when the route has a tokenizer; 0: it routes on the approximate index.",
+    );
+    for (route, p) in &routes {
+        let l = labels(&[("route", &route.name)]);
+        let _ = writeln!(
+            out,
+            "infergate_kv_index_tokenizer{l} {}",
+            u8::from(p.has_tokenizer())
+        );
+    }
+    header(
+        out,
+        "infergate_kv_index_live",
+        "gauge",
+        "1 while the node's KV event stream is connected.",
+    );
+    let mut blocks = String::new();
+    for (route, p) in &routes {
+        for (i, node) in route.pool.nodes.iter().enumerate().take(p.index.nodes()) {
+            let l = labels(&[("route", &route.name), ("node", &node.name)]);
+            let _ = writeln!(
+                out,
+                "infergate_kv_index_live{l} {}",
+                u8::from(p.index.is_live(i))
+            );
+            let _ = writeln!(
+                blocks,
+                "infergate_kv_index_blocks{l} {}",
+                p.index.blocks_of(i)
+            );
+        }
+    }
+    header(
+        out,
+        "infergate_kv_index_blocks",
+        "gauge",
+        "KV blocks the node holds by its events.",
+    );
+    out.push_str(&blocks);
+}
+
 /// Render every metric for the running `table`.
 pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
     let mut out = String::with_capacity(64 * 1024);
@@ -319,6 +389,7 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
         "infergate_uptime_seconds {}",
         telemetry.uptime().as_secs_f64()
     );
+    precise(&mut out, table);
     out
 }
 

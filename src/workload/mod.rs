@@ -23,4 +23,5 @@ pub mod source;
 mod stats;
 
 pub use client::{chat_body, run, ChatSessions, Planned, WorkloadConfig};
+pub use prompts::fleet_tokenizer_json;
 pub use stats::{Sample, Stats, Summary};

@@ -33,6 +33,31 @@ const WORDS: &[&str] = &[
     "vector",
 ];
 
+/// Every word the workload's prompts are made of (besides numbers and
+/// punctuation): the vocabulary of the simulated fleet's tokenizer
+/// ([`crate::kvindex::tokenizer::byte_level_bpe_json`]).
+pub fn vocabulary() -> Vec<&'static str> {
+    let mut words = WORDS.to_vec();
+    words.extend([
+        "You",
+        "are",
+        "assistant",
+        "Follow",
+        "these",
+        "operating",
+        "notes",
+        "user",
+        "system",
+    ]);
+    words
+}
+
+/// The simulated fleet's `tokenizer.json` (byte-level BPE over the
+/// workload's vocabulary), for gateways and nodes alike.
+pub fn fleet_tokenizer_json() -> String {
+    crate::kvindex::tokenizer::byte_level_bpe_json(&vocabulary())
+}
+
 /// `bytes` bytes (about) of pseudo-random words from `rng`.
 pub fn words(rng: &mut fastrand::Rng, bytes: usize) -> String {
     let mut text = String::with_capacity(bytes + 16);

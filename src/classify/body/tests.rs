@@ -451,10 +451,38 @@ fn max_prefix_blocks_caps_hashes_but_not_token_estimate() {
     let body = format!(r#"{{"prompt":"{long}"}}"#);
     let opts = ClassifyOptions {
         max_prefix_blocks: 4,
+        ..ClassifyOptions::default()
     };
     let c = classify_body(head_for("/v1/completions"), body.as_bytes(), &opts).unwrap();
     assert_eq!(c.prefix.len(), 4);
     assert_eq!(c.prompt_tokens, estimate_tokens(long.len()));
+    assert_eq!(c.prompt, None, "no capture unless asked for");
+}
+
+#[test]
+fn prompt_is_captured_for_the_precise_policy_when_asked() {
+    use crate::classify::Prompt;
+    let opts = ClassifyOptions {
+        capture_prompt_bytes: 12,
+        ..ClassifyOptions::default()
+    };
+    let body =
+        r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
+    let c = classify_body(head_for("/v1/chat/completions"), body.as_bytes(), &opts).unwrap();
+    assert_eq!(
+        c.prompt.as_deref(),
+        Some(&Prompt::Text {
+            text: "system: be b".into(),
+            truncated: true
+        })
+    );
+    let ids = classify_body(
+        head_for("/v1/completions"),
+        br#"{"prompt":[[1,2],[3]]}"#,
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(ids.prompt.as_deref(), Some(&Prompt::Ids(vec![1, 2, 3])));
 }
 
 #[test]

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# infergate against the AI routers, side by side: the same seeded
+# shared-prefix chat workload (infergate bench's chat sessions, 12 req/s)
+# through infergate prefix_aware, least_outstanding and precise_prefix, the
+# SGLang router (cache_aware) and the vLLM router (cache_aware), each in
+# front of a fresh fleet of 4 simulated nodes (speeds 1, 1, 1, 0.5; real
+# time) that publish vLLM KV events and tokenize with the fleet tokenizer.
+# Prints one Markdown table: TTFT mean/p99, e2e p99 (client side, from
+# `infergate bench --target`) and the fleet prefix-cache hit rate (the
+# nodes' vllm:prefix_cache_hits_total / queries_total).
+#
+# The routers come from PyPI (sglang-router, vllm-router) into a venv under
+# ~/.cache/infergate-peers; a router that cannot be installed is left out.
+# Everything listens on 127.0.0.1 ports picked free at start.
+#
+# Usage: bench/peers.sh            (DURATION=90 seconds per run, RATE=12,
+#                                   SYSTEM_PROMPTS=8; 1 = one hot prefix,
+#                                   RUNS="prefix_aware least_outstanding precise_prefix sglang vllm",
+#                                   NO_BUILD=1 to use target/release as it is,
+#                                   KEEP=1 to keep the logs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-90}
+RATE=${RATE:-12}
+SEED=${SEED:-42}
+SYSTEM_PROMPTS=${SYSTEM_PROMPTS:-8}
+RUNS=${RUNS:-"prefix_aware least_outstanding precise_prefix sglang vllm"}
+VENV=${VENV:-$HOME/.cache/infergate-peers/venv}
+MODEL=llama-3.1-8b-instruct
+
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q
+BIN=target/release/infergate
+
+if [ ! -x "$VENV/bin/sglang-router" ] || [ ! -x "$VENV/bin/vllm-router" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check sglang-router vllm-router >/dev/null 2>&1 \
+    || echo "NOTICE: pip could not install every router (needs Python >= 3.8; this is $(python3 --version)); missing ones are left out" >&2
+fi
+
+WORK=$(mktemp -d)
+PIDS=()
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_all; if [ -n "${KEEP:-}" ]; then echo "logs in $WORK" >&2; else rm -rf "$WORK"; fi' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A run of consecutive free ports (nodes and their event ports use port + i).
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+n = int(sys.argv[1])
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); base = s.getsockname()[1]; s.close()
+    if base + n > 65535:
+        continue
+    socks = []
+    try:
+        for i in range(n):
+            t = socket.socket(); t.bind(("127.0.0.1", base + i)); socks.append(t)
+    except OSError:
+        continue
+    finally:
+        for t in socks:
+            t.close()
+    print(base)
+    break
+PY
+}
+wait_http() { # url
+  for _ in $(seq 1 200); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2
+  return 1
+}
+
+"$BIN" sim --print-tokenizer >"$WORK/tokenizer.json"
+
+run_one() { # name
+  local name=$1 base ev rp gw
+  base=$(free_ports 4); ev=$(free_ports 4); rp=$(free_ports 4); gw=$(free_port)
+  cat >"$WORK/sim.toml" <<EOF
+time_scale = 1.0
+max_num_seqs = 32
+max_num_batched_tokens = 2048
+kv_blocks = 2048
+max_model_len = 16384
+default_max_tokens = 64
+tokenizer = "$WORK/tokenizer.json"
+[kv_events]
+enable_kv_cache_events = true
+endpoint = "tcp://127.0.0.1:$ev"
+replay_endpoint = "tcp://127.0.0.1:$rp"
+EOF
+  "$BIN" sim --nodes 4 --base-port "$base" --speeds 1,1,1,0.5 --config "$WORK/sim.toml" >"$WORK/sim-$name.log" 2>&1 &
+  PIDS+=($!)
+  local urls=() i
+  for i in 0 1 2 3; do
+    urls+=("http://127.0.0.1:$((base + i))")
+    wait_http "http://127.0.0.1:$((base + i))/health"
+  done
+  case $name in
+    sglang)
+      [ -x "$VENV/bin/sglang-router" ] || return 1
+      "$VENV/bin/sglang-router" launch --host 127.0.0.1 --port "$gw" --policy cache_aware \
+        --worker-urls "${urls[@]}" >"$WORK/router-$name.log" 2>&1 &
+      PIDS+=($!)
+      ;;
+    vllm)
+      [ -x "$VENV/bin/vllm-router" ] || return 1
+      "$VENV/bin/vllm-router" --host 127.0.0.1 --port "$gw" --policy cache_aware \
+        --worker-urls "${urls[@]}" >"$WORK/router-$name.log" 2>&1 &
+      PIDS+=($!)
+      ;;
+    *)
+      {
+        printf '[listener]\naddr = "127.0.0.1:%s"\n[admin]\naddr = "127.0.0.1:%s"\n' "$gw" "$(free_port)"
+        printf '[[pools]]\nname = "fleet"\n[pools.capacity]\ninterval = "250ms"\n'
+        for i in 0 1 2 3; do printf '[[pools.nodes]]\nname = "sim-%s"\naddr = "127.0.0.1:%s"\n' "$i" "$((base + i))"; done
+        printf '[[routes]]\nname = "chat"\npool = "fleet"\npolicy = "%s"\nretries = 1\n' "$name"
+        printf '[routes.match]\nfamily = "openai"\n'
+        printf '[routes.timeouts]\nfirst_byte = "600s"\nidle = "600s"\ntotal = "1200s"\n'
+        if [ "$name" = precise_prefix ]; then
+          printf '[routes.balance.precise]\ntokenizer = "%s"\n' "$WORK/tokenizer.json"
+          printf 'endpoints = { "sim-0" = "tcp://127.0.0.1:%s", "sim-1" = "tcp://127.0.0.1:%s", "sim-2" = "tcp://127.0.0.1:%s", "sim-3" = "tcp://127.0.0.1:%s" }\n' "$ev" "$((ev + 1))" "$((ev + 2))" "$((ev + 3))"
+          printf 'replay_endpoints = { "sim-0" = "tcp://127.0.0.1:%s", "sim-1" = "tcp://127.0.0.1:%s", "sim-2" = "tcp://127.0.0.1:%s", "sim-3" = "tcp://127.0.0.1:%s" }\n' "$rp" "$((rp + 1))" "$((rp + 2))" "$((rp + 3))"
+        fi
+      } >"$WORK/gw-$name.toml"
+      "$BIN" serve --config "$WORK/gw-$name.toml" >"$WORK/gw-$name.log" 2>&1 &
+      PIDS+=($!)
+      ;;
+  esac
+  # Routers answer /health once they see a worker.
+  for _ in $(seq 1 300); do
+    curl -sf -o /dev/null "http://127.0.0.1:$gw/health" && break
+    curl -sf -o /dev/null "http://127.0.0.1:$gw/v1/models" && break
+    sleep 0.1
+  done
+  "$BIN" bench --target "http://127.0.0.1:$gw" --model "$MODEL" --rate "$RATE" \
+    --duration "${DURATION}s" --seed "$SEED" --system-prompts "$SYSTEM_PROMPTS" \
+    --output "$WORK/report-$name" >"$WORK/bench-$name.log" 2>&1 || {
+      echo "bench through $name failed:" >&2; tail -5 "$WORK/bench-$name.log" >&2; }
+  for i in 0 1 2 3; do
+    curl -sf "http://127.0.0.1:$((base + i))/metrics" >"$WORK/metrics-$name-$i.txt" || true
+  done
+  stop_all
+}
+
+for name in $RUNS; do
+  echo "running $name (${DURATION}s at ${RATE} req/s)..." >&2
+  run_one "$name" || echo "NOTICE: $name left out" >&2
+done
+
+python3 - "$WORK" $RUNS <<'PY'
+import glob, json, os, re, sys
+work, names = sys.argv[1], sys.argv[2:]
+labels = {
+    "prefix_aware": "infergate prefix_aware",
+    "least_outstanding": "infergate least_outstanding",
+    "precise_prefix": "infergate precise_prefix",
+    "sglang": "SGLang router cache_aware",
+    "vllm": "vLLM router cache_aware",
+}
+print("| gateway / policy | TTFT mean | TTFT p99 | e2e p99 | fleet prefix-cache hit rate | ok / sent |")
+print("|---|---|---|---|---|---|")
+for n in names:
+    path = os.path.join(work, f"report-{n}", "summary_lifecycle_metrics.json")
+    if not os.path.exists(path):
+        print(f"| {labels.get(n, n)} | – | – | – | – | not run |")
+        continue
+    s = json.load(open(path))
+    lat = s["successes"].get("latency") or {}
+    ttft, e2e = lat.get("time_to_first_token"), lat.get("request_latency")
+    if not ttft or not e2e:
+        print(f"| {labels.get(n, n)} | – | – | – | – | {s['successes']['count']} / {s['load_summary']['count']} |")
+        continue
+    hits = queries = 0.0
+    for f in glob.glob(os.path.join(work, f"metrics-{n}-*.txt")):
+        for line in open(f):
+            m = re.match(r"vllm:prefix_cache_(hits|queries)_total\{[^}]*\} ([0-9.e+]+)", line)
+            if m:
+                if m.group(1) == "hits":
+                    hits += float(m.group(2))
+                else:
+                    queries += float(m.group(2))
+    rate = f"{100 * hits / queries:.1f} %" if queries else "–"
+    sent = s["load_summary"]["count"]
+    ok = s["successes"]["count"]
+    print(f"| {labels.get(n, n)} | {1000 * ttft['mean']:.0f} ms | {1000 * ttft['p99']:.0f} ms | "
+          f"{e2e['p99']:.1f} s | {rate} | {ok} / {sent} |")
+PY

@@ -1,0 +1,386 @@
+//! Which blocks each node's KV cache really holds, from its events.
+//!
+//! Per node: engine block hash → (gateway key, copies), so a `BlockRemoved`
+//! (which names only engine hashes) finds the key, and a `BlockStored` finds
+//! its parent's key to continue the chain (see [`super::chain`]). Shared:
+//! gateway key → bitset of the nodes holding it, in shards, so a lookup
+//! walks the prompt's keys once for all nodes.
+//!
+//! Memory: each node holds at most `max_blocks_per_node` blocks (about 40
+//! bytes each in the node map plus its share of the key map); stores past
+//! that are refused and counted (the index then under-reports, which only
+//! costs hits). An engine's own cache is far smaller than the default.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::chain::{block_key, root};
+use super::wire::KvEvent;
+use super::KvStats;
+
+/// Nodes a bitset can hold (as the approximate index).
+pub const MAX_NODES: usize = 64;
+const SHARDS: usize = 16;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Engine hashes may be small integers: mix them.
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type FastMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    key: u64,
+    copies: u32,
+}
+
+#[derive(Default)]
+struct NodeBlocks {
+    by_engine: FastMap<Held>,
+}
+
+/// The precise index of one pool's nodes.
+pub struct KvIndex {
+    block_size: usize,
+    max_blocks_per_node: usize,
+    shards: Box<[Mutex<FastMap<u64>>]>,
+    nodes: Box<[Mutex<NodeBlocks>]>,
+    live: Box<[AtomicBool]>,
+    blocks: Box<[AtomicU64]>,
+    /// Counters (events, gaps, lookups, hits).
+    pub stats: KvStats,
+}
+
+impl std::fmt::Debug for KvIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvIndex")
+            .field("nodes", &self.nodes.len())
+            .field("block_size", &self.block_size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn shard_of(key: u64) -> usize {
+    (key >> 58) as usize & (SHARDS - 1)
+}
+
+impl KvIndex {
+    /// An empty index for `nodes` nodes (only the first 64 are tracked).
+    pub fn new(nodes: usize, block_size: usize, max_blocks_per_node: usize) -> KvIndex {
+        let n = nodes.min(MAX_NODES);
+        KvIndex {
+            block_size: block_size.max(1),
+            max_blocks_per_node,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            nodes: (0..n).map(|_| Mutex::default()).collect(),
+            live: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            blocks: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            stats: KvStats::default(),
+        }
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Nodes tracked.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Blocks node `node` holds by its events.
+    pub fn blocks_of(&self, node: usize) -> u64 {
+        self.blocks
+            .get(node)
+            .map_or(0, |b| b.load(Ordering::Relaxed))
+    }
+
+    /// Whether node `node`'s event stream is connected and in sequence.
+    pub fn is_live(&self, node: usize) -> bool {
+        self.live
+            .get(node)
+            .is_some_and(|l| l.load(Ordering::Relaxed))
+    }
+
+    /// Nodes whose event streams are live, as a bitset.
+    pub fn live_mask(&self) -> u64 {
+        (0..self.live.len())
+            .filter(|&i| self.is_live(i))
+            .fold(0, |m, i| m | 1 << i)
+    }
+
+    pub(crate) fn set_live(&self, node: usize, live: bool) {
+        if let Some(l) = self.live.get(node) {
+            l.store(live, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether node `node` holds the block with gateway key `key`.
+    pub fn holds(&self, node: usize, key: u64) -> bool {
+        node < MAX_NODES
+            && lock(&self.shards[shard_of(key)])
+                .get(&key)
+                .is_some_and(|bits| bits & (1 << node) != 0)
+    }
+
+    fn set_bit(&self, key: u64, node: usize, on: bool) {
+        let mut shard = lock(&self.shards[shard_of(key)]);
+        if on {
+            *shard.entry(key).or_insert(0) |= 1 << node;
+        } else if let Some(bits) = shard.get_mut(&key) {
+            *bits &= !(1 << node);
+            if *bits == 0 {
+                shard.remove(&key);
+            }
+        }
+    }
+
+    /// Apply one event of node `node`.
+    pub fn apply(&self, node: usize, event: &KvEvent) {
+        let Some(slot) = self.nodes.get(node) else {
+            return;
+        };
+        let s = &self.stats;
+        match event {
+            KvEvent::Stored {
+                block_hashes,
+                parent,
+                token_ids,
+                block_size,
+                lora_name,
+                medium,
+                extra,
+            } => {
+                if medium
+                    .as_deref()
+                    .is_some_and(|m| !m.eq_ignore_ascii_case("gpu"))
+                {
+                    s.other_medium.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let bs = *block_size as usize;
+                if bs != self.block_size {
+                    s.block_size_mismatch.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if token_ids.len() < block_hashes.len() * bs {
+                    s.malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let mut blocks = lock(slot);
+                let mut prev = match parent {
+                    None => root(lora_name.as_deref()),
+                    Some(p) => match blocks.by_engine.get(p) {
+                        Some(h) => h.key,
+                        None => {
+                            // Its parent was stored before we listened or
+                            // in a batch we missed: no key can be made.
+                            s.orphan_blocks
+                                .fetch_add(block_hashes.len() as u64, Ordering::Relaxed);
+                            return;
+                        }
+                    },
+                };
+                for (i, h) in block_hashes.iter().enumerate() {
+                    let key = block_key(
+                        prev,
+                        &token_ids[i * bs..(i + 1) * bs],
+                        extra.get(i).copied().flatten(),
+                    );
+                    prev = key;
+                    if let Some(held) = blocks.by_engine.get_mut(h) {
+                        held.copies = held.copies.saturating_add(1);
+                        continue;
+                    }
+                    if blocks.by_engine.len() >= self.max_blocks_per_node {
+                        s.over_capacity.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    blocks.by_engine.insert(*h, Held { key, copies: 1 });
+                    self.set_bit(key, node, true);
+                    s.stored_blocks.fetch_add(1, Ordering::Relaxed);
+                }
+                self.blocks[node].store(blocks.by_engine.len() as u64, Ordering::Relaxed);
+            }
+            KvEvent::Removed {
+                block_hashes,
+                medium,
+            } => {
+                if medium
+                    .as_deref()
+                    .is_some_and(|m| !m.eq_ignore_ascii_case("gpu"))
+                {
+                    return;
+                }
+                let mut blocks = lock(slot);
+                for h in block_hashes {
+                    let gone = match blocks.by_engine.get_mut(h) {
+                        Some(held) if held.copies > 1 => {
+                            held.copies -= 1;
+                            None
+                        }
+                        Some(held) => Some(held.key),
+                        None => {
+                            s.unknown_removals.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                    };
+                    if let Some(key) = gone {
+                        blocks.by_engine.remove(h);
+                        self.set_bit(key, node, false);
+                        s.removed_blocks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                self.blocks[node].store(blocks.by_engine.len() as u64, Ordering::Relaxed);
+            }
+            KvEvent::AllCleared => {
+                s.cleared.fetch_add(1, Ordering::Relaxed);
+                self.clear_node(node);
+            }
+        }
+    }
+
+    /// Forget everything node `node` holds (restart, lost events).
+    pub fn clear_node(&self, node: usize) {
+        let Some(slot) = self.nodes.get(node) else {
+            return;
+        };
+        let old = std::mem::take(&mut *lock(slot));
+        for held in old.by_engine.values() {
+            self.set_bit(held.key, node, false);
+        }
+        self.blocks[node].store(0, Ordering::Relaxed);
+    }
+
+    /// For each node in `mask`, how many leading blocks of `keys` it holds
+    /// (`out[i]`; nodes outside `mask` get 0).
+    pub fn match_lengths(&self, keys: &[u64], mask: u64, out: &mut [u32; MAX_NODES]) {
+        out.fill(0);
+        let mut alive = mask;
+        for (k, key) in keys.iter().enumerate() {
+            if alive == 0 {
+                return;
+            }
+            let bits = lock(&self.shards[shard_of(*key)])
+                .get(key)
+                .copied()
+                .unwrap_or(0);
+            let stopped = alive & !bits;
+            for (i, slot) in out.iter_mut().enumerate() {
+                if stopped & (1 << i) != 0 {
+                    *slot = k as u32;
+                }
+            }
+            alive &= bits;
+        }
+        for (i, slot) in out.iter_mut().enumerate() {
+            if alive & (1 << i) != 0 {
+                *slot = keys.len() as u32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::chain::prompt_keys;
+    use super::*;
+
+    fn stored(hashes: &[u64], parent: Option<u64>, tokens: std::ops::Range<u32>) -> KvEvent {
+        KvEvent::Stored {
+            block_hashes: hashes.to_vec(),
+            parent,
+            token_ids: tokens.collect(),
+            block_size: 4,
+            lora_name: None,
+            medium: None,
+            extra: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn stores_chain_by_tokens_and_removals_use_engine_hashes() {
+        let idx = KvIndex::new(2, 4, 1000);
+        // Node 0 caches 3 blocks in two events (the second continues the first).
+        idx.apply(0, &stored(&[100, 101], None, 0..8));
+        idx.apply(0, &stored(&[102], Some(101), 8..12));
+        // Node 1 caches the first block only, under other engine hashes.
+        idx.apply(1, &stored(&[900], None, 0..4));
+        let tokens: Vec<u32> = (0..14).collect();
+        let keys = prompt_keys(root(None), &tokens, 4, 64);
+        assert_eq!(keys.len(), 3);
+        let mut out = [0; MAX_NODES];
+        idx.match_lengths(&keys, 0b11, &mut out);
+        assert_eq!(&out[..2], &[3, 1]);
+        idx.match_lengths(&keys, 0b10, &mut out);
+        assert_eq!(&out[..2], &[0, 1]);
+        // Evicting node 0's middle block cuts its run at 1.
+        idx.apply(
+            0,
+            &KvEvent::Removed {
+                block_hashes: vec![101],
+                medium: None,
+            },
+        );
+        idx.match_lengths(&keys, 0b11, &mut out);
+        assert_eq!(&out[..2], &[1, 1]);
+        assert_eq!(idx.blocks_of(0), 2);
+        idx.apply(1, &KvEvent::AllCleared);
+        idx.match_lengths(&keys, 0b11, &mut out);
+        assert_eq!(&out[..2], &[1, 0]);
+        assert_eq!(idx.blocks_of(1), 0);
+    }
+
+    #[test]
+    fn orphans_mismatches_and_capacity_are_counted_not_indexed() {
+        let idx = KvIndex::new(1, 4, 2);
+        idx.apply(0, &stored(&[5], Some(4), 0..4));
+        assert_eq!(idx.stats.orphan_blocks.load(Ordering::Relaxed), 1);
+        let mut wrong = stored(&[6], None, 0..8);
+        if let KvEvent::Stored { block_size, .. } = &mut wrong {
+            *block_size = 8;
+        }
+        idx.apply(0, &wrong);
+        assert_eq!(idx.stats.block_size_mismatch.load(Ordering::Relaxed), 1);
+        idx.apply(0, &stored(&[1, 2, 3], None, 0..12));
+        assert_eq!(idx.blocks_of(0), 2);
+        assert_eq!(idx.stats.over_capacity.load(Ordering::Relaxed), 1);
+        // A second copy of a block survives one removal.
+        idx.apply(0, &stored(&[1], None, 0..4));
+        idx.apply(
+            0,
+            &KvEvent::Removed {
+                block_hashes: vec![1],
+                medium: Some("GPU".into()),
+            },
+        );
+        assert_eq!(idx.blocks_of(0), 2);
+        idx.clear_node(0);
+        assert_eq!(idx.blocks_of(0), 0);
+        let keys = prompt_keys(root(None), &(0..8).collect::<Vec<u32>>(), 4, 64);
+        let mut out = [0; MAX_NODES];
+        idx.match_lengths(&keys, 1, &mut out);
+        assert_eq!(out[0], 0);
+    }
+}

@@ -1,0 +1,348 @@
+//! Precise prefix-cache routing end to end: simulated nodes publish vLLM's
+//! KV events over ZMQ, the gateway's index follows them (gaps, restarts),
+//! agrees with the nodes' tokenization, and routes on the real cache.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use infergate::classify::{classify_body, classify_head, ClassifyOptions};
+use infergate::config::precise::PreciseOptions;
+use infergate::kvindex::index::MAX_NODES;
+use infergate::kvindex::Precise;
+use infergate::sim::{KvEventsConfig, SimConfig, SimNode};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The fleet tokenizer in a file of its own.
+fn tokenizer_file() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "infergate-precise-{}-{}.json",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, infergate::workload::fleet_tokenizer_json()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn sim_config(tokenizer: &str, replay: bool) -> SimConfig {
+    SimConfig {
+        tokenizer: Some(tokenizer.to_string()),
+        kv_events: KvEventsConfig {
+            enable_kv_cache_events: true,
+            endpoint: "tcp://127.0.0.1:0".into(),
+            replay_endpoint: replay.then(|| "tcp://127.0.0.1:0".to_string()),
+            ..KvEventsConfig::default()
+        },
+        ..fast_sim()
+    }
+}
+
+async fn start(n: usize, tokenizer: &str, replay: bool) -> Vec<SimNode> {
+    start_nodes(n, &sim_config(tokenizer, replay)).await
+}
+
+fn options(nodes: &[SimNode], tokenizer: &str) -> PreciseOptions {
+    let mut o = PreciseOptions {
+        tokenizer: Some(tokenizer.to_string()),
+        ..PreciseOptions::default()
+    };
+    for (i, n) in nodes.iter().enumerate() {
+        o.endpoints
+            .insert(format!("n{i}"), n.kv_events_endpoint().unwrap().to_string());
+        if let Some(r) = n.kv_replay_endpoint() {
+            o.replay_endpoints.insert(format!("n{i}"), r.to_string());
+        }
+    }
+    o
+}
+
+async fn subscribe(nodes: &[SimNode], tokenizer: &str) -> Precise {
+    let names: Vec<(String, String)> = (0..nodes.len())
+        .map(|i| (format!("n{i}"), "127.0.0.1".to_string()))
+        .collect();
+    let p = Precise::start(&names, &options(nodes, tokenizer), 256).unwrap();
+    let all = (1u64 << nodes.len()) - 1;
+    assert!(
+        eventually(WAIT, || p.index.live_mask() == all).await,
+        "subscriptions never came up"
+    );
+    p
+}
+
+/// A prompt of `words` words from the fleet's vocabulary, distinct per `seed`.
+fn prompt(seed: usize, words: usize) -> String {
+    const V: [&str; 8] = [
+        "cache", "prefix", "gateway", "token", "batch", "model", "node", "queue",
+    ];
+    // The seed comes first, so prompts differ from their first block on.
+    let mut out = format!("{seed}{seed}{seed}:");
+    for i in 0..words {
+        out.push(' ');
+        out.push_str(V[(i * 7 + seed * 3 + i / 5) % V.len()]);
+    }
+    out
+}
+
+async fn ask(node: &SimNode, content: &str) {
+    let r = post(node.addr(), "/v1/chat/completions", chat(content, false, 4)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// The index holds exactly the blocks node `i`'s cache holds.
+fn in_step(p: &Precise, nodes: &[SimNode], i: usize) -> bool {
+    let cached = nodes[i].cached_block_hashes().len() as u64;
+    cached > 0 && p.index.blocks_of(i) == cached
+}
+
+/// The gateway's keys for a chat body, as the policy computes them.
+fn keys_for(p: &Precise, body: &str) -> Vec<u64> {
+    let head = classify_head(
+        &http::Method::POST,
+        "/v1/chat/completions",
+        &http::HeaderMap::new(),
+    );
+    let opts = ClassifyOptions {
+        capture_prompt_bytes: 1 << 16,
+        ..ClassifyOptions::default()
+    };
+    let class = classify_body(head, body.as_bytes(), &opts).unwrap();
+    p.keys(class.prompt.as_deref().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn events_arrive_and_gateway_keys_match_the_nodes_cache() {
+    let tok = tokenizer_file();
+    let nodes = start(2, &tok, true).await;
+    let p = subscribe(&nodes, &tok).await;
+    for s in 0..3 {
+        ask(&nodes[0], &prompt(s, 120)).await;
+    }
+    ask(&nodes[1], &prompt(7, 120)).await;
+    assert!(
+        eventually(WAIT, || in_step(&p, &nodes, 0) && in_step(&p, &nodes, 1)).await,
+        "index {} / {} blocks, caches {} / {}",
+        p.index.blocks_of(0),
+        p.index.blocks_of(1),
+        nodes[0].cached_block_hashes().len(),
+        nodes[1].cached_block_hashes().len()
+    );
+    // The gateway tokenizes the request the way the node did: every full
+    // block of the prompt is found on the node that served it, none on the other.
+    for (s, home) in [(0, 0), (2, 0), (7, 1)] {
+        let keys = keys_for(&p, &chat(&prompt(s, 120), false, 4));
+        assert!(keys.len() >= 5, "{} blocks", keys.len());
+        let mut m = [0u32; MAX_NODES];
+        p.index.match_lengths(&keys, 0b11, &mut m);
+        assert_eq!(m[home] as usize, keys.len(), "prompt {s}");
+        assert_eq!(m[1 - home], 0, "prompt {s}");
+    }
+    assert_eq!(p.index.stats.orphan_blocks.load(Ordering::Relaxed), 0);
+    assert_eq!(p.index.stats.gaps.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_gap_is_replayed_and_without_replay_the_node_is_forgotten() {
+    let tok = tokenizer_file();
+    let mut nodes = start(1, &tok, true).await;
+    nodes.extend(start(1, &tok, false).await);
+    let p = subscribe(&nodes, &tok).await;
+    for (i, n) in nodes.iter().enumerate() {
+        ask(n, &prompt(10 + i, 100)).await;
+    }
+    assert!(eventually(WAIT, || in_step(&p, &nodes, 0) && in_step(&p, &nodes, 1)).await);
+    // The next two batches of each node are lost on the PUB socket.
+    for n in &nodes {
+        n.drop_kv_batches(2);
+    }
+    for s in 0..3 {
+        for (i, n) in nodes.iter().enumerate() {
+            ask(n, &prompt(20 + 10 * i + s, 100)).await;
+        }
+    }
+    let s = &p.index.stats;
+    assert!(eventually(WAIT, || s.gaps.load(Ordering::Relaxed) == 2).await);
+    // With a replay socket the missing batches are fetched: in step again.
+    assert!(
+        eventually(WAIT, || in_step(&p, &nodes, 0)).await,
+        "index {} cache {}",
+        p.index.blocks_of(0),
+        nodes[0].cached_block_hashes().len()
+    );
+    assert_eq!(s.replays.load(Ordering::Relaxed), 1);
+    // Without one the node's old blocks are dropped: the index holds only
+    // what was stored after the gap, less than the node's cache.
+    assert_eq!(s.resync_clears.load(Ordering::Relaxed), 1);
+    let (held, cached) = (
+        p.index.blocks_of(1),
+        nodes[1].cached_block_hashes().len() as u64,
+    );
+    assert!(held > 0 && held < cached, "held {held} of {cached}");
+}
+
+#[tokio::test]
+async fn a_restarted_node_is_cleared() {
+    let tok = tokenizer_file();
+    let nodes = start(1, &tok, false).await;
+    let p = subscribe(&nodes, &tok).await;
+    ask(&nodes[0], &prompt(1, 100)).await;
+    ask(&nodes[0], &prompt(2, 100)).await;
+    assert!(eventually(WAIT, || in_step(&p, &nodes, 0)).await);
+    let before = p.index.blocks_of(0);
+    nodes[0].restart().await.unwrap();
+    // The new process numbers its batches from 0 again: its first batch
+    // tells the subscriber, which forgets the old process's blocks.
+    ask(&nodes[0], &prompt(3, 40)).await;
+    let s = &p.index.stats;
+    assert!(eventually(WAIT, || s.restarts.load(Ordering::Relaxed) == 1).await);
+    assert!(eventually(WAIT, || in_step(&p, &nodes, 0)).await);
+    assert!(p.index.blocks_of(0) < before);
+    let old = keys_for(&p, &chat(&prompt(1, 100), false, 4));
+    let mut m = [0u32; MAX_NODES];
+    p.index.match_lengths(&old, 1, &mut m);
+    assert_eq!(m[0], 0, "a block of the old process is still indexed");
+}
+
+#[tokio::test]
+async fn the_gateway_routes_to_the_node_that_really_holds_the_prefix() {
+    let tok = tokenizer_file();
+    let nodes = start(3, &tok, true).await;
+    let mut endpoints = String::new();
+    for (i, n) in nodes.iter().enumerate() {
+        endpoints.push_str(&format!("n{i} = \"{}\", ", n.kv_events_endpoint().unwrap()));
+    }
+    let route_extra = format!(
+        "[routes.balance.precise]\ntokenizer = \"{tok}\"\nendpoints = {{ {} }}\n",
+        endpoints.trim_end_matches(", ")
+    );
+    let gw = start_gateway(&config_text(
+        &unweighted(&nodes),
+        "precise_prefix",
+        &route_extra,
+    ))
+    .await;
+    let table = gw.gateway.table();
+    let precise = Arc::clone(table.routes[0].policy.precise().expect("precise state"));
+    assert!(eventually(WAIT, || precise.index.live_mask() == 0b111).await);
+    // Warm the prefixes on node 2 only, behind the gateway's back: the
+    // approximate index has never seen them.
+    let prompts: Vec<String> = (0..4).map(|s| prompt(40 + s, 150)).collect();
+    for p in &prompts {
+        ask(&nodes[2], p).await;
+    }
+    assert!(eventually(WAIT, || in_step(&precise, &nodes, 2)).await);
+    for (k, p) in prompts.iter().enumerate() {
+        // A follow-up turn: the cached prompt plus more.
+        let body = chat(&format!("{p} and one more question {k}"), false, 4);
+        let r = post(gw.addr, "/v1/chat/completions", body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.node(), nodes[2].name(), "prompt {k}");
+    }
+    let s = &precise.index.stats;
+    assert_eq!(s.hits.load(Ordering::Relaxed), 4);
+    assert!(s.hit_blocks.load(Ordering::Relaxed) >= 4 * 5);
+    // The same counters and per-node states in /metrics.
+    let text = infergate::telemetry::prom::render(&gw.gateway.telemetry, &table);
+    assert!(
+        text.contains("infergate_kv_index_hits_total{route=\"r\"} 4"),
+        "{text}"
+    );
+    assert!(text.contains("infergate_kv_index_live{route=\"r\",node=\"n2\"} 1"));
+    assert!(text.contains("infergate_kv_index_tokenizer{route=\"r\"} 1"));
+}
+
+#[tokio::test]
+async fn without_a_tokenizer_the_policy_falls_back_and_counts_it() {
+    let tok = tokenizer_file();
+    let nodes = start(2, &tok, false).await;
+    let route_extra = format!(
+        "[routes.balance.precise]\nendpoints = {{ n0 = \"{}\", n1 = \"{}\" }}\n",
+        nodes[0].kv_events_endpoint().unwrap(),
+        nodes[1].kv_events_endpoint().unwrap()
+    );
+    let gw = start_gateway(&config_text(
+        &unweighted(&nodes),
+        "precise_prefix",
+        &route_extra,
+    ))
+    .await;
+    let table = gw.gateway.table();
+    let precise = Arc::clone(table.routes[0].policy.precise().unwrap());
+    assert!(!precise.has_tokenizer());
+    let r = post(
+        gw.addr,
+        "/v1/chat/completions",
+        chat(&prompt(1, 50), false, 4),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(precise.index.stats.fallbacks.load(Ordering::Relaxed), 1);
+    assert_eq!(precise.index.stats.lookups.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_bad_tokenizer_path_or_unknown_node_is_refused_with_its_field() {
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let text = config_text(
+        &unweighted(&nodes),
+        "precise_prefix",
+        "[routes.balance.precise]\ntokenizer = \"/nonexistent/tokenizer.json\"\n",
+    );
+    let config = infergate::config::Config::from_toml(&text).unwrap();
+    let Err(err) = infergate::proxy::Gateway::new(&config) else {
+        panic!("accepted")
+    };
+    let err = err.to_string();
+    assert!(err.contains("routes[0].balance.precise.tokenizer"), "{err}");
+    let text = config_text(
+        &unweighted(&nodes),
+        "precise_prefix",
+        "[routes.balance.precise]\nendpoints = { nx = \"tcp://127.0.0.1:5557\" }\n",
+    );
+    let config = infergate::config::Config::from_toml(&text).unwrap();
+    let Err(err) = infergate::proxy::Gateway::new(&config) else {
+        panic!("accepted")
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("routes[0].balance.precise.endpoints.nx"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_simulator_serves_tokenize_and_render_as_vllm_does() {
+    let tok = tokenizer_file();
+    let nodes = start(1, &tok, false).await;
+    let t = infergate::kvindex::PromptTokenizer::from_file(std::path::Path::new(&tok)).unwrap();
+    let content = prompt(3, 30);
+    let want = t.encode(&format!("user: {content}\n")).unwrap();
+    let body =
+        serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": content}]});
+    let r = post(nodes[0].addr(), "/tokenize", body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["count"], want.len());
+    assert_eq!(v["tokens"], serde_json::json!(want));
+    let r = post(
+        nodes[0].addr(),
+        "/v1/chat/completions/render",
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["token_ids"], serde_json::json!(want));
+    let r = post(
+        nodes[0].addr(),
+        "/v1/completions/render",
+        serde_json::json!({"model": MODEL, "prompt": [5, 6, 7]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.json()[0]["token_ids"], serde_json::json!([5, 6, 7]));
+    // Rendering is not inference: nothing reached the engine.
+    assert_eq!(nodes[0].cached_block_hashes().len(), 0);
+}
