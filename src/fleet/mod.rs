@@ -14,8 +14,8 @@ use http::uri::Authority;
 
 mod ai;
 pub mod capacity;
-pub mod power;
 pub mod lora;
+pub mod power;
 
 pub use ai::{expected_output, now_ns, AiLoad, PeakEwma, DEFAULT_EXPECTED_OUTPUT};
 

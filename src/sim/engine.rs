@@ -23,8 +23,8 @@ use tokio::sync::Notify;
 
 use super::config::{Faults, SimConfig};
 use super::kv::{blocks_for, BlockId, BlockPool};
-use super::lora::Lora;
 use super::kv_events::KvSink;
+use super::lora::Lora;
 use super::metrics::{Gauges, Metrics, SimStats};
 use super::power::{Meter, PowerState};
 use crate::classify::prefix::TOKENS_PER_BLOCK;

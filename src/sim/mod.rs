@@ -14,8 +14,8 @@
 pub mod config;
 mod engine;
 mod kv;
-mod lora;
 pub mod kv_events;
+mod lora;
 pub mod metrics;
 pub mod power;
 mod server;
