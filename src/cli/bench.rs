@@ -152,6 +152,17 @@ pub struct BenchArgs {
     /// `consolidate` policies: capacity and SLO share kept in reserve.
     #[arg(long, default_value_t = 0.2)]
     headroom: f64,
+    /// `consolidate` policies: simulated time a node's share must stay
+    /// below the set before it leaves (`scale_down_delay`).
+    #[arg(long, default_value = "30s", value_parser = crate::config::duration::parse)]
+    scale_down_delay: Duration,
+    /// `consolidate` policies: simulated idle time before a node outside
+    /// the set is parked (`[pools.energy.parking] idle_after`).
+    #[arg(long, default_value = "20s", value_parser = crate::config::duration::parse)]
+    idle_after: Duration,
+    /// Simulated seconds a parked node takes to wake (`sim::power` `wake_secs`).
+    #[arg(long, default_value_t = 30.0)]
+    wake_secs: f64,
 }
 
 /// One policy's results.
@@ -210,10 +221,16 @@ fn gateway_config(
     model: &str,
     balance: &str,
     energy: &str,
+    time_scale: f64,
 ) -> String {
-    let mut text = String::from(
+    // The nodes' queue scrape every 250 simulated ms: a fixed wall-time
+    // interval would leave the running/waiting counts stale for seconds of
+    // simulated time at a fast time scale, inflating the load that routing
+    // and consolidation see.
+    let scrape_ms = (250.0 * time_scale).round().max(10.0) as u64;
+    let mut text = format!(
         "[listener]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"bench\"\n\
-         [pools.capacity]\ninterval = \"250ms\"\n",
+         [pools.capacity]\ninterval = \"{scrape_ms}ms\"\n",
     );
     text.push_str(energy);
     for (i, addr) in addrs.iter().enumerate() {
@@ -538,15 +555,22 @@ pub async fn run_one(
                 itl_slo: args.slo_tpot.map_or(0.1, |d| d.as_secs_f64()),
                 target_batch: args.target_batch,
                 headroom: args.headroom,
-                scale_down: 30.0,
-                idle_after: 20.0,
+                scale_down: args.scale_down_delay.as_secs_f64(),
+                idle_after: args.idle_after.as_secs_f64(),
             },
             sim_config,
         )
     } else {
         String::new()
     };
-    let text = gateway_config(policy, &addrs, &sim_config.model, &args.balance, &energy);
+    let text = gateway_config(
+        policy,
+        &addrs,
+        &sim_config.model,
+        &args.balance,
+        &energy,
+        sim_config.time_scale,
+    );
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
     let gateway = Gateway::new(&config).map_err(|e| e.to_string())?;
     let listener = proxy::bind(&gateway).await.map_err(|e| e.to_string())?;
@@ -677,7 +701,8 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
     {
         return Err(format!("unknown policy {p}"));
     }
-    let sim_config = bench_sim(args.time_scale, args.kv_blocks);
+    let mut sim_config = bench_sim(args.time_scale, args.kv_blocks);
+    sim_config.power.wake_secs = args.wake_secs;
     println!(
         "infergate bench: {} nodes (speeds {:?}), {} KV blocks/node, max {} seqs/node, time scale {}; \
          {} stage(s) of {:?} wall ({:.0} s simulated) per policy, {:?} workload, seed {}",
@@ -766,6 +791,19 @@ pub async fn run(args: BenchArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_scrape_interval_follows_the_time_scale() {
+        let addrs = [SocketAddr::from(([127, 0, 0, 1], 1))];
+        let scrape = |ts: f64| {
+            let text = gateway_config("least_outstanding", &addrs, "m", "", "", ts);
+            let config = Config::from_toml(&text).expect("bench config parses");
+            config.pools[0].capacity.as_ref().map(|c| c.interval)
+        };
+        assert_eq!(scrape(1.0), Some(Duration::from_millis(250)));
+        assert_eq!(scrape(0.1), Some(Duration::from_millis(25)));
+        assert_eq!(scrape(0.01), Some(Duration::from_millis(10)));
+    }
 
     #[test]
     fn target_urls_get_the_chat_path() {
