@@ -159,8 +159,7 @@ impl Controller {
             // and one such outlier would otherwise wake the whole pool.
             let breach = nodes.iter().zip(&self.members).any(|(v, &m)| {
                 m && v.in_flight >= per_node * 0.5
-                    && v
-                        .ttft
+                    && v.ttft
                         .is_some_and(|t| t > plan.ttft_slo.as_secs_f64() * slack)
             });
             let mut want = needed;
