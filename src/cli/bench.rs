@@ -166,6 +166,17 @@ pub struct BenchArgs {
     /// every policy alike).
     #[arg(long)]
     kv_events: bool,
+    /// `consolidate` policies: simulated time a node's share must stay
+    /// below the set before it leaves (`scale_down_delay`).
+    #[arg(long, default_value = "30s", value_parser = crate::config::duration::parse)]
+    scale_down_delay: Duration,
+    /// `consolidate` policies: simulated idle time before a node outside
+    /// the set is parked (`[pools.energy.parking] idle_after`).
+    #[arg(long, default_value = "20s", value_parser = crate::config::duration::parse)]
+    idle_after: Duration,
+    /// Simulated seconds a parked node takes to wake (`sim::power` `wake_secs`).
+    #[arg(long, default_value_t = 30.0)]
+    wake_secs: f64,
 }
 
 /// One policy's results.
@@ -224,10 +235,16 @@ fn gateway_config(
     model: &str,
     balance: &str,
     energy: &str,
+    time_scale: f64,
 ) -> String {
-    let mut text = String::from(
+    // The nodes' queue scrape every 250 simulated ms: a fixed wall-time
+    // interval would leave the running/waiting counts stale for seconds of
+    // simulated time at a fast time scale, inflating the load that routing
+    // and consolidation see.
+    let scrape_ms = (250.0 * time_scale).round().max(10.0) as u64;
+    let mut text = format!(
         "[listener]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"bench\"\n\
-         [pools.capacity]\ninterval = \"250ms\"\n",
+         [pools.capacity]\ninterval = \"{scrape_ms}ms\"\n",
     );
     text.push_str(energy);
     for (i, addr) in addrs.iter().enumerate() {
@@ -589,8 +606,8 @@ pub async fn run_one(
                 itl_slo: args.slo_tpot.map_or(0.1, |d| d.as_secs_f64()),
                 target_batch: args.target_batch,
                 headroom: args.headroom,
-                scale_down: 30.0,
-                idle_after: 20.0,
+                scale_down: args.scale_down_delay.as_secs_f64(),
+                idle_after: args.idle_after.as_secs_f64(),
             },
             sim_config,
         )
@@ -601,7 +618,14 @@ pub async fn run_one(
     if let (Some(tokenizer), "precise_prefix") = (&sim_config.tokenizer, policy) {
         balance.push_str(&precise_table(tokenizer, &nodes));
     }
-    let text = gateway_config(policy, &addrs, &sim_config.model, &balance, &energy);
+    let text = gateway_config(
+        policy,
+        &addrs,
+        &sim_config.model,
+        &balance,
+        &energy,
+        sim_config.time_scale,
+    );
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
     let replicas = super::replicas::start(&config, args.replicas).await?;
     let addr = replicas.front;
@@ -720,6 +744,7 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
         return Err(format!("unknown policy {p}"));
     }
     let mut sim_config = bench_sim(args.time_scale, args.kv_blocks);
+    sim_config.power.wake_secs = args.wake_secs;
     let kv_events = args.kv_events || args.policies.iter().any(|p| p == "precise_prefix");
     if kv_events {
         let dir = std::env::temp_dir().join(format!("infergate-bench-{}", std::process::id()));
@@ -816,6 +841,19 @@ pub async fn run(args: BenchArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_scrape_interval_follows_the_time_scale() {
+        let addrs = [SocketAddr::from(([127, 0, 0, 1], 1))];
+        let scrape = |ts: f64| {
+            let text = gateway_config("least_outstanding", &addrs, "m", "", "", ts);
+            let config = Config::from_toml(&text).expect("bench config parses");
+            config.pools[0].capacity.as_ref().map(|c| c.interval)
+        };
+        assert_eq!(scrape(1.0), Some(Duration::from_millis(250)));
+        assert_eq!(scrape(0.1), Some(Duration::from_millis(25)));
+        assert_eq!(scrape(0.01), Some(Duration::from_millis(10)));
+    }
 
     #[test]
     fn target_urls_get_the_chat_path() {

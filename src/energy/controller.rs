@@ -8,8 +8,10 @@
 //!   plus the wake-up time when nodes can be parked).
 //! * **Nodes needed** = ⌈predicted demand / (target_batch × (1 −
 //!   headroom))⌉, at least `min_active`. The active set grows to it at
-//!   once; it also grows by one while an active node's peak-EWMA TTFT is
-//!   above `ttft_slo × (1 − headroom)`.
+//!   once; it also grows by one while an active node holding at least
+//!   half its planned batch has a peak-EWMA TTFT above `ttft_slo × (1 −
+//!   headroom)` (a slow first token on a nearly idle node is its own long
+//!   prompt, not a shortage of nodes).
 //! * **Hysteresis**: the set shrinks by one node only after the need has
 //!   stayed below it for `scale_down_delay`, and not within
 //!   `scale_down_delay` of an SLO breach.
@@ -151,10 +153,14 @@ impl Controller {
             // chunk that stalls the batch's decodes, so it would keep the
             // whole pool awake; the per-token time is bounded by
             // `target_batch` instead (the step time grows with the batch).
+            // Only a node holding at least half its planned batch counts:
+            // on a lightly loaded node a slow first token comes from its
+            // own long prompt, which another node would not make faster,
+            // and one such outlier would otherwise wake the whole pool.
             let breach = nodes.iter().zip(&self.members).any(|(v, &m)| {
-                m && v
-                    .ttft
-                    .is_some_and(|t| t > plan.ttft_slo.as_secs_f64() * slack)
+                m && v.in_flight >= per_node * 0.5
+                    && v.ttft
+                        .is_some_and(|t| t > plan.ttft_slo.as_secs_f64() * slack)
             });
             let mut want = needed;
             if breach {
@@ -292,7 +298,7 @@ mod tests {
         c.tick(t0, &[node(1.0), node(0.0), node(0.0)]);
         let slow = NodeView {
             ttft: Some(0.9),
-            ..node(1.0)
+            ..node(4.0)
         };
         let d = c.tick(t0 + sec, &[slow, node(0.0), node(0.0)]);
         assert_eq!(
@@ -306,6 +312,23 @@ mod tests {
         };
         let d = c.tick(t0 + sec * 2, &[down, node(0.0), node(0.0)]);
         assert_eq!(d.active, [false, true, true]);
+    }
+
+    #[test]
+    fn a_slow_first_token_on_a_nearly_idle_node_does_not_grow_the_set() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut c = Controller::new(4, Some(consolidate()), None, sec, t0);
+        c.tick(t0, &[node(1.0), node(0.0), node(0.0), node(0.0)]);
+        // One long prompt: 0.9 s > 0.8 s, but 1 in flight < half of 8 planned.
+        let outlier = NodeView {
+            ttft: Some(0.9),
+            ..node(1.0)
+        };
+        for s in 1..10 {
+            let d = c.tick(t0 + sec * s, &[outlier, node(0.0), node(0.0), node(0.0)]);
+            assert_eq!(d.active, [true, false, false, false], "tick {s}");
+        }
     }
 
     #[test]
