@@ -98,6 +98,8 @@ pub struct DeadlineIo<T> {
     last_activity: Instant,
     first_deadline: Instant,
     timer: Pin<Box<Sleep>>,
+    /// The timer was polled since it was last reset (its waker is set).
+    timer_registered: bool,
     expired: bool,
 }
 
@@ -113,6 +115,7 @@ impl<T> DeadlineIo<T> {
             last_activity: now,
             first_deadline: now + first,
             timer: Box::pin(tokio::time::sleep_until(now + first)),
+            timer_registered: false,
             expired: false,
         }
     }
@@ -125,10 +128,21 @@ impl<T> DeadlineIo<T> {
         }
         let started = self.activity.started.load(Relaxed);
         if started && !self.activity.idle() {
-            // A request is in flight: its own timeouts apply, and the
-            // connection's clock restarts from its last traffic once it
-            // ends (hyper reads again then). Not touching the timer here
-            // keeps a streamed response from resetting it on every chunk.
+            // A request is in flight: its own timeouts apply. The timer
+            // stays armed at most one idle period ahead so that, once the
+            // request ends, this read is woken to start the idle clock;
+            // it is moved only when it has run out (not on every chunk of
+            // a streamed response), and polled only when not yet
+            // registered (the waker is always this connection's task).
+            let now = Instant::now();
+            if self.timer.deadline() <= now {
+                self.timer.as_mut().reset(now + self.idle);
+                self.timer_registered = false;
+            }
+            if !self.timer_registered {
+                let _ = self.timer.as_mut().poll(cx);
+                self.timer_registered = true;
+            }
             return false;
         }
         let due = if started {
@@ -141,6 +155,7 @@ impl<T> DeadlineIo<T> {
         if self.timer.deadline() != due {
             self.timer.as_mut().reset(due);
         }
+        self.timer_registered = true;
         if self.timer.as_mut().poll(cx).is_pending() {
             return false;
         }
