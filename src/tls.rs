@@ -200,17 +200,7 @@ pub type HttpsConnector =
 /// A connector that speaks plain HTTP to `http://` and TLS with `config`
 /// (ALPN `h2` and `http/1.1`, SNI from the URI's host) to `https://`.
 pub fn https_connector(config: Arc<ClientConfig>, connect_timeout: Duration) -> HttpsConnector {
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(30)));
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*config).clone())
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http)
+    connector(config, connect_timeout, true)
 }
 
 /// Like [`https_connector`], offering only HTTP/1.1 in ALPN: for
@@ -219,16 +209,24 @@ pub fn https_connector_http1(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> HttpsConnector {
+    connector(config, connect_timeout, false)
+}
+
+fn connector(config: Arc<ClientConfig>, connect_timeout: Duration, h2: bool) -> HttpsConnector {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(30)));
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*config).clone())
         .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
+        .enable_http1();
+    if h2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    }
 }
 
 /// The client config for pools without `[pools.tls]` and for webhooks:
