@@ -160,7 +160,7 @@ async fn run(policy: &str) -> (f64, HashMap<String, HashSet<String>>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "regressed by the session-4 merges: the hit rates still pass, but quiet adapters now spread to all 4 nodes (the last assertion); passed on the ai branch; to be bisected"]
+#[ignore = "timing-dependent: on a quiet machine quiet adapters spread to all 4 nodes (the last assertion; the hit-rate assertions pass); fails on the ai branch itself, passed only under heavy load; to be fixed"]
 async fn adapter_affinity_raises_the_lora_hit_rate() {
     let (baseline, _) = run("least_outstanding").await;
     let (aware, served) = run("prefix_aware").await;
