@@ -2,7 +2,10 @@
 //! W) and `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (counter, mJ since boot),
 //! one series per GPU labelled `gpu`, `UUID` and `Hostname`; summed per
 //! node. Only these two names are read; everything else on the page is
-//! skipped line by line.
+//! skipped line by line. Labels are read by the node metrics scraper's
+//! own parser (`fleet::capacity::label`).
+
+use crate::fleet::capacity::label;
 
 /// What one node's GPUs report, summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -17,34 +20,6 @@ pub struct Reading {
 
 /// Most GPUs one page may describe (bounds memory on a hostile page).
 const MAX_GPUS: usize = 4096;
-
-/// The value of label `name` in a `{…}` label set.
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    let mut rest = labels;
-    loop {
-        let eq = rest.find('=')?;
-        let key = rest[..eq].trim().trim_start_matches(',').trim();
-        let after = rest[eq + 1..].strip_prefix('"')?;
-        // The value ends at the first quote not escaped by a backslash.
-        let mut end = None;
-        let mut escaped = false;
-        for (i, c) in after.char_indices() {
-            match c {
-                '\\' if !escaped => escaped = true,
-                '"' if !escaped => {
-                    end = Some(i);
-                    break;
-                }
-                _ => escaped = false,
-            }
-        }
-        let end = end?;
-        if key == name {
-            return Some(&after[..end]);
-        }
-        rest = &after[end + 1..];
-    }
-}
 
 /// Sum the page's power series for the GPUs whose `Hostname` label is one
 /// of `hosts` (every GPU on the page when `hosts` is empty).
@@ -73,7 +48,9 @@ pub fn read(text: &str, hosts: &[&str]) -> Reading {
         if name != "DCGM_FI_DEV_POWER_USAGE" && name != "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" {
             continue;
         }
-        if !hosts.is_empty() && !label(labels, "Hostname").is_some_and(|h| hosts.contains(&h)) {
+        if !hosts.is_empty()
+            && !label(labels, "Hostname").is_some_and(|h| hosts.contains(&h.as_ref()))
+        {
             continue;
         }
         let Some(v) = rest
@@ -88,8 +65,8 @@ pub fn read(text: &str, hosts: &[&str]) -> Reading {
         }
         let id = label(labels, "UUID")
             .or_else(|| label(labels, "gpu"))
-            .unwrap_or(labels);
-        if !gpus.iter().any(|g| g == id) && gpus.len() < MAX_GPUS {
+            .unwrap_or(std::borrow::Cow::Borrowed(labels));
+        if !gpus.iter().any(|g| *g == *id) && gpus.len() < MAX_GPUS {
             gpus.push(id.to_string());
         }
         let slot = if power {
@@ -136,6 +113,9 @@ DCGM_FI_DEV_POWER_USAGE_X{gpu="0"} 99999
             read("garbage\nDCGM_FI_DEV_POWER_USAGE{gpu=\"0\" 5\n", &[]),
             Reading::default()
         );
-        assert_eq!(label(r#"a="x\"y",Hostname="h""#, "Hostname"), Some("h"));
+        assert_eq!(
+            label(r#"a="x\"y",Hostname="h""#, "Hostname").as_deref(),
+            Some("h")
+        );
     }
 }

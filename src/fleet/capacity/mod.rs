@@ -38,6 +38,7 @@ use super::NodeLoad;
 mod parse;
 mod scrape;
 
+pub(crate) use parse::label;
 pub use parse::{parse_metrics, Scraped};
 pub use scrape::{spawn_scrapers, ScraperHandle};
 

@@ -49,7 +49,7 @@ pub(crate) fn sample(line: &str) -> Option<(&str, &str, f64)> {
 }
 
 /// The value of label `key` in a label text (`a="x",b="y"`), unescaped.
-fn label<'a>(labels: &'a str, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+pub(crate) fn label<'a>(labels: &'a str, key: &str) -> Option<std::borrow::Cow<'a, str>> {
     let mut rest = labels;
     loop {
         let eq = rest.find("=\"")?;
