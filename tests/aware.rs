@@ -1,11 +1,9 @@
 //! AI-aware policies through a real gateway in front of simulated nodes.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::sim::{Faults, SimConfig, SimNode};
 
 fn small_fast() -> SimConfig {

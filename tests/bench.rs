@@ -2,13 +2,11 @@
 //! in front of simulated nodes (`--target`), a trace replay, the policy
 //! comparison, and the measurement of one known streamed response.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 async fn infergate(args: &[&str]) -> Output {

@@ -2,13 +2,11 @@
 //! (issue #16, item 4): the admitted rate under load stays within 5 % of
 //! the configured one, for requests and for tokens corrected by usage.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Mutex;

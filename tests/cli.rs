@@ -1,13 +1,11 @@
 //! `infergate ctl` and `infergate check --gateway` as a user runs them: the
 //! real binary against a gateway with its admin listener.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::admin::AdminServer;
 use infergate::config::Config;
 use infergate::sim::Faults;

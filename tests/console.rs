@@ -1,15 +1,13 @@
 //! The configuration console end to end: a gateway with its config file,
 //! the admin listener with the config API, and real HTTP between them.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use infergate::admin::{self, AdminConfig, AdminServer};

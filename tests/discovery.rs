@@ -3,19 +3,17 @@
 //! tiny DNS server on loopback feed real gateways; nodes join, leave, flap,
 //! and the sources break and come back.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use common::*;
 use http_body_util::BodyExt;
 use infergate::proxy::Gateway;
 use serde_json::{json, Value};

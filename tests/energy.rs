@@ -2,11 +2,9 @@
 //! power read from the simulator's DCGM exporter names, consolidation,
 //! parking and its health-check exemption, config errors.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::config::{Config, ConfigError};
 use infergate::energy::PoolSummary;
 use infergate::fleet::power::{ParkState, PowerSource};

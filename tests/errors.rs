@@ -1,12 +1,10 @@
 //! What clients see when the request is wrong: malformed and oversize bodies,
 //! unknown models, oversize headers; and the headers a node sees.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,12 +3,10 @@
 //! were never made are retried for free; retries survive bursts; panic
 //! mode never feeds a node known to be dead.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::health::now_ms;
 use infergate::sim::Faults;
 

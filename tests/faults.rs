@@ -1,12 +1,10 @@
 //! Nodes that fail: close mid-stream, refuse connections, hang, stall.
 //! Asserts what the client saw and that the gateway stays up.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use infergate::sim::Faults;

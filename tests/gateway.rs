@@ -1,12 +1,10 @@
 //! End to end through a real gateway to simulated nodes: chat (streaming and
 //! not), completions, embeddings, models, h2c, request ids.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

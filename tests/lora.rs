@@ -2,13 +2,11 @@
 //! does, and the AI-aware policies send an adapter's requests to nodes
 //! that hold it.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::sim::SimConfig;
 use tokio::sync::Mutex;
 

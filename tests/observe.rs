@@ -1,14 +1,12 @@
 //! Telemetry, admin API, alerts: real gateway, simulated nodes, real HTTP
 //! receivers on loopback.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use infergate::admin::{self, AdminConfig, AdminServer};

@@ -1,12 +1,10 @@
 //! Every policy's distribution, measured at the nodes, through a real gateway.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use infergate::sim::Faults;
 
 /// Send `n` requests one after another; count which node served each.

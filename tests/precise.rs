@@ -2,13 +2,11 @@
 //! KV events over ZMQ, the gateway's index follows them (gaps, restarts),
 //! agrees with the nodes' tokenization, and routes on the real cache.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::classify::{classify_body, classify_head, ClassifyOptions};
 use infergate::config::precise::PreciseOptions;
 use infergate::kvindex::index::MAX_NODES;

@@ -2,11 +2,9 @@
 //! model list (gathered from the nodes), and the request shapes clients
 //! send that are not quite `/v1/...` with a model.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::sim::SimConfig;
 
 /// A route taking every request (for probes that are proxied).

@@ -1,11 +1,9 @@
 //! The config file as the source of truth: changes on disk are applied,
 //! invalid ones refused with the reason shown, and the running config stays.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::admin::{self, AdminConfig};
 
 /// Replace the file the way config tools do: write aside, then rename.

@@ -2,11 +2,9 @@
 //! saturated; reloads and drains under load. Each scenario prints a
 //! `SCENARIO|…` row; `bench/faults.sh` collects them into a table.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::health::{self, HealthState};
 use infergate::sim::{Faults, SimConfig, SimNode};
 use tokio::time::Instant;

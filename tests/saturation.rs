@@ -7,11 +7,9 @@
 //! 20 short requests sharing a prefix that node caches go through the
 //! gateway. None may go to the saturated node.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use infergate::fleet::capacity::ScrapeState;
 use infergate::fleet::{now_ns, Node};
 use infergate::sim::{Faults, SimConfig, SimNode};

@@ -4,13 +4,11 @@
 //! and the bearer scheme in any case (8). Priority trust (7) is in
 //! `tests/resilience.rs` next to the queue it protects.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use infergate::admin::{self, AdminConfig};

@@ -3,16 +3,14 @@
 //! checks are reached over https with a pool's CA bundle. Certificates are
 //! made in the test (rcgen).
 
-mod common;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
