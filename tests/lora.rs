@@ -95,10 +95,13 @@ async fn simulator_serves_loads_and_refuses_adapters_as_vllm() {
     }
 }
 
+/// Requests served, per adapter and node.
+type Served = HashMap<String, HashMap<String, usize>>;
+
 /// 8 adapters on 4 nodes with 2 adapter slots each, one adapter hot (40 %
 /// of requests). Returns the LoRA hit rate (requests whose adapter was
-/// resident) and, per adapter, the nodes that served it.
-async fn run(policy: &str) -> (f64, HashMap<String, HashSet<String>>) {
+/// resident) and, per adapter, how many requests each node served.
+async fn run(policy: &str) -> (f64, Served) {
     let nodes = start_nodes(4, &lora_sim()).await;
     let mut text = config_with(
         &unweighted(&nodes),
@@ -109,7 +112,7 @@ async fn run(policy: &str) -> (f64, HashMap<String, HashSet<String>>) {
     // The route takes any model: the adapters' names too.
     text = text.replace(&format!("model = \"{MODEL}\"\n"), "");
     let gw = start_gateway(&text).await;
-    let served: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
+    let served: Arc<Mutex<Served>> = Arc::default();
     let workers: Vec<_> = (0..8)
         .map(|w| {
             let served = served.clone();
@@ -135,7 +138,9 @@ async fn run(policy: &str) -> (f64, HashMap<String, HashSet<String>>) {
                         .await
                         .entry(model)
                         .or_default()
-                        .insert(reply.node());
+                        .entry(reply.node())
+                        .and_modify(|n| *n += 1)
+                        .or_insert(1);
                 }
             })
         })
@@ -157,28 +162,53 @@ async fn run(policy: &str) -> (f64, HashMap<String, HashSet<String>>) {
     (hits as f64 / (hits + loads).max(1) as f64, served)
 }
 
+/// The share of a quiet adapter's requests served by the node that served
+/// it most, averaged over the quiet adapters (1..ADAPTERS). With 8
+/// adapters on 8 slots the adapters churn, so over a whole run a quiet
+/// adapter may visit every node; what affinity keeps is that most of its
+/// requests go to one place.
+fn quiet_concentration(served: &Served) -> f64 {
+    let shares: Vec<f64> = (1..ADAPTERS)
+        .filter_map(|i| served.get(&format!("adapter-{i}")))
+        .map(|per_node| {
+            let total: usize = per_node.values().sum();
+            let top = per_node.values().copied().max().unwrap_or(0);
+            top as f64 / total.max(1) as f64
+        })
+        .collect();
+    shares.iter().sum::<f64>() / shares.len().max(1) as f64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "timing-dependent: on a quiet machine quiet adapters spread to all 4 nodes (the last assertion; the hit-rate assertions pass); fails on the ai branch itself, passed only under heavy load; to be fixed"]
 async fn adapter_affinity_raises_the_lora_hit_rate() {
-    let (baseline, _) = run("least_outstanding").await;
+    let (baseline, baseline_served) = run("least_outstanding").await;
     let (aware, served) = run("prefix_aware").await;
     let (composite, _) = run("composite").await;
+    let (base_conc, aware_conc) = (
+        quiet_concentration(&baseline_served),
+        quiet_concentration(&served),
+    );
     eprintln!(
-        "LORA hit rate: least_outstanding {:.1} %, prefix_aware {:.1} %, composite {:.1} %",
+        "LORA hit rate: least_outstanding {:.1} %, prefix_aware {:.1} %, composite {:.1} %; \
+         quiet adapters' top-node share: least_outstanding {:.2}, prefix_aware {:.2}",
         baseline * 100.0,
         aware * 100.0,
-        composite * 100.0
+        composite * 100.0,
+        base_conc,
+        aware_conc
     );
-    let spread: Vec<(String, usize)> = served.iter().map(|(a, n)| (a.clone(), n.len())).collect();
-    eprintln!("LORA nodes per adapter (prefix_aware): {spread:?}");
+    eprintln!("LORA requests per adapter and node (prefix_aware): {served:?}");
     assert!(aware > baseline + 0.2, "{aware} vs {baseline}");
     assert!(composite > baseline + 0.2, "{composite} vs {baseline}");
-    // Quiet adapters stay on few nodes.
-    let quiet_nodes: usize = (1..ADAPTERS)
-        .map(|i| served.get(&format!("adapter-{i}")).map_or(0, HashSet::len))
-        .max()
-        .unwrap_or(0);
-    assert!(quiet_nodes <= 3, "{spread:?}");
+    // Quiet adapters keep to one node for most of their requests...
+    assert!(
+        aware_conc > base_conc + 0.15,
+        "{aware_conc:.2} vs {base_conc:.2}"
+    );
+    // ...while the hot one (40 % of the load, more than one node can take
+    // alongside its share of the rest) is spread.
+    let hot_nodes = served.get("adapter-0").map_or(0, |m| m.len());
+    assert!(hot_nodes >= 2, "{served:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
