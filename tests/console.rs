@@ -632,6 +632,8 @@ async fn kill_9_during_persisted_writes_never_tears_the_file() {
     };
     for round in 0..6u64 {
         let (mut child, admin) = spawn_serve(&path, TOKEN, "error", None).await;
+        let landed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let landed_in_writer = Arc::clone(&landed);
         let writer = tokio::spawn(async move {
             let mut done = 0usize;
             for i in 0.. {
@@ -653,14 +655,26 @@ async fn kill_9_during_persisted_writes_never_tears_the_file() {
                 )
                 .await;
                 match reply {
-                    Ok(Ok(r)) if r.status() == StatusCode::OK => done += 1,
+                    Ok(Ok(r)) if r.status() == StatusCode::OK => {
+                        done += 1;
+                        landed_in_writer.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     _ => break,
                 }
             }
             done
         });
-        // Let some writes land, then kill -9 at a moment the writes do not see coming.
-        tokio::time::sleep(Duration::from_millis(150 + 37 * round)).await;
+        // Let some writes land (however slow the machine is to start the
+        // process), then kill -9 at a moment the writes do not see coming.
+        let started = std::time::Instant::now();
+        while landed.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "round {round}: no write landed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(37 * round)).await;
         child.start_kill().unwrap();
         let _ = child.wait().await;
         completed += writer.await.unwrap_or(0);

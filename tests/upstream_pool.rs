@@ -1,6 +1,7 @@
 //! The gateway's own HTTP/1.1 connection pool to nodes: connections are
-//! reused once a response has been read to its end (whole or streamed), and
-//! a node that closes kept connections loses no request.
+//! reused once a response has been read to its end (whole or streamed), a
+//! node that closes kept connections loses no request, and chunks a node
+//! sent together reach the client together.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,12 +16,16 @@ use tokio::net::{TcpListener, TcpStream};
 enum Mode {
     /// Content-Length answers, connection kept open.
     KeepAlive,
-    /// Chunked answers in several chunks, connection kept open.
+    /// Chunked answers of [`EVENTS`] chunks written at once, connection
+    /// kept open.
     Chunked,
     /// One answer per connection, then the node closes it without saying
     /// so (as when its keep-alive timeout fires).
     CloseAfterOne,
 }
+
+/// SSE events in a [`Mode::Chunked`] answer.
+const EVENTS: usize = 50;
 
 /// A node written against the socket, counting the connections it accepts.
 async fn raw_node(mode: Mode) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -75,7 +80,7 @@ async fn serve(mut stream: TcpStream, mode: Mode) {
                 let mut s = String::from(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
                 );
-                for i in 0..5 {
+                for i in 0..EVENTS {
                     let event = format!("data: {{\"i\":{i}}}\n\n");
                     s.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
                 }
@@ -136,4 +141,54 @@ async fn a_node_closing_kept_connections_loses_no_request() {
         assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 30);
+}
+
+/// The HTTP chunks of a chunked body, as the client receives them.
+fn http_chunks(mut body: &[u8]) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return chunks;
+        }
+        let data = &body[line_end + 2..line_end + 2 + size];
+        chunks.push(data.to_vec());
+        body = &body[line_end + 2 + size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn chunks_the_node_sent_together_reach_the_client_in_one_write() {
+    let (node, _) = raw_node(Mode::Chunked).await;
+    let gw = gateway_for(node).await;
+    let body = chat("hi", true, 5);
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let chunks = http_chunks(&answer[head_end..]);
+    let events: String = chunks.iter().map(|c| String::from_utf8_lossy(c)).collect();
+    let expected: String = (0..EVENTS)
+        .map(|i| format!("data: {{\"i\":{i}}}\n\n"))
+        .collect();
+    // Every event, in order, nothing lost or doubled...
+    assert_eq!(events, expected);
+    // ...in a few writes, not one per event: the node wrote them at once,
+    // so they were all read before the first went out (at most a read
+    // boundary splits them).
+    assert!(
+        chunks.len() <= 3,
+        "{} chunks for {EVENTS} events",
+        chunks.len()
+    );
 }

@@ -1,8 +1,10 @@
 //! The response body the gateway sends to clients.
 //!
 //! Either a small body the gateway made itself, or a node's response passed
-//! through frame by frame: nothing is buffered, each chunk (an SSE event, a
-//! JSON fragment) is handed to the client as it arrives. The pass-through
+//! through as it arrives: nothing is held back, each chunk (an SSE event, a
+//! JSON fragment) is handed to the client as soon as it is read; chunks the
+//! node sent faster than they were taken go out together, in one write
+//! (nginx with `proxy_buffering off` does the same). The pass-through
 //! enforces the idle and total timeouts, releases the node's in-flight slot
 //! the moment the stream ends, and, when a node fails mid-stream on an SSE
 //! response, sends a final `error` event before cutting the connection so a
@@ -14,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
@@ -22,6 +24,13 @@ use tokio::time::{Instant, Sleep};
 use super::select::Slot;
 use super::upstream::PooledConn;
 use crate::health::FailureKind;
+
+/// Chunks already read from the node are merged into one frame for the
+/// client up to this size (a larger first chunk passes as it is).
+const MERGE_UP_TO: usize = 16 * 1024;
+
+/// What the node's body gave: a frame, the end, or a failure.
+type NodeFrame = Option<Result<Frame<Bytes>, hyper::Error>>;
 
 /// Error type of [`ResponseBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -86,6 +95,9 @@ struct Upstream {
     success_at_end: bool,
     /// No failure was seen (a failed stream's connection is not reused).
     clean: bool,
+    /// What the node gave after the data merged into the last frame (its
+    /// trailers, end or failure), for the next poll.
+    held: Option<NodeFrame>,
     state: State,
     telemetry: Option<crate::telemetry::Tracker>,
     budget: Option<crate::tenant::Charge>,
@@ -130,6 +142,7 @@ impl ResponseBody {
                 conn: settings.conn,
                 sse: settings.sse,
                 clean: true,
+                held: None,
                 success_at_end: settings.success_at_end,
                 state: State::Streaming,
                 telemetry: settings.telemetry,
@@ -175,7 +188,7 @@ impl Upstream {
             State::Failed(error) => return Poll::Ready(Some(Err(Box::new(error)))),
             State::Streaming => self.state = State::Streaming,
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        match self.poll_node(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.last_activity = Instant::now();
                 if frame.is_data() {
@@ -259,12 +272,74 @@ impl Upstream {
 }
 
 impl Upstream {
+    /// The node's next frame: every data chunk read so far merged into one
+    /// (up to [`MERGE_UP_TO`]), driving the node connection on the way.
+    fn poll_node(&mut self, cx: &mut Context<'_>) -> Poll<NodeFrame> {
+        if let Some(held) = self.held.take() {
+            return Poll::Ready(held);
+        }
+        let first = match self.poll_chunk(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        let mut data = match first.into_data() {
+            Ok(data) => data,
+            Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+        };
+        let mut merged: Option<BytesMut> = None;
+        while merged.as_ref().map_or(data.len(), BytesMut::len) < MERGE_UP_TO {
+            match self.poll_chunk(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(more) => merged
+                        .get_or_insert_with(|| BytesMut::from(&data[..]))
+                        .extend_from_slice(&more),
+                    Err(trailers) => {
+                        self.held = Some(Some(Ok(trailers)));
+                        break;
+                    }
+                },
+                end_or_failure => {
+                    // Poll::Ready(None | Some(Err)): after this data.
+                    if let Poll::Ready(next) = end_or_failure {
+                        self.held = Some(next);
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(merged) = merged {
+            data = merged.freeze();
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    /// One chunk of the node's body, after letting the connection (when
+    /// this task drives it) read what has arrived.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<NodeFrame> {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.drive(cx);
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
     /// Give the node connection back if its body was read to the end
     /// (hyper stops polling a sized body at `is_end_stream`, without the
     /// final `None`).
     fn release_conn(&mut self) {
-        if self.clean && self.inner.is_end_stream() {
+        // The end may already be held for the next poll that never came
+        // (hyper stops at a sized body's last byte).
+        let at_end = match &self.held {
+            None => self.inner.is_end_stream(),
+            Some(held) => held.is_none(),
+        };
+        if self.clean && at_end {
             if let Some(conn) = self.conn.take() {
+                // The connection finishes the message only once the body
+                // asks for more (and then sees its end): ask, so that the
+                // release below finds it ready.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let _ = Pin::new(&mut self.inner).poll_frame(&mut cx);
                 conn.release();
             }
         }
@@ -303,7 +378,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(data) => data.is_none(),
             Kind::Upstream(upstream) => match upstream.state {
-                State::Streaming => upstream.inner.is_end_stream(),
+                State::Streaming => upstream.held.is_none() && upstream.inner.is_end_stream(),
                 State::Failing(_) | State::Failed(_) => false,
                 State::Done => true,
             },

@@ -10,6 +10,13 @@
 //! spawned to wait for the connection to become idle (see ARCHITECTURE.md,
 //! "Data path costs", for the measured difference).
 //!
+//! A connection has no task of its own: the task serving the client drives
+//! it ([`PooledConn::drive`]) while it waits for the response head and
+//! while it reads the body, as Pingora does. So a request costs no wake-up
+//! of a second task, and the body can take every chunk the node has sent
+//! so far in one go (`proxy::body` merges them into one write to the
+//! client).
+//!
 //! HTTP/2 (`h2c`) nodes keep hyper-util's client, which multiplexes streams
 //! on one shared connection. Either way a request and its upstream
 //! connection live on the same thread: no cross-thread wake-ups on the hot
@@ -18,7 +25,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -151,24 +161,25 @@ pub async fn send(
     // A kept connection the node closed just before we wrote to it gives
     // the request back unsent: try it once more on a new connection, as
     // hyper-util's client does.
-    if let Some(mut sender) = checkout(&key) {
-        match sender.try_send_request(request).await {
-            Ok(response) => return Ok(answer(response, sender, key)),
+    if let Some(mut conn) = checkout(&key) {
+        let response = conn.sender.try_send_request(request);
+        match conn.drive_until(response).await {
+            Ok(response) => return Ok(answer(response, conn)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => request = unsent,
                 None => return Err(UpstreamError::Exchange(Box::new(e.into_error()))),
             },
         }
     }
-    let mut sender = connect(&target, &key).await?;
-    match sender.send_request(request).await {
-        Ok(response) => Ok(answer(response, sender, key)),
+    let mut conn = connect(&target, key).await?;
+    let response = conn.sender.send_request(request);
+    match conn.drive_until(response).await {
+        Ok(response) => Ok(answer(response, conn)),
         Err(e) => Err(UpstreamError::Exchange(Box::new(e))),
     }
 }
 
-fn answer(response: Response<Incoming>, sender: Sender, key: Key) -> Answer {
-    let conn = PooledConn { sender, key };
+fn answer(response: Response<Incoming>, conn: PooledConn) -> Answer {
     if http_body::Body::is_end_stream(response.body()) {
         // Nothing left to read: the connection is free already.
         conn.release();
@@ -248,18 +259,65 @@ impl std::hash::Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
-/// A connection taken from the pool (or made) for one exchange.
+/// How a node connection's bytes travel: TCP, or TLS over TCP.
+type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+/// hyper's state machine of one connection: reads and writes happen when
+/// it is polled.
+type Driver = http1::Connection<Io, UpstreamBody>;
+
+/// A connection taken from the pool (or made) for one exchange: the handle
+/// requests are sent on and the connection itself, driven by the task that
+/// uses it.
 pub struct PooledConn {
     sender: Sender,
+    driver: Driver,
+    /// The driver finished (the connection closed): it is not polled again.
+    closed: bool,
     key: Key,
 }
 
 impl PooledConn {
+    /// Let the connection read and write what it can now, registering
+    /// `cx`'s waker for more. True once the connection has closed.
+    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.closed {
+            if let Poll::Ready(result) = Pin::new(&mut self.driver).poll(cx) {
+                self.closed = true;
+                if let Err(e) = result {
+                    tracing::debug!(node = %self.key.authority, error = %e, "node connection ended with an error");
+                }
+            }
+        }
+        self.closed
+    }
+
+    /// Drive the connection until `exchange` (a response on it) resolves.
+    async fn drive_until<F: Future>(&mut self, exchange: F) -> F::Output {
+        let mut exchange = std::pin::pin!(exchange);
+        poll_fn(|cx| {
+            // The connection first, so what it read is there for the
+            // exchange to take in the same poll.
+            self.drive(cx);
+            exchange.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Whether the connection can take a request now, after letting it
+    /// catch up on what happened while nobody polled it (the end of the
+    /// last exchange, the node closing it).
+    fn ready_now(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        !self.drive(&mut cx) && !self.sender.is_closed() && self.sender.is_ready()
+    }
+
     /// The response body was read to its end: the connection can carry the
     /// next request. (A body abandoned part-way is dropped instead, and
-    /// hyper closes its connection.)
-    pub fn release(self) {
-        if self.sender.is_closed() {
+    /// with it the connection.)
+    pub fn release(mut self) {
+        if !self.ready_now() {
+            // Closed, or still busy (a request body the node answered
+            // before reading it all): not worth keeping.
             return;
         }
         let now = Instant::now();
@@ -267,10 +325,10 @@ impl PooledConn {
         // pool gone; its connection then just closes.
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
-            let list = pool.idle.entry(self.key).or_default();
+            let list = pool.idle.entry(self.key.clone()).or_default();
             if list.len() < MAX_IDLE_PER_NODE {
                 list.push(Idle {
-                    sender: self.sender,
+                    conn: self,
                     since: now,
                 });
             }
@@ -279,7 +337,7 @@ impl PooledConn {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: PooledConn,
     since: Instant,
 }
 
@@ -296,7 +354,7 @@ thread_local! {
 
 /// The newest ready connection to the node, if any (the newest: under
 /// light load a few connections stay warm and the others expire).
-fn checkout(key: &Key) -> Option<Sender> {
+fn checkout(key: &Key) -> Option<PooledConn> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let now = Instant::now();
@@ -308,16 +366,10 @@ fn checkout(key: &Key) -> Option<Sender> {
             sweep(&mut pool.idle, now);
         }
         let list = pool.idle.get_mut(key)?;
-        // Newest first; closed ones are dropped on the way, ones still
-        // finishing their last exchange (rare) are left for later.
-        let mut i = list.len();
-        while i > 0 {
-            i -= 1;
-            if list[i].sender.is_ready() {
-                return Some(list.remove(i).sender);
-            }
-            if list[i].sender.is_closed() {
-                list.remove(i);
+        // Newest first; closed ones are dropped on the way.
+        while let Some(mut idle) = list.pop() {
+            if idle.conn.ready_now() {
+                return Some(idle.conn);
             }
         }
         None
@@ -328,14 +380,13 @@ fn checkout(key: &Key) -> Option<Sender> {
 /// lists of nodes with none left.
 fn sweep(idle: &mut KeyMap<Vec<Idle>>, now: Instant) {
     idle.retain(|_, list| {
-        list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        list.retain_mut(|c| c.conn.ready_now() && now.duration_since(c.since) < IDLE_TIMEOUT);
         !list.is_empty()
     });
 }
 
-/// A new HTTP/1.1 connection to the node, its driver spawned on this
-/// thread's runtime.
-async fn connect(target: &Target<'_>, key: &Key) -> Result<Sender, UpstreamError> {
+/// A new HTTP/1.1 connection to the node.
+async fn connect(target: &Target<'_>, key: Key) -> Result<PooledConn, UpstreamError> {
     let connector = connector(target.connect_timeout, target.tls);
     let uri = Uri::builder()
         .scheme(target.scheme())
@@ -347,7 +398,7 @@ async fn connect(target: &Target<'_>, key: &Key) -> Result<Sender, UpstreamError
         .oneshot(uri)
         .await
         .map_err(UpstreamError::Connect)?;
-    let (sender, connection) = http1::Builder::new()
+    let (sender, driver) = http1::Builder::new()
         // hyper grows a connection's read buffer up to ~400 KB while a
         // node streams faster than the client reads; 32 KB (room for any
         // sane response head) keeps 10,000 streams in bounded memory, as
@@ -356,13 +407,12 @@ async fn connect(target: &Target<'_>, key: &Key) -> Result<Sender, UpstreamError
         .handshake(io)
         .await
         .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
-    let node = key.authority.clone();
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(%node, error = %e, "node connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(PooledConn {
+        sender,
+        driver,
+        closed: false,
+        key,
+    })
 }
 
 /// This thread's connector for `connect_timeout` and `tls` (HTTP/1.1 only
