@@ -286,6 +286,10 @@ impl Upstream {
             Ok(data) => data,
             Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
         };
+        if self.inner.is_end_stream() {
+            // A sized body's last bytes: nothing can follow.
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         let mut merged: Option<BytesMut> = None;
         while merged.as_ref().map_or(data.len(), BytesMut::len) < MERGE_UP_TO {
             match self.poll_chunk(cx) {
@@ -317,10 +321,19 @@ impl Upstream {
     /// One chunk of the node's body, after letting the connection (when
     /// this task drives it) read what has arrived.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<NodeFrame> {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.drive(cx);
+        // The body first: asking for a chunk is what lets the connection
+        // hand one over, so driving it before would find nobody asking and
+        // cost a wake-up of this task to come back.
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match self.conn.as_mut() {
+            Some(conn) => {
+                conn.drive(cx);
+                Pin::new(&mut self.inner).poll_frame(cx)
+            }
+            None => Poll::Pending,
+        }
     }
 
     /// Give the node connection back if its body was read to the end

@@ -270,7 +270,11 @@ type Driver = http1::Connection<Io, UpstreamBody>;
 /// uses it.
 pub struct PooledConn {
     sender: Sender,
-    driver: Driver,
+    /// Boxed: with its buffers and TLS state it is kilobytes, and a
+    /// connection changes hands (pool, exchange, body) several times per
+    /// request; moving it inline cost more than the whole rest of the
+    /// request.
+    driver: Pin<Box<Driver>>,
     /// The driver finished (the connection closed): it is not polled again.
     closed: bool,
     key: Key,
@@ -281,7 +285,7 @@ impl PooledConn {
     /// `cx`'s waker for more. True once the connection has closed.
     pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.closed {
-            if let Poll::Ready(result) = Pin::new(&mut self.driver).poll(cx) {
+            if let Poll::Ready(result) = self.driver.as_mut().poll(cx) {
                 self.closed = true;
                 if let Err(e) = result {
                     tracing::debug!(node = %self.key.authority, error = %e, "node connection ended with an error");
@@ -307,6 +311,12 @@ impl PooledConn {
     /// catch up on what happened while nobody polled it (the end of the
     /// last exchange, the node closing it).
     fn ready_now(&mut self) -> bool {
+        if self.closed || self.sender.is_closed() {
+            return false;
+        }
+        // Driven even when it looks ready: that is how a close by the node
+        // (a restart, its keep-alive timeout) is read before a request is
+        // written onto the dead connection.
         let mut cx = Context::from_waker(Waker::noop());
         !self.drive(&mut cx) && !self.sender.is_closed() && self.sender.is_ready()
     }
@@ -380,7 +390,13 @@ fn checkout(key: &Key) -> Option<PooledConn> {
 /// lists of nodes with none left.
 fn sweep(idle: &mut KeyMap<Vec<Idle>>, now: Instant) {
     idle.retain(|_, list| {
-        list.retain_mut(|c| c.conn.ready_now() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        let mut cx = Context::from_waker(Waker::noop());
+        // Driving an idle connection reads the node's close, if any.
+        list.retain_mut(|c| {
+            now.duration_since(c.since) < IDLE_TIMEOUT
+                && !c.conn.drive(&mut cx)
+                && !c.conn.sender.is_closed()
+        });
         !list.is_empty()
     });
 }
@@ -409,7 +425,7 @@ async fn connect(target: &Target<'_>, key: Key) -> Result<PooledConn, UpstreamEr
         .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
     Ok(PooledConn {
         sender,
-        driver,
+        driver: Box::pin(driver),
         closed: false,
         key,
     })
