@@ -524,7 +524,7 @@ mod tests {
             assert!(calls.get() <= crate::balance::sample::CANDIDATE_SAMPLES + 1);
         }
         // Overloaded: its affinity goes, to a sampled idle node.
-        let _more = hold(&ns, 40, 30);
+        let _more = hold(&ns, 40, 70);
         let other = p.pick(&ns, &|_| true, &ctx).unwrap();
         assert_ne!(other, 40);
         assert_eq!(ns[other].outstanding(), 0);
