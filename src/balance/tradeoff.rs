@@ -154,7 +154,13 @@ pub fn yield_for_ttft(
     prompt_tokens: u32,
     slowness: &[f64],
 ) {
-    let speed = |k: usize| slowness.get(k).copied().filter(|s| *s >= 1.0).unwrap_or(1.0);
+    let speed = |k: usize| {
+        slowness
+            .get(k)
+            .copied()
+            .filter(|s| *s >= 1.0)
+            .unwrap_or(1.0)
+    };
     let scraped = cands.iter().any(|&i| {
         nodes
             .get(i)
