@@ -13,9 +13,17 @@
 # ~/.cache/infergate-peers; a router that cannot be installed is left out.
 # Everything listens on 127.0.0.1 ports picked free at start.
 #
+# Two workloads by default, one table each: 8 system prompts shared by the
+# sessions, and one hot system prompt shared by all of them (the classic
+# cache-vs-load tension: one node cannot carry it, so the prefix must be
+# replicated on several).
+#
 # Usage: bench/peers.sh            (DURATION=90 seconds per run, RATE=12,
-#                                   SYSTEM_PROMPTS=8; 1 = one hot prefix,
+#                                   SYSTEM_PROMPTS="8 1" (workloads run in
+#                                   turn; 1 = one hot prefix),
 #                                   RUNS="prefix_aware least_outstanding precise_prefix sglang vllm",
+#                                   BALANCE='toml lines' added to infergate's
+#                                   [routes.balance],
 #                                   NO_BUILD=1 to use target/release as it is,
 #                                   KEEP=1 to keep the logs)
 set -euo pipefail
@@ -23,7 +31,8 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-90}
 RATE=${RATE:-12}
 SEED=${SEED:-42}
-SYSTEM_PROMPTS=${SYSTEM_PROMPTS:-8}
+SYSTEM_PROMPTS=${SYSTEM_PROMPTS:-"8 1"}
+BALANCE=${BALANCE:-}
 RUNS=${RUNS:-"prefix_aware least_outstanding precise_prefix sglang vllm"}
 VENV=${VENV:-$HOME/.cache/infergate-peers/venv}
 MODEL=llama-3.1-8b-instruct
@@ -79,8 +88,8 @@ wait_http() { # url
 
 "$BIN" sim --print-tokenizer >"$WORK/tokenizer.json"
 
-run_one() { # name
-  local name=$1 base ev rp gw
+run_one() { # name system-prompts
+  local name=$1 sp=$2 tag="$1-$2" base ev rp gw
   base=$(free_ports 4); ev=$(free_ports 4); rp=$(free_ports 4); gw=$(free_port)
   cat >"$WORK/sim.toml" <<EOF
 time_scale = 1.0
@@ -123,6 +132,7 @@ EOF
         printf '[[routes]]\nname = "chat"\npool = "fleet"\npolicy = "%s"\nretries = 1\n' "$name"
         printf '[routes.match]\nfamily = "openai"\n'
         printf '[routes.timeouts]\nfirst_byte = "600s"\nidle = "600s"\ntotal = "1200s"\n'
+        printf '[routes.balance]\n%s\n' "$BALANCE"
         if [ "$name" = precise_prefix ]; then
           printf '[routes.balance.precise]\ntokenizer = "%s"\n' "$WORK/tokenizer.json"
           printf 'endpoints = { "sim-0" = "tcp://127.0.0.1:%s", "sim-1" = "tcp://127.0.0.1:%s", "sim-2" = "tcp://127.0.0.1:%s", "sim-3" = "tcp://127.0.0.1:%s" }\n' "$ev" "$((ev + 1))" "$((ev + 2))" "$((ev + 3))"
@@ -140,23 +150,28 @@ EOF
     sleep 0.1
   done
   "$BIN" bench --target "http://127.0.0.1:$gw" --model "$MODEL" --rate "$RATE" \
-    --duration "${DURATION}s" --seed "$SEED" --system-prompts "$SYSTEM_PROMPTS" \
-    --output "$WORK/report-$name" >"$WORK/bench-$name.log" 2>&1 || {
-      echo "bench through $name failed:" >&2; tail -5 "$WORK/bench-$name.log" >&2; }
+    --duration "${DURATION}s" --seed "$SEED" --system-prompts "$sp" \
+    --output "$WORK/report-$tag" >"$WORK/bench-$tag.log" 2>&1 || {
+      echo "bench through $name failed:" >&2; tail -5 "$WORK/bench-$tag.log" >&2; }
   for i in 0 1 2 3; do
-    curl -sf "http://127.0.0.1:$((base + i))/metrics" >"$WORK/metrics-$name-$i.txt" || true
+    curl -sf "http://127.0.0.1:$((base + i))/metrics" >"$WORK/metrics-$tag-$i.txt" || true
   done
   stop_all
 }
 
-for name in $RUNS; do
-  echo "running $name (${DURATION}s at ${RATE} req/s)..." >&2
-  run_one "$name" || echo "NOTICE: $name left out" >&2
-done
-
-python3 - "$WORK" $RUNS <<'PY'
+for sp in $SYSTEM_PROMPTS; do
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  for name in $RUNS; do
+    echo "running $name (${DURATION}s at ${RATE} req/s, $sp system prompt(s))..." >&2
+    run_one "$name" "$sp" || echo "NOTICE: $name left out" >&2
+  done
+  echo
+  echo "Workload: $sp system prompt(s) shared by 96 chat sessions, ${RATE} req/s for ${DURATION} s, seed $SEED;" \
+    "load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  python3 - "$WORK" "$sp" $RUNS <<'PY'
 import glob, json, os, re, sys
-work, names = sys.argv[1], sys.argv[2:]
+work, sp, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 labels = {
     "prefix_aware": "infergate prefix_aware",
     "least_outstanding": "infergate least_outstanding",
@@ -164,21 +179,16 @@ labels = {
     "sglang": "SGLang router cache_aware",
     "vllm": "vLLM router cache_aware",
 }
-print("| gateway / policy | TTFT mean | TTFT p99 | e2e p99 | fleet prefix-cache hit rate | ok / sent |")
-print("|---|---|---|---|---|---|")
+rows = {}
 for n in names:
-    path = os.path.join(work, f"report-{n}", "summary_lifecycle_metrics.json")
+    path = os.path.join(work, f"report-{n}-{sp}", "summary_lifecycle_metrics.json")
     if not os.path.exists(path):
-        print(f"| {labels.get(n, n)} | – | – | – | – | not run |")
+        rows[n] = None
         continue
     s = json.load(open(path))
     lat = s["successes"].get("latency") or {}
-    ttft, e2e = lat.get("time_to_first_token"), lat.get("request_latency")
-    if not ttft or not e2e:
-        print(f"| {labels.get(n, n)} | – | – | – | – | {s['successes']['count']} / {s['load_summary']['count']} |")
-        continue
     hits = queries = 0.0
-    for f in glob.glob(os.path.join(work, f"metrics-{n}-*.txt")):
+    for f in glob.glob(os.path.join(work, f"metrics-{n}-{sp}-*.txt")):
         for line in open(f):
             m = re.match(r"vllm:prefix_cache_(hits|queries)_total\{[^}]*\} ([0-9.e+]+)", line)
             if m:
@@ -186,9 +196,26 @@ for n in names:
                     hits += float(m.group(2))
                 else:
                     queries += float(m.group(2))
-    rate = f"{100 * hits / queries:.1f} %" if queries else "–"
-    sent = s["load_summary"]["count"]
-    ok = s["successes"]["count"]
-    print(f"| {labels.get(n, n)} | {1000 * ttft['mean']:.0f} ms | {1000 * ttft['p99']:.0f} ms | "
-          f"{e2e['p99']:.1f} s | {rate} | {ok} / {sent} |")
+    rows[n] = (s, lat.get("time_to_first_token"), lat.get("request_latency"),
+               100 * hits / queries if queries else None)
+ref = rows.get("sglang")
+ref_ttft = ref[1] if ref else None
+print("| gateway / policy | TTFT mean | TTFT p99 | e2e p99 | fleet prefix-cache hit rate | mean / p99 vs SGLang | ok / sent |")
+print("|---|---|---|---|---|---|---|")
+for n in names:
+    label = labels.get(n, n)
+    if rows[n] is None:
+        print(f"| {label} | – | – | – | – | – | not run |")
+        continue
+    s, ttft, e2e, rate = rows[n]
+    count = f"{s['successes']['count']} / {s['load_summary']['count']}"
+    if not ttft or not e2e:
+        print(f"| {label} | – | – | – | – | – | {count} |")
+        continue
+    vs = (f"{ttft['mean'] / ref_ttft['mean']:.2f}× / {ttft['p99'] / ref_ttft['p99']:.2f}×"
+          if ref_ttft and n != "sglang" else "–")
+    hit = f"{rate:.1f} %" if rate is not None else "–"
+    print(f"| {label} | {1000 * ttft['mean']:.0f} ms | {1000 * ttft['p99']:.0f} ms | "
+          f"{e2e['p99']:.1f} s | {hit} | {vs} | {count} |")
 PY
+done

@@ -20,8 +20,9 @@
 //! 3. A node is *overloaded* when `L - L_min > balance_abs_threshold` and
 //!    `L > balance_rel_threshold × L_min`. Overloaded nodes lose their
 //!    cache affinity; so does a node whose scraped queue or KV use says a
-//!    new request would wait there longer than its cached prefix saves
-//!    (see [`tradeoff`](super::tradeoff)).
+//!    new request would wait there longer than its cached prefix saves, or
+//!    that is so slow that prefilling the part it lacks takes longer than
+//!    the whole prompt on a faster node (see [`tradeoff`](super::tradeoff)).
 //! 4. Among the others, the node with the longest matching prefix wins;
 //!    equal matches go to the lower load, then in turn (a rotating start).
 //! 5. If no candidate matches a single block, the least-loaded candidate
@@ -45,7 +46,7 @@ use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::rendezvous;
 use super::signals::{candidates_with, latency_parts, load};
-use super::tradeoff::yield_to_queueing;
+use super::tradeoff::yield_for_ttft;
 use super::{sample, PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
@@ -158,19 +159,20 @@ impl PrefixAware {
             .flatten()
             .copied()
             .fold(f64::INFINITY, f64::min);
+        let slowness: Vec<f64> = tpots
+            .iter()
+            .map(|tpot| match tpot {
+                // Below 1.25x it is measurement noise between equal nodes.
+                Some(t) if fastest.is_finite() && fastest > 0.0 && t / fastest >= 1.25 => {
+                    (t / fastest).min(10.0)
+                }
+                _ => 1.0,
+            })
+            .collect();
         let loads: Vec<f64> = cands
             .iter()
-            .zip(&tpots)
-            .map(|(&i, tpot)| {
-                let slowness = match tpot {
-                    // Below 1.25x it is measurement noise between equal nodes.
-                    Some(t) if fastest.is_finite() && fastest > 0.0 && t / fastest >= 1.25 => {
-                        (t / fastest).min(10.0)
-                    }
-                    _ => 1.0,
-                };
-                load(&nodes[i], now, self.tokens_per_request) * slowness
-            })
+            .zip(&slowness)
+            .map(|(&i, s)| load(&nodes[i], now, self.tokens_per_request) * s)
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
         if let Some((depth, factor)) = self.rendezvous {
@@ -190,8 +192,10 @@ impl PrefixAware {
                 }
             }
             matcher(chain, mask, &mut matched);
-            // Cache affinity yields to real queueing (scraped waiting, KV).
-            yield_to_queueing(nodes, &cands, now, &mut matched);
+            // Cache affinity yields to real queueing (scraped waiting, KV)
+            // and to a slow node's prefill of what it lacks.
+            let prompt = ctx.request.map_or(0, |r| r.prompt_tokens);
+            yield_for_ttft(nodes, &cands, now, &mut matched, prompt, &slowness);
         }
         let best_match = cands
             .iter()
@@ -322,6 +326,46 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_home_keeps_its_sessions_until_requests_wait_there() {
+        use crate::fleet::capacity::Scraped;
+        use std::time::Duration;
+        // Default thresholds. The home node runs 24 requests, the others
+        // none, and its scrape says nobody waits: its batch has room, so a
+        // new turn starts at once there and skips the prefill of its
+        // history. (With SGLang-like thresholds of 16 it moved: a miss and
+        // a second copy of the conversation in another node's cache.)
+        let ns = nodes(3);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let r = req(&"a long conversation so far ".repeat(60));
+        let home = pick(&p, &ns, &r);
+        let _busy = hold(&ns, home, 24);
+        let scrape = |waiting: f64| {
+            for (i, n) in ns.iter().enumerate() {
+                let cap = &n.load.ai.capacity;
+                cap.configure(Duration::from_secs(5), Duration::from_secs(5), None, None);
+                let running = if i == home { 24.0 } else { 0.0 };
+                let waiting = if i == home { waiting } else { 0.0 };
+                cap.record(
+                    &Scraped {
+                        running: Some(running),
+                        waiting: Some(waiting),
+                        kv_usage: Some(0.5),
+                    },
+                    n.outstanding(),
+                    now_ns(),
+                );
+            }
+        };
+        scrape(0.0);
+        for _ in 0..10 {
+            assert_eq!(pick(&p, &ns, &r), home);
+        }
+        // Once requests queue there, the affinity yields (`tradeoff`).
+        scrape(8.0);
+        assert_ne!(pick(&p, &ns, &r), home);
+    }
+
+    #[test]
     fn a_slow_home_loses_affinity_sooner() {
         let ns = nodes(2);
         let p = PrefixAware::new(&BalanceOptions {
@@ -363,6 +407,32 @@ mod tests {
             .observe_tpot(std::time::Duration::from_millis(11));
         let _h = hold(&fresh, home, 3);
         assert_eq!(pick(&q, &fresh, &r), home);
+    }
+
+    #[test]
+    fn a_slow_home_keeps_new_turns_and_hands_long_documents_to_a_fast_node() {
+        use std::time::Duration;
+        let ns = nodes(2);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let history = "a conversation so far ".repeat(80);
+        let home = pick(&p, &ns, &req(&history));
+        let other = 1 - home;
+        // The home node decodes (and so prefills) at half speed; one
+        // request in flight on each.
+        ns[home].load.ai.observe_tpot(Duration::from_millis(20));
+        ns[other].load.ai.observe_tpot(Duration::from_millis(10));
+        let _a = hold(&ns, home, 1);
+        let _b = hold(&ns, other, 1);
+        // A new turn: most of its prompt is cached at home.
+        let turn = req(&format!("{history}{}", "next question ".repeat(10)));
+        assert_eq!(pick(&p, &ns, &turn), home);
+        // A pasted document: most of the prompt is new, and home would
+        // prefill it at half speed.
+        let doc = format!("{history}{}", "pasted document text ".repeat(400));
+        assert_eq!(pick(&p, &ns, &req(&doc)), other);
+        // The conversation follows it: that node holds the longest prefix.
+        let next = req(&format!("{doc}{}", "thanks ".repeat(20)));
+        assert_eq!(pick(&p, &ns, &next), other);
     }
 
     #[test]
@@ -454,7 +524,7 @@ mod tests {
             assert!(calls.get() <= crate::balance::sample::CANDIDATE_SAMPLES + 1);
         }
         // Overloaded: its affinity goes, to a sampled idle node.
-        let _more = hold(&ns, 40, 30);
+        let _more = hold(&ns, 40, 70);
         let other = p.pick(&ns, &|_| true, &ctx).unwrap();
         assert_ne!(other, 40);
         assert_eq!(ns[other].outstanding(), 0);

@@ -16,7 +16,7 @@
 //! pool = "chat"
 //! policy = "prefix_aware"     # or consistent_hash, peak_ewma, composite
 //! [routes.balance]
-//! balance_abs_threshold = 16.0
+//! balance_abs_threshold = 64.0
 //! balance_rel_threshold = 1.5
 //! tokens_per_request = 4096
 //! prefix_capacity = 262144
@@ -42,7 +42,9 @@ pub struct BalanceOptions {
     /// `prefix_aware`: a node whose load exceeds the least-loaded eligible
     /// node's by more than this many request-equivalents (and by the
     /// relative threshold) loses its cache affinity (SGLang's
-    /// `balance_abs_threshold`).
+    /// `balance_abs_threshold`, and its default 64). Requests in flight do
+    /// not say whether a new one waits (a batch has room for many); the
+    /// scraped queue does, and `balance::tradeoff` acts on it first.
     pub balance_abs_threshold: f64,
     /// `prefix_aware`: ... and whose load is more than this many times the
     /// least-loaded node's (SGLang's `balance_rel_threshold`).
@@ -78,7 +80,7 @@ pub struct BalanceOptions {
 impl Default for BalanceOptions {
     fn default() -> Self {
         BalanceOptions {
-            balance_abs_threshold: 16.0,
+            balance_abs_threshold: 64.0,
             balance_rel_threshold: 1.5,
             tokens_per_request: 4096.0,
             prefix_capacity: 262_144,
