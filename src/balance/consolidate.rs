@@ -10,8 +10,12 @@
 //!
 //! * eligible active nodes, when at least one has room (fewer than
 //!   `max_batch` requests in flight);
-//! * otherwise every eligible node — a burst spills over at once instead
-//!   of waiting for the next tick, and the controller grows the set.
+//! * otherwise the first eligible node outside the set that has room, in
+//!   config order (the order in which the controller grows the set): a
+//!   burst spills over at once instead of waiting for the next tick, onto
+//!   as few extra nodes as it needs — spreading it over every idle node
+//!   would keep them all from ever idling long enough to be parked;
+//! * when no eligible node has room, the route's policy over all of them.
 
 use std::sync::Arc;
 
@@ -47,14 +51,16 @@ impl Policy for Consolidate {
     ) -> Option<usize> {
         let now = now_ns();
         let mut room = false;
+        let mut spill = None;
         for (i, node) in nodes.iter().enumerate() {
-            if node.load.power.in_active_set()
-                && eligible(i)
-                && queue_depth(node, now) < self.max_batch
-            {
+            if !eligible(i) || queue_depth(node, now) >= self.max_batch {
+                continue;
+            }
+            if node.load.power.in_active_set() {
                 room = true;
                 break;
             }
+            spill = spill.or(Some(i));
         }
         if room {
             let active = |i: usize| {
@@ -63,6 +69,9 @@ impl Policy for Consolidate {
             if let Some(i) = self.inner.pick(nodes, &active, ctx) {
                 return Some(i);
             }
+        }
+        if let Some(i) = spill {
+            return Some(i);
         }
         self.inner.pick(nodes, eligible, ctx)
     }
@@ -95,9 +104,19 @@ mod tests {
             assert_eq!(i, 0, "least_outstanding alone would spread");
             guards.push(nodes[i].begin_request());
         }
-        // n0 holds max_batch: the next request spills over.
-        let i = p.pick(&nodes, &all, &PickContext::EMPTY).unwrap();
-        assert_ne!(i, 0);
+        // n0 holds max_batch: the next requests spill over, onto n1 until
+        // it is full too (least_outstanding alone would alternate n1, n2,
+        // keeping both awake).
+        for _ in 0..2 {
+            let i = p.pick(&nodes, &all, &PickContext::EMPTY).unwrap();
+            assert_eq!(i, 1, "spill fills the next node in line first");
+            guards.push(nodes[i].begin_request());
+        }
+        assert_eq!(p.pick(&nodes, &all, &PickContext::EMPTY), Some(2));
+        guards.push(nodes[2].begin_request());
+        guards.push(nodes[2].begin_request());
+        // Everything full: the route's policy over all eligible nodes.
+        assert!(p.pick(&nodes, &all, &PickContext::EMPTY).is_some());
         // Eligibility still rules: n0 not eligible, nothing active → others.
         drop(guards);
         let not0 = |i: usize| i != 0;

@@ -806,6 +806,9 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
          peak_p99 = requests sent in the middle fifth of the run; saving% against least_outstanding"
     );
     print!("{energy_table}");
+    let node_table = crate::workload::energy::node_table(&reports);
+    println!("\nper node: energy and share of time busy (requests running), idle (awake) and parked (or waking), sampled every simulated second");
+    print!("{node_table}");
     if let Some(dir) = &args.output {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let chart = dir.join("energy.svg");
@@ -813,7 +816,12 @@ async fn run_policies(args: &BenchArgs) -> Result<(), String> {
             &chart,
             crate::workload::energy::svg(&reports, args.speeds.len()),
         )
-        .and_then(|()| std::fs::write(dir.join("energy.txt"), &energy_table))
+        .and_then(|()| {
+            std::fs::write(
+                dir.join("energy.txt"),
+                format!("{energy_table}\n{node_table}"),
+            )
+        })
         .map_err(|e| format!("{}: {e}", chart.display()))?;
         println!("energy chart in {}", chart.display());
     }

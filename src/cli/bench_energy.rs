@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::sim::{SimConfig, SimNode};
-use crate::workload::energy::EnergySample;
+use crate::workload::energy::{EnergySample, NodeSample};
 
 /// Route policy and whether the pool consolidates, from a bench label.
 pub fn split_label(label: &str) -> (&str, bool) {
@@ -72,23 +72,36 @@ pub struct Sampler {
     nodes: Arc<Vec<SimNode>>,
     start: Instant,
     base: f64,
+    bases: Arc<Vec<f64>>,
     time_scale: f64,
 }
 
-fn sample(nodes: &[SimNode], start: Instant, base: f64, time_scale: f64) -> EnergySample {
+fn sample(
+    nodes: &[SimNode],
+    start: Instant,
+    base: f64,
+    bases: &[f64],
+    time_scale: f64,
+) -> EnergySample {
     let mut s = EnergySample {
         t: start.elapsed().as_secs_f64() / time_scale,
         watts: 0.0,
         joules: -base,
         awake: 0,
         busy: 0,
+        nodes: Vec::with_capacity(nodes.len()),
     };
-    for n in nodes {
+    for (n, base) in nodes.iter().zip(bases) {
         let st = n.stats();
         s.watts += st.power_watts;
         s.joules += st.energy_joules;
         s.awake += usize::from(!st.sleeping);
         s.busy += usize::from(st.running > 0);
+        s.nodes.push(NodeSample {
+            joules: st.energy_joules - base,
+            sleeping: st.sleeping,
+            busy: st.running > 0,
+        });
     }
     s
 }
@@ -97,16 +110,19 @@ impl Sampler {
     /// Sample every simulated second (at least every 20 ms of wall time).
     pub fn start(nodes: Arc<Vec<SimNode>>, time_scale: f64) -> Sampler {
         let start = Instant::now();
-        let base: f64 = nodes.iter().map(|n| n.stats().energy_joules).sum();
+        let bases: Arc<Vec<f64>> =
+            Arc::new(nodes.iter().map(|n| n.stats().energy_joules).collect());
+        let base: f64 = bases.iter().sum();
         let samples = Arc::new(Mutex::new(Vec::new()));
         let period = Duration::from_secs_f64(time_scale.max(0.02));
         let task = {
-            let (nodes, samples) = (Arc::clone(&nodes), Arc::clone(&samples));
+            let (nodes, samples, bases) =
+                (Arc::clone(&nodes), Arc::clone(&samples), Arc::clone(&bases));
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 loop {
                     tick.tick().await;
-                    let s = sample(&nodes, start, base, time_scale);
+                    let s = sample(&nodes, start, base, &bases, time_scale);
                     samples.lock().unwrap_or_else(|p| p.into_inner()).push(s);
                 }
             })
@@ -117,6 +133,7 @@ impl Sampler {
             nodes,
             start,
             base,
+            bases,
             time_scale,
         }
     }
@@ -124,7 +141,13 @@ impl Sampler {
     /// Stop and return the samples (with a last one taken now).
     pub fn stop(self) -> Vec<EnergySample> {
         self.task.abort();
-        let last = sample(&self.nodes, self.start, self.base, self.time_scale);
+        let last = sample(
+            &self.nodes,
+            self.start,
+            self.base,
+            &self.bases,
+            self.time_scale,
+        );
         let mut samples =
             std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()));
         samples.push(last);

@@ -4,8 +4,14 @@
 //!
 //! * **Demand** = requests in flight across the pool (scraped running +
 //!   waiting where fresh, else the gateway's outstanding count), smoothed
-//!   by an EWMA whose slope predicts demand `lead` ahead (the tick interval
-//!   plus the wake-up time when nodes can be parked).
+//!   by an EWMA (5 intervals) and predicted `lead` ahead (the tick interval
+//!   plus the wake-up time when nodes can be parked) from its trend over
+//!   the last `lead` (at least 10 intervals). Not from the instant count
+//!   or a per-tick slope: in-flight counts of Poisson traffic jump by
+//!   half their mean from one second to the next, and a one-tick slope
+//!   extrapolated over a 30 s wake-up time turned every burst into the
+//!   whole pool (a burst is absorbed by the request path's spill-over,
+//!   `balance::consolidate`, without a member change).
 //! * **Nodes needed** = ⌈predicted demand / (target_batch × (1 −
 //!   headroom))⌉, at least `min_active`. The active set grows to it at
 //!   once; it also grows by one while an active node holding at least
@@ -21,6 +27,7 @@
 //!   and no new request for `idle_after` is parkable; with an action
 //!   configured it is parked, keeping `spare` idle nodes awake.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::config::{ConsolidateConfig, ParkingConfig};
@@ -65,7 +72,8 @@ pub struct Controller {
     parking: Option<ParkingConfig>,
     interval: Duration,
     demand: f64,
-    slope: f64,
+    /// Smoothed demand over the trend window, oldest first.
+    history: VecDeque<(Instant, f64)>,
     last: Option<Instant>,
     size: usize,
     below_since: Option<Instant>,
@@ -92,7 +100,7 @@ impl Controller {
             parking,
             interval,
             demand: 0.0,
-            slope: 0.0,
+            history: VecDeque::new(),
             last: None,
             below_since: None,
             hold_until: None,
@@ -102,26 +110,44 @@ impl Controller {
         }
     }
 
-    /// Predicted demand `lead` ahead of `now` (requests in flight).
+    /// Predicted demand `lead` ahead of `now` (requests in flight): the
+    /// smoothed level plus its rising trend over the last `lead`.
     fn predict(&mut self, now: Instant, demand: f64) -> f64 {
         let dt = self
             .last
             .map_or(self.interval, |l| now.saturating_duration_since(l))
             .as_secs_f64()
             .max(1e-3);
+        let first = self.last.is_none();
         self.last = Some(now);
         let tau = (self.interval.as_secs_f64() * 5.0).max(1e-3);
         let alpha = 1.0 - (-dt / tau).exp();
-        let previous = self.demand;
-        self.demand += alpha * (demand - self.demand);
-        let slope = (self.demand - previous) / dt;
-        self.slope += alpha * (slope - self.slope);
+        self.demand = if first {
+            demand
+        } else {
+            self.demand + alpha * (demand - self.demand)
+        };
         let lead = self.interval
             + self
                 .parking
                 .as_ref()
                 .map_or(Duration::ZERO, |p| p.wake_time);
-        demand.max(self.demand + self.slope.max(0.0) * lead.as_secs_f64())
+        let span = lead.max(self.interval * 10);
+        self.history.push_back((now, self.demand));
+        while self
+            .history
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > span)
+        {
+            self.history.pop_front();
+        }
+        let trend = match self.history.front() {
+            Some(&(t, level)) if now.saturating_duration_since(t) >= span / 2 => {
+                (self.demand - level) / now.saturating_duration_since(t).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        self.demand + trend.max(0.0) * lead.as_secs_f64()
     }
 
     /// Decide for this tick.
@@ -275,19 +301,61 @@ mod tests {
         let d = c.tick(t0, &[node(1.0), node(0.0), node(0.0), node(0.0)]);
         assert_eq!(d.active, [true, false, false, false]);
         assert_eq!(d.needed, 1);
-        // 20 in flight: 8 per node planned → 3 nodes at once.
-        let d = c.tick(t0 + sec, &[node(10.0), node(10.0), node(0.0), node(0.0)]);
+        // 20 in flight for a while: 8 per node planned → 3 nodes within
+        // a few ticks (the smoothing's time constant).
+        let mut d = Decision::default();
+        for s in 1..12 {
+            d = c.tick(
+                t0 + sec * s,
+                &[node(10.0), node(10.0), node(0.0), node(0.0)],
+            );
+        }
         assert!(d.needed >= 3, "{d:?}");
         assert_eq!(d.active.iter().filter(|a| **a).count(), d.needed.min(4));
         // Demand falls: one node leaves per scale_down_delay, not at once.
         let mut active = d.active.iter().filter(|a| **a).count();
-        for s in 2..30 {
+        for s in 12..60 {
             let d = c.tick(t0 + sec * s, &[node(1.0), node(0.0), node(0.0), node(0.0)]);
             let now = d.active.iter().filter(|a| **a).count();
             assert!(now + 1 >= active, "one at a time");
             active = now;
         }
         assert_eq!(active, 1);
+    }
+
+    #[test]
+    fn a_burst_does_not_grow_the_set_but_a_rising_trend_does_ahead_of_wake_up() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let parking = ParkingConfig {
+            idle_after: Duration::from_secs(20),
+            wake_time: Duration::from_secs(30),
+            vllm_sleep: true,
+            ..ParkingConfig::default()
+        };
+        let mut c = Controller::new(4, Some(consolidate()), Some(parking), sec, t0);
+        let quiet = [node(5.0), node(0.0), node(0.0), node(0.0)];
+        for s in 0..40 {
+            let d = c.tick(t0 + sec * s, &quiet);
+            assert_eq!(d.needed, 1, "tick {s}");
+        }
+        // One second of 20 in flight (a Poisson burst) then back to 5.
+        let burst = [node(12.0), node(8.0), node(0.0), node(0.0)];
+        let d = c.tick(t0 + sec * 40, &burst);
+        assert!(d.needed <= 2, "a one-tick burst is not a trend: {d:?}");
+        for s in 41..80 {
+            let d = c.tick(t0 + sec * s, &quiet);
+            assert!(d.needed <= 2, "tick {s}: {d:?}");
+        }
+        // Demand rising by 0.25/s for 40 s: 30 s of wake-up ahead, the
+        // set is sized for what will be in flight then.
+        let mut d = Decision::default();
+        for s in 80..120 {
+            let now = 5.0 + 0.25 * (s - 80) as f64;
+            d = c.tick(t0 + sec * s, &[node(now), node(0.0), node(0.0), node(0.0)]);
+        }
+        // Now ~15 in flight (2 nodes of 8); in 31 s ~22 (3 nodes).
+        assert!(d.needed >= 3, "{d:?}");
     }
 
     #[test]
@@ -352,8 +420,15 @@ mod tests {
             state: ParkState::Parked,
             ..node(0.0)
         };
-        let d = c.tick(t0 + sec * 6, &[node(14.0), parked, parked]);
-        assert_eq!(d.wake, [1], "14 in flight needs 2 nodes");
-        assert_eq!(d.active, [true, true, false]);
+        let mut woken = Vec::new();
+        let mut active = Vec::new();
+        for s in 6..16 {
+            let d = c.tick(t0 + sec * s, &[node(14.0), parked, parked]);
+            woken.extend(d.wake);
+            active = d.active;
+        }
+        woken.dedup();
+        assert_eq!(woken, [1], "14 in flight needs 2 nodes");
+        assert_eq!(active, [true, true, false]);
     }
 }

@@ -8,8 +8,19 @@ use std::fmt::Write;
 use super::measure::Record;
 use super::report::{percentile, Slo};
 
+/// One node in a [`EnergySample`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NodeSample {
+    /// Node energy since the run started, joules.
+    pub joules: f64,
+    /// Parked or waking (no engine steps).
+    pub sleeping: bool,
+    /// Requests running.
+    pub busy: bool,
+}
+
 /// One sample of the fleet, taken by the bench while the load runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EnergySample {
     /// Simulated seconds since the run started.
     pub t: f64,
@@ -21,6 +32,58 @@ pub struct EnergySample {
     pub awake: usize,
     /// Nodes with requests running.
     pub busy: usize,
+    /// Per node, in fleet order (empty when not sampled).
+    pub nodes: Vec<NodeSample>,
+}
+
+/// Where one node's time and energy went over a run, attributed by the
+/// state seen at each sample to the interval up to the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NodeUse {
+    /// Simulated seconds with requests running.
+    pub busy_secs: f64,
+    /// Simulated seconds awake with nothing running.
+    pub idle_secs: f64,
+    /// Simulated seconds parked or waking.
+    pub parked_secs: f64,
+    /// Joules while busy.
+    pub busy_joules: f64,
+    /// Joules while awake and idle.
+    pub idle_joules: f64,
+    /// Joules while parked or waking.
+    pub parked_joules: f64,
+}
+
+impl NodeUse {
+    /// All joules.
+    pub fn joules(&self) -> f64 {
+        self.busy_joules + self.idle_joules + self.parked_joules
+    }
+}
+
+/// Per-node time and energy by state, from consecutive samples.
+pub fn node_use(samples: &[EnergySample]) -> Vec<NodeUse> {
+    let n = samples.iter().map(|s| s.nodes.len()).max().unwrap_or(0);
+    let mut out = vec![NodeUse::default(); n];
+    for pair in samples.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let dt = (b.t - a.t).max(0.0);
+        for (i, (na, nb)) in a.nodes.iter().zip(&b.nodes).enumerate() {
+            let dj = (nb.joules - na.joules).max(0.0);
+            let u = &mut out[i];
+            if na.sleeping {
+                u.parked_secs += dt;
+                u.parked_joules += dj;
+            } else if na.busy {
+                u.busy_secs += dt;
+                u.busy_joules += dj;
+            } else {
+                u.idle_secs += dt;
+                u.idle_joules += dj;
+            }
+        }
+    }
+    out
 }
 
 /// Energy figures of one policy.
@@ -42,6 +105,8 @@ pub struct EnergyReport {
     pub peak_ttft_p99: f64,
     /// Average awake nodes.
     pub avg_awake: f64,
+    /// Per node: time and energy busy, idle and parked.
+    pub nodes: Vec<NodeUse>,
     /// The samples (for the chart).
     pub samples: Vec<EnergySample>,
 }
@@ -88,12 +153,12 @@ pub fn report(
     slo: Slo,
     day_secs: f64,
 ) -> EnergyReport {
-    let (first, last) = (samples.first().copied(), samples.last().copied());
-    let joules = match (first, last) {
+    let (first, last) = (samples.first().cloned(), samples.last().cloned());
+    let joules = match (&first, &last) {
         (Some(a), Some(b)) => b.joules - a.joules,
         _ => 0.0,
     };
-    let secs = match (first, last) {
+    let secs = match (&first, &last) {
         (Some(a), Some(b)) => b.t - a.t,
         _ => 0.0,
     };
@@ -128,8 +193,37 @@ pub fn report(
             .filter_map(|r| ttft(r))
             .collect()),
         avg_awake,
+        nodes: node_use(&samples),
         samples,
     }
+}
+
+/// Where each policy's energy went, node by node: Wh and share of time
+/// busy / idle / parked.
+pub fn node_table(reports: &[EnergyReport]) -> String {
+    let mut out = format!(
+        "{:<30} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "policy", "node", "Wh", "busy%", "idle%", "parked%", "busy_Wh", "idle_Wh", "park_Wh"
+    );
+    for r in reports {
+        for (i, u) in r.nodes.iter().enumerate() {
+            let total = (u.busy_secs + u.idle_secs + u.parked_secs).max(1e-9);
+            let _ = writeln!(
+                out,
+                "{:<30} {:>5} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>8.2}",
+                r.policy,
+                i,
+                u.joules() / 3600.0,
+                u.busy_secs / total * 100.0,
+                u.idle_secs / total * 100.0,
+                u.parked_secs / total * 100.0,
+                u.busy_joules / 3600.0,
+                u.idle_joules / 3600.0,
+                u.parked_joules / 3600.0
+            );
+        }
+    }
+    out
 }
 
 /// The energy comparison table; savings are against `baseline` (a policy label).
@@ -274,6 +368,7 @@ mod tests {
                 joules: 0.0,
                 awake: 2,
                 busy: 0,
+                nodes: Vec::new(),
             },
             EnergySample {
                 t: 10.0,
@@ -281,6 +376,7 @@ mod tests {
                 joules: 2000.0,
                 awake: 1,
                 busy: 1,
+                nodes: Vec::new(),
             },
         ];
         let records = vec![rec(1.0, 1.1, 2.0, 10), rec(5.0, 7.0, 8.0, 10)];
@@ -312,5 +408,34 @@ mod tests {
         );
         let s = svg(&[r, cheaper], 2);
         assert!(s.starts_with("<svg") && s.matches("<polyline").count() == 4);
+    }
+
+    #[test]
+    fn node_use_attributes_each_interval_to_the_state_at_its_start() {
+        let at = |t: f64, nodes: Vec<NodeSample>| EnergySample {
+            t,
+            watts: 0.0,
+            joules: 0.0,
+            awake: 0,
+            busy: 0,
+            nodes,
+        };
+        let n = |joules: f64, sleeping: bool, busy: bool| NodeSample {
+            joules,
+            sleeping,
+            busy,
+        };
+        let samples = vec![
+            at(0.0, vec![n(0.0, false, true), n(0.0, false, false)]),
+            at(1.0, vec![n(300.0, false, false), n(110.0, true, false)]),
+            at(3.0, vec![n(520.0, false, true), n(120.0, true, false)]),
+        ];
+        let u = node_use(&samples);
+        assert_eq!(u.len(), 2);
+        assert_eq!((u[0].busy_secs, u[0].idle_secs), (1.0, 2.0));
+        assert_eq!((u[0].busy_joules, u[0].idle_joules), (300.0, 220.0));
+        assert_eq!((u[1].idle_secs, u[1].parked_secs), (1.0, 2.0));
+        assert_eq!((u[1].idle_joules, u[1].parked_joules), (110.0, 10.0));
+        assert_eq!(u[1].joules(), 120.0);
     }
 }
