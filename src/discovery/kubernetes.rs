@@ -80,8 +80,9 @@ pub fn slice_nodes(slice: &EndpointSlice, port_name: Option<&str>) -> Vec<FoundN
     nodes
 }
 
-/// The client `config` asks for: its kubeconfig file, else in-cluster,
-/// else `KUBECONFIG` / `~/.kube/config`; and the namespace to watch.
+/// The client `config` asks for: its kubeconfig file, else
+/// `KUBECONFIG` / `~/.kube/config`, else in-cluster (`Config::infer`);
+/// and the namespace to watch.
 async fn client(config: &KubernetesDiscovery) -> Result<(Client, String), String> {
     let kube_config = match &config.kubeconfig {
         Some(path) => {
