@@ -333,4 +333,64 @@ async fn kubernetes_manifests_agree_with_the_gateway() {
     let backend = &route["spec"]["rules"][0]["backendRefs"][0];
     assert_eq!(backend["kind"], "InferencePool");
     assert_eq!(backend["name"], pool["metadata"]["name"]);
+    assert_eq!(backend["group"], "inference.networking.k8s.io");
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+    inference_pool_fields_are_gie_v1(pool);
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"], true,
+        "the image writes nothing"
+    );
+}
+
+/// The InferencePool's fields are those of GIE's `inference.networking.k8s.io/v1`
+/// API (`InferencePoolSpec`, `EndpointPickerRef`; no schema checker here
+/// knows this CRD): unknown keys, an out-of-range port or a failure mode
+/// the API does not have would be refused by the API server.
+fn inference_pool_fields_are_gie_v1(pool: &Value) {
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let spec = &pool["spec"];
+    for key in keys(spec) {
+        assert!(
+            [
+                "selector",
+                "targetPorts",
+                "appProtocol",
+                "endpointPickerRef"
+            ]
+            .contains(&key.as_str()),
+            "spec.{key} is not an InferencePool v1 field"
+        );
+    }
+    for key in keys(&spec["selector"]) {
+        assert!(
+            ["matchLabels", "matchExpressions"].contains(&key.as_str()),
+            "spec.selector.{key}"
+        );
+    }
+    let ports = spec["targetPorts"]
+        .as_array()
+        .expect("targetPorts is required");
+    assert!((1..=8).contains(&ports.len()), "1 to 8 targetPorts");
+    for port in ports {
+        assert_eq!(keys(port), ["number"]);
+        assert!((1..=65535).contains(&port["number"].as_u64().unwrap()));
+    }
+    let picker = &spec["endpointPickerRef"];
+    for key in keys(picker) {
+        assert!(
+            ["group", "kind", "name", "port", "failureMode"].contains(&key.as_str()),
+            "spec.endpointPickerRef.{key} is not an EndpointPickerRef field"
+        );
+    }
+    assert_eq!(picker["group"], "", "the core API group: a Service");
+    assert_eq!(picker["kind"], "Service");
+    assert!(
+        ["FailOpen", "FailClose"].contains(&picker["failureMode"].as_str().unwrap()),
+        "failureMode is FailOpen or FailClose"
+    );
+    assert_eq!(keys(&picker["port"]), ["number"]);
 }

@@ -462,6 +462,64 @@ async fn discovered_nodes_survive_config_reloads_and_are_not_editable() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_kubeconfig_that_appears_late_is_picked_up() {
+    let sims = start_nodes(1, &fast_sim()).await;
+    let (api, api_addr) = FakeApi::start().await;
+    api.apply(slice("vllm-a", "vllm-0", sims[0].addr(), true));
+    let path = kubeconfig(api_addr, "k8s-late-kubeconfig");
+    let later = path.with_extension("later");
+    std::fs::rename(&path, &later).unwrap();
+    // The file is not there yet (a Secret not mounted yet): no nodes, and
+    // discovery keeps trying rather than giving up.
+    let gw = start_gateway(&k8s_config(&path, "")).await;
+    assert!(names_of(&gw.gateway).is_empty());
+    std::fs::rename(&later, &path).unwrap();
+    assert!(
+        eventually(WITHIN, || names_of(&gw.gateway) == ["vllm-0"]).await,
+        "{:?}",
+        nodes_of(&gw.gateway)
+    );
+    gw.stop().await;
+}
+
+/// A discovered node has no `[pools.nodes.power]` of its own: the pool's
+/// `[pools.energy]` power model (or exporter) covers it like a listed node
+/// without one.
+#[tokio::test]
+async fn discovered_nodes_get_the_pools_power_model() {
+    let text = "[[pools]]\nname = \"p\"\n\
+                [pools.energy]\ninterval = \"20ms\"\nidle_watts = 123.0\nmax_watts = 700.0\ngpus = 2\n\
+                [pools.discovery.dns]\nnames = [\"vllm.invalid:8000\"]\n\
+                [[routes]]\nname = \"r\"\npool = \"p\"\n";
+    let gateway = Gateway::new(&infergate::config::Config::from_toml(text).unwrap()).unwrap();
+    gateway.discovered(
+        "p",
+        vec![infergate::discovery::FoundNode {
+            name: "vllm-0".into(),
+            addr: "127.0.0.1:40000".into(),
+            weight: None,
+            max_concurrent: None,
+            pod: None,
+        }],
+    );
+    let estimated = || {
+        let table = gateway.table();
+        let summary = table.energy.first().map(|e| e.state.summary());
+        summary.is_some_and(|s| {
+            s.estimated_nodes == 1
+                && s.nodes.len() == 1
+                && s.nodes[0].name == "vllm-0"
+                && s.nodes[0].watts == Some(246.0)
+        })
+    };
+    assert!(
+        eventually(WITHIN, estimated).await,
+        "{:?}",
+        gateway.table().energy.first().map(|e| e.state.summary())
+    );
+}
+
 // ---------------------------------------------------------------- DNS
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};

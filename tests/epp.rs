@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use infergate::config::Config;
+use infergate::epp::EppConfig;
 use infergate::proxy::Gateway;
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -23,6 +24,7 @@ const WITHIN: Duration = Duration::from_secs(10);
 
 /// A gateway for `nodes` (pool `p`, `extra` appended to each node) and its
 /// endpoint picker on a loopback port.
+/// The answers name one endpoint (`fallbacks = 0`).
 async fn start(
     nodes: &[SocketAddr],
     node_extra: &str,
@@ -30,18 +32,22 @@ async fn start(
     fail_open: bool,
 ) -> (Arc<Gateway>, infergate::epp::EppServer, String) {
     let text = config_text(nodes, node_extra, pool_extra);
-    let gateway = Gateway::new(&Config::from_toml(&text).unwrap()).unwrap();
+    let epp = EppConfig {
+        fail_open,
+        fallbacks: 0,
+        ..EppConfig::default()
+    };
+    let (gateway, server) = start_with(&text, &epp).await;
+    (gateway, server, text)
+}
+
+async fn start_with(text: &str, epp: &EppConfig) -> (Arc<Gateway>, infergate::epp::EppServer) {
+    let gateway = Gateway::new(&Config::from_toml(text).unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let epp = infergate::epp::serve(
-        Arc::clone(&gateway),
-        &infergate::epp::EppConfig {
-            addr: None,
-            fail_open,
-        },
-        listener,
-    )
-    .unwrap();
-    (gateway, epp, text)
+    let server = infergate::epp::serve(Arc::clone(&gateway), epp, listener)
+        .await
+        .unwrap();
+    (gateway, server)
 }
 
 fn config_text(nodes: &[SocketAddr], node_extra: &str, pool_extra: &str) -> String {
@@ -207,24 +213,56 @@ impl Envoy {
 
     /// The node's response: headers with `status`, then the body's end.
     async fn respond(&mut self, status: u16) {
-        self.send(
-            processing_request::Request::ResponseHeaders(HttpHeaders {
-                headers: Some(HeaderMap {
-                    headers: vec![HeaderValue {
-                        key: ":status".into(),
-                        raw_value: status.to_string().into_bytes(),
-                        ..HeaderValue::default()
-                    }],
-                }),
-                ..HttpHeaders::default()
-            }),
-            None,
-        )
-        .await;
+        self.response_headers(status, None).await;
+        self.response_end().await;
+    }
+
+    /// The response headers, with the endpoint that served in the
+    /// metadata as a conforming proxy reports it.
+    async fn response_headers(&mut self, status: u16, served: Option<&str>) {
+        let metadata_context = served.map(|served| Metadata {
+            filter_metadata: [(
+                "envoy.lb".to_string(),
+                Struct {
+                    fields: [(
+                        "x-gateway-destination-endpoint-served".to_string(),
+                        Value {
+                            kind: Some(Kind::StringValue(served.to_string())),
+                        },
+                    )]
+                    .into_iter()
+                    .collect(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Metadata::default()
+        });
+        self.tx
+            .send(ProcessingRequest {
+                request: Some(processing_request::Request::ResponseHeaders(HttpHeaders {
+                    headers: Some(HeaderMap {
+                        headers: vec![HeaderValue {
+                            key: ":status".into(),
+                            raw_value: status.to_string().into_bytes(),
+                            ..HeaderValue::default()
+                        }],
+                    }),
+                    ..HttpHeaders::default()
+                })),
+                metadata_context,
+                ..ProcessingRequest::default()
+            })
+            .await
+            .unwrap();
         assert!(matches!(
             self.next().await.response,
             Some(processing_response::Response::ResponseHeaders(_))
         ));
+    }
+
+    /// The end of the response body.
+    async fn response_end(&mut self) {
         self.send(
             processing_request::Request::ResponseBody(HttpBody {
                 body: b"data: [DONE]\n\n".to_vec(),
@@ -466,4 +504,181 @@ async fn buffered_body_mode_answers_the_headers_first() {
     let endpoint = destination_header(b.response.as_ref().unwrap());
     assert!(nodes.iter().any(|n| n.to_string() == endpoint));
     assert!(answer.dynamic_metadata.is_some());
+}
+
+/// A pool of `n` fake nodes answered with the picked endpoint and up to
+/// `fallbacks` more.
+async fn start_fallbacks(
+    n: u16,
+    fallbacks: usize,
+) -> (Arc<Gateway>, infergate::epp::EppServer, Vec<SocketAddr>) {
+    let nodes = fake_addrs(n);
+    let epp = EppConfig {
+        fallbacks,
+        ..EppConfig::default()
+    };
+    let (gateway, server) = start_with(&config_text(&nodes, "", ""), &epp).await;
+    (gateway, server, nodes)
+}
+
+fn list(endpoints: &str) -> Vec<String> {
+    endpoints.split(',').map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn names_available_fallbacks_after_the_pick_without_holding_them() {
+    let (gateway, epp, nodes) = start_fallbacks(4, 2).await;
+    let all: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    // Two requests in flight first: the fallbacks are the least loaded.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut envoy = Envoy::open(epp.addr).await;
+        let picked = list(&envoy.pick(&chat("busy", true, 8), None).await.unwrap());
+        busy.push((envoy, picked[0].clone()));
+    }
+    let mut envoy = Envoy::open(epp.addr).await;
+    let endpoints = list(&envoy.pick(&chat("hello", true, 8), None).await.unwrap());
+    assert_eq!(
+        endpoints.len(),
+        3,
+        "the pick and two fallbacks: {endpoints:?}"
+    );
+    let mut distinct = endpoints.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{endpoints:?}");
+    assert!(endpoints.iter().all(|e| all.contains(e)), "{endpoints:?}");
+    // least_outstanding picked an idle node; the only other idle node is
+    // the first fallback.
+    for (_, held) in &busy {
+        assert_ne!(endpoints[0], *held);
+        assert_ne!(
+            endpoints[1], *held,
+            "an idle node falls back first: {endpoints:?}"
+        );
+    }
+    // Only the pick is held.
+    assert_eq!(outstanding(&gateway, &endpoints[0]), 1);
+    assert_eq!(outstanding(&gateway, &endpoints[1]), 0);
+    // Fallbacks stay in the subset, and a node out of service is not one.
+    gateway.table().pools[0].nodes[3]
+        .load
+        .health
+        .set_draining(true);
+    let subset = all[1..].to_vec();
+    let mut envoy = Envoy::open(epp.addr).await;
+    let endpoints = list(
+        &envoy
+            .pick(&chat("subset", false, 8), Some(&subset))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    assert!(
+        endpoints.iter().all(|e| *e == all[1] || *e == all[2]),
+        "{endpoints:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_served_fallback_takes_the_hold_and_the_pick_counts_a_failure() {
+    let (gateway, epp, _) = start_fallbacks(3, 2).await;
+    let failures = |addr: &str| {
+        gateway.table().pools[0]
+            .nodes
+            .iter()
+            .find(|n| n.addr.as_str() == addr)
+            .map_or(0, |n| n.load.failures())
+    };
+    // The proxy's retry went down the list: the second endpoint served.
+    let mut envoy = Envoy::open(epp.addr).await;
+    let endpoints = list(&envoy.pick(&chat("retry", true, 8), None).await.unwrap());
+    let (picked, fallback) = (endpoints[0].clone(), endpoints[1].clone());
+    envoy.response_headers(200, Some(&fallback)).await;
+    assert_eq!(outstanding(&gateway, &picked), 0, "the pick's hold is gone");
+    assert_eq!(
+        outstanding(&gateway, &fallback),
+        1,
+        "the server's request is held"
+    );
+    assert_eq!(failures(&picked), 1, "the picked node failed it");
+    envoy.response_end().await;
+    assert!(eventually(WITHIN, || outstanding(&gateway, &fallback) == 0).await);
+
+    // Served by the pick itself: nothing moves, nothing failed.
+    let mut envoy = Envoy::open(epp.addr).await;
+    let endpoints = list(&envoy.pick(&chat("plain", true, 8), None).await.unwrap());
+    envoy.response_headers(200, Some(&endpoints[0])).await;
+    assert_eq!(outstanding(&gateway, &endpoints[0]), 1);
+    assert_eq!(failures(&endpoints[0]), u64::from(endpoints[0] == picked));
+    envoy.response_end().await;
+
+    // Served by an endpoint the picker never named: not this pool's to count.
+    let mut envoy = Envoy::open(epp.addr).await;
+    let endpoints = list(&envoy.pick(&chat("elsewhere", true, 8), None).await.unwrap());
+    envoy.response_headers(200, Some("10.9.9.9:8000")).await;
+    assert!(endpoints.iter().all(|e| outstanding(&gateway, e) == 0));
+    envoy.response_end().await;
+}
+
+#[tokio::test]
+async fn grpc_health_serves_liveness_and_readiness_from_the_node_set() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    // A discovered pool that has found nothing yet: alive, not ready.
+    let text = "[[pools]]\nname = \"p\"\n[pools.discovery.dns]\nnames = [\"vllm.invalid:8000\"]\n\
+                [[routes]]\nname = \"r\"\npool = \"p\"\n";
+    let (gateway, epp) = start_with(text, &EppConfig::default()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", epp.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let probe = client.clone();
+    let status = move |service: &'static str| {
+        let mut client = probe.clone();
+        async move {
+            let answer = client
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("a known service");
+            ServingStatus::try_from(answer.into_inner().status).unwrap()
+        }
+    };
+    let ext_proc = "envoy.service.ext_proc.v3.ExternalProcessor";
+    assert_eq!(status("liveness").await, ServingStatus::Serving);
+    assert_eq!(status("readiness").await, ServingStatus::NotServing);
+    assert_eq!(status(ext_proc).await, ServingStatus::NotServing);
+    let unknown = client
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    // Discovery finds a node: ready.
+    gateway.discovered(
+        "p",
+        vec![infergate::discovery::FoundNode {
+            name: "a".into(),
+            addr: "127.0.0.1:40000".into(),
+            weight: None,
+            max_concurrent: None,
+            pod: None,
+        }],
+    );
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while status("readiness").await != ServingStatus::Serving {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status(ext_proc).await, ServingStatus::Serving);
+    assert_eq!(status("").await, ServingStatus::Serving);
 }

@@ -88,7 +88,7 @@ impl PrefixAware {
             opts: opts.clone(),
             next: AtomicUsize::new(0),
             rendezvous: (opts.placement == "rendezvous")
-                .then_some((opts.anchor_blocks, opts.load_factor)),
+                .then_some((opts.anchor_blocks, opts.anchor_load_factor)),
         }
     }
 

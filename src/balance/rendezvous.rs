@@ -61,7 +61,8 @@ pub fn order(
 /// order within the bound of consistent hashing with bounded loads
 /// (Mirrokni et al.; Envoy's and HAProxy's `hash-balance-factor`): load
 /// below `ceil(factor × (total + 1) / n)`, which the least-loaded
-/// candidate always is. `None` without a prefix.
+/// candidate always is (`factor`: `anchor_load_factor`). `None` without a
+/// prefix.
 pub fn place(
     chain: &[u64],
     anchor_blocks: usize,
@@ -160,6 +161,30 @@ mod tests {
     fn replicas_agree_on_each_conversations_node() {
         assert_eq!(second_turns_on_the_first_turns_node("rendezvous"), 40);
         assert!(second_turns_on_the_first_turns_node("index") < 30);
+    }
+
+    /// A replica sees its own requests in flight only, a handful at a
+    /// time: a home running one of them still takes the prompt's next
+    /// turn with the default `anchor_load_factor` (at 1.25 the bound was
+    /// 1 and the turn moved, which cost 7 points of fleet hit rate).
+    #[test]
+    fn a_home_running_one_request_keeps_its_prompts() {
+        use crate::balance::testing::chat_request;
+        use crate::balance::{build, PickContext};
+        let ns = nodes(4);
+        let opts = crate::config::BalanceOptions {
+            placement: "rendezvous".into(),
+            ..Default::default()
+        };
+        let policy = build("prefix_aware", &ns, &opts).unwrap();
+        let first = chat_request(&format!("system prompt {}", "x".repeat(1200)));
+        let ctx = PickContext {
+            request: Some(&first),
+            headers: None,
+        };
+        let home = policy.pick(&ns, &|_| true, &ctx).unwrap();
+        let _running = ns[home].begin_request_for(&first);
+        assert_eq!(policy.pick(&ns, &|_| true, &ctx), Some(home));
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! virtual_nodes = 100
 //! placement = "rendezvous"    # prefix_aware: replicas agree (balance/rendezvous.rs)
 //! anchor_blocks = 16
+//! anchor_load_factor = 3.0
 //! scorers = { prefix = 3.0, queue = 2.0, kv = 1.0, outstanding = 1.0, latency = 1.0 }
 //! ```
 
@@ -73,6 +74,13 @@ pub struct BalanceOptions {
     /// `placement = "rendezvous"`: the prompt block whose chain value is
     /// the key (64 bytes a block; the shared start of conversations).
     pub anchor_blocks: usize,
+    /// `placement = "rendezvous"`: a node keeps its prompts while its load
+    /// is below `ceil(anchor_load_factor × (total + 1) / nodes)` (bounded
+    /// loads). Looser than `consistent_hash`'s `load_factor`: each replica
+    /// sees only its own share of the requests in flight, a node batches
+    /// many at once, and at 1.25 one or two running requests already moved
+    /// prompts off their node (docs/kubernetes.md has the figures).
+    pub anchor_load_factor: f64,
     /// `precise_prefix`: KV-cache events and tokenizer (see `config::precise`).
     pub precise: super::precise::PreciseOptions,
 }
@@ -90,6 +98,7 @@ impl Default for BalanceOptions {
             scorers: ScorerWeights::default(),
             placement: "index".to_string(),
             anchor_blocks: 16,
+            anchor_load_factor: 3.0,
             precise: super::precise::PreciseOptions::default(),
         }
     }
@@ -180,6 +189,15 @@ impl BalanceOptions {
         }
         if !(self.load_factor.is_finite() && self.load_factor > 1.0 && self.load_factor <= 100.0) {
             err("load_factor", "must be a number above 1 and at most 100");
+        }
+        if !(self.anchor_load_factor.is_finite()
+            && self.anchor_load_factor > 1.0
+            && self.anchor_load_factor <= 100.0)
+        {
+            err(
+                "anchor_load_factor",
+                "must be a number above 1 and at most 100",
+            );
         }
         if !(1..=1000).contains(&self.virtual_nodes) {
             err("virtual_nodes", "must be between 1 and 1000");

@@ -90,8 +90,9 @@ pub struct KubernetesDiscovery {
     /// More conditions on the EndpointSlices' labels (`key=value,...`).
     #[serde(default)]
     pub label_selector: Option<String>,
-    /// A kubeconfig file (absent: in-cluster service account, then
-    /// `KUBECONFIG` / `~/.kube/config`).
+    /// A kubeconfig file (absent: `KUBECONFIG` / `~/.kube/config` when
+    /// there is one, else the in-cluster service account, as kube-rs's
+    /// `Config::infer` does; in a pod that is the service account).
     #[serde(default)]
     pub kubeconfig: Option<std::path::PathBuf>,
     /// Read each pod's `infergate.io/weight` and

@@ -2,7 +2,8 @@
 //! (`kubernetes.io/service-name=<service>`, plus an optional label
 //! selector), listed and watched through the API server with kube-rs's
 //! watcher, which re-lists when a watch expires and backs off (0.8 s
-//! doubling to 30 s) while the API server cannot be reached.
+//! doubling to 30 s) while the API server cannot be reached; a client that
+//! cannot be built yet (kubeconfig or token not mounted) is retried alike.
 //!
 //! Each ready endpoint address (`conditions.ready` absent or true, as
 //! kube-proxy reads it) with the chosen port is a node, named after its
@@ -17,6 +18,7 @@
 //! GET fails, the pool's defaults apply.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -78,8 +80,9 @@ pub fn slice_nodes(slice: &EndpointSlice, port_name: Option<&str>) -> Vec<FoundN
     nodes
 }
 
-/// The client `config` asks for: its kubeconfig file, else in-cluster,
-/// else `KUBECONFIG` / `~/.kube/config`; and the namespace to watch.
+/// The client `config` asks for: its kubeconfig file, else
+/// `KUBECONFIG` / `~/.kube/config`, else in-cluster (`Config::infer`);
+/// and the namespace to watch.
 async fn client(config: &KubernetesDiscovery) -> Result<(Client, String), String> {
     let kube_config = match &config.kubeconfig {
         Some(path) => {
@@ -111,15 +114,32 @@ pub fn selector(config: &KubernetesDiscovery) -> String {
     selector
 }
 
+/// First wait before building the client again after it failed (the
+/// kubeconfig or service account token not there yet); doubles up to
+/// [`CLIENT_RETRY_MAX`], like the watcher's own back-off.
+const CLIENT_RETRY_FIRST: Duration = Duration::from_millis(800);
+/// Longest wait between two attempts to build the client.
+const CLIENT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The client, retried with back-off until it can be built.
+async fn client_with_retry(config: &KubernetesDiscovery) -> (Client, String) {
+    let mut wait = CLIENT_RETRY_FIRST;
+    loop {
+        match client(config).await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::error!(service = %config.service, error = %e, retry_in = ?wait,
+                    "kubernetes discovery cannot start; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(CLIENT_RETRY_MAX);
+            }
+        }
+    }
+}
+
 /// Watch the Service's EndpointSlices and report each changed set.
 pub async fn run(config: KubernetesDiscovery, sink: Sink) {
-    let (client, namespace) = match client(&config).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(service = %config.service, error = %e, "kubernetes discovery cannot start");
-            return;
-        }
-    };
+    let (client, namespace) = client_with_retry(&config).await;
     let pods: Option<Api<Pod>> = config
         .pod_annotations
         .then(|| Api::namespaced(client.clone(), &namespace));

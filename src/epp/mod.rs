@@ -12,25 +12,33 @@
 //! the dynamic metadata namespace `envoy.lb`; picks only among the
 //! endpoints of the `envoy.lb.subset_hint` subset when the proxy sends
 //! one; 503 when no endpoint is available, 429 when the request is shed.
-//! The pick counts as in flight on the node until the response ends, so
-//! requests the gateway proxies itself and those it only picks for share
-//! one view of load. Protocol handling is in [`service`].
+//! After the picked endpoint come up to `fallbacks` others
+//! (`ip:port,ip:port,...`) the proxy's retry may go down to; the proxy
+//! reports which one served (`envoy.lb` /
+//! `x-gateway-destination-endpoint-served`). The pick counts as in flight
+//! on the node that serves until the response ends, so requests the
+//! gateway proxies itself and those it only picks for share one view of
+//! load. Protocol handling is in [`service`], the gRPC health service in
+//! [`health`].
 
+pub mod health;
 mod service;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use service::{
-    Picker, DESTINATION_HEADER, DESTINATION_NAMESPACE, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE,
+pub use service::Picker;
+pub use wire::{
+    DESTINATION_HEADER, DESTINATION_NAMESPACE, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE,
 };
 
 use crate::proxy::Gateway;
 
 /// `[epp]`: the ext_proc endpoint picker (off unless `addr` is set).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EppConfig {
     /// Address of the gRPC listener (`0.0.0.0:9002`, GIE's usual port);
@@ -42,18 +50,43 @@ pub struct EppConfig {
     /// client with the error; `true` (fail open) lets the proxy route it
     /// with its own load balancing.
     pub fail_open: bool,
+    /// Endpoints named after the picked one, least loaded first, for the
+    /// proxy's retry to fall back to (0: the picked one alone).
+    pub fallbacks: usize,
+}
+
+/// Most fallback endpoints in one answer.
+pub const MAX_FALLBACKS: usize = 16;
+
+impl Default for EppConfig {
+    fn default() -> Self {
+        EppConfig {
+            addr: None,
+            fail_open: false,
+            fallbacks: 2,
+        }
+    }
 }
 
 impl EppConfig {
     /// Every problem, as (field path, message).
     pub fn problems(&self) -> Vec<(String, String)> {
-        match &self.addr {
-            Some(addr) if addr.parse::<SocketAddr>().is_err() => vec![(
-                "epp.addr".into(),
-                format!("`{addr}` is not an IP:port address"),
-            )],
-            _ => Vec::new(),
+        let mut out = Vec::new();
+        if let Some(addr) = &self.addr {
+            if addr.parse::<SocketAddr>().is_err() {
+                out.push((
+                    "epp.addr".into(),
+                    format!("`{addr}` is not an IP:port address"),
+                ));
+            }
         }
+        if self.fallbacks > MAX_FALLBACKS {
+            out.push((
+                "epp.fallbacks".into(),
+                format!("must be at most {MAX_FALLBACKS}"),
+            ));
+        }
+        out
     }
 }
 
@@ -66,28 +99,33 @@ pub struct EppServer {
     /// Where it listens.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    health: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for EppServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.health.abort();
     }
 }
 
-/// Serve the endpoint picker for `gateway` on `listener`.
-pub fn serve(
+/// Serve the endpoint picker for `gateway` on `listener`, with the gRPC
+/// health service beside it.
+pub async fn serve(
     gateway: Arc<Gateway>,
     config: &EppConfig,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<EppServer> {
     let addr = listener.local_addr()?;
-    let service = Picker::new(gateway, config.fail_open).into_service();
+    let (health_service, health) = health::service(Arc::clone(&gateway)).await;
+    let service = Picker::new(gateway, config.fail_open, config.fallbacks).into_service();
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
         // Each stream is one request of the proxy's: bound what a peer can
         // hold open (its buffered bodies are bounded by max_body_bytes).
         let served = tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .add_service(health_service)
             .add_service(service)
             .serve_with_incoming(incoming)
             .await;
@@ -95,7 +133,7 @@ pub fn serve(
             tracing::error!(error = %e, "endpoint picker stopped");
         }
     });
-    Ok(EppServer { addr, task })
+    Ok(EppServer { addr, task, health })
 }
 
 /// Bind `config.addr` and serve; `None` when the picker is off.
@@ -107,5 +145,5 @@ pub async fn start(
         return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve(gateway, config, listener).map(Some)
+    serve(gateway, config, listener).await.map(Some)
 }

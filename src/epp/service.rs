@@ -16,39 +16,28 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, Metadata as EnvoyMetadata,
-};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    body_mutation, processing_request, processing_response, BodyMutation, BodyResponse,
-    CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
-    ProcessingRequest, ProcessingResponse, StreamedBodyResponse, TrailersResponse,
+    processing_request, processing_response, BodyResponse, CommonResponse, HeaderMutation,
+    HeadersResponse, HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse,
+    TrailersResponse,
 };
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use futures_util::Stream;
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderMap, Method};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::wire::{
+    destination, destination_metadata, header, header_text, read_headers, served_of, streamed_body,
+    subset_of,
+};
 use crate::health::FailureKind;
-use crate::proxy::pick::{pick, Picked};
+use crate::proxy::pick::{pick, Picked, Spares};
 use crate::proxy::{Gateway, Slot};
-
-/// Header (and metadata key) naming the picked endpoint (`ip:port`).
-pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
-/// Dynamic metadata namespace of the answer.
-pub const DESTINATION_NAMESPACE: &str = "envoy.lb";
-/// Filter metadata namespace of the proxy's endpoint subset.
-pub const SUBSET_NAMESPACE: &str = "envoy.lb.subset_hint";
-/// Key of the subset list in [`SUBSET_NAMESPACE`].
-pub const SUBSET_KEY: &str = "x-gateway-destination-endpoint-subset";
-/// Key under [`DESTINATION_NAMESPACE`] of the endpoint that served.
-pub const SERVED_KEY: &str = "x-gateway-destination-endpoint-served";
 
 /// Longest a request waits in a pool's queue for the picker (the pool's
 /// own `queue_timeout` is usually shorter and wins).
@@ -59,12 +48,18 @@ const PICK_DEADLINE: Duration = Duration::from_secs(300);
 pub struct Picker {
     gateway: Arc<Gateway>,
     fail_open: bool,
+    fallbacks: usize,
 }
 
 impl Picker {
-    /// A picker over `gateway`'s running table.
-    pub fn new(gateway: Arc<Gateway>, fail_open: bool) -> Picker {
-        Picker { gateway, fail_open }
+    /// A picker over `gateway`'s running table, naming up to `fallbacks`
+    /// endpoints after the picked one.
+    pub fn new(gateway: Arc<Gateway>, fail_open: bool, fallbacks: usize) -> Picker {
+        Picker {
+            gateway,
+            fail_open,
+            fallbacks,
+        }
     }
 
     /// The tonic service.
@@ -97,6 +92,8 @@ impl ExternalProcessor for Picker {
             subset: None,
             mode: BodySendMode::FullDuplexStreamed,
             slot: None,
+            picked: None,
+            spares: None,
             decided: false,
         };
         tokio::spawn(exchange.run(inbound));
@@ -120,15 +117,20 @@ struct Exchange {
     subset: Option<Vec<String>>,
     /// How the proxy sends the request body.
     mode: BodySendMode,
-    /// The pick's hold on its node, until the response ends.
+    /// The hold on the node serving the request, until the response ends.
     slot: Option<Slot>,
+    /// `ip:port` of the node the slot is on.
+    picked: Option<String>,
+    /// The fallbacks named with the pick.
+    spares: Option<Spares>,
     /// Whether the request has been answered (picked, refused or let through).
     decided: bool,
 }
 
 /// What the picker decided for a request.
 enum Decision {
-    /// Route to this endpoint.
+    /// Route to these endpoints (`ip:port,ip:port,...`: the pick, then
+    /// its fallbacks).
     Endpoint(String),
     /// Answer the client with this status and message.
     Refuse(u16, String),
@@ -150,6 +152,9 @@ impl Exchange {
             if let Some(metadata) = &message.metadata_context {
                 if let Some(subset) = subset_of(metadata) {
                     self.subset = Some(subset);
+                }
+                if let Some(served) = served_of(metadata) {
+                    self.on_served(served);
                 }
             }
             if let Some(config) = &message.protocol_config {
@@ -293,6 +298,7 @@ impl Exchange {
             self.subset.as_deref(),
             self.peer,
             deadline,
+            self.picker.fallbacks,
         )
         .await;
         match picked {
@@ -301,10 +307,17 @@ impl Exchange {
                 pool,
                 node,
                 slot,
+                spares,
             } => {
                 tracing::debug!(%pool, %node, %addr, "endpoint picked");
+                let endpoints = std::iter::once(addr.clone())
+                    .chain(spares.addrs())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 self.slot = Some(slot);
-                Decision::Endpoint(addr)
+                self.picked = Some(addr);
+                self.spares = Some(spares);
+                Decision::Endpoint(endpoints)
             }
             Picked::Refused { status, message } => {
                 tracing::debug!(status, %message, "no endpoint picked");
@@ -427,6 +440,29 @@ impl Exchange {
         .await
     }
 
+    /// The proxy reports the endpoint that served: when it went down the
+    /// list, the picked node failed the request (counted for outlier
+    /// detection like a 5xx, the proxy does not say why) and the hold
+    /// moves to the fallback that served; an endpoint the picker did not
+    /// name is not this pool's request to count.
+    fn on_served(&mut self, served: &str) {
+        if self.picked.as_deref() == Some(served) {
+            return;
+        }
+        let Some(old) = self.slot.take() else {
+            return;
+        };
+        let moved = self.spares.as_ref().and_then(|s| s.served_by(&old, served));
+        if moved.is_some() {
+            tracing::debug!(picked = ?self.picked, %served, "the proxy fell back");
+            old.failure(FailureKind::Status5xx);
+        } else {
+            tracing::debug!(picked = ?self.picked, %served, "served by an endpoint the picker did not name");
+        }
+        self.picked = moved.as_ref().map(|_| served.to_string());
+        self.slot = moved;
+    }
+
     /// Feed passive health with the node's answer, as the data plane does.
     fn on_response_headers(&self, headers: &HttpHeaders) {
         let Some(slot) = &self.slot else {
@@ -443,129 +479,5 @@ impl Exchange {
             Some(_) => slot.success(),
             None => {}
         }
-    }
-}
-
-/// The value of an Envoy header (`raw_value` from Envoy 1.27 on, else
-/// `value`).
-fn header_text(h: &HeaderValue) -> std::borrow::Cow<'_, str> {
-    if h.raw_value.is_empty() {
-        std::borrow::Cow::Borrowed(h.value.as_str())
-    } else {
-        String::from_utf8_lossy(&h.raw_value)
-    }
-}
-
-/// Method, path and the regular headers of an ext_proc header message.
-fn read_headers(headers: &HttpHeaders) -> (Method, String, HeaderMap) {
-    let mut method = Method::GET;
-    let mut path = String::from("/");
-    let mut map = HeaderMap::new();
-    for h in headers.headers.iter().flat_map(|m| &m.headers) {
-        let value = header_text(h);
-        match h.key.as_str() {
-            ":method" => {
-                if let Ok(m) = Method::from_bytes(value.as_bytes()) {
-                    method = m;
-                }
-            }
-            ":path" => path = value.split('?').next().unwrap_or("/").to_string(),
-            key if key.starts_with(':') => {}
-            key => {
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(key.as_bytes()),
-                    http::HeaderValue::from_str(&value),
-                ) {
-                    map.append(name, value);
-                }
-            }
-        }
-    }
-    (method, path, map)
-}
-
-/// The endpoint subset the proxy sent, if any (an empty list is a subset
-/// nothing is in).
-fn subset_of(metadata: &EnvoyMetadata) -> Option<Vec<String>> {
-    let hint = metadata.filter_metadata.get(SUBSET_NAMESPACE)?;
-    let list = hint.fields.get(SUBSET_KEY)?;
-    Some(match &list.kind {
-        Some(Kind::ListValue(list)) => list
-            .values
-            .iter()
-            .filter_map(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
-        Some(Kind::StringValue(s)) => s.split(',').map(|s| s.trim().to_string()).collect(),
-        _ => Vec::new(),
-    })
-}
-
-fn header(key: &str, value: &str) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_string(),
-            raw_value: value.as_bytes().to_vec(),
-            ..HeaderValue::default()
-        }),
-        // OVERWRITE_IF_EXISTS_OR_ADD: a client cannot pick for itself.
-        append_action: 2,
-        ..HeaderValueOption::default()
-    }
-}
-
-/// Set the destination header and re-route (the destination changes the
-/// cluster's choice).
-fn destination(addr: &str) -> CommonResponse {
-    CommonResponse {
-        header_mutation: Some(HeaderMutation {
-            set_headers: vec![header(DESTINATION_HEADER, addr)],
-            remove_headers: Vec::new(),
-        }),
-        clear_route_cache: true,
-        ..CommonResponse::default()
-    }
-}
-
-/// `{"envoy.lb": {"x-gateway-destination-endpoint": addr}}`.
-fn destination_metadata(addr: &str) -> Struct {
-    let inner = Struct {
-        fields: [(
-            DESTINATION_HEADER.to_string(),
-            Value {
-                kind: Some(Kind::StringValue(addr.to_string())),
-            },
-        )]
-        .into_iter()
-        .collect(),
-    };
-    Struct {
-        fields: [(
-            DESTINATION_NAMESPACE.to_string(),
-            Value {
-                kind: Some(Kind::StructValue(inner)),
-            },
-        )]
-        .into_iter()
-        .collect(),
-    }
-}
-
-fn streamed_body(body: Vec<u8>, end: bool) -> BodyResponse {
-    BodyResponse {
-        response: Some(CommonResponse {
-            body_mutation: Some(BodyMutation {
-                mutation: Some(body_mutation::Mutation::StreamedResponse(
-                    StreamedBodyResponse {
-                        body,
-                        end_of_stream: end,
-                        ..StreamedBodyResponse::default()
-                    },
-                )),
-            }),
-            ..CommonResponse::default()
-        }),
     }
 }

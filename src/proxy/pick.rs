@@ -3,17 +3,20 @@
 //! draining, limits, saturation, slow start), queue and policy as a request
 //! this gateway forwards itself. The pick holds a [`Slot`] on the node, so
 //! while the other proxy's request runs it counts in the node's load like
-//! one of ours.
+//! one of ours. Besides the pick it names spare nodes the proxy may fall
+//! back to, and moves the hold to the one that served.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 use tokio::time::Instant;
 
 use super::queue::Shed;
-use super::select::{select, Selection, Slot};
+use super::select::{select, spares, Selection, Slot};
 use super::RouteTable;
 use crate::classify::{classify_body, classify_head, RequestClass};
+use crate::fleet::Node;
 
 /// What [`pick`] decided.
 pub enum Picked {
@@ -28,6 +31,8 @@ pub enum Picked {
         node: String,
         /// The hold on the node.
         slot: Slot,
+        /// Nodes the proxy may fall back to, in order.
+        spares: Spares,
     },
     /// Nothing to pick: answer the client with this status.
     Refused {
@@ -46,10 +51,34 @@ fn refused(status: u16, message: impl Into<String>) -> Picked {
     }
 }
 
+/// The fallback nodes of a pick, and what is needed to count the request
+/// on the one that served instead of the picked one.
+pub struct Spares {
+    nodes: Vec<Arc<Node>>,
+    class: Box<RequestClass>,
+}
+
+impl Spares {
+    /// `host:port` of each, in order.
+    pub fn addrs(&self) -> impl Iterator<Item = String> + '_ {
+        self.nodes.iter().map(|n| n.addr.to_string())
+    }
+
+    /// The request was served by `addr`, not by `slot`'s node: a hold on
+    /// that node when it is one of the spares (the proxy's retry moved
+    /// on, so the picked node failed the request).
+    pub fn served_by(&self, slot: &Slot, addr: &str) -> Option<Slot> {
+        let node = self.nodes.iter().find(|n| n.addr.as_str() == addr)?;
+        Some(slot.begin_on(node, &self.class))
+    }
+}
+
 /// Classify the request (`body`: its complete bytes, empty without one),
 /// route it and pick a node among those whose `host:port` is in `subset`
 /// (all of the pool's when `None`), waiting in the pool's queue until
-/// `deadline` at the latest when every candidate is busy.
+/// `deadline` at the latest when every candidate is busy. Up to
+/// `fallbacks` other available nodes of the subset, least loaded first,
+/// come with the pick.
 #[allow(clippy::too_many_arguments)]
 pub async fn pick(
     table: &RouteTable,
@@ -60,6 +89,7 @@ pub async fn pick(
     subset: Option<&[String]>,
     peer: IpAddr,
     deadline: Instant,
+    fallbacks: usize,
 ) -> Picked {
     let head = classify_head(method, path, headers);
     let mut class = if head.parse_body {
@@ -104,12 +134,24 @@ pub async fn pick(
     }
     match select(route, &class, headers, &excluded, deadline).await {
         Selection::Node(index) => match nodes.get(index) {
-            Some(node) => Picked::Node {
-                addr: node.addr.to_string(),
-                pool: route.pool.name.clone(),
-                node: node.name.clone(),
-                slot: Slot::begin(route, node, &class),
-            },
+            Some(node) => {
+                let mut tried = excluded;
+                tried.push(index);
+                let spare_nodes = spares(route, &tried, fallbacks)
+                    .into_iter()
+                    .filter_map(|i| nodes.get(i).cloned())
+                    .collect();
+                Picked::Node {
+                    addr: node.addr.to_string(),
+                    pool: route.pool.name.clone(),
+                    node: node.name.clone(),
+                    slot: Slot::begin(route, node, &class),
+                    spares: Spares {
+                        nodes: spare_nodes,
+                        class: Box::new(class),
+                    },
+                }
+            }
             None => refused(503, "no node available"),
         },
         Selection::Shed(reason) => refused(

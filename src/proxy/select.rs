@@ -159,6 +159,35 @@ fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[u
     }
 }
 
+/// Up to `n` nodes besides those in `tried` that could take the request
+/// now (available, awake, under their limits, not saturated), least
+/// loaded first: the fallbacks a proxy may go down to when the picked node
+/// fails. Asks no policy, so no policy state (prefix index, counters)
+/// records a request that may never go there.
+pub fn spares(route: &Route, tried: &[usize], n: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let now = health::now_ms();
+    let instant = std::time::Instant::now();
+    let mut ready: Vec<(u64, usize)> = route
+        .pool
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, node)| {
+            !tried.contains(i)
+                && !node.load.power.is_asleep(now)
+                && node.load.health.is_available(now)
+                && !node.is_full()
+                && !node.is_saturated(instant)
+        })
+        .map(|(i, node)| (node.outstanding(), i))
+        .collect();
+    ready.sort_unstable();
+    ready.into_iter().take(n).map(|(_, i)| i).collect()
+}
+
 /// One attempt's hold on a node: counts it in flight, feeds passive health
 /// with the outcome, and on release wakes the next request waiting for the
 /// pool.
@@ -179,6 +208,18 @@ impl Slot {
             pool: Arc::clone(&route.pool),
             outlier: Arc::clone(&route.outlier),
             queue: Arc::clone(&route.queue),
+        }
+    }
+
+    /// Start an attempt of the same request on another `node` of the same
+    /// pool (the proxy went down the picker's fallback list).
+    pub fn begin_on(&self, node: &Arc<Node>, class: &RequestClass) -> Slot {
+        Slot {
+            in_flight: Some(node.begin_request_for(class)),
+            node: Arc::clone(node),
+            pool: Arc::clone(&self.pool),
+            outlier: Arc::clone(&self.outlier),
+            queue: Arc::clone(&self.queue),
         }
     }
 
