@@ -176,9 +176,7 @@ impl PrefixAware {
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
         if let Some((depth, factor)) = self.rendezvous {
-            if let Some(home) =
-                rendezvous::place(chain, depth, nodes, &cands, &loads, &slowness, factor)
-            {
+            if let Some(home) = rendezvous::place(chain, depth, nodes, &cands, &loads, factor) {
                 self.index.record(chain, home);
                 return Some(home);
             }

@@ -18,13 +18,6 @@
 //!
 //! Load stays each replica's own view (its in-flight requests and tokens,
 //! plus the nodes' scraped queue depth, which all replicas read alike).
-//!
-//! A node's weight is divided by its measured slowness rounded to a power
-//! of two (1, 2, 4, 8): a half-speed node is home to half the keys of a
-//! full-speed one, where by weight alone it was home to as many and its
-//! queue set the fleet's mean TTFT. Rounding keeps replicas agreeing:
-//! their slowness readings differ a little, their rounded ones do not
-//! (except a node right at a boundary, whose keys then split).
 
 use std::sync::Arc;
 
@@ -37,22 +30,12 @@ pub fn anchor(chain: &[u64], anchor_blocks: usize) -> Option<u64> {
     depth.checked_sub(1).and_then(|i| chain.get(i)).copied()
 }
 
-/// Weighted rendezvous score of `node` for `key` (higher wins), its
-/// weight divided by `speed_class`.
-fn score(key: u64, node: &Node, speed_class: f64) -> f64 {
+/// Weighted rendezvous score of `node` for `key` (higher wins).
+fn score(key: u64, node: &Node) -> f64 {
     let h = xxhash_rust::xxh3::xxh3_64_with_seed(node.name.as_bytes(), key);
     // u in (0, 1): never 0, so ln(u) is finite and negative.
     let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -f64::from(node.weight.max(1)) / speed_class / u.ln()
-}
-
-/// Slowness (1 = the fastest candidate) rounded to a power of two, at
-/// most 8: what replicas agree on (module docs).
-fn speed_class(slowness: f64) -> f64 {
-    if !slowness.is_finite() || slowness < 1.0 {
-        return 1.0;
-    }
-    slowness.log2().round().clamp(0.0, 3.0).exp2()
+    -f64::from(node.weight.max(1)) / u.ln()
 }
 
 /// Among `cands` (indexes into `nodes`), those `allowed` in rendezvous
@@ -63,25 +46,11 @@ pub fn order(
     cands: &[usize],
     allowed: impl Fn(usize) -> bool,
 ) -> Vec<usize> {
-    order_by_speed(key, nodes, cands, &[], allowed)
-}
-
-/// [`order`] with `slowness[k]` the slowness of `cands[k]` (missing: 1).
-fn order_by_speed(
-    key: u64,
-    nodes: &[Arc<Node>],
-    cands: &[usize],
-    slowness: &[f64],
-    allowed: impl Fn(usize) -> bool,
-) -> Vec<usize> {
     let mut ranked: Vec<(f64, usize)> = cands
         .iter()
-        .enumerate()
-        .filter(|&(_, &i)| allowed(i))
-        .filter_map(|(k, &i)| {
-            let class = speed_class(slowness.get(k).copied().unwrap_or(1.0));
-            nodes.get(i).map(|n| (score(key, n, class), i))
-        })
+        .copied()
+        .filter(|&i| allowed(i))
+        .filter_map(|i| nodes.get(i).map(|n| (score(key, n), i)))
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     ranked.into_iter().map(|(_, i)| i).collect()
@@ -92,15 +61,14 @@ fn order_by_speed(
 /// order within the bound of consistent hashing with bounded loads
 /// (Mirrokni et al.; Envoy's and HAProxy's `hash-balance-factor`): load
 /// below `ceil(factor × (total + 1) / n)`, which the least-loaded
-/// candidate always is (`factor`: `anchor_load_factor`); `slowness[k]`
-/// scales the weight of `cands[k]` (module docs). `None` without a prefix.
+/// candidate always is (`factor`: `anchor_load_factor`). `None` without a
+/// prefix.
 pub fn place(
     chain: &[u64],
     anchor_blocks: usize,
     nodes: &[Arc<Node>],
     cands: &[usize],
     loads: &[f64],
-    slowness: &[f64],
     factor: f64,
 ) -> Option<usize> {
     let key = anchor(chain, anchor_blocks)?;
@@ -115,9 +83,7 @@ pub fn place(
             .and_then(|k| loads.get(k))
             .is_some_and(|&l| l < bound)
     };
-    order_by_speed(key, nodes, cands, slowness, within)
-        .first()
-        .copied()
+    order(key, nodes, cands, within).first().copied()
 }
 
 #[cfg(test)]
@@ -227,13 +193,13 @@ mod tests {
         let all = [0, 1, 2, 3];
         let chain = [11, 22, 33];
         let idle = [0.0; 4];
-        let home = place(&chain, 16, &ns, &all, &idle, &[], 1.25).unwrap();
+        let home = place(&chain, 16, &ns, &all, &idle, 1.25).unwrap();
         assert_eq!(home, order(33, &ns, &all, |_| true)[0]);
         let mut loads = [1.0; 4];
         loads[home] = 4.0; // bound: ceil(1.25 x 8 / 4) = 3
-        let next = place(&chain, 16, &ns, &all, &loads, &[], 1.25).unwrap();
+        let next = place(&chain, 16, &ns, &all, &loads, 1.25).unwrap();
         assert_eq!(next, order(33, &ns, &all, |_| true)[1]);
-        assert_eq!(place(&[], 16, &ns, &all, &idle, &[], 1.25), None);
+        assert_eq!(place(&[], 16, &ns, &all, &idle, 1.25), None);
     }
 
     #[test]
@@ -249,27 +215,5 @@ mod tests {
                 assert_eq!(without[0], full[1], "the next in order takes them");
             }
         }
-    }
-
-    #[test]
-    fn a_half_speed_node_is_home_to_half_the_keys_and_replicas_still_agree() {
-        let ns = nodes(4);
-        let all = [0, 1, 2, 3];
-        let idle = [0.0; 4];
-        let mut homes = [0usize; 4];
-        for key in 0..20_000u64 {
-            // Two replicas read node 3's slowness a little differently.
-            let a = place(&[key], 1, &ns, &all, &idle, &[1.0, 1.0, 1.0, 1.9], 3.0);
-            let b = place(&[key], 1, &ns, &all, &idle, &[1.0, 1.1, 1.0, 2.2], 3.0);
-            assert_eq!(a, b, "key {key}");
-            homes[a.unwrap()] += 1;
-        }
-        // Weights 1, 1, 1, 1/2: node 3 is home to 1/7 of the keys, not 1/4.
-        let share = homes[3] as f64 / 20_000.0;
-        assert!((share - 1.0 / 7.0).abs() < 0.015, "{homes:?}");
-        assert_eq!(speed_class(1.3), 1.0);
-        assert_eq!(speed_class(3.5), 4.0);
-        assert_eq!(speed_class(f64::NAN), 1.0);
-        assert_eq!(speed_class(50.0), 8.0);
     }
 }
