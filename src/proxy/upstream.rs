@@ -274,9 +274,11 @@ pub struct PooledConn {
     /// connection changes hands (pool, exchange, body) several times per
     /// request; moving it inline cost more than the whole rest of the
     /// request.
-    driver: Pin<Box<Driver>>,
-    /// The driver finished (the connection closed): it is not polled again.
-    closed: bool,
+    ///
+    /// `None` once the connection closed: dropped then, which hands every
+    /// request still queued on it back to its sender (unsent), so nothing
+    /// waits on a connection that will never be polled again.
+    driver: Option<Pin<Box<Driver>>>,
     key: Key,
 }
 
@@ -284,15 +286,19 @@ impl PooledConn {
     /// Let the connection read and write what it can now, registering
     /// `cx`'s waker for more. True once the connection has closed.
     pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closed {
-            if let Poll::Ready(result) = self.driver.as_mut().poll(cx) {
-                self.closed = true;
+        let Some(driver) = self.driver.as_mut() else {
+            return true;
+        };
+        match driver.as_mut().poll(cx) {
+            Poll::Pending => false,
+            Poll::Ready(result) => {
                 if let Err(e) = result {
                     tracing::debug!(node = %self.key.authority, error = %e, "node connection ended with an error");
                 }
+                self.driver = None;
+                true
             }
         }
-        self.closed
     }
 
     /// Drive the connection until `exchange` (a response on it) resolves.
@@ -311,7 +317,7 @@ impl PooledConn {
     /// catch up on what happened while nobody polled it (the end of the
     /// last exchange, the node closing it).
     fn ready_now(&mut self) -> bool {
-        if self.closed || self.sender.is_closed() {
+        if self.driver.is_none() || self.sender.is_closed() {
             return false;
         }
         // Driven even when it looks ready: that is how a close by the node
@@ -425,8 +431,7 @@ async fn connect(target: &Target<'_>, key: Key) -> Result<PooledConn, UpstreamEr
         .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
     Ok(PooledConn {
         sender,
-        driver: Box::pin(driver),
-        closed: false,
+        driver: Some(Box::pin(driver)),
         key,
     })
 }
