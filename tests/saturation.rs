@@ -112,6 +112,17 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
         nodes[home].stats(),
         gw_home.load.ai.capacity.report(now_ns())
     );
+    if kind == Kind::Kv {
+        // Hold the KV state still while the 20 requests go out: at the
+        // flood's pace its sequences outgrow the cache within seconds,
+        // and after the preemptions that follow the node really has room
+        // again (running 3 at 0.89 was seen on a loaded machine), so the
+        // count would measure the machine's speed rather than the policy.
+        nodes[home].set_faults(Faults {
+            slowdown: 2000.0,
+            ..Faults::default()
+        });
+    }
     // Intermittent: home's metrics page answers in 1 s (scrape timeout
     // 150 ms) for 250 ms out of every 500 ms, as a loaded vLLM's does.
     let toggler = slow_home_metrics.then(|| {
@@ -146,7 +157,7 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
     // The node must still be saturated, or the count means nothing.
     match kind {
         Kind::Queue => assert!(stats.running == 16 && stats.waiting >= 20, "{stats:?}"),
-        Kind::Kv => assert!(stats.kv_usage >= 0.8, "{stats:?}"),
+        Kind::Kv => assert!(stats.kv_usage >= 0.9 && stats.waiting <= 2, "{stats:?}"),
     }
     eprintln!(
         "{policy}/{kind:?}: {went_home} of 20 to the saturated node (running {}, waiting {}, KV {:.2}); scrape {:?}",
