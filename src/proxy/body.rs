@@ -321,18 +321,9 @@ impl Upstream {
     /// One chunk of the node's body, after letting the connection (when
     /// this task drives it) read what has arrived.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<NodeFrame> {
-        // The body first: asking for a chunk is what lets the connection
-        // hand one over, so driving it before would find nobody asking and
-        // cost a wake-up of this task to come back.
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
         match self.conn.as_mut() {
-            Some(conn) => {
-                conn.drive(cx);
-                Pin::new(&mut self.inner).poll_frame(cx)
-            }
-            None => Poll::Pending,
+            Some(conn) => conn.poll_body(&mut self.inner, cx),
+            None => Pin::new(&mut self.inner).poll_frame(cx),
         }
     }
 
