@@ -273,8 +273,8 @@ type Driver = http1::Connection<Io, UpstreamBody>;
 pub struct PooledConn {
     sender: Sender,
     /// What the connection is driven with: the driving task's waker,
-    /// except while that task itself hands the body's reader over
-    /// ([`PooledConn::muted`]).
+    /// except while that task itself asks for the response body
+    /// ([`PooledConn::poll_body`]).
     wake: Arc<DriveWaker>,
     /// `wake` as a [`Waker`], made once per connection.
     waker: Waker,
