@@ -180,13 +180,16 @@ fn client_service(
         if over_tls {
             req.extensions_mut().insert(OverTls);
         }
-        let handled = forward::handle(Arc::clone(&gateway), peer, req);
+        let gateway = Arc::clone(&gateway);
         // Boxed: hyper keeps a box the size of the service's future for
         // every client connection, idle or not, and the request's future
         // is about 8 KB; boxed, an idle connection holds a pointer and the
-        // kilobytes exist only while a request is in flight.
+        // kilobytes exist only while a request is in flight. The request's
+        // future is made inside the box, on the first poll: made before
+        // and moved in, it was copied twice (callgrind: +15.6k
+        // instructions of memcpy per request).
         Box::pin(async move {
-            let response = handled.await?;
+            let response = forward::handle(gateway, peer, req).await?;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         }) as ResponseFuture
     })
