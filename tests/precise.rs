@@ -143,6 +143,106 @@ async fn events_arrive_and_gateway_keys_match_the_nodes_cache() {
     assert_eq!(p.index.stats.gaps.load(Ordering::Relaxed), 0);
 }
 
+/// A model directory as a real model ships it: `tokenizer.json`,
+/// `tokenizer_config.json` with its special tokens and, when `template`,
+/// a `chat_template.jinja` (Llama 3 style: header tokens, trimmed content).
+fn model_dir(template: bool) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "infergate-model-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), infergate::workload::fleet_tokenizer_json())
+        .unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"bos_token":"<|begin_of_text|>","eos_token":"<|eot_id|>"}"#,
+    )
+    .unwrap();
+    if template {
+        std::fs::write(
+            dir.join("chat_template.jinja"),
+            "{{- bos_token }}\n{%- for message in messages %}\n    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + eos_token }}\n{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n{%- endif %}\n",
+        )
+        .unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn chat_prompts_match_through_the_models_chat_template() {
+    // The nodes render chat with the model's template, as vLLM does.
+    let model = model_dir(true);
+    let tok = model.join("tokenizer.json").to_string_lossy().into_owned();
+    let nodes = start(2, &tok, false).await;
+    let system = prompt(3, 60);
+    let body = |question: &str| {
+        serde_json::json!({
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": format!("  {system}  ")},
+                {"role": "user", "content": [{"type": "text", "text": question}, {"type": "text", "text": "thanks"}]},
+            ],
+            "max_tokens": 4,
+        })
+        .to_string()
+    };
+    // One gateway finds the same template beside the tokenizer; the other
+    // has the tokenizer alone.
+    let p = subscribe(&nodes, &tok).await;
+    assert!(p.has_chat_template());
+    let bare = model_dir(false);
+    let bare_tok = bare.join("tokenizer.json").to_string_lossy().into_owned();
+    let q = subscribe(&nodes, &bare_tok).await;
+    assert!(!q.has_chat_template());
+    let r = post(nodes[0].addr(), "/v1/chat/completions", body(&prompt(4, 60))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // With the template the gateway computes the blocks the node cached:
+    // all on node 0, none on node 1.
+    assert!(eventually(WAIT, || in_step(&p, &nodes, 0) && in_step(&q, &nodes, 0)).await);
+    let keys = keys_for(&p, &body(&prompt(4, 60)));
+    assert!(keys.len() >= 8, "{} blocks", keys.len());
+    let mut m = [0u32; MAX_NODES];
+    p.index.match_lengths(&keys, 0b11, &mut m);
+    assert_eq!((m[0] as usize, m[1]), (keys.len(), 0));
+    // Another question after the same system prompt shares its leading blocks.
+    let other = keys_for(&p, &body(&prompt(5, 60)));
+    p.index.match_lengths(&other, 0b11, &mut m);
+    assert!(m[0] >= 4 && (m[0] as usize) < other.len(), "{} of {}", m[0], other.len());
+    // A prompt cut at the capture limit gives a prefix of the whole, still
+    // all on node 0.
+    let head = infergate::classify::classify_head(
+        &http::Method::POST,
+        "/v1/chat/completions",
+        &http::HeaderMap::new(),
+    );
+    let opts = ClassifyOptions {
+        capture_prompt_bytes: 400,
+        ..ClassifyOptions::default()
+    };
+    let class = classify_body(head, body(&prompt(4, 60)).as_bytes(), &opts).unwrap();
+    let cut = p.keys(class.prompt.as_deref().unwrap()).unwrap();
+    assert!(!cut.is_empty() && cut.len() < keys.len(), "{} of {}", cut.len(), keys.len());
+    assert_eq!(cut[..], keys[..cut.len()]);
+    // Without the template (`role: text` lines) not one block matches.
+    let keys = keys_for(&q, &body(&prompt(4, 60)));
+    q.index.match_lengths(&keys, 0b11, &mut m);
+    assert_eq!((m[0], m[1]), (0, 0));
+    // Named explicitly, the template is used all the same.
+    let mut o = options(&nodes, &bare_tok);
+    o.chat_template = Some(model.join("chat_template.jinja").to_string_lossy().into_owned());
+    let names = [("n0".to_string(), "127.0.0.1".to_string()), ("n1".into(), "127.0.0.1".into())];
+    assert!(Precise::start(&names, &o, 256).unwrap().has_chat_template());
+    o.chat_template = Some("/nonexistent/chat_template.jinja".into());
+    let e = Precise::start(&names, &o, 256).unwrap_err();
+    assert_eq!(e.0, "chat_template", "{e:?}");
+    for d in [model, bare] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_gap_is_replayed_and_without_replay_the_node_is_forgotten() {
     let tok = tokenizer_file();

@@ -251,9 +251,22 @@ fn build(head: Head, p: Parsed<'_>, opts: &ClassifyOptions) -> RequestClass {
                 text.truncate(e.valid_up_to());
                 truncated = true;
             }
-            String::from_utf8(text)
-                .ok()
-                .map(|text| Arc::new(Prompt::Text { text, truncated }))
+            let chat = matches!(
+                endpoint,
+                Endpoint::ChatCompletions | Endpoint::OllamaChat | Endpoint::Responses
+            );
+            let spans = c.spans;
+            String::from_utf8(text).ok().map(|text| {
+                Arc::new(if chat && !spans.is_empty() {
+                    Prompt::Chat {
+                        text,
+                        truncated,
+                        spans,
+                    }
+                } else {
+                    Prompt::Text { text, truncated }
+                })
+            })
         }
         _ => None,
     };

@@ -190,8 +190,62 @@ pub enum Prompt {
         /// Cut at the capture limit.
         truncated: bool,
     },
+    /// Chat messages (chat completions, Ollama chat, responses): `text` is
+    /// their canonical rendering as in [`Prompt::Text`], `spans` where each
+    /// message's role and text parts lie in it, so the precise policy can
+    /// render them with the model's chat template instead.
+    Chat {
+        /// The canonical text (cut at a character boundary).
+        text: String,
+        /// Cut at the capture limit.
+        truncated: bool,
+        /// Roles and text parts, in order (see [`prefix::ChatSpan`]).
+        spans: Vec<prefix::ChatSpan>,
+    },
     /// A prompt given as token ids (`/v1/completions` with integer arrays).
     Ids(Vec<u32>),
+}
+
+/// One chat message of a [`Prompt::Chat`], as a chat template sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage<'a> {
+    /// The role.
+    pub role: &'a str,
+    /// The text parts, in order.
+    pub parts: Vec<&'a str>,
+    /// Whether the capture limit cut this message (its role or a part).
+    pub cut: bool,
+}
+
+impl Prompt {
+    /// The messages of a chat prompt, in order; the last one is `cut` when
+    /// the capture limit fell inside it. `None` for other prompts.
+    pub fn chat_messages(&self) -> Option<Vec<ChatMessage<'_>>> {
+        let Prompt::Chat { text, spans, .. } = self else {
+            return None;
+        };
+        let mut out: Vec<ChatMessage<'_>> = Vec::new();
+        for span in spans {
+            let (range, is_role) = match span {
+                prefix::ChatSpan::Role(r) => (r, true),
+                prefix::ChatSpan::Part(r) => (r, false),
+            };
+            let end = range.end.min(text.len());
+            let piece = text.get(range.start.min(end)..end).unwrap_or("");
+            let cut = range.end > text.len();
+            if is_role {
+                out.push(ChatMessage {
+                    role: piece,
+                    parts: Vec::new(),
+                    cut,
+                });
+            } else if let Some(last) = out.last_mut() {
+                last.parts.push(piece);
+                last.cut |= cut;
+            }
+        }
+        Some(out)
+    }
 }
 
 impl RequestClass {

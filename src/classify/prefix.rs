@@ -52,6 +52,19 @@ pub struct Capture {
     pub limit: usize,
     /// More bytes were fed than kept.
     pub truncated: bool,
+    /// Where each chat message's role and text parts lie in `text` (fed by
+    /// [`feed_message`]), for rendering the messages with the model's chat
+    /// template. A span may run past the end of `text` when it was cut.
+    pub spans: Vec<ChatSpan>,
+}
+
+/// One piece of a chat message inside a [`Capture`]'s text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatSpan {
+    /// A message's role: a new message starts here.
+    Role(std::ops::Range<usize>),
+    /// One text part of the current message's content.
+    Part(std::ops::Range<usize>),
 }
 
 impl PrefixHasher {
@@ -75,6 +88,7 @@ impl PrefixHasher {
             text: Vec::new(),
             limit,
             truncated: false,
+            spans: Vec::new(),
         });
         self
     }
@@ -112,6 +126,18 @@ impl PrefixHasher {
         self.hashes.push(h);
     }
 
+    /// Append a segment and, when capturing, record where it lies.
+    fn update_span(&mut self, data: &[u8], span: fn(std::ops::Range<usize>) -> ChatSpan) {
+        if let Some(c) = &mut self.capture {
+            let start = c.text.len();
+            // Only spans that begin inside what is kept.
+            if !c.truncated && (start < c.limit || data.is_empty()) {
+                c.spans.push(span(start..start + data.len()));
+            }
+        }
+        self.update(data);
+    }
+
     /// Bytes fed so far (including any not hashed because of `max_blocks`).
     pub fn total_bytes(&self) -> usize {
         self.total_bytes
@@ -136,10 +162,10 @@ pub fn feed_message<'a>(
     role: &str,
     parts: impl IntoIterator<Item = &'a str>,
 ) {
-    h.update(role.as_bytes());
+    h.update_span(role.as_bytes(), ChatSpan::Role);
     h.update(b": ");
     for part in parts {
-        h.update(part.as_bytes());
+        h.update_span(part.as_bytes(), ChatSpan::Part);
     }
     h.update(b"\n");
 }

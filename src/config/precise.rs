@@ -4,6 +4,7 @@
 //! ```toml
 //! [routes.balance.precise]
 //! tokenizer = "/models/llama-3.1-8b/tokenizer.json"  # absent: approximate fallback
+//! chat_template = "/models/llama-3.1-8b/chat_template.jinja"  # absent: the one beside the tokenizer
 //! block_size = 16                 # vLLM --block-size
 //! events_port = 5557              # node host + this port, unless listed below
 //! replay_port = 5558              # optional: vLLM replay_endpoint (ROUTER)
@@ -24,6 +25,12 @@ pub struct PreciseOptions {
     /// Path of the model's `tokenizer.json`. Without it the policy routes
     /// like `prefix_aware` (and says so in its log and `/metrics`).
     pub tokenizer: Option<String>,
+    /// The model's chat template, as the engine's `--chat-template`: a
+    /// Jinja file or a `tokenizer_config.json`. Absent: the template shipped
+    /// beside the tokenizer (`chat_template.jinja`, else the
+    /// `chat_template` of `tokenizer_config.json`), as vLLM uses the
+    /// model's own; with none, chat prompts are tokenized as `role: text`.
+    pub chat_template: Option<String>,
     /// Tokens per KV block (the engine's `--block-size`).
     pub block_size: u32,
     /// Events port on each node's host, for nodes not in `endpoints`.
@@ -44,6 +51,7 @@ impl Default for PreciseOptions {
     fn default() -> Self {
         PreciseOptions {
             tokenizer: None,
+            chat_template: None,
             block_size: 16,
             events_port: None,
             replay_port: None,
@@ -71,6 +79,14 @@ impl PreciseOptions {
         }
         if self.tokenizer.as_deref().is_some_and(str::is_empty) {
             err("tokenizer", "must be a file path".into());
+        }
+        match (&self.chat_template, &self.tokenizer) {
+            (Some(t), _) if t.is_empty() => err("chat_template", "must be a file path".into()),
+            (Some(_), None) => err(
+                "chat_template",
+                "needs a tokenizer (the rendered chat is tokenized)".into(),
+            ),
+            _ => {}
         }
         for (field, map) in [
             ("endpoints", &self.endpoints),
@@ -116,5 +132,10 @@ mod tests {
             ]
         );
         assert!(toml::from_str::<PreciseOptions>("blocksize = 4").is_err());
+        let o: PreciseOptions = toml::from_str("chat_template = \"/m/chat_template.jinja\"").unwrap();
+        let p = o.problems("p");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "p.chat_template");
+        assert!(p[0].1.contains("needs a tokenizer"), "{p:?}");
     }
 }

@@ -18,6 +18,7 @@
 pub mod chain;
 pub mod index;
 pub mod subscriber;
+pub mod template;
 pub mod tokenizer;
 pub mod wire;
 
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 pub use index::KvIndex;
 pub use subscriber::NodeEndpoints;
+pub use template::ChatTemplate;
 pub use tokenizer::PromptTokenizer;
 
 use crate::classify::Prompt;
@@ -241,10 +243,28 @@ impl Precise {
             }
         }
         let tokenizer = match &opts.tokenizer {
-            Some(path) => Some(Arc::new(
-                PromptTokenizer::from_file(Path::new(path))
-                    .map_err(|e| ("tokenizer".to_string(), e))?,
-            )),
+            Some(path) => {
+                let path = Path::new(path);
+                let template = match &opts.chat_template {
+                    Some(t) => Some(ChatTemplate::load(Path::new(t))),
+                    None => ChatTemplate::beside(path).transpose(),
+                }
+                .transpose()
+                .map_err(|e| ("chat_template".to_string(), e))?;
+                match &template {
+                    Some(t) => tracing::info!(
+                        "precise_prefix: chat prompts rendered with the chat template of {}",
+                        t.origin()
+                    ),
+                    None => tracing::warn!(
+                        "precise_prefix: no chat template beside {} and none configured; chat prompts are tokenized as `role: text` lines, which finds no precise hit on a real engine",
+                        path.display()
+                    ),
+                }
+                let tokenizer =
+                    PromptTokenizer::from_file(path).map_err(|e| ("tokenizer".to_string(), e))?;
+                Some(Arc::new(tokenizer.with_chat_template(template)))
+            }
             None => None,
         };
         let index = Arc::new(KvIndex::new(
@@ -278,6 +298,13 @@ impl Precise {
     /// Whether a tokenizer is loaded (else every pick falls back).
     pub fn has_tokenizer(&self) -> bool {
         self.tokenizer.is_some()
+    }
+
+    /// Whether chat prompts are rendered with the model's chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.tokenizer
+            .as_ref()
+            .is_some_and(|t| t.chat_template().is_some())
     }
 
     /// The prompt's block keys, or `None` when they cannot be computed.

@@ -1,25 +1,27 @@
 //! The model's tokenizer on the gateway: `tokenizer.json` loaded with the
-//! Hugging Face `tokenizers` crate, turning a request's canonical prompt
-//! (see [`Prompt`]) into the token ids the engine will cache.
+//! Hugging Face `tokenizers` crate, turning a request's prompt (see
+//! [`Prompt`]) into the token ids the engine will cache.
 //!
-//! What is tokenized: the text the prefix fingerprint is fed (chat messages
-//! rendered `role: text\n`, completions prompts as they are), encoded with
-//! the tokenizer's special tokens (`add_special_tokens = true`, as vLLM
-//! encodes a completions prompt). A prompt of token ids is used as it is.
-//! The model's chat template is *not* applied (that needs a Jinja engine and
-//! the template's inputs): with a real vLLM, chat prompts tokenize
-//! differently from what the engine caches, so they find no precise hits
-//! and the policy falls back to its approximate index; completions prompts
-//! match exactly. The simulator renders chat the same canonical way, so
-//! there every prompt matches.
+//! What is tokenized, as vLLM does it: a completions prompt as it is, with
+//! the tokenizer's special tokens (`add_special_tokens = true`); chat
+//! messages rendered with the model's chat template (see [`ChatTemplate`])
+//! and encoded without adding special tokens (the template writes them,
+//! and vLLM's chat requests default to `add_special_tokens = false`). A
+//! prompt of token ids is used as it is. Without a chat template, chat
+//! messages are tokenized in their canonical `role: text\n` form, as the
+//! simulator does when it has no template either; against a real engine
+//! they then find no precise hit and the policy falls back to its
+//! approximate index.
 
 use std::path::Path;
 
+use super::ChatTemplate;
 use crate::classify::Prompt;
 
 /// A loaded tokenizer.
 pub struct PromptTokenizer {
     inner: tokenizers::Tokenizer,
+    chat_template: Option<ChatTemplate>,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -33,7 +35,10 @@ impl PromptTokenizer {
     pub fn from_file(path: &Path) -> Result<PromptTokenizer, String> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| format!("cannot load tokenizer `{}`: {e}", path.display()))?;
-        Ok(PromptTokenizer { inner })
+        Ok(PromptTokenizer {
+            inner,
+            chat_template: None,
+        })
     }
 
     /// Load a tokenizer from its JSON text.
@@ -41,23 +46,52 @@ impl PromptTokenizer {
         let inner = json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| format!("cannot parse tokenizer: {e}"))?;
-        Ok(PromptTokenizer { inner })
+        Ok(PromptTokenizer {
+            inner,
+            chat_template: None,
+        })
+    }
+
+    /// The same tokenizer rendering chat prompts with `template`.
+    pub fn with_chat_template(mut self, template: Option<ChatTemplate>) -> PromptTokenizer {
+        self.chat_template = template;
+        self
+    }
+
+    /// The chat template chat prompts are rendered with, if any.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
     }
 
     /// Token ids of `text` with the tokenizer's special tokens.
     pub fn encode(&self, text: &str) -> Option<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text`, adding the tokenizer's special tokens or not.
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Option<Vec<u32>> {
         self.inner
-            .encode(text, true)
+            .encode(text, add_special_tokens)
             .ok()
             .map(|e| e.get_ids().to_vec())
     }
 
     /// Token ids of a prompt, and whether they stop short of the whole
     /// prompt (the captured text was cut: its last block is unreliable).
+    /// `None` when the prompt cannot be encoded (or its template fails).
     pub fn tokens(&self, prompt: &Prompt) -> Option<(Vec<u32>, bool)> {
         match prompt {
             Prompt::Ids(ids) => Some((ids.clone(), false)),
             Prompt::Text { text, truncated } => Some((self.encode(text)?, *truncated)),
+            Prompt::Chat {
+                text, truncated, ..
+            } => match (&self.chat_template, prompt.chat_messages()) {
+                (Some(template), Some(messages)) => {
+                    let rendered = template.render(&messages, *truncated)?;
+                    Some((self.encode_with(&rendered, false)?, *truncated))
+                }
+                _ => Some((self.encode(text)?, *truncated)),
+            },
         }
     }
 }

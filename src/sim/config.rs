@@ -61,6 +61,12 @@ pub struct SimConfig {
     /// (token counts, cached blocks, KV events). Without one a token is 4
     /// bytes of prompt text.
     pub tokenizer: Option<String>,
+    /// The chat template chat prompts are rendered with before they are
+    /// tokenized (vLLM's `--chat-template`): a Jinja file or a
+    /// `tokenizer_config.json`. Absent: the one beside the tokenizer, if
+    /// any, as vLLM uses the model's own; with none, chat messages are
+    /// tokenized as `role: text` lines.
+    pub chat_template: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -89,6 +95,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             kv_events: super::kv_events::KvEventsConfig::default(),
             tokenizer: None,
+            chat_template: None,
         }
     }
 }

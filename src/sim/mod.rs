@@ -104,10 +104,17 @@ impl SimNode {
     /// Bind `addr` (port 0 picks a free port) and start serving.
     pub async fn start(name: &str, addr: SocketAddr, cfg: SimConfig) -> io::Result<SimNode> {
         let tokenizer = match &cfg.tokenizer {
-            Some(path) => Some(Arc::new(
-                crate::kvindex::PromptTokenizer::from_file(std::path::Path::new(path))
-                    .map_err(io::Error::other)?,
-            )),
+            Some(path) => {
+                use crate::kvindex::{ChatTemplate, PromptTokenizer};
+                let path = std::path::Path::new(path);
+                let template = match &cfg.chat_template {
+                    Some(t) => ChatTemplate::load(std::path::Path::new(t)).map(Some),
+                    None => ChatTemplate::beside(path),
+                }
+                .map_err(io::Error::other)?;
+                let tokenizer = PromptTokenizer::from_file(path).map_err(io::Error::other)?;
+                Some(Arc::new(tokenizer.with_chat_template(template)))
+            }
             None => None,
         };
         let publisher = if cfg.kv_events.enabled() {

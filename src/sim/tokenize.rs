@@ -15,6 +15,7 @@ use super::server::{
     api_error, chat_prompt, json_response, text_inputs, text_prompt, Body, Ctx, SimError,
 };
 use super::validate::ApiError;
+use crate::classify::Prompt;
 use crate::classify::prefix::{estimate_tokens, PrefixHasher, BYTES_PER_TOKEN, TOKENS_PER_BLOCK};
 
 /// The prompt's token ids: the request's own ids, else its captured text
@@ -25,11 +26,26 @@ fn token_ids(core: &Core, hasher: PrefixHasher, ids: Option<Vec<u32>>) -> Vec<u3
         return ids;
     }
     let (_, capture) = hasher.finish_with_capture();
-    let text = capture.map(|c| c.text).unwrap_or_default();
+    let (text, spans) = capture.map(|c| (c.text, c.spans)).unwrap_or_default();
     match &core.tokenizer {
-        Some(t) => t
-            .encode(&String::from_utf8_lossy(&text))
-            .unwrap_or_default(),
+        Some(t) => {
+            let text = String::from_utf8_lossy(&text).into_owned();
+            // Chat messages (they have spans) go through the chat template
+            // when there is one, as vLLM renders them.
+            let prompt = if spans.is_empty() {
+                Prompt::Text {
+                    text,
+                    truncated: false,
+                }
+            } else {
+                Prompt::Chat {
+                    text,
+                    truncated: false,
+                    spans,
+                }
+            };
+            t.tokens(&prompt).map(|(ids, _)| ids).unwrap_or_default()
+        }
         None => text
             .chunks(BYTES_PER_TOKEN)
             .map(|c| {

@@ -109,6 +109,20 @@ fn precise(out: &mut String, table: &RouteTable) {
     }
     header(
         out,
+        "infergate_kv_index_chat_template",
+        "gauge",
+        "1 when chat prompts are rendered with the model's chat template; 0: as `role: text` lines.",
+    );
+    for (route, p) in &routes {
+        let l = labels(&[("route", &route.name)]);
+        let _ = writeln!(
+            out,
+            "infergate_kv_index_chat_template{l} {}",
+            u8::from(p.has_chat_template())
+        );
+    }
+    header(
+        out,
         "infergate_kv_index_live",
         "gauge",
         "1 while the node's KV event stream is connected.",

@@ -469,11 +469,51 @@ fn prompt_is_captured_for_the_precise_policy_when_asked() {
     let body =
         r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
     let c = classify_body(head_for("/v1/chat/completions"), body.as_bytes(), &opts).unwrap();
+    let prompt = c.prompt.as_deref().unwrap();
+    let Prompt::Chat {
+        text, truncated, ..
+    } = prompt
+    else {
+        panic!("a chat prompt: {prompt:?}");
+    };
+    assert_eq!((text.as_str(), *truncated), ("system: be b", true));
+    let messages = prompt.chat_messages().unwrap();
+    assert_eq!(messages.len(), 1, "the user message was not kept");
     assert_eq!(
-        c.prompt.as_deref(),
+        (messages[0].role, &messages[0].parts[..], messages[0].cut),
+        ("system", &["be b"][..], true)
+    );
+    let whole = ClassifyOptions {
+        capture_prompt_bytes: 1000,
+        ..ClassifyOptions::default()
+    };
+    let parts = r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"b"}]}]}"#;
+    let c = classify_body(head_for("/v1/chat/completions"), parts.as_bytes(), &whole).unwrap();
+    let prompt = c.prompt.as_deref().unwrap();
+    let messages = prompt.chat_messages().unwrap();
+    let seen: Vec<(&str, Vec<&str>, bool)> = messages
+        .iter()
+        .map(|m| (m.role, m.parts.clone(), m.cut))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("system", vec!["be brief"], false),
+            ("user", vec!["a", "b"], false)
+        ]
+    );
+    // A completions prompt stays plain text.
+    let plain = classify_body(
+        head_for("/v1/completions"),
+        br#"{"prompt":"hello"}"#,
+        &whole,
+    )
+    .unwrap();
+    assert_eq!(
+        plain.prompt.as_deref(),
         Some(&Prompt::Text {
-            text: "system: be b".into(),
-            truncated: true
+            text: "hello".into(),
+            truncated: false
         })
     );
     let ids = classify_body(
