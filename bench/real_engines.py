@@ -306,6 +306,41 @@ class Checks:
                   f"prefix_aware {pa:.2f} ({qpa:.0f} tokens, nodes {spa}); 5 prompts x 4 rounds each; failed {frr + fpa}")
         return ok, detail
 
+    # -- precise_prefix finds the engines' real blocks for chat prompts
+    def check_precise(self):
+        """Chat prompts through precise_prefix: the gateway renders them with
+        the model's chat template (found beside its tokenizer.json) and its
+        block keys must match the blocks the engines announce in their KV
+        events; a route whose tokenizer has no template beside it must find
+        none (it tokenizes `role: text` lines, not what vLLM renders)."""
+        admin = self.admin.split("//", 1)[1]
+
+        def kv(page, name, route):
+            return msum(page, f"infergate_kv_index_{name}", f'route="{route}"')
+
+        g0 = metrics(admin)
+        rate, queries, fails, split = self.prefix_phase("precise", 303)
+        g1 = metrics(admin)
+        bare_rate, _, bare_fails, bare_split = self.prefix_phase("precise-bare", 404)
+        g2 = metrics(admin)
+        d = {n: kv(g1, f"{n}_total", "chat-precise") - kv(g0, f"{n}_total", "chat-precise")
+             for n in ("lookups", "hits", "fallbacks", "stored_blocks")}
+        bare = {n: kv(g2, f"{n}_total", "chat-precise-bare") - kv(g1, f"{n}_total", "chat-precise-bare")
+                for n in ("lookups", "hits")}
+        template = kv(g2, "chat_template", "chat-precise")
+        bare_template = kv(g2, "chat_template", "chat-precise-bare")
+        live = kv(g2, "live", "chat-precise")
+        # 5 system prompts x 4 rounds: from round 2 on every request should
+        # find its prompt's blocks on the node that served round 1.
+        ok = (fails == 0 and bare_fails == 0 and template == 1 and bare_template == 0
+              and live == 2 and d["hits"] >= 15 and bare["lookups"] > 0 and bare["hits"] == 0)
+        detail = (f"chat template {template:.0f}, event streams live {live:.0f}/2; "
+                  f"{d['stored_blocks']:.0f} blocks announced; precise lookups {d['lookups']:.0f}, "
+                  f"hits {d['hits']:.0f}, fallbacks {d['fallbacks']:.0f}; engines' hit rate {rate:.2f} "
+                  f"(nodes {split}); without the template: lookups {bare['lookups']:.0f}, hits {bare['hits']:.0f}, "
+                  f"engines' hit rate {bare_rate:.2f} (nodes {bare_split}); failed {fails + bare_fails}")
+        return ok, detail
+
     # -- a node saturated from outside gets no new requests
     def check_saturated(self):
         target, other = self.vllm[0], self.vllm[1]
@@ -547,6 +582,7 @@ def check_main(argv):
     else:
         c.run("metrics", c.check_metrics)
         c.run("prefix", c.check_prefix)
+        c.run("precise", c.check_precise)
         c.run("saturated", c.check_saturated)
         c.run("embeddings", c.check_embeddings)
         c.run("abort", c.check_abort)

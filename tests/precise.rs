@@ -154,8 +154,11 @@ fn model_dir(template: bool) -> std::path::PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), infergate::workload::fleet_tokenizer_json())
-        .unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        infergate::workload::fleet_tokenizer_json(),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("tokenizer_config.json"),
         r#"{"bos_token":"<|begin_of_text|>","eos_token":"<|eot_id|>"}"#,
@@ -197,7 +200,12 @@ async fn chat_prompts_match_through_the_models_chat_template() {
     let bare_tok = bare.join("tokenizer.json").to_string_lossy().into_owned();
     let q = subscribe(&nodes, &bare_tok).await;
     assert!(!q.has_chat_template());
-    let r = post(nodes[0].addr(), "/v1/chat/completions", body(&prompt(4, 60))).await;
+    let r = post(
+        nodes[0].addr(),
+        "/v1/chat/completions",
+        body(&prompt(4, 60)),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // With the template the gateway computes the blocks the node cached:
     // all on node 0, none on node 1.
@@ -210,7 +218,12 @@ async fn chat_prompts_match_through_the_models_chat_template() {
     // Another question after the same system prompt shares its leading blocks.
     let other = keys_for(&p, &body(&prompt(5, 60)));
     p.index.match_lengths(&other, 0b11, &mut m);
-    assert!(m[0] >= 4 && (m[0] as usize) < other.len(), "{} of {}", m[0], other.len());
+    assert!(
+        m[0] >= 4 && (m[0] as usize) < other.len(),
+        "{} of {}",
+        m[0],
+        other.len()
+    );
     // A prompt cut at the capture limit gives a prefix of the whole, still
     // all on node 0.
     let head = infergate::classify::classify_head(
@@ -224,7 +237,12 @@ async fn chat_prompts_match_through_the_models_chat_template() {
     };
     let class = classify_body(head, body(&prompt(4, 60)).as_bytes(), &opts).unwrap();
     let cut = p.keys(class.prompt.as_deref().unwrap()).unwrap();
-    assert!(!cut.is_empty() && cut.len() < keys.len(), "{} of {}", cut.len(), keys.len());
+    assert!(
+        !cut.is_empty() && cut.len() < keys.len(),
+        "{} of {}",
+        cut.len(),
+        keys.len()
+    );
     assert_eq!(cut[..], keys[..cut.len()]);
     // Without the template (`role: text` lines) not one block matches.
     let keys = keys_for(&q, &body(&prompt(4, 60)));
@@ -232,8 +250,16 @@ async fn chat_prompts_match_through_the_models_chat_template() {
     assert_eq!((m[0], m[1]), (0, 0));
     // Named explicitly, the template is used all the same.
     let mut o = options(&nodes, &bare_tok);
-    o.chat_template = Some(model.join("chat_template.jinja").to_string_lossy().into_owned());
-    let names = [("n0".to_string(), "127.0.0.1".to_string()), ("n1".into(), "127.0.0.1".into())];
+    o.chat_template = Some(
+        model
+            .join("chat_template.jinja")
+            .to_string_lossy()
+            .into_owned(),
+    );
+    let names = [
+        ("n0".to_string(), "127.0.0.1".to_string()),
+        ("n1".into(), "127.0.0.1".into()),
+    ];
     assert!(Precise::start(&names, &o, 256).unwrap().has_chat_template());
     o.chat_template = Some("/nonexistent/chat_template.jinja".into());
     let e = Precise::start(&names, &o, 256).unwrap_err();

@@ -132,7 +132,8 @@ mod tests {
             ]
         );
         assert!(toml::from_str::<PreciseOptions>("blocksize = 4").is_err());
-        let o: PreciseOptions = toml::from_str("chat_template = \"/m/chat_template.jinja\"").unwrap();
+        let o: PreciseOptions =
+            toml::from_str("chat_template = \"/m/chat_template.jinja\"").unwrap();
         let p = o.problems("p");
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].0, "p.chat_template");

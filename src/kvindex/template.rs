@@ -98,8 +98,8 @@ impl ChatTemplate {
         let origin = path.display().to_string();
         if path.extension().is_some_and(|e| e == "json") {
             let config = parse_config(&text, path)?;
-            let source = template_in(&config)
-                .ok_or_else(|| format!("`{origin}` has no chat_template"))?;
+            let source =
+                template_in(&config).ok_or_else(|| format!("`{origin}` has no chat_template"))?;
             return ChatTemplate::new(&source, special_tokens(&config), origin);
         }
         let special = match path.parent().map(|d| d.join("tokenizer_config.json")) {
@@ -160,7 +160,10 @@ impl ChatTemplate {
                 content.push_str(CUT_MARK);
                 marked = true;
             }
-            list.push(BTreeMap::from([("role", m.role.to_string()), ("content", content)]));
+            list.push(BTreeMap::from([
+                ("role", m.role.to_string()),
+                ("content", content),
+            ]));
             if m.cut {
                 break;
             }

@@ -15,8 +15,8 @@ use super::server::{
     api_error, chat_prompt, json_response, text_inputs, text_prompt, Body, Ctx, SimError,
 };
 use super::validate::ApiError;
-use crate::classify::Prompt;
 use crate::classify::prefix::{estimate_tokens, PrefixHasher, BYTES_PER_TOKEN, TOKENS_PER_BLOCK};
+use crate::classify::Prompt;
 
 /// The prompt's token ids: the request's own ids, else its captured text
 /// through the tokenizer, else 4-byte pieces of the text (the simulator's

@@ -104,7 +104,10 @@ fn a_cut_prompt_renders_a_prefix_of_the_whole() {
     for source in [LLAMA3, CHATML] {
         let whole = render(source, &messages(), false).unwrap();
         let cut = render(source, &m, true).unwrap();
-        assert!(whole.starts_with(&cut), "{cut:?} is not a prefix of {whole:?}");
+        assert!(
+            whole.starts_with(&cut),
+            "{cut:?} is not a prefix of {whole:?}"
+        );
         assert!(cut.ends_with("Why is the"), "{cut:?}");
     }
     // Cut inside a role: the messages before it, without a generation
@@ -115,7 +118,9 @@ fn a_cut_prompt_renders_a_prefix_of_the_whole() {
     m[3].cut = true;
     let cut = render(LLAMA3, &m, true).unwrap();
     assert!(cut.ends_with("Hello.<|eot_id|>"), "{cut:?}");
-    assert!(render(LLAMA3, &messages(), false).unwrap().starts_with(&cut));
+    assert!(render(LLAMA3, &messages(), false)
+        .unwrap()
+        .starts_with(&cut));
 }
 
 #[test]
