@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
-use super::signals::{candidates_with, expected_tokens, latency_parts, queue_depth};
+use super::signals::{candidates_with, expected_tokens, latency_parts};
 use super::tradeoff::yield_to_queueing;
 use super::{sample, PickContext, Policy};
 use crate::config::{BalanceOptions, ScorerWeights};
@@ -62,15 +62,48 @@ impl Composite {
     }
 }
 
-/// Min-max scaling where lower raw values are better: 1 for the minimum,
-/// 0 for the maximum, 1 for all when they are equal.
-fn lower_is_better(raw: &[f64]) -> Vec<f64> {
-    let min = raw.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
-        return vec![1.0; raw.len()];
+/// One candidate's raw signals.
+struct Signals {
+    /// Queue depth (see [`queue_depth`](super::signals::queue_depth)).
+    queue: f64,
+    /// Scraped KV cache use, when fresh.
+    kv: Option<f64>,
+    /// Gateway requests in flight per unit of weight.
+    outstanding: f64,
+    /// Peak-EWMA TTFT and per-token time, when sampled.
+    latency: (Option<f64>, Option<f64>),
+}
+
+/// The span of one raw signal over the candidates, for min-max scaling.
+#[derive(Clone, Copy)]
+struct Range {
+    min: f64,
+    max: f64,
+}
+
+impl Default for Range {
+    fn default() -> Self {
+        Range {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
     }
-    raw.iter().map(|&x| (max - x) / (max - min)).collect()
+}
+
+impl Range {
+    fn add(&mut self, x: f64) {
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+    }
+
+    /// Min-max scaling where lower raw values are better: 1 for the
+    /// minimum, 0 for the maximum, 1 for all when they are equal.
+    fn lower_is_better(&self, x: f64) -> f64 {
+        if self.max.partial_cmp(&self.min) != Some(std::cmp::Ordering::Greater) {
+            return 1.0;
+        }
+        (self.max - x) / (self.max - self.min)
+    }
 }
 
 impl Policy for Composite {
@@ -111,100 +144,87 @@ impl Policy for Composite {
             }
             return only;
         }
-        let m = cands.len();
-        let mut total = vec![0.0f64; m];
-        let mut add = |weight: f64, scores: &[f64]| {
-            if weight > 0.0 {
-                for (t, s) in total.iter_mut().zip(scores) {
-                    *t += weight * s;
-                }
-            }
-        };
-
-        if w.prefix > 0.0 && !chain.is_empty() {
+        // One pass over the candidates reads every signal once (one view
+        // of the scraped capacity each); the scores are then scaled over
+        // the candidates and summed.
+        let mut matched = [0u32; MAX_NODES];
+        let use_prefix = w.prefix > 0.0 && !chain.is_empty();
+        if use_prefix {
             let mut mask = 0u64;
             for &i in &cands {
                 if i < MAX_NODES {
                     mask |= 1 << i;
                 }
             }
-            let mut matched = [0u32; MAX_NODES];
             self.index.match_lengths(chain, mask, &mut matched);
             // Cache affinity yields to real queueing (scraped waiting, KV).
             yield_to_queueing(nodes, &cands, now, &mut matched);
-            let s: Vec<f64> = cands
-                .iter()
-                .map(|&i| f64::from(matched.get(i).copied().unwrap_or(0)) / chain.len() as f64)
-                .collect();
-            add(w.prefix, &s);
         }
-        if w.queue > 0.0 {
-            let raw: Vec<f64> = cands.iter().map(|&i| queue_depth(&nodes[i], now)).collect();
-            add(w.queue, &lower_is_better(&raw));
+        let tokens = expected_tokens(ctx.request);
+        let mut rows: Vec<Signals> = Vec::with_capacity(cands.len());
+        let (mut queue, mut outstanding) = (Range::default(), Range::default());
+        let (mut best_ttft, mut best_tpot) = (f64::INFINITY, f64::INFINITY);
+        let (mut kv_sum, mut kv_known) = (0.0f64, 0usize);
+        for &i in &cands {
+            let n = &nodes[i];
+            let out = n.outstanding();
+            let view = n.load.ai.capacity.view(&n.load, now);
+            let row = Signals {
+                queue: view.map_or(out as f64, |v| (v.running + v.waiting).max(out as f64)),
+                kv: view.and_then(|v| v.kv_usage),
+                outstanding: out as f64 / f64::from(n.weight.max(1)),
+                latency: if w.latency > 0.0 {
+                    latency_parts(n, now)
+                } else {
+                    (None, None)
+                },
+            };
+            queue.add(row.queue);
+            outstanding.add(row.outstanding);
+            if let Some(k) = row.kv {
+                kv_sum += k;
+                kv_known += 1;
+            }
+            best_ttft = row.latency.0.map_or(best_ttft, |t| best_ttft.min(t));
+            best_tpot = row.latency.1.map_or(best_tpot, |t| best_tpot.min(t));
+            rows.push(row);
         }
-        if w.kv > 0.0 {
-            let kv: Vec<Option<f64>> = cands
-                .iter()
-                .map(|&i| {
-                    let n = &nodes[i];
-                    n.load
-                        .ai
-                        .capacity
-                        .view(&n.load, now)
-                        .and_then(|v| v.kv_usage)
-                })
-                .collect();
-            let known: Vec<f64> = kv.iter().flatten().copied().collect();
-            if !known.is_empty() {
-                let mean = known.iter().sum::<f64>() / known.len() as f64;
-                let s: Vec<f64> = kv.iter().map(|k| 1.0 - k.unwrap_or(mean)).collect();
-                add(w.kv, &s);
+        // A node without latency samples counts as the best of the others.
+        let or_best = |x: Option<f64>, best: f64| x.unwrap_or(if best.is_finite() { best } else { 0.0 });
+        let latency_of =
+            |r: &Signals| or_best(r.latency.0, best_ttft) + tokens * or_best(r.latency.1, best_tpot);
+        let mut latency = Range::default();
+        if w.latency > 0.0 {
+            for r in &rows {
+                latency.add(latency_of(r));
             }
         }
-        if w.outstanding > 0.0 {
-            let raw: Vec<f64> = cands
-                .iter()
-                .map(|&i| nodes[i].outstanding() as f64 / f64::from(nodes[i].weight.max(1)))
-                .collect();
-            add(w.outstanding, &lower_is_better(&raw));
-        }
-        if w.latency > 0.0 {
-            let tokens = expected_tokens(ctx.request);
-            let parts: Vec<(Option<f64>, Option<f64>)> = cands
-                .iter()
-                .map(|&i| latency_parts(&nodes[i], now))
-                .collect();
-            let best_ttft = parts
-                .iter()
-                .filter_map(|p| p.0)
-                .fold(f64::INFINITY, f64::min);
-            let best_tpot = parts
-                .iter()
-                .filter_map(|p| p.1)
-                .fold(f64::INFINITY, f64::min);
-            let raw: Vec<f64> = parts
-                .iter()
-                .map(|&(t, p)| {
-                    let t = t.unwrap_or(if best_ttft.is_finite() {
-                        best_ttft
-                    } else {
-                        0.0
-                    });
-                    let p = p.unwrap_or(if best_tpot.is_finite() {
-                        best_tpot
-                    } else {
-                        0.0
-                    });
-                    t + tokens * p
-                })
-                .collect();
-            add(w.latency, &lower_is_better(&raw));
-        }
+        let kv_mean = (kv_known > 0).then(|| kv_sum / kv_known as f64);
+        let total = |k: usize, i: usize| {
+            let r = &rows[k];
+            let mut t = 0.0;
+            if use_prefix {
+                t += w.prefix * f64::from(matched.get(i).copied().unwrap_or(0)) / chain.len() as f64;
+            }
+            if w.queue > 0.0 {
+                t += w.queue * queue.lower_is_better(r.queue);
+            }
+            if let (true, Some(mean)) = (w.kv > 0.0, kv_mean) {
+                t += w.kv * (1.0 - r.kv.unwrap_or(mean));
+            }
+            if w.outstanding > 0.0 {
+                t += w.outstanding * outstanding.lower_is_better(r.outstanding);
+            }
+            if w.latency > 0.0 {
+                t += w.latency * latency.lower_is_better(latency_of(r));
+            }
+            t
+        };
 
         let mut best: Option<(usize, f64)> = None;
         let mut ties = 0usize;
         for (k, &i) in cands.iter().enumerate() {
-            let s = total[k];
+            let s = total(k, i);
             match best {
                 Some((_, b)) if s < b => {}
                 Some((_, b)) if s == b => {

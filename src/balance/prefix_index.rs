@@ -71,6 +71,35 @@ pub struct PrefixIndex {
     clock: AtomicU32,
 }
 
+/// Chains up to this many blocks are worked on in stack buffers.
+const STACK_BLOCKS: usize = 256;
+
+/// A zeroed buffer for one value per block of a chain: on the stack for
+/// chains up to [`STACK_BLOCKS`] (the default `classify.max_prefix_blocks`),
+/// else on the heap. Picks run once per request; the allocations were a
+/// tenth of a long prompt's pick.
+enum Scratch<T: Copy + Default> {
+    Stack([T; STACK_BLOCKS], usize),
+    Heap(Vec<T>),
+}
+
+impl<T: Copy + Default> Scratch<T> {
+    fn new(len: usize) -> Self {
+        if len <= STACK_BLOCKS {
+            Scratch::Stack([T::default(); STACK_BLOCKS], len)
+        } else {
+            Scratch::Heap(vec![T::default(); len])
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [T] {
+        match self {
+            Scratch::Stack(a, len) => &mut a[..*len],
+            Scratch::Heap(v) => v,
+        }
+    }
+}
+
 #[inline]
 fn shard_of(hash: u64) -> usize {
     // The top bits: hashbrown uses the low bits for the bucket and the top 7
@@ -89,9 +118,10 @@ impl PrefixIndex {
         }
     }
 
-    /// Group the chain's positions by shard: `order` lists positions shard by
-    /// shard, `bounds[s]..bounds[s+1]` are shard `s`'s.
-    fn group(chain: &[u64]) -> (Vec<u32>, [u32; SHARDS + 1]) {
+    /// Group the chain's positions by shard into `order` (as long as the
+    /// chain): positions shard by shard, `bounds[s]..bounds[s+1]` are shard
+    /// `s`'s.
+    fn group(chain: &[u64], order: &mut [u32]) -> [u32; SHARDS + 1] {
         let mut counts = [0u32; SHARDS + 1];
         for &h in chain {
             counts[shard_of(h) + 1] += 1;
@@ -101,13 +131,12 @@ impl PrefixIndex {
         }
         let bounds = counts;
         let mut next = counts;
-        let mut order = vec![0u32; chain.len()];
         for (k, &h) in chain.iter().enumerate() {
             let s = shard_of(h);
             order[next[s] as usize] = k as u32;
             next[s] += 1;
         }
-        (order, bounds)
+        bounds
     }
 
     fn lock(&self, s: usize) -> std::sync::MutexGuard<'_, Shard> {
@@ -121,8 +150,10 @@ impl PrefixIndex {
         if chain.is_empty() || mask == 0 {
             return;
         }
-        let (order, bounds) = Self::group(chain);
-        let mut bits = vec![0u64; chain.len()];
+        let mut order = Scratch::<u32>::new(chain.len());
+        let bounds = Self::group(chain, order.as_mut());
+        let mut bits = Scratch::<u64>::new(chain.len());
+        let (order, bits) = (order.as_mut(), bits.as_mut());
         for s in 0..SHARDS {
             let (a, b) = (bounds[s] as usize, bounds[s + 1] as usize);
             if a == b {
@@ -198,7 +229,9 @@ impl PrefixIndex {
         }
         let bit = 1u64 << node;
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        let (order, bounds) = Self::group(chain);
+        let mut order = Scratch::<u32>::new(chain.len());
+        let bounds = Self::group(chain, order.as_mut());
+        let order = order.as_mut();
         for s in 0..SHARDS {
             let (a, b) = (bounds[s] as usize, bounds[s + 1] as usize);
             if a == b {

@@ -60,7 +60,7 @@ pub fn candidates_with(
     hint: impl FnOnce() -> u64,
 ) -> Vec<usize> {
     let n = nodes.len();
-    let all: Vec<usize> = if sample::sampled(n) {
+    let mut all: Vec<usize> = if sample::sampled(n) {
         let hint = hint();
         let mut picked = Vec::with_capacity(sample::CANDIDATE_SAMPLES + hint.count_ones() as usize);
         let mut bits = hint;
@@ -89,16 +89,20 @@ pub fn candidates_with(
     if all.len() <= 1 {
         return all;
     }
-    let free: Vec<usize> = all
-        .iter()
-        .copied()
-        .filter(|&i| !saturated(&nodes[i], now))
-        .collect();
-    if free.is_empty() {
-        all
-    } else {
-        free
+    // Keep the unsaturated ones, in order, in place; when there are none,
+    // nothing was overwritten and every eligible node stays.
+    let mut free = 0;
+    for k in 0..all.len() {
+        let i = all[k];
+        if !saturated(&nodes[i], now) {
+            all[free] = i;
+            free += 1;
+        }
     }
+    if free > 0 {
+        all.truncate(free);
+    }
+    all
 }
 
 /// Expected output tokens of the request (its limit, else the default).
