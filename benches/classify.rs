@@ -1,10 +1,13 @@
-//! Classification cost per request: head, body, and both for a ~4 KB chat request.
+//! Classification cost per request: head, body, and both for a ~4 KB chat
+//! request; and for `precise_prefix`, the prompt's token ids with and without
+//! the model's chat template.
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
 use infergate::classify::{classify_body, classify_head, ClassifyOptions, PRIORITY_HEADER};
+use infergate::kvindex::{ChatTemplate, PromptTokenizer};
 
 /// A typical OpenAI chat request: ~2.5 KB system prompt, four turns, the
 /// usual sampling fields. About 4 KB.
@@ -83,7 +86,49 @@ fn bench(c: &mut Criterion) {
     c.bench_function("classify_head/chat", |b| {
         b.iter(|| classify_head(&Method::POST, black_box(path), black_box(&headers)))
     });
+
+    // precise_prefix: the prompt captured, then turned into token ids.
+    let capture = ClassifyOptions {
+        capture_prompt_bytes: 256 * 128,
+        ..ClassifyOptions::default()
+    };
+    let class = classify_body(head.clone(), &body, &capture).unwrap();
+    let prompt = class.prompt.clone().unwrap();
+    let tokenizer =
+        PromptTokenizer::from_json(&infergate::workload::fleet_tokenizer_json()).unwrap();
+    let template = ChatTemplate::new(LLAMA3_STYLE, Default::default(), "bench").unwrap();
+    let templated = PromptTokenizer::from_json(&infergate::workload::fleet_tokenizer_json())
+        .unwrap()
+        .with_chat_template(Some(template));
+    let mut g = c.benchmark_group("precise_tokens");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("classify_with_capture", |b| {
+        b.iter(|| classify_body(black_box(head.clone()), black_box(&body), &capture).unwrap())
+    });
+    g.bench_function("role_text_lines", |b| {
+        b.iter(|| tokenizer.tokens(black_box(&prompt)).unwrap())
+    });
+    let messages = prompt.chat_messages().unwrap();
+    let render = ChatTemplate::new(LLAMA3_STYLE, Default::default(), "bench").unwrap();
+    g.bench_function("render_only", |b| {
+        b.iter(|| render.render(black_box(&messages), false).unwrap())
+    });
+    g.bench_function("chat_template", |b| {
+        b.iter(|| templated.tokens(black_box(&prompt)).unwrap())
+    });
+    // A real model's tokenizer.json, when given (e.g. bench/real-engines.sh's
+    // tiny model: byte-level BPE with GPT-2's pre-tokenizer regex).
+    if let Ok(path) = std::env::var("INFERGATE_BENCH_TOKENIZER") {
+        let real = PromptTokenizer::from_file(std::path::Path::new(&path)).unwrap();
+        g.bench_function("tokenizer_json", |b| {
+            b.iter(|| real.tokens(black_box(&prompt)).unwrap())
+        });
+    }
+    g.finish();
 }
+
+/// A Llama 3 style chat template (header tokens, trimmed content).
+const LLAMA3_STYLE: &str = "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}";
 
 fn config() -> Criterion {
     Criterion::default()

@@ -190,9 +190,11 @@ impl Policy for Composite {
             rows.push(row);
         }
         // A node without latency samples counts as the best of the others.
-        let or_best = |x: Option<f64>, best: f64| x.unwrap_or(if best.is_finite() { best } else { 0.0 });
-        let latency_of =
-            |r: &Signals| or_best(r.latency.0, best_ttft) + tokens * or_best(r.latency.1, best_tpot);
+        let or_best =
+            |x: Option<f64>, best: f64| x.unwrap_or(if best.is_finite() { best } else { 0.0 });
+        let latency_of = |r: &Signals| {
+            or_best(r.latency.0, best_ttft) + tokens * or_best(r.latency.1, best_tpot)
+        };
         let mut latency = Range::default();
         if w.latency > 0.0 {
             for r in &rows {
@@ -204,7 +206,8 @@ impl Policy for Composite {
             let r = &rows[k];
             let mut t = 0.0;
             if use_prefix {
-                t += w.prefix * f64::from(matched.get(i).copied().unwrap_or(0)) / chain.len() as f64;
+                t +=
+                    w.prefix * f64::from(matched.get(i).copied().unwrap_or(0)) / chain.len() as f64;
             }
             if w.queue > 0.0 {
                 t += w.queue * queue.lower_is_better(r.queue);
