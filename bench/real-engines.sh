@@ -243,6 +243,22 @@ wait_http emb-a "http://127.0.0.1:$EMB_A/health" 300
 wait_http emb-b "http://127.0.0.1:$EMB_B/health" 300
 
 mkdir -p "$RUN/bare-tokenizer" && cp "$MODEL/tokenizer.json" "$RUN/bare-tokenizer/"
+# A precise_prefix route on the vLLM pool: name, x-policy header value, tokenizer.
+precise_route() {
+  cat <<ROUTE
+[[routes]]
+name = "$1"
+pool = "vllm"
+policy = "precise_prefix"
+[routes.match]
+headers = { "x-policy" = "$2" }
+[routes.balance.precise]
+tokenizer = "$3"
+block_size = 32
+topic = "kv-events"
+endpoints = { "vllm-a" = "tcp://127.0.0.1:$KV_A", "vllm-b" = "tcp://127.0.0.1:$KV_B" }
+ROUTE
+}
 cat > "$RUN/gateway.toml" <<EOF
 [listener]
 addr = "127.0.0.1:$GW_PORT"
@@ -316,31 +332,11 @@ policy = "prefix_aware"
 [routes.match]
 headers = { "x-policy" = "prefix" }
 
-[[routes]]
-name = "chat-precise"
-pool = "vllm"
-policy = "precise_prefix"
-[routes.match]
-headers = { "x-policy" = "precise" }
-[routes.balance.precise]
-tokenizer = "$MODEL/tokenizer.json"
-block_size = 32
-topic = "kv-events"
-endpoints = { "vllm-a" = "tcp://127.0.0.1:$KV_A", "vllm-b" = "tcp://127.0.0.1:$KV_B" }
+$(precise_route chat-precise precise "$MODEL/tokenizer.json")
 
 # The same tokenizer with no chat template beside it: chat prompts are
 # tokenized as role: text lines, which the engines never cache.
-[[routes]]
-name = "chat-precise-bare"
-pool = "vllm"
-policy = "precise_prefix"
-[routes.match]
-headers = { "x-policy" = "precise-bare" }
-[routes.balance.precise]
-tokenizer = "$RUN/bare-tokenizer/tokenizer.json"
-block_size = 32
-topic = "kv-events"
-endpoints = { "vllm-a" = "tcp://127.0.0.1:$KV_A", "vllm-b" = "tcp://127.0.0.1:$KV_B" }
+$(precise_route chat-precise-bare precise-bare "$RUN/bare-tokenizer/tokenizer.json")
 
 [[routes]]
 name = "chat"

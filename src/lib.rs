@@ -21,4 +21,5 @@ pub mod sim;
 pub mod telemetry;
 pub mod tenant;
 pub mod tls;
+pub mod utc;
 pub mod workload;
