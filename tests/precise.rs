@@ -11,7 +11,7 @@ use infergate::classify::{classify_body, classify_head, ClassifyOptions};
 use infergate::config::precise::PreciseOptions;
 use infergate::kvindex::index::MAX_NODES;
 use infergate::kvindex::Precise;
-use infergate::sim::{KvEventsConfig, SimConfig, SimNode};
+use infergate::sim::{Faults, KvEventsConfig, SimConfig, SimNode};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -377,6 +377,58 @@ async fn the_gateway_routes_to_the_node_that_really_holds_the_prefix() {
     );
     assert!(text.contains("infergate_kv_index_live{route=\"r\",node=\"n2\"} 1"));
     assert!(text.contains("infergate_kv_index_tokenizer{route=\"r\"} 1"));
+}
+
+#[tokio::test]
+async fn a_request_is_tokenized_once_however_often_it_is_picked() {
+    let tok = tokenizer_file();
+    let nodes = start(1, &tok, false).await;
+    nodes[0].set_faults(Faults {
+        added_latency_ms: 600,
+        ..Faults::default()
+    });
+    let text = format!(
+        "[listener]\naddr = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"p\"\nqueue_size = 8\nqueue_timeout = \"20s\"\n\
+         [[pools.nodes]]\nname = \"n0\"\naddr = \"{}\"\nmax_concurrent = 1\n\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"precise_prefix\"\n\
+         [routes.balance.precise]\ntokenizer = \"{tok}\"\nendpoints = {{ n0 = \"{}\" }}\n\
+         [routes.match]\nfamily = \"openai\"\nmodel = \"{MODEL}\"\n",
+        nodes[0].addr(),
+        nodes[0].kv_events_endpoint().unwrap()
+    );
+    let gw = start_gateway(&text).await;
+    let table = gw.gateway.table();
+    let precise = Arc::clone(table.routes[0].policy.precise().expect("precise state"));
+    assert!(eventually(WAIT, || precise.index.live_mask() == 1).await);
+    let addr = gw.addr;
+    let first = tokio::spawn(async move {
+        post(
+            addr,
+            "/v1/chat/completions",
+            chat(&prompt(1, 100), false, 4),
+        )
+        .await
+    });
+    let node = Arc::clone(&table.routes[0].pool.nodes[0]);
+    assert!(eventually(WAIT, || node.outstanding() == 1).await);
+    // The node is at its limit: the second request waits in the queue and
+    // is picked again at every recheck (50 ms) until the first is done.
+    let second = post(
+        addr,
+        "/v1/chat/completions",
+        chat(&prompt(2, 100), false, 4),
+    )
+    .await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(first.await.unwrap().status, 200);
+    let s = &precise.index.stats;
+    let picks = s.lookups.load(Ordering::Relaxed);
+    assert!(
+        picks >= 4,
+        "the second request was picked {picks} times in all"
+    );
+    // Yet each prompt was tokenized once.
+    assert_eq!(s.tokenized.load(Ordering::Relaxed), 2);
 }
 
 #[tokio::test]

@@ -67,8 +67,14 @@ impl Policy for PrecisePrefix {
         };
         let stats = &precise.index.stats;
         let live = precise.index.live_mask();
-        let keys = match ctx.request.and_then(|r| r.prompt.as_deref()) {
-            Some(prompt) if live != 0 => precise.keys(prompt),
+        // Made once per request by the proxy; made here for other callers.
+        let keys: Option<Arc<[u64]>> = match ctx.request {
+            Some(r) if live != 0 => r.prompt_keys.clone().or_else(|| {
+                r.prompt
+                    .as_deref()
+                    .and_then(|p| precise.keys(p))
+                    .map(Arc::from)
+            }),
             _ => None,
         };
         let Some(keys) = keys.filter(|k| !k.is_empty()) else {

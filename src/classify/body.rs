@@ -283,6 +283,7 @@ fn build(head: Head, p: Parsed<'_>, opts: &ClassifyOptions) -> RequestClass {
         priority: Priority::Standard,
         user: p.user.map(|u| u.into_owned()),
         prompt,
+        prompt_keys: None,
     }
 }
 

@@ -177,6 +177,10 @@ pub struct RequestClass {
     /// The prompt as the precise prefix policy tokenizes it, kept only when
     /// [`ClassifyOptions::capture_prompt_bytes`] asks for it.
     pub prompt: Option<std::sync::Arc<Prompt>>,
+    /// Block keys of the prompt's token ids (see [`crate::kvindex`]), made
+    /// once by the proxy before selection on routes that route on the
+    /// engines' caches; `None` until then (the policy then makes them).
+    pub prompt_keys: Option<std::sync::Arc<[u64]>>,
 }
 
 /// A request's prompt as fed to the prefix fingerprint (see [`body`]).
@@ -263,6 +267,7 @@ impl RequestClass {
             priority: Priority::Standard,
             user: None,
             prompt: None,
+            prompt_keys: None,
         }
     }
 }

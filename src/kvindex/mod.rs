@@ -78,6 +78,9 @@ pub struct KvStats {
     /// Picks that used the approximate index instead (no tokenizer, no
     /// live event stream, no prompt text, or no precise hit).
     pub fallbacks: AtomicU64,
+    /// Prompts tokenized (once per request, off the worker threads; more
+    /// only where a pick had no keys made for it, e.g. the endpoint picker).
+    pub tokenized: AtomicU64,
 }
 
 impl KvStats {
@@ -169,6 +172,7 @@ impl KvStats {
                 "picks routed on the approximate index",
                 v(&self.fallbacks),
             ),
+            ("tokenized", "prompts tokenized", v(&self.tokenized)),
         ]
     }
 }
@@ -179,6 +183,8 @@ pub struct Precise {
     /// The index.
     pub index: Arc<KvIndex>,
     tokenizer: Option<Arc<PromptTokenizer>>,
+    /// Prompts tokenized at once off the workers (one per core): more wait.
+    tokenizing: tokio::sync::Semaphore,
     max_blocks: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -287,9 +293,11 @@ impl Precise {
         } else if tasks.is_empty() {
             tracing::warn!("precise_prefix: no node has a KV events endpoint; routing on the approximate prefix index");
         }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Precise {
             index,
             tokenizer,
+            tokenizing: tokio::sync::Semaphore::new(cores),
             max_blocks,
             tasks,
         })
@@ -307,9 +315,31 @@ impl Precise {
             .is_some_and(|t| t.chat_template().is_some())
     }
 
+    /// [`Precise::keys`] for the proxy, once per request before any pick:
+    /// tokenizing a few kilobytes of prompt takes about a millisecond, so
+    /// it runs on Tokio's blocking pool (at most one prompt per core at a
+    /// time) instead of stalling the worker's other connections. `None`
+    /// when no keys are needed (no tokenizer, no live event stream) or
+    /// they cannot be computed; the pick then falls back as it would.
+    pub async fn keys_off_worker(self: &Arc<Self>, prompt: &Arc<Prompt>) -> Option<Vec<u64>> {
+        if self.tokenizer.is_none() || self.index.live_mask() == 0 {
+            return None;
+        }
+        if matches!(**prompt, Prompt::Ids(_)) {
+            return self.keys(prompt);
+        }
+        let _permit = self.tokenizing.acquire().await.ok()?;
+        let (me, prompt) = (Arc::clone(self), Arc::clone(prompt));
+        tokio::task::spawn_blocking(move || me.keys(&prompt))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The prompt's block keys, or `None` when they cannot be computed.
     pub fn keys(&self, prompt: &Prompt) -> Option<Vec<u64>> {
         let tokenizer = self.tokenizer.as_ref()?;
+        self.index.stats.tokenized.fetch_add(1, Ordering::Relaxed);
         let (tokens, truncated) = tokenizer.tokens(prompt)?;
         let bs = self.index.block_size();
         let mut keys = chain::prompt_keys(chain::root(None), &tokens, bs, self.max_blocks);

@@ -240,6 +240,12 @@ async fn proxy(
     };
     let rate_headers = charge.as_ref().map(|c| c.headers().clone());
 
+    // Routing on the engines' caches needs the prompt's token ids: made
+    // once, off this worker, for every pick of every attempt.
+    if let (Some(precise), Some(prompt)) = (route.policy.precise(), class.prompt.clone()) {
+        class.prompt_keys = precise.keys_off_worker(&prompt).await.map(Arc::from);
+    }
+
     let body = match (buffered, incoming) {
         (Some(bytes), _) => {
             if bytes.len() as u64 > route.max_body_bytes {
