@@ -532,6 +532,7 @@ async fn file_edits_and_api_changes_do_not_overwrite_each_other() {
 
 #[tokio::test]
 async fn api_changes_under_load_fail_no_request() {
+    let _quiet = quiet_machine().await;
     let (_nodes, c) = console_over("load", 3).await;
     let load = Load::start(c.gw.addr, 8, chat("hello there", true, 8), 100_000);
     let policies = [

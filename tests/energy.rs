@@ -127,6 +127,7 @@ fn consolidating(extra: &str) -> String {
 
 #[tokio::test]
 async fn consolidation_concentrates_low_load_and_grows_under_load() {
+    let _quiet = quiet_machine().await;
     let nodes = start_nodes(4, &small_fast()).await;
     let text = config_with(
         &unweighted(&nodes),
@@ -198,6 +199,7 @@ async fn idle_nodes_are_reported_parkable_with_autoscaler_gauges() {
 
 #[tokio::test]
 async fn a_parked_node_is_not_health_checked_into_failure_and_wakes_for_load() {
+    let _quiet = quiet_machine().await;
     let nodes = start_nodes(2, &small_fast()).await;
     let text = config_with(
         &unweighted(&nodes),

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::common::quiet_machine;
 use infergate::faultlab::{self, Outcome, ProxyKind, RunSpec, Scenario, Timeline};
 
 const TIMELINE: Timeline = Timeline {
@@ -20,6 +21,7 @@ fn scenario(name: &str) -> Scenario {
 }
 
 async fn run(name: &str) -> Outcome {
+    let _quiet = quiet_machine().await;
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_infergate"));
     let dir = std::env::temp_dir().join(format!(
         "infergate-fault-matrix-{}-{name}",

@@ -184,6 +184,7 @@ fn quiet_concentration(served: &Served) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_affinity_raises_the_lora_hit_rate() {
+    let _quiet = quiet_machine().await;
     let (baseline, baseline_served) = run("least_outstanding").await;
     let (aware, served) = run("prefix_aware").await;
     let (composite, _) = run("composite").await;

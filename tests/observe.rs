@@ -493,6 +493,7 @@ async fn node_down_alert_fires_once_and_resolves_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imbalance_alert_fires_for_a_slow_node_and_resolves() {
+    let _quiet = quiet_machine().await;
     let nodes = start_nodes(3, &fast_sim()).await;
     let (recv, got) = start_receiver().await;
     let mut text = config_text(&unweighted(&nodes), "least_outstanding", "");

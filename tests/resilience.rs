@@ -27,6 +27,7 @@ fn nonstream() -> String {
 
 #[tokio::test]
 async fn idle_node_killed_costs_no_client_request() {
+    let _quiet = quiet_machine().await;
     let nodes = start_nodes(3, &fast_sim()).await;
     let gw = start_gateway(&config_with(
         &unweighted(&nodes),
@@ -67,6 +68,7 @@ async fn idle_node_killed_costs_no_client_request() {
 
 #[tokio::test]
 async fn node_killed_mid_stream_fails_only_its_streams() {
+    let _quiet = quiet_machine().await;
     let sim = SimConfig {
         time_scale: 0.5,
         ..SimConfig::default()
@@ -110,6 +112,7 @@ async fn node_killed_mid_stream_fails_only_its_streams() {
 
 #[tokio::test]
 async fn hung_node_is_timed_out_then_ejected() {
+    let _quiet = quiet_machine().await;
     let nodes = start_nodes(3, &fast_sim()).await;
     nodes[0].set_faults(Faults {
         hang: true,
@@ -148,6 +151,7 @@ async fn hung_node_is_timed_out_then_ejected() {
 
 #[tokio::test]
 async fn failing_node_is_ejected_and_returns_with_slow_start() {
+    let _quiet = quiet_machine().await;
     let nodes = start_nodes(2, &fast_sim()).await;
     nodes[0].set_faults(Faults {
         error_rate: 1.0,
@@ -442,6 +446,7 @@ async fn queue_timeout_sheds_with_429() {
 
 #[tokio::test]
 async fn reload_under_steady_load_fails_nothing() {
+    let _quiet = quiet_machine().await;
     let nodes = start_nodes(3, &fast_sim()).await;
     let all = unweighted(&nodes);
     let gw = start_gateway(&config_text(&all, "round_robin", "")).await;
@@ -695,6 +700,7 @@ async fn panic_mode_spreads_over_all_nodes_below_the_threshold() {
 
 #[tokio::test]
 async fn sigterm_lets_requests_in_flight_finish() {
+    let _quiet = quiet_machine().await;
     let sim = SimConfig {
         time_scale: 0.3,
         ..SimConfig::default()

@@ -186,6 +186,7 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
 /// weight outscored the queue and KV scorers for both kinds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_affinity_yields_to_a_node_saturated_by_queue_or_kv() {
+    let _quiet = quiet_machine().await;
     let scrape = "[pools.capacity]\ninterval = \"50ms\"\ntimeout = \"2s\"\n";
     let mut results = Vec::new();
     for policy in ["prefix_aware", "composite"] {
