@@ -339,7 +339,9 @@ impl Precise {
     /// The prompt's block keys, or `None` when they cannot be computed.
     pub fn keys(&self, prompt: &Prompt) -> Option<Vec<u64>> {
         let tokenizer = self.tokenizer.as_ref()?;
-        self.index.stats.tokenized.fetch_add(1, Ordering::Relaxed);
+        if !matches!(prompt, Prompt::Ids(_)) {
+            self.index.stats.tokenized.fetch_add(1, Ordering::Relaxed);
+        }
         let (tokens, truncated) = tokenizer.tokens(prompt)?;
         let bs = self.index.block_size();
         let mut keys = chain::prompt_keys(chain::root(None), &tokens, bs, self.max_blocks);
