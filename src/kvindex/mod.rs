@@ -251,12 +251,9 @@ impl Precise {
         let tokenizer = match &opts.tokenizer {
             Some(path) => {
                 let path = Path::new(path);
-                let template = match &opts.chat_template {
-                    Some(t) => Some(ChatTemplate::load(Path::new(t))),
-                    None => ChatTemplate::beside(path).transpose(),
-                }
-                .transpose()
-                .map_err(|e| ("chat_template".to_string(), e))?;
+                let template =
+                    ChatTemplate::configured(opts.chat_template.as_deref().map(Path::new), path)
+                        .map_err(|e| ("chat_template".to_string(), e))?;
                 match &template {
                     Some(t) => tracing::info!(
                         "precise_prefix: chat prompts rendered with the chat template of {}",

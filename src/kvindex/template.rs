@@ -113,6 +113,18 @@ impl ChatTemplate {
         ChatTemplate::new(&text, special, origin)
     }
 
+    /// The template to render with: the one at `explicit` when given, else
+    /// the one shipped beside `tokenizer` (see [`ChatTemplate::beside`]).
+    pub fn configured(
+        explicit: Option<&Path>,
+        tokenizer: &Path,
+    ) -> Result<Option<ChatTemplate>, String> {
+        match explicit {
+            Some(path) => ChatTemplate::load(path).map(Some),
+            None => ChatTemplate::beside(tokenizer),
+        }
+    }
+
     /// The template shipped beside `tokenizer` (a `tokenizer.json`), as
     /// vLLM uses the model's own by default: `chat_template.jinja`, else the
     /// `chat_template` of `tokenizer_config.json`. `Ok(None)` when there is

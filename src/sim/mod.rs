@@ -107,11 +107,9 @@ impl SimNode {
             Some(path) => {
                 use crate::kvindex::{ChatTemplate, PromptTokenizer};
                 let path = std::path::Path::new(path);
-                let template = match &cfg.chat_template {
-                    Some(t) => ChatTemplate::load(std::path::Path::new(t)).map(Some),
-                    None => ChatTemplate::beside(path),
-                }
-                .map_err(io::Error::other)?;
+                let explicit = cfg.chat_template.as_deref().map(std::path::Path::new);
+                let template =
+                    ChatTemplate::configured(explicit, path).map_err(io::Error::other)?;
                 let tokenizer = PromptTokenizer::from_file(path).map_err(io::Error::other)?;
                 Some(Arc::new(tokenizer.with_chat_template(template)))
             }
