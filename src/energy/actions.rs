@@ -123,7 +123,7 @@ pub async fn run(
     };
     match result {
         Ok(()) => {
-            tracing::info!(pool = %pool.name, node = %node.name, action = action.name(), "energy: node {}", if action == Action::Park { "parked" } else { "waking" })
+            tracing::info!(pool = %pool.name, node = %node.name, action = action.name(), "energy: node {}", if action == Action::Park { "parked" } else { "woken" })
         }
         Err(why) => {
             tracing::warn!(pool = %pool.name, node = %node.name, action = action.name(), %why, "energy: park/wake call failed");

@@ -24,8 +24,9 @@
 //! * **Members**: active nodes stay; new ones are awake available nodes
 //!   in config order, then waking ones, then parked ones (which are woken).
 //! * **Parking**: an awake node outside the set with nothing in flight
-//!   and no new request for `idle_after` is parkable; with an action
-//!   configured it is parked, keeping `spare` idle nodes awake.
+//!   and no new request for `idle_after` (counted from when it was last
+//!   busy or last woke) is parkable; with an action configured it is
+//!   parked, keeping `spare` idle nodes awake.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -154,7 +155,13 @@ impl Controller {
     pub fn tick(&mut self, now: Instant, nodes: &[NodeView]) -> Decision {
         let n = nodes.len();
         for (i, v) in nodes.iter().enumerate() {
-            if v.in_flight > 0.0 || v.requests != self.last_requests[i] {
+            // A parked or waking node's idle time starts when it is back:
+            // one woken for a rise that then faded would otherwise be
+            // parked again the tick it woke, its wake-up spent for nothing.
+            if v.in_flight > 0.0
+                || v.requests != self.last_requests[i]
+                || v.state != ParkState::Awake
+            {
                 self.last_busy[i] = now;
             }
             self.last_requests[i] = v.requests;
@@ -430,5 +437,40 @@ mod tests {
         woken.dedup();
         assert_eq!(woken, [1], "14 in flight needs 2 nodes");
         assert_eq!(active, [true, true, false]);
+    }
+
+    #[test]
+    fn a_node_that_just_woke_gets_its_idle_time_before_it_is_parked_again() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let parking = ParkingConfig {
+            idle_after: Duration::from_secs(20),
+            wake_time: Duration::from_secs(2),
+            vllm_sleep: true,
+            ..ParkingConfig::default()
+        };
+        let mut c = Controller::new(2, Some(consolidate()), Some(parking), sec, t0);
+        let parked = NodeView {
+            state: ParkState::Parked,
+            ..node(0.0)
+        };
+        let waking = NodeView {
+            state: ParkState::Waking,
+            ..node(0.0)
+        };
+        // Parked for a long time, then woken; by the time it is back the
+        // demand that woke it has gone and it has left the active set.
+        for s in 0..60 {
+            c.tick(t0 + sec * s, &[node(1.0), parked]);
+        }
+        for s in 60..63 {
+            c.tick(t0 + sec * s, &[node(1.0), waking]);
+        }
+        for s in 63..82 {
+            let d = c.tick(t0 + sec * s, &[node(1.0), node(0.0)]);
+            assert!(d.park.is_empty() && !d.parkable[1], "tick {s}: {d:?}");
+        }
+        let d = c.tick(t0 + sec * 83, &[node(1.0), node(0.0)]);
+        assert_eq!(d.park, [1], "idle for idle_after since it woke");
     }
 }
