@@ -300,6 +300,16 @@ mod tests {
         }
     }
 
+    /// Parking through vLLM's sleep API after `idle` s, waking in `wake` s.
+    fn sleep_parking(idle: u64, wake: u64) -> ParkingConfig {
+        ParkingConfig {
+            idle_after: Duration::from_secs(idle),
+            wake_time: Duration::from_secs(wake),
+            vllm_sleep: true,
+            ..ParkingConfig::default()
+        }
+    }
+
     #[test]
     fn low_load_uses_one_node_and_grows_with_demand() {
         let t0 = Instant::now();
@@ -334,12 +344,7 @@ mod tests {
     fn a_burst_does_not_grow_the_set_but_a_rising_trend_does_ahead_of_wake_up() {
         let t0 = Instant::now();
         let sec = Duration::from_secs(1);
-        let parking = ParkingConfig {
-            idle_after: Duration::from_secs(20),
-            wake_time: Duration::from_secs(30),
-            vllm_sleep: true,
-            ..ParkingConfig::default()
-        };
+        let parking = sleep_parking(20, 30);
         let mut c = Controller::new(4, Some(consolidate()), Some(parking), sec, t0);
         let quiet = [node(5.0), node(0.0), node(0.0), node(0.0)];
         for s in 0..40 {
@@ -410,12 +415,7 @@ mod tests {
     fn idle_nodes_become_parkable_and_parked_ones_wake_for_demand() {
         let t0 = Instant::now();
         let sec = Duration::from_secs(1);
-        let parking = ParkingConfig {
-            idle_after: Duration::from_secs(3),
-            wake_time: Duration::from_secs(2),
-            vllm_sleep: true,
-            ..ParkingConfig::default()
-        };
+        let parking = sleep_parking(3, 2);
         let mut c = Controller::new(3, Some(consolidate()), Some(parking), sec, t0);
         let mut d = Decision::default();
         for s in 0..5 {
@@ -443,12 +443,7 @@ mod tests {
     fn a_node_that_just_woke_gets_its_idle_time_before_it_is_parked_again() {
         let t0 = Instant::now();
         let sec = Duration::from_secs(1);
-        let parking = ParkingConfig {
-            idle_after: Duration::from_secs(20),
-            wake_time: Duration::from_secs(2),
-            vllm_sleep: true,
-            ..ParkingConfig::default()
-        };
+        let parking = sleep_parking(20, 2);
         let mut c = Controller::new(2, Some(consolidate()), Some(parking), sec, t0);
         let parked = NodeView {
             state: ParkState::Parked,
