@@ -124,7 +124,8 @@ impl Default for ConsolidateConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParkingConfig {
-    /// A node outside the active set with nothing in flight for this long is parkable.
+    /// A node outside the active set with nothing in flight for this long
+    /// (counted from its last request, or from when it woke) is parkable.
     #[serde(deserialize_with = "duration::deserialize")]
     pub idle_after: Duration,
     /// How long a parked node takes to wake and warm up (waking is asked
