@@ -14,7 +14,7 @@
 //!    depth (scraped when fresh, never below the gateway's outstanding
 //!    count) + tokens in flight / `tokens_per_request` (see
 //!    [`signals`](super::signals)), scaled by the node's slowness — its
-//!    peak-EWMA time per token over the fastest candidate's, when at least
+//!    average time per token (30 s EWMA, no peak) over the fastest candidate's, when at least
 //!    1.25x — so `L` counts in the fastest node's time. An idle node
 //!    stays at 0 whatever its speed, so new prefixes still spread.
 //! 3. A node is *overloaded* when `L - L_min > balance_abs_threshold` and
@@ -45,7 +45,7 @@ use std::sync::Arc;
 use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::rendezvous;
-use super::signals::{candidates_with, latency_parts, load};
+use super::signals::{candidates_with, load};
 use super::tradeoff::yield_for_ttft;
 use super::{sample, PickContext, Policy};
 use crate::config::BalanceOptions;
@@ -150,9 +150,15 @@ impl PrefixAware {
         // Load in units of the fastest node's time: a node that decodes at
         // half speed carries twice the load for the same queue, so cache
         // affinity does not pile work on a slow node (heterogeneous fleets).
+        // Speeds compare the plain average time per token, not the peak
+        // EWMA: one slow step (a long prefill sharing the batch) sets the
+        // peak at once and only new samples bring it down, so a full-speed
+        // node this gateway sent little to lately looked several times
+        // slower than the others and lost its cache affinity (the common
+        // case for each of several replicas sharing a fleet).
         let tpots: Vec<Option<f64>> = cands
             .iter()
-            .map(|&i| latency_parts(&nodes[i], now).1)
+            .map(|&i| nodes[i].load.ai.tpot_mean_secs())
             .collect();
         let fastest = tpots
             .iter()
@@ -433,6 +439,29 @@ mod tests {
         // The conversation follows it: that node holds the longest prefix.
         let next = req(&format!("{doc}{}", "thanks ".repeat(20)));
         assert_eq!(pick(&p, &ns, &next), other);
+    }
+
+    #[test]
+    fn one_slow_step_does_not_make_a_full_speed_home_slow() {
+        use std::time::Duration;
+        let ns = nodes(2);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let history = "a conversation so far ".repeat(80);
+        let home = pick(&p, &ns, &req(&history));
+        let other = 1 - home;
+        // Both decode at 10 ms a token; then one of home's steps carried a
+        // long prefill and took 100 ms (the peak EWMA jumps to it).
+        for n in &ns {
+            n.load.ai.observe_tpot(Duration::from_millis(10));
+        }
+        ns[home].load.ai.observe_tpot(Duration::from_millis(100));
+        let _a = hold(&ns, home, 1);
+        let _b = hold(&ns, other, 1);
+        // A turn with a third of its prompt new still goes home: judged by
+        // the peak, home would prefill that third 10x slower than a fresh
+        // start elsewhere.
+        let turn = req(&format!("{history}{}", "a longer new question ".repeat(40)));
+        assert_eq!(pick(&p, &ns, &turn), home);
     }
 
     #[test]

@@ -16,10 +16,12 @@
 //!   no KV blocks), and the request waits for `waiting + 1` of the `running`
 //!   requests to finish; they finish at a rate of `running / D`, where `D`
 //!   is a request's decode time (256 expected output tokens × the
-//!   node's time per token), so `delay_i = (waiting + 1) × D / running`.
+//!   node's average time per token, `fleet::ai`'s `tpot_mean_secs`: the
+//!   peak EWMA jumps with one slow step and made a one-request batch look
+//!   like half a minute of queue), so `delay_i = (waiting + 1) × D / running`.
 //!
 //! * **slowness** `s_i` (`prefix_aware` only; 1 elsewhere): the node's
-//!   time per token over the fastest candidate's, when at least 1.25x (the
+//!   average time per token over the fastest candidate's, when at least 1.25x (the
 //!   same measure that scales its load): a half-speed node prefills the
 //!   part of the prompt it lacks in twice the time.
 //!
@@ -79,7 +81,7 @@ impl Costs {
                 .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))))
         };
         let prefill = lowest(&|n| n.load.ai.prefill_secs_per_token());
-        let tpot = lowest(&|n| n.load.ai.tpot_last_secs());
+        let tpot = lowest(&|n| n.load.ai.tpot_mean_secs());
         let ratio = DEFAULT_TPOT_SECS / DEFAULT_PREFILL_SECS_PER_TOKEN;
         let (prefill_per_token, tpot) = match (prefill, tpot) {
             (Some(p), Some(t)) => (p, t),
@@ -122,7 +124,7 @@ impl Costs {
         let tpot = node
             .load
             .ai
-            .tpot_last_secs()
+            .tpot_mean_secs()
             .filter(|t| *t > 0.0)
             .map_or(self.tpot, |t| t.max(self.tpot));
         let decode = f64::from(DEFAULT_EXPECTED_OUTPUT) * tpot;
@@ -193,6 +195,15 @@ pub fn yield_for_ttft(
             let ttft = delays[k] + lacking * costs.prefill_per_token * speed(k);
             // A relative margin, so rounding never flips equal costs.
             if ttft > best_fresh * (1.0 + 1e-9) {
+                tracing::trace!(
+                    node = i,
+                    matched_tokens = costs.tokens(*m),
+                    delay = delays[k],
+                    ttft,
+                    best_fresh,
+                    prefill_per_token = costs.prefill_per_token,
+                    "cache affinity yields"
+                );
                 *m = 0;
             }
         }
@@ -264,6 +275,21 @@ mod tests {
         let mut matched = [64u32, 0, 0];
         yield_to_queueing(&ns, &[0, 1], now, &mut matched);
         assert_eq!(matched, [0, 0, 0]);
+    }
+
+    #[test]
+    fn one_slow_step_does_not_turn_a_short_queue_into_a_long_one() {
+        let ns = nodes(1);
+        let now = now_ns();
+        // KV nearly full, 4 running, 1 waiting; tokens come every 10 ms
+        // but one step took a second (the peak EWMA jumps to it).
+        scrape(&ns[0], 4.0, 1.0, 0.95);
+        ns[0].load.ai.observe_tpot(Duration::from_millis(10));
+        ns[0].load.ai.observe_tpot(Duration::from_secs(1));
+        let c = Costs::learn(&ns, &[0]);
+        // D = 256 × 10 ms, not 256 × 1 s: 2 × 2.56 s / 4.
+        let delay = c.delay_secs(&ns[0], now);
+        assert!((delay - 2.0 * 2.56 / 4.0).abs() < 0.01, "{delay}");
     }
 
     #[test]

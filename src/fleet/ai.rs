@@ -46,6 +46,9 @@ pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 /// Shortest prompt whose TTFT gives a prefill-cost sample (shorter ones
 /// are dominated by fixed costs).
 pub const MIN_PREFILL_SAMPLE_TOKENS: u64 = 128;
+/// Time constant of the average time per token that compares node speeds
+/// ([`AiLoad::tpot_mean_secs`]): speed changes slowly, token gaps jump.
+pub const SPEED_TAU: Duration = Duration::from_secs(30);
 
 /// Nanoseconds since a process-wide epoch (never 0 after the first call,
 /// so 0 can mean "never").
@@ -110,14 +113,6 @@ impl PeakEwma {
         self.stamp.store(now_ns.max(1), Ordering::Relaxed);
     }
 
-    /// The estimate as of its last sample, without the decay reads apply
-    /// (for cost estimates of a node the gateway has not sent to lately);
-    /// `None` before any sample.
-    pub fn last(&self) -> Option<f64> {
-        (self.stamp.load(Ordering::Relaxed) != 0)
-            .then(|| f64::from_bits(self.value.load(Ordering::Relaxed)))
-    }
-
     /// The estimate in seconds at `now_ns`, or `None` before any sample.
     pub fn get_at(&self, now_ns: u64) -> Option<f64> {
         let stamp = self.stamp.load(Ordering::Relaxed);
@@ -167,6 +162,10 @@ pub struct AiLoad {
     output_tokens: AtomicU64,
     ttft: PeakEwma,
     tpot: PeakEwma,
+    /// Plain average of the same samples over [`SPEED_TAU`]: the node's
+    /// speed, which one slow step (a prefill chunk in the batch) must not
+    /// move as it moves the peak.
+    tpot_mean: Ewma,
     prefill: Ewma,
     /// Signals scraped from the node's `/metrics`.
     pub capacity: Capacity,
@@ -199,7 +198,9 @@ impl AiLoad {
     /// SSE servers; a frame carrying several tokens over-estimates, which
     /// is on the safe side).
     pub fn observe_tpot(&self, d: Duration) {
-        self.tpot.observe_at(d, now_ns());
+        let now = now_ns();
+        self.tpot.observe_at(d, now);
+        self.tpot_mean.observe_at(d.as_secs_f64(), now, SPEED_TAU);
     }
 
     /// Record a prefill-cost sample: a TTFT over the prompt's tokens.
@@ -224,10 +225,11 @@ impl AiLoad {
         self.ttft.get_at(now_ns)
     }
 
-    /// Peak-EWMA time per output token as of the last sample (no read
-    /// decay), `None` before any sample.
-    pub fn tpot_last_secs(&self) -> Option<f64> {
-        self.tpot.last()
+    /// Average time per output token over [`SPEED_TAU`], in seconds (no
+    /// peak, no decay on read): what to compare nodes' speeds by. `None`
+    /// before any sample.
+    pub fn tpot_mean_secs(&self) -> Option<f64> {
+        self.tpot_mean.get()
     }
 
     /// Peak-EWMA time per output token in seconds, `None` before any sample.
