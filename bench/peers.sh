@@ -25,6 +25,7 @@
 #                                   BALANCE='toml lines' added to infergate's
 #                                   [routes.balance],
 #                                   NO_BUILD=1 to use target/release as it is,
+#                                   INFERGATE_BIN=path for another build (implies NO_BUILD),
 #                                   KEEP=1 to keep the logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +38,8 @@ RUNS=${RUNS:-"prefix_aware least_outstanding precise_prefix sglang vllm"}
 VENV=${VENV:-$HOME/.cache/infergate-peers/venv}
 MODEL=llama-3.1-8b-instruct
 
-[ -n "${NO_BUILD:-}" ] || cargo build --release -q
-BIN=target/release/infergate
+[ -n "${NO_BUILD:-}${INFERGATE_BIN:-}" ] || cargo build --release -q
+BIN=${INFERGATE_BIN:-target/release/infergate}
 
 if [ ! -x "$VENV/bin/sglang-router" ] || [ ! -x "$VENV/bin/vllm-router" ]; then
   python3 -m venv "$VENV"

@@ -9,9 +9,9 @@
 //!   least inflated by queueing).
 //! * **queueing delay** `delay_i`, from the node's scraped reading
 //!   (decayed by age, `fleet::capacity`): a node with nobody waiting and KV
-//!   cache below [`KV_NEAR_FULL`] (its peak over the last fresh window: a
-//!   node at full KV preempts and dips under the mark between readings)
-//!   starts a new request at once (0).
+//!   cache below [`KV_NEAR_FULL`] (its peak over the last three scrape
+//!   intervals: a node at full KV preempts and dips under the mark between
+//!   readings) starts a new request at once (0).
 //!   Otherwise the batch is full (vLLM only queues when it has no seat or
 //!   no KV blocks), and the request waits for `waiting + 1` of the `running`
 //!   requests to finish; they finish at a rate of `running / D`, where `D`
@@ -19,6 +19,9 @@
 //!   node's average time per token, `fleet::ai`'s `tpot_mean_secs`: the
 //!   peak EWMA jumps with one slow step and made a one-request batch look
 //!   like half a minute of queue), so `delay_i = (waiting + 1) × D / running`.
+//!   While fewer than half a batch wait, evidence caps that: the node's
+//!   average TTFT over the last 3 s, when a streamed request got its first
+//!   token there within the last second (`fleet::ai`'s `ttft_mean_after`).
 //!
 //! * **slowness** `s_i` (`prefix_aware` only; 1 elsewhere): the node's
 //!   average time per token over the fastest candidate's, when at least 1.25x (the
@@ -59,6 +62,8 @@ pub const DEFAULT_PREFILL_SECS_PER_TOKEN: f64 = 0.000_05;
 pub const DEFAULT_TPOT_SECS: f64 = 0.01;
 /// KV cache use from which a node cannot admit a new request at once.
 pub const KV_NEAR_FULL: f64 = 0.9;
+/// How recent a TTFT sample must be to cap the modelled delay.
+const EVIDENCE_AGE_NS: u64 = 1_000_000_000;
 
 /// The learned costs the trade-off compares.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,7 +133,27 @@ impl Costs {
             .filter(|t| *t > 0.0)
             .map_or(self.tpot, |t| t.max(self.tpot));
         let decode = f64::from(DEFAULT_EXPECTED_OUTPUT) * tpot;
-        (v.waiting + 1.0) * decode / v.running.max(1.0)
+        let modelled = (v.waiting + 1.0) * decode / v.running.max(1.0);
+        // Evidence over the model, while nobody queues beyond half a
+        // batch: requests that got their first token here within the last
+        // second waited (and prefilled) no longer than this on average.
+        // The model assumes the worst of a near-full KV cache (a whole
+        // decode per seat) and read seconds where the nodes started
+        // requests within ~100 ms, which moved conversations off their
+        // cache for nothing. A real queue (a node saturated from
+        // elsewhere) is newer than any sample this gateway has, so the
+        // model stands there.
+        let evidence = (v.queued < v.running / 2.0)
+            .then(|| {
+                node.load
+                    .ai
+                    .ttft_mean_after(now.saturating_sub(EVIDENCE_AGE_NS))
+            })
+            .flatten();
+        match evidence {
+            Some(seen) => modelled.min(seen),
+            None => modelled,
+        }
     }
 }
 
@@ -290,6 +315,40 @@ mod tests {
         // D = 256 × 10 ms, not 256 × 1 s: 2 × 2.56 s / 4.
         let delay = c.delay_secs(&ns[0], now);
         assert!((delay - 2.0 * 2.56 / 4.0).abs() < 0.01, "{delay}");
+    }
+
+    /// A node at the KV mark with nobody waiting: the model says a new
+    /// request waits for a seat, but requests sent there just now got their
+    /// first token in 80 ms, and that is what a conversation weighs its
+    /// cache against. A real queue keeps the model's answer.
+    #[test]
+    fn recent_first_tokens_cap_a_modelled_kv_wait_but_not_a_queue() {
+        let ns = nodes(3);
+        scrape(&ns[0], 4.0, 0.0, 0.95);
+        scrape(&ns[1], 4.0, 3.0, 0.95);
+        scrape(&ns[2], 3.0, 0.0, 0.3);
+        let c = Costs::learn(&ns, &[0, 1, 2]);
+        let now = now_ns();
+        // D = 2.56 s: one seat frees in 0.64 s; the queue of 3 in 2.56 s.
+        assert!((c.delay_secs(&ns[0], now) - 2.56 / 4.0).abs() < 1e-6);
+        // A 2000-token conversation (0.1 s of prefill) yields to the 0.64 s.
+        let mut matched = [125u32, 0, 0];
+        yield_to_queueing(&ns, &[0, 1, 2], now, &mut matched);
+        assert_eq!(matched, [0, 0, 0]);
+        for n in &ns[..2] {
+            n.load.ai.observe_ttft(Duration::from_millis(80));
+        }
+        let now = now_ns();
+        let c = Costs::learn(&ns, &[0, 1, 2]);
+        assert!((c.delay_secs(&ns[0], now) - 0.08).abs() < 1e-3);
+        assert!((c.delay_secs(&ns[1], now) - 4.0 * 2.56 / 4.0).abs() < 1e-6);
+        let mut matched = [125u32, 125, 0];
+        yield_to_queueing(&ns, &[0, 1, 2], now, &mut matched);
+        assert_eq!(
+            matched,
+            [125, 0, 0],
+            "stays on node 0, not behind node 1's queue"
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub const MIN_PREFILL_SAMPLE_TOKENS: u64 = 128;
 /// Time constant of the average time per token that compares node speeds
 /// ([`AiLoad::tpot_mean_secs`]): speed changes slowly, token gaps jump.
 pub const SPEED_TAU: Duration = Duration::from_secs(30);
+/// Time constant of the plain average TTFT ([`AiLoad::ttft_mean_after`]):
+/// short, so it follows a queue that builds within seconds.
+pub const WAIT_TAU: Duration = Duration::from_secs(3);
 
 /// Nanoseconds since a process-wide epoch (never 0 after the first call,
 /// so 0 can mean "never").
@@ -148,6 +151,11 @@ impl Ewma {
         self.stamp.store(now_ns.max(1), Ordering::Relaxed);
     }
 
+    /// When the last sample was taken ([`now_ns`]); 0 before any.
+    pub fn stamp(&self) -> u64 {
+        self.stamp.load(Ordering::Relaxed)
+    }
+
     /// The average, `None` before any sample.
     pub fn get(&self) -> Option<f64> {
         (self.stamp.load(Ordering::Relaxed) != 0)
@@ -166,6 +174,9 @@ pub struct AiLoad {
     /// speed, which one slow step (a prefill chunk in the batch) must not
     /// move as it moves the peak.
     tpot_mean: Ewma,
+    /// Plain average of the TTFT samples over [`WAIT_TAU`]: what requests
+    /// sent to the node lately really waited for their first token.
+    ttft_mean: Ewma,
     prefill: Ewma,
     /// Signals scraped from the node's `/metrics`.
     pub capacity: Capacity,
@@ -190,7 +201,9 @@ impl AiLoad {
     /// Called by [`InFlight::on_data_frame`]; call it directly only for
     /// samples measured some other way.
     pub fn observe_ttft(&self, d: Duration) {
-        self.ttft.observe_at(d, now_ns());
+        let now = now_ns();
+        self.ttft.observe_at(d, now);
+        self.ttft_mean.observe_at(d.as_secs_f64(), now, WAIT_TAU);
     }
 
     /// Record a time-per-output-token sample: the gap between two data
@@ -218,6 +231,15 @@ impl AiLoad {
     /// queueing), `None` before any sample.
     pub fn prefill_secs_per_token(&self) -> Option<f64> {
         self.prefill.get()
+    }
+
+    /// Average TTFT over [`WAIT_TAU`] in seconds, if the last sample was
+    /// taken at or after `after_ns` (recent evidence of the wait at the
+    /// node), else `None`.
+    pub fn ttft_mean_after(&self, after_ns: u64) -> Option<f64> {
+        (self.ttft_mean.stamp() >= after_ns.max(1))
+            .then(|| self.ttft_mean.get())
+            .flatten()
     }
 
     /// Peak-EWMA time to first token in seconds, `None` before any sample.

@@ -47,6 +47,13 @@ const NONE: u64 = u64::MAX;
 const PPM: f64 = 1_000_000.0;
 /// A reading keeps full weight for this many scrape intervals (at least).
 const FRESH_INTERVALS: u64 = 3;
+/// A KV peak is held for this many scrape intervals: long enough to bridge
+/// the dips of a node that preempts at full KV, short enough not to keep a
+/// node that touched the mark once "full" for the whole fresh window (at
+/// the default 5 s timeout, 5.25 s: on bench/peers.sh's fleet, at or over
+/// the mark 2-15 % of the time, the trade-off then moved conversations off
+/// their cache most of the time).
+const PEAK_INTERVALS: u64 = 3;
 /// A reading whose weight fell below this is dropped.
 const MIN_WEIGHT: f64 = 1.0 / 16.0;
 
@@ -132,6 +139,9 @@ pub struct Capacity {
     scraped_at: AtomicU64,
     outstanding_at_scrape: AtomicU64,
     fresh_ns: AtomicU64,
+    /// How long a KV peak is held at full weight ([`PEAK_INTERVALS`]
+    /// scrape intervals).
+    peak_hold_ns: AtomicU64,
     max_queue: AtomicU64,
     max_kv_ppm: AtomicU64,
     enabled: AtomicBool,
@@ -152,6 +162,7 @@ impl Default for Capacity {
             scraped_at: AtomicU64::new(0),
             outstanding_at_scrape: AtomicU64::new(0),
             fresh_ns: AtomicU64::new(3_000_000_000),
+            peak_hold_ns: AtomicU64::new(750_000_000),
             max_queue: AtomicU64::new(NONE),
             max_kv_ppm: AtomicU64::new(NONE),
             enabled: AtomicBool::new(false),
@@ -175,8 +186,8 @@ pub struct CapacityView {
     /// Waiting requests as scraped, times the weight (without the
     /// gateway's additions since).
     pub queued: f64,
-    /// The highest KV use read within the last fresh window (then halving
-    /// every window), times the weight. A node near full KV oscillates
+    /// The highest KV use read within the last [`PEAK_INTERVALS`] scrape
+    /// intervals (then halving every as long), times the weight. A node near full KV oscillates
     /// (it preempts, drops a little, fills again); one reading below the
     /// mark does not make it roomy.
     pub kv_peak: Option<f64>,
@@ -232,6 +243,10 @@ impl Capacity {
             .saturating_mul(FRESH_INTERVALS)
             .max(ns(interval).saturating_add(ns(timeout)));
         self.fresh_ns.store(fresh, Ordering::Relaxed);
+        self.peak_hold_ns.store(
+            ns(interval).saturating_mul(PEAK_INTERVALS),
+            Ordering::Relaxed,
+        );
         self.max_queue
             .store(max_queue.unwrap_or(NONE), Ordering::Relaxed);
         self.max_kv_ppm.store(
@@ -284,14 +299,14 @@ impl Capacity {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
-    /// The held KV peak (ppm) at `now_ns`: full for a fresh window after
-    /// it was read, then halving every window.
+    /// The held KV peak (ppm) at `now_ns`: full for [`PEAK_INTERVALS`]
+    /// scrape intervals after it was read, then halving every as long.
     fn kv_peak_at(&self, now_ns: u64) -> f64 {
         let at = self.kv_peak_at.load(Ordering::Relaxed);
         if at == 0 {
             return 0.0;
         }
-        let fresh = self.fresh_ns.load(Ordering::Relaxed).max(1);
+        let fresh = self.peak_hold_ns.load(Ordering::Relaxed).max(1);
         let age = now_ns.saturating_sub(at);
         let hold = if age <= fresh {
             1.0
@@ -403,6 +418,33 @@ mod tests {
         }
     }
 
+    /// A slow metrics page makes the fresh window long (interval +
+    /// timeout); the KV peak still lets go after three intervals, so a
+    /// node that touched the mark once is not "full" for seconds.
+    #[test]
+    fn kv_peak_is_held_for_three_intervals_not_the_whole_fresh_window() {
+        const MS: u64 = 1_000_000;
+        let n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
+        let cap = &n.load.ai.capacity;
+        cap.configure(
+            Duration::from_millis(250),
+            Duration::from_secs(5),
+            None,
+            None,
+        );
+        let kv = |k: f64| Scraped {
+            kv_usage: Some(k),
+            ..busy()
+        };
+        cap.record(&kv(0.95), 0, 10 * S);
+        cap.record(&kv(0.5), 0, 10 * S + 250 * MS);
+        let peak = |at: u64| cap.view(&n.load, at).unwrap().kv_peak.unwrap();
+        assert_eq!(peak(10 * S + 700 * MS), 0.95, "held for 750 ms");
+        // The reading itself is fresh for 5.25 s; the peak halved by 1.5 s.
+        assert_eq!(cap.view(&n.load, 11 * S + 500 * MS).unwrap().weight, 1.0);
+        assert!((peak(11 * S + 500 * MS) - 0.475).abs() < 1e-9);
+    }
+
     #[test]
     fn saturation_needs_a_usable_reading_over_a_limit() {
         let n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
@@ -447,7 +489,7 @@ mod tests {
             30 * S,
         );
         assert!(cap.is_saturated(&n.load, 30 * S));
-        // The KV peak is held for a fresh window (3 s here), then decays.
+        // The KV peak is held for 3 intervals (3 s here), then decays.
         cap.record(
             &Scraped {
                 kv_usage: Some(0.5),
