@@ -24,9 +24,17 @@
 //!    that is so slow that prefilling the part it lacks takes longer than
 //!    the whole prompt on a faster node (see [`tradeoff`](super::tradeoff)).
 //! 4. Among the others, the node with the longest matching prefix wins;
-//!    equal matches go to the lower load, then in turn (a rotating start).
+//!    equal matches go to the lower load.
 //! 5. If no candidate matches a single block, the least-loaded candidate
-//!    wins, ties taken in turn (new prefixes spread evenly, also when idle).
+//!    wins.
+//! 6. In both cases, when several nodes are near the least load (under
+//!    1.25 × it, or under one request-equivalent more), the first of them
+//!    in rendezvous order of the prompt's anchor (its first
+//!    `anchor_blocks` blocks, the shared system prompt) wins
+//!    ([`PrefixAware::shared_home`]): sessions of one system prompt gather
+//!    on the same node(s) instead of copying the prompt into every cache,
+//!    and replicas of the gateway make the same choice. Otherwise ties are
+//!    taken in turn (a rotating start).
 //!
 //! The chosen node is recorded for every block of the prompt, so the next
 //! turn of a conversation (same prefix plus more) follows it. Requests
@@ -226,7 +234,9 @@ impl PrefixAware {
                 best = k;
             }
         }
-        let choice = cands[best];
+        let choice = self
+            .shared_home(chain, nodes, &cands, &positions, &loads, best)
+            .unwrap_or(cands[best]);
         self.index.record(chain, choice);
         if adapter.is_some() {
             lora::note(&nodes[choice], ctx.request, now);
@@ -234,6 +244,48 @@ impl PrefixAware {
         Some(choice)
     }
 }
+
+impl PrefixAware {
+    /// Among the `positions` (into `cands`) whose load is under
+    /// [`NEAR_LEAST_LOADED`] times the least-loaded one's (`best`), the first in
+    /// rendezvous order of the prompt's anchor (its first `anchor_blocks`
+    /// blocks: the shared system prompt): sessions that share a prompt and
+    /// find no deeper match gather on the same node(s) while the load
+    /// allows, instead of each going to whichever node is least loaded at
+    /// that moment, which copies every system prompt into every node's
+    /// cache (8 prompts of ~1,500 tokens took a third of bench/peers.sh's
+    /// 32k-token caches) and leaves less room for conversations. `None`
+    /// without a prefix or with one node near the least load.
+    fn shared_home(
+        &self,
+        chain: &[u64],
+        nodes: &[Arc<Node>],
+        cands: &[usize],
+        positions: &[usize],
+        loads: &[f64],
+        best: usize,
+    ) -> Option<usize> {
+        let key = rendezvous::anchor(chain, self.opts.anchor_blocks)?;
+        let floor = loads[best];
+        let bound = floor + (floor * (NEAR_LEAST_LOADED - 1.0)).max(1.0);
+        let near: Vec<usize> = positions
+            .iter()
+            .filter(|&&k| loads[k] < bound)
+            .map(|&k| cands[k])
+            .collect();
+        if near.len() < 2 {
+            return None;
+        }
+        rendezvous::order(key, nodes, &near, |_| true)
+            .first()
+            .copied()
+    }
+}
+
+/// How far above the least load a node may be and still take a shared
+/// prompt's sessions ([`PrefixAware::shared_home`]): under 25 % more, or
+/// under one request-equivalent more when that is larger.
+const NEAR_LEAST_LOADED: f64 = 1.25;
 
 #[cfg(test)]
 mod tests {
@@ -462,6 +514,29 @@ mod tests {
         // start elsewhere.
         let turn = req(&format!("{history}{}", "a longer new question ".repeat(40)));
         assert_eq!(pick(&p, &ns, &turn), home);
+    }
+
+    /// Two nodes hold a shared system prompt and are equally loaded: new
+    /// sessions of that prompt all go to one of them (the same one for
+    /// every session), not in turn to both, which would keep the prompt in
+    /// both caches; once that node is loaded beyond the bound, the other
+    /// takes them.
+    #[test]
+    fn sessions_of_a_shared_prompt_gather_on_one_holder_while_the_load_allows() {
+        let ns = nodes(3);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let sys = "You are the support agent of a large shop. ".repeat(40);
+        let session = |s: usize| req(&format!("{sys}user {s}: question"));
+        // Both node 0 and node 1 have served the prompt.
+        p.index().record(&session(1000).prefix, 0);
+        p.index().record(&session(1001).prefix, 1);
+        let _busy = hold(&ns, 2, 4);
+        let picks: Vec<usize> = (0..8).map(|s| pick(&p, &ns, &session(s))).collect();
+        assert!(picks.iter().all(|&i| i == picks[0] && i < 2), "{picks:?}");
+        // The chosen holder runs two more than the other: the other one.
+        let home = picks[0];
+        let _held = hold(&ns, home, 2);
+        assert_eq!(pick(&p, &ns, &session(99)), 1 - home);
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! load_factor = 1.25
 //! virtual_nodes = 100
 //! placement = "rendezvous"    # prefix_aware: replicas agree (balance/rendezvous.rs)
-//! anchor_blocks = 16
+//! anchor_blocks = 16             # prefix_aware: the prompt's key for rendezvous order
 //! anchor_load_factor = 3.0
 //! scorers = { prefix = 3.0, queue = 2.0, kv = 1.0, outstanding = 1.0, latency = 1.0 }
 //! ```
@@ -71,8 +71,10 @@ pub struct BalanceOptions {
     /// (rendezvous hashing of the prompt's anchor over the nodes not
     /// overloaded, so several replicas agree; `balance::rendezvous`).
     pub placement: String,
-    /// `placement = "rendezvous"`: the prompt block whose chain value is
-    /// the key (64 bytes a block; the shared start of conversations).
+    /// `prefix_aware`: the prompt block whose chain value is the
+    /// rendezvous key (64 bytes a block; the shared start of
+    /// conversations): the placement key with `placement = "rendezvous"`,
+    /// and with `"index"` the tie-break among nodes near the least load.
     pub anchor_blocks: usize,
     /// `placement = "rendezvous"`: a node keeps its prompts while its load
     /// is below `ceil(anchor_load_factor × (total + 1) / nodes)` (bounded
