@@ -151,6 +151,11 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
         assert_eq!(reply.status, 200, "{}", reply.text());
         if reply.node() == format!("sim-{home}") {
             went_home += 1;
+            eprintln!(
+                "{policy}/{kind:?}: request {i} went to the saturated node; scrape {:?}, node {:?}",
+                gw_home.load.ai.capacity.report(now_ns()),
+                nodes[home].stats()
+            );
         }
     }
     let stats = nodes[home].stats();

@@ -26,8 +26,8 @@
 //! 4. Among the others, the node with the longest matching prefix wins;
 //!    equal matches go to the lower load.
 //! 5. If no candidate matches a single block, the least-loaded candidate
-//!    wins.
-//! 6. In both cases, when several nodes are near the least load (under
+//!    wins, ties taken in turn (new prefixes spread evenly, also when idle).
+//! 6. When several nodes hold the longest match and are near the least load (under
 //!    1.25 × it, or under one request-equivalent more), the first of them
 //!    in rendezvous order of the prompt's anchor (its first
 //!    `anchor_blocks` blocks, the shared system prompt) wins
@@ -234,8 +234,10 @@ impl PrefixAware {
                 best = k;
             }
         }
-        let choice = self
-            .shared_home(chain, nodes, &cands, &positions, &loads, best)
+        // New prefixes (no match anywhere) keep spreading in turn.
+        let choice = (best_match > 0)
+            .then(|| self.shared_home(chain, nodes, &cands, &positions, &loads, best))
+            .flatten()
             .unwrap_or(cands[best]);
         self.index.record(chain, choice);
         if adapter.is_some() {
@@ -418,7 +420,11 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(pick(&p, &ns, &r), home);
         }
-        // Once requests queue there, the affinity yields (`tradeoff`).
+        // Once requests queue there (in two readings in a row: one may
+        // catch requests on their way into the batch), the affinity yields
+        // (`tradeoff`).
+        scrape(8.0);
+        assert_eq!(pick(&p, &ns, &r), home);
         scrape(8.0);
         assert_ne!(pick(&p, &ns, &r), home);
     }

@@ -8,7 +8,9 @@
 //!   prompt tokens, `fleet::ai`), taking the lowest candidate's value (the
 //!   least inflated by queueing).
 //! * **queueing delay** `delay_i`, from the node's scraped reading
-//!   (decayed by age, `fleet::capacity`): a node with nobody waiting and KV
+//!   (decayed by age, `fleet::capacity`; `waiting` is the lower of the last
+//!   two readings, since a node that has room shows each new request as
+//!   waiting until its next engine step): a node with nobody waiting and KV
 //!   cache below [`KV_NEAR_FULL`] (its peak over the last three scrape
 //!   intervals: a node at full KV preempts and dips under the mark between
 //!   readings) starts a new request at once (0).
@@ -123,7 +125,11 @@ impl Costs {
             .into_iter()
             .chain(v.kv_usage)
             .any(|k| k >= KV_NEAR_FULL);
-        if v.queued < 0.5 && !kv_full {
+        // Waiting as seen in two readings in a row, plus what this gateway
+        // sent since: a request caught between its arrival and the next
+        // engine step is not a queue (`CapacityView::queued_settled`).
+        let waiting = v.queued_settled + (v.waiting - v.queued).max(0.0);
+        if v.queued_settled < 0.5 && !kv_full {
             return 0.0;
         }
         let tpot = node
@@ -133,7 +139,7 @@ impl Costs {
             .filter(|t| *t > 0.0)
             .map_or(self.tpot, |t| t.max(self.tpot));
         let decode = f64::from(DEFAULT_EXPECTED_OUTPUT) * tpot;
-        let modelled = (v.waiting + 1.0) * decode / v.running.max(1.0);
+        let modelled = (waiting + 1.0) * decode / v.running.max(1.0);
         // Evidence over the model, while nobody queues beyond half a
         // batch: requests that got their first token here within the last
         // second waited (and prefilled) no longer than this on average.
@@ -143,7 +149,7 @@ impl Costs {
         // cache for nothing. A real queue (a node saturated from
         // elsewhere) is newer than any sample this gateway has, so the
         // model stands there.
-        let evidence = (v.queued < v.running / 2.0)
+        let evidence = (v.queued_settled < v.running / 2.0)
             .then(|| {
                 node.load
                     .ai
@@ -270,6 +276,42 @@ mod tests {
         let c = Costs::learn(&ns, &[0, 1]);
         assert!((c.tpot - 0.0001).abs() < 1e-9);
         assert!((c.prefill_per_token - 0.000_000_5).abs() < 1e-12, "{c:?}");
+    }
+
+    /// A node with room shows a request as waiting until its next engine
+    /// step admits it; one scrape that lands then is not a queue (in
+    /// tests/saturation.rs on a loaded machine such a reading, waiting 1
+    /// and running 1 with this gateway's one request in flight, gave an
+    /// idle node a 5 s delay, so a KV-saturated home kept its cache
+    /// affinity). Two readings in a row are; so is more waiting than this
+    /// gateway has in flight there, at once.
+    #[test]
+    fn a_waiting_request_of_our_own_counts_only_once_two_readings_show_it() {
+        let ns = nodes(1);
+        let c = Costs::learn(&ns, &[0]);
+        let cap = &ns[0].load.ai.capacity;
+        cap.configure(Duration::from_secs(1), Duration::from_secs(1), None, None);
+        let read = |waiting: f64, in_flight: u64| {
+            let s = Scraped {
+                running: Some(1.0),
+                waiting: Some(waiting),
+                kv_usage: Some(0.1),
+            };
+            cap.record(&s, in_flight, now_ns());
+        };
+        read(0.0, 1);
+        read(1.0, 1);
+        assert_eq!(c.delay_secs(&ns[0], now_ns()), 0.0);
+        read(1.0, 1);
+        let decode = f64::from(DEFAULT_EXPECTED_OUTPUT) * c.tpot;
+        let queued = c.delay_secs(&ns[0], now_ns());
+        assert!((queued - 2.0 * decode).abs() < 1e-9, "{queued}");
+        // Two waiting where this gateway had one in flight: someone
+        // else's queue, believed at once.
+        read(0.0, 1);
+        read(2.0, 1);
+        let queued = c.delay_secs(&ns[0], now_ns());
+        assert!((queued - 3.0 * decode).abs() < 1e-9, "{queued}");
     }
 
     #[test]

@@ -131,6 +131,9 @@ impl ScrapeState {
 pub struct Capacity {
     running: AtomicU64,
     waiting: AtomicU64,
+    /// The waiting count believed as a queue (see
+    /// [`CapacityView::queued_settled`]).
+    waiting_settled: AtomicU64,
     kv_ppm: AtomicU64,
     /// Highest KV use lately and when it was read (see [`CapacityView::kv_peak`]).
     kv_peak_ppm: AtomicU64,
@@ -156,6 +159,7 @@ impl Default for Capacity {
         Capacity {
             running: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            waiting_settled: AtomicU64::new(0),
             kv_ppm: AtomicU64::new(NONE),
             kv_peak_ppm: AtomicU64::new(0),
             kv_peak_at: AtomicU64::new(0),
@@ -186,6 +190,16 @@ pub struct CapacityView {
     /// Waiting requests as scraped, times the weight (without the
     /// gateway's additions since).
     pub queued: f64,
+    /// Waiting requests believed to be a queue, times the weight: all of
+    /// them when they outnumber this gateway's requests in flight there
+    /// at the scrape, otherwise only as many as the reading before also
+    /// showed. A node that has room shows a request as waiting from its
+    /// arrival until the engine's next step admits it, milliseconds
+    /// later; a scrape landing in that moment read a queue on an idle
+    /// node (seen: waiting 1, running 1 on a node this gateway sent one
+    /// request at a time, on a loaded machine). A queue of this
+    /// gateway's own requests lasts from one scrape to the next.
+    pub queued_settled: f64,
     /// The highest KV use read within the last [`PEAK_INTERVALS`] scrape
     /// intervals (then halving every as long), times the weight. A node near full KV oscillates
     /// (it preempts, drops a little, fills again); one reading below the
@@ -270,7 +284,19 @@ impl Capacity {
     pub fn record(&self, s: &Scraped, outstanding: u64, now_ns: u64) {
         let count = |v: Option<f64>| v.map_or(0, |v| v.max(0.0).round() as u64);
         self.running.store(count(s.running), Ordering::Relaxed);
-        self.waiting.store(count(s.waiting), Ordering::Relaxed);
+        let waiting = count(s.waiting);
+        // More waiting than this gateway had in flight there is someone
+        // else's queue, believed at once (a node flooded from elsewhere);
+        // no more than that may be this gateway's own requests caught on
+        // their way into the batch, believed once the reading before
+        // showed them too. The first reading stands alone.
+        let settled = if waiting > outstanding || self.scraped_at.load(Ordering::Relaxed) == 0 {
+            waiting
+        } else {
+            waiting.min(self.waiting.load(Ordering::Relaxed))
+        };
+        self.waiting_settled.store(settled, Ordering::Relaxed);
+        self.waiting.store(waiting, Ordering::Relaxed);
         let kv = s
             .kv_usage
             .map_or(NONE, |k| (k.clamp(0.0, 1.0) * PPM).round() as u64);
@@ -340,11 +366,14 @@ impl Capacity {
             .outstanding()
             .saturating_sub(self.outstanding_at_scrape.load(Ordering::Relaxed));
         let kv = self.kv_ppm.load(Ordering::Relaxed);
-        let queued = self.waiting.load(Ordering::Relaxed) as f64 * weight;
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        let queued = waiting as f64 * weight;
+        let settled = self.waiting_settled.load(Ordering::Relaxed).min(waiting);
         Some(CapacityView {
             running: self.running.load(Ordering::Relaxed) as f64 * weight,
             waiting: queued + since as f64,
             queued,
+            queued_settled: settled as f64 * weight,
             kv_usage: (kv != NONE).then(|| kv as f64 / PPM * weight),
             kv_peak: (kv != NONE).then(|| self.kv_peak_at(now_ns) / PPM * weight),
             weight,
