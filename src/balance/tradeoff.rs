@@ -8,8 +8,9 @@
 //!   prompt tokens, `fleet::ai`), taking the lowest candidate's value (the
 //!   least inflated by queueing).
 //! * **queueing delay** `delay_i`, from the node's scraped reading
-//!   (decayed by age, `fleet::capacity`; `waiting` is the lower of the last
-//!   two readings, since a node that has room shows each new request as
+//!   (decayed by age, `fleet::capacity`; `waiting` that this gateway's own
+//!   requests in flight could explain counts once two readings in a row
+//!   show it, since a node that has room shows each new request as
 //!   waiting until its next engine step): a node with nobody waiting and KV
 //!   cache below [`KV_NEAR_FULL`] (its peak over the last three scrape
 //!   intervals: a node at full KV preempts and dips under the mark between
@@ -125,9 +126,9 @@ impl Costs {
             .into_iter()
             .chain(v.kv_usage)
             .any(|k| k >= KV_NEAR_FULL);
-        // Waiting as seen in two readings in a row, plus what this gateway
-        // sent since: a request caught between its arrival and the next
-        // engine step is not a queue (`CapacityView::queued_settled`).
+        // The waiting believed as a queue, plus what this gateway sent
+        // since: a request caught between its arrival and the next engine
+        // step is not a queue (`CapacityView::queued_settled`).
         let waiting = v.queued_settled + (v.waiting - v.queued).max(0.0);
         if v.queued_settled < 0.5 && !kv_full {
             return 0.0;
