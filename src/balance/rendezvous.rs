@@ -157,15 +157,10 @@ mod tests {
             .count()
     }
 
-    /// With `index` the replicas agree too while the nodes are equally
-    /// loaded, as here: a prefix neither index knows deeper goes to the
-    /// first node in the same rendezvous order among the near-least-loaded
-    /// (`PrefixAware::shared_home`). `rendezvous` keeps agreeing under
-    /// uneven load, up to its bound.
     #[test]
     fn replicas_agree_on_each_conversations_node() {
         assert_eq!(second_turns_on_the_first_turns_node("rendezvous"), 40);
-        assert_eq!(second_turns_on_the_first_turns_node("index"), 40);
+        assert!(second_turns_on_the_first_turns_node("index") < 30);
     }
 
     /// A replica sees its own requests in flight only, a handful at a

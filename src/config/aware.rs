@@ -74,7 +74,8 @@ pub struct BalanceOptions {
     /// `prefix_aware`: the prompt block whose chain value is the
     /// rendezvous key (64 bytes a block; the shared start of
     /// conversations): the placement key with `placement = "rendezvous"`,
-    /// and with `"index"` the tie-break among nodes near the least load.
+    /// and with `"index"` the tie-break among nodes holding the longest
+    /// match near the least load.
     pub anchor_blocks: usize,
     /// `placement = "rendezvous"`: a node keeps its prompts while its load
     /// is below `ceil(anchor_load_factor × (total + 1) / nodes)` (bounded
