@@ -245,9 +245,7 @@ impl PrefixAware {
         }
         Some(choice)
     }
-}
 
-impl PrefixAware {
     /// Among the `positions` (into `cands`) whose load is under
     /// [`NEAR_LEAST_LOADED`] times the least-loaded one's (`best`), the first in
     /// rendezvous order of the prompt's anchor (its first `anchor_blocks`
@@ -257,7 +255,7 @@ impl PrefixAware {
     /// that moment, which copies every system prompt into every node's
     /// cache (8 prompts of ~1,500 tokens took a third of bench/peers.sh's
     /// 32k-token caches) and leaves less room for conversations. `None`
-    /// without a prefix or with one node near the least load.
+    /// without a prefix; with one node near the least load, that is `best`.
     fn shared_home(
         &self,
         chain: &[u64],
@@ -270,17 +268,11 @@ impl PrefixAware {
         let key = rendezvous::anchor(chain, self.opts.anchor_blocks)?;
         let floor = loads[best];
         let bound = floor + (floor * (NEAR_LEAST_LOADED - 1.0)).max(1.0);
-        let near: Vec<usize> = positions
+        let near = positions
             .iter()
             .filter(|&&k| loads[k] < bound)
-            .map(|&k| cands[k])
-            .collect();
-        if near.len() < 2 {
-            return None;
-        }
-        rendezvous::order(key, nodes, &near, |_| true)
-            .first()
-            .copied()
+            .map(|&k| cands[k]);
+        rendezvous::first(key, nodes, near)
     }
 }
 

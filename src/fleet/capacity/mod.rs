@@ -368,6 +368,8 @@ impl Capacity {
         let kv = self.kv_ppm.load(Ordering::Relaxed);
         let waiting = self.waiting.load(Ordering::Relaxed);
         let queued = waiting as f64 * weight;
+        // Two stores, not one step: a reader between them may pair a new
+        // settled count with the old waiting one.
         let settled = self.waiting_settled.load(Ordering::Relaxed).min(waiting);
         Some(CapacityView {
             running: self.running.load(Ordering::Relaxed) as f64 * weight,
