@@ -50,6 +50,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::anchor_table::{self, AnchorTable};
 use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::rendezvous;
@@ -77,6 +78,8 @@ pub struct PrefixAware {
     next: AtomicUsize,
     /// `placement = "rendezvous"`: anchor depth and load factor ([`rendezvous`]).
     rendezvous: Option<(usize, f64)>,
+    /// `placement = "rendezvous"`: balanced homes of recurring prompts.
+    anchors: AnchorTable,
 }
 
 impl PrefixAware {
@@ -97,6 +100,7 @@ impl PrefixAware {
             next: AtomicUsize::new(0),
             rendezvous: (opts.placement == "rendezvous")
                 .then_some((opts.anchor_blocks, opts.anchor_load_factor)),
+            anchors: AnchorTable::default(),
         }
     }
 
@@ -190,7 +194,25 @@ impl PrefixAware {
             .collect();
         let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
         if let Some((depth, factor)) = self.rendezvous {
-            if let Some(home) = rendezvous::place(chain, depth, nodes, &cands, &loads, factor) {
+            // A recurring prompt's balanced home while it is within the
+            // load bound, else the first in plain rendezvous order within it.
+            let bound = rendezvous::load_bound(&loads, factor);
+            let shares: Vec<f64> = cands
+                .iter()
+                .zip(&slowness)
+                .map(|(&i, &s)| anchor_table::share(nodes[i].weight, s))
+                .collect();
+            let balanced = rendezvous::anchor(chain, depth)
+                .and_then(|key| self.anchors.home(key, nodes, &cands, &shares, now))
+                .filter(|&h| {
+                    cands
+                        .iter()
+                        .position(|&c| c == h)
+                        .is_some_and(|k| loads[k] < bound)
+                });
+            let placed =
+                balanced.or_else(|| rendezvous::place(chain, depth, nodes, &cands, &loads, factor));
+            if let Some(home) = placed {
                 self.index.record(chain, home);
                 return Some(home);
             }

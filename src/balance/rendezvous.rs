@@ -30,6 +30,11 @@ pub fn anchor(chain: &[u64], anchor_blocks: usize) -> Option<u64> {
     depth.checked_sub(1).and_then(|i| chain.get(i)).copied()
 }
 
+/// A fixed hash of a node's name, the same on every replica.
+pub fn name_hash(node: &Node) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(node.name.as_bytes())
+}
+
 /// Weighted rendezvous score of `node` for `key` (higher wins).
 fn score(key: u64, node: &Node) -> f64 {
     let h = xxhash_rust::xxh3::xxh3_64_with_seed(node.name.as_bytes(), key);
@@ -73,6 +78,16 @@ pub fn order(
     ranked.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The bound of consistent hashing with bounded loads over `loads`: a
+/// node keeps its keys while its load is below it, which the least-loaded
+/// node always is.
+pub fn load_bound(loads: &[f64], factor: f64) -> f64 {
+    let total: f64 = loads.iter().sum();
+    (factor * (total + 1.0) / loads.len().max(1) as f64)
+        .ceil()
+        .max(1.0)
+}
+
 /// The agreed node for the prompt `chain` among `cands` (indexes into
 /// `nodes`; `loads[k]` is the load of `cands[k]`): the first in rendezvous
 /// order within the bound of consistent hashing with bounded loads
@@ -89,10 +104,7 @@ pub fn place(
     factor: f64,
 ) -> Option<usize> {
     let key = anchor(chain, anchor_blocks)?;
-    let total: f64 = loads.iter().sum();
-    let bound = (factor * (total + 1.0) / cands.len().max(1) as f64)
-        .ceil()
-        .max(1.0);
+    let bound = load_bound(loads, factor);
     let within = cands
         .iter()
         .zip(loads)

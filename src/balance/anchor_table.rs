@@ -1,0 +1,438 @@
+//! Balanced homes for a few recurring prompts, which every replica
+//! computes alike.
+//!
+//! Plain rendezvous hashing ([`super::rendezvous`]) spreads many keys
+//! evenly but a few by chance: the bench's 8 system prompts over 4 nodes
+//! gave one node 281 of 607 requests and another 88 (seed 42), and the
+//! crowded node's batches and cache cost 10 ms of mean TTFT against one
+//! gateway with its own index. So the anchors this gateway sees often
+//! (a decaying count of their requests at or above [`JOIN_COUNT`]) are
+//! assigned as a set: in ascending key order (the anchors are hashes, so
+//! this order is arbitrary but the same everywhere), each takes the first
+//! node in its rendezvous order that still has room, a node having room
+//! for its weight's share of the anchors, rounded up. The result depends
+//! only on the set of anchors and the nodes, so replicas that see the same
+//! recurring prompts (each sees a share of every popular prompt's
+//! requests) place them alike. Anchors seen now and then (one-off
+//! prompts and a conversation's own turns, which each replica sees
+//! differently) take no room: they keep plain
+//! rendezvous, as do all anchors when there are more than
+//! [`KEYS_PER_NODE`] per node (chance then balances them) or more than
+//! [`MAX_NODES`] candidates.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::rendezvous;
+use crate::fleet::Node;
+
+/// Time constant of an anchor's decaying request count.
+pub const DECAY_NS: u64 = 30_000_000_000;
+/// An anchor takes room once its decaying count reaches this: about 8
+/// requests a minute at this gateway. A conversation's own turns (a few a
+/// minute over all replicas) stay below it; a system prompt shared by many
+/// sessions is far above it on every replica.
+pub const JOIN_COUNT: f64 = 4.0;
+/// ... and gives it back only below this, so an anchor near the line does
+/// not move the others back and forth.
+pub const LEAVE_COUNT: f64 = 2.0;
+/// Anchors whose count decayed below this are forgotten.
+const FORGET_COUNT: f64 = 0.05;
+/// Above this many recurring anchors per candidate node, plain rendezvous.
+pub const KEYS_PER_NODE: usize = 8;
+/// Above this many candidates, plain rendezvous (and no per-pick cost).
+pub const MAX_NODES: usize = 64;
+/// Anchors remembered at most (memory bound); newer ones beyond it are
+/// placed by plain rendezvous until old ones expire.
+const MAX_TRACKED: usize = 4096;
+/// How often expired anchors are swept out.
+const SWEEP_NS: u64 = 1_000_000_000;
+
+/// The recurring anchors of one route and their agreed nodes.
+#[derive(Debug, Default)]
+pub struct AnchorTable {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    seen: HashMap<u64, Seen>,
+    /// Recurring anchor -> index into the nodes it was assigned for.
+    assigned: HashMap<u64, usize>,
+    /// Identity of the candidate set `assigned` was computed for.
+    assigned_for: u64,
+    /// The set of recurring anchors changed since `assigned` was computed.
+    dirty: bool,
+    swept_at: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Requests, each decaying with [`DECAY_NS`], as of `at`.
+    count: f64,
+    at: u64,
+    /// Takes room (joined at [`JOIN_COUNT`], not yet below [`LEAVE_COUNT`]).
+    recurring: bool,
+}
+
+impl Seen {
+    fn count_at(&self, now: u64) -> f64 {
+        let elapsed = now.saturating_sub(self.at) as f64;
+        self.count * (-elapsed / DECAY_NS as f64).exp()
+    }
+}
+
+impl AnchorTable {
+    /// Note one request for `key` at `now` and return its balanced home
+    /// among `cands` (indexes into `nodes`), or `None` when it has none
+    /// (seen too rarely, too many anchors or nodes): plain rendezvous.
+    pub fn home(
+        &self,
+        key: u64,
+        nodes: &[Arc<Node>],
+        cands: &[usize],
+        shares: &[f64],
+        now: u64,
+    ) -> Option<usize> {
+        if cands.len() > MAX_NODES {
+            return None;
+        }
+        // A poisoned lock only means another pick panicked mid-update;
+        // plain rendezvous is still a correct answer.
+        let mut table = self.inner.lock().ok()?;
+        table.note(key, now);
+        table.sweep(now);
+        let identity = identity(nodes, cands, shares);
+        if table.dirty || table.assigned_for != identity {
+            table.assign(nodes, cands, shares);
+            table.assigned_for = identity;
+            table.dirty = false;
+        }
+        table.assigned.get(&key).copied()
+    }
+
+    /// How many anchors currently have an assigned node (tests, API).
+    pub fn assigned(&self) -> usize {
+        self.inner.lock().map_or(0, |t| t.assigned.len())
+    }
+}
+
+impl Inner {
+    fn note(&mut self, key: u64, now: u64) {
+        if let Some(seen) = self.seen.get_mut(&key) {
+            seen.count = seen.count_at(now) + 1.0;
+            seen.at = now;
+            if !seen.recurring && seen.count >= JOIN_COUNT {
+                seen.recurring = true;
+                self.dirty = true;
+            }
+        } else if self.seen.len() < MAX_TRACKED {
+            let recurring = JOIN_COUNT <= 1.0;
+            self.seen.insert(
+                key,
+                Seen {
+                    count: 1.0,
+                    at: now,
+                    recurring,
+                },
+            );
+            self.dirty |= recurring;
+        }
+    }
+
+    fn sweep(&mut self, now: u64) {
+        if now.saturating_sub(self.swept_at) < SWEEP_NS {
+            return;
+        }
+        self.swept_at = now;
+        let mut left = false;
+        self.seen.retain(|_, s| {
+            let count = s.count_at(now);
+            if s.recurring && count < LEAVE_COUNT {
+                s.recurring = false;
+                left = true;
+            }
+            count >= FORGET_COUNT
+        });
+        self.dirty |= left;
+    }
+
+    /// Each recurring anchor, in ascending order, to the first node in its
+    /// rendezvous order with room left; the rooms share out the anchors in
+    /// proportion to weight over speed class (largest remainders, ties by
+    /// a fixed hash of the node's name), so they add up to the anchors.
+    fn assign(&mut self, nodes: &[Arc<Node>], cands: &[usize], shares: &[f64]) {
+        self.assigned.clear();
+        let mut keys: Vec<u64> = self
+            .seen
+            .iter()
+            .filter(|(_, s)| s.recurring)
+            .map(|(&k, _)| k)
+            .collect();
+        if keys.is_empty() || cands.is_empty() || keys.len() > KEYS_PER_NODE * cands.len() {
+            return;
+        }
+        keys.sort_unstable();
+        let mut room = apportion(keys.len(), nodes, cands, shares);
+        for key in keys {
+            let open = (0..cands.len()).filter(|&k| room[k] > 0).map(|k| cands[k]);
+            if let Some(home) = rendezvous::first(key, nodes, open) {
+                if let Some(k) = cands.iter().position(|&c| c == home) {
+                    room[k] -= 1;
+                }
+                self.assigned.insert(key, home);
+            }
+        }
+    }
+}
+
+/// `n` anchors shared out over `cands` in proportion to `shares[k]` by
+/// largest remainders; equal remainders go by a fixed hash of the node's
+/// name, so every replica breaks them alike.
+fn apportion(n: usize, nodes: &[Arc<Node>], cands: &[usize], shares: &[f64]) -> Vec<usize> {
+    let total: f64 = shares.iter().sum();
+    if total <= 0.0 || !total.is_finite() {
+        return vec![n; cands.len()];
+    }
+    let quotas: Vec<f64> = shares.iter().map(|s| n as f64 * s / total).collect();
+    let mut room: Vec<usize> = quotas.iter().map(|q| q.floor() as usize).collect();
+    let mut left = n.saturating_sub(room.iter().sum());
+    let mut by_remainder: Vec<usize> = (0..cands.len()).collect();
+    let tie = |k: usize| nodes.get(cands[k]).map_or(0, |n| rendezvous::name_hash(n));
+    by_remainder.sort_by(|&a, &b| {
+        let (ra, rb) = (quotas[a] - quotas[a].floor(), quotas[b] - quotas[b].floor());
+        rb.total_cmp(&ra).then(tie(b).cmp(&tie(a)))
+    });
+    for k in by_remainder {
+        if left == 0 {
+            break;
+        }
+        room[k] += 1;
+        left -= 1;
+    }
+    room
+}
+
+/// A candidate's share of the anchors: its weight over its speed class (1
+/// below 1.75 times the fastest node's time per token, 2 below 3.5, else
+/// 4). Coarse classes, because a full-speed node's time per token rises
+/// by up to half with its batch and replicas measure it apart; a node at
+/// half speed reads about 2 whatever its batch.
+pub fn share(weight: u32, slowness: f64) -> f64 {
+    let class = if slowness < 1.75 {
+        1.0
+    } else if slowness < 3.5 {
+        2.0
+    } else {
+        4.0
+    };
+    f64::from(weight.max(1)) / class
+}
+
+/// Which candidate nodes (and shares) an assignment was made for: the
+/// node objects' addresses, so a reload or discovery change that replaces
+/// a node reassigns.
+fn identity(nodes: &[Arc<Node>], cands: &[usize], shares: &[f64]) -> u64 {
+    cands
+        .iter()
+        .zip(shares)
+        .fold(cands.len() as u64, |acc, (&i, share)| {
+            let ptr = nodes.get(i).map_or(0, |n| Arc::as_ptr(n) as usize as u64);
+            (acc ^ ptr ^ share.to_bits().rotate_left(17) ^ (i as u64).rotate_left(40))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::testing::{nodes, weighted_nodes};
+
+    const S: u64 = 1_000_000_000;
+    /// Requests that make an anchor recurring when sent at once.
+    const JOIN: usize = JOIN_COUNT as usize;
+
+    fn shares_of(ns: &[Arc<Node>]) -> Vec<f64> {
+        ns.iter().map(|n| share(n.weight, 1.0)).collect()
+    }
+
+    /// Every key made recurring at `now`, then each key's home.
+    fn homes(table: &AnchorTable, ns: &[Arc<Node>], keys: &[u64], now: u64) -> Vec<Option<usize>> {
+        let all: Vec<usize> = (0..ns.len()).collect();
+        let shares = shares_of(ns);
+        for &k in keys {
+            for _ in 0..JOIN {
+                table.home(k, ns, &all, &shares, now);
+            }
+        }
+        keys.iter()
+            .map(|&k| table.home(k, ns, &all, &shares, now))
+            .collect()
+    }
+
+    fn spread(homes: &[Option<usize>], n: usize) -> Vec<usize> {
+        let mut per = vec![0; n];
+        for h in homes.iter().flatten() {
+            per[*h] += 1;
+        }
+        per
+    }
+
+    #[test]
+    fn a_few_prompts_are_spread_evenly_where_hashing_alone_crowds_them() {
+        let ns = nodes(4);
+        let all: Vec<usize> = (0..4).collect();
+        // Find 8 keys that plain rendezvous crowds (4 or more on one node).
+        let crowded = (0..1_000u64)
+            .map(|base| {
+                (0..8)
+                    .map(|j| base * 1_000 + j * 7_919)
+                    .collect::<Vec<u64>>()
+            })
+            .find(|keys| {
+                let plain: Vec<Option<usize>> = keys
+                    .iter()
+                    .map(|&k| rendezvous::first(k, &ns, all.iter().copied()))
+                    .collect();
+                spread(&plain, 4).iter().any(|&c| c >= 4)
+            });
+        let keys = crowded.expect("some 8 keys crowd a node under plain hashing");
+        let table = AnchorTable::default();
+        let h = homes(&table, &ns, &keys, S);
+        assert_eq!(spread(&h, 4), vec![2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn weights_give_room() {
+        let ns = weighted_nodes(&[1, 1, 2]);
+        let keys: Vec<u64> = (0..8).map(|j| 31 + j * 104_729).collect();
+        let table = AnchorTable::default();
+        assert_eq!(spread(&homes(&table, &ns, &keys, S), 3), vec![2, 2, 4]);
+    }
+
+    #[test]
+    fn a_node_at_half_speed_gets_half_the_room() {
+        let ns = nodes(4);
+        let all: Vec<usize> = (0..4).collect();
+        // A busy full-speed node (1.5x) stays in the first class.
+        let shares: Vec<f64> = [1.0, 1.5, 1.0, 2.1].iter().map(|&s| share(1, s)).collect();
+        let keys: Vec<u64> = (0..7).map(|j| 5 + j * 7_919).collect();
+        let table = AnchorTable::default();
+        for &k in &keys {
+            for _ in 0..JOIN {
+                table.home(k, &ns, &all, &shares, S);
+            }
+        }
+        let h: Vec<Option<usize>> = keys
+            .iter()
+            .map(|&k| table.home(k, &ns, &all, &shares, S))
+            .collect();
+        assert_eq!(spread(&h, 4), vec![2, 2, 2, 1]);
+    }
+
+    #[test]
+    fn a_prompt_seen_now_and_then_keeps_plain_rendezvous() {
+        let ns = nodes(4);
+        let all: Vec<usize> = (0..4).collect();
+        let shares = shares_of(&ns);
+        let table = AnchorTable::default();
+        // One request every 20 s: the count settles below the join line.
+        for turn in 0..30u64 {
+            assert_eq!(table.home(5, &ns, &all, &shares, S + turn * 20 * S), None);
+        }
+        for _ in 1..JOIN {
+            table.home(6, &ns, &all, &shares, 700 * S);
+        }
+        assert!(table.home(6, &ns, &all, &shares, 700 * S).is_some());
+    }
+
+    #[test]
+    fn anchors_leave_once_their_requests_stop() {
+        let ns = nodes(4);
+        let all: Vec<usize> = (0..4).collect();
+        let shares = shares_of(&ns);
+        let table = AnchorTable::default();
+        homes(&table, &ns, &[5], S);
+        assert_eq!(table.assigned(), 1);
+        // Still recurring just after, gone once the count decays below 2.
+        table.home(7, &ns, &all, &shares, 2 * S + SWEEP_NS);
+        assert_eq!(table.assigned(), 1);
+        table.home(7, &ns, &all, &shares, 2 * S + DECAY_NS * 2);
+        assert_eq!(table.assigned(), 0);
+    }
+
+    #[test]
+    fn many_prompts_or_nodes_use_plain_rendezvous() {
+        let ns = nodes(2);
+        let keys: Vec<u64> = (0..(2 * KEYS_PER_NODE as u64 + 1)).collect();
+        let table = AnchorTable::default();
+        assert!(homes(&table, &ns, &keys, S).iter().all(Option::is_none));
+        let many = nodes(MAX_NODES + 1);
+        let table = AnchorTable::default();
+        assert!(homes(&table, &many, &[1], S)[0].is_none());
+    }
+
+    /// Three replicas fed in turn a mixed stream for 10 simulated minutes:
+    /// 8 system prompts shared by many sessions, and conversations whose
+    /// own anchors recur a few times (a new one every 2 s, 5 turns 20 s
+    /// apart). Each request goes where the table (or, without a balanced
+    /// home, plain rendezvous) says; a request is *followed* when it goes
+    /// where its anchor's previous request went, which was usually placed
+    /// by another replica.
+    #[test]
+    fn replicas_fed_in_turn_place_each_anchor_where_the_last_request_went() {
+        let replicas: Vec<(Vec<Arc<Node>>, AnchorTable)> =
+            (0..3).map(|_| (nodes(4), AnchorTable::default())).collect();
+        let all: Vec<usize> = (0..4).collect();
+        let shares = vec![1.0; 4];
+        let mut requests: Vec<(u64, u64)> = Vec::new(); // (time ns, anchor)
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut t = 0.0f64;
+        while t < 600.0 {
+            t += -(1.0 - rng.f64()).ln() / 5.0; // 5 requests/s to the prompts
+            requests.push(((t * 1e9) as u64, 1 + rng.u64(0..8)));
+        }
+        for c in 0..300u64 {
+            for turn in 0..5u64 {
+                requests.push(((c * 2 + turn * 20) * S, 1_000 + c));
+            }
+        }
+        requests.sort_unstable();
+        let mut last: HashMap<u64, usize> = HashMap::new();
+        let (mut followed, mut counted) = ([0u32; 2], [0u32; 2]);
+        let mut homes_of_prompts: Vec<Vec<usize>> = Vec::new();
+        for (n, &(at, key)) in requests.iter().enumerate() {
+            let (ns, table) = &replicas[n % 3];
+            let home = table
+                .home(key, ns, &all, &shares, at)
+                .or_else(|| rendezvous::first(key, ns, all.iter().copied()))
+                .expect("a node");
+            let kind = usize::from(key >= 1_000);
+            if at > 120 * S {
+                if let Some(&before) = last.get(&key) {
+                    counted[kind] += 1;
+                    followed[kind] += u32::from(before == home);
+                }
+            }
+            last.insert(key, home);
+            if homes_of_prompts.is_empty() && at > 590 * S {
+                homes_of_prompts = replicas
+                    .iter()
+                    .map(|(ns, t)| {
+                        (1..9)
+                            .map(|k| t.home(k, ns, &all, &shares, at).unwrap_or(9))
+                            .collect()
+                    })
+                    .collect();
+            }
+        }
+        let rate = |k: usize| f64::from(followed[k]) / f64::from(counted[k]);
+        assert!(rate(0) > 0.99, "prompts: {followed:?} of {counted:?}");
+        assert!(rate(1) > 0.99, "conversations: {followed:?} of {counted:?}");
+        // The prompts are balanced: 2 per node on every replica.
+        for homes in &homes_of_prompts {
+            let some: Vec<Option<usize>> = homes.iter().map(|&h| (h < 4).then_some(h)).collect();
+            assert_eq!(spread(&some, 4), vec![2, 2, 2, 2], "{homes_of_prompts:?}");
+        }
+    }
+}
