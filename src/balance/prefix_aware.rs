@@ -50,7 +50,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::anchor_table::{self, AnchorTable};
+use super::anchor_table::AnchorTable;
 use super::lora;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::rendezvous;
@@ -197,13 +197,8 @@ impl PrefixAware {
             // A recurring prompt's balanced home while it is within the
             // load bound, else the first in plain rendezvous order within it.
             let bound = rendezvous::load_bound(&loads, factor);
-            let shares: Vec<f64> = cands
-                .iter()
-                .zip(&slowness)
-                .map(|(&i, &s)| anchor_table::share(nodes[i].weight, s))
-                .collect();
             let balanced = rendezvous::anchor(chain, depth)
-                .and_then(|key| self.anchors.home(key, nodes, &cands, &shares, now))
+                .and_then(|key| self.anchors.home(key, nodes, &cands, now))
                 .filter(|&h| {
                     cands
                         .iter()

@@ -30,11 +30,6 @@ pub fn anchor(chain: &[u64], anchor_blocks: usize) -> Option<u64> {
     depth.checked_sub(1).and_then(|i| chain.get(i)).copied()
 }
 
-/// A fixed hash of a node's name, the same on every replica.
-pub fn name_hash(node: &Node) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(node.name.as_bytes())
-}
-
 /// Weighted rendezvous score of `node` for `key` (higher wins).
 fn score(key: u64, node: &Node) -> f64 {
     let h = xxhash_rust::xxh3::xxh3_64_with_seed(node.name.as_bytes(), key);

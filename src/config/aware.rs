@@ -69,7 +69,9 @@ pub struct BalanceOptions {
     /// How `prefix_aware` places a prompt: `"index"` (this gateway's own
     /// prefix index, least-loaded for new prefixes) or `"rendezvous"`
     /// (rendezvous hashing of the prompt's anchor over the nodes not
-    /// overloaded, so several replicas agree; `balance::rendezvous`).
+    /// overloaded, so several replicas agree; `balance::rendezvous`; the
+    /// few anchors that recur often are balanced as a set,
+    /// `balance::anchor_table`).
     pub placement: String,
     /// `prefix_aware`: the prompt block whose chain value is the
     /// rendezvous key (64 bytes a block; the shared start of
