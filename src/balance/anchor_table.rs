@@ -18,7 +18,7 @@
 //! differently) take no room: they keep plain
 //! rendezvous, as do all anchors when there are more than
 //! [`KEYS_PER_NODE`] per node (chance then balances them) or more than
-//! [`MAX_NODES`] candidates.
+//! [`MAX_NODES`] nodes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,7 +46,9 @@ pub const LEAVE_COUNT: f64 = 0.5;
 const FORGET_COUNT: f64 = 0.05;
 /// Above this many recurring anchors per candidate node, plain rendezvous.
 pub const KEYS_PER_NODE: usize = 8;
-/// Above this many candidates, plain rendezvous (and no per-pick cost).
+/// Above this many nodes in the pool, plain rendezvous (and no per-pick
+/// cost). Candidates that change from pick to pick (a LoRA adapter's
+/// holders, nodes leaving and coming back) reassign each time they change.
 pub const MAX_NODES: usize = 64;
 /// Anchors remembered at most (memory bound); newer ones beyond it are
 /// placed by plain rendezvous until old ones expire.
@@ -93,7 +95,9 @@ impl AnchorTable {
     /// among `cands` (indexes into `nodes`), or `None` when it has none
     /// (seen too rarely, too many anchors or nodes): plain rendezvous.
     pub fn home(&self, key: u64, nodes: &[Arc<Node>], cands: &[usize], now: u64) -> Option<usize> {
-        if cands.len() > MAX_NODES {
+        // A large pool's candidates are a random sample per pick (see
+        // `sample`): no stable set to assign over.
+        if nodes.len() > MAX_NODES || cands.len() > MAX_NODES {
             return None;
         }
         // A poisoned lock only means another pick panicked mid-update;
