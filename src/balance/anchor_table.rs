@@ -27,7 +27,7 @@ use super::rendezvous;
 use crate::fleet::Node;
 
 /// Time constant of an anchor's decaying request count.
-pub const DECAY_NS: u64 = 30_000_000_000;
+const DECAY_NS: u64 = 30_000_000_000;
 /// An anchor takes room once its decaying count reaches this: two
 /// requests within a few seconds, or a steady 3 or more a minute at this
 /// gateway. A conversation's own turns, a few a minute spread over the
@@ -36,20 +36,20 @@ pub const DECAY_NS: u64 = 30_000_000_000;
 /// join moves keys, and replicas join at their own pace. (Joining at 4,
 /// with exact instead of rounded-up rooms, three replicas kept 72.8 % of
 /// the cache on seed 42 against 77.9 % now.)
-pub const JOIN_COUNT: f64 = 2.0;
+const JOIN_COUNT: f64 = 2.0;
 /// ... and gives it back only below this, far under a popular prompt's
 /// count (about 6 for each of the bench's prompts on each of three
 /// replicas), so chance lulls do not make one replica alone reassign. A
 /// dead anchor leaves about 70 s after its last request.
-pub const LEAVE_COUNT: f64 = 0.5;
+const LEAVE_COUNT: f64 = 0.5;
 /// Anchors whose count decayed below this are forgotten.
 const FORGET_COUNT: f64 = 0.05;
 /// Above this many recurring anchors per candidate node, plain rendezvous.
-pub const KEYS_PER_NODE: usize = 8;
+const KEYS_PER_NODE: usize = 8;
 /// Above this many nodes in the pool, plain rendezvous (and no per-pick
 /// cost). Candidates that change from pick to pick (a LoRA adapter's
 /// holders, nodes leaving and coming back) reassign each time they change.
-pub const MAX_NODES: usize = 64;
+const MAX_NODES: usize = 64;
 /// Anchors remembered at most (memory bound); newer ones beyond it are
 /// placed by plain rendezvous until old ones expire.
 const MAX_TRACKED: usize = 4096;
@@ -119,32 +119,28 @@ impl AnchorTable {
         table.assigned.get(&key).copied()
     }
 
-    /// How many anchors currently have an assigned node (tests, API).
-    pub fn assigned(&self) -> usize {
+    /// How many anchors currently have an assigned node.
+    #[cfg(test)]
+    fn assigned(&self) -> usize {
         self.inner.lock().map_or(0, |t| t.assigned.len())
     }
 }
 
 impl Inner {
     fn note(&mut self, key: u64, now: u64) {
-        if let Some(seen) = self.seen.get_mut(&key) {
-            seen.count = seen.count_at(now) + 1.0;
-            seen.at = now;
-            if !seen.recurring && seen.count >= JOIN_COUNT {
-                seen.recurring = true;
-                self.dirty = true;
-            }
-        } else if self.seen.len() < MAX_TRACKED {
-            let recurring = JOIN_COUNT <= 1.0;
-            self.seen.insert(
-                key,
-                Seen {
-                    count: 1.0,
-                    at: now,
-                    recurring,
-                },
-            );
-            self.dirty |= recurring;
+        if self.seen.len() >= MAX_TRACKED && !self.seen.contains_key(&key) {
+            return;
+        }
+        let seen = self.seen.entry(key).or_insert(Seen {
+            count: 0.0,
+            at: now,
+            recurring: false,
+        });
+        seen.count = seen.count_at(now) + 1.0;
+        seen.at = now;
+        if !seen.recurring && seen.count >= JOIN_COUNT {
+            seen.recurring = true;
+            self.dirty = true;
         }
     }
 
@@ -204,7 +200,7 @@ impl Inner {
     }
 }
 
-/// Room for `n` anchors over `cands` in proportion to `weights[k]`,
+/// Room for `n` anchors over the candidates, in proportion to their `weights`,
 /// rounded up: the rooms add up to at least `n`, and a few more anchors
 /// (one more joining on one replica) mostly change no room, so fewer
 /// anchors move than with an exact share-out.

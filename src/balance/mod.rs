@@ -15,7 +15,7 @@ use crate::classify::RequestClass;
 pub use crate::config::BalanceOptions;
 use crate::fleet::Node;
 
-pub mod anchor_table;
+mod anchor_table;
 mod composite;
 mod consistent_hash;
 mod consolidate;
