@@ -26,24 +26,17 @@
 //!   average TTFT over the last 3 s, when a streamed request got its first
 //!   token there within the last second (`fleet::ai`'s `ttft_mean_after`).
 //!
-//! * **slowness** `s_i` (`prefix_aware` only; 1 elsewhere): the node's
-//!   average time per token over the fastest candidate's, when at least 1.25x (the
-//!   same measure that scales its load): a half-speed node prefills the
-//!   part of the prompt it lacks in twice the time.
-//!
-//! With `P` the prompt's tokens and `c` the prefill seconds per token, the
-//! estimated time to the first token on node `i` is
-//! `delay_i + (P − matched_i) × c × s_i`. A node keeps its cache affinity
-//! only while that is no more than a fresh start anywhere,
-//! `min_j (delay_j + P × c × s_j)`: going there may cost no more extra
-//! waiting, or slower prefill of what it lacks, than the prefill its cache
-//! saves. Otherwise its match is dropped and the policy treats it as a
+//! A node keeps its cache affinity only while the extra waiting costs no
+//! more than the prefill its cache saves, `delay_i − min_j delay_j ≤
+//! saved_i`. Otherwise its match is dropped and the policy treats it as a
 //! node without the prefix (it can still win on load, as any node can).
-//! For equal speeds this is `delay_i − min_j delay_j ≤ saved_i`. A
-//! half-speed node keeps a conversation while at least half of the prompt
-//! is cached there (a new turn); a long pasted document (most of the
-//! prompt new) goes to a fast node, and the conversation follows it, since
-//! that node then holds the longest prefix.
+//!
+//! Node speed is not a term of its own. A slower node's delay is already
+//! larger (its own time per token sets `D`), and making it also prefill
+//! what it lacks at its speed (the rule until 2026-12-04) moved
+//! conversations and pasted documents off a half-speed node whose cache
+//! held them: on bench/peers.sh's fleet that cost 6 points of fleet hit
+//! rate (docs/aware-balancing.md).
 //!
 //! Before any latency sample the costs are those of Llama-3.1-8B on an
 //! H100 ([`DEFAULT_PREFILL_SECS_PER_TOKEN`], [`DEFAULT_TPOT_SECS`]); when
@@ -51,8 +44,7 @@
 //! so the comparison stays in one time scale.
 //!
 //! Nodes without a usable scrape have no delay estimate (0): the policies'
-//! own load thresholds still apply to them, as before; their slowness
-//! still counts.
+//! own load thresholds still apply to them, as before.
 
 use std::sync::Arc;
 
@@ -166,47 +158,20 @@ impl Costs {
 
 /// Drop the prefix match (`matched`, indexed by node) of every candidate
 /// whose estimated queueing delay, beyond the least-delayed candidate's,
-/// exceeds the prefill its match saves (equal speeds: [`yield_for_ttft`]
-/// with every slowness 1). Costs nothing when no candidate has a scraped
-/// reading.
+/// exceeds the prefill its match saves (module docs). Costs nothing when no
+/// candidate has a scraped reading.
 pub fn yield_to_queueing(nodes: &[Arc<Node>], cands: &[usize], now: u64, matched: &mut [u32]) {
-    yield_for_ttft(nodes, cands, now, matched, 0, &[]);
-}
-
-/// Drop the prefix match (`matched`, indexed by node) of every candidate
-/// where the request would see its first token later than on a fresh
-/// start at the best candidate (module docs): `prompt_tokens` is the
-/// prompt's size (at least the matched blocks' tokens are assumed) and
-/// `slowness[k]` the factor of `cands[k]` (missing entries: 1). Costs
-/// nothing when no candidate has a scraped reading and all run at one
-/// speed.
-pub fn yield_for_ttft(
-    nodes: &[Arc<Node>],
-    cands: &[usize],
-    now: u64,
-    matched: &mut [u32],
-    prompt_tokens: u32,
-    slowness: &[f64],
-) {
-    let speed = |k: usize| {
-        slowness
-            .get(k)
-            .copied()
-            .filter(|s| *s >= 1.0)
-            .unwrap_or(1.0)
-    };
     let scraped = cands.iter().any(|&i| {
         nodes
             .get(i)
             .is_some_and(|n| n.load.ai.capacity.view(&n.load, now).is_some())
     });
-    let uneven = (0..cands.len()).any(|k| speed(k) > 1.0);
     let best_match = cands
         .iter()
         .filter_map(|&i| matched.get(i).copied())
         .max()
         .unwrap_or(0);
-    if (!scraped && !uneven) || best_match == 0 {
+    if !scraped || best_match == 0 {
         return;
     }
     let costs = Costs::learn(nodes, cands);
@@ -214,25 +179,22 @@ pub fn yield_for_ttft(
         .iter()
         .map(|&i| nodes.get(i).map_or(0.0, |n| costs.delay_secs(n, now)))
         .collect();
-    // The prompt's tokens: never fewer than the longest match covers.
-    let prompt = f64::from(prompt_tokens).max(costs.tokens(best_match));
-    let fresh = |k: usize| delays[k] + prompt * costs.prefill_per_token * speed(k);
-    let best_fresh = (0..cands.len()).map(fresh).fold(f64::INFINITY, f64::min);
+    let least = delays.iter().copied().fold(f64::INFINITY, f64::min);
     for (k, &i) in cands.iter().enumerate() {
         if let Some(m) = matched.get_mut(i) {
             if *m == 0 {
                 continue;
             }
-            let lacking = (prompt - costs.tokens(*m)).max(0.0);
-            let ttft = delays[k] + lacking * costs.prefill_per_token * speed(k);
+            let extra = delays[k] - least;
+            let saved = costs.saved_secs(*m);
             // A relative margin, so rounding never flips equal costs.
-            if ttft > best_fresh * (1.0 + 1e-9) {
+            if extra > saved * (1.0 + 1e-9) {
                 tracing::trace!(
                     node = i,
                     matched_tokens = costs.tokens(*m),
                     delay = delays[k],
-                    ttft,
-                    best_fresh,
+                    least,
+                    saved,
                     prefill_per_token = costs.prefill_per_token,
                     "cache affinity yields"
                 );
@@ -392,33 +354,6 @@ mod tests {
             [125, 0, 0],
             "stays on node 0, not behind node 1's queue"
         );
-    }
-
-    #[test]
-    fn a_slow_node_keeps_a_conversation_only_while_most_of_it_is_cached() {
-        // No scrapes; node 0 runs at half speed and holds 100 blocks
-        // (1600 tokens) of the prompt.
-        let ns = nodes(2);
-        let now = now_ns();
-        let slowness = [2.0, 1.0];
-        // A new turn, 2000 tokens: 400 left to prefill at half speed
-        // (800) beat 2000 fresh on the fast node.
-        let mut matched = [100u32, 0];
-        yield_for_ttft(&ns, &[0, 1], now, &mut matched, 2000, &slowness);
-        assert_eq!(matched, [100, 0]);
-        // A pasted document, 5000 tokens: 3400 at half speed (6800) lose
-        // to 5000 fresh on the fast node.
-        let mut matched = [100u32, 0];
-        yield_for_ttft(&ns, &[0, 1], now, &mut matched, 5000, &slowness);
-        assert_eq!(matched, [0, 0]);
-        // The fast node's match stands against the slow one.
-        let mut matched = [0u32, 100];
-        yield_for_ttft(&ns, &[0, 1], now, &mut matched, 5000, &slowness);
-        assert_eq!(matched, [0, 100]);
-        // Equal speeds without scrapes: nothing to weigh.
-        let mut matched = [100u32, 0];
-        yield_for_ttft(&ns, &[0, 1], now, &mut matched, 5000, &[1.0, 1.0]);
-        assert_eq!(matched, [100, 0]);
     }
 
     #[test]
