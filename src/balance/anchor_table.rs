@@ -18,7 +18,10 @@
 //! differently) take no room: they keep plain
 //! rendezvous, as do all anchors when there are more than
 //! [`KEYS_PER_NODE`] per node (chance then balances them) or more than
-//! [`MAX_NODES`] nodes.
+//! [`MAX_NODES`] nodes. Each candidate set keeps its own assignment (up to
+//! [`MAX_SETS`] at once), so picks whose candidates differ (a LoRA
+//! adapter's holders, the whole pool for the base model) do not reassign
+//! at every change.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,9 +50,12 @@ const FORGET_COUNT: f64 = 0.05;
 /// Above this many recurring anchors per candidate node, plain rendezvous.
 const KEYS_PER_NODE: usize = 8;
 /// Above this many nodes in the pool, plain rendezvous (and no per-pick
-/// cost). Candidates that change from pick to pick (a LoRA adapter's
-/// holders, nodes leaving and coming back) reassign each time they change.
+/// cost).
 const MAX_NODES: usize = 64;
+/// Candidate sets whose assignments are kept at once: picks that see
+/// different candidates in turn (LoRA adapters narrow them to each
+/// adapter's holders) reuse theirs instead of reassigning at every change.
+const MAX_SETS: usize = 8;
 /// Anchors remembered at most (memory bound); newer ones beyond it are
 /// placed by plain rendezvous until old ones expire.
 const MAX_TRACKED: usize = 4096;
@@ -65,13 +71,26 @@ pub struct AnchorTable {
 #[derive(Debug, Default)]
 struct Inner {
     seen: HashMap<u64, Seen>,
-    /// Recurring anchor -> index into the nodes it was assigned for.
-    assigned: HashMap<u64, usize>,
-    /// Identity of the candidate set `assigned` was computed for.
-    assigned_for: u64,
-    /// The set of recurring anchors changed since `assigned` was computed.
+    /// Per candidate set ([`identity`]), its assignment.
+    sets: HashMap<u64, Assignment>,
+    /// Bumped whenever the set of recurring anchors changes: assignments
+    /// of an older generation are stale.
+    generation: u64,
+    /// The set of recurring anchors changed since the last pick.
     dirty: bool,
     swept_at: u64,
+    /// Assignments computed (tests).
+    computed: u64,
+}
+
+/// The recurring anchors' homes over one candidate set.
+#[derive(Debug, Default)]
+struct Assignment {
+    generation: u64,
+    /// Recurring anchor -> index into the nodes.
+    homes: HashMap<u64, usize>,
+    /// When a pick last used it (the least recently used goes first).
+    used_at: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,24 +124,63 @@ impl AnchorTable {
         let mut table = self.inner.lock().ok()?;
         table.note(key, now);
         table.sweep(now);
-        let identity = identity(nodes, cands);
-        if table.dirty || table.assigned_for != identity {
-            table.assign(nodes, cands);
-            tracing::debug!(
-                anchors = table.assigned.len(),
-                nodes_changed = table.assigned_for != identity,
-                "balanced homes reassigned"
-            );
-            table.assigned_for = identity;
+        if table.dirty {
+            table.generation += 1;
             table.dirty = false;
         }
-        table.assigned.get(&key).copied()
+        let identity = identity(nodes, cands);
+        let generation = table.generation;
+        let fresh = table
+            .sets
+            .get(&identity)
+            .is_some_and(|a| a.generation == generation);
+        if !fresh {
+            let homes = table.assign(nodes, cands);
+            tracing::debug!(
+                anchors = homes.len(),
+                candidate_sets = table.sets.len(),
+                "balanced homes reassigned"
+            );
+            if table.sets.len() >= MAX_SETS && !table.sets.contains_key(&identity) {
+                let oldest = table
+                    .sets
+                    .iter()
+                    .min_by_key(|(_, a)| a.used_at)
+                    .map(|(&id, _)| id);
+                if let Some(id) = oldest {
+                    table.sets.remove(&id);
+                }
+            }
+            table.computed += 1;
+            table.sets.insert(
+                identity,
+                Assignment {
+                    generation,
+                    homes,
+                    used_at: now,
+                },
+            );
+        }
+        let set = table.sets.get_mut(&identity)?;
+        set.used_at = now;
+        set.homes.get(&key).copied()
     }
 
-    /// How many anchors currently have an assigned node.
+    /// How many anchors have an assigned node in the newest assignment.
     #[cfg(test)]
     fn assigned(&self) -> usize {
-        self.inner.lock().map_or(0, |t| t.assigned.len())
+        self.inner.lock().map_or(0, |t| {
+            t.sets
+                .values()
+                .max_by_key(|a| (a.generation, a.used_at))
+                .map_or(0, |a| a.homes.len())
+        })
+    }
+
+    /// How many assignments were computed so far.
+    #[cfg(test)]
+    fn computed(&self) -> u64 {
+        self.inner.lock().map_or(0, |t| t.computed)
     }
 }
 
@@ -171,8 +229,8 @@ impl Inner {
     /// at a quarter speed on one replica now and then; that replica alone
     /// then moved prompts (3 replicas: 59 ms / 73 % against 51 / 77 % for
     /// one gateway, seed 42). Give a slower node a lower `weight`.
-    fn assign(&mut self, nodes: &[Arc<Node>], cands: &[usize]) {
-        self.assigned.clear();
+    fn assign(&self, nodes: &[Arc<Node>], cands: &[usize]) -> HashMap<u64, usize> {
+        let mut homes = HashMap::new();
         let mut keys: Vec<u64> = self
             .seen
             .iter()
@@ -180,7 +238,7 @@ impl Inner {
             .map(|(&k, _)| k)
             .collect();
         if keys.is_empty() || cands.is_empty() || keys.len() > KEYS_PER_NODE * cands.len() {
-            return;
+            return homes;
         }
         keys.sort_unstable();
         let weights: Vec<f64> = cands
@@ -194,9 +252,10 @@ impl Inner {
                 if let Some(k) = cands.iter().position(|&c| c == home) {
                     room[k] -= 1;
                 }
-                self.assigned.insert(key, home);
+                homes.insert(key, home);
             }
         }
+        homes
     }
 }
 
@@ -327,6 +386,54 @@ mod tests {
         let many = nodes(MAX_NODES + 1);
         let table = AnchorTable::default();
         assert!(homes(&table, &many, &[1], S)[0].is_none());
+    }
+
+    /// Picks that alternate between two candidate sets (a LoRA adapter on
+    /// two of four nodes, the base model on all four) compute one
+    /// assignment per set, not one per change, and each set's homes are
+    /// what a table seeing only that set computes.
+    #[test]
+    fn alternating_candidate_sets_keep_their_own_assignments() {
+        let ns = nodes(4);
+        let keys: Vec<u64> = (1..=6).map(|k| k * 0x9e37_79b9).collect();
+        let all: Vec<usize> = (0..4).collect();
+        let pair = [1usize, 3];
+        let table = AnchorTable::default();
+        homes(&table, &ns, &keys, S);
+        let before = table.computed();
+        let mut seen_all = Vec::new();
+        let mut seen_pair = Vec::new();
+        for round in 0..50 {
+            for &k in &keys {
+                let now = S + round * 1_000_000;
+                seen_all.push(table.home(k, &ns, &all, now));
+                seen_pair.push(table.home(k, &ns, &pair, now));
+            }
+        }
+        assert!(
+            table.computed() - before <= 1,
+            "{} assignments for 2 alternating sets",
+            table.computed() - before
+        );
+        let only_all = AnchorTable::default();
+        let expect_all = homes(&only_all, &ns, &keys, S);
+        let only_pair = AnchorTable::default();
+        for &k in &keys {
+            for _ in 0..JOIN {
+                only_pair.home(k, &ns, &pair, S);
+            }
+        }
+        let expect_pair: Vec<Option<usize>> = keys
+            .iter()
+            .map(|&k| only_pair.home(k, &ns, &pair, S))
+            .collect();
+        for (i, chunk) in seen_all.chunks(keys.len()).enumerate() {
+            assert_eq!(chunk, &expect_all[..], "round {i}, all nodes");
+        }
+        for (i, chunk) in seen_pair.chunks(keys.len()).enumerate() {
+            assert_eq!(chunk, &expect_pair[..], "round {i}, two nodes");
+            assert!(chunk.iter().all(|h| h.is_some_and(|h| pair.contains(&h))));
+        }
     }
 
     /// Three replicas fed in turn a mixed stream for 10 simulated minutes:
