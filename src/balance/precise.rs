@@ -6,7 +6,7 @@
 //! Per pick: tokenize the prompt, compute its block keys, and ask the
 //! precise index how many leading blocks each non-overloaded candidate
 //! holds; the longest real hit wins, weighed against load exactly as
-//! `prefix_aware` does (balance thresholds, node speed). Falls back to the
+//! `prefix_aware` does (balance thresholds, queueing trade-off). Falls back to the
 //! approximate index — counted in `fallbacks` — when no tokenizer is
 //! configured, no node's event stream is live, the request has no prompt
 //! text, or no node holds even one block of it (a prefix just sent

@@ -161,9 +161,10 @@ impl PrefixAware {
         // traffic (Little's law), so it gets fewer new sessions. Scaling by
         // its time per token on top counted its speed twice: on
         // bench/peers.sh's fleet (speeds 1, 1, 1, 0.5) the half-speed node
-        // got 45 of 730 requests, the fast nodes held more conversations
-        // than their KV caches keep, and the fleet lost 9 points of hit
-        // rate and 35 ms of mean TTFT to the misses (docs/aware-balancing.md).
+        // got 45 of 730 requests (seed 42), the fast nodes held more
+        // conversations than their KV caches keep, and the fleet lost up
+        // to 9 points of hit rate and 35 ms of mean TTFT to the misses
+        // (docs/aware-balancing.md, "Node speed counted once").
         let loads: Vec<f64> = cands
             .iter()
             .map(|&i| load(&nodes[i], now, self.tokens_per_request))
