@@ -76,8 +76,6 @@ struct Inner {
     /// Bumped whenever the set of recurring anchors changes: assignments
     /// of an older generation are stale.
     generation: u64,
-    /// The set of recurring anchors changed since the last pick.
-    dirty: bool,
     swept_at: u64,
     /// Assignments computed (tests).
     computed: u64,
@@ -124,10 +122,6 @@ impl AnchorTable {
         let mut table = self.inner.lock().ok()?;
         table.note(key, now);
         table.sweep(now);
-        if table.dirty {
-            table.generation += 1;
-            table.dirty = false;
-        }
         let identity = identity(nodes, cands);
         let generation = table.generation;
         let fresh = table
@@ -198,7 +192,7 @@ impl Inner {
         seen.at = now;
         if !seen.recurring && seen.count >= JOIN_COUNT {
             seen.recurring = true;
-            self.dirty = true;
+            self.generation += 1;
         }
     }
 
@@ -216,7 +210,9 @@ impl Inner {
             }
             count >= FORGET_COUNT
         });
-        self.dirty |= left;
+        if left {
+            self.generation += 1;
+        }
     }
 
     /// Each recurring anchor, in ascending order, to the first node in its
