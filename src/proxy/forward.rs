@@ -101,13 +101,15 @@ impl RequestBody {
 /// the request has been sent whole (at once for a buffered body): a slow
 /// upload is the client's time, bounded by the body timeout, not the
 /// node's. `None` when the head did not come in time.
+///
+/// `send` comes pinned by the caller: taken by value and pinned here, the
+/// future (kilobytes) had two places in this one's state, both copied.
 async fn response_head<F: std::future::Future>(
-    send: F,
+    mut send: std::pin::Pin<&mut F>,
     watch: Option<BodyWatch>,
     first_byte: Duration,
     deadline: Instant,
 ) -> Option<F::Output> {
-    tokio::pin!(send);
     if let Some(watch) = watch {
         // While the body goes out, look every so often whether the node
         // stopped taking it (a hung node with an upload in its socket):
@@ -445,7 +447,7 @@ async fn forward(
             tls: &route.pool.tls,
         };
         let outcome = response_head(
-            upstream::send(target, request),
+            std::pin::pin!(upstream::send(target, request)),
             watch.clone(),
             route.timeouts.first_byte,
             deadline,
@@ -747,5 +749,51 @@ mod tests {
         }
         let timeout = Wrapped(std::io::Error::new(std::io::ErrorKind::TimedOut, "t"));
         assert!(!is_local_exhaustion(&timeout));
+    }
+
+    fn future_size<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A request's future is boxed once and moved at every `async` call
+    /// on its way down, so its size is copied per request: paths a request
+    /// on a kept connection does not take (a new connection's TLS
+    /// handshake, h2c through hyper-util) are boxed, and futures that
+    /// were stored twice (taken by value, then pinned) are pinned by their
+    /// caller. Callgrind, 5,000 small POSTs: 68.7k -> 60.1k instructions
+    /// per request; the future went from 8,088 to 5,152 bytes.
+    #[test]
+    fn a_request_future_carries_no_rarely_used_state() {
+        let handle = future_size(handle as fn(Arc<Gateway>, SocketAddr, Request<Incoming>) -> _);
+        assert!(handle <= 6 * 1024, "the request's future is {handle} bytes");
+
+        let text = "[listener]\naddr = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"n\"\naddr = \"127.0.0.1:9\"\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"least_outstanding\"\n";
+        let config = crate::config::Config::from_toml(text).unwrap();
+        let gateway = Gateway::new(&config).unwrap();
+        let table = gateway.table();
+        let route = &table.routes[0];
+        let node = &route.pool.nodes[0];
+        let target = upstream::Target {
+            https: false,
+            authority: &node.addr,
+            connect_timeout: Duration::from_secs(1),
+            protocol: route.protocol,
+            tls: &route.pool.tls,
+        };
+        let request = Request::new(
+            Full::new(Bytes::new())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
+        let send = upstream::send(target, request);
+        let size = std::mem::size_of_val(&send);
+        assert!(size <= 1536, "sending to a node is {size} bytes");
+        let mut send = std::pin::pin!(send);
+        let head = response_head(send.as_mut(), None, Duration::from_secs(1), Instant::now());
+        let size = std::mem::size_of_val(&head);
+        assert!(
+            size <= 1024,
+            "waiting for the response head is {size} bytes"
+        );
     }
 }

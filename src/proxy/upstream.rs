@@ -144,19 +144,12 @@ pub async fn send(
     target: Target<'_>,
     request: Request<UpstreamBody>,
 ) -> Result<Answer, UpstreamError> {
+    // The h2c and connect paths are boxed: each request's future is as
+    // large as its largest state, and both are kilobytes (a TLS handshake,
+    // hyper-util's client) that a request on a kept connection never uses
+    // but would carry, and copy, all the same.
     if target.protocol == UpstreamProtocol::H2c {
-        let mut request = request;
-        let uri = absolute(&target, request.uri())?;
-        *request.uri_mut() = uri;
-        let client = client(target.connect_timeout, target.protocol, target.tls);
-        return client
-            .request(request)
-            .await
-            .map(|response| Answer {
-                response,
-                conn: None,
-            })
-            .map_err(UpstreamError::from_legacy);
+        return Box::pin(send_h2c(target, request)).await;
     }
     let key = Key::new(&target);
     let mut request = request;
@@ -164,7 +157,7 @@ pub async fn send(
     // the request back unsent: try it once more on a new connection, as
     // hyper-util's client does.
     if let Some(mut conn) = checkout(&key) {
-        let response = conn.sender.try_send_request(request);
+        let response = std::pin::pin!(conn.sender.try_send_request(request));
         match conn.drive_until(response).await {
             Ok(response) => return Ok(answer(response, conn)),
             Err(mut e) => match e.take_message() {
@@ -173,12 +166,30 @@ pub async fn send(
             },
         }
     }
-    let mut conn = connect(&target, key).await?;
-    let response = conn.sender.send_request(request);
+    let mut conn = Box::pin(connect(&target, key)).await?;
+    let response = std::pin::pin!(conn.sender.send_request(request));
     match conn.drive_until(response).await {
         Ok(response) => Ok(answer(response, conn)),
         Err(e) => Err(UpstreamError::Exchange(Box::new(e))),
     }
+}
+
+/// [`send`] to an h2c node, through hyper-util's client.
+async fn send_h2c(
+    target: Target<'_>,
+    mut request: Request<UpstreamBody>,
+) -> Result<Answer, UpstreamError> {
+    let uri = absolute(&target, request.uri())?;
+    *request.uri_mut() = uri;
+    let client = client(target.connect_timeout, target.protocol, target.tls);
+    client
+        .request(request)
+        .await
+        .map(|response| Answer {
+            response,
+            conn: None,
+        })
+        .map_err(UpstreamError::from_legacy)
 }
 
 fn answer(response: Response<Incoming>, conn: PooledConn) -> Answer {
@@ -395,8 +406,10 @@ impl PooledConn {
     /// with this task's waker, the connection handing over the response
     /// woke the task that was handing it over, which then ran its whole
     /// poll once more for nothing.
-    async fn drive_until<F: Future>(&mut self, exchange: F) -> F::Output {
-        let mut exchange = std::pin::pin!(exchange);
+    ///
+    /// `exchange` comes pinned by the caller, so it has one place in the
+    /// request's future, not two.
+    async fn drive_until<F: Future>(&mut self, mut exchange: Pin<&mut F>) -> F::Output {
         poll_fn(|cx| {
             // The connection first, so what it read is there for the
             // exchange to take in the same poll.

@@ -153,14 +153,36 @@ async fn serve_connection(
         listener.header_timeout,
         listener.idle_timeout,
     );
+    // The TLS path is boxed: a connection's task is as large as its
+    // largest state, and TLS state is kilobytes (6.8 KB per connection
+    // with it inline, 2.8 KB without) that a plain connection would hold
+    // for as long as it stays open, idle or not.
     match tls {
         None => serve_io(stream, peer, activity, false, builder, gateway, watcher).await,
-        Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(stream) => serve_io(stream, peer, activity, true, builder, gateway, watcher).await,
-            Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-        },
+        Some(acceptor) => {
+            Box::pin(serve_tls(
+                acceptor, stream, peer, activity, builder, gateway, watcher,
+            ))
+            .await;
+        }
     }
     drop(permit);
+}
+
+/// [`serve_io`] after a TLS handshake.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: DeadlineIo<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    builder: auto::Builder<TokioExecutor>,
+    gateway: Arc<Gateway>,
+    watcher: Watcher,
+) {
+    match acceptor.accept(stream).await {
+        Ok(stream) => serve_io(stream, peer, activity, true, builder, gateway, watcher).await,
+        Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+    }
 }
 
 /// The service answering one client connection's requests.
@@ -246,5 +268,21 @@ mod tests {
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let service = client_service(Arc::default(), false, gateway, peer);
         assert!(future_size(&service) <= 16, "{}", future_size(&service));
+    }
+
+    /// A connection's task is allocated at the size of its largest state
+    /// for as long as the connection stays open: the TLS handshake and
+    /// TLS stream are boxed, so a plain connection does not carry them
+    /// (6,792 bytes per connection with them inline).
+    #[test]
+    fn a_plain_connection_task_carries_no_tls_state() {
+        fn size<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let task = size(
+            serve_connection
+                as fn(Job, auto::Builder<TokioExecutor>, Option<TlsAcceptor>, Arc<Gateway>) -> _,
+        );
+        assert!(task <= 3584, "a connection's task is {task} bytes");
     }
 }
