@@ -107,8 +107,17 @@ async def main():
     deadline = time.time() + 30
     while time.time() < deadline and fds(PID) > base_fds + 64:
         await asyncio.sleep(0.5)
-    await asyncio.sleep(2)
-    print(f"{MODE}: after closing: RSS {rss_mb(PID):.0f} MB, descriptors {fds(PID)} (was {base_fds})")
+    # The gateway gives freed heap back within seconds of a wave of
+    # closes (it looks every 5 s): wait for RSS to settle, up to 12 s.
+    closed_at, last = time.time(), rss_mb(PID)
+    while time.time() < closed_at + 12:
+        await asyncio.sleep(1)
+        now = rss_mb(PID)
+        if now > last - 1 and time.time() > closed_at + 6:
+            break
+        last = min(last, now)
+    print(f"{MODE}: after closing: RSS {rss_mb(PID):.0f} MB after {time.time() - closed_at:.0f}s, "
+          f"descriptors {fds(PID)} (was {base_fds})")
 
 
 asyncio.run(main())

@@ -12,6 +12,7 @@ pub mod errors;
 mod fd_limit;
 mod forward;
 pub mod headers;
+pub mod heap_release;
 pub mod models;
 pub mod pick;
 pub mod priority;
@@ -416,6 +417,15 @@ pub async fn serve(
     let mut workers = worker::Workers::start(count, builder, tls, Arc::clone(&gateway))?;
 
     let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let open = {
+        let (permits, max) = (Arc::clone(&permits), settings.max_connections);
+        move || max.saturating_sub(permits.available_permits())
+    };
+    let peak = Arc::new(heap_release::Peak::default());
+    let _heap_release = AbortOnDrop(tokio::spawn(heap_release::run(
+        Arc::clone(&peak),
+        open.clone(),
+    )));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let mut next_worker = 0usize;
@@ -448,6 +458,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        peak.saw(open());
         let _ = stream.set_nodelay(true);
         let stream = match stream.into_std() {
             Ok(stream) => stream,
