@@ -5,6 +5,7 @@
 //! ([`Gateway::reload`]) never disturbs requests in flight. [`serve`] runs the
 //! accept loop with a connection limit and graceful drain.
 
+mod attempt;
 pub mod body;
 mod client_body;
 pub mod deadline;
