@@ -155,7 +155,7 @@ async fn serve_connection(
     );
     // The TLS path is boxed: a connection's task is as large as its
     // largest state, and TLS state is kilobytes (6.8 KB per connection
-    // with it inline, 2.8 KB without) that a plain connection would hold
+    // with it inline, 3.1 KB without) that a plain connection would hold
     // for as long as it stays open, idle or not.
     match tls {
         None => serve_io(stream, peer, activity, false, builder, gateway, watcher).await,
