@@ -510,9 +510,7 @@ mod tests {
     /// caller (sending was 2,072 bytes, waiting for the head 4,640).
     #[test]
     fn sending_carries_no_rarely_used_state() {
-        let text = "[listener]\naddr = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"n\"\naddr = \"127.0.0.1:9\"\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"least_outstanding\"\n";
-        let config = crate::config::Config::from_toml(text).unwrap();
-        let gateway = crate::proxy::Gateway::new(&config).unwrap();
+        let gateway = crate::proxy::one_node_gateway();
         let table = gateway.table();
         let route = &table.routes[0];
         let node = &route.pool.nodes[0];

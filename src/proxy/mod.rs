@@ -359,6 +359,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A gateway with one route to one node that is never reached
+/// (127.0.0.1:9), for unit tests that need a route table.
+#[cfg(test)]
+pub(crate) fn one_node_gateway() -> Arc<Gateway> {
+    let text = "[listener]\naddr = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"n\"\naddr = \"127.0.0.1:9\"\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"least_outstanding\"\n";
+    let config = Config::from_toml(text).unwrap();
+    Gateway::new(&config).unwrap()
+}
+
 /// Bind the listener address of the gateway's config, with its backlog.
 pub async fn bind(gateway: &Gateway) -> io::Result<TcpListener> {
     let listener = gateway.table().listener.clone();

@@ -262,9 +262,7 @@ mod tests {
     /// with it, 25.7 KB without, `bench/scale.sh`).
     #[test]
     fn an_idle_connection_holds_no_request_future() {
-        let text = "[listener]\naddr = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"n\"\naddr = \"127.0.0.1:9\"\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"least_outstanding\"\n";
-        let config = crate::config::Config::from_toml(text).unwrap();
-        let gateway = Gateway::new(&config).unwrap();
+        let gateway = crate::proxy::one_node_gateway();
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let service = client_service(Arc::default(), false, gateway, peer);
         assert!(future_size(&service) <= 16, "{}", future_size(&service));
