@@ -47,7 +47,8 @@ pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 /// are dominated by fixed costs).
 pub const MIN_PREFILL_SAMPLE_TOKENS: u64 = 128;
 /// Time constant of the average time per token (a node's decode speed, which
-/// the queueing estimate uses: [`AiLoad::tpot_mean_secs`]): speed changes slowly, token gaps jump.
+/// the queueing estimate uses: [`AiLoad::tpot_mean_secs`]): speed changes
+/// slowly, token gaps jump.
 pub const SPEED_TAU: Duration = Duration::from_secs(30);
 /// Time constant of the plain average TTFT ([`AiLoad::ttft_mean_after`]):
 /// short, so it follows a queue that builds within seconds.

@@ -142,7 +142,7 @@ pub struct Answer {
 /// header) to `target`.
 pub async fn send(
     target: Target<'_>,
-    request: Request<UpstreamBody>,
+    mut request: Request<UpstreamBody>,
 ) -> Result<Answer, UpstreamError> {
     // The h2c and connect paths are boxed: each request's future is as
     // large as its largest state, and both are kilobytes (a TLS handshake,
@@ -152,7 +152,6 @@ pub async fn send(
         return Box::pin(send_h2c(target, request)).await;
     }
     let key = Key::new(&target);
-    let mut request = request;
     // A kept connection the node closed just before we wrote to it gives
     // the request back unsent: try it once more on a new connection, as
     // hyper-util's client does.
