@@ -17,7 +17,7 @@
 # /proc) is divided by the requests (or chunks) it served: on a shared 2-core
 # machine that is the steadiest figure. Installs wrk, h2load, nginx and
 # HAProxy with apt when missing.
-# Usage: bench/e2e.sh [duration=10s] [connections=32]
+# Usage: bench/e2e.sh [duration=10s] [connections=32]   (INFERGATE_BIN=path runs another build, NO_BUILD=1 target/release as it is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10s}
@@ -30,7 +30,7 @@ H2C_CONNS=${H2C_CONNS:-8}
 H2C_STREAMS=${H2C_STREAMS:-16}
 need() { command -v "$1" >/dev/null || { (apt-get update -qq && apt-get install -y -qq "$2") >/dev/null; }; }
 need wrk wrk; need h2load nghttp2-client; need nginx nginx; need haproxy haproxy
-cargo build --release -q
+[ -n "${NO_BUILD:-}${INFERGATE_BIN:-}" ] || cargo build --release -q
 BIN=${INFERGATE_BIN:-target/release/infergate}
 WORK=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }

@@ -234,3 +234,54 @@ async fn a_wave_of_closed_connections_returns_the_heap() {
     .await;
     assert!(released, "no heap release after 1,100 connections closed");
 }
+
+/// A keep-alive connection that sits idle parks (hyper's state and
+/// buffers dropped, `proxy::worker`) and serves its next request as if
+/// nothing happened; the gauge and the counter say so.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_parks_and_serves_its_next_request() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "round_robin", "")).await;
+    let parked = &gw.gateway.telemetry.parked;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let body = chat("hi", false, 2).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for round in 0..2 {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The reply is complete once its JSON body closes.
+        while !reply.ends_with(b"}") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "round {round}: closed after {:?}",
+                String::from_utf8_lossy(&reply)
+            );
+            reply.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+        assert_eq!(parked.now.load(Relaxed), 0, "busy, not parked");
+        let started = Instant::now();
+        let parked_in_time =
+            eventually(Duration::from_secs(5), || parked.now.load(Relaxed) == 1).await;
+        assert!(parked_in_time, "round {round}: not parked");
+        assert!(started.elapsed() >= infergate::proxy::PARK_AFTER / 2);
+        assert_eq!(parked.total.load(Relaxed), round + 1);
+    }
+    let metrics = infergate::telemetry::prom::render(&gw.gateway.telemetry, &gw.gateway.table());
+    assert!(
+        metrics.contains("\ninfergate_client_connection_parks_total 2\n"),
+        "{metrics}"
+    );
+}

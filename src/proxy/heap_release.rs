@@ -8,7 +8,10 @@
 //! `malloc_trim` when it releases its pools for the same reason. Here a
 //! small task looks at the number of open connections every few seconds
 //! and trims once that number has fallen far below its peak since the last
-//! trim, so steady churn (open near its peak) never pays for it.
+//! trim, so steady churn (open near its peak) never pays for it. The same
+//! goes for the connections holding HTTP buffers (open and not parked,
+//! `proxy::worker`): a wave of connections parking frees their buffers as a
+//! wave of closes frees the rest.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,16 +49,20 @@ pub fn should_release(peak: usize, open: usize) -> bool {
     closed >= MIN_CLOSED && closed >= peak / 4
 }
 
-/// Every [`EVERY`], compare `open()` with the peak and trim when
-/// [`should_release`] says so. Runs until the task is dropped.
-pub async fn run(peak: Arc<Peak>, open: impl Fn() -> usize) {
+/// Every [`EVERY`], compare the open connections (`counts().0`) and
+/// those holding buffers (`counts().1`) with their peaks, and trim when
+/// [`should_release`] says so for either. Runs until the task is dropped.
+pub async fn run(open: Arc<Peak>, buffered: Arc<Peak>, counts: impl Fn() -> (usize, usize)) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = open();
-        if should_release(peak.0.load(Ordering::Relaxed), now) {
-            peak.0.store(now, Ordering::Relaxed);
+        let (now_open, now_buffered) = counts();
+        if should_release(open.0.load(Ordering::Relaxed), now_open)
+            || should_release(buffered.0.load(Ordering::Relaxed), now_buffered)
+        {
+            open.0.store(now_open, Ordering::Relaxed);
+            buffered.0.store(now_buffered, Ordering::Relaxed);
             // Off the runtime: trimming walks every arena under its lock.
             let _ = tokio::task::spawn_blocking(release).await;
             RELEASES.fetch_add(1, Ordering::Relaxed);
@@ -105,5 +112,45 @@ mod tests {
         peak.saw(5);
         peak.saw(3);
         assert_eq!(peak.0.load(Ordering::Relaxed), 5);
+    }
+
+    /// Connections parking give their buffers back as closing ones do:
+    /// either wave trims, steady counts never do.
+    #[tokio::test(start_paused = true)]
+    async fn a_wave_of_parked_connections_trims_as_a_wave_of_closes_does() {
+        let (open, buffered) = (Arc::new(Peak::default()), Arc::new(Peak::default()));
+        open.saw(2_000);
+        buffered.saw(2_000);
+        let counts = Arc::new((AtomicUsize::new(2_000), AtomicUsize::new(2_000)));
+        let task = {
+            let counts = Arc::clone(&counts);
+            tokio::spawn(run(Arc::clone(&open), Arc::clone(&buffered), move || {
+                (
+                    counts.0.load(Ordering::Relaxed),
+                    counts.1.load(Ordering::Relaxed),
+                )
+            }))
+        };
+        let released = |n: u64| async move {
+            for _ in 0..10 {
+                if releases() >= n {
+                    return true;
+                }
+                tokio::time::sleep(EVERY).await;
+            }
+            false
+        };
+        let before = releases();
+        tokio::time::sleep(EVERY * 3).await;
+        assert_eq!(releases(), before, "steady: no trim");
+        // All park, none closes.
+        counts.1.store(0, Ordering::Relaxed);
+        assert!(released(before + 1).await, "parking did not trim");
+        assert_eq!(open.0.load(Ordering::Relaxed), 2_000);
+        assert_eq!(buffered.0.load(Ordering::Relaxed), 0);
+        // Then they close.
+        counts.0.store(0, Ordering::Relaxed);
+        assert!(released(before + 2).await, "closing did not trim");
+        task.abort();
     }
 }

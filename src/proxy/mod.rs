@@ -24,6 +24,7 @@ mod select;
 pub mod table;
 mod upstream;
 mod worker;
+pub use worker::PARK_AFTER;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,7 +36,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -424,19 +424,33 @@ pub async fn serve(
         }
         None => (None, None),
     };
-    let mut workers = worker::Workers::start(count, builder, tls, Arc::clone(&gateway))?;
+    let mut workers = worker::Workers::start(count, Arc::new(builder), tls, Arc::clone(&gateway))?;
 
     let permits = Arc::new(Semaphore::new(settings.max_connections));
-    let open = {
+    // Open connections, and those of them holding HTTP buffers (not parked).
+    let counts = {
         let (permits, max) = (Arc::clone(&permits), settings.max_connections);
-        move || max.saturating_sub(permits.available_permits())
+        let telemetry = Arc::clone(&gateway.telemetry);
+        move || {
+            let open = max.saturating_sub(permits.available_permits());
+            let parked = telemetry
+                .parked
+                .now
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let parked = usize::try_from(parked).unwrap_or(usize::MAX);
+            (open, open.saturating_sub(parked))
+        }
     };
-    let peak = Arc::new(heap_release::Peak::default());
+    let (peak, peak_buffered) = (
+        Arc::new(heap_release::Peak::default()),
+        Arc::new(heap_release::Peak::default()),
+    );
     let _heap_release = AbortOnDrop(tokio::spawn(heap_release::run(
         Arc::clone(&peak),
-        open.clone(),
+        Arc::clone(&peak_buffered),
+        counts.clone(),
     )));
-    let graceful = GracefulShutdown::new();
+    let (drain_all, draining) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     let mut next_worker = 0usize;
     let (mut accept_errors, mut last_accept_warning) = (0u64, None);
@@ -468,7 +482,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        peak.saw(open());
+        let (open_now, buffered_now) = counts();
+        peak.saw(open_now);
+        peak_buffered.saw(buffered_now);
         let _ = stream.set_nodelay(true);
         let stream = match stream.into_std() {
             Ok(stream) => stream,
@@ -483,7 +499,7 @@ pub async fn serve(
                 stream,
                 peer,
                 permit,
-                watcher: graceful.watcher(),
+                draining: draining.clone(),
             },
         );
         next_worker = next_worker.wrapping_add(1);
@@ -491,7 +507,11 @@ pub async fn serve(
     drop(listener);
     tracing::info!("listener closed; draining open connections");
     workers.close();
-    if tokio::time::timeout(drain, graceful.shutdown())
+    // Every connection finishes its request in flight and closes; each
+    // gives its slot back when it has.
+    let _ = drain_all.send(true);
+    let every_slot = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain, permits.acquire_many(every_slot))
         .await
         .is_err()
     {
@@ -501,14 +521,32 @@ pub async fn serve(
     Ok(())
 }
 
-fn connection_builder(settings: &crate::config::ListenerConfig) -> auto::Builder<TokioExecutor> {
+/// The listener's HTTP/1 settings on hyper's builder or hyper-util's
+/// (the same methods on two types).
+macro_rules! http1_settings {
+    ($builder:expr, $settings:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($settings.header_timeout)
+            .max_buf_size($settings.max_header_bytes.max(8192))
+            .keep_alive(true)
+    };
+}
+
+fn connection_builder(settings: &crate::config::ListenerConfig) -> worker::Protocols {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1_settings!(http1, settings);
+    worker::Protocols {
+        auto: auto_builder(settings),
+        http1,
+        http2: settings.http2,
+    }
+}
+
+/// HTTP/1 and HTTP/2 by the client's first bytes (or HTTP/1 only).
+fn auto_builder(settings: &crate::config::ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .keep_alive(true);
+    http1_settings!(builder.http1(), settings);
     builder
         .http2()
         .timer(TokioTimer::new())

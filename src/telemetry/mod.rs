@@ -442,6 +442,17 @@ pub struct LocalResponses {
     pub codes: [AtomicU64; 6],
 }
 
+/// Client connections parked: idle HTTP/1 connections whose HTTP state
+/// and buffers were given back until their next request (see
+/// `proxy::worker`).
+#[derive(Debug, Default)]
+pub struct ParkedConnections {
+    /// Parked now.
+    pub now: AtomicU64,
+    /// Times a connection was parked since start.
+    pub total: AtomicU64,
+}
+
 /// The telemetry registry and its derived state.
 pub struct Telemetry {
     enabled: bool,
@@ -449,6 +460,8 @@ pub struct Telemetry {
     shed: Mutex<BTreeMap<String, Arc<ShedStats>>>,
     /// Responses made by the gateway (no route, bad request, shed, ...).
     pub local: LocalResponses,
+    /// Idle client connections parked without buffers.
+    pub parked: ParkedConnections,
     /// Rolling window and latest snapshot.
     pub window: window::Window,
     /// Access log, when enabled.
@@ -466,6 +479,7 @@ impl Telemetry {
             series: Mutex::default(),
             shed: Mutex::default(),
             local: LocalResponses::default(),
+            parked: ParkedConnections::default(),
             window: window::Window::default(),
             access: access::AccessLog::new(&config.access_log),
             alerts: crate::alerts::Alerts::new(&config.alerts),
@@ -480,6 +494,7 @@ impl Telemetry {
             series: Mutex::default(),
             shed: Mutex::default(),
             local: LocalResponses::default(),
+            parked: ParkedConnections::default(),
             window: window::Window::default(),
             access: None,
             alerts: crate::alerts::Alerts::new(&crate::alerts::AlertsConfig::default()),

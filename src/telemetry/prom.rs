@@ -370,6 +370,29 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
             c.load(Relaxed)
         );
     }
+    header(
+        &mut out,
+        "infergate_client_connections_parked",
+        "gauge",
+        "Idle HTTP/1 client connections held without HTTP state or buffers until their next request.",
+    );
+    let parked = &telemetry.parked;
+    let _ = writeln!(
+        out,
+        "infergate_client_connections_parked {}",
+        parked.now.load(Relaxed)
+    );
+    header(
+        &mut out,
+        "infergate_client_connection_parks_total",
+        "counter",
+        "Times an idle client connection was parked.",
+    );
+    let _ = writeln!(
+        out,
+        "infergate_client_connection_parks_total {}",
+        parked.total.load(Relaxed)
+    );
     if let Some(log) = &telemetry.access {
         header(
             &mut out,
