@@ -84,6 +84,17 @@ async def open_one(stream, held):
     return True
 
 
+async def settle():
+    """Wait until the gateway's RSS stops falling: at least 6 s, at most 12."""
+    since, last = time.time(), rss_mb(PID)
+    while time.time() < since + 12:
+        await asyncio.sleep(1)
+        now = rss_mb(PID)
+        if now > last - 1 and time.time() > since + 6:
+            break
+        last = min(last, now)
+
+
 async def main():
     stream = MODE == "streams"
     base_rss, base_fds = rss_mb(PID), fds(PID)
@@ -102,13 +113,7 @@ async def main():
         # Idle connections park after 1 s and the gateway gives the freed
         # heap back within seconds (it looks every 5 s): report the
         # settled figure, waiting up to 12 s more.
-        settle_from, last = time.time(), rss_mb(PID)
-        while time.time() < settle_from + 12:
-            await asyncio.sleep(1)
-            now = rss_mb(PID)
-            if now > last - 1 and time.time() > settle_from + 6:
-                break
-            last = min(last, now)
+        await settle()
     rss, open_fds = rss_mb(PID), fds(PID)
     print(f"{MODE}: {ok}/{N} open after {time.time() - started:.1f}s: gateway RSS {rss:.0f} MB "
           f"(+{rss - base_rss:.0f} MB, {(rss - base_rss) * 1024 / max(ok, 1):.1f} KB each), "
@@ -120,13 +125,8 @@ async def main():
         await asyncio.sleep(0.5)
     # The gateway gives freed heap back within seconds of a wave of
     # closes (it looks every 5 s): wait for RSS to settle, up to 12 s.
-    closed_at, last = time.time(), rss_mb(PID)
-    while time.time() < closed_at + 12:
-        await asyncio.sleep(1)
-        now = rss_mb(PID)
-        if now > last - 1 and time.time() > closed_at + 6:
-            break
-        last = min(last, now)
+    closed_at = time.time()
+    await settle()
     print(f"{MODE}: after closing: RSS {rss_mb(PID):.0f} MB after {time.time() - closed_at:.0f}s, "
           f"descriptors {fds(PID)} (was {base_fds})")
 

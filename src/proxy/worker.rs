@@ -224,10 +224,19 @@ async fn serve_plain(
             let _ = io.shutdown().await;
             return;
         }
-        if protocols.http2 && may_be_http2(io.get_ref()).await {
-            let auto = protocols.auto.clone();
-            Box::pin(serve_io(io, peer, activity, false, auto, gateway, draining)).await;
-            return;
+        match first_bytes(io.get_ref(), protocols.http2).await {
+            FirstBytes::Http1 => {}
+            FirstBytes::MaybeHttp2 => {
+                let auto = protocols.auto.clone();
+                Box::pin(serve_io(io, peer, activity, false, auto, gateway, draining)).await;
+                return;
+            }
+            // The client closed (often a parked connection): no hyper
+            // connection, and its buffers, just to read the end.
+            FirstBytes::Closed => {
+                let _ = io.shutdown().await;
+                return;
+            }
         }
         let service = client_service(Arc::clone(&activity), false, Arc::clone(&gateway), peer);
         // Boxed: hyper's connection state exists only while it serves.
@@ -284,14 +293,24 @@ async fn drained(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|&d| d).await;
 }
 
-/// Whether the client's first bytes are (or may still become) the HTTP/2
-/// connection preface.
-async fn may_be_http2(stream: &TcpStream) -> bool {
+/// What a connection's next bytes are.
+enum FirstBytes {
+    Http1,
+    /// The HTTP/2 connection preface, or too few bytes to tell.
+    MaybeHttp2,
+    /// End of file or an error.
+    Closed,
+}
+
+/// Peek at the client's next bytes; `http2`: whether the listener serves
+/// HTTP/2 by prior knowledge.
+async fn first_bytes(stream: &TcpStream, http2: bool) -> FirstBytes {
     const PREFACE: &[u8] = b"PRI ";
     let mut head = [0u8; 4];
     match stream.peek(&mut head).await {
-        Ok(n) => n > 0 && head[..n] == PREFACE[..n],
-        Err(_) => false,
+        Ok(0) | Err(_) => FirstBytes::Closed,
+        Ok(n) if http2 && head[..n] == PREFACE[..n] => FirstBytes::MaybeHttp2,
+        Ok(_) => FirstBytes::Http1,
     }
 }
 
@@ -417,5 +436,41 @@ mod tests {
             serve_connection as fn(Job, Arc<Protocols>, Option<TlsAcceptor>, Arc<Gateway>) -> _,
         );
         assert!(task <= 1536, "a connection's task is {task} bytes");
+    }
+
+    /// A connection's next bytes decide how it is served, and an end of
+    /// file (a parked connection's client closing) needs no HTTP at all.
+    #[tokio::test]
+    async fn first_bytes_tell_http1_http2_and_a_close_apart() {
+        use tokio::io::AsyncWriteExt;
+        async fn after(sent: &[u8], close: bool, http2: bool) -> FirstBytes {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            client.write_all(sent).await.unwrap();
+            if close {
+                client.shutdown().await.unwrap();
+            }
+            first_bytes(&server, http2).await
+        }
+        assert!(matches!(
+            after(b"GET / HTTP/1.1\r\n", false, true).await,
+            FirstBytes::Http1
+        ));
+        assert!(matches!(
+            after(b"PRI * HTTP/2.0\r\n", false, true).await,
+            FirstBytes::MaybeHttp2
+        ));
+        assert!(matches!(
+            after(b"P", false, true).await,
+            FirstBytes::MaybeHttp2
+        ));
+        assert!(matches!(
+            after(b"PRI * HTTP/2.0\r\n", false, false).await,
+            FirstBytes::Http1
+        ));
+        assert!(matches!(after(b"", true, true).await, FirstBytes::Closed));
     }
 }
