@@ -106,23 +106,21 @@ fn client_fault(watch: Option<&BodyWatch>, family: ApiFamily) -> Option<Reject> 
     let BodyState::ClientFailed(fault) = watch?.state() else {
         return None;
     };
-    Some(match fault {
-        ClientFault::Malformed => error_response(
-            family,
+    let (kind, message) = match fault {
+        ClientFault::Malformed => (
             ErrorKind::BadRequest,
             "The request body could not be read (malformed or cut off).",
         ),
-        ClientFault::TooLarge => error_response(
-            family,
+        ClientFault::TooLarge => (
             ErrorKind::TooLarge,
             "Request body is larger than the limit.",
         ),
-        ClientFault::TooSlow => error_response(
-            family,
+        ClientFault::TooSlow => (
             ErrorKind::ClientTimeout,
             "The request body was not sent in time.",
         ),
-    })
+    };
+    Some(error_response(family, kind, message))
 }
 
 /// How one attempt ended without a usable response (see `retry.rs` for
@@ -139,26 +137,21 @@ enum AttemptError {
 
 impl AttemptError {
     fn response(self, family: ApiFamily) -> Reject {
-        match self {
+        let (kind, message) = match self {
             // Like HAProxy: no server could take the request, so the
             // client may come back (503 with Retry-After), as when every
             // node is known down.
-            AttemptError::Connect => error_response(
-                family,
+            AttemptError::Connect => (
                 ErrorKind::NoCapacity,
                 "No model server could be reached; retry later.",
             ),
-            AttemptError::Other => error_response(
-                family,
-                ErrorKind::Upstream,
-                "The model server failed to answer.",
-            ),
-            AttemptError::Timeout => error_response(
-                family,
+            AttemptError::Other => (ErrorKind::Upstream, "The model server failed to answer."),
+            AttemptError::Timeout => (
                 ErrorKind::Timeout,
                 "The model server did not answer in time.",
             ),
-        }
+        };
+        error_response(family, kind, message)
     }
 }
 

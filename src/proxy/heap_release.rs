@@ -30,15 +30,20 @@ pub fn releases() -> u64 {
     RELEASES.load(Ordering::Relaxed)
 }
 
-/// The peak of open client connections since the last trim, raised by the
-/// accept loop (one atomic max per accepted connection).
+/// The peaks of open client connections and of those holding buffers
+/// since the last trim, raised by the accept loop (two atomic maxes per
+/// accepted connection).
 #[derive(Debug, Default)]
-pub struct Peak(AtomicUsize);
+pub struct Peaks {
+    open: AtomicUsize,
+    buffered: AtomicUsize,
+}
 
-impl Peak {
-    /// `open` connections are open now.
-    pub fn saw(&self, open: usize) {
-        self.0.fetch_max(open, Ordering::Relaxed);
+impl Peaks {
+    /// `(open, buffered)` connections are open, and holding buffers, now.
+    pub fn saw(&self, (open, buffered): (usize, usize)) {
+        self.open.fetch_max(open, Ordering::Relaxed);
+        self.buffered.fetch_max(buffered, Ordering::Relaxed);
     }
 }
 
@@ -52,17 +57,17 @@ pub fn should_release(peak: usize, open: usize) -> bool {
 /// Every [`EVERY`], compare the open connections (`counts().0`) and
 /// those holding buffers (`counts().1`) with their peaks, and trim when
 /// [`should_release`] says so for either. Runs until the task is dropped.
-pub async fn run(open: Arc<Peak>, buffered: Arc<Peak>, counts: impl Fn() -> (usize, usize)) {
+pub async fn run(peaks: Arc<Peaks>, counts: impl Fn() -> (usize, usize)) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (now_open, now_buffered) = counts();
-        if should_release(open.0.load(Ordering::Relaxed), now_open)
-            || should_release(buffered.0.load(Ordering::Relaxed), now_buffered)
+        let (open, buffered) = counts();
+        if should_release(peaks.open.load(Ordering::Relaxed), open)
+            || should_release(peaks.buffered.load(Ordering::Relaxed), buffered)
         {
-            open.0.store(now_open, Ordering::Relaxed);
-            buffered.0.store(now_buffered, Ordering::Relaxed);
+            peaks.open.store(open, Ordering::Relaxed);
+            peaks.buffered.store(buffered, Ordering::Relaxed);
             // Off the runtime: trimming walks every arena under its lock.
             let _ = tokio::task::spawn_blocking(release).await;
             RELEASES.fetch_add(1, Ordering::Relaxed);
@@ -108,23 +113,23 @@ mod tests {
 
     #[test]
     fn the_peak_only_rises() {
-        let peak = Peak::default();
-        peak.saw(5);
-        peak.saw(3);
-        assert_eq!(peak.0.load(Ordering::Relaxed), 5);
+        let peaks = Peaks::default();
+        peaks.saw((5, 4));
+        peaks.saw((3, 2));
+        assert_eq!(peaks.open.load(Ordering::Relaxed), 5);
+        assert_eq!(peaks.buffered.load(Ordering::Relaxed), 4);
     }
 
     /// Connections parking give their buffers back as closing ones do:
     /// either wave trims, steady counts never do.
     #[tokio::test(start_paused = true)]
     async fn a_wave_of_parked_connections_trims_as_a_wave_of_closes_does() {
-        let (open, buffered) = (Arc::new(Peak::default()), Arc::new(Peak::default()));
-        open.saw(2_000);
-        buffered.saw(2_000);
+        let peaks = Arc::new(Peaks::default());
+        peaks.saw((2_000, 2_000));
         let counts = Arc::new((AtomicUsize::new(2_000), AtomicUsize::new(2_000)));
         let task = {
             let counts = Arc::clone(&counts);
-            tokio::spawn(run(Arc::clone(&open), Arc::clone(&buffered), move || {
+            tokio::spawn(run(Arc::clone(&peaks), move || {
                 (
                     counts.0.load(Ordering::Relaxed),
                     counts.1.load(Ordering::Relaxed),
@@ -146,8 +151,8 @@ mod tests {
         // All park, none closes.
         counts.1.store(0, Ordering::Relaxed);
         assert!(released(before + 1).await, "parking did not trim");
-        assert_eq!(open.0.load(Ordering::Relaxed), 2_000);
-        assert_eq!(buffered.0.load(Ordering::Relaxed), 0);
+        assert_eq!(peaks.open.load(Ordering::Relaxed), 2_000);
+        assert_eq!(peaks.buffered.load(Ordering::Relaxed), 0);
         // Then they close.
         counts.0.store(0, Ordering::Relaxed);
         assert!(released(before + 2).await, "closing did not trim");

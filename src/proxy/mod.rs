@@ -437,17 +437,12 @@ pub async fn serve(
                 .parked
                 .now
                 .load(std::sync::atomic::Ordering::Relaxed);
-            let parked = usize::try_from(parked).unwrap_or(usize::MAX);
             (open, open.saturating_sub(parked))
         }
     };
-    let (peak, peak_buffered) = (
-        Arc::new(heap_release::Peak::default()),
-        Arc::new(heap_release::Peak::default()),
-    );
+    let peaks = Arc::new(heap_release::Peaks::default());
     let _heap_release = AbortOnDrop(tokio::spawn(heap_release::run(
-        Arc::clone(&peak),
-        Arc::clone(&peak_buffered),
+        Arc::clone(&peaks),
         counts.clone(),
     )));
     let (drain_all, draining) = tokio::sync::watch::channel(false);
@@ -482,9 +477,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let (open_now, buffered_now) = counts();
-        peak.saw(open_now);
-        peak_buffered.saw(buffered_now);
+        peaks.saw(counts());
         let _ = stream.set_nodelay(true);
         let stream = match stream.into_std() {
             Ok(stream) => stream,

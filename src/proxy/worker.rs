@@ -220,19 +220,21 @@ async fn serve_plain(
             () = drained(&mut draining) => false,
         };
         parked.end();
-        if !ready {
-            let _ = io.shutdown().await;
-            return;
-        }
-        match first_bytes(io.get_ref(), protocols.http2).await {
+        let next = if ready {
+            first_bytes(io.get_ref(), protocols.http2).await
+        } else {
+            FirstBytes::Closed
+        };
+        match next {
             FirstBytes::Http1 => {}
             FirstBytes::MaybeHttp2 => {
                 let auto = protocols.auto.clone();
                 Box::pin(serve_io(io, peer, activity, false, auto, gateway, draining)).await;
                 return;
             }
-            // The client closed (often a parked connection): no hyper
-            // connection, and its buffers, just to read the end.
+            // A deadline, the drain, or the client closed (often a parked
+            // connection): no hyper connection, and its buffers, just to
+            // read the end.
             FirstBytes::Closed => {
                 let _ = io.shutdown().await;
                 return;

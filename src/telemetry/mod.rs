@@ -33,7 +33,7 @@ pub mod scrape;
 pub mod window;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -448,7 +448,7 @@ pub struct LocalResponses {
 #[derive(Debug, Default)]
 pub struct ParkedConnections {
     /// Parked now.
-    pub now: AtomicU64,
+    pub now: AtomicUsize,
     /// Times a connection was parked since start.
     pub total: AtomicU64,
 }
