@@ -13,8 +13,8 @@
 //!   show it, since a node that has room shows each new request as
 //!   waiting until its next engine step): a node with nobody waiting and KV
 //!   cache below [`KV_NEAR_FULL`] (its peak over the last three scrape
-//!   intervals: a node at full KV preempts and dips under the mark between
-//!   readings) starts a new request at once (0).
+//!   intervals and readings: a node at full KV preempts and dips under the
+//!   mark between readings) starts a new request at once (0).
 //!   Otherwise the batch is full (vLLM only queues when it has no seat or
 //!   no KV blocks), and the request waits for `waiting + 1` of the `running`
 //!   requests to finish; they finish at a rate of `running / D`, where `D`

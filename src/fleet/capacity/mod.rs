@@ -47,12 +47,17 @@ const NONE: u64 = u64::MAX;
 const PPM: f64 = 1_000_000.0;
 /// A reading keeps full weight for this many scrape intervals (at least).
 const FRESH_INTERVALS: u64 = 3;
-/// A KV peak is held for this many scrape intervals: long enough to bridge
-/// the dips of a node that preempts at full KV, short enough not to keep a
-/// node that touched the mark once "full" for the whole fresh window (at
-/// the default 5 s timeout, 5.25 s: on bench/peers.sh's fleet, at or over
-/// the mark 2-15 % of the time, the trade-off then moved conversations off
-/// their cache most of the time).
+/// A KV peak is held for this many scrape intervals, and until this many
+/// later readings were taken: long enough to bridge the dips of a node that
+/// preempts at full KV, short enough not to keep a node that touched the
+/// mark once "full" for the whole fresh window (at the default 5 s timeout,
+/// 5.25 s: on bench/peers.sh's fleet, at or over the mark 2-15 % of the
+/// time, the trade-off then moved conversations off their cache most of
+/// the time). Counting readings too matters when scrapes come late (a
+/// loaded vLLM answers `/metrics` in seconds; a loaded machine runs the
+/// scraper late): a hold in time alone then ran out before any reading
+/// could show the node still full, and one reading in a dip made it look
+/// roomy.
 const PEAK_INTERVALS: u64 = 3;
 /// A reading whose weight fell below this is dropped.
 const MIN_WEIGHT: f64 = 1.0 / 16.0;
@@ -138,6 +143,11 @@ pub struct Capacity {
     /// Highest KV use lately and when it was read (see [`CapacityView::kv_peak`]).
     kv_peak_ppm: AtomicU64,
     kv_peak_at: AtomicU64,
+    /// Readings taken since the peak (up to [`PEAK_INTERVALS`]).
+    kv_peak_readings: AtomicU64,
+    /// When the peak starts to decay; 0 = held until [`PEAK_INTERVALS`]
+    /// later readings were taken.
+    kv_peak_release_at: AtomicU64,
     /// Time of the last good scrape ([`super::now_ns`]); 0 = never.
     scraped_at: AtomicU64,
     outstanding_at_scrape: AtomicU64,
@@ -163,6 +173,8 @@ impl Default for Capacity {
             kv_ppm: AtomicU64::new(NONE),
             kv_peak_ppm: AtomicU64::new(0),
             kv_peak_at: AtomicU64::new(0),
+            kv_peak_readings: AtomicU64::new(0),
+            kv_peak_release_at: AtomicU64::new(0),
             scraped_at: AtomicU64::new(0),
             outstanding_at_scrape: AtomicU64::new(0),
             fresh_ns: AtomicU64::new(3_000_000_000),
@@ -201,7 +213,8 @@ pub struct CapacityView {
     /// gateway's own requests lasts from one scrape to the next.
     pub queued_settled: f64,
     /// The highest KV use read within the last [`PEAK_INTERVALS`] scrape
-    /// intervals (then halving every as long), times the weight. A node near full KV oscillates
+    /// intervals and readings (then halving every [`PEAK_INTERVALS`]
+    /// intervals), times the weight. A node near full KV oscillates
     /// (it preempts, drops a little, fills again); one reading below the
     /// mark does not make it roomy.
     pub kv_peak: Option<f64>,
@@ -276,6 +289,7 @@ impl Capacity {
         self.enabled.store(false, Ordering::Relaxed);
         self.scraped_at.store(0, Ordering::Relaxed);
         self.kv_peak_at.store(0, Ordering::Relaxed);
+        self.kv_peak_release_at.store(0, Ordering::Relaxed);
     }
 
     /// Store a good scrape taken at `now_ns` while the gateway had
@@ -304,6 +318,18 @@ impl Capacity {
         if kv != NONE && kv as f64 >= self.kv_peak_at(now_ns) {
             self.kv_peak_ppm.store(kv, Ordering::Relaxed);
             self.kv_peak_at.store(now_ns.max(1), Ordering::Relaxed);
+            self.kv_peak_readings.store(0, Ordering::Relaxed);
+            self.kv_peak_release_at.store(0, Ordering::Relaxed);
+        } else if self.kv_peak_release_at.load(Ordering::Relaxed) == 0 {
+            let later = self.kv_peak_readings.fetch_add(1, Ordering::Relaxed) + 1;
+            if later >= PEAK_INTERVALS {
+                let held_until = self
+                    .kv_peak_at
+                    .load(Ordering::Relaxed)
+                    .saturating_add(self.peak_hold_ns.load(Ordering::Relaxed));
+                self.kv_peak_release_at
+                    .store(held_until.max(now_ns).max(1), Ordering::Relaxed);
+            }
         }
         self.outstanding_at_scrape
             .store(outstanding, Ordering::Relaxed);
@@ -326,18 +352,18 @@ impl Capacity {
     }
 
     /// The held KV peak (ppm) at `now_ns`: full for [`PEAK_INTERVALS`]
-    /// scrape intervals after it was read, then halving every as long.
+    /// scrape intervals after it was read and until as many later readings
+    /// were taken, then halving every [`PEAK_INTERVALS`] intervals.
     fn kv_peak_at(&self, now_ns: u64) -> f64 {
-        let at = self.kv_peak_at.load(Ordering::Relaxed);
-        if at == 0 {
+        if self.kv_peak_at.load(Ordering::Relaxed) == 0 {
             return 0.0;
         }
-        let fresh = self.peak_hold_ns.load(Ordering::Relaxed).max(1);
-        let age = now_ns.saturating_sub(at);
-        let hold = if age <= fresh {
+        let release = self.kv_peak_release_at.load(Ordering::Relaxed);
+        let span = self.peak_hold_ns.load(Ordering::Relaxed).max(1);
+        let hold = if release == 0 || now_ns <= release {
             1.0
         } else {
-            0.5f64.powf((age - fresh) as f64 / fresh as f64)
+            0.5f64.powf((now_ns - release) as f64 / span as f64)
         };
         self.kv_peak_ppm.load(Ordering::Relaxed) as f64 * hold
     }
@@ -468,12 +494,49 @@ mod tests {
             ..busy()
         };
         cap.record(&kv(0.95), 0, 10 * S);
-        cap.record(&kv(0.5), 0, 10 * S + 250 * MS);
+        for later in 1..=3 {
+            cap.record(&kv(0.5), 0, 10 * S + later * 250 * MS);
+        }
         let peak = |at: u64| cap.view(&n.load, at).unwrap().kv_peak.unwrap();
         assert_eq!(peak(10 * S + 700 * MS), 0.95, "held for 750 ms");
         // The reading itself is fresh for 5.25 s; the peak halved by 1.5 s.
         assert_eq!(cap.view(&n.load, 11 * S + 500 * MS).unwrap().weight, 1.0);
         assert!((peak(11 * S + 500 * MS) - 0.475).abs() < 1e-9);
+    }
+
+    /// Readings that come late (a slow metrics page, a busy machine) do
+    /// not shorten the hold: the peak stays until three later readings
+    /// were taken, however long they took, and only then decays.
+    #[test]
+    fn late_readings_keep_the_kv_peak_until_three_were_taken() {
+        const MS: u64 = 1_000_000;
+        let n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
+        let cap = &n.load.ai.capacity;
+        // Held for 150 ms by time alone; the reading is fresh for 2.05 s.
+        cap.configure(
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+            None,
+            None,
+        );
+        let kv = |k: f64| Scraped {
+            kv_usage: Some(k),
+            ..busy()
+        };
+        let peak = |at: u64| cap.view(&n.load, at).unwrap().kv_peak.unwrap();
+        cap.record(&kv(0.98), 0, 10 * S);
+        // One reading in a dip, 400 ms late.
+        cap.record(&kv(0.85), 0, 10 * S + 400 * MS);
+        assert_eq!(peak(10 * S + 500 * MS), 0.98, "held past 150 ms");
+        cap.record(&kv(0.85), 0, 10 * S + 800 * MS);
+        assert_eq!(peak(11 * S + 100 * MS), 0.98, "two later readings");
+        cap.record(&kv(0.85), 0, 11 * S + 200 * MS);
+        assert_eq!(peak(11 * S + 200 * MS), 0.98, "released from now on");
+        assert!((peak(11 * S + 350 * MS) - 0.49).abs() < 1e-9);
+        // A new peak starts the count again.
+        cap.record(&kv(0.97), 0, 12 * S);
+        cap.record(&kv(0.5), 0, 13 * S);
+        assert_eq!(peak(13 * S + 500 * MS), 0.97);
     }
 
     #[test]
@@ -520,15 +583,18 @@ mod tests {
             30 * S,
         );
         assert!(cap.is_saturated(&n.load, 30 * S));
-        // The KV peak is held for 3 intervals (3 s here), then decays.
-        cap.record(
-            &Scraped {
-                kv_usage: Some(0.5),
-                ..busy()
-            },
-            0,
-            31 * S,
-        );
+        // The KV peak is held for 3 intervals (3 s here) and 3 readings,
+        // then decays.
+        for at in [31, 32, 33] {
+            cap.record(
+                &Scraped {
+                    kv_usage: Some(0.5),
+                    ..busy()
+                },
+                0,
+                at * S,
+            );
+        }
         let v = cap.view(&n.load, 32 * S).unwrap();
         assert_eq!((v.kv_usage, v.kv_peak), (Some(0.5), Some(0.95)));
         let v = cap.view(&n.load, 34 * S).unwrap();
