@@ -28,6 +28,11 @@ use crate::health::FailureKind;
 /// Chunks already read from the node are merged into one frame for the
 /// client up to this size (a larger first chunk passes as it is).
 const MERGE_UP_TO: usize = 16 * 1024;
+/// At most this many chunks are merged into one frame. They are held
+/// until the merge is sized, so it is allocated once at its exact size: a
+/// buffer grown chunk by chunk reallocated (and copied) about once per
+/// merged chunk (8 % of a streamed chunk's instructions under callgrind).
+const MERGE_MAX_CHUNKS: usize = 32;
 
 /// What the node's body gave: a frame, the end, or a failure.
 type NodeFrame = Option<Result<Frame<Bytes>, hyper::Error>>;
@@ -290,32 +295,57 @@ impl Upstream {
             // A sized body's last bytes: nothing can follow.
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        let mut merged: Option<BytesMut> = None;
-        while merged.as_ref().map_or(data.len(), BytesMut::len) < MERGE_UP_TO {
+        if data.len() >= MERGE_UP_TO {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        // A second chunk already here: merge what has arrived.
+        match self.poll_chunk(cx) {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(more) => data = self.merge(cx, data, more),
+                Err(trailers) => self.held = Some(Some(Ok(trailers))),
+            },
+            // The end or a failure, after this data.
+            Poll::Ready(next) => self.held = Some(next),
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    /// `first` and `second`, and every further chunk that has arrived (up
+    /// to [`MERGE_UP_TO`] bytes, [`MERGE_MAX_CHUNKS`] chunks), in one
+    /// buffer allocated at its exact size.
+    fn merge(&mut self, cx: &mut Context<'_>, first: Bytes, second: Bytes) -> Bytes {
+        let mut parts: [Bytes; MERGE_MAX_CHUNKS] = std::array::from_fn(|_| Bytes::new());
+        let mut total = first.len() + second.len();
+        parts[0] = second;
+        let mut count = 1;
+        while total < MERGE_UP_TO && count < MERGE_MAX_CHUNKS {
             match self.poll_chunk(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(more) => merged
-                        .get_or_insert_with(|| BytesMut::from(&data[..]))
-                        .extend_from_slice(&more),
+                    Ok(more) => {
+                        total += more.len();
+                        parts[count] = more;
+                        count += 1;
+                    }
                     Err(trailers) => {
                         self.held = Some(Some(Ok(trailers)));
                         break;
                     }
                 },
-                end_or_failure => {
-                    // Poll::Ready(None | Some(Err)): after this data.
-                    if let Poll::Ready(next) = end_or_failure {
-                        self.held = Some(next);
-                    }
+                // The end or a failure, after this data.
+                Poll::Ready(next) => {
+                    self.held = Some(next);
                     break;
                 }
             }
         }
-        if let Some(merged) = merged {
-            data = merged.freeze();
+        let mut merged = BytesMut::with_capacity(total);
+        merged.extend_from_slice(&first);
+        for part in &parts[..count] {
+            merged.extend_from_slice(part);
         }
-        Poll::Ready(Some(Ok(Frame::data(data))))
+        merged.freeze()
     }
 
     /// One chunk of the node's body, after letting the connection (when

@@ -11,8 +11,6 @@ use http::{HeaderMap, HeaderValue};
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Remove hop-by-hop headers: the fixed list plus every header the
 /// `Connection` header names. `keep_te_trailers` keeps `te: trailers`, which
@@ -20,33 +18,54 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 ///
 /// One pass over the names present finds what must go, so a request
 /// without hop-by-hop headers costs no lookups at all (this runs on every
-/// request and response).
+/// request and response). The usual `Connection: keep-alive` or `close`
+/// names nothing beyond the fixed list, so it costs no parsing either.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    // Fixed hop-by-hop headers present, by their index in HOP_BY_HOP.
+    let mut present = 0u16;
+    let mut named: Vec<HeaderName> = Vec::new();
     let mut te_trailers = false;
     for name in headers.keys() {
-        if !is_fixed_hop_by_hop(name) {
+        // Most names are told apart by their length alone, before any
+        // comparison (this loop was most of the function's cost).
+        let len = name.as_str().len();
+        if len >= 32 || HOP_BY_HOP_LENGTHS & (1 << len) == 0 {
             continue;
         }
+        let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) else {
+            continue;
+        };
+        present |= 1 << i;
         if name == header::CONNECTION {
             // Names listed in Connection are hop-by-hop too.
-            doomed.extend(
-                headers
-                    .get_all(header::CONNECTION)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(','))
-                    .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
-            );
+            let tokens = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim);
+            for token in tokens {
+                if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                    // An option, or a fixed name: nothing more to remove.
+                    continue;
+                }
+                if let Ok(extra) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(extra);
+                }
+            }
         } else if name == header::TE && keep_te_trailers {
             te_trailers = headers
                 .get(header::TE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
         }
-        doomed.push(name.clone());
     }
-    for name in doomed {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    for name in named {
         headers.remove(name);
     }
     if te_trailers {
@@ -54,17 +73,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
-fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TRAILER
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-}
+/// The lengths of the names in [`HOP_BY_HOP`], as bits.
+const HOP_BY_HOP_LENGTHS: u32 = {
+    let names = [
+        "connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailer",
+        "keep-alive",
+        "proxy-connection",
+    ];
+    let mut bits = 0u32;
+    let mut i = 0;
+    while i < names.len() {
+        bits |= 1 << names[i].len();
+        i += 1;
+    }
+    bits
+};
+
+/// The fixed hop-by-hop headers (RFC 9110 §7.6.1, and two older ones).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// Append the client's address to `X-Forwarded-For` and set
 /// `X-Forwarded-Proto` to the scheme the client used.
@@ -149,6 +191,21 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The length filter lets every fixed hop-by-hop name through.
+    #[test]
+    fn hop_by_hop_lengths_cover_every_fixed_name() {
+        for name in &HOP_BY_HOP {
+            assert_ne!(HOP_BY_HOP_LENGTHS & (1 << name.as_str().len()), 0, "{name}");
+        }
+        let mut headers = HeaderMap::new();
+        for name in &HOP_BY_HOP {
+            headers.insert(name.clone(), HeaderValue::from_static("x"));
+        }
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), [&header::CONTENT_TYPE]);
+    }
 
     #[test]
     fn strips_fixed_and_listed_hop_by_hop() {

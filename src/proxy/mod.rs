@@ -9,6 +9,7 @@ mod attempt;
 pub mod body;
 mod client_body;
 pub mod deadline;
+mod drain;
 pub mod errors;
 mod fd_limit;
 mod forward;
@@ -445,7 +446,7 @@ pub async fn serve(
         Arc::clone(&peaks),
         counts.clone(),
     )));
-    let (drain_all, draining) = tokio::sync::watch::channel(false);
+    let draining = Arc::new(drain::Drain::default());
     tokio::pin!(shutdown);
     let mut next_worker = 0usize;
     let (mut accept_errors, mut last_accept_warning) = (0u64, None);
@@ -492,7 +493,7 @@ pub async fn serve(
                 stream,
                 peer,
                 permit,
-                draining: draining.clone(),
+                draining: Arc::clone(&draining),
             },
         );
         next_worker = next_worker.wrapping_add(1);
@@ -502,7 +503,7 @@ pub async fn serve(
     workers.close();
     // Every connection finishes its request in flight and closes; each
     // gives its slot back when it has.
-    let _ = drain_all.send(true);
+    draining.start();
     let every_slot = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(drain, permits.acquire_many(every_slot))
         .await

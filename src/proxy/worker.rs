@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::deadline::{Activity, DeadlineIo, Tracked};
+use super::drain::Drain;
 use super::{forward, Gateway};
 
 /// One accepted connection on its way to a worker.
@@ -35,9 +36,9 @@ pub struct Job {
     pub peer: SocketAddr,
     /// The connection's slot under `listener.max_connections`.
     pub permit: OwnedSemaphorePermit,
-    /// Turns true when the gateway shuts down: the connection finishes
-    /// the request in flight and closes.
-    pub draining: watch::Receiver<bool>,
+    /// Starts when the gateway shuts down: the connection finishes the
+    /// request in flight and closes.
+    pub draining: Arc<Drain>,
 }
 
 /// How a listener's connections speak HTTP.
@@ -209,7 +210,7 @@ async fn serve_plain(
     activity: Arc<Activity>,
     protocols: &Protocols,
     gateway: Arc<Gateway>,
-    mut draining: watch::Receiver<bool>,
+    draining: Arc<Drain>,
 ) {
     io.park_after(PARK_AFTER);
     let mut parked = Parked(None);
@@ -217,7 +218,7 @@ async fn serve_plain(
         // No buffer of ours while waiting for the (next) request.
         let ready = tokio::select! {
             ready = io.readable() => ready,
-            () = drained(&mut draining) => false,
+            () = draining.wait() => false,
         };
         parked.end();
         let next = if ready {
@@ -245,7 +246,7 @@ async fn serve_plain(
         let mut conn = Box::new(protocols.http1.serve_connection(TokioIo::new(io), service));
         let ended = tokio::select! {
             ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => ended,
-            () = drained(&mut draining) => {
+            () = draining.wait() => {
                 std::pin::Pin::new(&mut *conn).graceful_shutdown();
                 std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await
             }
@@ -290,11 +291,6 @@ impl Drop for Parked {
     }
 }
 
-/// Returns once the gateway drains (or is gone).
-async fn drained(draining: &mut watch::Receiver<bool>) {
-    let _ = draining.wait_for(|&d| d).await;
-}
-
 /// What a connection's next bytes are.
 enum FirstBytes {
     Http1,
@@ -324,7 +320,7 @@ async fn serve_tls(
     activity: Arc<Activity>,
     builder: auto::Builder<TokioExecutor>,
     gateway: Arc<Gateway>,
-    draining: watch::Receiver<bool>,
+    draining: Arc<Drain>,
 ) {
     match acceptor.accept(stream).await {
         Ok(stream) => serve_io(stream, peer, activity, true, builder, gateway, draining).await,
@@ -380,7 +376,7 @@ async fn serve_io<I>(
     over_tls: bool,
     builder: auto::Builder<TokioExecutor>,
     gateway: Arc<Gateway>,
-    mut draining: watch::Receiver<bool>,
+    draining: Arc<Drain>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -391,7 +387,7 @@ async fn serve_io<I>(
     tokio::pin!(connection);
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
-        () = drained(&mut draining) => {
+        () = draining.wait() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -252,7 +252,7 @@ impl RouteTelemetry {
             info,
             first: None,
             last: None,
-            sse_events: 0,
+            sse_events: SseEvents::default(),
             usage: None,
             failed: false,
         })
@@ -289,7 +289,7 @@ pub struct Tracker {
     info: RequestInfo,
     first: Option<Instant>,
     last: Option<Instant>,
-    sse_events: u64,
+    sse_events: SseEvents,
     usage: Option<u64>,
     failed: bool,
 }
@@ -312,7 +312,7 @@ impl Tracker {
         }
         self.last = Some(now);
         if self.info.sse {
-            self.sse_events += count_data_events(data);
+            self.sse_events.feed(data);
         }
         // Only the tail of a frame is searched: usage comes last.
         let tail = &data[data.len().saturating_sub(1024)..];
@@ -347,7 +347,7 @@ impl Drop for Tracker {
             stats.codes[index].fetch_add(1, Relaxed);
         }
         stats.duration.observe(elapsed);
-        let out = self.usage.unwrap_or(self.sse_events);
+        let out = self.usage.unwrap_or(self.sse_events.count);
         stats.tokens_out.fetch_add(out, Relaxed);
         stats
             .tokens_in
@@ -373,21 +373,58 @@ impl Drop for Tracker {
     }
 }
 
-/// `data:` events in an SSE chunk, not counting `data: [DONE]`.
-fn count_data_events(data: &[u8]) -> u64 {
-    // Built once: this runs on every chunk of every stream.
-    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"data:"));
-    FINDER
-        .find_iter(data)
-        .filter(|&start| {
-            let rest = &data[start + 5..];
-            !rest
-                .strip_prefix(b" ")
-                .unwrap_or(rest)
-                .starts_with(b"[DONE]")
-        })
-        .count() as u64
+/// Counts the `data:` events of an SSE response as its frames pass, not
+/// counting `data: [DONE]`: the output-token estimate when the node sends
+/// no `usage`.
+///
+/// An event's field starts a line, so only line starts are looked at, found
+/// with a vectorized search for newlines: `data:` inside generated text is
+/// not an event. (A vectorized search for a newline followed by `data:`
+/// cost 1.4x as much under callgrind.)
+#[derive(Debug, Clone, Copy)]
+pub struct SseEvents {
+    /// Events counted so far.
+    pub count: u64,
+    /// Whether the next frame starts a line (the last one ended one).
+    at_line_start: bool,
+}
+
+impl Default for SseEvents {
+    fn default() -> Self {
+        SseEvents {
+            count: 0,
+            at_line_start: true,
+        }
+    }
+}
+
+impl SseEvents {
+    /// Count the events that start in `data`, the next frame.
+    #[inline]
+    pub fn feed(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let first = self.at_line_start.then_some(0);
+        let after_newlines = memchr::memchr_iter(b'\n', data).map(|i| i + 1);
+        self.count += first
+            .into_iter()
+            .chain(after_newlines)
+            .filter(|&start| is_data_event(&data[start..]))
+            .count() as u64;
+        self.at_line_start = data.last() == Some(&b'\n');
+    }
+}
+
+/// Whether `line` (from a line start on) is a `data:` field other than
+/// `data: [DONE]`.
+fn is_data_event(line: &[u8]) -> bool {
+    line.strip_prefix(b"data:").is_some_and(|rest| {
+        !rest
+            .strip_prefix(b" ")
+            .unwrap_or(rest)
+            .starts_with(b"[DONE]")
+    })
 }
 
 /// The number after the last `"completion_tokens":` in `data` (usage comes
@@ -427,12 +464,6 @@ fn number_after(finder: &memchr::memmem::Finder<'_>, key_len: usize, data: &[u8]
         }
     }
     found
-}
-
-/// `data:` events in an SSE chunk, not counting `data: [DONE]` (public for
-/// the tenant budgets' output estimate).
-pub fn sse_data_events(data: &[u8]) -> u64 {
-    count_data_events(data)
 }
 
 /// Responses the gateway made itself, by status class.
@@ -635,12 +666,37 @@ pub fn spawn_ticker(gateway: Weak<Gateway>) -> tokio::task::JoinHandle<()> {
 mod tests {
     use super::*;
 
+    fn events(frames: &[&[u8]]) -> u64 {
+        let mut events = SseEvents::default();
+        for frame in frames {
+            events.feed(frame);
+        }
+        events.count
+    }
+
     #[test]
     fn sse_event_counting() {
         let chunk = b"data: {\"a\":1}\n\ndata: {\"a\":2}\n\ndata: [DONE]\n\n";
-        assert_eq!(count_data_events(chunk), 2);
-        assert_eq!(count_data_events(b"data:[DONE]\n\n"), 0);
-        assert_eq!(count_data_events(b": keepalive\n\n"), 0);
+        assert_eq!(events(&[chunk]), 2);
+        assert_eq!(events(&[b"data:[DONE]\n\n"]), 0);
+        assert_eq!(events(&[b": keepalive\n\n"]), 0);
+        // CRLF line ends, an event field after a comment line.
+        assert_eq!(events(&[b"data: 1\r\n\r\n: ping\r\ndata: 2\r\n\r\n"]), 2);
+    }
+
+    /// Only line starts count: `data:` inside an event's text is not an
+    /// event, and a frame that ends mid-line continues that line.
+    #[test]
+    fn sse_events_start_lines_across_frames() {
+        assert_eq!(events(&[b"data: {\"content\":\"data: x\"}\n\n"]), 1);
+        // The second frame continues a line: its "data:" is text.
+        assert_eq!(events(&[b"data: {\"content\":\"", b"data: x\"}\n\n"]), 1);
+        // The first frame ended a line: the second starts an event.
+        assert_eq!(
+            events(&[b"data: 1\n\n", b"data: 2\n\n", b"", b"data: 3\n"]),
+            3
+        );
+        assert_eq!(events(&[b"event: delta\n", b"data: 1\n\n"]), 1);
     }
 
     #[test]

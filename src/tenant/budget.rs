@@ -237,7 +237,7 @@ impl Budgets {
             estimate: if tokens.is_some() { estimate } else { 0 },
             prompt: None,
             completion: None,
-            sse_events: 0,
+            sse_events: crate::telemetry::SseEvents::default(),
             bytes: 0,
             responded: false,
             stream: class.stream,
@@ -316,7 +316,7 @@ pub struct Charge {
     estimate: u64,
     prompt: Option<u64>,
     completion: Option<u64>,
-    sse_events: u64,
+    sse_events: crate::telemetry::SseEvents,
     bytes: u64,
     responded: bool,
     stream: bool,
@@ -333,7 +333,7 @@ impl Charge {
         self.responded = true;
         self.bytes += data.len() as u64;
         if self.stream {
-            self.sse_events += crate::telemetry::sse_data_events(data);
+            self.sse_events.feed(data);
         }
         // Usage comes last: only the tail of a frame is searched.
         let tail = &data[data.len().saturating_sub(1024)..];
@@ -349,7 +349,7 @@ impl Charge {
             (Some(p), Some(c)) => p + c,
             (None, Some(c)) => self.estimate + c,
             _ if !self.responded => 0,
-            _ if self.stream => self.estimate + self.sse_events,
+            _ if self.stream => self.estimate + self.sse_events.count,
             _ => self.estimate + self.bytes / 4,
         }
     }
