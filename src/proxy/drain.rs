@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 /// The gateway's drain signal, shared by every client connection.
@@ -59,6 +59,16 @@ impl Drain {
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Starts the drain when dropped.
+#[derive(Debug, Default)]
+pub struct StartOnDrop(pub Arc<Drain>);
+
+impl Drop for StartOnDrop {
+    fn drop(&mut self) {
+        self.0.start();
     }
 }
 
@@ -126,7 +136,6 @@ impl Drop for Drained<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test]
@@ -151,6 +160,19 @@ mod tests {
         }
         drain.wait().await;
         assert!(drain.is_draining());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_guard_starts_the_drain() {
+        let guard = StartOnDrop::default();
+        let drain = Arc::clone(&guard.0);
+        let waiting = tokio::spawn(async move { drain.wait().await });
+        tokio::task::yield_now().await;
+        drop(guard);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait did not end when the guard was dropped")
+            .unwrap();
     }
 
     #[tokio::test]

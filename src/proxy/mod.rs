@@ -446,7 +446,9 @@ pub async fn serve(
         Arc::clone(&peaks),
         counts.clone(),
     )));
-    let draining = Arc::new(drain::Drain::default());
+    // Drained also when this future is dropped (its task aborted): the
+    // gateway is gone then, and its connections must not wait for it.
+    let draining = drain::StartOnDrop::default();
     tokio::pin!(shutdown);
     let mut next_worker = 0usize;
     let (mut accept_errors, mut last_accept_warning) = (0u64, None);
@@ -493,7 +495,7 @@ pub async fn serve(
                 stream,
                 peer,
                 permit,
-                draining: Arc::clone(&draining),
+                draining: Arc::clone(&draining.0),
             },
         );
         next_worker = next_worker.wrapping_add(1);
@@ -503,7 +505,7 @@ pub async fn serve(
     workers.close();
     // Every connection finishes its request in flight and closes; each
     // gives its slot back when it has.
-    draining.start();
+    draining.0.start();
     let every_slot = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(drain, permits.acquire_many(every_slot))
         .await
