@@ -18,6 +18,9 @@
 # machine that is the steadiest figure. Installs wrk, h2load, nginx and
 # HAProxy with apt when missing.
 # Usage: bench/e2e.sh [duration=10s] [connections=32]   (INFERGATE_BIN=path runs another build, NO_BUILD=1 target/release as it is)
+# ROUNDS=n repeats the small POST n times, the proxies taking turns, and
+# reports each proxy's median and the ratios of the medians: on a shared
+# 2-core machine one run of one proxy can be 25 % off its usual figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10s}
@@ -28,6 +31,7 @@ CHUNKS=${CHUNKS:-500}
 H2C=${H2C:-1}
 H2C_CONNS=${H2C_CONNS:-8}
 H2C_STREAMS=${H2C_STREAMS:-16}
+ROUNDS=${ROUNDS:-1}
 need() { command -v "$1" >/dev/null || { (apt-get update -qq && apt-get install -y -qq "$2") >/dev/null; }; }
 need wrk wrk; need h2load nghttp2-client; need nginx nginx; need haproxy haproxy
 [ -n "${NO_BUILD:-}${INFERGATE_BIN:-}" ] || cargo build --release -q
@@ -144,15 +148,32 @@ measure() { # name port pid
   read -r n rps p50 p99 err <<<"$out"
   local cpu="-"
   [ -n "$3" ] && cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-  RPS[$1]=$rps; P99[$1]=$(to_us "$p99"); CPU[$1]=$cpu
+  RPS[$1]+="$rps "; P99[$1]+="$(to_us "$p99") "; CPU[$1]+="$cpu "
   printf '%-26s %10s %9s %9s %7s %12s\n' "$1" "$rps" "$p50" "$p99" "$err" "$cpu"
 }
-measure direct $UP_PORT ""
-measure infergate $GW $GW_PID
-measure "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')" $NGX $NGX_PID
 NGX_NAME="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 HAP_NAME="haproxy $(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}' | cut -d- -f1)"
-measure "$HAP_NAME" $HAP $HAP_PID
+for round in $(seq 1 "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && echo "-- round $round of $ROUNDS"
+  measure direct $UP_PORT ""
+  measure infergate $GW $GW_PID
+  measure "$NGX_NAME" $NGX $NGX_PID
+  measure "$HAP_NAME" $HAP $HAP_PID
+done
+# The median of a list of numbers ("-" when there is none).
+median() {
+  tr ' ' '\n' <<<"$1" | { grep -E '^[0-9.]+$' || true; } | sort -g |
+    awk '{a[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+}
+for t in direct infergate "$NGX_NAME" "$HAP_NAME"; do
+  RPS[$t]=$(median "${RPS[$t]}"); P99[$t]=$(median "${P99[$t]}"); CPU[$t]=$(median "${CPU[$t]}")
+done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "-- medians of $ROUNDS rounds"
+  for t in direct infergate "$NGX_NAME" "$HAP_NAME"; do
+    printf '%-26s %10s %9s %8sus %7s %12s\n' "$t" "${RPS[$t]}" "" "${P99[$t]}" "" "${CPU[$t]}"
+  done
+fi
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 printf 'infergate / nginx:   req/s %s  p99 %s  CPU/req %s\n' \
   "$(ratio "${RPS[infergate]}" "${RPS[$NGX_NAME]}")" "$(ratio "${P99[infergate]}" "${P99[$NGX_NAME]}")" "$(ratio "${CPU[infergate]}" "${CPU[$NGX_NAME]}")"
