@@ -73,40 +73,42 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
-/// The lengths of the names in [`HOP_BY_HOP`], as bits.
+/// The fixed hop-by-hop headers (RFC 9110 §7.6.1, and two older ones).
+const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// [`HOP_BY_HOP_NAMES`] as header names (standard ones compare as such).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    HeaderName::from_static(HOP_BY_HOP_NAMES[0]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[1]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[2]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[3]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[4]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[5]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[6]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[7]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[8]),
+];
+
+/// The lengths of [`HOP_BY_HOP_NAMES`], as bits.
 const HOP_BY_HOP_LENGTHS: u32 = {
-    let names = [
-        "connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "trailer",
-        "keep-alive",
-        "proxy-connection",
-    ];
     let mut bits = 0u32;
     let mut i = 0;
-    while i < names.len() {
-        bits |= 1 << names[i].len();
+    while i < HOP_BY_HOP_NAMES.len() {
+        bits |= 1 << HOP_BY_HOP_NAMES[i].len();
         i += 1;
     }
     bits
 };
-
-/// The fixed hop-by-hop headers (RFC 9110 §7.6.1, and two older ones).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TRAILER,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
 
 /// Append the client's address to `X-Forwarded-For` and set
 /// `X-Forwarded-Proto` to the scheme the client used.
