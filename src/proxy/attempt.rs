@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ use super::queue::Shed;
 use super::retry::RetryGuard;
 use super::select::{select, Selection, Slot};
 use super::table::Route;
-use super::upstream::{self, UpstreamBody};
+use super::upstream::{self, OutBody};
 use crate::classify::{ApiFamily, RequestClass};
 use crate::config::UpstreamProtocol;
 use crate::health::FailureKind;
@@ -42,17 +42,12 @@ pub(super) enum RequestBody {
 }
 
 impl RequestBody {
-    fn for_attempt(&mut self) -> Option<(UpstreamBody, Option<BodyWatch>)> {
+    fn for_attempt(&mut self) -> Option<(OutBody, Option<BodyWatch>)> {
         match self {
-            RequestBody::Buffered(bytes) => Some((
-                Full::new(bytes.clone())
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-                None,
-            )),
+            RequestBody::Buffered(bytes) => Some((OutBody::Full(bytes.clone()), None)),
             RequestBody::Streaming(stream) => stream.take().map(|(body, idle)| {
                 let (body, watch) = WatchedBody::new(body, idle);
-                (body.boxed_unsync(), Some(watch))
+                (OutBody::Stream(body.boxed_unsync()), Some(watch))
             }),
         }
     }
@@ -305,7 +300,7 @@ pub(super) async fn forward(
             }
         }
         let error = match outcome {
-            Some(Ok(upstream::Answer { response, .. }))
+            Some(Ok(response))
                 if response.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
             {
                 // Upgrade headers are hop-by-hop and never forwarded, so a
@@ -318,7 +313,7 @@ pub(super) async fn forward(
                     "The model server switched protocols; upgrades are not proxied.",
                 ));
             }
-            Some(Ok(upstream::Answer { response, conn })) => {
+            Some(Ok(response)) => {
                 let status = response.status();
                 // A gRPC call's outcome is its grpc-status: in the head of
                 // a trailers-only answer, else in the trailers (counted
@@ -360,7 +355,6 @@ pub(super) async fn forward(
                         deadline,
                         success_at_end: !server_error,
                         slot,
-                        conn,
                         sse,
                         telemetry: telemetry.tracker(
                             index,
@@ -514,11 +508,7 @@ mod tests {
             protocol: route.protocol,
             tls: &route.pool.tls,
         };
-        let request = Request::new(
-            Full::new(Bytes::new())
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        );
+        let request = Request::new(OutBody::Full(Bytes::new()));
         let send = upstream::send(target, request);
         let size = std::mem::size_of_val(&send);
         assert!(size <= 1536, "sending to a node is {size} bytes");

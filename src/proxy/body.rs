@@ -18,11 +18,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::select::Slot;
-use super::upstream::PooledConn;
+use super::upstream::NodeBody;
 use crate::health::FailureKind;
 
 /// Chunks already read from the node are merged into one frame for the
@@ -35,7 +34,7 @@ const MERGE_UP_TO: usize = 16 * 1024;
 const MERGE_MAX_CHUNKS: usize = 32;
 
 /// What the node's body gave: a frame, the end, or a failure.
-type NodeFrame = Option<Result<Frame<Bytes>, hyper::Error>>;
+type NodeFrame = Option<Result<Frame<Bytes>, BoxError>>;
 
 /// Error type of [`ResponseBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,9 +69,6 @@ pub struct PassThrough {
     pub deadline: Instant,
     /// The node's in-flight slot; released when the stream ends.
     pub slot: Slot,
-    /// The HTTP/1.1 connection carrying the body, given back to the pool
-    /// once the body is read to its end.
-    pub conn: Option<PooledConn>,
     /// Send an SSE error event before cutting a failed stream.
     pub sse: bool,
     /// Tell outlier detection the node answered well once the body ends
@@ -87,7 +83,9 @@ pub struct PassThrough {
 }
 
 struct Upstream {
-    inner: Incoming,
+    /// The node's body; an HTTP/1.1 one gives its connection back to the
+    /// pool itself when its end has been read.
+    inner: NodeBody,
     idle: Duration,
     deadline: Instant,
     last_activity: Instant,
@@ -95,11 +93,8 @@ struct Upstream {
     /// already complete (most small answers) never touches the timer wheel.
     timer: Option<Pin<Box<Sleep>>>,
     slot: Option<Slot>,
-    conn: Option<PooledConn>,
     sse: bool,
     success_at_end: bool,
-    /// No failure was seen (a failed stream's connection is not reused).
-    clean: bool,
     /// What the node gave after the data merged into the last frame (its
     /// trailers, end or failure), for the next poll.
     held: Option<NodeFrame>,
@@ -134,7 +129,7 @@ impl ResponseBody {
     }
 
     /// A node's body, passed through as it arrives.
-    pub fn upstream(inner: Incoming, settings: PassThrough) -> ResponseBody {
+    pub fn upstream(inner: NodeBody, settings: PassThrough) -> ResponseBody {
         let now = Instant::now();
         ResponseBody {
             kind: Kind::Upstream(Box::new(Upstream {
@@ -144,9 +139,7 @@ impl ResponseBody {
                 last_activity: now,
                 timer: None,
                 slot: Some(settings.slot),
-                conn: settings.conn,
                 sse: settings.sse,
-                clean: true,
                 held: None,
                 success_at_end: settings.success_at_end,
                 state: State::Streaming,
@@ -163,8 +156,8 @@ impl Upstream {
         kind: FailureKind,
         why: String,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.clean = false;
-        self.conn = None;
+        // The node's body is left unread: dropped with this body, it closes
+        // the connection rather than giving it back mid-response.
         if let Some(slot) = self.slot.take() {
             slot.failure(kind);
         }
@@ -218,13 +211,6 @@ impl Upstream {
                 format!("node connection failed mid-response: {e}"),
             ),
             Poll::Ready(None) => {
-                // The end of a chunked body is only known here (its
-                // `is_end_stream` stays false).
-                if self.clean {
-                    if let Some(conn) = self.conn.take() {
-                        conn.release();
-                    }
-                }
                 if let Some(slot) = self.slot.take() {
                     if self.success_at_end {
                         slot.success();
@@ -348,41 +334,10 @@ impl Upstream {
         merged.freeze()
     }
 
-    /// One chunk of the node's body, after letting the connection (when
-    /// this task drives it) read what has arrived.
+    /// One chunk of the node's body (reading the node's socket on the
+    /// way, with this task's waker).
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<NodeFrame> {
-        match self.conn.as_mut() {
-            Some(conn) => conn.poll_body(&mut self.inner, cx),
-            None => Pin::new(&mut self.inner).poll_frame(cx),
-        }
-    }
-
-    /// Give the node connection back if its body was read to the end
-    /// (hyper stops polling a sized body at `is_end_stream`, without the
-    /// final `None`).
-    fn release_conn(&mut self) {
-        // The end may already be held for the next poll that never came
-        // (hyper stops at a sized body's last byte).
-        let at_end = match &self.held {
-            None => self.inner.is_end_stream(),
-            Some(held) => held.is_none(),
-        };
-        if self.clean && at_end {
-            if let Some(conn) = self.conn.take() {
-                // The connection finishes the message only once the body
-                // asks for more (and then sees its end): ask, so that the
-                // release below finds it ready.
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                let _ = Pin::new(&mut self.inner).poll_frame(&mut cx);
-                conn.release();
-            }
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.release_conn();
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 }
 

@@ -13,6 +13,7 @@ mod drain;
 pub mod errors;
 mod fd_limit;
 mod forward;
+mod h1;
 pub mod headers;
 pub mod heap_release;
 pub mod models;

@@ -1,21 +1,24 @@
-//! Keep-alive connections to nodes, kept per worker thread.
+//! Keep-alive connections to nodes, kept per worker thread, and the
+//! response body read from them.
 //!
 //! HTTP/1.1 nodes (the common case) get this module's own pool: per thread,
-//! per node, a short list of hyper's low-level `client::conn::http1`
-//! connections. A request takes a ready connection of its own thread and
-//! writes straight onto it; the connection goes back to the list when its
-//! response body has been read to the end. Compared with hyper-util's
-//! pooled client this saves, per request, a mutex-guarded checkout, a race
-//! between checkout and a lazy connect, key hashing over the URI and a task
-//! spawned to wait for the connection to become idle (see ARCHITECTURE.md,
-//! "Data path costs", for the measured difference).
+//! per node, a short list of connections speaking the gateway's own
+//! HTTP/1.1 (`proxy::h1`). A request takes a ready connection of its own
+//! thread and writes straight onto it; the connection goes back to the list
+//! when its response body has been read to the end. Compared with
+//! hyper-util's pooled client this saves, per request, a mutex-guarded
+//! checkout, a race between checkout and a lazy connect, key hashing over
+//! the URI and a task spawned to wait for the connection to become idle;
+//! compared with hyper's own client connection, its dispatch channel, the
+//! body channel between connection and body, and a second read buffer
+//! (see ARCHITECTURE.md, "Data path costs", for the measured differences).
 //!
-//! A connection has no task of its own: the task serving the client drives
-//! it ([`PooledConn::drive`]) while it waits for the response head and
-//! while it reads the body, as Pingora does. So a request costs no wake-up
-//! of a second task, and the body can take every chunk the node has sent
-//! so far in one go (`proxy::body` merges them into one write to the
-//! client).
+//! A connection has no task of its own: the task serving the client
+//! reads and writes it while it waits for the response head and while it
+//! reads the body ([`NodeBody`]), as Pingora does. So a request costs no
+//! wake-up of a second task, and the body can take every chunk the node
+//! has sent so far in one go (`proxy::body` merges them into one write to
+//! the client).
 //!
 //! HTTP/2 (`h2c`) nodes keep hyper-util's client, which multiplexes streams
 //! on one shared connection. Either way a request and its upstream
@@ -25,29 +28,31 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 use tower::ServiceExt;
 
 use super::body::BoxError;
+use super::h1::codec::{BodyFraming, Head};
+use super::h1::{Answered, Conn};
+pub use super::h1::OutBody;
 use crate::config::UpstreamProtocol;
 
-/// Request body type sent to nodes.
+/// Request body type of hyper-util's client (h2c nodes, the gateway's own
+/// calls).
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Pooled keep-alive HTTP(S) client to nodes (HTTP/2 and the gateway's own
 /// calls: model lists).
@@ -57,9 +62,6 @@ pub type UpstreamClient = Client<crate::tls::HttpsConnector, UpstreamBody>;
 pub const MAX_IDLE_PER_NODE: usize = 64;
 /// An idle connection unused this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most a node connection buffers from the node before the client has
-/// taken it (and the largest response head accepted).
-const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
 /// How often a thread's lists are swept of closed and expired connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -129,21 +131,13 @@ impl Target<'_> {
     }
 }
 
-/// A response head from a node, with the connection that carried it when
-/// that connection can go back to the pool once the body is read.
-pub struct Answer {
-    /// The node's response.
-    pub response: Response<Incoming>,
-    /// The HTTP/1.1 connection to give back at the clean end of the body.
-    pub conn: Option<PooledConn>,
-}
-
 /// Send `request` (its URI in origin form, `/path?query`, with a `Host`
-/// header) to `target`.
+/// header) to `target`; the response's body reads from the node as it is
+/// polled.
 pub async fn send(
     target: Target<'_>,
-    mut request: Request<UpstreamBody>,
-) -> Result<Answer, UpstreamError> {
+    mut request: Request<OutBody>,
+) -> Result<Response<NodeBody>, UpstreamError> {
     // The h2c and connect paths are boxed: each request's future is as
     // large as its largest state, and both are kilobytes (a TLS handshake,
     // hyper-util's client) that a request on a kept connection never uses
@@ -156,54 +150,59 @@ pub async fn send(
     // the request back unsent: try it once more on a new connection, as
     // hyper-util's client does.
     if let Some(mut conn) = checkout(&key) {
-        let response = std::pin::pin!(conn.sender.try_send_request(request));
-        match conn.drive_until(response).await {
-            Ok(response) => return Ok(answer(response, conn)),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => request = unsent,
-                None => return Err(UpstreamError::Exchange(Box::new(e.into_error()))),
-            },
+        match conn.conn.exchange(&mut request).await {
+            Ok(answered) => return Ok(respond(answered, conn)),
+            Err(e) if e.unsent => {
+                tracing::debug!(node = %key.authority, error = %e.error, "kept connection closed; sending on a new one");
+            }
+            Err(e) => return Err(UpstreamError::Exchange(e.error)),
         }
     }
     let mut conn = Box::pin(connect(&target, key)).await?;
-    let response = std::pin::pin!(conn.sender.send_request(request));
-    match conn.drive_until(response).await {
-        Ok(response) => Ok(answer(response, conn)),
-        Err(e) => Err(UpstreamError::Exchange(Box::new(e))),
+    match conn.conn.exchange(&mut request).await {
+        Ok(answered) => Ok(respond(answered, conn)),
+        Err(e) => Err(UpstreamError::Exchange(e.error)),
     }
 }
 
 /// [`send`] to an h2c node, through hyper-util's client.
 async fn send_h2c(
     target: Target<'_>,
-    mut request: Request<UpstreamBody>,
-) -> Result<Answer, UpstreamError> {
-    let uri = absolute(&target, request.uri())?;
-    *request.uri_mut() = uri;
+    request: Request<OutBody>,
+) -> Result<Response<NodeBody>, UpstreamError> {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = absolute(&target, &parts.uri)?;
+    let body = match body {
+        OutBody::Full(bytes) => Full::new(bytes).map_err(|e| match e {}).boxed_unsync(),
+        OutBody::Stream(body) => body,
+    };
     let client = client(target.connect_timeout, target.protocol, target.tls);
     client
-        .request(request)
+        .request(Request::from_parts(parts, body))
         .await
-        .map(|response| Answer {
-            response,
-            conn: None,
-        })
+        .map(|response| response.map(NodeBody::H2))
         .map_err(UpstreamError::from_legacy)
 }
 
-fn answer(response: Response<Incoming>, conn: PooledConn) -> Answer {
-    if http_body::Body::is_end_stream(response.body()) {
-        // Nothing left to read: the connection is free already.
-        conn.release();
-        return Answer {
-            response,
-            conn: None,
-        };
-    }
-    Answer {
+/// The response whose head `answered` holds, its body to be read from
+/// `conn`.
+fn respond(answered: Answered, conn: PooledConn) -> Response<NodeBody> {
+    let Head {
         response,
+        body: framing,
+        keep_alive,
+    } = answered.head;
+    let mut body = H1Body {
         conn: Some(conn),
+        framing,
+        reuse: keep_alive && answered.request_sent,
+        done: false,
+    };
+    if framing.is_done() {
+        // Nothing to read: the connection is free already.
+        body.finish();
     }
+    response.map(|()| NodeBody::H1(body))
 }
 
 fn absolute(target: &Target<'_>, uri: &Uri) -> Result<Uri, UpstreamError> {
@@ -213,7 +212,98 @@ fn absolute(target: &Target<'_>, uri: &Uri) -> Result<Uri, UpstreamError> {
     Uri::from_parts(parts).map_err(|e| UpstreamError::Exchange(Box::new(e)))
 }
 
-type Sender = http1::SendRequest<UpstreamBody>;
+/// A node's response body, read as it is polled.
+pub enum NodeBody {
+    /// From an HTTP/1.1 connection of this thread's pool.
+    H1(H1Body),
+    /// From hyper-util's client (h2c).
+    H2(Incoming),
+}
+
+impl Body for NodeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            NodeBody::H1(body) => body.poll_frame(cx),
+            NodeBody::H2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            NodeBody::H1(body) => body.done,
+            NodeBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            NodeBody::H1(body) => match body.framing {
+                _ if body.done => SizeHint::with_exact(0),
+                BodyFraming::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+            NodeBody::H2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A response body on an HTTP/1.1 connection. The connection goes back to
+/// the pool the moment the body's end has been read (before any further
+/// poll: a sized body is not polled past its last byte); a body dropped
+/// before its end closes it.
+pub struct H1Body {
+    conn: Option<PooledConn>,
+    framing: BodyFraming,
+    /// The connection can carry another request after this body.
+    reuse: bool,
+    /// The end was read (or the body failed).
+    done: bool,
+}
+
+impl H1Body {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(pooled) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match pooled.conn.poll_body(&mut self.framing, cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                if self.framing.is_done() {
+                    self.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // Out of step with the node: the connection is closed.
+                self.conn = None;
+                self.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The body ended: keep the connection if it can carry another request.
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(pooled) = self.conn.take() {
+            if self.reuse && pooled.conn.is_clean() {
+                pooled.release();
+            }
+        }
+    }
+}
 
 /// A thread's connections are told apart by node address, scheme, connect
 /// timeout and TLS settings (the address of the pool's `ClientConfig`).
@@ -271,178 +361,21 @@ impl std::hash::Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
-/// How a node connection's bytes travel: TCP, or TLS over TCP.
-type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
-/// hyper's state machine of one connection: reads and writes happen when
-/// it is polled.
-type Driver = http1::Connection<Io, UpstreamBody>;
-
-/// A connection taken from the pool (or made) for one exchange: the handle
-/// requests are sent on and the connection itself, driven by the task that
-/// uses it.
+/// A connection taken from the pool (or made) for one exchange.
 pub struct PooledConn {
-    sender: Sender,
-    /// What the connection is driven with: the driving task's waker,
-    /// except while that task itself asks for the response body
-    /// ([`PooledConn::poll_body`]).
-    wake: Arc<DriveWaker>,
-    /// `wake` as a [`Waker`], made once per connection.
-    waker: Waker,
-    /// Boxed: with its buffers and TLS state it is kilobytes, and a
+    /// Boxed: with its buffer and TLS state it is kilobytes, and a
     /// connection changes hands (pool, exchange, body) several times per
     /// request; moving it inline cost more than the whole rest of the
     /// request.
-    ///
-    /// `None` once the connection closed: dropped then, which hands every
-    /// request still queued on it back to its sender (unsent), so nothing
-    /// waits on a connection that will never be polled again.
-    driver: Option<Pin<Box<Driver>>>,
+    conn: Box<Conn>,
     key: Key,
 }
 
-/// The waker a node connection is driven with: it passes wake-ups on to
-/// the task driving the connection, except those the task causes itself
-/// while it asks for the response body ([`PooledConn::poll_body`]).
-///
-/// The response body's reader and the connection talk through hyper's
-/// channels: when the reader asks for data, or takes a chunk from a full
-/// channel, the channel wakes the connection's waker. With the connection
-/// driven by the reader's own task, that woke the task while it was
-/// running, and it then ran its whole poll (client connection, request,
-/// response) once more for nothing: one extra poll per small request,
-/// measured with callgrind. A wake-up a muted poll loses is never needed:
-/// the connection is driven right after every ask that finds nothing.
-/// Wake-ups from the socket never come while the task is being polled
-/// (the worker's runtime runs its I/O driver between polls), so none of
-/// them is lost.
-#[derive(Default)]
-struct DriveWaker {
-    task: AtomicWaker,
-    muted: AtomicBool,
-}
-
-impl Wake for DriveWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.muted.load(Ordering::Relaxed) {
-            self.task.wake();
-        }
-    }
-}
-
-/// Unmutes a connection's waker when dropped (even by a panic).
-struct Unmute<'a>(&'a DriveWaker);
-
-impl Drop for Unmute<'_> {
-    fn drop(&mut self) {
-        self.0.muted.store(false, Ordering::Relaxed);
-    }
-}
-
 impl PooledConn {
-    /// The next frame of `body`, the response body this connection
-    /// carries, driving the connection as needed.
-    ///
-    /// Only driving the connection fills the body, and this task does
-    /// that: the body is asked with a no-op waker and the connection's
-    /// waker muted, or every chunk the connection hands over, and every ask
-    /// for one, would wake this task, which is doing both, to run its whole
-    /// poll once more for nothing ([`DriveWaker`]). The connection is
-    /// driven after every ask that finds nothing, so no wake-up is needed.
-    pub fn poll_body(
-        &mut self,
-        body: &mut Incoming,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        // The body first: asking for a chunk is what lets the connection
-        // hand one over, so driving it before would find nobody asking and
-        // need another drive to come back.
-        if let Poll::Ready(frame) = self.ask(body) {
-            return Poll::Ready(frame);
-        }
-        self.drive(cx);
-        self.ask(body)
-    }
-
-    /// Poll `body` without giving this task any wake-up (see
-    /// [`PooledConn::poll_body`]).
-    fn ask(
-        &self,
-        body: &mut Incoming,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        self.wake.muted.store(true, Ordering::Relaxed);
-        let _unmute = Unmute(&self.wake);
-        let mut noop = Context::from_waker(Waker::noop());
-        http_body::Body::poll_frame(Pin::new(body), &mut noop)
-    }
-
-    /// Let the connection read and write what it can now, registering
-    /// `cx`'s waker for more. True once the connection has closed.
-    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(driver) = self.driver.as_mut() else {
-            return true;
-        };
-        self.wake.task.register(cx.waker());
-        match driver.as_mut().poll(&mut Context::from_waker(&self.waker)) {
-            Poll::Pending => false,
-            Poll::Ready(result) => {
-                if let Err(e) = result {
-                    tracing::debug!(node = %self.key.authority, error = %e, "node connection ended with an error");
-                }
-                self.driver = None;
-                true
-            }
-        }
-    }
-
-    /// Drive the connection until `exchange` (a response on it) resolves.
-    ///
-    /// Only driving the connection can complete the exchange, so the
-    /// exchange is polled with a no-op waker right after every drive:
-    /// with this task's waker, the connection handing over the response
-    /// woke the task that was handing it over, which then ran its whole
-    /// poll once more for nothing.
-    ///
-    /// `exchange` comes pinned by the caller, so it has one place in the
-    /// request's future, not two.
-    async fn drive_until<F: Future>(&mut self, mut exchange: Pin<&mut F>) -> F::Output {
-        poll_fn(|cx| {
-            // The connection first, so what it read is there for the
-            // exchange to take in the same poll.
-            self.drive(cx);
-            exchange
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()))
-        })
-        .await
-    }
-
-    /// Whether the connection can take a request now, after letting it
-    /// catch up on what happened while nobody polled it (the end of the
-    /// last exchange, the node closing it).
-    fn ready_now(&mut self) -> bool {
-        if self.driver.is_none() || self.sender.is_closed() {
-            return false;
-        }
-        // Driven even when it looks ready: that is how a close by the node
-        // (a restart, its keep-alive timeout) is read before a request is
-        // written onto the dead connection.
-        let mut cx = Context::from_waker(Waker::noop());
-        !self.drive(&mut cx) && !self.sender.is_closed() && self.sender.is_ready()
-    }
-
     /// The response body was read to its end: the connection can carry the
-    /// next request. (A body abandoned part-way is dropped instead, and
-    /// with it the connection.)
-    pub fn release(mut self) {
-        if !self.ready_now() {
-            // Closed, or still busy (a request body the node answered
-            // before reading it all): not worth keeping.
-            return;
-        }
+    /// next request.
+    fn release(mut self) {
+        self.conn.trim();
         let now = Instant::now();
         // `try_with`: a body dropped while its thread shuts down finds the
         // pool gone; its connection then just closes.
@@ -491,7 +424,10 @@ fn checkout(key: &Key) -> Option<PooledConn> {
         let list = pool.idle.get_mut(key)?;
         // Newest first; closed ones are dropped on the way.
         while let Some(mut idle) = list.pop() {
-            if idle.conn.ready_now() {
+            // The node may have closed it (a restart, its keep-alive
+            // timeout): that is read here, before a request is written
+            // onto a dead connection.
+            if idle.conn.conn.is_open_idle() {
                 return Some(idle.conn);
             }
         }
@@ -503,12 +439,8 @@ fn checkout(key: &Key) -> Option<PooledConn> {
 /// lists of nodes with none left.
 fn sweep(idle: &mut KeyMap<Vec<Idle>>, now: Instant) {
     idle.retain(|_, list| {
-        let mut cx = Context::from_waker(Waker::noop());
-        // Driving an idle connection reads the node's close, if any.
         list.retain_mut(|c| {
-            now.duration_since(c.since) < IDLE_TIMEOUT
-                && !c.conn.drive(&mut cx)
-                && !c.conn.sender.is_closed()
+            now.duration_since(c.since) < IDLE_TIMEOUT && c.conn.conn.is_open_idle()
         });
         !list.is_empty()
     });
@@ -527,21 +459,8 @@ async fn connect(target: &Target<'_>, key: Key) -> Result<PooledConn, UpstreamEr
         .oneshot(uri)
         .await
         .map_err(UpstreamError::Connect)?;
-    let (sender, driver) = http1::Builder::new()
-        // hyper grows a connection's read buffer up to ~400 KB while a
-        // node streams faster than the client reads; 32 KB (room for any
-        // sane response head) keeps 10,000 streams in bounded memory, as
-        // nginx's proxy_buffer_size and HAProxy's bufsize do.
-        .max_buf_size(UPSTREAM_READ_BUFFER)
-        .handshake(io)
-        .await
-        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
-    let wake = Arc::new(DriveWaker::default());
     Ok(PooledConn {
-        sender,
-        waker: Waker::from(wake.clone()),
-        wake,
-        driver: Some(Box::pin(driver)),
+        conn: Box::new(Conn::new(hyper_util::rt::TokioIo::new(io))),
         key,
     })
 }
@@ -621,7 +540,8 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A node answering every request on a connection with `hello`, head
@@ -653,17 +573,10 @@ mod tests {
         };
         let request = Request::get("/")
             .header("host", authority.as_str())
-            .body(UpstreamBody::default())
+            .body(OutBody::Full(Bytes::new()))
             .unwrap();
-        let Answer { response, conn } = send(target, request).await.unwrap();
-        let mut body = response.into_body();
-        let mut conn = conn.expect("the body is still to be read");
-        let mut got = Vec::new();
-        while let Some(frame) = poll_fn(|cx| conn.poll_body(&mut body, cx)).await {
-            got.extend_from_slice(frame.unwrap().data_ref().unwrap());
-        }
-        conn.release();
-        Bytes::from(got)
+        let response = send(target, request).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
     }
 
     /// Counts the polls of the future it wraps.

@@ -1,0 +1,728 @@
+//! HTTP/1.1 on the node side, as bytes: the request head written, the
+//! response head parsed (`httparse`), and the response body's framing
+//! (length, chunked, to the close) decoded straight out of the read buffer
+//! without copying. No I/O here: `h1::conn` reads and writes.
+//!
+//! The rules are RFC 9112's: no body for HEAD, 1xx, 204 and 304; a
+//! `Transfer-Encoding` ending in `chunked` wins over `Content-Length`;
+//! differing `Content-Length`s are refused (a response that could be read
+//! two ways is how responses get smuggled); without either, the body runs
+//! to the close and the connection is not reused.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+
+/// Most header lines a response head may have (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Most trailer bytes accepted after a chunked body (they are read and
+/// dropped: trailers mean nothing to an HTTP/1.1 client of the gateway).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why a node's bytes could not be read as HTTP/1.1.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CodecError(pub &'static str);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// `Content-Length: n` (the header is written here).
+    Length(u64),
+    /// `Content-Length` as the client sent it (already among the headers).
+    LengthHeader,
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// No body and no header saying so (GET and the like).
+    None,
+}
+
+/// Write the request head: `METHOD path HTTP/1.1`, the headers as they are
+/// (lower-case names, as hyper writes them), and the framing header. A
+/// `Content-Length` among `headers` is written only with
+/// [`RequestFraming::LengthHeader`]: otherwise the framing says what is
+/// sent, and a second, different length would make the request ambiguous.
+pub fn encode_head(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+    out: &mut BytesMut,
+) {
+    let mut size = method.as_str().len() + path.len() + 32;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    out.reserve(size);
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(path.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    let keep_length = framing == RequestFraming::LengthHeader;
+    for (name, value) in headers {
+        if (name == CONTENT_LENGTH && !keep_length) || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Length(n) => {
+            out.put_slice(b"content-length: ");
+            let mut digits = itoa_buffer();
+            out.put_slice(itoa(n, &mut digits));
+            out.put_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        RequestFraming::LengthHeader | RequestFraming::None => {}
+    }
+    out.put_slice(b"\r\n");
+}
+
+fn itoa_buffer() -> [u8; 20] {
+    [0; 20]
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Frame one chunk of a chunked request body: size line, data, CRLF.
+pub fn encode_chunk(data: &[u8], out: &mut BytesMut) {
+    out.reserve(data.len() + 20);
+    let mut size = [0u8; 16];
+    let mut at = size.len();
+    let mut n = data.len();
+    loop {
+        at -= 1;
+        size[at] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&size[at..]);
+    out.put_slice(b"\r\n");
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+}
+
+/// The last chunk of a chunked request body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    /// Status, version and headers (the body comes separately).
+    pub response: Response<()>,
+    /// How its body is framed.
+    pub body: BodyFraming,
+    /// The node keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+/// Parse a response head from the start of `buf`, taking its bytes out of
+/// `buf` (interim 1xx responses other than 101 are skipped). `Ok(None)`:
+/// the head is not complete yet.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecError> {
+    loop {
+        let Some(head) = parse_one(buf, method)? else {
+            return Ok(None);
+        };
+        let status = head.response.status();
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        return Ok(Some(head));
+    }
+}
+
+fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecError> {
+    // Where each header's name and value lie in `buf`: the values are then
+    // sliced out of the head's bytes without a copy, as hyper does.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(CodecError("response head has too many header lines"))
+            }
+            Err(_) => return Err(CodecError("malformed response head")),
+        };
+        let start = buf.as_ptr() as usize;
+        let count = response.headers.len();
+        for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
+            let name = header.name.as_ptr() as usize - start;
+            let value = header.value.as_ptr() as usize - start;
+            *span = (
+                name as u32,
+                header.name.len() as u32,
+                value as u32,
+                header.value.len() as u32,
+            );
+        }
+        (
+            len,
+            response.code.unwrap_or(0),
+            response.version.unwrap_or(1),
+            count,
+        )
+    };
+    let bytes = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| CodecError("invalid status code"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name, name_len, value, value_len) in &spans[..count] {
+        let name = &bytes[name as usize..(name + name_len) as usize];
+        let name = HeaderName::from_bytes(name).map_err(|_| CodecError("invalid header name"))?;
+        let value = bytes.slice(value as usize..(value + value_len) as usize);
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| CodecError("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let body = body_framing(method, status, &headers)?;
+    let keep_alive = keep_alive(version, &headers) && body != BodyFraming::ToClose;
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some(Head {
+        response,
+        body,
+        keep_alive,
+    }))
+}
+
+/// Whether the node leaves the connection open after the response.
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep)
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+fn body_framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<BodyFraming, CodecError> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(BodyFraming::Empty);
+    }
+    let mut encodings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if encodings.peek().is_some() {
+        let last = encodings
+            .last()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(<[u8]>::trim_ascii);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => {
+                BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 })
+            }
+            // A coding other than chunked last: the body runs to the close.
+            _ => BodyFraming::ToClose,
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
+                return Err(CodecError("invalid content-length"));
+            }
+            let n = part
+                .iter()
+                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|seen| seen != n) {
+                return Err(CodecError("differing content-lengths"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => BodyFraming::Empty,
+        Some(n) => BodyFraming::Length(n),
+        None => BodyFraming::ToClose,
+    })
+}
+
+/// Where a response body's decoding stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No (more) body.
+    Empty,
+    /// This many bytes left.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunked),
+    /// Everything until the node closes the connection.
+    ToClose,
+}
+
+/// The chunked decoder's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunked {
+    /// In a chunk-size line: bytes of it seen, the size so far.
+    Size { line: usize, size: u64 },
+    /// In the extensions after the size, up to the line's LF.
+    Extension { line: usize, size: u64 },
+    /// This many data bytes of the current chunk left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section: bytes seen, and whether at a line's start.
+    Trailers { seen: usize, line_start: bool },
+}
+
+/// What decoding found in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes, taken out of the buffer.
+    Data(Bytes),
+    /// The body is complete.
+    End,
+    /// More bytes must be read first.
+    More,
+}
+
+impl BodyFraming {
+    /// The body is complete.
+    pub fn is_done(&self) -> bool {
+        *self == BodyFraming::Empty
+    }
+
+    /// Decode what `buf` holds: the next piece of body data (sliced out of
+    /// `buf`, no copy), the end, or a need for more bytes.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, CodecError> {
+        match self {
+            BodyFraming::Empty => Ok(Decoded::End),
+            BodyFraming::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
+                }
+                let take = (*left).min(buf.len() as u64);
+                *left -= take;
+                if *left == 0 {
+                    *self = BodyFraming::Empty;
+                }
+                Ok(Decoded::Data(buf.split_to(take as usize).freeze()))
+            }
+            BodyFraming::ToClose => {
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
+                }
+                Ok(Decoded::Data(buf.split().freeze()))
+            }
+            BodyFraming::Chunked(state) => {
+                let decoded = decode_chunked(state, buf, true)?;
+                if decoded == Decoded::End {
+                    *self = BodyFraming::Empty;
+                }
+                Ok(decoded)
+            }
+        }
+    }
+
+    /// Read past what follows data without data of its own (a chunk's
+    /// CRLF, the last chunk, trailers) as far as `buf` allows, so a body
+    /// whose end has arrived is known complete without another poll.
+    pub fn settle(&mut self, buf: &mut BytesMut) -> Result<(), CodecError> {
+        let BodyFraming::Chunked(state) = self else {
+            return Ok(());
+        };
+        // Only up to the next data: that is the caller's to take.
+        if decode_chunked(state, buf, false)? == Decoded::End {
+            *self = BodyFraming::Empty;
+        }
+        Ok(())
+    }
+}
+
+/// Decode a chunked body from `buf`; with `take_data` false, stop (with
+/// `More`) at the next data instead of taking it.
+fn decode_chunked(
+    state: &mut Chunked,
+    buf: &mut BytesMut,
+    take_data: bool,
+) -> Result<Decoded, CodecError> {
+    loop {
+        match *state {
+            Chunked::Data(0) => *state = Chunked::DataEnd,
+            Chunked::Data(left) => {
+                if buf.is_empty() || !take_data {
+                    return Ok(Decoded::More);
+                }
+                let take = left.min(buf.len() as u64);
+                *state = Chunked::Data(left - take);
+                if left == take {
+                    *state = Chunked::DataEnd;
+                }
+                return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
+            }
+            Chunked::DataEnd => {
+                if buf.len() < 2 {
+                    // A lone CR waits for its LF.
+                    if buf.first().is_some_and(|&b| b != b'\r') {
+                        return Err(CodecError("chunk data not followed by CRLF"));
+                    }
+                    return Ok(Decoded::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(CodecError("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                *state = Chunked::Size { line: 0, size: 0 };
+            }
+            Chunked::Size { line, size } => {
+                let Some(&b) = buf.first() else {
+                    return Ok(Decoded::More);
+                };
+                buf.advance(1);
+                let line = line + 1;
+                let digit = match b {
+                    b'0'..=b'9' => Some(b - b'0'),
+                    b'a'..=b'f' => Some(b - b'a' + 10),
+                    b'A'..=b'F' => Some(b - b'A' + 10),
+                    _ => None,
+                };
+                match digit {
+                    Some(_) if line > 16 => return Err(CodecError("chunk size too large")),
+                    Some(d) => {
+                        *state = Chunked::Size {
+                            line,
+                            size: size * 16 + u64::from(d),
+                        }
+                    }
+                    None if line == 1 => return Err(CodecError("invalid chunk size")),
+                    None if b == b'\n' => *state = chunk_start(size),
+                    None if b == b';' || b == b'\r' || b == b' ' || b == b'\t' => {
+                        *state = Chunked::Extension { line, size }
+                    }
+                    None => return Err(CodecError("invalid chunk size")),
+                }
+            }
+            Chunked::Extension { line, size } => {
+                match memchr::memchr(b'\n', buf) {
+                    Some(at) => {
+                        if line + at > MAX_CHUNK_LINE {
+                            return Err(CodecError("chunk size line too long"));
+                        }
+                        buf.advance(at + 1);
+                        *state = chunk_start(size);
+                    }
+                    None => {
+                        let line = line + buf.len();
+                        if line > MAX_CHUNK_LINE {
+                            return Err(CodecError("chunk size line too long"));
+                        }
+                        buf.clear();
+                        *state = Chunked::Extension { line, size };
+                        return Ok(Decoded::More);
+                    }
+                }
+            }
+            Chunked::Trailers { seen, line_start } => {
+                let Some(&b) = buf.first() else {
+                    return Ok(Decoded::More);
+                };
+                if line_start && b == b'\n' {
+                    buf.advance(1);
+                    return Ok(Decoded::End);
+                }
+                if line_start && b == b'\r' {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::More);
+                    }
+                    if buf[1] != b'\n' {
+                        return Err(CodecError("malformed chunked trailers"));
+                    }
+                    buf.advance(2);
+                    return Ok(Decoded::End);
+                }
+                // Skip one trailer line.
+                let (taken, ended) = match memchr::memchr(b'\n', buf) {
+                    Some(at) => (at + 1, true),
+                    None => (buf.len(), false),
+                };
+                if seen + taken > MAX_TRAILERS {
+                    return Err(CodecError("chunked trailers too large"));
+                }
+                buf.advance(taken);
+                *state = Chunked::Trailers {
+                    seen: seen + taken,
+                    line_start: ended,
+                };
+            }
+        }
+    }
+}
+
+/// After a chunk-size line: the chunk's data, or the trailers after the
+/// last (zero-size) chunk.
+fn chunk_start(size: u64) -> Chunked {
+    if size == 0 {
+        Chunked::Trailers {
+            seen: 0,
+            line_start: true,
+        }
+    } else {
+        Chunked::Data(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<Head>, CodecError> {
+        parse_head(&mut BytesMut::from(text), &Method::POST)
+    }
+
+    /// Decode all of `wire` fed `step` bytes at a time.
+    fn decode_all(mut framing: BodyFraming, wire: &[u8], step: usize) -> Result<Vec<u8>, CodecError> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match framing.decode(&mut buf)? {
+                Decoded::Data(data) => {
+                    body.extend_from_slice(&data);
+                    framing.settle(&mut buf)?;
+                }
+                Decoded::End => return Ok(body),
+                Decoded::More => {
+                    if fed == wire.len() {
+                        return Err(CodecError("ran out"));
+                    }
+                    let next = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn request_heads_are_written_with_their_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("node:8000"));
+        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        let mut out = BytesMut::new();
+        encode_head(
+            &Method::POST,
+            "/v1/chat/completions?x=1",
+            &headers,
+            RequestFraming::Length(1234567),
+            &mut out,
+        );
+        assert_eq!(
+            &out[..],
+            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: node:8000\r\nx-request-id: abc\r\ncontent-length: 1234567\r\n\r\n"
+        );
+        out.clear();
+        encode_head(&Method::GET, "/", &HeaderMap::new(), RequestFraming::None, &mut out);
+        assert_eq!(&out[..], b"GET / HTTP/1.1\r\n\r\n");
+        out.clear();
+        encode_head(&Method::PUT, "/", &HeaderMap::new(), RequestFraming::Chunked, &mut out);
+        assert_eq!(&out[..], b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+        out.clear();
+        encode_chunk(&[b'x'; 300], &mut out);
+        assert_eq!(&out[..5], b"12c\r\n");
+        assert_eq!(out.len(), 5 + 300 + 2);
+        let mut digits = itoa_buffer();
+        assert_eq!(itoa(0, &mut digits), b"0");
+        assert_eq!(itoa(u64::MAX, &mut digits), b"18446744073709551615");
+    }
+
+    #[test]
+    fn a_response_head_is_parsed_with_its_framing() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 5\r\n\r\nhello",
+        );
+        let head = parse_head(&mut buf, &Method::POST).unwrap().unwrap();
+        assert_eq!(head.response.status(), 200);
+        assert_eq!(head.response.headers()["content-type"], "application/json");
+        assert_eq!(head.body, BodyFraming::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
+
+        let head = head_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
+        assert!(matches!(head.body, BodyFraming::Chunked(_)));
+        // Transfer-Encoding wins over Content-Length.
+        let head =
+            head_of("HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(matches!(head.body, BodyFraming::Chunked(_)));
+        let head = head_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert_eq!(head.body, BodyFraming::ToClose);
+        assert!(!head.keep_alive, "a body to the close ends the connection");
+        let head = head_of("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(head.body, BodyFraming::ToClose);
+        let head = head_of("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(head.body, BodyFraming::Empty);
+        assert!(head.keep_alive);
+        let head = head_of("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        assert_eq!(head.body, BodyFraming::Empty);
+        assert!(!head.keep_alive);
+        let head = head_of("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n");
+        assert!(!head.keep_alive, "HTTP/1.0 closes unless it says keep-alive");
+        let head = head_of("HTTP/1.0 200 OK\r\ncontent-length: 2\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(head.keep_alive);
+        let head = head_of("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n");
+        assert_eq!(head.body, BodyFraming::Length(7));
+        // A HEAD response has no body whatever its headers say.
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n");
+        let head = parse_head(&mut buf, &Method::HEAD).unwrap().unwrap();
+        assert_eq!(head.body, BodyFraming::Empty);
+    }
+
+    fn head_of(text: &str) -> Head {
+        head(text).unwrap().expect("a complete head")
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_partial_heads_wait() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+        );
+        let created = parse_head(&mut buf, &Method::POST).unwrap().unwrap();
+        assert_eq!(created.response.status(), 201);
+        assert!(buf.is_empty());
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none());
+        let head = head_of("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n");
+        assert_eq!(head.response.status(), 101);
+    }
+
+    #[test]
+    fn heads_that_could_be_read_two_ways_are_refused() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.1 2x0 OK\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        ] {
+            assert!(head(bad).is_err(), "{bad:?}");
+        }
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: v\r\n")).collect();
+        let too_many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert!(head(&too_many).is_err());
+    }
+
+    #[test]
+    fn a_sized_body_is_sliced_out_and_ends_at_its_length() {
+        let mut buf = BytesMut::from("hello, world and the next response");
+        let mut framing = BodyFraming::Length(12);
+        assert_eq!(
+            framing.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from("hello, world"))
+        );
+        assert!(framing.is_done());
+        assert_eq!(framing.decode(&mut buf).unwrap(), Decoded::End);
+        assert_eq!(&buf[..], b" and the next response");
+        for step in [1, 3, 100] {
+            assert_eq!(
+                decode_all(BodyFraming::Length(12), b"hello, world", step).unwrap(),
+                b"hello, world"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_any_split() {
+        let wire =
+            b"5\r\nhello\r\n1;name=value\r\n,\r\nD\r\n world, again\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 1000] {
+            let body = decode_all(
+                BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 }),
+                &wire[..wire.len() - 4],
+                step,
+            )
+            .unwrap();
+            assert_eq!(body, b"hello, world, again", "step {step}");
+        }
+        // The end is known as soon as it is in the buffer, and nothing
+        // after it is taken.
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut framing = BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 });
+        let mut body = Vec::new();
+        while let Decoded::Data(data) = framing.decode(&mut buf).unwrap() {
+            body.extend_from_slice(&data);
+            framing.settle(&mut buf).unwrap();
+            if framing.is_done() {
+                break;
+            }
+        }
+        assert!(framing.is_done());
+        assert_eq!(&buf[..], b"NEXT");
+        // Bare LF line ends are read too (as hyper does).
+        assert_eq!(
+            decode_all(
+                BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 }),
+                b"2\nhi\r\n0\n\n",
+                1
+            )
+            .unwrap(),
+            b"hi"
+        );
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        let chunked = || BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 });
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloXX",
+            b"11111111111111111\r\n",
+            b"0\r\n\rx",
+        ] {
+            assert!(decode_all(chunked(), bad, 1).is_err(), "{bad:?}");
+        }
+        let long_extension = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
+        assert!(decode_all(chunked(), long_extension.as_bytes(), 100).is_err());
+        let long_trailers = format!("0\r\n{}", "x-t: v\r\n".repeat(MAX_TRAILERS / 8 + 1));
+        assert!(decode_all(chunked(), long_trailers.as_bytes(), 100).is_err());
+    }
+}
