@@ -300,9 +300,7 @@ pub(super) async fn forward(
             }
         }
         let error = match outcome {
-            Some(Ok(response))
-                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
-            {
+            Some(Ok(response)) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 // Upgrade headers are hop-by-hop and never forwarded, so a
                 // node switching protocols is answering something else.
                 drop(slot);

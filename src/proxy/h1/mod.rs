@@ -108,6 +108,9 @@ impl Conn {
             OutBody::Stream(body) => Some(body),
             OutBody::Full(_) => None,
         };
+        // Parse only when bytes came since the last try: most polls find
+        // nothing new, and a failed parse is not free.
+        let mut unparsed = !self.read.is_empty();
         poll_fn(|cx| {
             if !writer.done {
                 if let Poll::Ready(Err(e)) = writer.poll(&mut self.io, body.as_deref_mut(), cx) {
@@ -118,7 +121,13 @@ impl Conn {
                 }
             }
             loop {
-                match codec::parse_head(&mut self.read, &method) {
+                let parsed = if unparsed {
+                    unparsed = false;
+                    codec::parse_head(&mut self.read, &method)
+                } else {
+                    Ok(None)
+                };
+                match parsed {
                     Ok(Some(head)) => {
                         return Poll::Ready(Ok(Answered {
                             head,
@@ -141,7 +150,7 @@ impl Conn {
                             "node closed the connection before the response head",
                         ))))
                     }
-                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Ok(_)) => unparsed = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::new(e))),
                 }
             }
@@ -286,7 +295,10 @@ impl Writer {
                     RequestFraming::Chunked
                 };
                 codec::encode_head(method, path, headers, framing, &mut out);
-                (framing, body.is_end_stream() && framing != RequestFraming::Chunked)
+                (
+                    framing,
+                    body.is_end_stream() && framing != RequestFraming::Chunked,
+                )
             }
         };
         Writer {
@@ -309,14 +321,13 @@ impl Writer {
     ) -> Poll<Result<(), BoxError>> {
         loop {
             while !self.out.is_empty() || !self.tail.is_empty() {
-                let slices = [
-                    io::IoSlice::new(&self.out),
-                    io::IoSlice::new(&self.tail),
-                ];
+                let slices = [io::IoSlice::new(&self.out), io::IoSlice::new(&self.tail)];
                 let n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(Box::new(io::Error::from(io::ErrorKind::WriteZero))))
+                        return Poll::Ready(Err(Box::new(io::Error::from(
+                            io::ErrorKind::WriteZero,
+                        ))))
                     }
                     Poll::Ready(Ok(n)) => n,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Box::new(e))),
@@ -375,6 +386,11 @@ impl Writer {
 fn expects_body(method: &Method) -> bool {
     !matches!(
         *method,
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::CONNECT | Method::TRACE
+        Method::GET
+            | Method::HEAD
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::CONNECT
+            | Method::TRACE
     )
 }
