@@ -216,7 +216,13 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
         Version::HTTP_11
     };
     let body = body_framing(method, status, &headers)?;
-    let keep_alive = keep_alive(version, &headers) && body != BodyFraming::ToClose;
+    // Not reused after a body running to the close, a switch of protocols
+    // (what follows is not HTTP/1.1), or a head with both framings (RFC
+    // 9112 §6.3: it may be an attempt at smuggling a response).
+    let keep_alive = keep_alive(version, &headers)
+        && body != BodyFraming::ToClose
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && !(headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH));
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -613,6 +619,10 @@ mod tests {
         let head =
             head_of("HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n");
         assert!(matches!(head.body, BodyFraming::Chunked(_)));
+        assert!(
+            !head.keep_alive,
+            "a head with both framings ends the connection"
+        );
         let head = head_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
         assert_eq!(head.body, BodyFraming::ToClose);
         assert!(!head.keep_alive, "a body to the close ends the connection");
@@ -655,6 +665,7 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none());
         let head = head_of("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n");
         assert_eq!(head.response.status(), 101);
+        assert!(!head.keep_alive, "after 101 the connection is not HTTP/1.1");
     }
 
     #[test]

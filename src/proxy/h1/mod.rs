@@ -207,11 +207,8 @@ impl Conn {
     /// has not become readable (tokio keeps its readiness).
     pub fn is_open_idle(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.poll_read(&mut cx) {
-            Poll::Pending => true,
-            // A close, an error, or bytes nobody asked for.
-            Poll::Ready(_) => false,
-        }
+        // Ready means a close, an error, or bytes nobody asked for.
+        self.poll_read(&mut cx).is_pending()
     }
 
     /// Let go of a large read buffer before the connection idles (the
