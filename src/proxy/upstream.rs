@@ -307,7 +307,7 @@ impl H1Body {
 
 /// A thread's connections are told apart by node address, scheme, connect
 /// timeout and TLS settings (the address of the pool's `ClientConfig`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 struct Key {
     /// xxh3 of the rest, computed once: the maps below use it as is
     /// instead of hashing an address byte by byte on every lookup.
@@ -333,6 +333,20 @@ impl Key {
         }
     }
 }
+
+impl PartialEq for Key {
+    /// The address compared as bytes: `Authority`'s own comparison ignores
+    /// case byte by byte, and both sides come from the same config text.
+    fn eq(&self, other: &Key) -> bool {
+        self.hash == other.hash
+            && self.https == other.https
+            && self.connect_timeout == other.connect_timeout
+            && self.tls == other.tls
+            && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+impl Eq for Key {}
 
 impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {

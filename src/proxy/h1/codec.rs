@@ -202,12 +202,15 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
     let bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| CodecError("invalid status code"))?;
     let mut headers = HeaderMap::with_capacity(count);
+    // The framing is read on the way, not looked up in the map afterwards.
+    let mut framing = FramingHeaders::default();
     for &(name, name_len, value, value_len) in &spans[..count] {
         let name = &bytes[name as usize..(name + name_len) as usize];
         let name = HeaderName::from_bytes(name).map_err(|_| CodecError("invalid header name"))?;
         let value = bytes.slice(value as usize..(value + value_len) as usize);
         let value = HeaderValue::from_maybe_shared(value)
             .map_err(|_| CodecError("invalid header value"))?;
+        framing.see(&name, value.as_bytes())?;
         headers.append(name, value);
     }
     let version = if minor == 0 {
@@ -215,14 +218,15 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
     } else {
         Version::HTTP_11
     };
-    let body = body_framing(method, status, &headers)?;
+    let body = framing.body(method, status);
     // Not reused after a body running to the close, a switch of protocols
     // (what follows is not HTTP/1.1), or a head with both framings (RFC
     // 9112 §6.3: it may be an attempt at smuggling a response).
-    let keep_alive = keep_alive(version, &headers)
+    let keep_alive = !framing.close
+        && (version == Version::HTTP_11 || framing.keep_alive)
         && body != BodyFraming::ToClose
         && status != StatusCode::SWITCHING_PROTOCOLS
-        && !(headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH));
+        && !(framing.last_coding.is_some() && framing.length.is_some());
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -234,66 +238,63 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
     }))
 }
 
-/// Whether the node leaves the connection open after the response.
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep)
+/// What a response head's `Connection`, `Transfer-Encoding` and
+/// `Content-Length` say, gathered header by header.
+#[derive(Default)]
+struct FramingHeaders {
+    close: bool,
+    keep_alive: bool,
+    /// Whether the last transfer coding named is `chunked` (`None`: no
+    /// `Transfer-Encoding`).
+    last_coding: Option<bool>,
+    length: Option<u64>,
 }
 
-/// How a response's body is delimited (RFC 9112 §6.3).
-fn body_framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Result<BodyFraming, CodecError> {
-    if method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(BodyFraming::Empty);
-    }
-    let mut encodings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if encodings.peek().is_some() {
-        let last = encodings
-            .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .map(<[u8]>::trim_ascii);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => {
-                BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 })
+impl FramingHeaders {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), CodecError> {
+        if name == CONNECTION {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+        } else if name == TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+            self.last_coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name == CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
+                    return Err(CodecError("invalid content-length"));
+                }
+                let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+                if self.length.is_some_and(|seen| seen != n) {
+                    return Err(CodecError("differing content-lengths"));
+                }
+                self.length = Some(n);
+            }
+        }
+        Ok(())
+    }
+
+    /// How the body is delimited (RFC 9112 §6.3).
+    fn body(&self, method: &Method, status: StatusCode) -> BodyFraming {
+        if method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return BodyFraming::Empty;
+        }
+        match (self.last_coding, self.length) {
+            (Some(true), _) => BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 }),
             // A coding other than chunked last: the body runs to the close.
-            _ => BodyFraming::ToClose,
-        });
-    }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
-                return Err(CodecError("invalid content-length"));
-            }
-            let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|seen| seen != n) {
-                return Err(CodecError("differing content-lengths"));
-            }
-            length = Some(n);
+            (Some(false), _) => BodyFraming::ToClose,
+            (None, Some(0)) => BodyFraming::Empty,
+            (None, Some(n)) => BodyFraming::Length(n),
+            (None, None) => BodyFraming::ToClose,
         }
     }
-    Ok(match length {
-        Some(0) => BodyFraming::Empty,
-        Some(n) => BodyFraming::Length(n),
-        None => BodyFraming::ToClose,
-    })
 }
 
 /// Where a response body's decoding stands.

@@ -45,6 +45,9 @@ const READ_MIN: usize = 4 * 1024;
 /// Reads grow up to this while the node fills every read (a large body);
 /// also the largest response head accepted.
 pub const READ_MAX: usize = 32 * 1024;
+/// A connection keeps its write buffer for the next request up to this
+/// size (a large one is not kept by every idle connection).
+const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 /// Buffered request bodies up to this size are copied behind the head, so
 /// head and body leave in one write.
 const COPY_BODY_UP_TO: usize = 16 * 1024;
@@ -83,6 +86,9 @@ pub struct Conn {
     read: BytesMut,
     /// The size of the next read's room ([`READ_MIN`]..=[`READ_MAX`]).
     read_size: usize,
+    /// The write buffer, kept between requests (one allocation less per
+    /// request); empty between writes.
+    write: BytesMut,
 }
 
 impl Conn {
@@ -92,6 +98,7 @@ impl Conn {
             io,
             read: BytesMut::new(),
             read_size: READ_MIN,
+            write: BytesMut::new(),
         }
     }
 
@@ -102,7 +109,7 @@ impl Conn {
         &mut self,
         request: &mut Request<OutBody>,
     ) -> Result<Answered, ExchangeError> {
-        let mut writer = Writer::new(request);
+        let mut writer = Writer::new(request, std::mem::take(&mut self.write));
         let method = request.method().clone();
         let mut body = match request.body_mut() {
             OutBody::Stream(body) => Some(body),
@@ -111,7 +118,7 @@ impl Conn {
         // Parse only when bytes came since the last try: most polls find
         // nothing new, and a failed parse is not free.
         let mut unparsed = !self.read.is_empty();
-        poll_fn(|cx| {
+        let answered = poll_fn(|cx| {
             if !writer.done {
                 if let Poll::Ready(Err(e)) = writer.poll(&mut self.io, body.as_deref_mut(), cx) {
                     return Poll::Ready(Err(ExchangeError {
@@ -155,7 +162,11 @@ impl Conn {
                 }
             }
         })
-        .await
+        .await;
+        if writer.done && writer.allocated <= KEEP_WRITE_BUFFER {
+            self.write = writer.out;
+        }
+        answered
     }
 
     /// The next piece of a response body framed by `framing`. `None` at
@@ -256,15 +267,17 @@ struct Writer {
     done: bool,
     /// Bytes written so far.
     written: usize,
+    /// The size `out` was allocated at for the head (and a copied body).
+    allocated: usize,
 }
 
 impl Writer {
-    fn new(request: &Request<OutBody>) -> Writer {
+    fn new(request: &Request<OutBody>, mut out: BytesMut) -> Writer {
         let headers = request.headers();
         let method = request.method();
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let has_length = headers.contains_key(http::header::CONTENT_LENGTH);
-        let mut out = BytesMut::new();
+        out.clear();
         let mut tail = Bytes::new();
         let (framing, body_ended) = match request.body() {
             OutBody::Full(bytes) => {
@@ -299,6 +312,7 @@ impl Writer {
             }
         };
         Writer {
+            allocated: out.capacity(),
             out,
             tail,
             framing,
@@ -340,7 +354,6 @@ impl Writer {
                     return Poll::Ready(Err(Box::new(e)));
                 }
                 self.done = true;
-                self.out = BytesMut::new();
                 return Poll::Ready(Ok(()));
             }
             let Some(body) = body.as_deref_mut() else {
