@@ -45,8 +45,7 @@ const READ_MIN: usize = 4 * 1024;
 /// Reads grow up to this while the node fills every read (a large body);
 /// also the largest response head accepted.
 pub const READ_MAX: usize = 32 * 1024;
-/// A connection keeps its write buffer for the next request up to this
-/// size (a large one is not kept by every idle connection).
+/// The thread keeps a write buffer for the next request up to this size.
 const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 /// Buffered request bodies up to this size are copied behind the head, so
 /// head and body leave in one write.
@@ -86,9 +85,13 @@ pub struct Conn {
     read: BytesMut,
     /// The size of the next read's room ([`READ_MIN`]..=[`READ_MAX`]).
     read_size: usize,
-    /// The write buffer, kept between requests (one allocation less per
-    /// request); empty between writes.
-    write: BytesMut,
+}
+
+thread_local! {
+    /// A write buffer kept by the thread between requests: one allocation
+    /// less per request, and no buffer held by every connection (a
+    /// streaming response keeps its connection for minutes).
+    static SPARE_WRITE_BUFFER: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
 }
 
 impl Conn {
@@ -98,7 +101,6 @@ impl Conn {
             io,
             read: BytesMut::new(),
             read_size: READ_MIN,
-            write: BytesMut::new(),
         }
     }
 
@@ -109,7 +111,8 @@ impl Conn {
         &mut self,
         request: &mut Request<OutBody>,
     ) -> Result<Answered, ExchangeError> {
-        let mut writer = Writer::new(request, std::mem::take(&mut self.write));
+        let spare = SPARE_WRITE_BUFFER.with(std::cell::Cell::take);
+        let mut writer = Writer::new(request, spare);
         let method = request.method().clone();
         let mut body = match request.body_mut() {
             OutBody::Stream(body) => Some(body),
@@ -164,7 +167,7 @@ impl Conn {
         })
         .await;
         if writer.done && writer.allocated <= KEEP_WRITE_BUFFER {
-            self.write = writer.out;
+            SPARE_WRITE_BUFFER.with(|spare| spare.set(writer.out));
         }
         answered
     }
