@@ -6,7 +6,7 @@
 //! client connection cost, measured, is in ARCHITECTURE.md).
 //!
 //! The byte-level rules are in [`codec`]; keeping connections between
-//! requests is `upstream.rs`'s job.
+//! requests is `upstream`'s job.
 
 pub mod codec;
 
