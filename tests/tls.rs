@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use infergate::health::now_ms;
 use infergate::tls::{client_config, https_connector, ClientTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use tokio::net::TcpListener;
 
 struct Pki {
     dir: PathBuf,
@@ -185,7 +184,8 @@ async fn client_certificates_are_required_when_configured() {
     );
 }
 
-/// A node that speaks only TLS: answers `proto=<x-forwarded-proto>`.
+/// A node that speaks only TLS: answers `proto=<x-forwarded-proto>
+/// len=<request body bytes>`.
 async fn tls_node(cert: &Path, key: &Path) -> SocketAddr {
     let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_file_iter(cert)
         .unwrap()
@@ -202,7 +202,12 @@ async fn tls_node(cert: &Path, key: &Path) -> SocketAddr {
     .with_single_cert(certs, key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A small receive buffer (inherited by accepted sockets), so the
+    // gateway's TLS writes meet a full socket and wait for room.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(64).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -218,8 +223,12 @@ async fn tls_node(cert: &Path, key: &Path) -> SocketAddr {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-")
                         .to_string();
+                    let len = match req.into_body().collect().await {
+                        Ok(body) => body.to_bytes().len() as i64,
+                        Err(_) => -1,
+                    };
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                        "proto={proto}"
+                        "proto={proto} len={len}"
                     )))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -262,7 +271,33 @@ async fn https_nodes_and_their_health_checks() {
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, "proto=https", "the node saw the client's TLS");
+    assert_eq!(body, "proto=https len=0", "the node saw the client's TLS");
+
+    // Large bodies reach a TLS node whole: streamed (a path the gateway
+    // does not read) and buffered (an inference request, written after
+    // its head as more TLS records than one write takes).
+    let big = "x".repeat(2 * 1024 * 1024);
+    let chat = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "y".repeat(1024 * 1024)
+    );
+    for (path, body) in [("/anything", big), ("/v1/chat/completions", chat)] {
+        let len = body.len();
+        let request = Request::post(format!("https://127.0.0.1:{}{path}", gw.addr.port()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        // A request stuck in TLS's buffer never gets its answer.
+        let exchange = async {
+            let response = client.request(request).await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.into_body().collect().await.unwrap().to_bytes()
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer; the body did not reach the node whole"));
+        assert_eq!(answer, format!("proto=https len={len}"), "{path}");
+    }
 
     // Checks go over TLS too, and pass.
     let table = gw.gateway.table();

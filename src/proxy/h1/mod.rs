@@ -327,9 +327,9 @@ impl Writer {
 
     /// Write what there is; take the streamed body's next frame when all
     /// before it is out. Ready(Ok) once the whole request is written.
-    fn poll(
+    fn poll<W: AsyncWrite + Unpin>(
         &mut self,
-        io: &mut Io,
+        io: &mut W,
         mut body: Option<&mut http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), BoxError>> {
@@ -352,9 +352,12 @@ impl Writer {
                 bytes::Buf::advance(&mut self.tail, n - from_out);
             }
             if self.body_ended {
-                // TLS holds what it encrypted until flushed.
-                if let Poll::Ready(Err(e)) = Pin::new(&mut *io).poll_flush(cx) {
-                    return Poll::Ready(Err(Box::new(e)));
+                // TLS may hold records it could not write yet: the request
+                // is out only once they are.
+                match Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Box::new(e))),
+                    Poll::Ready(Ok(())) => {}
                 }
                 self.done = true;
                 return Poll::Ready(Ok(()));
@@ -406,4 +409,64 @@ fn expects_body(method: &Method) -> bool {
             | Method::CONNECT
             | Method::TRACE
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes every write; its flush is pending a number of times first, as
+    /// TLS's is while it holds records the socket had no room for.
+    struct SlowFlush {
+        written: Vec<u8>,
+        pending_flushes: usize,
+    }
+
+    impl AsyncWrite for SlowFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.pending_flushes > 0 {
+                self.pending_flushes -= 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_request_is_written_only_once_the_connection_flushed() {
+        let body = Bytes::from(vec![b'x'; 3 * COPY_BODY_UP_TO]);
+        let request = Request::post("/v1/completions")
+            .body(OutBody::Full(body))
+            .unwrap();
+        let mut writer = Writer::new(&request, BytesMut::new());
+        let mut io = SlowFlush {
+            written: Vec::new(),
+            pending_flushes: 2,
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..2 {
+            assert!(writer.poll(&mut io, None, &mut cx).is_pending());
+            assert!(!writer.done, "done while the flush was pending");
+        }
+        assert!(matches!(
+            writer.poll(&mut io, None, &mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(writer.done);
+        assert_eq!(writer.written, io.written.len());
+        assert!(io.written.ends_with(&[b'x'; 64]));
+    }
 }
