@@ -255,9 +255,11 @@ pub(super) async fn forward(
         let Some((upstream_body, watch)) = body.for_attempt() else {
             break;
         };
-        // Keep the headers for another attempt only when one can happen: a
-        // replayable body and a node not yet tried.
+        // Another attempt can happen with a replayable body and a node not
+        // yet tried.
         let retry_possible = body.replayable() && tried.len() < nodes.len();
+        // The request's own map holds what this attempt adds; the rest
+        // (`headers`) is borrowed by every attempt, not copied.
         let mut request = Request::new(upstream_body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = Uri::from(path_and_query.clone());
@@ -265,12 +267,7 @@ pub(super) async fn forward(
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::H2c => Version::HTTP_2,
         };
-        *request.headers_mut() = if retry_possible {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
-        if !request.headers().contains_key(HOST) {
+        if !headers.contains_key(HOST) {
             // An HTTP/1.0 client may send none; HTTP/1.1 needs one.
             if let Ok(host) = HeaderValue::from_str(node.addr.as_str()) {
                 request.headers_mut().insert(HOST, host);
@@ -286,7 +283,7 @@ pub(super) async fn forward(
             tls: &route.pool.tls,
         };
         let outcome = response_head(
-            std::pin::pin!(upstream::send(target, request)),
+            std::pin::pin!(upstream::send(target, request, &headers)),
             watch.clone(),
             route.timeouts.first_byte,
             deadline,
@@ -507,7 +504,8 @@ mod tests {
             tls: &route.pool.tls,
         };
         let request = Request::new(OutBody::Full(Bytes::new()));
-        let send = upstream::send(target, request);
+        let shared = http::HeaderMap::new();
+        let send = upstream::send(target, request, &shared);
         let size = std::mem::size_of_val(&send);
         assert!(size <= 1536, "sending to a node is {size} bytes");
         let mut send = std::pin::pin!(send);

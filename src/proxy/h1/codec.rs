@@ -48,20 +48,21 @@ pub enum RequestFraming {
     None,
 }
 
-/// Write the request head: `METHOD path HTTP/1.1`, the headers as they are
-/// (lower-case names, as hyper writes them), and the framing header. A
-/// `Content-Length` among `headers` is written only with
+/// Write the request head: `METHOD path HTTP/1.1`, the headers of both
+/// maps as they are (lower-case names, as hyper writes them; the first
+/// map's first), and the framing header. A `Content-Length` among
+/// `headers` is written only with
 /// [`RequestFraming::LengthHeader`]: otherwise the framing says what is
 /// sent, and a second, different length would make the request ambiguous.
 pub fn encode_head(
     method: &Method,
     path: &str,
-    headers: &HeaderMap,
+    headers: [&HeaderMap; 2],
     framing: RequestFraming,
     out: &mut BytesMut,
 ) {
     let mut size = method.as_str().len() + path.len() + 32;
-    for (name, value) in headers {
+    for (name, value) in headers.into_iter().flatten() {
         size += name.as_str().len() + value.len() + 4;
     }
     out.reserve(size);
@@ -70,7 +71,7 @@ pub fn encode_head(
     out.put_slice(path.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
     let keep_length = framing == RequestFraming::LengthHeader;
-    for (name, value) in headers {
+    for (name, value) in headers.into_iter().flatten() {
         if (name == CONTENT_LENGTH && !keep_length) || name == TRANSFER_ENCODING {
             continue;
         }
@@ -557,14 +558,16 @@ mod tests {
 
     #[test]
     fn request_heads_are_written_with_their_framing() {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", HeaderValue::from_static("node:8000"));
-        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        let mut own = HeaderMap::new();
+        own.insert("host", HeaderValue::from_static("node:8000"));
+        let mut shared = HeaderMap::new();
+        shared.insert("x-request-id", HeaderValue::from_static("abc"));
+        shared.insert("content-length", HeaderValue::from_static("99"));
         let mut out = BytesMut::new();
         encode_head(
             &Method::POST,
             "/v1/chat/completions?x=1",
-            &headers,
+            [&own, &shared],
             RequestFraming::Length(1234567),
             &mut out,
         );
@@ -576,7 +579,7 @@ mod tests {
         encode_head(
             &Method::GET,
             "/",
-            &HeaderMap::new(),
+            [&HeaderMap::new(), &HeaderMap::new()],
             RequestFraming::None,
             &mut out,
         );
@@ -585,7 +588,7 @@ mod tests {
         encode_head(
             &Method::PUT,
             "/",
-            &HeaderMap::new(),
+            [&HeaderMap::new(), &HeaderMap::new()],
             RequestFraming::Chunked,
             &mut out,
         );

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request};
+use http::{HeaderMap, Method, Request};
 use http_body::Body as _;
 use tokio::io::AsyncWrite;
 
@@ -104,15 +104,17 @@ impl Conn {
         }
     }
 
-    /// Send `request` and read the response head. The request body is
-    /// written while the head is awaited: a node may answer before it
-    /// has read it all (then the connection is not reused).
+    /// Send `request`, with the `shared` headers after its own, and read
+    /// the response head. The request body is written while the head is
+    /// awaited: a node may answer before it has read it all (then the
+    /// connection is not reused).
     pub async fn exchange(
         &mut self,
         request: &mut Request<OutBody>,
+        shared: &HeaderMap,
     ) -> Result<Answered, ExchangeError> {
         let spare = SPARE_WRITE_BUFFER.with(std::cell::Cell::take);
-        let mut writer = Writer::new(request, spare);
+        let mut writer = Writer::new(request, shared, spare);
         let method = request.method().clone();
         let mut body = match request.body_mut() {
             OutBody::Stream(body) => Some(body),
@@ -275,11 +277,13 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(request: &Request<OutBody>, mut out: BytesMut) -> Writer {
-        let headers = request.headers();
+    fn new(request: &Request<OutBody>, shared: &HeaderMap, mut out: BytesMut) -> Writer {
+        let headers = [request.headers(), shared];
         let method = request.method();
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let has_length = headers.contains_key(http::header::CONTENT_LENGTH);
+        let has_length = headers
+            .iter()
+            .any(|map| map.contains_key(http::header::CONTENT_LENGTH));
         out.clear();
         let mut tail = Bytes::new();
         let (framing, body_ended) = match request.body() {
@@ -450,7 +454,7 @@ mod tests {
         let request = Request::post("/v1/completions")
             .body(OutBody::Full(body))
             .unwrap();
-        let mut writer = Writer::new(&request, BytesMut::new());
+        let mut writer = Writer::new(&request, &HeaderMap::new(), BytesMut::new());
         let mut io = SlowFlush {
             written: Vec::new(),
             pending_flushes: 2,

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -131,25 +131,28 @@ impl Target<'_> {
 }
 
 /// Send `request` (its URI in origin form, `/path?query`, with a `Host`
-/// header) to `target`; the response's body reads from the node as it is
-/// polled.
+/// header in its own or the shared headers) to `target`, with the
+/// `shared` headers after its own: borrowed, so that a request that may
+/// be retried keeps one map for all its attempts instead of a copy each.
+/// The response's body reads from the node as it is polled.
 pub async fn send(
     target: Target<'_>,
     mut request: Request<OutBody>,
+    shared: &HeaderMap,
 ) -> Result<Response<NodeBody>, UpstreamError> {
     // The h2c and connect paths are boxed: each request's future is as
     // large as its largest state, and both are kilobytes (a TLS handshake,
     // hyper-util's client) that a request on a kept connection never uses
     // but would carry, and copy, all the same.
     if target.protocol == UpstreamProtocol::H2c {
-        return Box::pin(send_h2c(target, request)).await;
+        return Box::pin(send_h2c(target, request, shared)).await;
     }
     let key = Key::new(&target);
     // A kept connection the node closed just before we wrote to it gives
     // the request back unsent: try it once more on a new connection, as
     // hyper-util's client does.
     if let Some(mut conn) = checkout(&key) {
-        match conn.conn.exchange(&mut request).await {
+        match conn.conn.exchange(&mut request, shared).await {
             Ok(answered) => return Ok(respond(answered, conn)),
             Err(e) if e.unsent => {
                 tracing::debug!(node = %key.authority, error = %e.error, "kept connection closed; sending on a new one");
@@ -158,7 +161,7 @@ pub async fn send(
         }
     }
     let mut conn = Box::pin(connect(&target, key)).await?;
-    match conn.conn.exchange(&mut request).await {
+    match conn.conn.exchange(&mut request, shared).await {
         Ok(answered) => Ok(respond(answered, conn)),
         Err(e) => Err(UpstreamError::Exchange(e.error)),
     }
@@ -168,9 +171,13 @@ pub async fn send(
 async fn send_h2c(
     target: Target<'_>,
     request: Request<OutBody>,
+    shared: &HeaderMap,
 ) -> Result<Response<NodeBody>, UpstreamError> {
     let (mut parts, body) = request.into_parts();
     parts.uri = absolute(&target, &parts.uri)?;
+    // hyper's client takes the headers by value (h2c nodes pay the copy).
+    let own = std::mem::replace(&mut parts.headers, shared.clone());
+    parts.headers.extend(own);
     let body = match body {
         OutBody::Full(bytes) => Full::new(bytes).map_err(|e| match e {}).boxed_unsync(),
         OutBody::Stream(body) => body,

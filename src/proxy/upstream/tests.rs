@@ -39,7 +39,7 @@ async fn exchange(authority: &Authority, tls: &Arc<ClientConfig>) -> Bytes {
         .header("host", authority.as_str())
         .body(OutBody::Full(Bytes::new()))
         .unwrap();
-    let response = send(target, request).await.unwrap();
+    let response = send(target, request, &HeaderMap::new()).await.unwrap();
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
@@ -188,9 +188,13 @@ fn get(authority: &Authority, method: http::Method) -> Request<OutBody> {
 
 /// Status and body of a GET, read to its end.
 async fn fetch(authority: &Authority, tls: &Arc<ClientConfig>) -> (u16, Bytes) {
-    let response = send(target(authority, tls), get(authority, http::Method::GET))
-        .await
-        .unwrap();
+    let response = send(
+        target(authority, tls),
+        get(authority, http::Method::GET),
+        &HeaderMap::new(),
+    )
+    .await
+    .unwrap();
     let status = response.status().as_u16();
     (
         status,
@@ -217,6 +221,7 @@ async fn chunked_and_empty_bodies_leave_the_connection_reusable() {
     let response = send(
         target(&authority, &tls),
         get(&authority, http::Method::HEAD),
+        &HeaderMap::new(),
     )
     .await
     .unwrap();
@@ -275,9 +280,13 @@ async fn a_body_left_unread_closes_its_connection() {
     ])
     .await;
     let tls = crate::tls::default_client_config();
-    let response = send(target(&authority, &tls), get(&authority, http::Method::GET))
-        .await
-        .unwrap();
+    let response = send(
+        target(&authority, &tls),
+        get(&authority, http::Method::GET),
+        &HeaderMap::new(),
+    )
+    .await
+    .unwrap();
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "half");
@@ -312,7 +321,12 @@ async fn a_streamed_upload_goes_chunked_and_an_early_answer_ends_the_connection(
         .header("host", authority.as_str())
         .body(stream(vec!["one", "two"]))
         .unwrap();
-    let response = send(target(&authority, &tls), request).await.unwrap();
+    // Headers shared by a request's attempts go after its own.
+    let mut shared = HeaderMap::new();
+    shared.insert("x-request-id", http::HeaderValue::from_static("r1"));
+    let response = send(target(&authority, &tls), request, &shared)
+        .await
+        .unwrap();
     assert_eq!(
         response.into_body().collect().await.unwrap().to_bytes(),
         "up"
@@ -320,7 +334,7 @@ async fn a_streamed_upload_goes_chunked_and_an_early_answer_ends_the_connection(
     assert_eq!(
         requests.lock().unwrap()[0],
         format!(
-            "POST /upload HTTP/1.1\r\nhost: {authority}\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+            "POST /upload HTTP/1.1\r\nhost: {authority}\r\nx-request-id: r1\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
         )
     );
     // The node answers at the head of an upload that has not ended:
@@ -335,7 +349,9 @@ async fn a_streamed_upload_goes_chunked_and_an_early_answer_ends_the_connection(
         .header("host", authority.as_str())
         .body(OutBody::Stream(endless.boxed_unsync()))
         .unwrap();
-    let response = send(target(&authority, &tls), request).await.unwrap();
+    let response = send(target(&authority, &tls), request, &HeaderMap::new())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 413);
     assert!(response.body().is_end_stream());
     drop(tx);
