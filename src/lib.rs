@@ -15,6 +15,7 @@ pub mod epp;
 pub mod faultlab;
 pub mod fleet;
 pub mod health;
+pub mod idhash;
 pub mod kvindex;
 pub mod proxy;
 pub mod sim;

@@ -28,7 +28,6 @@
 //! uncontended `Mutex` is the cheaper of the two for sections this short.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -37,31 +36,13 @@ pub const SHARDS: usize = 32;
 /// Nodes a bitset can hold.
 pub const MAX_NODES: usize = 64;
 
-/// Block hashes are already uniform (xxh3): use them as they are.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     nodes: u64,
     used: u32,
 }
 
-type Shard = HashMap<u64, Entry, BuildHasherDefault<IdHasher>>;
+type Shard = HashMap<u64, Entry, crate::idhash::BuildIdHasher>;
 
 /// The index of one route (see the module docs).
 #[derive(Debug)]

@@ -12,7 +12,6 @@
 //! costs hits). An engine's own cache is far smaller than the default.
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -24,25 +23,7 @@ use super::KvStats;
 pub const MAX_NODES: usize = 64;
 const SHARDS: usize = 16;
 
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        // Engine hashes may be small integers: mix them.
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type FastMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+type FastMap<V> = HashMap<u64, V, crate::idhash::BuildIdHasher>;
 
 #[derive(Debug, Clone, Copy)]
 struct Held {

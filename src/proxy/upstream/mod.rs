@@ -258,26 +258,8 @@ impl std::hash::Hash for Key {
     }
 }
 
-/// Passes a [`Key`]'s precomputed hash through.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `Key`; fold anything else in.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+/// Keys hash by their precomputed hash.
+type KeyMap<V> = HashMap<Key, V, crate::idhash::BuildIdHasher>;
 
 /// A connection taken from the pool (or made) for one exchange.
 pub struct PooledConn {
