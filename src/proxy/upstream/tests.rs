@@ -186,15 +186,24 @@ fn get(authority: &Authority, method: http::Method) -> Request<OutBody> {
         .unwrap()
 }
 
-/// Status and body of a GET, read to its end.
-async fn fetch(authority: &Authority, tls: &Arc<ClientConfig>) -> (u16, Bytes) {
-    let response = send(
+/// The response to a bodiless `method` request, its body not yet read.
+async fn ask(
+    authority: &Authority,
+    tls: &Arc<ClientConfig>,
+    method: http::Method,
+) -> Response<NodeBody> {
+    send(
         target(authority, tls),
-        get(authority, http::Method::GET),
+        get(authority, method),
         &HeaderMap::new(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Status and body of a GET, read to its end.
+async fn fetch(authority: &Authority, tls: &Arc<ClientConfig>) -> (u16, Bytes) {
+    let response = ask(authority, tls, http::Method::GET).await;
     let status = response.status().as_u16();
     (
         status,
@@ -218,13 +227,7 @@ async fn chunked_and_empty_bodies_leave_the_connection_reusable() {
     );
     assert_eq!(fetch(&authority, &tls).await, (204, Bytes::new()));
     // A HEAD answer has no body whatever its length says.
-    let response = send(
-        target(&authority, &tls),
-        get(&authority, http::Method::HEAD),
-        &HeaderMap::new(),
-    )
-    .await
-    .unwrap();
+    let response = ask(&authority, &tls, http::Method::HEAD).await;
     assert!(response.body().is_end_stream());
     assert_eq!(fetch(&authority, &tls).await, (200, Bytes::from("ok")));
     assert_eq!(
@@ -280,13 +283,7 @@ async fn a_body_left_unread_closes_its_connection() {
     ])
     .await;
     let tls = crate::tls::default_client_config();
-    let response = send(
-        target(&authority, &tls),
-        get(&authority, http::Method::GET),
-        &HeaderMap::new(),
-    )
-    .await
-    .unwrap();
+    let response = ask(&authority, &tls, http::Method::GET).await;
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "half");
