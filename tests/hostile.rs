@@ -208,8 +208,7 @@ async fn silent_and_idle_connections_are_closed() {
     assert_eq!(reply.status, 200);
 
     // A keep-alive connection with no request in flight closes when idle
-    // (HTTP/1: also when the next request does not start within the
-    // header timeout; here the idle timeout is the shorter).
+    // (the header timeout, longer here, counts once a request has begun).
     let mut text = config_text(&unweighted(&nodes), "round_robin", "");
     text = text.replace(
         "addr = \"127.0.0.1:0\"\n",

@@ -13,12 +13,12 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{PassThrough, ResponseBody};
 use super::client_body::{BodyState, BodyWatch, ClientFault, WatchedBody};
 use super::errors::{error_response, ErrorKind};
+use super::h1_server::body::ClientBody;
 use super::headers::{add_forwarded, strip_hop_by_hop, REQUEST_ID};
 use super::queue::Shed;
 use super::retry::RetryGuard;
@@ -38,7 +38,7 @@ pub(super) type Reject = Response<ResponseBody>;
 /// or broken upload is the client's fault, not the node's).
 pub(super) enum RequestBody {
     Buffered(Bytes),
-    Streaming(Option<(Limited<Incoming>, Duration)>),
+    Streaming(Option<(Limited<ClientBody>, Duration)>),
 }
 
 impl RequestBody {

@@ -5,17 +5,12 @@
 //! with no request in flight is closed after `listener.idle_timeout`
 //! without traffic (HTTP/1 keep-alive and idle HTTP/2 sessions alike).
 //!
-//! An idle HTTP/1 connection can also be *parked* ([`DeadlineIo::park_after`]):
-//! once it has had no request in flight and no byte of a new one for that
-//! long, reads end as if the client had closed, so hyper stops while idle
-//! and hands the socket back (`proxy::worker` then waits for the next
-//! request without hyper's buffers) — [`DeadlineIo::take_parked`] tells
-//! that apart from a real close.
-//!
-//! hyper's own `header_read_timeout` starts only once its HTTP/1 parser
-//! runs; the protocol sniffing before it (HTTP/1 or an HTTP/2 preface) and
-//! HTTP/2 sessions have no deadline, hence this layer under both. Closing
-//! is an end of file on the read side: hyper then closes the connection.
+//! This layer is under hyper's connections (TLS, HTTP/2): hyper's own
+//! `header_read_timeout` starts only once its HTTP/1 parser runs, and
+//! HTTP/2 sessions and TLS handshakes have no deadline of their own.
+//! Closing is an end of file on the read side: hyper then closes the
+//! connection. (Plain HTTP/1.1 connections keep their deadlines in
+//! `proxy::h1_server`.)
 
 use std::future::Future;
 use std::io;
@@ -35,9 +30,6 @@ use tokio::time::{Instant, Sleep};
 pub struct Activity {
     in_flight: AtomicUsize,
     started: AtomicBool,
-    /// Requests begun so far (tells whether bytes read while idle have
-    /// become a request yet).
-    begun: AtomicUsize,
 }
 
 impl Activity {
@@ -45,7 +37,6 @@ impl Activity {
     /// response body) drops.
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
         self.started.store(true, Relaxed);
-        self.begun.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);
         RequestGuard(Arc::clone(self))
     }
@@ -105,7 +96,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 pub struct DeadlineIo<T> {
     inner: T,
     activity: Arc<Activity>,
-    first: Duration,
     idle: Duration,
     last_activity: Instant,
     first_deadline: Instant,
@@ -113,14 +103,6 @@ pub struct DeadlineIo<T> {
     /// The timer was polled since it was last reset (its waker is set).
     timer_registered: bool,
     expired: bool,
-    /// Park after this long idle (`None`: never).
-    park_after: Option<Duration>,
-    /// Reads end until [`DeadlineIo::take_parked`].
-    parked: bool,
-    /// Bytes were read while no request was in flight, when
-    /// `activity.begun` was this: part of a request hyper has not begun
-    /// yet, so the connection must not park under it.
-    read_while_idle: Option<usize>,
 }
 
 impl<T> DeadlineIo<T> {
@@ -131,34 +113,13 @@ impl<T> DeadlineIo<T> {
         DeadlineIo {
             inner,
             activity,
-            first,
             idle,
             last_activity: now,
             first_deadline: now + first,
             timer: Box::pin(tokio::time::sleep_until(now + first)),
             timer_registered: false,
             expired: false,
-            park_after: None,
-            parked: false,
-            read_while_idle: None,
         }
-    }
-
-    /// Park the connection (see the module docs) once it has been idle
-    /// for `after`.
-    pub fn park_after(&mut self, after: Duration) {
-        self.park_after = Some(after);
-    }
-
-    /// Whether reads ended because the connection parked (not a close, a
-    /// deadline or an error); ends the parking, so reads work again.
-    pub fn take_parked(&mut self) -> bool {
-        std::mem::take(&mut self.parked)
-    }
-
-    /// The inner IO.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 
     /// Whether the connection must close now; arms the timer otherwise.
@@ -193,55 +154,15 @@ impl<T> DeadlineIo<T> {
             // whatever bytes trickled in.
             self.first_deadline
         };
-        let begun = self.activity.begun.load(Relaxed);
-        let head_pending = self.read_while_idle == Some(begun);
-        let park = self
-            .park_after
-            .filter(|_| !head_pending)
-            .map(|after| self.last_activity + after)
-            .filter(|&at| at < close);
-        let due = park.unwrap_or(close);
-        if self.timer.deadline() != due {
-            self.timer.as_mut().reset(due);
+        if self.timer.deadline() != close {
+            self.timer.as_mut().reset(close);
         }
         self.timer_registered = true;
         if self.timer.as_mut().poll(cx).is_pending() {
             return false;
         }
-        if park.is_some() {
-            self.parked = true;
-        } else {
-            self.expired = true;
-        }
+        self.expired = true;
         true
-    }
-}
-
-impl DeadlineIo<tokio::net::TcpStream> {
-    /// Wait until the client sends something (or closes) with no buffer
-    /// of ours: `false` when the connection's deadline passed first. That
-    /// is the first-request deadline, or for a parked connection the
-    /// shorter of the idle timeout and the header timeout counted from
-    /// its last traffic: hyper's header timer, which this connection
-    /// would have had unparked, runs from the end of the last response.
-    pub async fn readable(&mut self) -> bool {
-        if self.expired {
-            return false;
-        }
-        let due = if self.activity.started.load(Relaxed) {
-            self.last_activity + self.idle.min(self.first)
-        } else {
-            self.first_deadline
-        };
-        self.timer.as_mut().reset(due);
-        self.timer_registered = false;
-        tokio::select! {
-            ready = self.inner.readable() => ready.is_ok(),
-            () = self.timer.as_mut() => {
-                self.expired = true;
-                false
-            }
-        }
     }
 }
 
@@ -252,17 +173,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.parked {
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
                     this.last_activity = Instant::now();
-                    if this.activity.idle() {
-                        this.read_while_idle = Some(this.activity.begun.load(Relaxed));
-                    }
                 }
                 Poll::Ready(result)
             }
@@ -373,72 +288,5 @@ mod tests {
         let (n, closed) = read.await.unwrap();
         assert_eq!(n, 0, "end of file once idle");
         assert!(closed - released <= IDLE * 2, "{:?}", closed - released);
-    }
-
-    const PARK: Duration = Duration::from_millis(100);
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_parks_and_reads_again_afterwards() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let activity = Arc::new(Activity::default());
-        let mut io = DeadlineIo::new(server, Arc::clone(&activity), FIRST, IDLE);
-        io.park_after(PARK);
-        client.write_all(b"GET").await.unwrap();
-        let mut buf = [0u8; 16];
-        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
-        drop(activity.begin());
-        let idle_from = Instant::now();
-        // No request in flight and no new byte: reads end at PARK, as
-        // parked (not closed), and work again once taken back.
-        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
-        assert_eq!(idle_from.elapsed(), PARK);
-        assert!(io.take_parked());
-        assert!(!io.take_parked(), "taken once");
-        client.write_all(b"GET").await.unwrap();
-        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn part_of_a_request_keeps_the_connection_from_parking() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let activity = Arc::new(Activity::default());
-        let mut io = DeadlineIo::new(server, Arc::clone(&activity), FIRST, IDLE);
-        io.park_after(PARK);
-        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
-        drop(activity.begin());
-        // The first bytes of the next request, which hyper holds until
-        // the rest comes: parking would cut it; the idle close is the
-        // limit.
-        client.write_all(b"GET / HT").await.unwrap();
-        assert_eq!(io.read(&mut buf).await.unwrap(), 8);
-        let from = Instant::now();
-        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
-        assert_eq!(from.elapsed(), IDLE);
-        assert!(!io.take_parked(), "closed, not parked");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_parked_connection_waits_no_longer_than_the_header_timeout() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let activity = Arc::new(Activity::default());
-        let mut io = DeadlineIo::new(server, Arc::clone(&activity), FIRST, IDLE);
-        drop(activity.begin());
-        // Bytes come: ready at once.
-        client.write_all(b"GET").await.unwrap();
-        assert!(io.readable().await);
-        let mut buf = [0u8; 16];
-        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
-        // Nothing comes: given up at the header timeout (shorter than the
-        // idle one here), counted from the last traffic.
-        let from = Instant::now();
-        assert!(!io.readable().await);
-        assert_eq!(from.elapsed(), FIRST);
-        assert!(!io.readable().await, "stays expired");
     }
 }

@@ -10,7 +10,7 @@
 //! and trims once that number has fallen far below its peak since the last
 //! trim, so steady churn (open near its peak) never pays for it. The same
 //! goes for the connections holding HTTP buffers (open and not parked,
-//! `proxy::worker`): a wave of connections parking frees their buffers as a
+//! `proxy::h1_server`): a wave of connections parking frees their buffers as a
 //! wave of closes frees the rest.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

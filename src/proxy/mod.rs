@@ -14,6 +14,7 @@ pub mod errors;
 mod fd_limit;
 mod forward;
 mod h1;
+pub mod h1_server;
 pub mod headers;
 pub mod heap_release;
 pub mod models;
@@ -26,7 +27,7 @@ mod select;
 pub mod table;
 mod upstream;
 mod worker;
-pub use worker::PARK_AFTER;
+pub use h1_server::PARK_AFTER;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -518,24 +519,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// The listener's HTTP/1 settings on hyper's builder or hyper-util's
-/// (the same methods on two types).
-macro_rules! http1_settings {
-    ($builder:expr, $settings:expr) => {
-        $builder
-            .timer(TokioTimer::new())
-            .header_read_timeout($settings.header_timeout)
-            .max_buf_size($settings.max_header_bytes.max(8192))
-            .keep_alive(true)
-    };
-}
-
 fn connection_builder(settings: &crate::config::ListenerConfig) -> worker::Protocols {
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1_settings!(http1, settings);
     worker::Protocols {
         auto: auto_builder(settings),
-        http1,
         http2: settings.http2,
     }
 }
@@ -543,7 +529,13 @@ fn connection_builder(settings: &crate::config::ListenerConfig) -> worker::Proto
 /// HTTP/1 and HTTP/2 by the client's first bytes (or HTTP/1 only).
 fn auto_builder(settings: &crate::config::ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    http1_settings!(builder.http1(), settings);
+    // HTTP/1 here is TLS connections' (plain ones have `h1_server`).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -1,24 +1,15 @@
 //! Worker threads: each runs a single-threaded tokio runtime and serves the
-//! client connections the accept loop hands it, start to finish.
-//!
-//! A plain HTTP/1 connection that has sat idle for [`PARK_AFTER`] is
-//! *parked*: hyper stops between two requests and hands the socket back,
-//! and the task waits for the client's next bytes holding no HTTP state.
-//! hyper keeps an 8 KB read and an 8 KB write buffer per connection for as
-//! long as it serves it, idle or not (16 of an idle connection's 19.7 KB);
-//! nginx likewise frees a keep-alive connection's buffers while it waits.
-//! Connections that are busy never park, so requests pay nothing for it.
+//! client connections the accept loop hands it, start to finish: plain
+//! HTTP/1.1 with the gateway's own code (`proxy::h1_server`, which also
+//! parks idle connections without buffers), TLS and HTTP/2 with hyper.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
@@ -26,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::deadline::{Activity, DeadlineIo, Tracked};
 use super::drain::Drain;
+use super::h1_server::{self, body::ClientBody};
 use super::{forward, Gateway};
 
 /// One accepted connection on its way to a worker.
@@ -47,17 +39,9 @@ pub struct Protocols {
     /// HTTP/1 and, when enabled, HTTP/2 by prior knowledge, told apart by
     /// the client's first bytes (TLS connections and h2c clients).
     pub auto: auto::Builder<TokioExecutor>,
-    /// HTTP/1 alone, for plain connections, which can park.
-    pub http1: hyper::server::conn::http1::Builder,
     /// Whether HTTP/2 is served.
     pub http2: bool,
 }
-
-/// How long a plain HTTP/1 connection sits without a request before it
-/// parks (see the module docs). Longer than the gap between a busy
-/// client's requests, so only idle connections pay for taking up their
-/// buffers again.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The worker threads.
 pub struct Workers {
@@ -174,23 +158,24 @@ async fn serve_connection(
             return;
         }
     };
-    // The two timeouts only: a copy of the listener's config would be
-    // held, with its strings, for as long as the connection is open.
-    let (first, idle) = {
-        let table = gateway.table();
-        (table.listener.header_timeout, table.listener.idle_timeout)
-    };
-    let activity = Arc::new(Activity::default());
-    // The deadlines sit under TLS too: a handshake that stalls is a
-    // connection that never starts a request.
-    let stream = DeadlineIo::new(stream, Arc::clone(&activity), first, idle);
     // The TLS path is boxed: a connection's task is as large as its
     // largest state, and TLS state is kilobytes (6.8 KB per connection
     // with it inline, 3.1 KB without) that a plain connection would hold
     // for as long as it stays open, idle or not.
     match tls {
-        None => serve_plain(stream, peer, activity, &protocols, gateway, draining).await,
+        None => serve_plain(stream, peer, &protocols, gateway, draining).await,
         Some(acceptor) => {
+            // The two timeouts only: a copy of the listener's config
+            // would be held, with its strings, for as long as the
+            // connection is open.
+            let (first, idle) = {
+                let table = gateway.table();
+                (table.listener.header_timeout, table.listener.idle_timeout)
+            };
+            let activity = Arc::new(Activity::default());
+            // The deadlines sit under TLS too: a handshake that stalls
+            // is a connection that never starts a request.
+            let stream = DeadlineIo::new(stream, Arc::clone(&activity), first, idle);
             let auto = protocols.auto.clone();
             Box::pin(serve_tls(
                 acceptor, stream, peer, activity, auto, gateway, draining,
@@ -201,94 +186,50 @@ async fn serve_connection(
     drop(permit);
 }
 
-/// A plain connection: HTTP/1 requests served by hyper while the client is
-/// active, parked without hyper in between (see the module docs). HTTP/2
-/// by prior knowledge goes to [`serve_io`] for good.
+/// A plain connection: HTTP/1.1 served by the gateway's own code
+/// (`proxy::h1_server`); HTTP/2 by prior knowledge goes to hyper
+/// ([`serve_io`]), told apart by the client's first bytes.
 async fn serve_plain(
-    mut io: DeadlineIo<TcpStream>,
+    stream: TcpStream,
     peer: SocketAddr,
-    activity: Arc<Activity>,
     protocols: &Protocols,
     gateway: Arc<Gateway>,
     draining: Arc<Drain>,
 ) {
-    io.park_after(PARK_AFTER);
-    let mut parked = Parked(None);
-    loop {
-        // No buffer of ours while waiting for the (next) request.
-        let ready = tokio::select! {
-            ready = io.readable() => ready,
-            () = draining.wait() => false,
-        };
-        parked.end();
-        let next = if ready {
-            first_bytes(io.get_ref(), protocols.http2).await
-        } else {
-            FirstBytes::Closed
+    let accepted = tokio::time::Instant::now();
+    let limits = {
+        let table = gateway.table();
+        h1_server::Limits {
+            header_timeout: table.listener.header_timeout,
+            idle_timeout: table.listener.idle_timeout,
+            max_head: table.listener.max_header_bytes.max(8192),
+        }
+    };
+    if protocols.http2 {
+        // The first bytes, within the first request's deadline.
+        let next = tokio::select! {
+            next = first_bytes(&stream, true) => next,
+            () = tokio::time::sleep_until(accepted + limits.header_timeout) => FirstBytes::Closed,
+            () = draining.wait() => FirstBytes::Closed,
         };
         match next {
             FirstBytes::Http1 => {}
             FirstBytes::MaybeHttp2 => {
+                let activity = Arc::new(Activity::default());
+                let io = DeadlineIo::new(
+                    stream,
+                    Arc::clone(&activity),
+                    limits.header_timeout.saturating_sub(accepted.elapsed()),
+                    limits.idle_timeout,
+                );
                 let auto = protocols.auto.clone();
                 Box::pin(serve_io(io, peer, activity, false, auto, gateway, draining)).await;
                 return;
             }
-            // A deadline, the drain, or the client closed (often a parked
-            // connection): no hyper connection, and its buffers, just to
-            // read the end.
-            FirstBytes::Closed => {
-                let _ = io.shutdown().await;
-                return;
-            }
-        }
-        let service = client_service(Arc::clone(&activity), false, Arc::clone(&gateway), peer);
-        // Boxed: hyper's connection state exists only while it serves.
-        let mut conn = Box::new(protocols.http1.serve_connection(TokioIo::new(io), service));
-        let ended = tokio::select! {
-            ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => ended,
-            () = draining.wait() => {
-                std::pin::Pin::new(&mut *conn).graceful_shutdown();
-                std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await
-            }
-        };
-        let parts = conn.into_parts();
-        io = parts.io.into_inner();
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, %peer, "client connection ended with error");
-            return;
-        }
-        // Anything but parking (the client closed, asked to close, or a
-        // deadline passed): close as hyper would have.
-        if !io.take_parked() || !parts.read_buf.is_empty() {
-            let _ = io.shutdown().await;
-            return;
-        }
-        parked = Parked::start(&gateway);
-    }
-}
-
-/// Counts a connection as parked in the telemetry while it is.
-struct Parked(Option<Arc<Gateway>>);
-
-impl Parked {
-    fn start(gateway: &Arc<Gateway>) -> Parked {
-        let counts = &gateway.telemetry.parked;
-        counts.now.fetch_add(1, Relaxed);
-        counts.total.fetch_add(1, Relaxed);
-        Parked(Some(Arc::clone(gateway)))
-    }
-
-    fn end(&mut self) {
-        if let Some(gateway) = self.0.take() {
-            gateway.telemetry.parked.now.fetch_sub(1, Relaxed);
+            FirstBytes::Closed => return,
         }
     }
-}
-
-impl Drop for Parked {
-    fn drop(&mut self) {
-        self.end();
-    }
+    h1_server::serve(stream, accepted, peer, limits, gateway, draining).await;
 }
 
 /// What a connection's next bytes are.
@@ -340,7 +281,8 @@ fn client_service(
     Error = Infallible,
     Future = ResponseFuture,
 > + Clone {
-    service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+    service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mut req = req.map(ClientBody::Hyper);
         let guard = activity.begin();
         if over_tls {
             req.extensions_mut().insert(OverTls);
@@ -421,10 +363,11 @@ mod tests {
 
     /// A connection's task is allocated at the size of its largest state
     /// for as long as the connection stays open, parked or not: the TLS
-    /// handshake and stream, HTTP/2 and hyper's HTTP/1 connection are
-    /// boxed, so a parked plain connection does not carry them (6,792
-    /// bytes per connection with TLS inline, 3,088 with hyper's
-    /// connection inline, 1,272 now).
+    /// handshake and stream, HTTP/2 and a plain connection's request
+    /// state are boxed, so an idle plain connection does not carry them
+    /// (6,792 bytes per connection with TLS inline, 3,088 with hyper's
+    /// HTTP/1 connection inline, 1,272 with it boxed; with the own
+    /// HTTP/1.1 server 2,248 with a request's state inline, 1,432 now).
     #[test]
     fn a_plain_connection_task_carries_no_tls_state() {
         fn size<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {

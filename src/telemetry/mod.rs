@@ -475,7 +475,7 @@ pub struct LocalResponses {
 
 /// Client connections parked: idle HTTP/1 connections whose HTTP state
 /// and buffers were given back until their next request (see
-/// `proxy::worker`).
+/// `proxy::h1_server`).
 #[derive(Debug, Default)]
 pub struct ParkedConnections {
     /// Parked now.

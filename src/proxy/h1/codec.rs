@@ -93,12 +93,12 @@ pub fn encode_head(
     out.put_slice(b"\r\n");
 }
 
-fn itoa_buffer() -> [u8; 20] {
+pub(crate) fn itoa_buffer() -> [u8; 20] {
     [0; 20]
 }
 
 /// `n` in decimal, written into the end of `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;
