@@ -15,9 +15,11 @@
 //! Deadlines: the first request's head must be complete within
 //! `listener.header_timeout` of the accept; a later one must start within
 //! `listener.idle_timeout` of the last response and be complete within
-//! `header_timeout` of its first byte. A connection idle for
-//! [`PARK_AFTER`] gives its buffers back (it is *parked*, as the HTTP/2 and
-//! TLS paths do by other means), so idle connections cost little.
+//! `header_timeout` of its first byte. Read and write buffers go back to
+//! the thread after each response and a connection waits for its next
+//! request without one, so idle connections and long streams cost little;
+//! one idle for [`PARK_AFTER`] is counted as *parked* (the telemetry's
+//! name from when hyper's buffers were given back only then).
 
 pub mod body;
 pub mod head;
@@ -45,9 +47,9 @@ use super::body::ResponseBody;
 use super::drain::{Drain, Drained};
 use super::{forward, Gateway};
 
-/// How long a connection sits without a request before it gives its
-/// buffers back. Longer than the gap between a busy client's requests, so
-/// only idle connections pay for taking them up again.
+/// How long a connection sits without a request before it counts as
+/// parked (`infergate_client_connections_parked`): longer than the gap
+/// between a busy client's requests.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Reads of a request head are at least this large.
