@@ -181,18 +181,7 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
             }
             Err(_) => return Err(CodecError("malformed response head")),
         };
-        let start = buf.as_ptr() as usize;
-        let count = response.headers.len();
-        for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
-            let name = header.name.as_ptr() as usize - start;
-            let value = header.value.as_ptr() as usize - start;
-            *span = (
-                name as u32,
-                header.name.len() as u32,
-                value as u32,
-                header.value.len() as u32,
-            );
-        }
+        let count = header_spans(buf, response.headers, &mut spans);
         (
             len,
             response.code.unwrap_or(0),
@@ -263,17 +252,7 @@ impl FramingHeaders {
             let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
             self.last_coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if name == CONTENT_LENGTH {
-            for part in value.split(|&b| b == b',') {
-                let part = part.trim_ascii();
-                if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
-                    return Err(CodecError("invalid content-length"));
-                }
-                let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-                if self.length.is_some_and(|seen| seen != n) {
-                    return Err(CodecError("differing content-lengths"));
-                }
-                self.length = Some(n);
-            }
+            self.length = Some(content_length(value, self.length).map_err(CodecError)?);
         }
         Ok(())
     }
@@ -296,6 +275,47 @@ impl FramingHeaders {
             (None, None) => BodyFraming::ToClose,
         }
     }
+}
+
+/// Where a parsed head's header names and values lie in `buf`: (name
+/// offset, name length, value offset, value length), so they can be
+/// sliced out of the head's bytes without a copy once the parser's
+/// borrow of `buf` has ended. Returns how many were filled.
+pub(crate) fn header_spans(
+    buf: &[u8],
+    headers: &[httparse::Header<'_>],
+    spans: &mut [(u32, u32, u32, u32)],
+) -> usize {
+    let start = buf.as_ptr() as usize;
+    for (span, header) in spans.iter_mut().zip(headers) {
+        let name = header.name.as_ptr() as usize - start;
+        let value = header.value.as_ptr() as usize - start;
+        *span = (
+            name as u32,
+            header.name.len() as u32,
+            value as u32,
+            header.value.len() as u32,
+        );
+    }
+    headers.len().min(spans.len())
+}
+
+/// A `Content-Length` value (a list of equal lengths is one length),
+/// agreeing with the length `seen` in an earlier one, if any.
+pub(crate) fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, &'static str> {
+    let mut length = seen;
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
+            return Err("invalid content-length");
+        }
+        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|seen| seen != n) {
+            return Err("differing content-lengths");
+        }
+        length = Some(n);
+    }
+    length.ok_or("invalid content-length")
 }
 
 /// Where a response body's decoding stands.

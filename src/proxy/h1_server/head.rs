@@ -76,17 +76,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
             Err(_) => return Err(bad("malformed request head")),
         };
         let start = buf.as_ptr() as usize;
-        let count = request.headers.len();
-        for (span, header) in spans.iter_mut().zip(request.headers.iter()) {
-            let name = header.name.as_ptr() as usize - start;
-            let value = header.value.as_ptr() as usize - start;
-            *span = (
-                name as u32,
-                header.name.len() as u32,
-                value as u32,
-                header.value.len() as u32,
-            );
-        }
+        let count = codec::header_spans(buf, request.headers, &mut spans);
         let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
             .map_err(|_| bad("invalid method"))?;
         let path = request.path.unwrap_or("");
@@ -180,17 +170,7 @@ impl Framing {
                 }
             }
         } else if name == CONTENT_LENGTH {
-            for part in value.split(|&b| b == b',') {
-                let part = part.trim_ascii();
-                if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
-                    return Err(bad("invalid content-length"));
-                }
-                let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-                if self.length.is_some_and(|seen| seen != n) {
-                    return Err(bad("differing content-lengths"));
-                }
-                self.length = Some(n);
-            }
+            self.length = Some(codec::content_length(value, self.length).map_err(bad)?);
         } else if name == EXPECT {
             self.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }

@@ -309,6 +309,20 @@ impl Connection {
         self.shared.poll_read(cx, &mut self.read, READ_SIZE)
     }
 
+    /// Read what the client sends next, waiting until `until` at most
+    /// (then `TimedOut`); `Ok(0)`: it closed.
+    async fn read_by(&mut self, until: Instant) -> io::Result<usize> {
+        self.timer.set(until);
+        poll_fn(|cx| match self.poll_read(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending if self.timer.poll_expired(cx) => {
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+    }
+
     /// Read until a whole request head has arrived, within `until` and
     /// `max_head` bytes. `Ok(None)`: the client closed, or the deadline
     /// passed (closed without an answer, as hyper and nginx do).
@@ -327,16 +341,7 @@ impl Connection {
                     why: "request head too large",
                 });
             }
-            self.timer.set(until);
-            let read = poll_fn(|cx| match self.poll_read(cx) {
-                Poll::Ready(result) => Poll::Ready(result),
-                Poll::Pending if self.timer.poll_expired(cx) => {
-                    Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
-                }
-                Poll::Pending => Poll::Pending,
-            })
-            .await;
-            if !matches!(read, Ok(n) if n > 0) {
+            if !matches!(self.read_by(until).await, Ok(n) if n > 0) {
                 return Ok(None);
             }
         }
@@ -596,18 +601,9 @@ impl Connection {
         let _ = self.writer.shutdown().await;
         let until = Instant::now() + LINGER_FOR;
         let mut dropped = 0;
-        self.timer.set(until);
         while dropped < LINGER_BYTES {
             self.read.clear();
-            let read = poll_fn(|cx| match self.poll_read(cx) {
-                Poll::Ready(result) => Poll::Ready(result),
-                Poll::Pending if self.timer.poll_expired(cx) => {
-                    Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
-                }
-                Poll::Pending => Poll::Pending,
-            })
-            .await;
-            match read {
+            match self.read_by(until).await {
                 Ok(n) if n > 0 => dropped += n,
                 _ => break,
             }
