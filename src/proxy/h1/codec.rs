@@ -113,21 +113,38 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// Frame one chunk of a chunked request body: size line, data, CRLF.
 pub fn encode_chunk(data: &[u8], out: &mut BytesMut) {
     out.reserve(data.len() + 20);
-    let mut size = [0u8; 16];
-    let mut at = size.len();
-    let mut n = data.len();
+    let mut line = [0u8; 18];
+    out.put_slice(chunk_size_line(data.len(), &mut line));
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+}
+
+/// A chunk's size line (`1a\r\n`), written into the end of `buf`.
+pub(crate) fn chunk_size_line(n: usize, buf: &mut [u8; 18]) -> &[u8] {
+    let mut at = 16;
+    let mut n = n;
     loop {
         at -= 1;
-        size[at] = b"0123456789abcdef"[n % 16];
+        buf[at] = b"0123456789abcdef"[n % 16];
         n /= 16;
         if n == 0 {
             break;
         }
     }
-    out.put_slice(&size[at..]);
-    out.put_slice(b"\r\n");
-    out.put_slice(data);
-    out.put_slice(b"\r\n");
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[at..]
+}
+
+/// What a `Connection` header's tokens say: (close, keep-alive).
+pub(crate) fn connection_tokens(value: &[u8]) -> (bool, bool) {
+    let (mut close, mut keep_alive) = (false, false);
+    for token in value.split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        close |= token.eq_ignore_ascii_case(b"close");
+        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+    }
+    (close, keep_alive)
 }
 
 /// The last chunk of a chunked request body.
@@ -243,11 +260,9 @@ struct FramingHeaders {
 impl FramingHeaders {
     fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), CodecError> {
         if name == CONNECTION {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (close, keep_alive) = connection_tokens(value);
+            self.close |= close;
+            self.keep_alive |= keep_alive;
         } else if name == TRANSFER_ENCODING {
             let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
             self.last_coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));

@@ -147,11 +147,9 @@ struct Framing {
 impl Framing {
     fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), HeadError> {
         if name == CONNECTION {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (close, keep_alive) = codec::connection_tokens(value);
+            self.close |= close;
+            self.keep_alive |= keep_alive;
         } else if name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
             for coding in value.split(|&b| b == b',') {

@@ -646,7 +646,7 @@ impl BodySent {
             }
             ResponseFraming::Chunked => {
                 let mut line = [0u8; 18];
-                let size = hex_line(data.len(), &mut line);
+                let size = crate::proxy::h1::codec::chunk_size_line(data.len(), &mut line);
                 conn.out.put_slice(size);
                 conn.queue(data);
                 conn.out.put_slice(b"\r\n");
@@ -668,23 +668,6 @@ impl BodySent {
             ResponseFraming::ToClose | ResponseFraming::NoBody => true,
         }
     }
-}
-
-/// A chunk's size line (`1a\r\n`) in `buf`.
-fn hex_line(n: usize, buf: &mut [u8; 18]) -> &[u8] {
-    let mut at = 16;
-    let mut n = n;
-    loop {
-        at -= 1;
-        buf[at] = b"0123456789abcdef"[n % 16];
-        n /= 16;
-        if n == 0 {
-            break;
-        }
-    }
-    buf[16] = b'\r';
-    buf[17] = b'\n';
-    &buf[at..]
 }
 
 /// Read and write buffers kept by the thread between requests, so that
