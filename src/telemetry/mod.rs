@@ -473,8 +473,8 @@ pub struct LocalResponses {
     pub codes: [AtomicU64; 6],
 }
 
-/// Client connections parked: idle HTTP/1 connections whose HTTP state
-/// and buffers were given back until their next request (see
+/// Client connections parked: plain HTTP/1 connections idle for a second
+/// or more, holding no buffers until their next request (see
 /// `proxy::h1_server`).
 #[derive(Debug, Default)]
 pub struct ParkedConnections {
