@@ -75,30 +75,38 @@ pub fn encode_head(
         if (name == CONTENT_LENGTH && !keep_length) || name == TRANSFER_ENCODING {
             continue;
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_header(out, name, value);
     }
     match framing {
-        RequestFraming::Length(n) => {
-            out.put_slice(b"content-length: ");
-            let mut digits = itoa_buffer();
-            out.put_slice(itoa(n, &mut digits));
-            out.put_slice(b"\r\n");
-        }
+        RequestFraming::Length(n) => put_content_length(out, n),
         RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
         RequestFraming::LengthHeader | RequestFraming::None => {}
     }
     out.put_slice(b"\r\n");
 }
 
-pub(crate) fn itoa_buffer() -> [u8; 20] {
+/// One header line: `name: value`.
+pub(crate) fn put_header(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// A `content-length: n` line.
+pub(crate) fn put_content_length(out: &mut BytesMut, n: u64) {
+    out.put_slice(b"content-length: ");
+    let mut digits = itoa_buffer();
+    out.put_slice(itoa(n, &mut digits));
+    out.put_slice(b"\r\n");
+}
+
+fn itoa_buffer() -> [u8; 20] {
     [0; 20]
 }
 
 /// `n` in decimal, written into the end of `buf`.
-pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;

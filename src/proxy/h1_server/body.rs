@@ -107,7 +107,7 @@ impl Shared {
         Poll::Ready(Ok(buf.filled().len()))
     }
 
-    /// Write what `bytes` holds from `at` on, without the connection's
+    /// Write `bytes` without the connection's
     /// writer (for `100 Continue`, before any response); bytes written.
     fn poll_write_interim(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);

@@ -309,18 +309,10 @@ pub fn encode_response(
             continue;
         }
         has_date |= name == DATE;
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        codec::put_header(out, name, value);
     }
     match framing {
-        ResponseFraming::Length(n) => {
-            out.put_slice(b"content-length: ");
-            let mut digits = codec::itoa_buffer();
-            out.put_slice(codec::itoa(n, &mut digits));
-            out.put_slice(b"\r\n");
-        }
+        ResponseFraming::Length(n) => codec::put_content_length(out, n),
         ResponseFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
     }

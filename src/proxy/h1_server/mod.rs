@@ -166,7 +166,7 @@ fn says_close(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+        .any(|v| crate::proxy::h1::codec::connection_tokens(v.as_bytes()).0)
 }
 
 /// One client connection's state between its requests.
