@@ -1,7 +1,7 @@
 //! Step one of classification: method, path and headers.
 //!
 //! Allocation-free except for the KServe model name taken from the path.
-use http::{header::CONTENT_TYPE, HeaderMap, Method};
+use http::{header::CONTENT_TYPE, HeaderMap, HeaderName, Method};
 
 use super::{ApiFamily, Endpoint, Head, Priority, PRIORITY_HEADER};
 
@@ -136,7 +136,9 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 /// The priority the header asks for; `None` when absent or not a known
 /// name. Whether it counts is the route's decision.
 fn asked_priority(headers: &HeaderMap) -> Option<Priority> {
-    let value = headers.get(PRIORITY_HEADER)?.to_str().ok()?;
+    // A name made once: looking up by `&str` parses it on every request.
+    static PRIORITY: HeaderName = HeaderName::from_static(PRIORITY_HEADER);
+    let value = headers.get(&PRIORITY)?.to_str().ok()?;
     Priority::from_name(value)
 }
 

@@ -24,6 +24,7 @@ pub mod probe;
 mod queue;
 pub mod retry;
 mod select;
+mod spare;
 pub mod table;
 mod upstream;
 mod worker;

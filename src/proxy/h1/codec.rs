@@ -54,16 +54,23 @@ pub enum RequestFraming {
 /// `headers` is written only with
 /// [`RequestFraming::LengthHeader`]: otherwise the framing says what is
 /// sent, and a second, different length would make the request ambiguous.
+/// Room for `then` more bytes (a body copied behind the head) is made in
+/// the same allocation.
 pub fn encode_head(
     method: &Method,
     path: &str,
     headers: [&HeaderMap; 2],
     framing: RequestFraming,
+    then: usize,
     out: &mut BytesMut,
 ) {
-    let mut size = method.as_str().len() + path.len() + 32;
-    for (name, value) in headers.into_iter().flatten() {
-        size += name.as_str().len() + value.len() + 4;
+    let mut size = method.as_str().len() + path.len() + 32 + then;
+    // Loops over each map, not a flattened iterator (which cost more than
+    // the lines it went over).
+    for map in headers {
+        for (name, value) in map {
+            size += name.as_str().len() + value.len() + 4;
+        }
     }
     out.reserve(size);
     out.put_slice(method.as_str().as_bytes());
@@ -71,11 +78,13 @@ pub fn encode_head(
     out.put_slice(path.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
     let keep_length = framing == RequestFraming::LengthHeader;
-    for (name, value) in headers.into_iter().flatten() {
-        if (name == CONTENT_LENGTH && !keep_length) || name == TRANSFER_ENCODING {
-            continue;
+    for map in headers {
+        for (name, value) in map {
+            if (name == CONTENT_LENGTH && !keep_length) || name == TRANSFER_ENCODING {
+                continue;
+            }
+            put_header(out, name, value);
         }
-        put_header(out, name, value);
     }
     match framing {
         RequestFraming::Length(n) => put_content_length(out, n),
@@ -144,15 +153,40 @@ pub(crate) fn chunk_size_line(n: usize, buf: &mut [u8; 18]) -> &[u8] {
     &buf[at..]
 }
 
-/// What a `Connection` header's tokens say: (close, keep-alive).
-pub(crate) fn connection_tokens(value: &[u8]) -> (bool, bool) {
-    let (mut close, mut keep_alive) = (false, false);
+/// What a `Connection` header's tokens say.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ConnectionTokens {
+    /// `close`.
+    pub close: bool,
+    /// `keep-alive`.
+    pub keep_alive: bool,
+    /// Another token: a header name, hop-by-hop too (RFC 9110 §7.6.1).
+    pub names_headers: bool,
+}
+
+impl ConnectionTokens {
+    /// The header's whole meaning is in `close`/`keep-alive`: a parser
+    /// that took note of them need not keep the header (it is hop-by-hop
+    /// and would only be removed again before forwarding).
+    pub fn only_options(self) -> bool {
+        !self.names_headers
+    }
+}
+
+/// The tokens of a `Connection` header's value.
+pub(crate) fn connection_tokens(value: &[u8]) -> ConnectionTokens {
+    let mut tokens = ConnectionTokens::default();
     for token in value.split(|&b| b == b',') {
         let token = token.trim_ascii();
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        if token.eq_ignore_ascii_case(b"close") {
+            tokens.close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            tokens.keep_alive = true;
+        } else if !token.is_empty() {
+            tokens.names_headers = true;
+        }
     }
-    (close, keep_alive)
+    tokens
 }
 
 /// The last chunk of a chunked request body.
@@ -216,17 +250,21 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
     };
     let bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| CodecError("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the `X-Request-Id` the gateway adds on the way back.
+    let mut headers = HeaderMap::with_capacity(count + 1);
     // The framing is read on the way, not looked up in the map afterwards.
     let mut framing = FramingHeaders::default();
     for &(name, name_len, value, value_len) in &spans[..count] {
         let name = &bytes[name as usize..(name + name_len) as usize];
         let name = HeaderName::from_bytes(name).map_err(|_| CodecError("invalid header name"))?;
-        let value = bytes.slice(value as usize..(value + value_len) as usize);
-        let value = HeaderValue::from_maybe_shared(value)
-            .map_err(|_| CodecError("invalid header value"))?;
-        framing.see(&name, value.as_bytes())?;
-        headers.append(name, value);
+        let value = value as usize..(value + value_len) as usize;
+        // Framing and connection headers are taken in here and not kept:
+        // they are hop-by-hop, removed before forwarding anyway.
+        if framing.see(&name, &bytes[value.clone()])? {
+            let value = HeaderValue::from_maybe_shared(bytes.slice(value))
+                .map_err(|_| CodecError("invalid header value"))?;
+            headers.append(name, value);
+        }
     }
     let version = if minor == 0 {
         Version::HTTP_10
@@ -266,18 +304,23 @@ struct FramingHeaders {
 }
 
 impl FramingHeaders {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), CodecError> {
+    /// Take note of one header; whether it is to be kept in the map
+    /// (`Transfer-Encoding`, and `Connection` saying only close or
+    /// keep-alive, are not).
+    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, CodecError> {
         if name == CONNECTION {
-            let (close, keep_alive) = connection_tokens(value);
-            self.close |= close;
-            self.keep_alive |= keep_alive;
+            let tokens = connection_tokens(value);
+            self.close |= tokens.close;
+            self.keep_alive |= tokens.keep_alive;
+            return Ok(!tokens.only_options());
         } else if name == TRANSFER_ENCODING {
             let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
             self.last_coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            return Ok(false);
         } else if name == CONTENT_LENGTH {
             self.length = Some(content_length(value, self.length).map_err(CodecError)?);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// How the body is delimited (RFC 9112 §6.3).
@@ -571,6 +614,32 @@ mod tests {
         parse_head(&mut BytesMut::from(text), &Method::POST)
     }
 
+    #[test]
+    fn framing_and_connection_options_are_taken_in_not_kept() {
+        let plain = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(plain.keep_alive);
+        assert!(matches!(plain.body, BodyFraming::Chunked(_)));
+        let names: Vec<_> = plain
+            .response
+            .headers()
+            .keys()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(names, ["x-a"]);
+        // A Connection naming headers stays, so that they are removed too.
+        let naming = head(
+            "HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nX-A: b\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!naming.keep_alive);
+        assert_eq!(naming.response.headers()["connection"], "close, x-a");
+    }
+
     /// Decode all of `wire` fed `step` bytes at a time.
     fn decode_all(
         mut framing: BodyFraming,
@@ -612,6 +681,7 @@ mod tests {
             "/v1/chat/completions?x=1",
             [&own, &shared],
             RequestFraming::Length(1234567),
+            0,
             &mut out,
         );
         assert_eq!(
@@ -624,6 +694,7 @@ mod tests {
             "/",
             [&HeaderMap::new(), &HeaderMap::new()],
             RequestFraming::None,
+            0,
             &mut out,
         );
         assert_eq!(&out[..], b"GET / HTTP/1.1\r\n\r\n");
@@ -633,6 +704,7 @@ mod tests {
             "/",
             [&HeaderMap::new(), &HeaderMap::new()],
             RequestFraming::Chunked,
+            0,
             &mut out,
         );
         assert_eq!(

@@ -20,6 +20,7 @@ use http::{HeaderMap, Method, Request};
 use http_body::Body as _;
 use tokio::io::AsyncWrite;
 
+use super::spare::{self, Role};
 use codec::{BodyFraming, CodecError, Decoded, Head, RequestFraming};
 
 /// How a node connection's bytes travel: TCP, or TLS over TCP.
@@ -45,8 +46,6 @@ const READ_MIN: usize = 4 * 1024;
 /// Reads grow up to this while the node fills every read (a large body);
 /// also the largest response head accepted.
 pub const READ_MAX: usize = 32 * 1024;
-/// The thread keeps a write buffer for the next request up to this size.
-const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 /// Buffered request bodies up to this size are copied behind the head, so
 /// head and body leave in one write.
 const COPY_BODY_UP_TO: usize = 16 * 1024;
@@ -87,13 +86,6 @@ pub struct Conn {
     read_size: usize,
 }
 
-thread_local! {
-    /// A write buffer kept by the thread between requests: one allocation
-    /// less per request, and no buffer held by every connection (a
-    /// streaming response keeps its connection for minutes).
-    static SPARE_WRITE_BUFFER: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
-}
-
 impl Conn {
     /// A connection over `io`, nothing exchanged yet.
     pub fn new(io: Io) -> Conn {
@@ -113,8 +105,10 @@ impl Conn {
         request: &mut Request<OutBody>,
         shared: &HeaderMap,
     ) -> Result<Answered, ExchangeError> {
-        let spare = SPARE_WRITE_BUFFER.with(std::cell::Cell::take);
-        let mut writer = Writer::new(request, shared, spare);
+        // Write buffers come from the thread (`proxy::spare`): no buffer is
+        // held by every connection (a streaming response keeps its
+        // connection for minutes), and none is allocated per request.
+        let mut writer = Writer::new(request, shared, spare::take(Role::Write));
         let method = request.method().clone();
         let mut body = match request.body_mut() {
             OutBody::Stream(body) => Some(body),
@@ -168,8 +162,8 @@ impl Conn {
             }
         })
         .await;
-        if writer.done && writer.allocated <= KEEP_WRITE_BUFFER {
-            SPARE_WRITE_BUFFER.with(|spare| spare.set(writer.out));
+        if writer.done {
+            spare::give_back(Role::Write, writer.out);
         }
         answered
     }
@@ -272,8 +266,6 @@ struct Writer {
     done: bool,
     /// Bytes written so far.
     written: usize,
-    /// The size `out` was allocated at for the head (and a copied body).
-    allocated: usize,
 }
 
 impl Writer {
@@ -295,8 +287,10 @@ impl Writer {
                 };
                 // The length is the bytes' own: a client's header saying
                 // otherwise is not passed on.
-                codec::encode_head(method, path, headers, framing, &mut out);
-                if bytes.len() <= COPY_BODY_UP_TO {
+                let copied = bytes.len() <= COPY_BODY_UP_TO;
+                let room = if copied { bytes.len() } else { 0 };
+                codec::encode_head(method, path, headers, framing, room, &mut out);
+                if copied {
                     out.extend_from_slice(bytes);
                 } else {
                     tail = bytes.clone();
@@ -311,7 +305,7 @@ impl Writer {
                 } else {
                     RequestFraming::Chunked
                 };
-                codec::encode_head(method, path, headers, framing, &mut out);
+                codec::encode_head(method, path, headers, framing, 0, &mut out);
                 (
                     framing,
                     body.is_end_stream() && framing != RequestFraming::Chunked,
@@ -319,7 +313,6 @@ impl Writer {
             }
         };
         Writer {
-            allocated: out.capacity(),
             out,
             tail,
             framing,

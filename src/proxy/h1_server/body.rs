@@ -157,7 +157,9 @@ impl InBody {
 
     fn end(&mut self) {
         self.ended = true;
-        let rest = self.buf.split();
+        // The buffer goes back whole (what follows the body, and the room
+        // for the next request's reads).
+        let rest = std::mem::take(&mut self.buf);
         self.shared.set_body_end(BodyEnd::Done(rest));
     }
 

@@ -91,14 +91,20 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the gateway adds on the way to the node
+    // (`X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id`): the map is
+    // not grown again for them.
+    let mut headers = HeaderMap::with_capacity(count + 3);
     let mut framing = Framing::default();
     for &(name, name_len, value, value_len) in &spans[..count] {
         let name = &bytes[name as usize..(name + name_len) as usize];
         let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
-        let value = value_of(&bytes, value as usize, value_len as usize)?;
-        framing.see(&name, value.as_bytes())?;
-        headers.append(name, value);
+        let (at, len) = (value as usize, value_len as usize);
+        // `Connection` saying only close or keep-alive is taken in here
+        // and not kept: it is hop-by-hop, removed before forwarding anyway.
+        if framing.see(&name, &bytes[at..at + len])? {
+            headers.append(name, value_of(&bytes, at, len)?);
+        }
     }
     let body = framing.body(version, &mut headers)?;
     // A request framed both ways is answered and the connection closed
@@ -145,11 +151,13 @@ struct Framing {
 }
 
 impl Framing {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), HeadError> {
+    /// Take note of one header; whether it is to be kept in the map.
+    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, HeadError> {
         if name == CONNECTION {
-            let (close, keep_alive) = codec::connection_tokens(value);
-            self.close |= close;
-            self.keep_alive |= keep_alive;
+            let tokens = codec::connection_tokens(value);
+            self.close |= tokens.close;
+            self.keep_alive |= tokens.keep_alive;
+            return Ok(!tokens.only_options());
         } else if name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
             for coding in value.split(|&b| b == b',') {
@@ -172,7 +180,7 @@ impl Framing {
         } else if name == EXPECT {
             self.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// How the body is delimited (RFC 9112 §6.3); drops a length that a
@@ -407,6 +415,21 @@ mod tests {
         assert!(head.keep_alive);
         assert!(!head.expect_continue);
         assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn connection_options_are_taken_in_not_kept() {
+        let options = parse("GET / HTTP/1.0\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(options.keep_alive);
+        assert!(!options.request.headers().contains_key("connection"));
+        // A Connection naming headers stays, so that they are removed too.
+        let naming = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-a\r\nX-A: b\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!naming.keep_alive);
+        assert_eq!(naming.request.headers()["connection"], "close, x-a");
     }
 
     #[test]

@@ -45,6 +45,7 @@ use self::body::{BodyEnd, ClientBody, InBody, Shared};
 use self::head::{ConnectionHeader, HeadError, ResponseFraming};
 use super::body::ResponseBody;
 use super::drain::{Drain, Drained};
+use super::spare::{self, Role};
 use super::{forward, Gateway};
 
 /// How long a connection sits without a request before it counts as
@@ -166,7 +167,7 @@ fn says_close(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .any(|v| crate::proxy::h1::codec::connection_tokens(v.as_bytes()).0)
+        .any(|v| crate::proxy::h1::codec::connection_tokens(v.as_bytes()).close)
 }
 
 /// One client connection's state between its requests.
@@ -209,9 +210,11 @@ impl Connection {
         } else {
             self.shared.responded.store(false, Relaxed);
             self.body_reading = true;
+            // The whole buffer, its room too: the body is read into it,
+            // and it comes back at the body's end with what follows.
             ClientBody::Own(InBody::new(
                 Arc::clone(&self.shared),
-                self.read.split(),
+                std::mem::take(&mut self.read),
                 framing,
                 expect_continue,
             ))
@@ -251,9 +254,9 @@ impl Connection {
         // connection holds none; the next request, here or on another
         // connection, takes one back without a `malloc`).
         if self.read.is_empty() {
-            spare::give_back(std::mem::take(&mut self.read));
+            spare::give_back(Role::Read, std::mem::take(&mut self.read));
         }
-        spare::give_back(std::mem::take(&mut self.out));
+        spare::give_back(Role::Write, std::mem::take(&mut self.out));
         Next::Request
     }
 
@@ -304,7 +307,7 @@ impl Connection {
     /// Read what the client sent into `read`; `Ok(0)`: it closed.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() == 0 {
-            self.read = spare::take();
+            self.read = spare::take(Role::Read);
         }
         self.shared.poll_read(cx, &mut self.read, READ_SIZE)
     }
@@ -384,7 +387,7 @@ impl Connection {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => true,
             Poll::Ready(Ok(n)) => {
                 // The next request, pipelined: kept for later.
-                self.read = spare::take();
+                self.read = spare::take(Role::Read);
                 self.read.extend_from_slice(&probe[..n]);
                 false
             }
@@ -437,7 +440,7 @@ impl Connection {
         };
         self.shared.responded.store(true, Relaxed);
         if self.out.capacity() == 0 {
-            self.out = spare::take();
+            self.out = spare::take(Role::Write);
         }
         head::encode_response(
             parts.status,
@@ -667,48 +670,6 @@ impl BodySent {
             ResponseFraming::Length(_) | ResponseFraming::LengthHeader(_) => self.left == 0,
             ResponseFraming::ToClose | ResponseFraming::NoBody => true,
         }
-    }
-}
-
-/// Read and write buffers kept by the thread between requests, so that
-/// neither an idle connection nor a long response holds one, and a busy
-/// thread does not allocate one per request. Freed 4 KB buffers of
-/// thousands of parked connections also left the heap too fragmented to
-/// give back (15,000 idle connections: 6.8 KB each with a buffer per
-/// connection until it parked).
-mod spare {
-    use std::cell::RefCell;
-
-    use bytes::BytesMut;
-
-    /// Buffers kept per thread.
-    const KEEP: usize = 32;
-    /// Larger buffers (a long head, a large response) are not kept.
-    const KEEP_UP_TO: usize = 64 * 1024;
-
-    thread_local! {
-        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// A buffer, empty (with room if one was kept).
-    pub fn take() -> BytesMut {
-        SPARE
-            .with(|spare| spare.borrow_mut().pop())
-            .unwrap_or_default()
-    }
-
-    /// Keep `buf` for a later [`take`] if it is worth keeping.
-    pub fn give_back(mut buf: BytesMut) {
-        if buf.capacity() == 0 || buf.capacity() > KEEP_UP_TO {
-            return;
-        }
-        buf.clear();
-        SPARE.with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < KEEP {
-                spare.push(buf);
-            }
-        });
     }
 }
 
