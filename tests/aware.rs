@@ -183,7 +183,7 @@ async fn saturated_node_is_avoided_until_it_recovers() {
     let node0 = gw.gateway.table().pools[0].nodes[0].clone();
     assert!(
         eventually(Duration::from_secs(2), || node0
-            .is_saturated(std::time::Instant::now()))
+            .is_saturated(infergate::fleet::now_ns()))
         .await,
         "scraper did not mark node 0 saturated"
     );
@@ -208,7 +208,7 @@ async fn saturated_node_is_avoided_until_it_recovers() {
     nodes[0].set_faults(Faults::default());
     assert!(
         eventually(Duration::from_secs(5), || !node0
-            .is_saturated(std::time::Instant::now()))
+            .is_saturated(infergate::fleet::now_ns()))
         .await,
         "node 0 never recovered"
     );

@@ -804,7 +804,7 @@ async fn queued_request_is_served_when_scraped_saturation_clears() {
     let node = gw.gateway.table().pools[0].nodes[0].clone();
     assert!(
         eventually(Duration::from_secs(5), || node
-            .is_saturated(std::time::Instant::now()))
+            .is_saturated(infergate::fleet::now_ns()))
         .await
     );
     let addr = gw.addr;

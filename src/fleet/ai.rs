@@ -323,9 +323,10 @@ impl Node {
 
     /// True when the node's fresh scraped signals put it over its pool's
     /// `max_queue` or `max_kv_usage`; the proxy should then treat it as not
-    /// eligible. Stale or missing scrapes never saturate a node.
-    pub fn is_saturated(&self, now: Instant) -> bool {
-        self.load.ai.capacity.is_saturated(&self.load, at_ns(now))
+    /// eligible. Stale or missing scrapes never saturate a node. `now_ns`
+    /// is [`at_ns`] of now, read once by a caller asking of many nodes.
+    pub fn is_saturated(&self, now_ns: u64) -> bool {
+        self.load.ai.capacity.is_saturated(&self.load, now_ns)
     }
 }
 

@@ -354,7 +354,7 @@ pub(super) async fn forward(
                         telemetry: telemetry.tracker(
                             index,
                             RequestInfo {
-                                id: id.to_str().unwrap_or("-").to_string(),
+                                id: id.clone(),
                                 client: peer,
                                 start: started,
                                 status: counted,

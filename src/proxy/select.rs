@@ -115,25 +115,31 @@ fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[u
             && (health.is_available(now) || (panic && health::usable_in_panic(health, now, window)))
     };
     // Busy: at its concurrency limit, or saturated by its own metrics.
-    let instant = std::time::Instant::now();
+    let now_ns = crate::fleet::now_ns();
     let candidate = |i: usize| {
         !tried.contains(&i)
             && nodes
                 .get(i)
-                .is_some_and(|node| usable(node) && !node.is_full() && !node.is_saturated(instant))
+                .is_some_and(|node| usable(node) && !node.is_full() && !node.is_saturated(now_ns))
     };
     let ctx = PickContext {
         request: Some(class),
         headers: Some(headers),
     };
     let ramp = route.pool_settings.slow_start;
-    if !ramp.is_zero() {
-        // Thin relative to the most ramped-up node, so nodes that all
-        // started together (gateway start) are not thinned at all.
-        let top = nodes
+    // Thin relative to the most ramped-up node, so nodes that all
+    // started together (gateway start) are not thinned at all; nor is
+    // anything when every node is as far as the most ramped-up one (the
+    // usual case: nobody came back lately).
+    let (low, top) = if ramp.is_zero() {
+        (1.0, 1.0)
+    } else {
+        nodes
             .iter()
             .map(|n| n.load.health.slow_start_factor(now, ramp))
-            .fold(0.0, f64::max);
+            .fold((f64::MAX, 0.0), |(low, top), f| (f.min(low), f.max(top)))
+    };
+    if low < top {
         let thinned = |i: usize| {
             candidate(i)
                 && nodes.get(i).is_some_and(|node| {
@@ -169,7 +175,7 @@ pub fn spares(route: &Route, tried: &[usize], n: usize) -> Vec<usize> {
         return Vec::new();
     }
     let now = health::now_ms();
-    let instant = std::time::Instant::now();
+    let now_ns = crate::fleet::now_ns();
     let mut ready: Vec<(u64, usize)> = route
         .pool
         .nodes
@@ -180,7 +186,7 @@ pub fn spares(route: &Route, tried: &[usize], n: usize) -> Vec<usize> {
                 && !node.load.power.is_asleep(now)
                 && node.load.health.is_available(now)
                 && !node.is_full()
-                && !node.is_saturated(instant)
+                && !node.is_saturated(now_ns)
         })
         .map(|(i, node)| (node.outstanding(), i))
         .collect();

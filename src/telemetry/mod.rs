@@ -262,8 +262,9 @@ impl RouteTelemetry {
 /// What the access log needs to know about a request besides timing.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
-    /// `x-request-id`.
-    pub id: String,
+    /// `x-request-id` (a shared handle to the header's bytes: no copy per
+    /// request; the gateway makes or accepts visible ASCII only).
+    pub id: http::HeaderValue,
     /// The client's address.
     pub client: std::net::SocketAddr,
     /// When the gateway started on it.
@@ -354,7 +355,7 @@ impl Drop for Tracker {
             .fetch_add(u64::from(self.info.tokens_in), Relaxed);
         if let Some(log) = &self.hub.access {
             log.record(access::Record {
-                id: &self.info.id,
+                id: self.info.id.to_str().unwrap_or("-"),
                 client: self.info.client,
                 route: &self.series.route,
                 model: &self.series.model,

@@ -602,7 +602,7 @@ mod tests {
         assert!((v.kv_peak.unwrap() - want).abs() < 1e-9, "{v:?}");
         // Node-level helper with a real clock.
         cap.record(&busy(), 0, crate::fleet::now_ns());
-        assert!(n.is_saturated(std::time::Instant::now()));
+        assert!(n.is_saturated(crate::fleet::now_ns()));
     }
 
     #[test]
