@@ -86,6 +86,12 @@ pub struct ListenerConfig {
     /// traffic (HTTP/1 keep-alive, idle HTTP/2 sessions).
     #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
+    /// Time a client may take to accept more of a response being written
+    /// to it (nginx's `send_timeout`): a client that stops reading is
+    /// disconnected and its request ended, freeing its node. Plain
+    /// HTTP/1.1 connections.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub send_timeout: Duration,
     /// Connections the kernel queues before they are accepted.
     pub backlog: u32,
     /// Serve HTTP/2 (h2c, prior knowledge; ALPN `h2` with TLS) besides HTTP/1.1.
@@ -128,6 +134,7 @@ impl Default for ListenerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             backlog: 1024,
             http2: true,
             tls: None,
@@ -615,6 +622,7 @@ impl Config {
             ("header_timeout", self.listener.header_timeout),
             ("body_timeout", self.listener.body_timeout),
             ("idle_timeout", self.listener.idle_timeout),
+            ("send_timeout", self.listener.send_timeout),
         ] {
             if value.is_zero() {
                 err(format!("listener.{field}"), "must be greater than 0".into());

@@ -188,10 +188,12 @@ pub(super) async fn forward(
     };
     add_forwarded(&mut headers, peer, proto);
     headers.insert(REQUEST_ID.clone(), id.clone());
-    if !headers.contains_key(HOST) {
+    let mut has_host = headers.contains_key(HOST);
+    if !has_host {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
                 headers.insert(HOST, value);
+                has_host = true;
             }
         }
     }
@@ -267,7 +269,7 @@ pub(super) async fn forward(
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::H2c => Version::HTTP_2,
         };
-        if !headers.contains_key(HOST) {
+        if !has_host {
             // An HTTP/1.0 client may send none; HTTP/1.1 needs one.
             if let Ok(host) = HeaderValue::from_str(node.addr.as_str()) {
                 request.headers_mut().insert(HOST, host);

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{CONTENT_TYPE, HOST};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
 
 use super::attempt::{forward, Reject, RequestBody};
@@ -81,7 +81,9 @@ async fn proxy(
         return Ok(models_response(&cards, parts.uri.path()));
     }
 
-    let declared_len = content_length(&parts.headers);
+    // The length the body declared, as its reader took it from the head
+    // (no second look-up and parse of `Content-Length`).
+    let declared_len = http_body::Body::size_hint(&incoming).exact();
     let reads_body = head.parse_body;
     let (mut class, buffered, incoming) = if head.parse_body {
         if declared_len.is_some_and(|n| n > table.max_body_bytes) {
@@ -193,10 +195,6 @@ fn refuse_framing(parts: &Parts, family: ApiFamily) -> Option<Reject> {
         ));
     }
     None
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn too_large(family: ApiFamily, limit: u64) -> Reject {

@@ -273,14 +273,17 @@ impl Writer {
         let headers = [request.headers(), shared];
         let method = request.method();
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let has_length = headers
-            .iter()
-            .any(|map| map.contains_key(http::header::CONTENT_LENGTH));
+        // Looked up only where the framing depends on it.
+        let has_length = || {
+            headers
+                .iter()
+                .any(|map| map.contains_key(http::header::CONTENT_LENGTH))
+        };
         out.clear();
         let mut tail = Bytes::new();
         let (framing, body_ended) = match request.body() {
             OutBody::Full(bytes) => {
-                let framing = if bytes.is_empty() && !expects_body(method) && !has_length {
+                let framing = if bytes.is_empty() && !expects_body(method) && !has_length() {
                     RequestFraming::None
                 } else {
                     RequestFraming::Length(bytes.len() as u64)
@@ -298,7 +301,7 @@ impl Writer {
                 (framing, true)
             }
             OutBody::Stream(body) => {
-                let framing = if has_length {
+                let framing = if has_length() {
                     RequestFraming::LengthHeader
                 } else if body.is_end_stream() && !expects_body(method) {
                     RequestFraming::None

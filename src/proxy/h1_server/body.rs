@@ -35,6 +35,10 @@ pub struct Shared {
     pub body: Mutex<BodyEnd>,
     /// The response head has gone out: no `100 Continue` any more.
     pub responded: AtomicBool,
+    /// `listener.send_timeout` (kept here, on the heap, rather than in
+    /// the connection's task, whose size every idle connection pays
+    /// several times over).
+    pub send_timeout: std::time::Duration,
 }
 
 /// Where a request body stands, for the connection.
@@ -51,11 +55,12 @@ pub enum BodyEnd {
 
 impl Shared {
     /// A connection's shared state over its read side.
-    pub fn new(reader: OwnedReadHalf) -> Shared {
+    pub fn new(reader: OwnedReadHalf, send_timeout: std::time::Duration) -> Shared {
         Shared {
             reader: Mutex::new(reader),
             body: Mutex::new(BodyEnd::Done(BytesMut::new())),
             responded: AtomicBool::new(false),
+            send_timeout,
         }
     }
 

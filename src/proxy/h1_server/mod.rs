@@ -74,6 +74,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// `listener.idle_timeout`.
     pub idle_timeout: Duration,
+    /// `listener.send_timeout`.
+    pub send_timeout: Duration,
     /// Longest request head (`listener.max_header_bytes`, at least 8 KB).
     pub max_head: usize,
 }
@@ -88,15 +90,24 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     draining: Arc<Drain>,
 ) {
+    // Taken apart: what is only needed now is not held for as long as the
+    // connection is open.
+    let Limits {
+        header_timeout,
+        idle_timeout,
+        send_timeout,
+        max_head,
+    } = limits;
     let (reader, writer) = stream.into_split();
     let mut conn = Connection {
-        shared: Arc::new(Shared::new(reader)),
+        shared: Arc::new(Shared::new(reader, send_timeout)),
         writer,
         read: BytesMut::new(),
         out: BytesMut::new(),
         pieces: Vec::new(),
         body_reading: false,
-        timer: Deadline::new(accepted + limits.header_timeout),
+        send_stalled: false,
+        timer: Deadline::new(accepted + header_timeout),
     };
     let drained = draining.wait();
     tokio::pin!(drained);
@@ -107,9 +118,9 @@ pub async fn serve(
         if conn.read.is_empty() {
             let now = Instant::now();
             let until = if first {
-                accepted + limits.header_timeout
+                accepted + header_timeout
             } else {
-                now + limits.idle_timeout
+                now + idle_timeout
             };
             if !conn
                 .wait_for_bytes(now, until, !first, drained.as_mut(), &gateway, &mut parked)
@@ -119,12 +130,12 @@ pub async fn serve(
             }
         }
         let head_until = if first {
-            accepted + limits.header_timeout
+            accepted + header_timeout
         } else {
-            Instant::now() + limits.header_timeout
+            Instant::now() + header_timeout
         };
         first = false;
-        let head = match conn.read_head(head_until, limits.max_head).await {
+        let head = match conn.read_head(head_until, max_head).await {
             Ok(Some(head)) => head,
             Ok(None) => return conn.close(false).await,
             Err(refused) => {
@@ -185,6 +196,10 @@ struct Connection {
     /// The request's body is out being read (it reads the socket, so the
     /// connection does not).
     body_reading: bool,
+    /// A write is waiting for the client, and `timer` is set to when
+    /// it gives up (`Shared::send_timeout` after the last write that went
+    /// through).
+    send_stalled: bool,
     timer: Deadline,
 }
 
@@ -558,15 +573,33 @@ impl Connection {
                     slices[count] = IoSlice::new(&self.out);
                     count += 1;
                 }
-                match ready!(Pin::new(&mut self.writer).poll_write_vectored(cx, &slices[..count])) {
-                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => n,
-                    Err(e) => return Poll::Ready(Err(e)),
+                match Pin::new(&mut self.writer).poll_write_vectored(cx, &slices[..count]) {
+                    Poll::Pending => return self.send_pending(cx),
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 }
             };
+            self.send_stalled = false;
             self.advance(written);
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// A write must wait for the client to take more: it may for
+    /// `send_timeout` from the last write that went through (as nginx's
+    /// `send_timeout`), then the response is given up (`TimedOut`), which
+    /// ends the request and frees its node. Costs nothing while writes go
+    /// through at once.
+    fn send_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.send_stalled {
+            self.send_stalled = true;
+            self.timer.set(Instant::now() + self.shared.send_timeout);
+        }
+        if self.timer.poll_expired(cx) {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
     }
 
     /// Drop `n` written bytes from the front of the queue.

@@ -101,6 +101,7 @@ async fn client(gateway: &Arc<Gateway>) -> TcpStream {
             Limits {
                 header_timeout: table.listener.header_timeout,
                 idle_timeout: table.listener.idle_timeout,
+                send_timeout: table.listener.send_timeout,
                 max_head: table.listener.max_header_bytes.max(8192),
             }
         };
@@ -340,4 +341,63 @@ async fn a_later_request_must_start_within_the_idle_timeout_and_end_its_head_in_
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "{took:?}"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
+    // A node that streams without end, as fast as it can write.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                if socket.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(start).await.is_err() {
+                    return;
+                }
+                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let gw = gateway(node, "send_timeout = \"300ms\"");
+    let load = Arc::clone(&gw.table().pools[0].nodes[0].load);
+    let mut c = client(&gw).await;
+    c.write_all(b"GET /stream HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    // The response starts; then the client reads nothing more.
+    let mut first = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(load.outstanding(), 1);
+    // Every buffer on the way fills, the gateway's write waits, and after
+    // the send timeout the request is ended: the node is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while load.outstanding() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a client that stopped reading still holds the node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the client's connection is closed: what it reads now ends.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sink = vec![0u8; 1 << 16];
+        loop {
+            match c.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was not closed");
 }
