@@ -88,8 +88,8 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Time a client may take to accept more of a response being written
     /// to it (nginx's `send_timeout`): a client that stops reading is
-    /// disconnected and its request ended, freeing its node. Plain
-    /// HTTP/1.1 connections.
+    /// disconnected and its request ended, freeing its node (not an
+    /// HTTP/2 stream stalled by flow control: see docs/security.md).
     #[serde(deserialize_with = "duration::deserialize")]
     pub send_timeout: Duration,
     /// Connections the kernel queues before they are accepted.

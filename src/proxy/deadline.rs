@@ -103,6 +103,14 @@ pub struct DeadlineIo<T> {
     /// The timer was polled since it was last reset (its waker is set).
     timer_registered: bool,
     expired: bool,
+    /// How long a write may wait for the client to take more
+    /// (`listener.send_timeout`); `None`: as long as it takes.
+    send_timeout: Option<Duration>,
+    /// When a waiting write gives up; made on the first wait (most
+    /// connections never have one).
+    send_timer: Option<Pin<Box<Sleep>>>,
+    /// A write is waiting and `send_timer` is set for it.
+    send_waiting: bool,
 }
 
 impl<T> DeadlineIo<T> {
@@ -119,6 +127,59 @@ impl<T> DeadlineIo<T> {
             timer: Box::pin(tokio::time::sleep_until(now + first)),
             timer_registered: false,
             expired: false,
+            send_timeout: None,
+            send_timer: None,
+            send_waiting: false,
+        }
+    }
+
+    /// Give up a write that waited `timeout` for the client to take more
+    /// (from the last write that went through, as nginx's `send_timeout`):
+    /// the write fails with `TimedOut`, hyper closes the connection, and
+    /// the response and its node are let go. A client that stops reading
+    /// an HTTP/2 stream stalls it by flow control instead, which no write
+    /// here sees; that case is not covered.
+    pub fn with_send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = Some(timeout);
+        self
+    }
+
+    /// Account for a write's outcome: progress ends a wait; a write that
+    /// must wait starts one, or fails once it has waited too long.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.last_activity = Instant::now();
+                self.send_waiting = false;
+                result
+            }
+            Poll::Pending => {
+                let Some(timeout) = self.send_timeout else {
+                    return Poll::Pending;
+                };
+                if !self.send_waiting {
+                    self.send_waiting = true;
+                    let at = Instant::now() + timeout;
+                    match &mut self.send_timer {
+                        Some(timer) => timer.as_mut().reset(at),
+                        None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+                let expired = self
+                    .send_timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+                } else {
+                    Poll::Pending
+                }
+            }
+            other => other,
         }
     }
 
@@ -201,10 +262,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_activity = Instant::now();
-        }
-        result
+        this.after_write(cx, result)
     }
 
     fn poll_write_vectored(
@@ -214,10 +272,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_activity = Instant::now();
-        }
-        result
+        this.after_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -288,5 +343,43 @@ mod tests {
         let (n, closed) = read.await.unwrap();
         assert_eq!(n, 0, "end of file once idle");
         assert!(closed - released <= IDLE * 2, "{:?}", closed - released);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_does_not_take_fails_after_the_send_timeout() {
+        const SEND: Duration = Duration::from_millis(500);
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::default());
+        let _request = activity.begin();
+        let mut io = DeadlineIo::new(server, activity, FIRST, IDLE).with_send_timeout(SEND);
+        // A client that reads slowly but keeps reading is not cut off:
+        // each write that goes through starts the wait again.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            for _ in 0..10 {
+                tokio::time::sleep(SEND / 2).await;
+                let _ = client.read(&mut buf).await;
+            }
+            client
+        });
+        let started = Instant::now();
+        let chunk = [b'x'; 64];
+        for _ in 0..10 {
+            io.write_all(&chunk).await.unwrap();
+        }
+        assert!(
+            started.elapsed() >= SEND * 2,
+            "the writes waited for the reader"
+        );
+        let _client = reader.await.unwrap();
+        // Then it stops reading: the next write that waits fails.
+        io.write_all(&chunk).await.unwrap();
+        let waited = Instant::now();
+        let error = tokio::time::timeout(SEND * 4, io.write_all(&chunk))
+            .await
+            .expect("the waiting write was not given up")
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(waited.elapsed() >= SEND && waited.elapsed() < SEND * 2);
     }
 }

@@ -168,14 +168,20 @@ async fn serve_connection(
             // The two timeouts only: a copy of the listener's config
             // would be held, with its strings, for as long as the
             // connection is open.
-            let (first, idle) = {
+            let (first, idle, send) = {
                 let table = gateway.table();
-                (table.listener.header_timeout, table.listener.idle_timeout)
+                (
+                    table.listener.header_timeout,
+                    table.listener.idle_timeout,
+                    table.listener.send_timeout,
+                )
             };
             let activity = Arc::new(Activity::default());
             // The deadlines sit under TLS too: a handshake that stalls
-            // is a connection that never starts a request.
-            let stream = DeadlineIo::new(stream, Arc::clone(&activity), first, idle);
+            // is a connection that never starts a request, and TLS
+            // records that wait for the client are a write that waits.
+            let stream =
+                DeadlineIo::new(stream, Arc::clone(&activity), first, idle).with_send_timeout(send);
             let auto = protocols.auto.clone();
             Box::pin(serve_tls(
                 acceptor, stream, peer, activity, auto, gateway, draining,
@@ -222,7 +228,8 @@ async fn serve_plain(
                     Arc::clone(&activity),
                     limits.header_timeout.saturating_sub(accepted.elapsed()),
                     limits.idle_timeout,
-                );
+                )
+                .with_send_timeout(limits.send_timeout);
                 let auto = protocols.auto.clone();
                 Box::pin(serve_io(io, peer, activity, false, auto, gateway, draining)).await;
                 return;
