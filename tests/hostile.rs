@@ -467,3 +467,15 @@ async fn a_node_that_stops_taking_an_upload_times_out_like_a_hung_node() {
     sender.abort();
     held.abort();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
+    let node = endless_stream_node().await;
+    let gw = start_gateway(&with_send_timeout(
+        &config_text(&[(node, 1)], "round_robin", ""),
+        "300ms",
+    ))
+    .await;
+    let client = TcpStream::connect(gw.addr).await.unwrap();
+    assert_a_client_that_stops_reading_is_let_go(client, &gw).await;
+}

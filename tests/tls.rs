@@ -63,6 +63,14 @@ impl Drop for Pki {
     }
 }
 
+/// A client's TLS settings that trust `pki`'s CA.
+fn trusting(pki: &Pki) -> ClientTls {
+    ClientTls {
+        ca: Some(pki.ca_path()),
+        ..ClientTls::default()
+    }
+}
+
 fn https_client(
     tls: &ClientTls,
     http2: bool,
@@ -122,10 +130,7 @@ async fn the_listener_terminates_tls_with_alpn() {
         None,
     );
     let gw = start_gateway(&text).await;
-    let trust = ClientTls {
-        ca: Some(pki.ca_path()),
-        ..ClientTls::default()
-    };
+    let trust = trusting(&pki);
     // The client offers h2 and http/1.1 by ALPN; the gateway picks h2.
     assert_eq!(
         chat_over(&https_client(&trust, false), gw.addr).await,
@@ -258,13 +263,7 @@ async fn https_nodes_and_their_health_checks() {
         pki.ca_path().display()
     );
     let gw = start_gateway(&text).await;
-    let client = https_client(
-        &ClientTls {
-            ca: Some(pki.ca_path()),
-            ..ClientTls::default()
-        },
-        false,
-    );
+    let client = https_client(&trusting(&pki), false);
     let request = Request::get(format!("https://127.0.0.1:{}/anything", gw.addr.port()))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -350,13 +349,7 @@ async fn the_admin_listener_speaks_tls() {
     )
     .await
     .expect("admin over TLS");
-    let client = https_client(
-        &ClientTls {
-            ca: Some(pki.ca_path()),
-            ..ClientTls::default()
-        },
-        false,
-    );
+    let client = https_client(&trusting(&pki), false);
     let request = Request::get(format!("https://127.0.0.1:{}/metrics", admin.addr.port()))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -364,79 +357,21 @@ async fn the_admin_listener_speaks_tls() {
     assert_eq!(response.status(), 200);
 }
 
-/// A node that answers every request with an endless chunked stream,
-/// written as fast as the connection takes it.
-async fn endless_stream_node() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                if socket.read(&mut head).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                if socket.write_all(start).await.is_err() {
-                    return;
-                }
-                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
-                while socket.write_all(chunk.as_bytes()).await.is_ok() {}
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_tls_client_that_stops_reading_is_let_go_after_the_send_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pki = Pki::new();
     let (cert, key) = pki.leaf("gw");
     let node = endless_stream_node().await;
     let text = with_listener_tls(
-        &config_text(&[(node, 1)], "round_robin", "").replacen(
-            "addr = \"127.0.0.1:0\"\n",
-            "addr = \"127.0.0.1:0\"\nsend_timeout = \"300ms\"\n",
-            1,
-        ),
+        &with_send_timeout(&config_text(&[(node, 1)], "round_robin", ""), "300ms"),
         &cert,
         &key,
         None,
     );
     let gw = start_gateway(&text).await;
-    let trust = ClientTls {
-        ca: Some(pki.ca_path()),
-        ..ClientTls::default()
-    };
-    let connector = tokio_rustls::TlsConnector::from(client_config(&trust).unwrap());
+    let connector = tokio_rustls::TlsConnector::from(client_config(&trusting(&pki)).unwrap());
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    let body = chat("tls", true, 1);
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut first = [0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut first))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&first[..n]);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let node = &gw.gateway.table().pools[0].nodes[0];
-    assert_eq!(node.outstanding(), 1);
-    // The client reads no more: once every buffer on the way is full, the
-    // gateway's writes wait, and after the send timeout it lets go.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while node.outstanding() != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a TLS client that stopped reading still holds the node"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_a_client_that_stops_reading_is_let_go(tls, &gw).await;
 }

@@ -243,6 +243,81 @@ pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -
     }
 }
 
+/// `text` (a gateway config) with `listener.send_timeout` set to `timeout`.
+pub fn with_send_timeout(text: &str, timeout: &str) -> String {
+    text.replacen(
+        "addr = \"127.0.0.1:0\"\n",
+        &format!("addr = \"127.0.0.1:0\"\nsend_timeout = \"{timeout}\"\n"),
+        1,
+    )
+}
+
+/// A node that answers every request with an endless chunked stream,
+/// written as fast as the connection takes it.
+pub async fn endless_stream_node() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                if socket.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(start).await.is_err() {
+                    return;
+                }
+                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// Over `stream` to `gw` (whose one node is an [`endless_stream_node`]):
+/// a streamed chat request whose response head is read, then nothing
+/// more. Once every buffer on the way is full the gateway's writes wait,
+/// and after its `send_timeout` it must let go: the node is free again
+/// and the client's connection ends.
+pub async fn assert_a_client_that_stops_reading_is_let_go<S>(mut stream: S, gw: &TestGateway)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = chat("stalled", true, 1);
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&first[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let node = &gw.gateway.table().pools[0].nodes[0];
+    assert_eq!(node.outstanding(), 1);
+    assert!(
+        eventually(Duration::from_secs(10), || node.outstanding() == 0).await,
+        "a client that stopped reading still holds the node"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sink = vec![0u8; 1 << 16];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was not closed");
+}
+
 /// A plain upstream that answers every request with a JSON echo of what it
 /// received: method, path, headers and body length. For header tests.
 pub async fn start_echo() -> (SocketAddr, JoinHandle<()>) {
