@@ -4,6 +4,9 @@
 //! slowloris or a half-sent HTTP/2 preface is closed), and a connection
 //! with no request in flight is closed after `listener.idle_timeout`
 //! without traffic (HTTP/1 keep-alive and idle HTTP/2 sessions alike).
+//! A write that waits longer than `listener.send_timeout` for the client
+//! to take more fails, so a client that stops reading lets go of its
+//! response and node.
 //!
 //! This layer is under hyper's connections (TLS, HTTP/2): hyper's own
 //! `header_read_timeout` starts only once its HTTP/1 parser runs, and
