@@ -101,6 +101,9 @@ struct Upstream {
     state: State,
     telemetry: Option<crate::telemetry::Tracker>,
     budget: Option<crate::tenant::Charge>,
+    /// Merge the chunks already read into one frame (false where the
+    /// consumer coalesces its writes itself).
+    merge: bool,
 }
 
 enum State {
@@ -145,8 +148,20 @@ impl ResponseBody {
                 state: State::Streaming,
                 telemetry: settings.telemetry,
                 budget: settings.budget,
+                merge: true,
             })),
         }
+    }
+
+    /// Hand a node's chunks over as they are read instead of merging what
+    /// has arrived into one frame: for a consumer that queues frames and
+    /// coalesces its own writes (the gateway's HTTP/1.1 server), where a
+    /// merge would only copy the bytes once more.
+    pub fn unmerged(mut self) -> ResponseBody {
+        if let Kind::Upstream(upstream) = &mut self.kind {
+            upstream.merge = false;
+        }
+        self
     }
 }
 
@@ -281,7 +296,7 @@ impl Upstream {
             // A sized body's last bytes: nothing can follow.
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        if data.len() >= MERGE_UP_TO {
+        if data.len() >= MERGE_UP_TO || !self.merge {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         // A second chunk already here: merge what has arrived.

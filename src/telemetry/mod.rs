@@ -406,13 +406,24 @@ impl SseEvents {
         if data.is_empty() {
             return;
         }
-        let first = self.at_line_start.then_some(0);
-        let after_newlines = memchr::memchr_iter(b'\n', data).map(|i| i + 1);
-        self.count += first
-            .into_iter()
-            .chain(after_newlines)
-            .filter(|&start| is_data_event(&data[start..]))
-            .count() as u64;
+        let mut count = 0;
+        if self.at_line_start && is_data_event(data) {
+            count += 1;
+        }
+        let mut from = 0;
+        while let Some(newline) = memchr::memchr(b'\n', &data[from..]) {
+            let mut start = from + newline + 1;
+            // The blank line that ends an event is stepped over without
+            // another search: one search per event, not two.
+            while data.get(start) == Some(&b'\n') {
+                start += 1;
+            }
+            if is_data_event(&data[start..]) {
+                count += 1;
+            }
+            from = start;
+        }
+        self.count += count;
         self.at_line_start = data.last() == Some(&b'\n');
     }
 }
@@ -683,6 +694,9 @@ mod tests {
         assert_eq!(events(&[b": keepalive\n\n"]), 0);
         // CRLF line ends, an event field after a comment line.
         assert_eq!(events(&[b"data: 1\r\n\r\n: ping\r\ndata: 2\r\n\r\n"]), 2);
+        // Several blank lines in a row, and an event right after them.
+        assert_eq!(events(&[b"data: 1\n\n\n\ndata: 2\n\n\n"]), 2);
+        assert_eq!(events(&[b"\n\ndata: 1\n"]), 1);
     }
 
     /// Only line starts count: `data:` inside an event's text is not an

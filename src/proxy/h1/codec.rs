@@ -452,11 +452,15 @@ impl BodyFraming {
                 Ok(Decoded::Data(buf.split().freeze()))
             }
             BodyFraming::Chunked(state) => {
-                let decoded = decode_chunked(state, buf, true)?;
-                if decoded == Decoded::End {
+                let (data, ended) = decode_chunked(state, buf, true)?;
+                if ended {
                     *self = BodyFraming::Empty;
                 }
-                Ok(decoded)
+                Ok(match data {
+                    Some(data) => Decoded::Data(data),
+                    None if ended => Decoded::End,
+                    None => Decoded::More,
+                })
             }
         }
     }
@@ -469,54 +473,169 @@ impl BodyFraming {
             return Ok(());
         };
         // Only up to the next data: that is the caller's to take.
-        if decode_chunked(state, buf, false)? == Decoded::End {
+        if decode_chunked(state, buf, false)?.1 {
             *self = BodyFraming::Empty;
         }
         Ok(())
     }
 }
 
-/// Decode a chunked body from `buf`; with `take_data` false, stop (with
-/// `More`) at the next data instead of taking it.
+/// Decode a chunked body from `buf`. Every piece of chunk data the buffer
+/// holds is gathered at its front, moved down over the framing between the
+/// pieces (in place: no allocation, one short move per chunk), and taken
+/// out as one `Data`: a read that brought many small chunks (a token
+/// stream) gives one piece, not one per chunk. With `take_data` false, stop
+/// (with `More`) at the next data instead of taking it.
+///
+/// Returns the data (if any) and whether the body ended. Data before a
+/// framing error is handed out first; the error comes with the next call.
 fn decode_chunked(
     state: &mut Chunked,
     buf: &mut BytesMut,
     take_data: bool,
-) -> Result<Decoded, CodecError> {
-    loop {
-        match *state {
-            Chunked::Data(0) => *state = Chunked::DataEnd,
-            Chunked::Data(left) => {
-                if buf.is_empty() || !take_data {
-                    return Ok(Decoded::More);
+) -> Result<(Option<Bytes>, bool), CodecError> {
+    // buf[..gathered]: data taken so far; buf[gathered..at]: framing read
+    // past; buf[at..]: not decoded yet. The state is worked on in a local
+    // copy (kept in registers) and stored once.
+    let mut gathered = 0;
+    let mut at = 0;
+    let mut st = *state;
+    let ended = loop {
+        if st == (Chunked::Size { line: 0, size: 0 }) && take_data {
+            // The common case, whole chunks one after the other: a plain
+            // size line, the data and its CRLF all at hand, taken in one go.
+            while let Some((size, len)) = plain_size_line(&buf[at..]) {
+                let start = at + len;
+                let Some(end) = usize::try_from(size).ok().and_then(|n| n.checked_add(start)) else {
+                    break;
+                };
+                if size == 0 || !buf.get(end..).is_some_and(|rest| rest.starts_with(b"\r\n")) {
+                    break;
                 }
-                let take = left.min(buf.len() as u64);
-                *state = Chunked::Data(left - take);
-                if left == take {
-                    *state = Chunked::DataEnd;
-                }
-                return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
+                buf.copy_within(start..end, gathered);
+                gathered += end - start;
+                at = end + 2;
             }
-            Chunked::DataEnd => {
-                if buf.len() < 2 {
-                    // A lone CR waits for its LF.
-                    if buf.first().is_some_and(|&b| b != b'\r') {
-                        return Err(CodecError("chunk data not followed by CRLF"));
-                    }
-                    return Ok(Decoded::More);
+            if let Some((size, len)) = plain_size_line(&buf[at..]) {
+                at += len;
+                st = chunk_start(size);
+                continue;
+            }
+        }
+        match st {
+            Chunked::Data(0) => st = Chunked::DataEnd,
+            Chunked::Data(left) => {
+                let available = buf.len() - at;
+                if available == 0 || !take_data {
+                    break false;
                 }
-                if &buf[..2] != b"\r\n" {
+                // `take` fits in usize: it is at most `available`.
+                let take = left.min(available as u64) as usize;
+                if gathered != at {
+                    buf.copy_within(at..at + take, gathered);
+                }
+                gathered += take;
+                at += take;
+                st = Chunked::Data(left - take as u64);
+            }
+            // The common case: the CRLF after data and (above) a whole plain
+            // size line at hand, each read in one go (anything else, the
+            // general way).
+            Chunked::DataEnd if buf[at..].starts_with(b"\r\n") => {
+                at += 2;
+                st = Chunked::Size { line: 0, size: 0 };
+            }
+            _ => match chunk_framing(&mut st, &buf[at..]) {
+                Ok(Framing::Read(n)) => at += n,
+                Ok(Framing::More) => break false,
+                Ok(Framing::End(n)) => {
+                    at += n;
+                    break true;
+                }
+                Err(e) if gathered == 0 => return Err(e),
+                // Hand out the data first; `st` still points at the error.
+                Err(_) => break false,
+            },
+        }
+    };
+    *state = st;
+    let data = (gathered > 0).then(|| buf.split_to(gathered).freeze());
+    buf.advance(at - gathered);
+    Ok((data, ended))
+}
+
+/// A chunk-size line of hex digits and CRLF, no extension, whole at the
+/// start of `input`: the size and the line's length.
+#[inline]
+fn plain_size_line(input: &[u8]) -> Option<(u64, usize)> {
+    let mut size = 0u64;
+    // At most 16 digits (a u64); longer lines go the general way, which
+    // refuses them.
+    for (i, &b) in input.iter().enumerate().take(17) {
+        let digit = HEX_DIGITS[usize::from(b)];
+        if digit < 16 {
+            size = size << 4 | u64::from(digit);
+        } else if b == b'\r' && i > 0 && input.get(i + 1) == Some(&b'\n') {
+            return Some((size, i + 2));
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
+/// Each byte's value as a hex digit, or 0xFF.
+static HEX_DIGITS: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// How far [`chunk_framing`] got.
+enum Framing {
+    /// This many bytes of framing were read; go on after them.
+    Read(usize),
+    /// The framing goes on past the bytes at hand.
+    More,
+    /// The body ended after this many bytes.
+    End(usize),
+}
+
+/// Read the chunked framing (size line, CRLF after data, trailers) at the
+/// start of `input` for `state`, which is not in a chunk's data.
+fn chunk_framing(state: &mut Chunked, input: &[u8]) -> Result<Framing, CodecError> {
+    if input.is_empty() {
+        return Ok(Framing::More);
+    }
+    match *state {
+        Chunked::Data(_) => Ok(Framing::Read(0)),
+        Chunked::DataEnd => {
+            if input.len() < 2 {
+                // A lone CR waits for its LF.
+                if input[0] != b'\r' {
                     return Err(CodecError("chunk data not followed by CRLF"));
                 }
-                buf.advance(2);
-                *state = Chunked::Size { line: 0, size: 0 };
+                return Ok(Framing::More);
             }
-            Chunked::Size { line, size } => {
-                let Some(&b) = buf.first() else {
-                    return Ok(Decoded::More);
-                };
-                buf.advance(1);
-                let line = line + 1;
+            if &input[..2] != b"\r\n" {
+                return Err(CodecError("chunk data not followed by CRLF"));
+            }
+            *state = Chunked::Size { line: 0, size: 0 };
+            Ok(Framing::Read(2))
+        }
+        Chunked::Size { mut line, mut size } => {
+            for (i, &b) in input.iter().enumerate() {
+                line += 1;
                 let digit = match b {
                     b'0'..=b'9' => Some(b - b'0'),
                     b'a'..=b'f' => Some(b - b'a' + 10),
@@ -525,70 +644,74 @@ fn decode_chunked(
                 };
                 match digit {
                     Some(_) if line > 16 => return Err(CodecError("chunk size too large")),
-                    Some(d) => {
-                        *state = Chunked::Size {
-                            line,
-                            size: size * 16 + u64::from(d),
-                        }
-                    }
+                    Some(d) => size = size * 16 + u64::from(d),
                     None if line == 1 => return Err(CodecError("invalid chunk size")),
-                    None if b == b'\n' => *state = chunk_start(size),
+                    None if b == b'\n' => {
+                        *state = chunk_start(size);
+                        return Ok(Framing::Read(i + 1));
+                    }
                     None if b == b';' || b == b'\r' || b == b' ' || b == b'\t' => {
-                        *state = Chunked::Extension { line, size }
+                        *state = Chunked::Extension { line, size };
+                        return Ok(Framing::Read(i + 1));
                     }
                     None => return Err(CodecError("invalid chunk size")),
                 }
             }
-            Chunked::Extension { line, size } => match memchr::memchr(b'\n', buf) {
+            *state = Chunked::Size { line, size };
+            Ok(Framing::Read(input.len()))
+        }
+        Chunked::Extension { line, size } => {
+            // Mostly the LF of a CRLF: found without a search.
+            let end = if input[0] == b'\n' {
+                Some(0)
+            } else {
+                memchr::memchr(b'\n', input)
+            };
+            match end {
                 Some(at) => {
                     if line + at > MAX_CHUNK_LINE {
                         return Err(CodecError("chunk size line too long"));
                     }
-                    buf.advance(at + 1);
                     *state = chunk_start(size);
+                    Ok(Framing::Read(at + 1))
                 }
                 None => {
-                    let line = line + buf.len();
+                    let line = line + input.len();
                     if line > MAX_CHUNK_LINE {
                         return Err(CodecError("chunk size line too long"));
                     }
-                    buf.clear();
                     *state = Chunked::Extension { line, size };
-                    return Ok(Decoded::More);
+                    Ok(Framing::Read(input.len()))
                 }
-            },
-            Chunked::Trailers { seen, line_start } => {
-                let Some(&b) = buf.first() else {
-                    return Ok(Decoded::More);
-                };
-                if line_start && b == b'\n' {
-                    buf.advance(1);
-                    return Ok(Decoded::End);
-                }
-                if line_start && b == b'\r' {
-                    if buf.len() < 2 {
-                        return Ok(Decoded::More);
-                    }
-                    if buf[1] != b'\n' {
-                        return Err(CodecError("malformed chunked trailers"));
-                    }
-                    buf.advance(2);
-                    return Ok(Decoded::End);
-                }
-                // Skip one trailer line.
-                let (taken, ended) = match memchr::memchr(b'\n', buf) {
-                    Some(at) => (at + 1, true),
-                    None => (buf.len(), false),
-                };
-                if seen + taken > MAX_TRAILERS {
-                    return Err(CodecError("chunked trailers too large"));
-                }
-                buf.advance(taken);
-                *state = Chunked::Trailers {
-                    seen: seen + taken,
-                    line_start: ended,
-                };
             }
+        }
+        Chunked::Trailers { seen, line_start } => {
+            let b = input[0];
+            if line_start && b == b'\n' {
+                return Ok(Framing::End(1));
+            }
+            if line_start && b == b'\r' {
+                if input.len() < 2 {
+                    return Ok(Framing::More);
+                }
+                if input[1] != b'\n' {
+                    return Err(CodecError("malformed chunked trailers"));
+                }
+                return Ok(Framing::End(2));
+            }
+            // Skip one trailer line.
+            let (taken, ended) = match memchr::memchr(b'\n', input) {
+                Some(at) => (at + 1, true),
+                None => (input.len(), false),
+            };
+            if seen + taken > MAX_TRAILERS {
+                return Err(CodecError("chunked trailers too large"));
+            }
+            *state = Chunked::Trailers {
+                seen: seen + taken,
+                line_start: ended,
+            };
+            Ok(Framing::Read(taken))
         }
     }
 }
@@ -862,6 +985,63 @@ mod tests {
             )
             .unwrap(),
             b"hi"
+        );
+    }
+
+    #[test]
+    fn the_chunks_a_read_brought_are_taken_as_one_piece() {
+        let chunked = || BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 });
+        // Small chunks (a token stream), an extension, the end: one piece,
+        // and the end known with it.
+        let mut framing = chunked();
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n2\r\nde\r\n1;x=y\r\nf\r\n0\r\n\r\nNEXT"[..]);
+        assert_eq!(
+            framing.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from("abcdef"))
+        );
+        assert!(framing.is_done());
+        assert_eq!(&buf[..], b"NEXT");
+        // A chunk cut by the read: what is here now, the rest later.
+        let mut framing = chunked();
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n4\r\nde"[..]);
+        assert_eq!(
+            framing.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from("abcde"))
+        );
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b"fg\r\n0\r\n\r\n");
+        assert_eq!(
+            framing.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from("fg"))
+        );
+        assert!(framing.is_done());
+        // Data before broken framing is handed out, then the error.
+        let mut framing = chunked();
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\nzz\r\n"[..]);
+        assert_eq!(
+            framing.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from("abc"))
+        );
+        assert!(framing.decode(&mut buf).is_err());
+        // Sizes up to 16 hex digits take the quick way; 17 are refused.
+        let mut framing = chunked();
+        let mut buf = BytesMut::from(&b"0000000000000002\r\nhi\r\n"[..]);
+        assert_eq!(
+            framing.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from("hi"))
+        );
+        let mut buf = BytesMut::from(&b"00000000000000002\r\nhi\r\n"[..]);
+        assert!(chunked().decode(&mut buf).is_err());
+        // The largest size a line can name: the data at hand, no overflow.
+        let mut framing = chunked();
+        let mut buf = BytesMut::from(&b"FFFFFFFFFFFFFFFF\r\nhi"[..]);
+        assert_eq!(
+            framing.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from("hi"))
+        );
+        assert_eq!(
+            framing,
+            BodyFraming::Chunked(Chunked::Data(u64::MAX - 2))
         );
     }
 

@@ -437,7 +437,9 @@ impl Connection {
         keep_alive: bool,
         client_keep_alive: bool,
     ) -> bool {
-        let (parts, mut body) = response.into_parts();
+        let (parts, body) = response.into_parts();
+        // Frames are queued and written together here already.
+        let mut body = body.unmerged();
         let framing = ResponseFraming::choose(
             parts.status,
             &parts.headers,
