@@ -212,7 +212,11 @@ impl AiLoad {
     /// SSE servers; a frame carrying several tokens over-estimates, which
     /// is on the safe side).
     pub fn observe_tpot(&self, d: Duration) {
-        let now = now_ns();
+        self.observe_tpot_at(d, now_ns());
+    }
+
+    /// [`Self::observe_tpot`] for a sample taken at `now` (ns, [`at_ns`]).
+    pub fn observe_tpot_at(&self, d: Duration, now: u64) {
         self.tpot.observe_at(d, now);
         self.tpot_mean.observe_at(d.as_secs_f64(), now, SPEED_TAU);
     }
@@ -334,11 +338,12 @@ impl InFlight {
     /// Call for every data frame of the node's response body, as it is
     /// passed on to the client. Gives a TTFT sample on the first frame and
     /// a per-token sample for each later one (streamed responses only).
-    pub fn on_data_frame(&mut self) {
+    /// `now`: when the frame was read (one clock read per frame, shared
+    /// with the body's other bookkeeping).
+    pub fn on_data_frame(&mut self, now: Instant) {
         if !self.attempt.timed {
             return;
         }
-        let now = Instant::now();
         match self.attempt.last_frame {
             None => {
                 if let Some(started) = self.attempt.started {
@@ -349,7 +354,10 @@ impl InFlight {
                         .observe_prefill(ttft, self.attempt.prompt_tokens);
                 }
             }
-            Some(last) => self.load.ai.observe_tpot(now.duration_since(last)),
+            Some(last) => self
+                .load
+                .ai
+                .observe_tpot_at(now.duration_since(last), at_ns(now)),
         }
         self.attempt.last_frame = Some(now);
     }
@@ -414,9 +422,9 @@ mod tests {
         let n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
         let mut g = n.begin_request_for(&class(10, Some(4), true));
         std::thread::sleep(Duration::from_millis(20));
-        g.on_data_frame();
+        g.on_data_frame(Instant::now());
         std::thread::sleep(Duration::from_millis(5));
-        g.on_data_frame();
+        g.on_data_frame(Instant::now());
         let now = now_ns();
         let ttft = n.load.ai.ttft_secs(now).unwrap();
         let tpot = n.load.ai.tpot_secs(now).unwrap();
@@ -426,15 +434,15 @@ mod tests {
         assert_eq!(n.load.ai.prefill_secs_per_token(), None);
         let mut g = n.begin_request_for(&class(1000, Some(4), true));
         std::thread::sleep(Duration::from_millis(10));
-        g.on_data_frame();
+        g.on_data_frame(Instant::now());
         let per = n.load.ai.prefill_secs_per_token().unwrap();
         assert!((0.000_009..0.001).contains(&per), "{per}");
         // Non-streamed responses and plain attempts give no samples.
         let m = Node::new("b", Authority::from_static("127.0.0.1:1"), 1);
         let mut g = m.begin_request_for(&class(10, Some(4), false));
-        g.on_data_frame();
+        g.on_data_frame(Instant::now());
         let mut p = m.begin_request();
-        p.on_data_frame();
+        p.on_data_frame(Instant::now());
         assert_eq!(m.load.ai.ttft_secs(now_ns()), None);
     }
 }

@@ -203,10 +203,13 @@ impl Upstream {
         }
         match self.poll_node(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                self.last_activity = Instant::now();
+                // One clock read per frame for all of its bookkeeping.
+                let now = Instant::now();
+                self.last_activity = now;
+                let now = now.into_std();
                 if frame.is_data() {
                     if let Some(slot) = self.slot.as_mut() {
-                        slot.on_data_frame();
+                        slot.on_data_frame(now);
                     }
                 }
                 if let (Some(b), Some(data)) = (&mut self.budget, frame.data_ref()) {
@@ -214,7 +217,7 @@ impl Upstream {
                 }
                 if let Some(t) = &mut self.telemetry {
                     if let Some(data) = frame.data_ref() {
-                        t.on_frame(data);
+                        t.on_frame(data, now);
                     } else if let Some(trailers) = frame.trailers_ref() {
                         t.on_trailers(trailers);
                     }
@@ -241,10 +244,11 @@ impl Upstream {
                 // chunk: one timer reset per idle period instead of per frame.
                 let (idle, deadline, last) = (self.idle, self.deadline, self.last_activity);
                 let timer = match &mut self.timer {
-                    Some(timer) if Instant::now() < timer.deadline() => {
-                        // Armed, not due, and its waker is this task's (a
+                    Some(timer) if !timer.is_elapsed() => {
+                        // Armed, not fired, and its waker is this task's (a
                         // body is only ever polled by its connection's
-                        // task): nothing to do until data or the timer.
+                        // task): nothing to do until data or the timer
+                        // (no clock read).
                         return Poll::Pending;
                     }
                     Some(timer) => timer,

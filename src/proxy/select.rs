@@ -236,9 +236,9 @@ impl Slot {
 
     /// A data frame of the node's response went to the client (feeds the
     /// node's TTFT and per-token latency estimates).
-    pub fn on_data_frame(&mut self) {
+    pub fn on_data_frame(&mut self, now: std::time::Instant) {
         if let Some(in_flight) = self.in_flight.as_mut() {
-            in_flight.on_data_frame();
+            in_flight.on_data_frame(now);
         }
     }
 

@@ -296,10 +296,9 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A data frame went to the client.
+    /// A data frame went to the client, read at `now`.
     #[inline]
-    pub fn on_frame(&mut self, data: &Bytes) {
-        let now = Instant::now();
+    pub fn on_frame(&mut self, data: &Bytes, now: Instant) {
         match self.last {
             None => {
                 self.first = Some(now);

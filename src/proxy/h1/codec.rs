@@ -506,7 +506,10 @@ fn decode_chunked(
             // size line, the data and its CRLF all at hand, taken in one go.
             while let Some((size, len)) = plain_size_line(&buf[at..]) {
                 let start = at + len;
-                let Some(end) = usize::try_from(size).ok().and_then(|n| n.checked_add(start)) else {
+                let Some(end) = usize::try_from(size)
+                    .ok()
+                    .and_then(|n| n.checked_add(start))
+                else {
                     break;
                 };
                 if size == 0 || !buf.get(end..).is_some_and(|rest| rest.starts_with(b"\r\n")) {
@@ -1039,10 +1042,7 @@ mod tests {
             framing.decode(&mut buf).unwrap(),
             Decoded::Data(Bytes::from("hi"))
         );
-        assert_eq!(
-            framing,
-            BodyFraming::Chunked(Chunked::Data(u64::MAX - 2))
-        );
+        assert_eq!(framing, BodyFraming::Chunked(Chunked::Data(u64::MAX - 2)));
     }
 
     #[test]
