@@ -15,7 +15,9 @@
 #
 # For each proxy the CPU it spent (utime+stime of all its processes, from
 # /proc) is divided by the requests (or chunks) it served: on a shared 2-core
-# machine that is the steadiest figure. Installs wrk, h2load, nginx and
+# machine that is the steadiest figure. Streams also show the user-mode
+# part alone (the proxy's own code; the rest is the kernel's TCP on both
+# sides, which batching moves from run to run). Installs wrk, h2load, nginx and
 # HAProxy with apt when missing.
 # Usage: bench/e2e.sh [duration=10s] [connections=32]   (INFERGATE_BIN=path runs another build, NO_BUILD=1 target/release as it is)
 # ROUNDS=n repeats the small POST n times, the proxies taking turns, and
@@ -125,6 +127,15 @@ ticks() {
   echo $total
 }
 HZ=$(getconf CLK_TCK)
+# User-mode ticks only (the proxy's own code; the rest is the kernel's TCP).
+uticks() {
+  local total=0 pid
+  for pid in $1 $(pgrep -P "$1" || true); do
+    [ -r /proc/$pid/stat ] || continue
+    total=$((total + $(awk '{print $14}' /proc/$pid/stat)))
+  done
+  echo $total
+}
 rss_kb() { local total=0 pid; for pid in $1 $(pgrep -P "$1" || true); do total=$((total + $(awk '/VmRSS/ {print $2}' /proc/$pid/status))); done; echo $total; }
 
 wrk_run() { wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s bench/post.lua "http://127.0.0.1:$1/v1/chat/completions"; }
@@ -206,18 +217,21 @@ if [ "$STREAM" = 1 ]; then
   echo "== 3. streaming: $STREAMS concurrent SSE streams x $CHUNKS chunks (h2load --h1 -c$STREAMS -n$((STREAMS * 2))) =="
   SBODY="$WORK/stream.json"
   printf '{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"Tell a story."}],"max_tokens":%s,"stream":true}' "$CHUNKS" > "$SBODY"
-  printf '%-26s %10s %14s %18s %12s\n' target "streams/s" "mean ms/stream" "CPU ns/chunk" "peak RSS MB"
+  printf '%-26s %10s %14s %14s %14s %12s\n' target "streams/s" "mean ms/stream" "CPU ns/chunk" "user ns/chunk" "RSS after MB"
   stream() { # name port pid
-    local before after out n
+    local before after ubefore uafter out n
     before=$( [ -n "$3" ] && ticks "$3" || echo 0 )
+    ubefore=$( [ -n "$3" ] && uticks "$3" || echo 0 )
     out=$(h2load --h1 -c"$STREAMS" -n$((STREAMS * 2)) -d "$SBODY" -H 'content-type: application/json' "http://127.0.0.1:$2/v1/chat/completions" 2>/dev/null)
     after=$( [ -n "$3" ] && ticks "$3" || echo 0 )
+    uafter=$( [ -n "$3" ] && uticks "$3" || echo 0 )
     n=$(awk '/^requests:/ {print $8}' <<<"$out")
-    local cpu="-" rss="-"
-    [ -n "$3" ] && cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" -v c="$CHUNKS" 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e9 / (n * c); else print "-" }')
+    local cpu="-" user="-" rss="-"
+    per_chunk() { awk -v t="$1" -v hz="$HZ" -v n="$n" -v c="$CHUNKS" 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e9 / (n * c); else print "-" }'; }
+    [ -n "$3" ] && cpu=$(per_chunk $((after - before))) && user=$(per_chunk $((uafter - ubefore)))
     [ -n "$3" ] && rss=$(( $(rss_kb "$3") / 1024 ))
-    printf '%-26s %10s %14s %18s %12s\n' "$1" "$(awk '/^finished in/ {print $4}' <<<"$out")" \
-      "$(awk '/^time for request:/ {print $6}' <<<"$out")" "$cpu" "$rss"
+    printf '%-26s %10s %14s %14s %14s %12s\n' "$1" "$(awk '/^finished in/ {print $4}' <<<"$out")" \
+      "$(awk '/^time for request:/ {print $6}' <<<"$out")" "$cpu" "$user" "$rss"
   }
   stream "direct (1 node)" $SIM_PORT ""
   stream infergate $GW_S $GW_S_PID
