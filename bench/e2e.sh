@@ -116,26 +116,20 @@ HAP_PID=$!
 
 for p in $UP_PORT $SIM_PORT $GW $GW_S $NGX $HAP; do wait_port $p; done
 
-# CPU ticks (utime+stime) of a process and its children processes (nginx
-# workers); threads are included in a process's own figures.
+# CPU ticks (utime+stime; utime alone with `user` as the second argument:
+# the proxy's own code, the rest is the kernel's TCP) of a process and its
+# children processes (nginx workers); threads are included in a process's
+# own figures.
 ticks() {
-  local total=0 pid
+  local total=0 pid fields='$14 + $15'
+  [ "${2:-}" = user ] && fields='$14'
   for pid in $1 $(pgrep -P "$1" || true); do
     [ -r /proc/$pid/stat ] || continue
-    total=$((total + $(awk '{print $14 + $15}' /proc/$pid/stat)))
+    total=$((total + $(awk "{print $fields}" /proc/$pid/stat)))
   done
   echo $total
 }
 HZ=$(getconf CLK_TCK)
-# User-mode ticks only (the proxy's own code; the rest is the kernel's TCP).
-uticks() {
-  local total=0 pid
-  for pid in $1 $(pgrep -P "$1" || true); do
-    [ -r /proc/$pid/stat ] || continue
-    total=$((total + $(awk '{print $14}' /proc/$pid/stat)))
-  done
-  echo $total
-}
 rss_kb() { local total=0 pid; for pid in $1 $(pgrep -P "$1" || true); do total=$((total + $(awk '/VmRSS/ {print $2}' /proc/$pid/status))); done; echo $total; }
 
 wrk_run() { wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s bench/post.lua "http://127.0.0.1:$1/v1/chat/completions"; }
@@ -221,10 +215,10 @@ if [ "$STREAM" = 1 ]; then
   stream() { # name port pid
     local before after ubefore uafter out n
     before=$( [ -n "$3" ] && ticks "$3" || echo 0 )
-    ubefore=$( [ -n "$3" ] && uticks "$3" || echo 0 )
+    ubefore=$( [ -n "$3" ] && ticks "$3" user || echo 0 )
     out=$(h2load --h1 -c"$STREAMS" -n$((STREAMS * 2)) -d "$SBODY" -H 'content-type: application/json' "http://127.0.0.1:$2/v1/chat/completions" 2>/dev/null)
     after=$( [ -n "$3" ] && ticks "$3" || echo 0 )
-    uafter=$( [ -n "$3" ] && uticks "$3" || echo 0 )
+    uafter=$( [ -n "$3" ] && ticks "$3" user || echo 0 )
     n=$(awk '/^requests:/ {print $8}' <<<"$out")
     local cpu="-" user="-" rss="-"
     per_chunk() { awk -v t="$1" -v hz="$HZ" -v n="$n" -v c="$CHUNKS" 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e9 / (n * c); else print "-" }'; }
