@@ -505,24 +505,23 @@ fn decode_chunked(
             // The common case, whole chunks one after the other: a plain
             // size line, the data and its CRLF all at hand, taken in one go.
             while let Some((size, len)) = plain_size_line(&buf[at..]) {
-                let start = at + len;
-                let Some(end) = usize::try_from(size)
-                    .ok()
-                    .and_then(|n| n.checked_add(start))
-                else {
-                    break;
-                };
-                if size == 0 || !buf.get(end..).is_some_and(|rest| rest.starts_with(b"\r\n")) {
-                    break;
-                }
-                buf.copy_within(start..end, gathered);
-                gathered += end - start;
-                at = end + 2;
-            }
-            if let Some((size, len)) = plain_size_line(&buf[at..]) {
                 at += len;
                 st = chunk_start(size);
-                continue;
+                let end = usize::try_from(size).ok().and_then(|n| n.checked_add(at));
+                match end {
+                    Some(end)
+                        if size != 0
+                            && buf.get(end..).is_some_and(|rest| rest.starts_with(b"\r\n")) =>
+                    {
+                        buf.copy_within(at..end, gathered);
+                        gathered += end - at;
+                        at = end + 2;
+                        st = Chunked::Size { line: 0, size: 0 };
+                    }
+                    // The last chunk, or one not all here yet: the state
+                    // says where it stands, the general way goes on.
+                    _ => break,
+                }
             }
         }
         match st {
@@ -540,13 +539,6 @@ fn decode_chunked(
                 gathered += take;
                 at += take;
                 st = Chunked::Data(left - take as u64);
-            }
-            // The common case: the CRLF after data and (above) a whole plain
-            // size line at hand, each read in one go (anything else, the
-            // general way).
-            Chunked::DataEnd if buf[at..].starts_with(b"\r\n") => {
-                at += 2;
-                st = Chunked::Size { line: 0, size: 0 };
             }
             _ => match chunk_framing(&mut st, &buf[at..]) {
                 Ok(Framing::Read(n)) => at += n,
@@ -639,12 +631,7 @@ fn chunk_framing(state: &mut Chunked, input: &[u8]) -> Result<Framing, CodecErro
         Chunked::Size { mut line, mut size } => {
             for (i, &b) in input.iter().enumerate() {
                 line += 1;
-                let digit = match b {
-                    b'0'..=b'9' => Some(b - b'0'),
-                    b'a'..=b'f' => Some(b - b'a' + 10),
-                    b'A'..=b'F' => Some(b - b'A' + 10),
-                    _ => None,
-                };
+                let digit = Some(HEX_DIGITS[usize::from(b)]).filter(|&d| d < 16);
                 match digit {
                     Some(_) if line > 16 => return Err(CodecError("chunk size too large")),
                     Some(d) => size = size * 16 + u64::from(d),
