@@ -468,6 +468,108 @@ async fn a_node_that_stops_taking_an_upload_times_out_like_a_hung_node() {
     held.abort();
 }
 
+/// An HTTP/2 client that keeps its connection but never opens one
+/// stream's flow-control window: the gateway cannot hand that stream
+/// more data (no write waits on the socket, so the connection's own
+/// send timeout never starts), and after its `send_timeout` it lets go
+/// of the node; other streams of the connection are served meanwhile.
+#[tokio::test]
+async fn an_http2_client_that_stops_taking_one_stream_is_let_go_after_the_send_timeout() {
+    let stalled_node = endless_stream_node().await;
+    let (good_node, _echo) = start_echo().await;
+    let text = format!(
+        "{}[[pools]]\nname = \"good\"\n[[pools.nodes]]\nname = \"g\"\naddr = \"{good_node}\"\n\
+         [[routes]]\nname = \"echo\"\npool = \"good\"\n[routes.match]\npath_prefix = \"/echo\"\n",
+        with_send_timeout(
+            &config_text(&[(stalled_node, 1)], "round_robin", ""),
+            "300ms"
+        )
+    );
+    let gw = start_gateway(&text).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat("stalled", true, 1))))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .expect("a response head")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The body is never read: the client gives no window back for it.
+    let node = &gw.gateway.table().pools[0].nodes[0];
+    assert_eq!(node.outstanding(), 1);
+    let released = eventually(Duration::from_secs(10), || node.outstanding() == 0).await;
+    assert!(
+        released,
+        "a stream its client stopped taking still holds the node"
+    );
+    // The connection is still the client's: another stream is answered.
+    let request = Request::get("/echo").body(Full::new(Bytes::new())).unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .expect("an answer on the same connection")
+        .unwrap();
+    assert_eq!(echoed.status(), 200);
+    drop(response);
+}
+
+/// ... while a stream whose node is slow, not its client, is not cut:
+/// the node's silence (longer than the send timeout) is the pass-through's
+/// idle timeout to judge.
+#[tokio::test]
+async fn an_http2_stream_waiting_for_a_slow_node_is_not_given_up() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                if socket.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let _ = socket
+                    .write_all(format!("{start}5\r\nhello\r\n").as_bytes())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let _ = socket.write_all(b"5\r\nworld\r\n0\r\n\r\n").await;
+            });
+        }
+    });
+    let gw = start_gateway(&with_send_timeout(
+        &config_text(&[(node, 1)], "round_robin", ""),
+        "300ms",
+    ))
+    .await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat("slow node", true, 1))))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the whole body")
+        .expect("not cut");
+    assert_eq!(body.to_bytes(), Bytes::from_static(b"helloworld"));
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
     let node = endless_stream_node().await;

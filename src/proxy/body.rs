@@ -21,6 +21,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::select::Slot;
+use super::stall::Watched;
 use super::upstream::NodeBody;
 use crate::health::FailureKind;
 
@@ -59,6 +60,9 @@ pub struct ResponseBody {
 enum Kind {
     Full(Option<Bytes>),
     Upstream(Box<Upstream>),
+    /// A node's body on an HTTP/2 stream, given up if the client stops
+    /// taking it ([`stall`](super::stall)).
+    Watched(Watched),
 }
 
 /// Settings for passing a node's body through.
@@ -128,6 +132,24 @@ impl ResponseBody {
     pub fn empty() -> ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),
+        }
+    }
+
+    /// Given up when the client takes nothing for `send_timeout` after a
+    /// frame was handed over, for hyper's HTTP/2 streams, which poll a body
+    /// only while the client's window has room (see [`stall`](super::stall)).
+    /// Only a node's body is watched: the others hold no node.
+    pub fn watched_for_stalls(self, send_timeout: Option<Duration>) -> ResponseBody {
+        match (self.kind, send_timeout) {
+            (Kind::Upstream(upstream), Some(timeout)) => ResponseBody {
+                kind: Kind::Watched(Watched::new(
+                    ResponseBody {
+                        kind: Kind::Upstream(upstream),
+                    },
+                    timeout,
+                )),
+            },
+            (kind, _) => ResponseBody { kind },
         }
     }
 
@@ -379,6 +401,7 @@ impl Body for ResponseBody {
         match &mut self.get_mut().kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Upstream(upstream) => upstream.poll_frame(cx),
+            Kind::Watched(watched) => watched.poll_frame(cx),
         }
     }
 
@@ -390,6 +413,7 @@ impl Body for ResponseBody {
                 State::Failing(_) | State::Failed(_) => false,
                 State::Done => true,
             },
+            Kind::Watched(watched) => watched.is_end_stream(),
         }
     }
 
@@ -401,6 +425,7 @@ impl Body for ResponseBody {
                 State::Streaming => upstream.inner.size_hint(),
                 _ => SizeHint::default(),
             },
+            Kind::Watched(watched) => watched.size_hint(),
         }
     }
 }

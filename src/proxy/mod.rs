@@ -25,6 +25,7 @@ mod queue;
 pub mod retry;
 mod select;
 mod spare;
+mod stall;
 pub mod table;
 mod upstream;
 mod worker;

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -184,7 +185,7 @@ async fn serve_connection(
                 DeadlineIo::new(stream, Arc::clone(&activity), first, idle).with_send_timeout(send);
             let auto = protocols.auto.clone();
             Box::pin(serve_tls(
-                acceptor, stream, peer, activity, auto, gateway, draining,
+                acceptor, stream, send, peer, activity, auto, gateway, draining,
             ))
             .await;
         }
@@ -231,7 +232,19 @@ async fn serve_plain(
                 )
                 .with_send_timeout(limits.send_timeout);
                 let auto = protocols.auto.clone();
-                Box::pin(serve_io(io, peer, activity, false, auto, gateway, draining)).await;
+                Box::pin(serve_io(
+                    io,
+                    peer,
+                    activity,
+                    ConnSettings {
+                        over_tls: false,
+                        send_timeout: limits.send_timeout,
+                    },
+                    auto,
+                    gateway,
+                    draining,
+                ))
+                .await;
                 return;
             }
             FirstBytes::Closed => return,
@@ -262,9 +275,11 @@ async fn first_bytes(stream: &TcpStream, http2: bool) -> FirstBytes {
 }
 
 /// [`serve_io`] after a TLS handshake.
+#[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     acceptor: TlsAcceptor,
     stream: DeadlineIo<tokio::net::TcpStream>,
+    send_timeout: Duration,
     peer: SocketAddr,
     activity: Arc<Activity>,
     builder: auto::Builder<TokioExecutor>,
@@ -272,7 +287,13 @@ async fn serve_tls(
     draining: Arc<Drain>,
 ) {
     match acceptor.accept(stream).await {
-        Ok(stream) => serve_io(stream, peer, activity, true, builder, gateway, draining).await,
+        Ok(stream) => {
+            let settings = ConnSettings {
+                over_tls: true,
+                send_timeout,
+            };
+            serve_io(stream, peer, activity, settings, builder, gateway, draining).await
+        }
         Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
     }
 }
@@ -280,7 +301,7 @@ async fn serve_tls(
 /// The service answering one client connection's requests.
 fn client_service(
     activity: Arc<Activity>,
-    over_tls: bool,
+    settings: ConnSettings,
     gateway: Arc<Gateway>,
     peer: SocketAddr,
 ) -> impl hyper::service::Service<
@@ -290,9 +311,12 @@ fn client_service(
     Future = ResponseFuture,
 > + Clone {
     service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        // HTTP/2 streams are polled only while the client's window has
+        // room: their bodies watch for a client that stops taking data.
+        let stall_after = (req.version() == http::Version::HTTP_2).then_some(settings.send_timeout);
         let mut req = req.map(ClientBody::Hyper);
         let guard = activity.begin();
-        if over_tls {
+        if settings.over_tls {
             req.extensions_mut().insert(OverTls);
         }
         let gateway = Arc::clone(&gateway);
@@ -305,7 +329,9 @@ fn client_service(
         // instructions of memcpy per request).
         Box::pin(async move {
             let response = forward::handle(gateway, peer, req).await?;
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+            Ok::<_, Infallible>(
+                response.map(|body| Tracked::new(body.watched_for_stalls(stall_after), guard)),
+            )
         }) as ResponseFuture
     })
 }
@@ -319,18 +345,27 @@ type ResponseFuture = std::pin::Pin<
     >,
 >;
 
+/// What a hyper-served connection's requests need to know about it.
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    /// Requests are marked as having come over TLS.
+    over_tls: bool,
+    /// `listener.send_timeout`, also per HTTP/2 stream ([`super::stall`]).
+    send_timeout: Duration,
+}
+
 async fn serve_io<I>(
     io: I,
     peer: SocketAddr,
     activity: Arc<Activity>,
-    over_tls: bool,
+    settings: ConnSettings,
     builder: auto::Builder<TokioExecutor>,
     gateway: Arc<Gateway>,
     draining: Arc<Drain>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = client_service(activity, over_tls, gateway, peer);
+    let service = client_service(activity, settings, gateway, peer);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
@@ -365,7 +400,11 @@ mod tests {
     fn an_idle_connection_holds_no_request_future() {
         let gateway = crate::proxy::one_node_gateway();
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        let service = client_service(Arc::default(), false, gateway, peer);
+        let settings = ConnSettings {
+            over_tls: false,
+            send_timeout: Duration::from_secs(60),
+        };
+        let service = client_service(Arc::default(), settings, gateway, peer);
         assert!(future_size(&service) <= 16, "{}", future_size(&service));
     }
 
