@@ -117,6 +117,15 @@ impl Policy for Composite {
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
+        self.pick_expecting(nodes, eligible, ctx).map(|(i, _)| i)
+    }
+
+    fn pick_expecting(
+        &self,
+        nodes: &[Arc<Node>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+    ) -> Option<(usize, u32)> {
         let now = now_ns();
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
         let w = &self.weights;
@@ -142,12 +151,13 @@ impl Policy for Composite {
             if let (Some(i), Some(_)) = (only, adapter) {
                 lora::note(&nodes[i], ctx.request, now);
             }
-            return only;
+            return only.map(|i| (i, 0));
         }
         // One pass over the candidates reads every signal once (one view
         // of the scraped capacity each); the scores are then scaled over
         // the candidates and summed.
         let mut matched = [0u32; MAX_NODES];
+        let mut held = [0u32; MAX_NODES];
         let use_prefix = w.prefix > 0.0 && !chain.is_empty();
         if use_prefix {
             let mut mask = 0u64;
@@ -157,6 +167,7 @@ impl Policy for Composite {
                 }
             }
             self.index.match_lengths(chain, mask, &mut matched);
+            held = matched;
             // Cache affinity yields to real queueing (scraped waiting, KV).
             yield_to_queueing(nodes, &cands, now, &mut matched);
         }
@@ -249,7 +260,7 @@ impl Policy for Composite {
         if adapter.is_some() {
             lora::note(&nodes[choice], ctx.request, now);
         }
-        Some(choice)
+        Some((choice, held.get(choice).copied().unwrap_or(0)))
     }
 }
 
@@ -278,6 +289,29 @@ mod tests {
             },
             ..BalanceOptions::default()
         }
+    }
+
+    /// As `prefix_aware`: the pick says how much of the prompt it expects
+    /// the chosen node to hold (its prefill-cost sample counts the rest).
+    #[test]
+    fn a_pick_tells_how_many_blocks_it_expects_cached() {
+        let ns = nodes(3);
+        let p = Composite::new(&only(3.0, 0.0, 0.0, 1.0, 0.0));
+        let first = req(&"conversation so far ".repeat(50));
+        let ctx = |r| PickContext {
+            request: Some(r),
+            headers: None,
+        };
+        let (home, cached) = p.pick_expecting(&ns, &|_| true, &ctx(&first)).unwrap();
+        assert_eq!(cached, 0);
+        let next = req(&format!(
+            "{}{}",
+            "conversation so far ".repeat(50),
+            "and more ".repeat(20)
+        ));
+        let (again, cached) = p.pick_expecting(&ns, &|_| true, &ctx(&next)).unwrap();
+        assert_eq!(again, home);
+        assert_eq!(cached as usize, first.prefix.len());
     }
 
     fn pick(p: &Composite, ns: &[Arc<Node>], r: Option<&RequestClass>) -> usize {

@@ -81,6 +81,20 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
         ctx: &PickContext<'_>,
     ) -> Option<usize>;
 
+    /// [`Policy::pick`], with how many leading blocks of the request's
+    /// prompt (see [`crate::classify::prefix`]) the policy expects the
+    /// chosen node to hold in its prefix cache: 0 when it does not know.
+    /// The node's prefill-cost samples count only the rest of the prompt
+    /// (a mostly cached prompt's TTFT says little of what a token costs).
+    fn pick_expecting(
+        &self,
+        nodes: &[Arc<Node>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+    ) -> Option<(usize, u32)> {
+        self.pick(nodes, eligible, ctx).map(|i| (i, 0))
+    }
+
     /// The precise prefix-cache state (`precise_prefix` only): its index,
     /// event subscriptions and counters, for `/metrics` and tests.
     fn precise(&self) -> Option<&Arc<crate::kvindex::Precise>> {

@@ -62,8 +62,17 @@ impl Policy for PrecisePrefix {
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
+        self.pick_expecting(nodes, eligible, ctx).map(|(i, _)| i)
+    }
+
+    fn pick_expecting(
+        &self,
+        nodes: &[Arc<Node>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+    ) -> Option<(usize, u32)> {
         let Some(precise) = &self.precise else {
-            return self.inner.pick(nodes, eligible, ctx);
+            return self.inner.pick_expecting(nodes, eligible, ctx);
         };
         let stats = &precise.index.stats;
         let live = precise.index.live_mask();
@@ -79,7 +88,7 @@ impl Policy for PrecisePrefix {
         };
         let Some(keys) = keys.filter(|k| !k.is_empty()) else {
             stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-            return self.inner.pick(nodes, eligible, ctx);
+            return self.inner.pick_expecting(nodes, eligible, ctx);
         };
         let real = Cell::new([0u32; MAX_NODES]);
         let used_precise = Cell::new(false);
@@ -105,7 +114,7 @@ impl Policy for PrecisePrefix {
         } else {
             stats.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(i) = choice {
+        if let Some((i, _)) = choice {
             let held = real.get().get(i).copied().unwrap_or(0);
             stats
                 .hit_blocks

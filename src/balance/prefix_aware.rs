@@ -118,6 +118,15 @@ impl Policy for PrefixAware {
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
+        self.pick_expecting(nodes, eligible, ctx).map(|(i, _)| i)
+    }
+
+    fn pick_expecting(
+        &self,
+        nodes: &[Arc<Node>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+    ) -> Option<(usize, u32)> {
         self.pick_matching(nodes, eligible, ctx, &|chain, mask, out| {
             self.index.match_lengths(chain, mask, out)
         })
@@ -127,14 +136,16 @@ impl Policy for PrefixAware {
 impl PrefixAware {
     /// [`Policy::pick`] with the matching step given: `matcher(chain, mask,
     /// out)` sets how many leading blocks each node in `mask` holds (the
-    /// `precise_prefix` policy passes the engines' real caches).
+    /// `precise_prefix` policy passes the engines' real caches). With the
+    /// choice, the blocks the matcher said it holds (0 where no match was
+    /// asked for).
     pub(crate) fn pick_matching(
         &self,
         nodes: &[Arc<Node>],
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
         matcher: &Matcher<'_>,
-    ) -> Option<usize> {
+    ) -> Option<(usize, u32)> {
         let now = now_ns();
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
         // On a large pool: a random sample plus the nodes holding the prefix.
@@ -154,7 +165,7 @@ impl PrefixAware {
                 self.index.record(&req.prefix, i);
                 lora::note(&nodes[i], ctx.request, now);
             }
-            return only;
+            return only.map(|i| (i, 0));
         }
         // Load as requests in flight (and queued), not scaled by node
         // speed: a slower node already holds more of them for the same
@@ -186,11 +197,12 @@ impl PrefixAware {
                 balanced.or_else(|| rendezvous::place(chain, depth, nodes, &cands, &loads, factor));
             if let Some(home) = placed {
                 self.index.record(chain, home);
-                return Some(home);
+                return Some((home, 0));
             }
         }
 
         let mut matched = [0u32; MAX_NODES];
+        let mut held = [0u32; MAX_NODES];
         if !chain.is_empty() {
             let mut mask = 0u64;
             for (k, &i) in cands.iter().enumerate() {
@@ -200,6 +212,7 @@ impl PrefixAware {
                 }
             }
             matcher(chain, mask, &mut matched);
+            held = matched;
             // Cache affinity yields to real queueing (scraped waiting, KV).
             yield_to_queueing(nodes, &cands, now, &mut matched);
         }
@@ -235,7 +248,7 @@ impl PrefixAware {
         if adapter.is_some() {
             lora::note(&nodes[choice], ctx.request, now);
         }
-        Some(choice)
+        Some((choice, held.get(choice).copied().unwrap_or(0)))
     }
 
     /// Among the `positions` (into `cands`) whose load is under
@@ -302,6 +315,30 @@ mod tests {
 
     fn hold(ns: &[Arc<Node>], i: usize, k: usize) -> Vec<InFlight> {
         (0..k).map(|_| ns[i].begin_request()).collect()
+    }
+
+    /// The pick says how much of the prompt it expects the node to hold,
+    /// so the node's prefill-cost sample counts only the rest.
+    #[test]
+    fn a_pick_tells_how_many_blocks_it_expects_cached() {
+        let ns = nodes(4);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let first = req(&format!("system {}", "x".repeat(BLOCK_BYTES * 20)));
+        let ctx = |r| PickContext {
+            request: Some(r),
+            headers: None,
+        };
+        let (home, cached) = p.pick_expecting(&ns, &|_| true, &ctx(&first)).unwrap();
+        assert_eq!(cached, 0, "nothing routed yet");
+        let next = req(&format!(
+            "system {}{}",
+            "x".repeat(BLOCK_BYTES * 20),
+            "y".repeat(BLOCK_BYTES * 5)
+        ));
+        let (again, cached) = p.pick_expecting(&ns, &|_| true, &ctx(&next)).unwrap();
+        assert_eq!(again, home);
+        assert_eq!(cached as usize, first.prefix.len());
+        assert!(next.prefix.len() > first.prefix.len());
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!
 //! * **prefill saved** `saved_i` = matched tokens × prefill seconds per
 //!   token. The per-token cost is learned from streamed responses (TTFT /
-//!   prompt tokens, `fleet::ai`), taking the lowest candidate's value (the
-//!   least inflated by queueing).
+//!   the prompt tokens the node was not expected to hold cached,
+//!   `fleet::ai`), taking the lowest candidate's value (the least inflated
+//!   by queueing).
 //! * **queueing delay** `delay_i`, from the node's scraped reading
 //!   (decayed by age, `fleet::capacity`; `waiting` that this gateway's own
 //!   requests in flight could explain counts once two readings in a row

@@ -223,8 +223,8 @@ pub(super) async fn forward(
     let mut last_error: Option<AttemptError> = None;
     let mut attempt = 0u32;
     loop {
-        let index = match select(route, class, &headers, &tried, deadline).await {
-            Selection::Node(index) => index,
+        let chosen = match select(route, class, &headers, &tried, deadline).await {
+            Selection::Node(chosen) => chosen,
             Selection::Shed(reason) => {
                 tracing::debug!(route = %route.name, ?reason, "request shed");
                 telemetry.shed(match reason {
@@ -250,6 +250,7 @@ pub(super) async fn forward(
                 break;
             }
         };
+        let index = chosen.index;
         let Some(node) = nodes.get(index) else {
             break;
         };
@@ -276,7 +277,7 @@ pub(super) async fn forward(
             }
         }
 
-        let slot = Slot::begin(route, node, class);
+        let slot = Slot::begin(route, node, class, chosen.cached_blocks);
         let target = upstream::Target {
             https: node.https,
             authority: &node.addr,

@@ -133,10 +133,10 @@ pub async fn pick(
         );
     }
     match select(route, &class, headers, &excluded, deadline).await {
-        Selection::Node(index) => match nodes.get(index) {
+        Selection::Node(chosen) => match nodes.get(chosen.index) {
             Some(node) => {
                 let mut tried = excluded;
-                tried.push(index);
+                tried.push(chosen.index);
                 let spare_nodes = spares(route, &tried, fallbacks)
                     .into_iter()
                     .filter_map(|i| nodes.get(i).cloned())
@@ -145,7 +145,7 @@ pub async fn pick(
                     addr: node.addr.to_string(),
                     pool: route.pool.name.clone(),
                     node: node.name.clone(),
-                    slot: Slot::begin(route, node, &class),
+                    slot: Slot::begin(route, node, &class, chosen.cached_blocks),
                     spares: Spares {
                         nodes: spare_nodes,
                         class: Box::new(class),

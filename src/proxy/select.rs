@@ -22,10 +22,20 @@ use crate::classify::RequestClass;
 use crate::fleet::{InFlight, Node, NodeLoad, Pool};
 use crate::health::{self, FailureKind, OutlierConfig};
 
+/// A node picked for an attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Chosen {
+    /// Its index in the pool.
+    pub index: usize,
+    /// Leading prompt blocks the policy expects it to hold in its prefix
+    /// cache (0: unknown; see `Policy::pick_expecting`).
+    pub cached_blocks: u32,
+}
+
 /// Outcome of [`select`].
 pub enum Selection {
-    /// Send the attempt to this node index.
-    Node(usize),
+    /// Send the attempt to this node.
+    Node(Chosen),
     /// Every candidate stayed busy: shed the request.
     Shed(Shed),
     /// No node can serve the request at all (down, ejected, draining, tried).
@@ -33,7 +43,7 @@ pub enum Selection {
 }
 
 enum Pick {
-    Node(usize),
+    Node(Chosen),
     Busy,
     Unavailable,
 }
@@ -52,7 +62,7 @@ pub async fn select(
     let mut ticket = None;
     loop {
         match try_pick(route, class, headers, tried) {
-            Pick::Node(index) => return Selection::Node(index),
+            Pick::Node(chosen) => return Selection::Node(chosen),
             Pick::Unavailable => return Selection::Unavailable,
             Pick::Busy => {}
         }
@@ -147,12 +157,18 @@ fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[u
                     factor >= top || fastrand::f64() * top < factor
                 })
         };
-        if let Some(index) = route.policy.pick(nodes, &thinned, &ctx) {
-            return Pick::Node(index);
+        if let Some((index, cached_blocks)) = route.policy.pick_expecting(nodes, &thinned, &ctx) {
+            return Pick::Node(Chosen {
+                index,
+                cached_blocks,
+            });
         }
     }
-    if let Some(index) = route.policy.pick(nodes, &candidate, &ctx) {
-        return Pick::Node(index);
+    if let Some((index, cached_blocks)) = route.policy.pick_expecting(nodes, &candidate, &ctx) {
+        return Pick::Node(Chosen {
+            index,
+            cached_blocks,
+        });
     }
     let any_usable = nodes
         .iter()
@@ -206,10 +222,18 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Start an attempt on `node` of `route`.
-    pub fn begin(route: &Route, node: &Arc<Node>, class: &RequestClass) -> Slot {
+    /// Start an attempt on `node` of `route`, which the policy expects to
+    /// hold `cached_blocks` leading blocks of the prompt.
+    pub fn begin(
+        route: &Route,
+        node: &Arc<Node>,
+        class: &RequestClass,
+        cached_blocks: u32,
+    ) -> Slot {
+        let mut in_flight = node.begin_request_for(class);
+        in_flight.expect_cached(cached_blocks);
         Slot {
-            in_flight: Some(node.begin_request_for(class)),
+            in_flight: Some(in_flight),
             node: Arc::clone(node),
             pool: Arc::clone(&route.pool),
             outlier: Arc::clone(&route.outlier),
