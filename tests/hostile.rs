@@ -468,6 +468,34 @@ async fn a_node_that_stops_taking_an_upload_times_out_like_a_hung_node() {
     held.abort();
 }
 
+/// A prior-knowledge HTTP/2 connection to `addr`, driven in the background.
+async fn h2c_connection(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// A streamed chat request over `sender`, its response head within 5 s.
+async fn send_streamed_chat(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    text: &str,
+) -> Response<Incoming> {
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat(text, true, 1))))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .expect("a response head")
+        .unwrap()
+}
+
 /// An HTTP/2 client that keeps its connection but never opens one
 /// stream's flow-control window: the gateway cannot hand that stream
 /// more data (no write waits on the socket, so the connection's own
@@ -486,22 +514,8 @@ async fn an_http2_client_that_stops_taking_one_stream_is_let_go_after_the_send_t
         )
     );
     let gw = start_gateway(&text).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let request = Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(chat("stalled", true, 1))))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
-        .await
-        .expect("a response head")
-        .unwrap();
+    let mut sender = h2c_connection(gw.addr).await;
+    let response = send_streamed_chat(&mut sender, "stalled").await;
     assert_eq!(response.status(), 200);
     // The body is never read: the client gives no window back for it.
     let node = &gw.gateway.table().pools[0].nodes[0];
@@ -526,42 +540,19 @@ async fn an_http2_client_that_stops_taking_one_stream_is_let_go_after_the_send_t
 /// idle timeout to judge.
 #[tokio::test]
 async fn an_http2_stream_waiting_for_a_slow_node_is_not_given_up() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                if socket.read(&mut head).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                let _ = socket
-                    .write_all(format!("{start}5\r\nhello\r\n").as_bytes())
-                    .await;
-                tokio::time::sleep(Duration::from_millis(1000)).await;
-                let _ = socket.write_all(b"5\r\nworld\r\n0\r\n\r\n").await;
-            });
-        }
-    });
+    let node = raw_node(|mut socket| async move {
+        let _ = socket.write_all(b"5\r\nhello\r\n").await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let _ = socket.write_all(b"5\r\nworld\r\n0\r\n\r\n").await;
+    })
+    .await;
     let gw = start_gateway(&with_send_timeout(
         &config_text(&[(node, 1)], "round_robin", ""),
         "300ms",
     ))
     .await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let request = Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(chat("slow node", true, 1))))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let mut sender = h2c_connection(gw.addr).await;
+    let response = send_streamed_chat(&mut sender, "slow node").await;
     assert_eq!(response.status(), 200);
     let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
         .await

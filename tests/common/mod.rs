@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use infergate::config::Config;
 use infergate::proxy::{self, Gateway};
 use infergate::sim::{SimConfig, SimNode};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -252,29 +252,43 @@ pub fn with_send_timeout(text: &str, timeout: &str) -> String {
     )
 }
 
-/// A node that answers every request with an endless chunked stream,
-/// written as fast as the connection takes it.
-pub async fn endless_stream_node() -> SocketAddr {
+/// A node that answers every request with the head of a chunked SSE
+/// response, then hands the socket to `body` to write the chunks.
+pub async fn raw_node<F, Fut>(body: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
             tokio::spawn(async move {
                 let mut head = [0u8; 4096];
                 if socket.read(&mut head).await.unwrap_or(0) == 0 {
                     return;
                 }
                 let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                if socket.write_all(start).await.is_err() {
-                    return;
+                if socket.write_all(start).await.is_ok() {
+                    body(socket).await;
                 }
-                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
-                while socket.write_all(chunk.as_bytes()).await.is_ok() {}
             });
         }
     });
     addr
+}
+
+/// A node that answers every request with an endless chunked stream,
+/// written as fast as the connection takes it.
+pub async fn endless_stream_node() -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    raw_node(|mut socket| async move {
+        let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+        while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+    })
+    .await
 }
 
 /// Over `stream` to `gw` (whose one node is an [`endless_stream_node`]):
