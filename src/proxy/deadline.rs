@@ -147,6 +147,11 @@ impl<T> DeadlineIo<T> {
         self
     }
 
+    /// The send timeout set by [`Self::with_send_timeout`].
+    pub fn send_timeout(&self) -> Option<Duration> {
+        self.send_timeout
+    }
+
     /// Account for a write's outcome: progress ends a wait; a write that
     /// must wait starts one, or fails once it has waited too long.
     fn after_write(

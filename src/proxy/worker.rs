@@ -185,7 +185,7 @@ async fn serve_connection(
                 DeadlineIo::new(stream, Arc::clone(&activity), first, idle).with_send_timeout(send);
             let auto = protocols.auto.clone();
             Box::pin(serve_tls(
-                acceptor, stream, send, peer, activity, auto, gateway, draining,
+                acceptor, stream, peer, activity, auto, gateway, draining,
             ))
             .await;
         }
@@ -238,7 +238,7 @@ async fn serve_plain(
                     activity,
                     ConnSettings {
                         over_tls: false,
-                        send_timeout: limits.send_timeout,
+                        send_timeout: Some(limits.send_timeout),
                     },
                     auto,
                     gateway,
@@ -275,17 +275,16 @@ async fn first_bytes(stream: &TcpStream, http2: bool) -> FirstBytes {
 }
 
 /// [`serve_io`] after a TLS handshake.
-#[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     acceptor: TlsAcceptor,
     stream: DeadlineIo<tokio::net::TcpStream>,
-    send_timeout: Duration,
     peer: SocketAddr,
     activity: Arc<Activity>,
     builder: auto::Builder<TokioExecutor>,
     gateway: Arc<Gateway>,
     draining: Arc<Drain>,
 ) {
+    let send_timeout = stream.send_timeout();
     match acceptor.accept(stream).await {
         Ok(stream) => {
             let settings = ConnSettings {
@@ -313,7 +312,9 @@ fn client_service(
     service_fn(move |req: http::Request<hyper::body::Incoming>| {
         // HTTP/2 streams are polled only while the client's window has
         // room: their bodies watch for a client that stops taking data.
-        let stall_after = (req.version() == http::Version::HTTP_2).then_some(settings.send_timeout);
+        let stall_after = settings
+            .send_timeout
+            .filter(|_| req.version() == http::Version::HTTP_2);
         let mut req = req.map(ClientBody::Hyper);
         let guard = activity.begin();
         if settings.over_tls {
@@ -351,7 +352,7 @@ struct ConnSettings {
     /// Requests are marked as having come over TLS.
     over_tls: bool,
     /// `listener.send_timeout`, also per HTTP/2 stream ([`super::stall`]).
-    send_timeout: Duration,
+    send_timeout: Option<Duration>,
 }
 
 async fn serve_io<I>(
@@ -402,7 +403,7 @@ mod tests {
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let settings = ConnSettings {
             over_tls: false,
-            send_timeout: Duration::from_secs(60),
+            send_timeout: Some(Duration::from_secs(60)),
         };
         let service = client_service(Arc::default(), settings, gateway, peer);
         assert!(future_size(&service) <= 16, "{}", future_size(&service));
