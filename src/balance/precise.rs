@@ -90,14 +90,12 @@ impl Policy for PrecisePrefix {
             stats.fallbacks.fetch_add(1, Ordering::Relaxed);
             return self.inner.pick_expecting(nodes, eligible, ctx);
         };
-        let real = Cell::new([0u32; MAX_NODES]);
         let used_precise = Cell::new(false);
         let choice = self
             .inner
             .pick_matching(nodes, eligible, ctx, &|chain, mask, out| {
                 let mut m = [0u32; MAX_NODES];
                 precise.index.match_lengths(&keys, mask & live, &mut m);
-                real.set(m);
                 if m.iter().any(|&n| n > 0) {
                     used_precise.set(true);
                     *out = m;
@@ -114,8 +112,9 @@ impl Policy for PrecisePrefix {
         } else {
             stats.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some((i, _)) = choice {
-            let held = real.get().get(i).copied().unwrap_or(0);
+        // The blocks the engines' caches hold on the chosen node: what the
+        // pick expected, when it matched on them.
+        if let (Some((_, held)), true) = (choice, used_precise.get()) {
             stats
                 .hit_blocks
                 .fetch_add(u64::from(held), Ordering::Relaxed);
