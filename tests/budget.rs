@@ -184,9 +184,9 @@ async fn requests_per_minute_is_enforced_within_5_percent_under_load() {
     // Shown per tenant, by id, never by key, in the snapshot and /metrics.
     let t = &gw.gateway.telemetry;
     let table = gw.gateway.table();
-    t.window.tick(t, &table);
+    t.window.tick(t, &table.fleet_view());
     let snap = serde_json::to_string(&*t.window.snapshot()).unwrap();
-    let metrics = infergate::telemetry::prom::render(t, &table);
+    let metrics = infergate::telemetry::prom::render(t, &table.fleet_view());
     for text in [&snap, &metrics] {
         assert!(!text.contains("sk-"), "a key leaked");
     }

@@ -32,7 +32,7 @@ async fn deploy_files_reference_exposed_metrics() {
     )
     .unwrap();
     let gateway = Gateway::new(&config).unwrap();
-    let metrics = prom::render(&gateway.telemetry, &gateway.table());
+    let metrics = prom::render(&gateway.telemetry, &gateway.table().fleet_view());
     let samples = prom::parse(&metrics).unwrap();
     let exposed: Vec<String> = metrics
         .lines()

@@ -417,7 +417,7 @@ async fn discovered_nodes_survive_config_reloads_and_are_not_editable() {
         .gateway
         .telemetry
         .window
-        .tick(&gw.gateway.telemetry, &gw.gateway.table());
+        .tick(&gw.gateway.telemetry, &gw.gateway.table().fleet_view());
     let view = serde_json::to_value(&*snapshot).unwrap();
     assert_eq!(
         view["pools"][0]["nodes"][0]["source"],

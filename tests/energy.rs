@@ -107,7 +107,7 @@ async fn power_is_read_from_the_simulators_dcgm_exporter() {
     // Tokens were counted, so efficiency is known.
     let s = wait_summary(&gw, "J/token", |s| s.joules_per_token.is_some()).await;
     assert!(s.tokens_per_joule.unwrap() > 0.0);
-    let metrics = prom::render(&gw.gateway.telemetry, &gw.gateway.table());
+    let metrics = prom::render(&gw.gateway.telemetry, &gw.gateway.table().fleet_view());
     assert!(
         metrics.contains("infergate_node_power_watts{pool=\"p\",node=\"n0\",source=\"measured\"}"),
         "{metrics}"
@@ -187,7 +187,7 @@ async fn idle_nodes_are_reported_parkable_with_autoscaler_gauges() {
         s.nodes.iter().all(|n| n.state == ParkState::Awake),
         "no action configured: only reported"
     );
-    let metrics = prom::render(&gw.gateway.telemetry, &gw.gateway.table());
+    let metrics = prom::render(&gw.gateway.telemetry, &gw.gateway.table().fleet_view());
     assert!(
         metrics.contains("infergate_pool_parkable_nodes{pool=\"p\"} 2"),
         "{metrics}"

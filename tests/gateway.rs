@@ -279,7 +279,8 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_request() {
         assert!(started.elapsed() >= infergate::proxy::PARK_AFTER / 2);
         assert_eq!(parked.total.load(Relaxed), round + 1);
     }
-    let metrics = infergate::telemetry::prom::render(&gw.gateway.telemetry, &gw.gateway.table());
+    let metrics =
+        infergate::telemetry::prom::render(&gw.gateway.telemetry, &gw.gateway.table().fleet_view());
     assert!(
         metrics.contains("\ninfergate_client_connection_parks_total 2\n"),
         "{metrics}"

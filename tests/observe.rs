@@ -292,12 +292,12 @@ async fn snapshot_of_200_nodes_is_small_and_fast() {
     let mut worst = Duration::ZERO;
     for _ in 0..30 {
         let started = Instant::now();
-        t.window.tick(t, &table);
+        t.window.tick(t, &table.fleet_view());
         worst = worst.max(started.elapsed());
     }
     let snapshot = serde_json::to_vec(&*t.window.snapshot()).unwrap();
     let series = serde_json::to_vec(&t.window.series(900)).unwrap();
-    let metrics = prom::render(t, &table);
+    let metrics = prom::render(t, &table.fleet_view());
     println!(
         "200 nodes: tick worst {worst:?}, snapshot {} B, series(30 s) {} B, metrics {} B",
         snapshot.len(),
@@ -791,8 +791,13 @@ async fn grpc_errors_are_counted_by_their_status() {
     let trailers = collected.trailers().cloned().unwrap_or_default();
     assert_eq!(trailers["grpc-status"], "14");
 
-    let metrics =
-        || prom::parse(&prom::render(&gw.gateway.telemetry, &gw.gateway.table())).unwrap();
+    let metrics = || {
+        prom::parse(&prom::render(
+            &gw.gateway.telemetry,
+            &gw.gateway.table().fleet_view(),
+        ))
+        .unwrap()
+    };
     let counted = |samples: &[Sample], code: &str| {
         total(
             samples,

@@ -370,7 +370,7 @@ async fn the_gateway_routes_to_the_node_that_really_holds_the_prefix() {
     assert_eq!(s.hits.load(Ordering::Relaxed), 4);
     assert!(s.hit_blocks.load(Ordering::Relaxed) >= 4 * 5);
     // The same counters and per-node states in /metrics.
-    let text = infergate::telemetry::prom::render(&gw.gateway.telemetry, &table);
+    let text = infergate::telemetry::prom::render(&gw.gateway.telemetry, &table.fleet_view());
     assert!(
         text.contains("infergate_kv_index_hits_total{route=\"r\"} 4"),
         "{text}"

@@ -254,7 +254,7 @@ async fn scraped_readings_and_failures_are_visible() {
     );
     assert_eq!(n1.load.ai.capacity.state(now_ns()), ScrapeState::Failing);
     let t = &gw.gateway.telemetry;
-    t.window.tick(t, &table);
+    t.window.tick(t, &table.fleet_view());
     let snap = serde_json::to_value(&*t.window.snapshot()).unwrap();
     let views = &snap["pools"][0]["nodes"];
     let s0 = &views[0]["scrape"];
@@ -270,7 +270,7 @@ async fn scraped_readings_and_failures_are_visible() {
         "{s1}"
     );
     assert!(s1["failures"]["timeout"].as_u64().unwrap() >= 2, "{s1}");
-    let samples = prom::parse(&prom::render(t, &table)).unwrap();
+    let samples = prom::parse(&prom::render(t, &table.fleet_view())).unwrap();
     let value = |name: &str, node: &str, extra: Option<(&str, &str)>| {
         samples
             .iter()

@@ -609,7 +609,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let table = state.gateway.table();
-    let text = prom::render(&state.gateway.telemetry, &table);
+    let text = prom::render(&state.gateway.telemetry, &table.fleet_view());
     ([(header::CONTENT_TYPE, prom::CONTENT_TYPE)], text).into_response()
 }
 

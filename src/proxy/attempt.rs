@@ -175,7 +175,8 @@ pub(super) async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut headers = parts.headers;
+    // Back to the thread's maps when the attempts are over.
+    let mut headers = super::spare::KeptHeaders(parts.headers);
     let grpc = family == ApiFamily::Grpc;
     strip_hop_by_hop(
         &mut headers,

@@ -136,7 +136,7 @@ impl Gateway {
         });
         gateway.apply(&table, config);
         if tokio::runtime::Handle::try_current().is_ok() {
-            crate::telemetry::spawn_ticker(Arc::downgrade(&gateway));
+            spawn_telemetry_ticker(Arc::downgrade(&gateway));
         }
         gateway.start_sources(&mut gateway.lock_discovery());
         Ok(gateway)
@@ -366,6 +366,26 @@ impl Drop for AbortOnDrop {
 
 /// A gateway with one route to one node that is never reached
 /// (127.0.0.1:9), for unit tests that need a route table.
+/// Run the once-a-second telemetry ticker for `gateway` until it is
+/// dropped: fold counters into the window, evaluate alert rules, publish
+/// the snapshot (over the running table's [`crate::telemetry::FleetView`]).
+fn spawn_telemetry_ticker(gateway: std::sync::Weak<Gateway>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(gateway) = gateway.upgrade() else {
+                return;
+            };
+            let telemetry = Arc::clone(&gateway.telemetry);
+            let table = gateway.table();
+            drop(gateway);
+            telemetry.window.tick(&telemetry, &table.fleet_view());
+        }
+    })
+}
+
 #[cfg(test)]
 pub(crate) fn one_node_gateway() -> Arc<Gateway> {
     let text = "[listener]\naddr = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"n\"\naddr = \"127.0.0.1:9\"\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"least_outstanding\"\n";

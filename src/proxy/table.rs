@@ -241,6 +241,42 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// What telemetry reports on, borrowed from this table.
+    pub fn fleet_view(&self) -> crate::telemetry::FleetView<'_> {
+        use crate::telemetry::{FleetView, PoolState, PreciseRoute};
+        FleetView {
+            pools: self
+                .pools
+                .iter()
+                .map(|pool| PoolState {
+                    pool,
+                    queue_depth: self
+                        .routes
+                        .iter()
+                        .find(|r| r.pool.name == pool.name)
+                        .map(|r| r.queue.len()),
+                })
+                .collect(),
+            precise: self
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    r.policy.precise().map(|precise| PreciseRoute {
+                        route: &r.name,
+                        precise,
+                        nodes: &r.pool.nodes,
+                    })
+                })
+                .collect(),
+            budgets: self
+                .routes
+                .iter()
+                .filter_map(|r| r.budget.as_ref().map(|b| b.view(&r.name)))
+                .collect(),
+            energy: &self.energy,
+        }
+    }
+
     /// Build a table from a config. Validates again, so no unvalidated config
     /// can get here.
     pub fn build(

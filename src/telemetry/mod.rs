@@ -13,7 +13,7 @@
 //! = output tokens) and records everything when the body is dropped, which
 //! also writes the access-log line.
 //!
-//! Once a second a ticker ([`spawn_ticker`]) folds the counters into the
+//! Once a second a ticker (the proxy's, over [`FleetView`]) folds the counters into the
 //! rolling window ([`window`]): one point per node per second for 15
 //! minutes, plus the latest [`window::Snapshot`] that the dashboard, the
 //! admin API and the alert rules read.
@@ -27,6 +27,7 @@
 //! is client requests plus retries (`infergate_retries_total`).
 
 pub mod access;
+pub mod fleet_view;
 pub mod hist;
 pub mod prom;
 pub mod scrape;
@@ -34,15 +35,14 @@ pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
 
+pub use fleet_view::{FleetView, PoolState, PreciseRoute};
 pub use hist::{HistSnapshot, Histogram};
-
-use crate::proxy::Gateway;
 
 /// `[telemetry]`: recording on the request path.
 #[derive(Debug, Clone, Deserialize)]
@@ -652,25 +652,6 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
-}
-
-/// Run the once-a-second ticker for `gateway` until it is dropped: fold
-/// counters into the window, evaluate alert rules, publish the snapshot.
-pub fn spawn_ticker(gateway: Weak<Gateway>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_secs(1));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let Some(gateway) = gateway.upgrade() else {
-                return;
-            };
-            let telemetry = Arc::clone(&gateway.telemetry);
-            let table = gateway.table();
-            drop(gateway);
-            telemetry.window.tick(&telemetry, &table);
-        }
-    })
 }
 
 #[cfg(test)]

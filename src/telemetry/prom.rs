@@ -8,9 +8,9 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::hist::{HistSnapshot, BOUNDS};
+use super::FleetView;
 use super::{Telemetry, CODES, SHED_REASONS};
 use crate::health::{self, HealthState};
-use crate::proxy::RouteTable;
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -70,16 +70,12 @@ fn histogram(out: &mut String, name: &str, base: &str, h: &HistSnapshot) {
 
 /// The `precise_prefix` routes' KV-event index: counters per route, and
 /// per node whether its event stream is live and how many blocks it holds.
-fn precise(out: &mut String, table: &RouteTable) {
-    let routes: Vec<_> = table
-        .routes
-        .iter()
-        .filter_map(|r| r.policy.precise().map(|p| (r, p)))
-        .collect();
+fn precise(out: &mut String, fleet: &FleetView<'_>) {
+    let routes = &fleet.precise;
     if routes.is_empty() {
         return;
     }
-    let counters = routes[0].1.index.stats.counters();
+    let counters = routes[0].precise.index.stats.counters();
     for (k, (name, help, _)) in counters.iter().enumerate() {
         let metric = format!("infergate_kv_index_{name}_total");
         header(
@@ -88,9 +84,9 @@ fn precise(out: &mut String, table: &RouteTable) {
             "counter",
             &format!("Precise prefix index: {help}."),
         );
-        for (route, p) in &routes {
-            let value = p.index.stats.counters()[k].2;
-            let _ = writeln!(out, "{metric}{} {value}", labels(&[("route", &route.name)]));
+        for r in routes {
+            let value = r.precise.index.stats.counters()[k].2;
+            let _ = writeln!(out, "{metric}{} {value}", labels(&[("route", r.route)]));
         }
     }
     header(
@@ -99,12 +95,12 @@ fn precise(out: &mut String, table: &RouteTable) {
         "gauge",
         "1 when the route has a tokenizer; 0: it routes on the approximate index.",
     );
-    for (route, p) in &routes {
-        let l = labels(&[("route", &route.name)]);
+    for r in routes {
+        let l = labels(&[("route", r.route)]);
         let _ = writeln!(
             out,
             "infergate_kv_index_tokenizer{l} {}",
-            u8::from(p.has_tokenizer())
+            u8::from(r.precise.has_tokenizer())
         );
     }
     header(
@@ -113,12 +109,12 @@ fn precise(out: &mut String, table: &RouteTable) {
         "gauge",
         "1 when chat prompts are rendered with the model's chat template; 0: as `role: text` lines.",
     );
-    for (route, p) in &routes {
-        let l = labels(&[("route", &route.name)]);
+    for r in routes {
+        let l = labels(&[("route", r.route)]);
         let _ = writeln!(
             out,
             "infergate_kv_index_chat_template{l} {}",
-            u8::from(p.has_chat_template())
+            u8::from(r.precise.has_chat_template())
         );
     }
     header(
@@ -128,18 +124,18 @@ fn precise(out: &mut String, table: &RouteTable) {
         "1 while the node's KV event stream is connected.",
     );
     let mut blocks = String::new();
-    for (route, p) in &routes {
-        for (i, node) in route.pool.nodes.iter().enumerate().take(p.index.nodes()) {
-            let l = labels(&[("route", &route.name), ("node", &node.name)]);
+    for r in routes {
+        for (i, node) in r.nodes.iter().enumerate().take(r.precise.index.nodes()) {
+            let l = labels(&[("route", r.route), ("node", &node.name)]);
             let _ = writeln!(
                 out,
                 "infergate_kv_index_live{l} {}",
-                u8::from(p.index.is_live(i))
+                u8::from(r.precise.index.is_live(i))
             );
             let _ = writeln!(
                 blocks,
                 "infergate_kv_index_blocks{l} {}",
-                p.index.blocks_of(i)
+                r.precise.index.blocks_of(i)
             );
         }
     }
@@ -153,7 +149,7 @@ fn precise(out: &mut String, table: &RouteTable) {
 }
 
 /// Render every metric for the running `table`.
-pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
+pub fn render(telemetry: &Telemetry, fleet: &FleetView<'_>) -> String {
     let mut out = String::with_capacity(64 * 1024);
     let series = telemetry.all_series();
     let base: Vec<String> = series
@@ -255,8 +251,8 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
     let mut pool_lines = String::new();
     let mut healthy_lines = String::new();
     let mut queue_lines = String::new();
-    for pool in &table.pools {
-        let route = table.routes.iter().find(|r| r.pool.name == pool.name);
+    for state in &fleet.pools {
+        let pool = state.pool;
         let mut healthy = 0;
         for node in &pool.nodes {
             let l = labels(&[("pool", &pool.name), ("node", &node.name)]);
@@ -287,12 +283,8 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
             u8::from(pool.in_panic(now))
         );
         let _ = writeln!(healthy_lines, "infergate_pool_healthy_nodes{l} {healthy}");
-        if let Some(route) = route {
-            let _ = writeln!(
-                queue_lines,
-                "infergate_queue_depth{l} {}",
-                route.queue.len()
-            );
+        if let Some(depth) = state.queue_depth {
+            let _ = writeln!(queue_lines, "infergate_queue_depth{l} {depth}");
         }
     }
     header(
@@ -406,15 +398,10 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
             log.dropped.load(Relaxed)
         );
     }
-    super::scrape::render(&mut out, table);
-    let budgets: Vec<crate::tenant::BudgetView> = table
-        .routes
-        .iter()
-        .filter_map(|r| r.budget.as_ref().map(|b| b.view(&r.name)))
-        .collect();
-    crate::tenant::render(&mut out, &budgets);
+    super::scrape::render(&mut out, fleet);
+    crate::tenant::render(&mut out, &fleet.budgets);
     telemetry.alerts.render_metrics(&mut out);
-    crate::energy::prom::render(&mut out, &table.energy);
+    crate::energy::prom::render(&mut out, fleet.energy);
     header(
         &mut out,
         "infergate_uptime_seconds",
@@ -426,7 +413,7 @@ pub fn render(telemetry: &Telemetry, table: &RouteTable) -> String {
         "infergate_uptime_seconds {}",
         telemetry.uptime().as_secs_f64()
     );
-    precise(&mut out, table);
+    precise(&mut out, fleet);
     out
 }
 

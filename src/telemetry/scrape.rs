@@ -11,9 +11,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::FleetView;
 use crate::fleet::capacity::{ScrapeFailure, ScrapeReport, ScrapeState};
 use crate::fleet::now_ns;
-use crate::proxy::RouteTable;
 
 /// A node's scraped reading and scrape health, as shown.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -94,7 +94,7 @@ const STATES: [ScrapeState; 4] = [
 ];
 
 /// Append the scrape families for every scraped node of `table`.
-pub fn render(out: &mut String, table: &RouteTable) {
+pub fn render(out: &mut String, fleet: &FleetView<'_>) {
     let now = now_ns();
     let mut families: [(&str, &str, &str, String); 7] = [
         ("infergate_node_scraped_running", "gauge", "Running requests in the node's last good metrics scrape.", String::new()),
@@ -105,7 +105,7 @@ pub fn render(out: &mut String, table: &RouteTable) {
         ("infergate_node_scrape_state", "gauge", "1 for the node's scrape state (pending, ok, stale, failing), 0 for the others.", String::new()),
         ("infergate_node_scrape_failures_total", "counter", "Failed metrics scrapes by reason (timeout, connect, status, parse).", String::new()),
     ];
-    for pool in &table.pools {
+    for pool in fleet.pools.iter().map(|p| p.pool) {
         for node in &pool.nodes {
             let r = node.load.ai.capacity.report(now);
             if r.state == ScrapeState::Off {

@@ -11,9 +11,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::hist::HistSnapshot;
+use super::FleetView;
 use super::Telemetry;
 use crate::health::{self, HealthState};
-use crate::proxy::RouteTable;
 
 /// Points kept per node: 15 minutes at one per second.
 pub const WINDOW_POINTS: usize = 900;
@@ -240,8 +240,8 @@ impl Window {
     }
 
     /// One tick: fold counters, evaluate alerts, publish a snapshot.
-    pub fn tick(&self, telemetry: &Telemetry, table: &RouteTable) -> Arc<Snapshot> {
-        let mut snapshot = self.compute(telemetry, table);
+    pub fn tick(&self, telemetry: &Telemetry, fleet: &FleetView<'_>) -> Arc<Snapshot> {
+        let mut snapshot = self.compute(telemetry, fleet);
         telemetry.alerts.evaluate(&snapshot);
         snapshot.alerts_active = telemetry.alerts.active();
         snapshot.alerts_recent = telemetry.alerts.history(20);
@@ -250,7 +250,7 @@ impl Window {
         snapshot
     }
 
-    fn compute(&self, telemetry: &Telemetry, table: &RouteTable) -> Snapshot {
+    fn compute(&self, telemetry: &Telemetry, fleet: &FleetView<'_>) -> Snapshot {
         let now = health::now_ms();
         let mut cums: HashMap<(&str, &str), Cum> = HashMap::new();
         let series = telemetry.all_series();
@@ -280,8 +280,9 @@ impl Window {
 
         let mut inner = lock(&self.inner);
         let mut points = Vec::new();
-        let mut pools = Vec::with_capacity(table.pools.len());
-        for pool in &table.pools {
+        let mut pools = Vec::with_capacity(fleet.pools.len());
+        for state in &fleet.pools {
+            let pool = state.pool;
             let available: Vec<bool> = pool
                 .nodes
                 .iter()
@@ -417,7 +418,7 @@ impl Window {
             while shed_ring.len() > RECENT_SECS + 1 {
                 shed_ring.pop_front();
             }
-            let energy = table
+            let energy = fleet
                 .energy
                 .iter()
                 .find(|h| h.pool == pool.name)
@@ -459,11 +460,7 @@ impl Window {
             pools,
             alerts_active: Vec::new(),
             alerts_recent: Vec::new(),
-            budgets: table
-                .routes
-                .iter()
-                .filter_map(|r| r.budget.as_ref().map(|b| b.view(&r.name)))
-                .collect(),
+            budgets: fleet.budgets.clone(),
         }
     }
 

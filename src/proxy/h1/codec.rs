@@ -251,7 +251,7 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
     let bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| CodecError("invalid status code"))?;
     // Room for the `X-Request-Id` the gateway adds on the way back.
-    let mut headers = HeaderMap::with_capacity(count + 1);
+    let mut headers = crate::proxy::spare::take_headers(count + 1);
     // The framing is read on the way, not looked up in the map afterwards.
     let mut framing = FramingHeaders::default();
     for &(name, name_len, value, value_len) in &spans[..count] {

@@ -94,7 +94,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     // Room for what the gateway adds on the way to the node
     // (`X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id`): the map is
     // not grown again for them.
-    let mut headers = HeaderMap::with_capacity(count + 3);
+    let mut headers = crate::proxy::spare::take_headers(count + 3);
     let mut framing = Framing::default();
     for &(name, name_len, value, value_len) in &spans[..count] {
         let name = &bytes[name as usize..(name + name_len) as usize];

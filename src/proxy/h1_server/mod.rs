@@ -466,7 +466,7 @@ impl Connection {
             connection,
             &mut self.out,
         );
-        drop(parts);
+        spare::give_back_headers(parts.headers);
         let whole = if framing.has_body() {
             let mut sent = BodySent::new(framing);
             poll_fn(|cx| self.poll_body(cx, &mut body, &mut sent)).await
