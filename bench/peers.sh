@@ -26,7 +26,15 @@
 #                                   [routes.balance],
 #                                   NO_BUILD=1 to use target/release as it is,
 #                                   INFERGATE_BIN=path for another build (implies NO_BUILD),
-#                                   KEEP=1 to keep the logs)
+#                                   KEEP=1 to keep the logs,
+#                                   REPEAT=n runs each one n times, taking
+#                                   turns, and reports the mean with the
+#                                   range: identical runs move the hit rate
+#                                   by up to ~3 points)
+# After each table, one line per gateway with what each node got (requests,
+# prompt tokens, the share of them found cached, mean TTFT; the mean over
+# repeats): the fleet hit rate follows how evenly prompt tokens are spread
+# over the nodes' caches, which the totals do not show.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-90}
@@ -35,6 +43,7 @@ SEED=${SEED:-42}
 SYSTEM_PROMPTS=${SYSTEM_PROMPTS:-"8 1"}
 BALANCE=${BALANCE:-}
 RUNS=${RUNS:-"prefix_aware least_outstanding precise_prefix sglang vllm"}
+REPEAT=${REPEAT:-1}
 VENV=${VENV:-$HOME/.cache/infergate-peers/venv}
 MODEL=llama-3.1-8b-instruct
 
@@ -89,8 +98,8 @@ wait_http() { # url
 
 "$BIN" sim --print-tokenizer >"$WORK/tokenizer.json"
 
-run_one() { # name system-prompts
-  local name=$1 sp=$2 tag="$1-$2" base ev rp gw
+run_one() { # name system-prompts repeat
+  local name=$1 sp=$2 tag="$1-$2-$3" base ev rp gw
   base=$(free_ports 4); ev=$(free_ports 4); rp=$(free_ports 4); gw=$(free_port)
   cat >"$WORK/sim.toml" <<EOF
 time_scale = 1.0
@@ -162,17 +171,19 @@ EOF
 
 for sp in $SYSTEM_PROMPTS; do
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-  for name in $RUNS; do
-    echo "running $name (${DURATION}s at ${RATE} req/s, $sp system prompt(s))..." >&2
-    run_one "$name" "$sp" || echo "NOTICE: $name left out" >&2
+  for r in $(seq 1 "$REPEAT"); do
+    for name in $RUNS; do
+      echo "running $name (${DURATION}s at ${RATE} req/s, $sp system prompt(s), run $r of $REPEAT)..." >&2
+      run_one "$name" "$sp" "$r" || echo "NOTICE: $name left out" >&2
+    done
   done
   echo
-  echo "Workload: $sp system prompt(s) shared by 96 chat sessions, ${RATE} req/s for ${DURATION} s, seed $SEED;" \
+  echo "Workload: $sp system prompt(s) shared by 96 chat sessions, ${RATE} req/s for ${DURATION} s, seed $SEED, $REPEAT run(s) each;" \
     "load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
-  python3 - "$WORK" "$sp" $RUNS <<'PY'
-import glob, json, os, re, sys
-work, sp, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+  python3 - "$WORK" "$sp" "$REPEAT" $RUNS <<'PY'
+import csv, glob, json, os, re, sys
+work, sp, repeat, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 labels = {
     "prefix_aware": "infergate prefix_aware",
     "least_outstanding": "infergate least_outstanding",
@@ -180,16 +191,17 @@ labels = {
     "sglang": "SGLang router cache_aware",
     "vllm": "vLLM router cache_aware",
 }
-rows = {}
-for n in names:
-    path = os.path.join(work, f"report-{n}-{sp}", "summary_lifecycle_metrics.json")
+
+def one_run(n, r):
+    """(summary, TTFT stats, e2e stats, hit rate %, per-node figures) of one run."""
+    tag = f"{n}-{sp}-{r}"
+    path = os.path.join(work, f"report-{tag}", "summary_lifecycle_metrics.json")
     if not os.path.exists(path):
-        rows[n] = None
-        continue
+        return None
     s = json.load(open(path))
     lat = s["successes"].get("latency") or {}
     hits = queries = 0.0
-    for f in glob.glob(os.path.join(work, f"metrics-{n}-{sp}-*.txt")):
+    for f in glob.glob(os.path.join(work, f"metrics-{tag}-*.txt")):
         for line in open(f):
             m = re.match(r"vllm:prefix_cache_(hits|queries)_total\{[^}]*\} ([0-9.e+]+)", line)
             if m:
@@ -197,26 +209,74 @@ for n in names:
                     hits += float(m.group(2))
                 else:
                     queries += float(m.group(2))
-    rows[n] = (s, lat.get("time_to_first_token"), lat.get("request_latency"),
-               100 * hits / queries if queries else None)
+    nodes = {}
+    csv_path = os.path.join(work, f"report-{tag}", "per_request_lifecycle_metrics.csv")
+    if os.path.exists(csv_path):
+        for row in csv.DictReader(open(csv_path)):
+            if row.get("ok") != "true" or not row.get("node"):
+                continue
+            f = nodes.setdefault(row["node"], [0, 0, 0, 0.0])
+            f[0] += 1
+            f[1] += int(row["prompt_tokens"] or 0)
+            f[2] += int(row["cached_tokens"] or 0)
+            f[3] += float(row["time_to_first_token"] or 0)
+    return (s, lat.get("time_to_first_token"), lat.get("request_latency"),
+            100 * hits / queries if queries else None, nodes)
+
+def mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+def spread(values, fmt):
+    """The mean, and the range when there were several runs."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    text = fmt(mean(values))
+    if len(values) > 1:
+        text += f" ({fmt(min(values))}–{fmt(max(values))})"
+    return text
+
+rows = {}
+for n in names:
+    runs = [x for x in (one_run(n, r) for r in range(1, repeat + 1)) if x and x[1] and x[2]]
+    rows[n] = runs or None
 ref = rows.get("sglang")
-ref_ttft = ref[1] if ref else None
+ref_mean = mean([x[1]["mean"] for x in ref]) if ref else None
+ref_p99 = mean([x[1]["p99"] for x in ref]) if ref else None
 print("| gateway / policy | TTFT mean | TTFT p99 | e2e p99 | fleet prefix-cache hit rate | mean / p99 vs SGLang | ok / sent |")
 print("|---|---|---|---|---|---|---|")
 for n in names:
     label = labels.get(n, n)
-    if rows[n] is None:
-        print(f"| {label} | – | – | – | – | – | not run |")
+    runs = rows[n]
+    if not runs:
+        print(f"| {label} | – | – | – | – | – | not run or failed |")
         continue
-    s, ttft, e2e, rate = rows[n]
-    count = f"{s['successes']['count']} / {s['load_summary']['count']}"
-    if not ttft or not e2e:
-        print(f"| {label} | – | – | – | – | – | {count} |")
+    ms = lambda v: f"{1000 * v:.0f} ms"
+    ttft_mean = [x[1]["mean"] for x in runs]
+    ttft_p99 = [x[1]["p99"] for x in runs]
+    vs = (f"{mean(ttft_mean) / ref_mean:.2f}× / {mean(ttft_p99) / ref_p99:.2f}×"
+          if ref_mean and n != "sglang" else "–")
+    ok = sum(x[0]["successes"]["count"] for x in runs)
+    sent = sum(x[0]["load_summary"]["count"] for x in runs)
+    print(f"| {label} | {spread(ttft_mean, ms)} | {spread(ttft_p99, ms)} | "
+          f"{mean([x[2]['p99'] for x in runs]):.1f} s | {spread([x[3] for x in runs], lambda v: f'{v:.1f} %')} | "
+          f"{vs} | {ok} / {sent} |")
+print()
+print("Per node, mean over runs (requests, prompt tokens, share found cached, mean TTFT):")
+for n in names:
+    runs = rows[n]
+    if not runs:
         continue
-    vs = (f"{ttft['mean'] / ref_ttft['mean']:.2f}× / {ttft['p99'] / ref_ttft['p99']:.2f}×"
-          if ref_ttft and n != "sglang" else "–")
-    hit = f"{rate:.1f} %" if rate is not None else "–"
-    print(f"| {label} | {1000 * ttft['mean']:.0f} ms | {1000 * ttft['p99']:.0f} ms | "
-          f"{e2e['p99']:.1f} s | {hit} | {vs} | {count} |")
+    node_names = sorted({k for x in runs for k in x[4]})
+    parts = []
+    for node in node_names:
+        got = [x[4][node] for x in runs if node in x[4]]
+        req = sum(g[0] for g in got) / len(runs)
+        tokens = sum(g[1] for g in got) / len(runs)
+        cached = sum(g[2] for g in got) / max(sum(g[1] for g in got), 1)
+        ttft = sum(g[3] for g in got) / max(sum(g[0] for g in got), 1)
+        parts.append(f"{node} {req:.0f} / {tokens / 1000:.0f}k / {100 * cached:.0f} % / {1000 * ttft:.0f} ms")
+    print(f"- {labels.get(n, n)}: " + "; ".join(parts))
 PY
 done
