@@ -364,8 +364,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A gateway with one route to one node that is never reached
-/// (127.0.0.1:9), for unit tests that need a route table.
 /// Run the once-a-second telemetry ticker for `gateway` until it is
 /// dropped: fold counters into the window, evaluate alert rules, publish
 /// the snapshot (over the running table's [`crate::telemetry::FleetView`]).
@@ -386,6 +384,8 @@ fn spawn_telemetry_ticker(gateway: std::sync::Weak<Gateway>) -> tokio::task::Joi
     })
 }
 
+/// A gateway with one route to one node that is never reached
+/// (127.0.0.1:9), for unit tests that need a route table.
 #[cfg(test)]
 pub(crate) fn one_node_gateway() -> Arc<Gateway> {
     let text = "[listener]\naddr = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\n[[pools.nodes]]\nname = \"n\"\naddr = \"127.0.0.1:9\"\n[[routes]]\nname = \"r\"\npool = \"p\"\npolicy = \"least_outstanding\"\n";

@@ -93,7 +93,7 @@ const STATES: [ScrapeState; 4] = [
     ScrapeState::Failing,
 ];
 
-/// Append the scrape families for every scraped node of `table`.
+/// Append the scrape families for every scraped node of the fleet.
 pub fn render(out: &mut String, fleet: &FleetView<'_>) {
     let now = now_ns();
     let mut families: [(&str, &str, &str, String); 7] = [
