@@ -32,9 +32,10 @@
 #                                   range: identical runs move the hit rate
 #                                   by up to ~3 points)
 # After each table, one line per gateway with what each node got (requests,
-# prompt tokens, the share of them found cached, mean TTFT; the mean over
-# repeats): the fleet hit rate follows how evenly prompt tokens are spread
-# over the nodes' caches, which the totals do not show.
+# prompt tokens, the share of them found cached, mean TTFT of the streamed
+# ones, the system prompts whose sessions it served; the mean over repeats):
+# the fleet hit rate follows how evenly prompt tokens are spread over the
+# nodes' caches, which the totals do not show.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-90}
@@ -215,11 +216,19 @@ def one_run(n, r):
         for row in csv.DictReader(open(csv_path)):
             if row.get("ok") != "true" or not row.get("node"):
                 continue
-            f = nodes.setdefault(row["node"], [0, 0, 0, 0.0])
+            f = nodes.setdefault(row["node"], [0, 0, 0, 0.0, 0, {}])
             f[0] += 1
+            # The session's system prompt (session i uses prompt i mod sp).
+            m = re.fullmatch(r"session-(\d+)", row.get("user") or "")
+            if m:
+                p = int(m.group(1)) % int(sp)
+                f[5][p] = f[5].get(p, 0) + 1
             f[1] += int(row["prompt_tokens"] or 0)
             f[2] += int(row["cached_tokens"] or 0)
-            f[3] += float(row["time_to_first_token"] or 0)
+            # Only streamed requests have a time to first token.
+            if row.get("time_to_first_token"):
+                f[3] += float(row["time_to_first_token"])
+                f[4] += 1
     return (s, lat.get("time_to_first_token"), lat.get("request_latency"),
             100 * hits / queries if queries else None, nodes)
 
@@ -263,7 +272,8 @@ for n in names:
           f"{mean([x[2]['p99'] for x in runs]):.1f} s | {spread([x[3] for x in runs], lambda v: f'{v:.1f} %')} | "
           f"{vs} | {ok} / {sent} |")
 print()
-print("Per node, mean over runs (requests, prompt tokens, share found cached, mean TTFT):")
+print("Per node, mean over runs (requests, prompt tokens, share found cached, mean TTFT of the streamed ones,"
+      " the system prompts whose sessions it served a fifth or more of):")
 for n in names:
     runs = rows[n]
     if not runs:
@@ -275,8 +285,20 @@ for n in names:
         req = sum(g[0] for g in got) / len(runs)
         tokens = sum(g[1] for g in got) / len(runs)
         cached = sum(g[2] for g in got) / max(sum(g[1] for g in got), 1)
-        ttft = sum(g[3] for g in got) / max(sum(g[0] for g in got), 1)
-        parts.append(f"{node} {req:.0f} / {tokens / 1000:.0f}k / {100 * cached:.0f} % / {1000 * ttft:.0f} ms")
+        ttft = sum(g[3] for g in got) / max(sum(g[4] for g in got), 1)
+        # The system prompts whose sessions this node served a fifth or more of.
+        total = {}
+        for x in runs:
+            for g in x[4].values():
+                for p, c in g[5].items():
+                    total[p] = total.get(p, 0) + c
+        mine = {}
+        for g in got:
+            for p, c in g[5].items():
+                mine[p] = mine.get(p, 0) + c
+        carried = sorted(p for p, c in mine.items() if c * 5 >= total[p])
+        prompts = f" / prompts {','.join(map(str, carried))}" if carried else ""
+        parts.append(f"{node} {req:.0f} / {tokens / 1000:.0f}k / {100 * cached:.0f} % / {1000 * ttft:.0f} ms{prompts}")
     print(f"- {labels.get(n, n)}: " + "; ".join(parts))
 PY
 done

@@ -1,7 +1,8 @@
 //! Cost of one `pick` for every policy on pools of 4, 64 and 1024 nodes with
 //! weights 1..=4 and random in-flight load, all nodes eligible (`pick/…`),
 //! and of the prefix-aware policies routing classified chat requests of 64
-//! conversations in turn, so their prefix index is used (`pick_prompt/…`).
+//! conversations in turn, so their prefix index is used (`pick_prompt/…`),
+//! or a new prompt on every request (`pick_new_prompt/…`).
 //!
 //! `INFERGATE_BENCH_CPU=1` measures the bench thread's CPU time instead of
 //! wall time: on a shared, loaded machine wall time also counts the time
@@ -100,6 +101,38 @@ fn bench_pick_prompt<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
+/// `prefix_aware` when every request is a prompt no node was
+/// sent yet (no shared prefix at all): each pick places a new prompt,
+/// counting the recent new prompts each node holds. The chain is made
+/// anew per iteration (64 values written: a few ns of the figure).
+fn bench_pick_new_prompt<M: Measurement>(c: &mut Criterion<M>) {
+    let mut group = c.benchmark_group("pick_new_prompt");
+    let mut class = conversations(1).remove(0);
+    for &n in &[64usize, 1024] {
+        let (nodes, _guards) = pool(n);
+        let name = "prefix_aware";
+        let policy = build(name, &nodes, &BalanceOptions::default()).expect("known policy");
+        let eligible = |_: usize| true;
+        let mut prompt = 0u64;
+        group.bench_with_input(BenchmarkId::new(name, n), &nodes, |b, nodes| {
+            b.iter(|| {
+                prompt += 1;
+                let mut h = prompt.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                for block in class.prefix.iter_mut().take(64) {
+                    h = h.rotate_left(17) ^ 0x2545_f491_4f6c_dd1d;
+                    *block = h;
+                }
+                let ctx = PickContext {
+                    request: Some(&class),
+                    headers: None,
+                };
+                black_box(policy.pick(black_box(nodes), &eligible, &ctx))
+            })
+        });
+    }
+    group.finish();
+}
+
 /// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
 struct ThreadCpu;
 
@@ -144,6 +177,7 @@ fn run<M: Measurement>(c: Criterion<M>) {
         .configure_from_args();
     bench_pick(&mut c);
     bench_pick_prompt(&mut c);
+    bench_pick_new_prompt(&mut c);
     c.final_summary();
 }
 

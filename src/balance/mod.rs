@@ -21,6 +21,7 @@ mod consistent_hash;
 mod consolidate;
 mod least_outstanding;
 pub mod lora;
+mod new_prompts;
 mod peak_ewma;
 mod power_of_two;
 mod precise;

@@ -22,8 +22,15 @@
 //!    (see [`tradeoff`](super::tradeoff)).
 //! 4. Among the others, the node with the longest matching prefix wins;
 //!    equal matches go to the lower load.
-//! 5. If no candidate matches a single block, the least-loaded candidate
-//!    wins, ties taken in turn (new prefixes spread evenly, also when idle).
+//! 5. If no candidate matches a single block: a prompt no node was sent
+//!    yet (its anchor, the first `anchor_blocks` blocks, unknown to the
+//!    index) goes to the candidate, within 1.5 × the least load (or 4
+//!    request-equivalents more), that holds the fewest recently new
+//!    prompts per weight, then the least loaded ([`NewPrompts`]): a
+//!    shared system prompt's later sessions follow it,
+//!    so where it lands decides a share of the traffic. Otherwise the
+//!    least-loaded candidate wins, ties taken in turn (new prefixes spread
+//!    evenly, also when idle).
 //! 6. When several nodes hold the longest match and are near the least load (under
 //!    1.25 × it, or under one request-equivalent more), the first of them
 //!    in rendezvous order of the prompt's anchor (its first
@@ -49,6 +56,7 @@ use std::sync::Arc;
 
 use super::anchor_table::AnchorTable;
 use super::lora;
+use super::new_prompts::NewPrompts;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::rendezvous;
 use super::signals::{candidates_with, load};
@@ -77,6 +85,8 @@ pub struct PrefixAware {
     rendezvous: Option<(usize, f64)>,
     /// `placement = "rendezvous"`: balanced homes of recurring prompts.
     anchors: AnchorTable,
+    /// Where prompts seen for the first time went ([`NewPrompts`]).
+    new_prompts: NewPrompts,
 }
 
 impl PrefixAware {
@@ -98,6 +108,7 @@ impl PrefixAware {
             rendezvous: (opts.placement == "rendezvous")
                 .then_some((opts.anchor_blocks, opts.anchor_load_factor)),
             anchors: AnchorTable::default(),
+            new_prompts: NewPrompts::default(),
         }
     }
 
@@ -239,11 +250,12 @@ impl PrefixAware {
                 best = k;
             }
         }
-        // New prefixes (no match anywhere) keep spreading in turn.
-        let choice = (best_match > 0)
-            .then(|| self.shared_home(chain, nodes, &cands, &positions, &loads, best))
-            .flatten()
-            .unwrap_or(cands[best]);
+        let choice = if best_match > 0 {
+            self.shared_home(chain, nodes, &cands, &positions, &loads, best)
+        } else {
+            self.first_home(chain, nodes, &cands, &positions, &loads, best)
+        }
+        .unwrap_or(cands[best]);
         self.index.record(chain, choice);
         if adapter.is_some() {
             lora::note(&nodes[choice], ctx.request, now);
@@ -280,6 +292,50 @@ impl PrefixAware {
         rendezvous::first(key, nodes, near)
     }
 }
+
+impl PrefixAware {
+    /// For a prompt no node was sent yet (its anchor unknown to the
+    /// index): among the `positions` within [`NEW_PROMPT_SLACK`] of the
+    /// least load, taken from the rotating start `best`, the node holding
+    /// the fewest recently new prompts per weight, then the least loaded
+    /// ([`NewPrompts`]). The slack is wider than [`Self::shared_home`]'s:
+    /// the prompt's later sessions follow where it lands, and at first a
+    /// node is "busy" with as little as one request (with that bound,
+    /// bench/peers.sh's first prompts still landed 3, 2, 1 and 2 to a
+    /// node); it still keeps one-off prompts, where every request is
+    /// new, off a node that queues. `None` without an anchor, or for a
+    /// known prompt whose holders lost their match (overloaded, or
+    /// queueing longer than it saves): those go to the least load.
+    fn first_home(
+        &self,
+        chain: &[u64],
+        nodes: &[Arc<Node>],
+        cands: &[usize],
+        positions: &[usize],
+        loads: &[f64],
+        best: usize,
+    ) -> Option<usize> {
+        let key = rendezvous::anchor(chain, self.opts.anchor_blocks)?;
+        if !NewPrompts::is_new(&self.index, key) {
+            return None;
+        }
+        let floor = loads[best];
+        let bound = floor + (floor * (NEW_PROMPT_SLACK.0 - 1.0)).max(NEW_PROMPT_SLACK.1);
+        let start = positions.iter().position(|&k| k == best).unwrap_or(0);
+        let near: Vec<(usize, f64, u32)> = positions[start..]
+            .iter()
+            .chain(&positions[..start])
+            .filter(|&&k| loads[k] < bound)
+            .map(|&k| (cands[k], loads[k], nodes[cands[k]].weight))
+            .collect();
+        self.new_prompts.place(key, &self.index, &near)
+    }
+}
+
+/// How far above the least load a node may be and still be the first
+/// home of a new prompt ([`PrefixAware::first_home`]): under 1.5 times
+/// it, or under 4 request-equivalents more when that is larger.
+const NEW_PROMPT_SLACK: (f64, f64) = (1.5, 4.0);
 
 /// How far above the least load a node may be and still take a shared
 /// prompt's sessions ([`PrefixAware::shared_home`]): under 25 % more, or
@@ -368,6 +424,48 @@ mod tests {
                 "more".repeat(100)
             ));
             assert_eq!(pick(&p, &ns, &r), home, "session {s}");
+        }
+    }
+
+    /// Where a system prompt's first request lands, its later sessions
+    /// follow: new prompts are spread by how many each node holds, not by
+    /// the load of the moment, which at first is one request here or
+    /// there. (By load alone, a node that finishes its requests first
+    /// takes every new prompt.)
+    #[test]
+    fn new_prompts_spread_by_count_not_by_the_load_of_the_moment() {
+        let ns = nodes(4);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let mut homes = Vec::new();
+        let mut held = Vec::new();
+        for s in 0..8 {
+            let r = req(&format!("prompt {s} {}", "x".repeat(BLOCK_BYTES * 20)));
+            let i = pick(&p, &ns, &r);
+            homes.push(i);
+            // Node 0 is done with its requests at once; the others still
+            // run theirs (well within the balance thresholds).
+            if i != 0 {
+                held.push(ns[i].begin_request_for(&r));
+            }
+        }
+        let mut per = [0; 4];
+        for &h in &homes {
+            per[h] += 1;
+        }
+        assert_eq!(per, [2, 2, 2, 2], "{homes:?}");
+    }
+
+    /// ... but a node that queues beyond the slack takes no new prompt,
+    /// however few it holds: where every request is a new prompt (no
+    /// shared prefix), the least load still decides.
+    #[test]
+    fn new_prompts_stay_off_a_node_that_queues() {
+        let ns = nodes(3);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let _queue = hold(&ns, 0, 6);
+        for s in 0..12 {
+            let r = req(&format!("one-off {s} {}", "x".repeat(BLOCK_BYTES * 20)));
+            assert_ne!(pick(&p, &ns, &r), 0, "prompt {s}");
         }
     }
 

@@ -61,6 +61,9 @@ pub struct Record {
     pub streamed: bool,
     /// Node that served it, from the node header.
     pub node: Option<String>,
+    /// The body's `user` (the chat sessions send `session-<i>`: which
+    /// requests belong to one conversation, and so to one system prompt).
+    pub user: Option<String>,
     /// `usage.prompt_tokens`, else the client's estimate (4 bytes a token).
     pub prompt_tokens: u64,
     /// Whether `prompt_tokens` came from the server.
@@ -206,6 +209,7 @@ pub async fn send(
         streamed: planned.stream,
         // The client's estimate until the server says: ~4 bytes a token.
         prompt_tokens: (body.len() as u64).div_ceil(4),
+        user: planned.body["user"].as_str().map(str::to_string),
         ..Record::default()
     };
     let mut request = Request::post(&target.url).header(CONTENT_TYPE, "application/json");

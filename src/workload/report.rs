@@ -327,7 +327,7 @@ pub fn csv(records: &[Record]) -> String {
     let mut out = String::from(
         "stage,scheduled_s,start_s,end_s,status,ok,error,streamed,node,prompt_tokens,cached_tokens,\
          output_tokens,request_latency,time_to_first_token,time_per_output_token,\
-         inter_token_latency,normalized_time_per_output_token\n",
+         inter_token_latency,normalized_time_per_output_token,user\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for r in records {
@@ -349,6 +349,7 @@ pub fn csv(records: &[Record]) -> String {
             opt(r.tpot()),
             opt(r.itl_mean()),
             format!("{:.6}", r.ntpot()),
+            csv_field(r.user.as_deref().unwrap_or("")),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');
@@ -463,9 +464,13 @@ mod tests {
         let mut r = rec(0.0, 1.0, None, 1);
         r.error = Some("a, \"b\"".into());
         r.node = Some("=cmd".into());
+        r.user = Some("session-7".into());
         let text = csv(&[r]);
         assert_eq!(text.lines().count(), 2);
         assert!(text.contains("\"a, \"\"b\"\"\""), "{text}");
         assert!(text.contains(",'=cmd,"), "{text}");
+        // The session's `user` is the last column, named in the header.
+        assert!(text.lines().next().is_some_and(|h| h.ends_with(",user")));
+        assert!(text.trim_end().ends_with(",session-7"), "{text}");
     }
 }
