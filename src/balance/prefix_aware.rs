@@ -250,10 +250,16 @@ impl PrefixAware {
                 best = k;
             }
         }
+        let ranked = Ranked {
+            cands: &cands,
+            positions: &positions,
+            loads: &loads,
+            best,
+        };
         let choice = if best_match > 0 {
-            self.shared_home(chain, nodes, &cands, &positions, &loads, best)
+            self.shared_home(chain, nodes, &ranked)
         } else {
-            self.first_home(chain, nodes, &cands, &positions, &loads, best)
+            self.first_home(chain, nodes, &ranked)
         }
         .unwrap_or(cands[best]);
         self.index.record(chain, choice);
@@ -273,27 +279,17 @@ impl PrefixAware {
     /// cache (8 prompts of ~1,500 tokens took a third of bench/peers.sh's
     /// 32k-token caches) and leaves less room for conversations. `None`
     /// without a prefix; with one node near the least load, that is `best`.
-    fn shared_home(
-        &self,
-        chain: &[u64],
-        nodes: &[Arc<Node>],
-        cands: &[usize],
-        positions: &[usize],
-        loads: &[f64],
-        best: usize,
-    ) -> Option<usize> {
+    fn shared_home(&self, chain: &[u64], nodes: &[Arc<Node>], r: &Ranked<'_>) -> Option<usize> {
         let key = rendezvous::anchor(chain, self.opts.anchor_blocks)?;
-        let floor = loads[best];
-        let bound = floor + (floor * (NEAR_LEAST_LOADED - 1.0)).max(1.0);
-        let near = positions
+        let bound = r.bound(NEAR_LEAST_LOADED);
+        let near = r
+            .positions
             .iter()
-            .filter(|&&k| loads[k] < bound)
-            .map(|&k| cands[k]);
+            .filter(|&&k| r.loads[k] < bound)
+            .map(|&k| r.cands[k]);
         rendezvous::first(key, nodes, near)
     }
-}
 
-impl PrefixAware {
     /// For a prompt no node was sent yet (its anchor unknown to the
     /// index): among the `positions` within [`NEW_PROMPT_SLACK`] of the
     /// least load, taken from the rotating start `best`, the node holding
@@ -306,29 +302,40 @@ impl PrefixAware {
     /// new, off a node that queues. `None` without an anchor, or for a
     /// known prompt whose holders lost their match (overloaded, or
     /// queueing longer than it saves): those go to the least load.
-    fn first_home(
-        &self,
-        chain: &[u64],
-        nodes: &[Arc<Node>],
-        cands: &[usize],
-        positions: &[usize],
-        loads: &[f64],
-        best: usize,
-    ) -> Option<usize> {
+    fn first_home(&self, chain: &[u64], nodes: &[Arc<Node>], r: &Ranked<'_>) -> Option<usize> {
         let key = rendezvous::anchor(chain, self.opts.anchor_blocks)?;
         if !NewPrompts::is_new(&self.index, key) {
             return None;
         }
-        let floor = loads[best];
-        let bound = floor + (floor * (NEW_PROMPT_SLACK.0 - 1.0)).max(NEW_PROMPT_SLACK.1);
-        let start = positions.iter().position(|&k| k == best).unwrap_or(0);
-        let near: Vec<(usize, f64, u32)> = positions[start..]
+        let bound = r.bound(NEW_PROMPT_SLACK);
+        let start = r.positions.iter().position(|&k| k == r.best).unwrap_or(0);
+        let near: Vec<(usize, f64, u32)> = r.positions[start..]
             .iter()
-            .chain(&positions[..start])
-            .filter(|&&k| loads[k] < bound)
-            .map(|&k| (cands[k], loads[k], nodes[cands[k]].weight))
+            .chain(&r.positions[..start])
+            .filter(|&&k| r.loads[k] < bound)
+            .map(|&k| (r.cands[k], r.loads[k], nodes[r.cands[k]].weight))
             .collect();
         self.new_prompts.place(key, &self.index, &near)
+    }
+}
+
+/// The nodes one pick chooses among: `positions` index into `cands` and
+/// `loads`; `best` is the least loaded of them (found from a rotating
+/// start, so ties are taken in turn).
+struct Ranked<'a> {
+    cands: &'a [usize],
+    positions: &'a [usize],
+    loads: &'a [f64],
+    best: usize,
+}
+
+impl Ranked<'_> {
+    /// The load a node must stay under to count as near the least:
+    /// `(factor, plus)` allows `factor` times the least load, or `plus`
+    /// request-equivalents more when that is larger.
+    fn bound(&self, (factor, plus): (f64, f64)) -> f64 {
+        let floor = self.loads[self.best];
+        floor + (floor * (factor - 1.0)).max(plus)
     }
 }
 
@@ -340,7 +347,7 @@ const NEW_PROMPT_SLACK: (f64, f64) = (1.5, 4.0);
 /// How far above the least load a node may be and still take a shared
 /// prompt's sessions ([`PrefixAware::shared_home`]): under 25 % more, or
 /// under one request-equivalent more when that is larger.
-const NEAR_LEAST_LOADED: f64 = 1.25;
+const NEAR_LEAST_LOADED: (f64, f64) = (1.25, 1.0);
 
 #[cfg(test)]
 mod tests {
@@ -367,6 +374,15 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// How many of `homes` each of `N` nodes got.
+    fn per_node<const N: usize>(homes: &[usize]) -> [usize; N] {
+        let mut per = [0; N];
+        for &h in homes {
+            per[h] += 1;
+        }
+        per
     }
 
     fn hold(ns: &[Arc<Node>], i: usize, k: usize) -> Vec<InFlight> {
@@ -411,11 +427,7 @@ mod tests {
             guards.push(ns[i].begin_request_for(&r));
             homes.push(i);
         }
-        let mut per = [0; 4];
-        for &h in &homes {
-            per[h] += 1;
-        }
-        assert_eq!(per, [2, 2, 2, 2], "{homes:?}");
+        assert_eq!(per_node::<4>(&homes), [2, 2, 2, 2], "{homes:?}");
         // Follow-up turns (prefix + more) go home, whatever the small load.
         for (s, &home) in homes.iter().enumerate() {
             let r = req(&format!(
@@ -448,11 +460,7 @@ mod tests {
                 held.push(ns[i].begin_request_for(&r));
             }
         }
-        let mut per = [0; 4];
-        for &h in &homes {
-            per[h] += 1;
-        }
-        assert_eq!(per, [2, 2, 2, 2], "{homes:?}");
+        assert_eq!(per_node::<4>(&homes), [2, 2, 2, 2], "{homes:?}");
     }
 
     /// ... but a node that queues beyond the slack takes no new prompt,
