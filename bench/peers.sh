@@ -279,6 +279,12 @@ for n in names:
     if not runs:
         continue
     node_names = sorted({k for x in runs for k in x[4]})
+    # Requests per system prompt over all nodes and runs.
+    total = {}
+    for x in runs:
+        for g in x[4].values():
+            for p, c in g[5].items():
+                total[p] = total.get(p, 0) + c
     parts = []
     for node in node_names:
         got = [x[4][node] for x in runs if node in x[4]]
@@ -287,11 +293,6 @@ for n in names:
         cached = sum(g[2] for g in got) / max(sum(g[1] for g in got), 1)
         ttft = sum(g[3] for g in got) / max(sum(g[4] for g in got), 1)
         # The system prompts whose sessions this node served a fifth or more of.
-        total = {}
-        for x in runs:
-            for g in x[4].values():
-                for p, c in g[5].items():
-                    total[p] = total.get(p, 0) + c
         mine = {}
         for g in got:
             for p, c in g[5].items():

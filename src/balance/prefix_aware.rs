@@ -27,10 +27,10 @@
 //!    index) goes to the candidate, within 1.5 × the least load (or 4
 //!    request-equivalents more), that holds the fewest recently new
 //!    prompts per weight, then the least loaded ([`NewPrompts`]): a
-//!    shared system prompt's later sessions follow it,
-//!    so where it lands decides a share of the traffic. Otherwise the
-//!    least-loaded candidate wins, ties taken in turn (new prefixes spread
-//!    evenly, also when idle).
+//!    shared system prompt's later sessions follow it, so where it lands
+//!    decides a share of the traffic. Otherwise the least-loaded
+//!    candidate wins, ties taken in turn (new prefixes spread evenly,
+//!    also when idle).
 //! 6. When several nodes hold the longest match and are near the least load (under
 //!    1.25 × it, or under one request-equivalent more), the first of them
 //!    in rendezvous order of the prompt's anchor (its first
