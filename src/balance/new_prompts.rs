@@ -36,9 +36,9 @@ pub struct NewPrompts {
 }
 
 impl NewPrompts {
-    /// Whether `key` is a prompt no node was sent yet (per the index).
-    pub fn is_new(index: &PrefixIndex, key: u64) -> bool {
-        index.holders(key) == 0
+    /// Whether no node was sent the block `hash` yet (per the index).
+    pub fn is_new(index: &PrefixIndex, hash: u64) -> bool {
+        index.holders(hash) == 0
     }
 
     /// The node for the new prompt `key` among `near` (node index, its

@@ -304,7 +304,12 @@ impl PrefixAware {
     /// queueing longer than it saves): those go to the least load.
     fn first_home(&self, chain: &[u64], nodes: &[Arc<Node>], r: &Ranked<'_>) -> Option<usize> {
         let key = rendezvous::anchor(chain, self.opts.anchor_blocks)?;
-        if !NewPrompts::is_new(&self.index, key) {
+        // New only when no node was sent even its first block: a prompt
+        // that shares a shorter prefix than the anchor with one whose
+        // holders lost their match (overloaded, queueing) is not new, and
+        // goes to the least load (tests/saturation.rs: by count, such
+        // requests went to a KV-saturated home with few requests).
+        if !NewPrompts::is_new(&self.index, chain[0]) {
             return None;
         }
         let bound = r.bound(NEW_PROMPT_SLACK);
@@ -461,6 +466,34 @@ mod tests {
             }
         }
         assert_eq!(per_node::<4>(&homes), [2, 2, 2, 2], "{homes:?}");
+    }
+
+    /// A prompt sharing its first blocks (fewer than the anchor's) with
+    /// one whose home lost its match is not new: it goes to the least
+    /// load, not to the node holding the fewest new prompts (the home,
+    /// here, which a saturated home often is).
+    #[test]
+    fn a_prompt_whose_prefix_home_is_dropped_goes_to_the_least_load() {
+        let ns = nodes(2);
+        let p = PrefixAware::new(&BalanceOptions {
+            balance_abs_threshold: 0.5,
+            ..BalanceOptions::default()
+        });
+        let shared = "shared ".repeat(50);
+        let first = req(&format!("{shared}{}", "a".repeat(BLOCK_BYTES * 20)));
+        let home = pick(&p, &ns, &first);
+        let other = 1 - home;
+        // The other node holds two new prompts, home one.
+        for key in [7u64, 8] {
+            let placed = p.new_prompts.place(key, p.index(), &[(other, 0.0, 1)]);
+            assert_eq!(placed, Some(other));
+            p.index().record(&[key], other);
+        }
+        // Home is overloaded by the thresholds (one request against none)
+        // but within the new-prompt slack.
+        let _busy = hold(&ns, home, 1);
+        let next = req(&format!("{shared}{}", "b".repeat(BLOCK_BYTES * 20)));
+        assert_eq!(pick(&p, &ns, &next), other);
     }
 
     /// ... but a node that queues beyond the slack takes no new prompt,
