@@ -23,8 +23,8 @@
 //! 4. Among the others, the node with the longest matching prefix wins;
 //!    equal matches go to the lower load.
 //! 5. If no candidate matches a single block: a prompt no node was sent
-//!    yet (its anchor, the first `anchor_blocks` blocks, unknown to the
-//!    index) goes to the candidate, within 1.5 × the least load (or 4
+//!    yet (not even its first block is in the index; it is counted by its
+//!    anchor, the first `anchor_blocks` blocks) goes to the candidate, within 1.5 × the least load (or 4
 //!    request-equivalents more), that holds the fewest recently new
 //!    prompts per weight, then the least loaded ([`NewPrompts`]): a
 //!    shared system prompt's later sessions follow it, so where it lands
@@ -290,8 +290,8 @@ impl PrefixAware {
         rendezvous::first(key, nodes, near)
     }
 
-    /// For a prompt no node was sent yet (its anchor unknown to the
-    /// index): among the `positions` within [`NEW_PROMPT_SLACK`] of the
+    /// For a prompt no node was sent yet (not even its first block is in
+    /// the index): among the `positions` within [`NEW_PROMPT_SLACK`] of the
     /// least load, taken from the rotating start `best`, the node holding
     /// the fewest recently new prompts per weight, then the least loaded
     /// ([`NewPrompts`]). The slack is wider than [`Self::shared_home`]'s:
