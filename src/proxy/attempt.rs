@@ -312,7 +312,15 @@ pub(super) async fn forward(
                     "The model server switched protocols; upgrades are not proxied.",
                 ));
             }
-            Some(Ok(response)) => {
+            Some(Ok(mut response)) => {
+                if grpc {
+                    // gRPC reads its status from the head's map (an
+                    // HTTP/1.1 node answering gRPC is a misconfiguration,
+                    // but read all the same).
+                    if let Some(lines) = response.body_mut().take_node_headers() {
+                        lines.append_to(response.headers_mut());
+                    }
+                }
                 let status = response.status();
                 // A gRPC call's outcome is its grpc-status: in the head of
                 // a trailers-only answer, else in the trailers (counted
@@ -340,13 +348,17 @@ pub(super) async fn forward(
                     continue;
                 }
                 let (mut resp_parts, resp_body) = response.into_parts();
-                strip_hop_by_hop(&mut resp_parts.headers, false);
+                // An HTTP/1.1 node's lines were sorted when they were read
+                // (`h1::node_headers`); an h2c node's come in the map.
+                let content_type = match resp_body.node_headers() {
+                    Some(lines) => lines.content_type(),
+                    None => {
+                        strip_hop_by_hop(&mut resp_parts.headers, false);
+                        resp_parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes())
+                    }
+                };
                 let sse = family == ApiFamily::OpenAi
-                    && resp_parts
-                        .headers
-                        .get(CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with("text/event-stream"));
+                    && content_type.is_some_and(|v| v.starts_with(b"text/event-stream"));
                 let body = ResponseBody::upstream(
                     resp_body,
                     PassThrough {

@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::h1::node_headers::NodeHeaders;
 use super::select::Slot;
 use super::stall::Watched;
 use super::upstream::NodeBody;
@@ -150,6 +151,17 @@ impl ResponseBody {
                 )),
             },
             (kind, _) => ResponseBody { kind },
+        }
+    }
+
+    /// Take out the node's header lines that were not parsed into the
+    /// response's map (HTTP/1.1 nodes, see `h1::node_headers`): the
+    /// client's HTTP/1.1 writes them as they are, hyper's connections get
+    /// them in the map.
+    pub fn take_node_headers(&mut self) -> Option<NodeHeaders> {
+        match &mut self.kind {
+            Kind::Upstream(upstream) => upstream.inner.take_node_headers(),
+            _ => None,
         }
     }
 

@@ -74,7 +74,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 }
 
 /// The fixed hop-by-hop headers (RFC 9110 §7.6.1, and two older ones).
-const HOP_BY_HOP_NAMES: [&str; 9] = [
+pub(crate) const HOP_BY_HOP_NAMES: [&str; 9] = [
     "connection",
     "te",
     "transfer-encoding",

@@ -377,6 +377,15 @@ pub async fn start_echo() -> (SocketAddr, JoinHandle<()>) {
                     response
                         .headers_mut()
                         .insert("x-upstream-hop", "secret".parse().unwrap());
+                    // The gateway's request id replaces a node's own.
+                    response
+                        .headers_mut()
+                        .insert("x-request-id", "the-nodes-own".parse().unwrap());
+                    for cookie in ["a=1", "b=2"] {
+                        response
+                            .headers_mut()
+                            .append("set-cookie", cookie.parse().unwrap());
+                    }
                     Ok::<_, std::convert::Infallible>(response)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()

@@ -12,8 +12,10 @@
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+use super::node_headers::{Name, NodeHeaders};
 
 /// Most header lines a response head may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -195,8 +197,12 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// A parsed response head.
 #[derive(Debug)]
 pub struct Head {
-    /// Status, version and headers (the body comes separately).
-    pub response: Response<()>,
+    /// The status (never an interim 1xx other than 101).
+    pub status: StatusCode,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// The header lines as they came, those to forward marked.
+    pub headers: NodeHeaders,
     /// How its body is framed.
     pub body: BodyFraming,
     /// The node keeps the connection open after this response.
@@ -211,7 +217,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, C
         let Some(head) = parse_one(buf, method)? else {
             return Ok(None);
         };
-        let status = head.response.status();
+        let status = head.status;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             continue;
         }
@@ -250,21 +256,14 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
     };
     let bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| CodecError("invalid status code"))?;
-    // Room for the `X-Request-Id` the gateway adds on the way back.
-    let mut headers = crate::proxy::spare::take_headers(count + 1);
-    // The framing is read on the way, not looked up in the map afterwards.
+    // The framing is read on the way; the lines stay as they came (see
+    // `node_headers`).
+    let spans = &spans[..count];
     let mut framing = FramingHeaders::default();
-    for &(name, name_len, value, value_len) in &spans[..count] {
-        let name = &bytes[name as usize..(name + name_len) as usize];
-        let name = HeaderName::from_bytes(name).map_err(|_| CodecError("invalid header name"))?;
-        let value = value as usize..(value + value_len) as usize;
-        // Framing and connection headers are taken in here and not kept:
-        // they are hop-by-hop, removed before forwarding anyway.
-        if framing.see(&name, &bytes[value.clone()])? {
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value))
-                .map_err(|_| CodecError("invalid header value"))?;
-            headers.append(name, value);
-        }
+    let mut kinds = [Name::Other; MAX_HEADERS];
+    for (&(name, name_len, value, value_len), kind) in spans.iter().zip(&mut kinds) {
+        *kind = Name::of(&bytes[name as usize..(name + name_len) as usize]);
+        framing.see(*kind, &bytes[value as usize..(value + value_len) as usize])?;
     }
     let version = if minor == 0 {
         Version::HTTP_10
@@ -280,12 +279,17 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
         && body != BodyFraming::ToClose
         && status != StatusCode::SWITCHING_PROTOCOLS
         && !(framing.last_coding.is_some() && framing.length.is_some());
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
+    let headers = NodeHeaders::new(
+        bytes,
+        spans,
+        &kinds[..count],
+        framing.names_headers,
+        framing.length,
+    );
     Ok(Some(Head {
-        response,
+        status,
+        version,
+        headers,
         body,
         keep_alive,
     }))
@@ -301,26 +305,30 @@ struct FramingHeaders {
     /// `Transfer-Encoding`).
     last_coding: Option<bool>,
     length: Option<u64>,
+    /// A `Connection` header names other headers (hop-by-hop too).
+    names_headers: bool,
 }
 
 impl FramingHeaders {
-    /// Take note of one header; whether it is to be kept in the map
-    /// (`Transfer-Encoding`, and `Connection` saying only close or
-    /// keep-alive, are not).
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, CodecError> {
-        if name == CONNECTION {
-            let tokens = connection_tokens(value);
-            self.close |= tokens.close;
-            self.keep_alive |= tokens.keep_alive;
-            return Ok(!tokens.only_options());
-        } else if name == TRANSFER_ENCODING {
-            let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-            self.last_coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-            return Ok(false);
-        } else if name == CONTENT_LENGTH {
-            self.length = Some(content_length(value, self.length).map_err(CodecError)?);
+    /// Take note of one header (named `kind`).
+    fn see(&mut self, kind: Name, value: &[u8]) -> Result<(), CodecError> {
+        match kind {
+            Name::Connection => {
+                let tokens = connection_tokens(value);
+                self.close |= tokens.close;
+                self.keep_alive |= tokens.keep_alive;
+                self.names_headers |= tokens.names_headers;
+            }
+            Name::TransferEncoding => {
+                let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+                self.last_coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            }
+            Name::ContentLength => {
+                self.length = Some(content_length(value, self.length).map_err(CodecError)?);
+            }
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     }
 
     /// How the body is delimited (RFC 9112 §6.3).
@@ -736,21 +744,16 @@ mod tests {
         .unwrap();
         assert!(plain.keep_alive);
         assert!(matches!(plain.body, BodyFraming::Chunked(_)));
-        let names: Vec<_> = plain
-            .response
-            .headers()
-            .keys()
-            .map(|n| n.as_str())
-            .collect();
-        assert_eq!(names, ["x-a"]);
-        // A Connection naming headers stays, so that they are removed too.
+        let names: Vec<_> = plain.headers.forwarded().map(|l| l.name).collect();
+        assert_eq!(names, [b"X-A"]);
+        // Headers a Connection names are not forwarded either.
         let naming = head(
             "HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nX-A: b\r\nContent-Length: 0\r\n\r\n",
         )
         .unwrap()
         .unwrap();
         assert!(!naming.keep_alive);
-        assert_eq!(naming.response.headers()["connection"], "close, x-a");
+        assert_eq!(naming.headers.forwarded().count(), 0);
     }
 
     /// Decode all of `wire` fed `step` bytes at a time.
@@ -839,8 +842,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 5\r\n\r\nhello",
         );
         let head = parse_head(&mut buf, &Method::POST).unwrap().unwrap();
-        assert_eq!(head.response.status(), 200);
-        assert_eq!(head.response.headers()["content-type"], "application/json");
+        assert_eq!(head.status, 200);
+        assert_eq!(head.headers.content_type(), Some(&b"application/json"[..]));
         assert_eq!(head.body, BodyFraming::Length(5));
         assert!(head.keep_alive);
         assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
@@ -892,11 +895,11 @@ mod tests {
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
         );
         let created = parse_head(&mut buf, &Method::POST).unwrap().unwrap();
-        assert_eq!(created.response.status(), 201);
+        assert_eq!(created.status, 201);
         assert!(buf.is_empty());
         assert!(head("HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none());
         let head = head_of("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n");
-        assert_eq!(head.response.status(), 101);
+        assert_eq!(head.status, 101);
         assert!(!head.keep_alive, "after 101 the connection is not HTTP/1.1");
     }
 

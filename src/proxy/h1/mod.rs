@@ -9,6 +9,7 @@
 //! requests is `upstream`'s job.
 
 pub mod codec;
+pub mod node_headers;
 
 use std::future::poll_fn;
 use std::io;

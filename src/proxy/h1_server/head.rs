@@ -13,6 +13,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
 use crate::proxy::h1::codec::{self, BodyFraming, Chunked};
+use crate::proxy::h1::node_headers::NodeHeaders;
 
 /// Most header lines in a request head (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -225,12 +226,14 @@ pub enum ResponseFraming {
 }
 
 impl ResponseFraming {
-    /// How to frame a response of `status` with `headers` whose body's
+    /// How to frame a response of `status` with `headers` (and a node's
+    /// unparsed lines, `node`) whose body's
     /// exact size is `exact` (if known), to a `HEAD` request or not, for
     /// an HTTP/1.1 client or not (hyper's choices).
     pub fn choose(
         status: StatusCode,
         headers: &HeaderMap,
+        node: Option<&NodeHeaders>,
         exact: Option<u64>,
         head_request: bool,
         http11: bool,
@@ -241,10 +244,7 @@ impl ResponseFraming {
         {
             return ResponseFraming::NoBody;
         }
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(headers, node);
         if head_request {
             // The headers as they are: a length there is the GET's.
             return ResponseFraming::NoBody;
@@ -267,6 +267,15 @@ impl ResponseFraming {
     }
 }
 
+/// The length a response head declares: the map's `Content-Length` or
+/// the node's.
+fn declared_length(headers: &HeaderMap, node: Option<&NodeHeaders>) -> Option<u64> {
+    match headers.get(CONTENT_LENGTH) {
+        Some(value) => value.to_str().ok().and_then(|v| v.parse::<u64>().ok()),
+        None => node.and_then(NodeHeaders::length),
+    }
+}
+
 /// What the connection says in the response head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionHeader {
@@ -284,11 +293,12 @@ pub enum ConnectionHeader {
 pub fn encode_response(
     status: StatusCode,
     headers: &HeaderMap,
+    node: Option<&NodeHeaders>,
     framing: ResponseFraming,
     connection: ConnectionHeader,
     out: &mut BytesMut,
 ) {
-    let mut size = 96;
+    let mut size = 96 + node.map_or(0, NodeHeaders::len);
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
     }
@@ -309,7 +319,9 @@ pub fn encode_response(
     ) && status != StatusCode::NO_CONTENT
         && !status.is_informational();
     let mut has_date = false;
+    let mut has_length = false;
     for (name, value) in headers {
+        has_length |= name == CONTENT_LENGTH;
         if name == TRANSFER_ENCODING
             || name == CONNECTION
             || (name == CONTENT_LENGTH && !keep_length)
@@ -318,6 +330,18 @@ pub fn encode_response(
         }
         has_date |= name == DATE;
         codec::put_header(out, name, value);
+    }
+    if let Some(node) = node {
+        // The node's lines as it wrote them, less those the map replaces
+        // (the gateway's request id and rate-limit headers).
+        node.write(headers, out);
+        has_date |= node.has_date();
+        // Its length line was not kept among them (see `choose`).
+        if keep_length && !has_length {
+            if let Some(n) = node.length() {
+                codec::put_content_length(out, n);
+            }
+        }
     }
     match framing {
         ResponseFraming::Length(n) => codec::put_content_length(out, n),
@@ -349,6 +373,7 @@ pub fn encode_refusal(error: HeadError, out: &mut BytesMut) {
     encode_response(
         error.status,
         &headers,
+        None,
         ResponseFraming::Length(body.len() as u64 + 1),
         ConnectionHeader::Close,
         out,
@@ -507,7 +532,7 @@ mod tests {
             map.append(*n, HeaderValue::from_static(v));
         }
         let mut out = BytesMut::new();
-        encode_response(status, &map, framing, connection, &mut out);
+        encode_response(status, &map, None, framing, connection, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -562,6 +587,51 @@ mod tests {
     }
 
     #[test]
+    fn a_nodes_lines_are_written_as_they_came_less_what_the_gateway_sets() {
+        let node = codec::parse_head(
+            &mut BytesMut::from(
+                "HTTP/1.1 200 OK\r\nServer: n\r\nContent-Length: 5\r\nX-Request-Id: node\r\n\
+                 Connection: keep-alive\r\nDate: d\r\n\r\n",
+            ),
+            &Method::POST,
+        )
+        .unwrap()
+        .unwrap()
+        .headers;
+        let mut map = HeaderMap::new();
+        map.insert("x-request-id", HeaderValue::from_static("gw"));
+        let framing =
+            ResponseFraming::choose(StatusCode::OK, &map, Some(&node), Some(5), false, true);
+        assert_eq!(framing, ResponseFraming::LengthHeader(5));
+        let mut out = BytesMut::new();
+        encode_response(
+            StatusCode::OK,
+            &map,
+            Some(&node),
+            framing,
+            ConnectionHeader::None,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nx-request-id: gw\r\nServer: n\r\nDate: d\r\n\
+             content-length: 5\r\n\r\n"
+        );
+        // To a HEAD request the length is the GET's, and said as such.
+        let framing = ResponseFraming::choose(StatusCode::OK, &map, Some(&node), None, true, true);
+        let mut out = BytesMut::new();
+        encode_response(
+            StatusCode::OK,
+            &map,
+            Some(&node),
+            framing,
+            ConnectionHeader::None,
+            &mut out,
+        );
+        assert!(out.ends_with(b"content-length: 5\r\n\r\n"));
+    }
+
+    #[test]
     fn framing_is_chosen_as_hyper_does() {
         use ResponseFraming::*;
         let mut with_length = HeaderMap::new();
@@ -569,31 +639,31 @@ mod tests {
         let none = HeaderMap::new();
         let ok = StatusCode::OK;
         assert_eq!(
-            ResponseFraming::choose(ok, &with_length, None, false, true),
+            ResponseFraming::choose(ok, &with_length, None, None, false, true),
             LengthHeader(7)
         );
         assert_eq!(
-            ResponseFraming::choose(ok, &none, Some(3), false, true),
+            ResponseFraming::choose(ok, &none, None, Some(3), false, true),
             Length(3)
         );
         assert_eq!(
-            ResponseFraming::choose(ok, &none, None, false, true),
+            ResponseFraming::choose(ok, &none, None, None, false, true),
             Chunked
         );
         assert_eq!(
-            ResponseFraming::choose(ok, &none, None, false, false),
+            ResponseFraming::choose(ok, &none, None, None, false, false),
             ToClose
         );
         assert_eq!(
-            ResponseFraming::choose(ok, &with_length, None, true, true),
+            ResponseFraming::choose(ok, &with_length, None, None, true, true),
             NoBody
         );
         assert_eq!(
-            ResponseFraming::choose(ok, &none, Some(0), true, true),
+            ResponseFraming::choose(ok, &none, None, Some(0), true, true),
             NoBody
         );
         assert_eq!(
-            ResponseFraming::choose(StatusCode::NO_CONTENT, &none, Some(0), false, true),
+            ResponseFraming::choose(StatusCode::NO_CONTENT, &none, None, Some(0), false, true),
             NoBody
         );
         assert!(!Length(0).has_body());

@@ -437,12 +437,17 @@ impl Connection {
         keep_alive: bool,
         client_keep_alive: bool,
     ) -> bool {
-        let (parts, body) = response.into_parts();
+        let (parts, mut body) = response.into_parts();
+        // A node's header lines are written as they came; taken out of the
+        // body here so that a stream does not keep the head's bytes (a
+        // share of its connection's read buffer) alive.
+        let node_headers = body.take_node_headers();
         // Frames are queued and written together here already.
         let mut body = body.unmerged();
         let framing = ResponseFraming::choose(
             parts.status,
             &parts.headers,
+            node_headers.as_ref(),
             body.size_hint().exact(),
             head_request,
             http11,
@@ -462,10 +467,12 @@ impl Connection {
         head::encode_response(
             parts.status,
             &parts.headers,
+            node_headers.as_ref(),
             framing,
             connection,
             &mut self.out,
         );
+        drop(node_headers);
         spare::give_back_headers(parts.headers);
         let whole = if framing.has_body() {
             let mut sent = BodySent::new(framing);

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::super::body::BoxError;
 use super::super::h1::codec::BodyFraming;
+use super::super::h1::node_headers::NodeHeaders;
 use super::PooledConn;
 
 /// A node's response body, read as it is polled.
@@ -19,6 +20,25 @@ pub enum NodeBody {
     H1(H1Body),
     /// From hyper-util's client (h2c).
     H2(Incoming),
+}
+
+impl NodeBody {
+    /// The node's header lines, where they were not parsed into the
+    /// response's map (HTTP/1.1 nodes; see `h1::node_headers`).
+    pub fn node_headers(&self) -> Option<&NodeHeaders> {
+        match self {
+            NodeBody::H1(body) => body.headers.as_ref(),
+            NodeBody::H2(_) => None,
+        }
+    }
+
+    /// Take the node's header lines out (to put them in a map).
+    pub fn take_node_headers(&mut self) -> Option<NodeHeaders> {
+        match self {
+            NodeBody::H1(body) => body.headers.take(),
+            NodeBody::H2(_) => None,
+        }
+    }
 }
 
 impl Body for NodeBody {
@@ -67,17 +87,27 @@ pub struct H1Body {
     reuse: bool,
     /// The end was read (or the body failed).
     done: bool,
+    /// The response's header lines, until they are written or put in a
+    /// map (they are a slice of the head's bytes, not of the connection's
+    /// buffer, so they outlive the connection's return to the pool).
+    headers: Option<NodeHeaders>,
 }
 
 impl H1Body {
     /// The body framed by `framing` on `conn`; `reuse`: the connection
     /// may carry another request after it.
-    pub(super) fn new(conn: PooledConn, framing: BodyFraming, reuse: bool) -> H1Body {
+    pub(super) fn new(
+        conn: PooledConn,
+        framing: BodyFraming,
+        reuse: bool,
+        headers: NodeHeaders,
+    ) -> H1Body {
         let mut body = H1Body {
             conn: Some(conn),
             framing,
             reuse,
             done: false,
+            headers: Some(headers),
         };
         if framing.is_done() {
             // Nothing to read: the connection is free already.

@@ -194,12 +194,21 @@ async fn send_h2c(
 /// `conn`.
 fn respond(answered: Answered, conn: PooledConn) -> Response<NodeBody> {
     let Head {
-        response,
+        status,
+        version,
+        headers,
         body: framing,
         keep_alive,
     } = answered.head;
-    let body = H1Body::new(conn, framing, keep_alive && answered.request_sent);
-    response.map(|()| NodeBody::H1(body))
+    let body = H1Body::new(conn, framing, keep_alive && answered.request_sent, headers);
+    // The node's header lines ride with the body (`NodeBody::node_headers`);
+    // the map is for the gateway's own, with room for the request id and
+    // the rate-limit headers.
+    let mut response = Response::new(NodeBody::H1(body));
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = super::spare::take_headers(4);
+    response
 }
 
 fn absolute(target: &Target<'_>, uri: &Uri) -> Result<Uri, UpstreamError> {
