@@ -116,11 +116,11 @@ impl NodeHeaders {
             None => crlf_end,
         };
         let mut fits = true;
-        for i in 0..spans.len() {
+        for (i, &(start, ..)) in spans.iter().enumerate() {
             if skip & (1 << i) != 0 {
                 continue;
             }
-            let (Some(end), start) = (line_end(i), spans[i].0) else {
+            let Some(end) = line_end(i) else {
                 fits = false;
                 break;
             };
