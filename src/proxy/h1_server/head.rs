@@ -600,34 +600,37 @@ mod tests {
         .headers;
         let mut map = HeaderMap::new();
         map.insert("x-request-id", HeaderValue::from_static("gw"));
-        let framing =
-            ResponseFraming::choose(StatusCode::OK, &map, Some(&node), Some(5), false, true);
+        // The head written to a GET (`head_request` false) or a HEAD.
+        let write = |head_request: bool, exact: Option<u64>| {
+            let framing = ResponseFraming::choose(
+                StatusCode::OK,
+                &map,
+                Some(&node),
+                exact,
+                head_request,
+                true,
+            );
+            let mut out = BytesMut::new();
+            let connection = ConnectionHeader::None;
+            encode_response(
+                StatusCode::OK,
+                &map,
+                Some(&node),
+                framing,
+                connection,
+                &mut out,
+            );
+            (framing, out)
+        };
+        let (framing, out) = write(false, Some(5));
         assert_eq!(framing, ResponseFraming::LengthHeader(5));
-        let mut out = BytesMut::new();
-        encode_response(
-            StatusCode::OK,
-            &map,
-            Some(&node),
-            framing,
-            ConnectionHeader::None,
-            &mut out,
-        );
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nx-request-id: gw\r\nServer: n\r\nDate: d\r\n\
              content-length: 5\r\n\r\n"
         );
         // To a HEAD request the length is the GET's, and said as such.
-        let framing = ResponseFraming::choose(StatusCode::OK, &map, Some(&node), None, true, true);
-        let mut out = BytesMut::new();
-        encode_response(
-            StatusCode::OK,
-            &map,
-            Some(&node),
-            framing,
-            ConnectionHeader::None,
-            &mut out,
-        );
+        let (_, out) = write(true, None);
         assert!(out.ends_with(b"content-length: 5\r\n\r\n"));
     }
 
