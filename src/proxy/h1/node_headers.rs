@@ -13,6 +13,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::proxy::headers::REQUEST_ID;
+
 /// Runs of forwarded lines kept as offsets; a head needing more (many
 /// lines dropped between kept ones) has its forwarded lines copied into
 /// one run.
@@ -37,9 +39,6 @@ pub struct NodeHeaders {
     length: Option<u64>,
     /// A forwarded `Date` line is among them.
     has_date: bool,
-    /// Some forwarded line has a name the gateway may also set on a
-    /// response (`x-ratelimit-*`): written line by line, the map's win.
-    maybe_overridden: bool,
     /// Where the `Content-Type` value lies in `bytes`.
     content_type: Option<(u16, u16)>,
 }
@@ -78,7 +77,6 @@ impl NodeHeaders {
             skip |= named_by_connection(&head, spans, kinds);
         }
         let mut has_date = false;
-        let mut maybe_overridden = false;
         let mut content_type = None;
         for (i, (&(_, _, value, value_len), kind)) in spans.iter().zip(kinds).enumerate() {
             if skip & (1 << i) != 0 {
@@ -94,14 +92,12 @@ impl NodeHeaders {
                 | Name::RequestId => skip |= 1 << i,
                 Name::Date => has_date = true,
                 Name::ContentType => content_type = Some((value as u16, value_len as u16)),
-                Name::RateLimit => maybe_overridden = true,
                 Name::Other => {}
             }
         }
         let mut lines = NodeHeaders {
             length,
             has_date,
-            maybe_overridden,
             content_type,
             ..NodeHeaders::default()
         };
@@ -198,9 +194,11 @@ impl NodeHeaders {
 
     /// Write the forwarded lines to `out`, except those whose name `map`
     /// has (the gateway's own headers replace a node's, as inserting them
-    /// into the node's map did).
+    /// into the node's map did). The request id, on every response, was
+    /// dropped from the lines already: a map holding only it (most
+    /// responses) lets the lines go as runs.
     pub fn write(&self, map: &HeaderMap, out: &mut BytesMut) {
-        if self.maybe_overridden {
+        if !map.keys().all(|own| own == REQUEST_ID) {
             for line in self.forwarded() {
                 if !overridden(map, line.name) {
                     out.put_slice(line.raw);
@@ -279,8 +277,6 @@ pub enum Name {
     RequestId,
     Date,
     ContentType,
-    /// `x-ratelimit-*`, which the gateway's budgets also set.
-    RateLimit,
     #[default]
     Other,
 }
@@ -303,7 +299,6 @@ impl Name {
             17 if is(b"transfer-encoding") => Name::TransferEncoding,
             18 if is(b"proxy-authenticate") => Name::HopByHop,
             19 if is(b"proxy-authorization") => Name::HopByHop,
-            n if n > 12 && name[..12].eq_ignore_ascii_case(b"x-ratelimit-") => Name::RateLimit,
             _ => Name::Other,
         }
     }
@@ -377,8 +372,7 @@ mod tests {
             assert_ne!(Name::of(upper.as_bytes()), Name::Other, "{name}");
             assert_ne!(Name::of(name.as_bytes()), Name::Date, "{name}");
         }
-        assert_eq!(Name::of(b"X-RateLimit-Limit-Tokens"), Name::RateLimit);
-        assert_eq!(Name::of(b"x-ratelimit-"), Name::Other);
+        assert_eq!(Name::of(b"X-Request-ID"), Name::RequestId);
         assert_eq!(Name::of(b"Content-Typo"), Name::Other);
     }
 

@@ -88,8 +88,9 @@ pub struct H1Body {
     /// The end was read (or the body failed).
     done: bool,
     /// The response's header lines, until they are written or put in a
-    /// map (they are a slice of the head's bytes, not of the connection's
-    /// buffer, so they outlive the connection's return to the pool).
+    /// map. They share the allocation of the connection's read buffer
+    /// (the head was split off it), so both client sides take them out
+    /// before the body is read: a stream does not hold them.
     headers: Option<NodeHeaders>,
 }
 
