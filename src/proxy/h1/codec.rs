@@ -18,7 +18,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use super::node_headers::{Name, NodeHeaders};
 
 /// Most header lines a response head may have (hyper's default too).
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
+// `NodeHeaders` marks the lines not forwarded as bits of a `u128`.
+const _: () = assert!(MAX_HEADERS <= 128);
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 /// Most trailer bytes accepted after a chunked body (they are read and
@@ -228,7 +230,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, C
 fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecError> {
     // Where each header's name and value lie in `buf`: the values are then
     // sliced out of the head's bytes without a copy, as hyper does.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, code, minor, count) = {
         // Uninitialized: zeroing 100 headers (3.2 KB) cost more than
         // parsing a small head.
@@ -351,6 +353,10 @@ impl FramingHeaders {
     }
 }
 
+/// Where one header lies in a head: (name offset, name length, value
+/// offset, value length).
+pub type Span = (u32, u32, u32, u32);
+
 /// Where a parsed head's header names and values lie in `buf`: (name
 /// offset, name length, value offset, value length), so they can be
 /// sliced out of the head's bytes without a copy once the parser's
@@ -358,7 +364,7 @@ impl FramingHeaders {
 pub(crate) fn header_spans(
     buf: &[u8],
     headers: &[httparse::Header<'_>],
-    spans: &mut [(u32, u32, u32, u32)],
+    spans: &mut [Span],
 ) -> usize {
     let start = buf.as_ptr() as usize;
     for (span, header) in spans.iter_mut().zip(headers) {

@@ -13,6 +13,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::codec::{Span, MAX_HEADERS};
 use crate::proxy::headers::REQUEST_ID;
 
 /// Runs of forwarded lines kept as offsets; a head needing more (many
@@ -22,7 +23,7 @@ const RUNS: usize = 4;
 
 // Offsets into a head are kept as `u16`: a head is at most `READ_MAX`
 // bytes, and written again (bare LF lines) at most 2 bytes a line longer.
-const _: () = assert!(super::READ_MAX + 2 * 128 < u16::MAX as usize);
+const _: () = assert!(super::READ_MAX + 2 * MAX_HEADERS < u16::MAX as usize);
 
 /// A node's response header lines and what the gateway read from them.
 #[derive(Debug, Default)]
@@ -53,10 +54,6 @@ pub struct Line<'a> {
     /// The whole line with its CRLF, as the node wrote it.
     pub raw: &'a [u8],
 }
-
-/// Where one header lies in a head: (name offset, name length, value
-/// offset, value length).
-pub type Span = (u32, u32, u32, u32);
 
 impl NodeHeaders {
     /// The lines of a parsed head: `head` holds the node's bytes, `spans`
@@ -241,10 +238,11 @@ impl NodeHeaders {
     }
 
     /// Add the forwarded lines to `map`, except those whose name `map`
-    /// has already (see [`write`](Self::write)). Values are slices of the
-    /// node's bytes, not copies.
+    /// has already (see [`write`](Self::write): the request id's lines
+    /// are gone, so most maps give no name to check). Values are slices
+    /// of the node's bytes, not copies.
     pub fn append_to(self, map: &mut HeaderMap) {
-        let own: Vec<HeaderName> = map.keys().cloned().collect();
+        let own: Vec<HeaderName> = map.keys().filter(|&k| k != REQUEST_ID).cloned().collect();
         for line in self.forwarded() {
             let Ok(name) = HeaderName::from_bytes(line.name) else {
                 continue;

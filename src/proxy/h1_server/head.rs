@@ -59,7 +59,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     }
     // Where each header's name and value lie in `buf`: the values are
     // sliced out of the head's bytes without a copy.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans: [codec::Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, method, target, minor, count) = {
         // Uninitialized: zeroing 100 headers cost more than parsing a
         // small head.
