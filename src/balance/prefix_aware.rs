@@ -17,11 +17,12 @@
 //!    holds more requests for the same traffic, which already counts.
 //! 3. A node is *overloaded* when `L - L_min > balance_abs_threshold` and
 //!    `L > balance_rel_threshold × L_min`. Overloaded nodes lose their
-//!    cache affinity; so does a node whose scraped queue or KV use says a
-//!    new request would wait there longer than its cached prefix saves
-//!    (see [`tradeoff`](super::tradeoff)).
+//!    cache affinity; so does a node whose scraped queue or KV use, or
+//!    its recent first tokens, say a new request would wait there longer
+//!    than its cached prefix saves (see [`tradeoff`](super::tradeoff)).
 //! 4. Among the others, the node with the longest matching prefix wins;
-//!    equal matches go to the lower load.
+//!    equal matches go to the least prefill queued at the moment, then
+//!    the lower load.
 //! 5. If no candidate matches a single block: a prompt no node was sent
 //!    yet (not even its first block is in the index; it is counted by its
 //!    anchor, the first `anchor_blocks` blocks) goes to the candidate, within 1.5 × the least load (or 4
@@ -60,7 +61,7 @@ use super::new_prompts::NewPrompts;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
 use super::rendezvous;
 use super::signals::{candidates_with, load};
-use super::tradeoff::yield_to_queueing;
+use super::tradeoff::{least_backlogged, yield_to_backlog, yield_to_queueing};
 use super::{sample, PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
@@ -226,6 +227,11 @@ impl PrefixAware {
             held = matched;
             // Cache affinity yields to real queueing (scraped waiting, KV).
             yield_to_queueing(nodes, &cands, now, &mut matched);
+            // ... and to prefill queued at the holders, while the prompt
+            // may be copied to another node.
+            if self.may_copy(chain, nodes, &cands, &held) {
+                yield_to_backlog(nodes, &cands, &mut matched);
+            }
         }
         let best_match = cands
             .iter()
@@ -239,6 +245,15 @@ impl PrefixAware {
                 .collect()
         } else {
             (0..cands.len()).collect()
+        };
+        // Equal matches: the least prefill queued right now first. Moving
+        // among holders of the same match copies nothing into another
+        // cache, so the backlog of this moment decides there; leaving
+        // them (above) takes a backlog that lasts.
+        let positions = if best_match > 0 {
+            least_backlogged(nodes, &cands, positions)
+        } else {
+            positions
         };
         if positions.is_empty() {
             return None;
@@ -267,6 +282,41 @@ impl PrefixAware {
             lora::note(&nodes[choice], ctx.request, now);
         }
         Some((choice, held.get(choice).copied().unwrap_or(0)))
+    }
+
+    /// Whether the prompt of `chain` may be copied to one more node
+    /// because its holders have prefill queued: while fewer of the
+    /// candidates hold it (`held`, by node) than its share of the
+    /// candidates, one for every [`NewPrompts::live`] shared prompt in use
+    /// lately, rounded up. A hot prompt that most sessions share then
+    /// spreads over the pool as its holders fill, where each of 8 prompts
+    /// keeps one home: copying a prompt into a cache that holds others
+    /// evicts their conversations (moving sessions to any node with less
+    /// prefill queued cost bench/peers.sh's 8-prompt workload 4 points of
+    /// hit rate). Only the prefill of the moment is weighed this way; real
+    /// queueing moves a session off its home at any time.
+    fn may_copy(
+        &self,
+        chain: &[u64],
+        nodes: &[Arc<Node>],
+        cands: &[usize],
+        held: &[u32; MAX_NODES],
+    ) -> bool {
+        if rendezvous::anchor(chain, self.opts.anchor_blocks).is_none() {
+            return false;
+        }
+        let holders = cands
+            .iter()
+            .filter(|&&i| held.get(i).is_some_and(|&m| m > 0))
+            .count();
+        let queued_at_a_holder = cands.iter().any(|&i| {
+            held.get(i).is_some_and(|&m| m > 0) && nodes[i].load.ai.pending_prefill_tokens() > 0
+        });
+        if holders == 0 || holders >= cands.len() || !queued_at_a_holder {
+            return false;
+        }
+        let live = self.new_prompts.live(&self.index);
+        holders < cands.len().div_ceil(live)
     }
 
     /// Among the `positions` (into `cands`) whose load is under
@@ -641,6 +691,70 @@ mod tests {
         let home = picks[0];
         let _held = hold(&ns, home, 2);
         assert_eq!(pick(&p, &ns, &session(99)), 1 - home);
+    }
+
+    /// The only prompt in use spreads as its holder queues more prefill
+    /// than the prompt saves, though nobody waits in an engine queue and
+    /// the loads are far within the balance thresholds (on
+    /// bench/peers.sh's hot prompt a fast node got no request); one of 8
+    /// prompts in use keeps its home, since a copy would evict the other
+    /// prompts' conversations from another cache.
+    #[test]
+    fn a_hot_prompt_spreads_as_its_holder_queues_prefill_one_of_many_stays() {
+        let sys = |k: usize| format!("system {k} {}", "x".repeat(BLOCK_BYTES * 20));
+        let session = |k: usize, s: usize| {
+            let mut r = req(&format!("{} user {s}: question", sys(k)));
+            r.stream = true;
+            r
+        };
+        for prompts in [1, 8] {
+            let ns = nodes(4);
+            let p = PrefixAware::new(&BalanceOptions::default());
+            for k in 0..prompts {
+                pick(&p, &ns, &session(k, 0));
+            }
+            let home = pick(&p, &ns, &session(0, 1));
+            // 400 prompt tokens queued at the home: more than the 320 its
+            // 20 blocks of the prompt save.
+            let mut queued = session(0, 99);
+            queued.prompt_tokens = 400;
+            let _queued = ns[home].begin_request_for(&queued);
+            let next = pick(&p, &ns, &session(0, 2));
+            assert_eq!(next == home, prompts == 8, "{prompts} prompt(s) in use");
+        }
+    }
+
+    /// Two holders of the same match: the one with less prefill queued
+    /// right now takes the session, whichever rendezvous order prefers
+    /// (moving among holders copies nothing into another cache).
+    #[test]
+    fn equal_matches_go_to_the_least_prefill_queued_now() {
+        let ns = nodes(3);
+        let p = PrefixAware::new(&BalanceOptions::default());
+        let sys = format!("system {}", "x".repeat(BLOCK_BYTES * 20));
+        let session = |s: usize| {
+            let mut r = req(&format!("{sys} user {s}: question"));
+            r.stream = true;
+            r
+        };
+        for i in [0, 1] {
+            p.index().record(&session(0).prefix, i);
+        }
+        for (busy, other) in [(0, 1), (1, 0)] {
+            // The same load on both: a stream in prefill on one, a
+            // request that does not stream on the other.
+            let _queued = ns[busy].begin_request_for(&session(9));
+            let mut plain = session(9);
+            plain.stream = false;
+            let _decoding = ns[other].begin_request_for(&plain);
+            for s in 1..4 {
+                assert_eq!(
+                    pick(&p, &ns, &session(s)),
+                    other,
+                    "{busy} has prefill queued"
+                );
+            }
+        }
     }
 
     #[test]

@@ -32,6 +32,25 @@
 //! saved_i`. Otherwise its match is dropped and the policy treats it as a
 //! node without the prefix (it can still win on load, as any node can).
 //!
+//! **Prefill queued** ([`yield_to_backlog`]): the prompt tokens this
+//! gateway sent a node that still wait for prefill (streamed requests
+//! without a first token, less what the policy expected cached:
+//! `fleet::ai`'s `pending_prefill_tokens`). A new request shares the
+//! engine's steps with that work (chunked prefill) before its first
+//! token, and nobody waits in the engine's queue meanwhile, so the scrape
+//! shows nothing. A match is dropped when the node's backlog beyond the
+//! least-backlogged candidate's is more than the match saves (both in
+//! prompt tokens). The caller decides when this may apply, since it
+//! copies the prefix into another cache: `prefix_aware` does it while a
+//! prompt has fewer holders than its share of the traffic (on
+//! bench/peers.sh's hot-prompt workload the busiest holder served 406
+//! requests at 203 ms mean TTFT and a fast node none; applied to every
+//! prompt, it cost the 8-prompt workload 4 points of hit rate:
+//! docs/aware-balancing.md, "Prefill queued at a hot prompt's holders").
+//! Among nodes that keep the same (longest) match, the one with the least
+//! prefill queued goes first ([`least_backlogged`]): moving among them
+//! copies nothing.
+//!
 //! Node speed is not a term of its own. A slower node's delay is already
 //! larger (its own time per token sets `D`), and making it also prefill
 //! what it lacks at its speed (the rule until 2026-12-04) moved
@@ -205,6 +224,62 @@ pub fn yield_to_queueing(nodes: &[Arc<Node>], cands: &[usize], now: u64, matched
     }
 }
 
+/// Drop the prefix match (`matched`, indexed by node) of every candidate
+/// whose prefill queued right now
+/// ([`AiLoad::pending_prefill_tokens`]), beyond the least-backlogged
+/// candidate's, is more than its match saves: a new request waits behind
+/// that work (chunked prefill shares each engine step) before its first
+/// token, wherever it goes, and elsewhere it prefills the matched tokens
+/// itself. Both sides are prompt tokens at the same prefill cost, so they
+/// are compared as tokens. The caller decides when a match may be dropped
+/// for this (module docs): it copies the prefix into another cache.
+pub fn yield_to_backlog(nodes: &[Arc<Node>], cands: &[usize], matched: &mut [u32]) {
+    let backlog = |i: usize| {
+        nodes
+            .get(i)
+            .map_or(0, |n| n.load.ai.pending_prefill_tokens())
+    };
+    let Some(least) = cands.iter().map(|&i| backlog(i)).min() else {
+        return;
+    };
+    for &i in cands {
+        if let Some(m) = matched.get_mut(i) {
+            let extra = backlog(i) - least;
+            if *m > 0 && extra > u64::from(*m) * TOKENS_PER_BLOCK as u64 {
+                tracing::trace!(
+                    node = i,
+                    matched_blocks = *m,
+                    extra,
+                    "cache affinity yields to prefill queued"
+                );
+                *m = 0;
+            }
+        }
+    }
+}
+
+/// Of `positions` (into `cands`), those whose node has the least prefill
+/// queued right now ([`AiLoad::pending_prefill_tokens`]); all of them
+/// when they are equal (for example none queued).
+///
+/// [`AiLoad::pending_prefill_tokens`]: crate::fleet::AiLoad::pending_prefill_tokens
+pub fn least_backlogged(nodes: &[Arc<Node>], cands: &[usize], positions: Vec<usize>) -> Vec<usize> {
+    if positions.len() <= 1 {
+        return positions;
+    }
+    let backlog = |k: usize| {
+        cands
+            .get(k)
+            .and_then(|&i| nodes.get(i))
+            .map_or(u64::MAX, |n| n.load.ai.pending_prefill_tokens())
+    };
+    let least = positions.iter().map(|&k| backlog(k)).min().unwrap_or(0);
+    positions
+        .into_iter()
+        .filter(|&k| backlog(k) == least)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +430,44 @@ mod tests {
             [125, 0, 0],
             "stays on node 0, not behind node 1's queue"
         );
+    }
+
+    /// Prefill queued at a node beyond the least-backlogged candidate's
+    /// drops its match when it is more than the match saves, in tokens.
+    #[test]
+    fn prefill_queued_beyond_what_a_match_saves_drops_it() {
+        let ns = nodes(3);
+        let stream = |prompt_tokens| {
+            let mut c = crate::balance::testing::chat_class();
+            c.stream = true;
+            c.prompt_tokens = prompt_tokens;
+            c
+        };
+        let mut queued = ns[0].begin_request_for(&stream(1000));
+        queued.expect_cached(25); // 400 of the 1000 cached: 600 queued.
+        let _small = ns[1].begin_request_for(&stream(100));
+        // Node 0 has 600 tokens queued more than node 2: a 31-block match
+        // (496 tokens) is not worth them, a 38-block one (608) is. Node
+        // 1's 100 are less than its 31 blocks save.
+        let mut matched = [31u32, 31, 0];
+        yield_to_backlog(&ns, &[0, 1, 2], &mut matched);
+        assert_eq!(matched, [0, 31, 0]);
+        let mut matched = [38u32, 0, 0];
+        yield_to_backlog(&ns, &[0, 1, 2], &mut matched);
+        assert_eq!(matched, [38, 0, 0]);
+        // Against node 1 alone (100 queued) node 0 is 500 over: 31 blocks
+        // still yield, 32 (512 tokens) do not.
+        let mut matched = [31u32, 0, 0];
+        yield_to_backlog(&ns, &[0, 1], &mut matched);
+        assert_eq!(matched, [0, 0, 0]);
+        let mut matched = [32u32, 0, 0];
+        yield_to_backlog(&ns, &[0, 1], &mut matched);
+        assert_eq!(matched, [32, 0, 0]);
+        // A first token ends the wait.
+        queued.on_data_frame(std::time::Instant::now());
+        let mut matched = [1u32, 0, 0];
+        yield_to_backlog(&ns, &[0, 1, 2], &mut matched);
+        assert_eq!(matched, [1, 0, 0]);
     }
 
     #[test]

@@ -175,6 +175,10 @@ impl Ewma {
 pub struct AiLoad {
     prompt_tokens: AtomicU64,
     output_tokens: AtomicU64,
+    /// Prompt tokens of streamed requests in flight that the node was not
+    /// expected to hold cached and that have no first token yet: prefill
+    /// work queued ahead of a new request ([`Self::pending_prefill_tokens`]).
+    pending_prefill: AtomicU64,
     ttft: PeakEwma,
     tpot: PeakEwma,
     /// Plain average of the same samples over [`SPEED_TAU`]: the node's
@@ -200,6 +204,16 @@ impl AiLoad {
     /// Expected output tokens (declared limits) of the requests in flight.
     pub fn output_tokens_in_flight(&self) -> u64 {
         self.output_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Prompt tokens this gateway sent the node that still wait for
+    /// prefill: of each streamed request in flight without a first token,
+    /// the tokens the policy did not expect cached. A new request shares
+    /// the engine's steps with that work (chunked prefill) before its own
+    /// first token. Requests that do not stream are not counted: their
+    /// first token is not seen.
+    pub fn pending_prefill_tokens(&self) -> u64 {
+        self.pending_prefill.load(Ordering::Relaxed)
     }
 
     /// Record a time-to-first-token sample: from sending the request to
@@ -280,6 +294,9 @@ pub(super) struct Attempt {
     /// ([`InFlight::expect_cached`]).
     cached_tokens: u64,
     output_tokens: u64,
+    /// Of the prompt tokens, those counted in
+    /// [`AiLoad::pending_prefill_tokens`] until the first frame.
+    pending_prefill: u64,
     /// Whether data frames give latency samples (streamed responses).
     timed: bool,
     started: Option<Instant>,
@@ -288,7 +305,7 @@ pub(super) struct Attempt {
 
 impl Attempt {
     /// Undo what the attempt added (called once, from `InFlight::drop`).
-    pub(super) fn end(&self, load: &NodeLoad) {
+    pub(super) fn end(&mut self, load: &NodeLoad) {
         if self.prompt_tokens > 0 {
             load.ai
                 .prompt_tokens
@@ -298,6 +315,18 @@ impl Attempt {
             load.ai
                 .output_tokens
                 .fetch_sub(self.output_tokens, Ordering::Relaxed);
+        }
+        self.prefilled(load);
+    }
+
+    /// The prefill is over (first frame, or the attempt ended): stop
+    /// counting its tokens as pending. Idempotent.
+    fn prefilled(&mut self, load: &NodeLoad) {
+        if self.pending_prefill > 0 {
+            load.ai
+                .pending_prefill
+                .fetch_sub(self.pending_prefill, Ordering::Relaxed);
+            self.pending_prefill = 0;
         }
     }
 }
@@ -325,10 +354,18 @@ impl Node {
             .ai
             .output_tokens
             .fetch_add(output, Ordering::Relaxed);
+        let pending_prefill = if class.stream { prompt } else { 0 };
+        if pending_prefill > 0 {
+            self.load
+                .ai
+                .pending_prefill
+                .fetch_add(pending_prefill, Ordering::Relaxed);
+        }
         guard.attempt = Attempt {
             prompt_tokens: prompt,
             cached_tokens: 0,
             output_tokens: output,
+            pending_prefill,
             timed: class.stream,
             started: Some(Instant::now()),
             last_frame: None,
@@ -352,6 +389,18 @@ impl InFlight {
     pub fn expect_cached(&mut self, blocks: u32) {
         let tokens = u64::from(blocks) * TOKENS_PER_BLOCK as u64;
         self.attempt.cached_tokens = tokens.min(self.attempt.prompt_tokens);
+        // Only the rest waits for prefill (lowered at most once to it, and
+        // not at all after the first frame).
+        let rest = self.attempt.prompt_tokens - self.attempt.cached_tokens;
+        let pending = &mut self.attempt.pending_prefill;
+        let less = pending.saturating_sub(rest);
+        if less > 0 {
+            *pending -= less;
+            self.load
+                .ai
+                .pending_prefill
+                .fetch_sub(less, Ordering::Relaxed);
+        }
     }
 
     /// Call for every data frame of the node's response body, as it is
@@ -365,6 +414,7 @@ impl InFlight {
         }
         match self.attempt.last_frame {
             None => {
+                self.attempt.prefilled(&self.load);
                 if let Some(started) = self.attempt.started {
                     let ttft = now.duration_since(started);
                     self.load.ai.observe_ttft(ttft);
@@ -416,6 +466,29 @@ mod tests {
         assert_eq!(n.load.ai.prompt_tokens_in_flight(), 0);
         assert_eq!(n.load.ai.output_tokens_in_flight(), 0);
         assert_eq!(n.outstanding(), 0);
+    }
+
+    #[test]
+    fn prefill_is_pending_from_the_send_to_the_first_frame_of_a_stream() {
+        let n = Node::new("a", Authority::from_static("127.0.0.1:1"), 1);
+        let mut streamed = n.begin_request_for(&class(1000, Some(100), true));
+        let plain = n.begin_request_for(&class(700, None, false));
+        assert_eq!(n.load.ai.pending_prefill_tokens(), 1000, "only streams");
+        streamed.expect_cached(10);
+        assert_eq!(n.load.ai.pending_prefill_tokens(), 840);
+        streamed.expect_cached(10);
+        assert_eq!(n.load.ai.pending_prefill_tokens(), 840, "lowered once");
+        streamed.on_data_frame(Instant::now());
+        assert_eq!(n.load.ai.pending_prefill_tokens(), 0);
+        streamed.on_data_frame(Instant::now());
+        drop(streamed);
+        assert_eq!(n.load.ai.pending_prefill_tokens(), 0);
+        // A stream that ends (or fails) before its first frame.
+        let cut = n.begin_request_for(&class(300, None, true));
+        assert_eq!(n.load.ai.pending_prefill_tokens(), 300);
+        drop(cut);
+        drop(plain);
+        assert_eq!(n.load.ai.pending_prefill_tokens(), 0);
     }
 
     #[test]
