@@ -17,9 +17,12 @@
 //!    holds more requests for the same traffic, which already counts.
 //! 3. A node is *overloaded* when `L - L_min > balance_abs_threshold` and
 //!    `L > balance_rel_threshold × L_min`. Overloaded nodes lose their
-//!    cache affinity; so does a node whose scraped queue or KV use, or
-//!    its recent first tokens, say a new request would wait there longer
-//!    than its cached prefix saves (see [`tradeoff`](super::tradeoff)).
+//!    cache affinity; so does a node whose scraped queue or KV use says a
+//!    new request would wait there longer than its cached prefix saves,
+//!    and, while the prompt has fewer holders than its share of the
+//!    traffic ([`PrefixAware::may_copy`]), one with more prefill queued
+//!    by this gateway than its prefix saves (see
+//!    [`tradeoff`](super::tradeoff)).
 //! 4. Among the others, the node with the longest matching prefix wins;
 //!    equal matches go to the least prefill queued at the moment, then
 //!    the lower load.
