@@ -308,13 +308,13 @@ impl PrefixAware {
         if rendezvous::anchor(chain, self.opts.anchor_blocks).is_none() {
             return false;
         }
-        let holders = cands
-            .iter()
-            .filter(|&&i| held.get(i).is_some_and(|&m| m > 0))
-            .count();
-        let queued_at_a_holder = cands.iter().any(|&i| {
-            held.get(i).is_some_and(|&m| m > 0) && nodes[i].load.ai.pending_prefill_tokens() > 0
-        });
+        let (mut holders, mut queued_at_a_holder) = (0, false);
+        for &i in cands {
+            if held.get(i).is_some_and(|&m| m > 0) {
+                holders += 1;
+                queued_at_a_holder |= nodes[i].load.ai.pending_prefill_tokens() > 0;
+            }
+        }
         if holders == 0 || holders >= cands.len() || !queued_at_a_holder {
             return false;
         }

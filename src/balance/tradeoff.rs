@@ -263,7 +263,11 @@ pub fn yield_to_backlog(nodes: &[Arc<Node>], cands: &[usize], matched: &mut [u32
 /// when they are equal (for example none queued).
 ///
 /// [`AiLoad::pending_prefill_tokens`]: crate::fleet::AiLoad::pending_prefill_tokens
-pub fn least_backlogged(nodes: &[Arc<Node>], cands: &[usize], positions: Vec<usize>) -> Vec<usize> {
+pub fn least_backlogged(
+    nodes: &[Arc<Node>],
+    cands: &[usize],
+    mut positions: Vec<usize>,
+) -> Vec<usize> {
     if positions.len() <= 1 {
         return positions;
     }
@@ -274,10 +278,9 @@ pub fn least_backlogged(nodes: &[Arc<Node>], cands: &[usize], positions: Vec<usi
             .map_or(u64::MAX, |n| n.load.ai.pending_prefill_tokens())
     };
     let least = positions.iter().map(|&k| backlog(k)).min().unwrap_or(0);
+    // In place: this runs on every pick with a match.
+    positions.retain(|&k| backlog(k) == least);
     positions
-        .into_iter()
-        .filter(|&k| backlog(k) == least)
-        .collect()
 }
 
 #[cfg(test)]
