@@ -27,6 +27,7 @@ mod power_of_two;
 mod precise;
 mod prefix_aware;
 pub mod prefix_index;
+mod prompt_shares;
 pub mod rendezvous;
 mod round_robin;
 mod sample;

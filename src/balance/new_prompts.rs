@@ -41,16 +41,6 @@ impl NewPrompts {
         index.holders(hash) == 0
     }
 
-    /// How many of the recently new prompts some node still holds, at
-    /// least 1: the shared prompts the traffic is spread over lately, as
-    /// far as this route knows.
-    pub fn live(&self, index: &PrefixIndex) -> usize {
-        self.recent
-            .lock()
-            .map_or(1, |r| r.iter().filter(|&&k| index.holders(k) != 0).count())
-            .max(1)
-    }
-
     /// The node for the new prompt `key` among `near` (node index, its
     /// load and its weight, in the order ties are to be taken): the fewest
     /// recent new prompts held per unit of weight, then the lowest load.
@@ -99,23 +89,6 @@ impl NewPrompts {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn live_counts_the_recent_prompts_still_held() {
-        let index = PrefixIndex::new(1 << 16);
-        let spread = NewPrompts::default();
-        assert_eq!(spread.live(&index), 1, "at least one");
-        let near = [(0, 0.0, 1), (1, 0.0, 1)];
-        for key in [7u64, 8, 9] {
-            let i = spread.place(key, &index, &near).unwrap();
-            index.record(&[key], i);
-        }
-        assert_eq!(spread.live(&index), 3);
-        // A prompt placed but never recorded (its request went nowhere)
-        // is not in use.
-        spread.place(10, &index, &near);
-        assert_eq!(spread.live(&index), 3);
-    }
 
     #[test]
     fn new_prompts_spread_by_count_then_load() {

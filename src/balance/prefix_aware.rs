@@ -20,9 +20,15 @@
 //!    cache affinity; so does a node whose scraped queue or KV use says a
 //!    new request would wait there longer than its cached prefix saves,
 //!    and, while the prompt has fewer holders than its share of the
-//!    traffic ([`PrefixAware::may_copy`]), one with more prefill queued
-//!    by this gateway than its prefix saves (see
+//!    requests ([`may_copy`]; a prompt's share is its part of the
+//!    route's recent requests, [`PromptShares`]), one with more prefill
+//!    queued by this gateway than its prefix saves (see
 //!    [`tradeoff`](super::tradeoff)).
+//!    A session's first request of a prompt held by fewer nodes than its
+//!    share allows (two holders or more) also counts as matching on the
+//!    least-loaded nodes that do not hold it, up to that share
+//!    ([`prompt_shares::widen`]): a hot prompt's sessions start all over
+//!    the pool, each of 8 prompts keeps one home.
 //! 4. Among the others, the node with the longest matching prefix wins;
 //!    equal matches go to the least prefill queued at the moment, then
 //!    the lower load.
@@ -62,6 +68,7 @@ use super::anchor_table::AnchorTable;
 use super::lora;
 use super::new_prompts::NewPrompts;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::prompt_shares::{self, PromptShares};
 use super::rendezvous;
 use super::signals::{candidates_with, load};
 use super::tradeoff::{least_backlogged, yield_to_backlog, yield_to_queueing};
@@ -91,6 +98,8 @@ pub struct PrefixAware {
     anchors: AnchorTable,
     /// Where prompts seen for the first time went ([`NewPrompts`]).
     new_prompts: NewPrompts,
+    /// Each shared prompt's share of the requests ([`PromptShares`]).
+    shares: PromptShares,
 }
 
 impl PrefixAware {
@@ -113,6 +122,7 @@ impl PrefixAware {
                 .then_some((opts.anchor_blocks, opts.anchor_load_factor)),
             anchors: AnchorTable::default(),
             new_prompts: NewPrompts::default(),
+            shares: PromptShares::default(),
         }
     }
 
@@ -163,6 +173,8 @@ impl PrefixAware {
     ) -> Option<(usize, u32)> {
         let now = now_ns();
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
+        let anchor = rendezvous::anchor(chain, self.opts.anchor_blocks);
+        let share = anchor.and_then(|key| self.shares.note(key));
         // On a large pool: a random sample plus the nodes holding the prefix.
         let holders = || {
             let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
@@ -232,9 +244,11 @@ impl PrefixAware {
             yield_to_queueing(nodes, &cands, now, &mut matched);
             // ... and to prefill queued at the holders, while the prompt
             // may be copied to another node.
-            if self.may_copy(chain, nodes, &cands, &held) {
+            if may_copy(share, nodes, &cands, &held) {
                 yield_to_backlog(nodes, &cands, &mut matched);
             }
+            // A hot prompt's sessions start on as many nodes as its share.
+            prompt_shares::widen(share, &cands, &loads, &held, &mut matched);
         }
         let best_match = cands
             .iter()
@@ -285,41 +299,6 @@ impl PrefixAware {
             lora::note(&nodes[choice], ctx.request, now);
         }
         Some((choice, held.get(choice).copied().unwrap_or(0)))
-    }
-
-    /// Whether the prompt of `chain` may be copied to one more node
-    /// because its holders have prefill queued: while fewer of the
-    /// candidates hold it (`held`, by node) than its share of the
-    /// candidates, one for every [`NewPrompts::live`] shared prompt in use
-    /// lately, rounded up. A hot prompt that most sessions share then
-    /// spreads over the pool as its holders fill, where each of 8 prompts
-    /// keeps one home: copying a prompt into a cache that holds others
-    /// evicts their conversations (moving sessions to any node with less
-    /// prefill queued cost bench/peers.sh's 8-prompt workload 4 points of
-    /// hit rate). Only the prefill of the moment is weighed this way; real
-    /// queueing moves a session off its home at any time.
-    fn may_copy(
-        &self,
-        chain: &[u64],
-        nodes: &[Arc<Node>],
-        cands: &[usize],
-        held: &[u32; MAX_NODES],
-    ) -> bool {
-        if rendezvous::anchor(chain, self.opts.anchor_blocks).is_none() {
-            return false;
-        }
-        let (mut holders, mut queued_at_a_holder) = (0, false);
-        for &i in cands {
-            if held.get(i).is_some_and(|&m| m > 0) {
-                holders += 1;
-                queued_at_a_holder |= nodes[i].load.ai.pending_prefill_tokens() > 0;
-            }
-        }
-        if holders == 0 || holders >= cands.len() || !queued_at_a_holder {
-            return false;
-        }
-        let live = self.new_prompts.live(&self.index);
-        holders < cands.len().div_ceil(live)
     }
 
     /// Among the `positions` (into `cands`) whose load is under
@@ -377,6 +356,36 @@ impl PrefixAware {
     }
 }
 
+/// Whether the prompt with this `share` of the requests (`None`: no
+/// anchor, or not known yet) may be copied to one more node because its
+/// holders have prefill queued: while fewer of the candidates hold it (`held`, by node) than its share of the
+/// recent requests allows ([`prompt_shares::holders_allowed`]). A hot
+/// prompt that most sessions share then spreads over the pool as its
+/// holders fill, where each of 8 prompts keeps one home: copying a
+/// prompt into a cache that holds others evicts their conversations
+/// (moving sessions to any node with less prefill queued cost
+/// bench/peers.sh's 8-prompt workload 4 points of hit rate). Only the
+/// prefill of the moment is weighed this way; real queueing moves a
+/// session off its home at any time.
+fn may_copy(
+    share: Option<f64>,
+    nodes: &[Arc<Node>],
+    cands: &[usize],
+    held: &[u32; MAX_NODES],
+) -> bool {
+    let (mut holders, mut queued_at_a_holder) = (0, false);
+    for &i in cands {
+        if held.get(i).is_some_and(|&m| m > 0) {
+            holders += 1;
+            queued_at_a_holder |= nodes[i].load.ai.pending_prefill_tokens() > 0;
+        }
+    }
+    if holders == 0 || holders >= cands.len() || !queued_at_a_holder {
+        return false;
+    }
+    holders < prompt_shares::holders_allowed(share, cands.len())
+}
+
 /// The nodes one pick chooses among: `positions` index into `cands` and
 /// `loads`; `best` is the least loaded of them (found from a rotating
 /// start, so ties are taken in turn).
@@ -410,6 +419,7 @@ const NEAR_LEAST_LOADED: (f64, f64) = (1.25, 1.0);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::prompt_shares::MIN_REQUESTS;
     use crate::classify::prefix::BLOCK_BYTES;
     use crate::classify::RequestClass;
     use crate::fleet::InFlight;
@@ -710,11 +720,19 @@ mod tests {
             r.stream = true;
             r
         };
-        for prompts in [1, 8] {
+        // (prompts in use, whether one-off prompts come between the
+        // sessions): the hot prompt spreads also with one-off prompts
+        // beside it (a third of the requests), one of 8 stays.
+        for (prompts, one_offs) in [(1, false), (1, true), (8, false)] {
             let ns = nodes(4);
             let p = PrefixAware::new(&BalanceOptions::default());
-            for k in 0..prompts {
-                pick(&p, &ns, &session(k, 0));
+            for s in 0..3 * MIN_REQUESTS as usize {
+                let r = if one_offs && s % 3 == 0 {
+                    session(1_000 + s, 0)
+                } else {
+                    session(s % prompts, s)
+                };
+                pick(&p, &ns, &r);
             }
             let home = pick(&p, &ns, &session(0, 1));
             // 400 prompt tokens queued at the home: more than the 320 its
@@ -723,7 +741,11 @@ mod tests {
             queued.prompt_tokens = 400;
             let _queued = ns[home].begin_request_for(&queued);
             let next = pick(&p, &ns, &session(0, 2));
-            assert_eq!(next == home, prompts == 8, "{prompts} prompt(s) in use");
+            assert_eq!(
+                next == home,
+                prompts == 8,
+                "{prompts} prompt(s) in use, one-offs {one_offs}"
+            );
         }
     }
 
