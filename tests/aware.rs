@@ -380,3 +380,117 @@ async fn second_turn(addr: std::net::SocketAddr, system: &str, s: usize) -> Stri
     assert_eq!(reply.status, 200);
     reply.node()
 }
+
+/// A hot prompt (one system prompt shared by every session) is held by
+/// two nodes, each busy with one request; the other two are idle. A new
+/// session of it starts on an idle node, copying the shared prompt there
+/// (`prompt_shares::widen`: its share of the requests allows all four
+/// nodes). With 8 prompts in use, the same prompt's new session stays
+/// with its holders: copying one of many prompts evicts the others'
+/// conversations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_prompts_new_sessions_start_on_idle_nodes_one_of_eight_stays() {
+    for prompts in [1, 8] {
+        let nodes = start_nodes(4, &small_fast()).await;
+        // A request here weighs about 1.1 (1 + its ~500 tokens / 4096):
+        // 3 more than the least loaded node overload a node (to make the
+        // second holder below), 2 or 1 more are within the bound.
+        let gw = start_gateway(&config_text(
+            &unweighted(&nodes),
+            "prefix_aware",
+            "[routes.balance]\nbalance_abs_threshold = 2.5\n",
+        ))
+        .await;
+        let systems = session_systems(prompts);
+        let system = |s: usize| systems[s % prompts].as_str();
+        let by_name = |name: &str| nodes.iter().position(|n| n.name() == name).unwrap();
+        // Sessions of prompt 0 are 0, 8, 16, ...: the shares count 40
+        // requests (8 prompts: 5 of prompt 0).
+        let mut homes = Vec::new();
+        for s in 0..40 {
+            let reply = post(
+                gw.addr,
+                "/v1/chat/completions",
+                conversation(system(s), &first_turn(s), None),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            homes.push(by_name(&reply.node()));
+        }
+        let home = homes[0];
+        assert!(
+            (0..40).step_by(8).all(|s| homes[s] == home),
+            "{prompts} prompt(s): sessions of one prompt start on its node while all are idle: {homes:?}"
+        );
+        let table = gw.gateway.table();
+        let outstanding = |i: usize| table.pools[0].nodes[i].outstanding();
+        // Later turns of `sessions` (homed on node `i`) held in flight there:
+        // the node answers them a minute late, and new requests at once.
+        let hold = |i: usize, sessions: &[usize]| {
+            nodes[i].set_faults(Faults {
+                added_latency_ms: 60_000,
+                ..Faults::default()
+            });
+            let held: Vec<_> = sessions
+                .iter()
+                .map(|&s| {
+                    let (addr, body) = (gw.addr, later_turn(system(s), s));
+                    tokio::spawn(async move { post(addr, "/v1/chat/completions", body).await })
+                })
+                .collect();
+            (i, held)
+        };
+        // Three later turns held at the home overload it: a new session
+        // of prompt 0 then starts elsewhere, a second holder.
+        let (_, held) = hold(home, &[0, 8, 16]);
+        assert!(eventually(Duration::from_secs(5), || outstanding(home) == 3).await);
+        nodes[home].set_faults(Faults::default());
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            conversation(system(40), &first_turn(40), None),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let second = by_name(&reply.node());
+        assert_ne!(
+            second, home,
+            "{prompts} prompt(s): the overloaded home lost its match"
+        );
+        held.iter().for_each(|h| h.abort());
+        assert!(eventually(Duration::from_secs(10), || outstanding(home) == 0).await);
+        // One later turn held at each holder: both are one request busier
+        // than the two idle nodes, within the overload bound.
+        let mut held = Vec::new();
+        for (i, s) in [(home, 0), (second, 40)] {
+            held.extend(hold(i, &[s]).1);
+            assert!(eventually(Duration::from_secs(5), || outstanding(i) == 1).await);
+            nodes[i].set_faults(Faults::default());
+        }
+        let reply = post(
+            gw.addr,
+            "/v1/chat/completions",
+            conversation(system(48), &first_turn(48), None),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let started = by_name(&reply.node());
+        assert_eq!(
+            started != home && started != second,
+            prompts == 1,
+            "{prompts} prompt(s): holders {home} and {second} (1 request each), new session on {started}"
+        );
+        held.iter().for_each(|h| h.abort());
+        gw.stop().await;
+        for n in nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// Session `s`'s second turn (its first turn and answer before it).
+fn later_turn(system: &str, s: usize) -> String {
+    let mut turns = first_turn(s);
+    turns.push(format!("second question of session {s}"));
+    conversation(system, &turns, None)
+}

@@ -41,7 +41,8 @@ pub struct PromptShares {
 
 #[derive(Debug)]
 struct Inner {
-    counts: HashMap<u64, f64>,
+    /// Keys are anchors, already hashes.
+    counts: HashMap<u64, f64, crate::idhash::BuildIdHasher>,
     /// The sum of every request's weight (also of prompts dropped).
     total: f64,
     /// The weight of the next request.
@@ -56,7 +57,7 @@ impl Default for PromptShares {
     fn default() -> Self {
         PromptShares {
             inner: Mutex::new(Inner {
-                counts: HashMap::new(),
+                counts: HashMap::default(),
                 total: 0.0,
                 weight: 1.0,
                 growth: 2f64.powf(HALF_LIFE.recip()),
