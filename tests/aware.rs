@@ -369,14 +369,7 @@ async fn open_sessions(addr: std::net::SocketAddr, systems: &[String]) -> Vec<St
 
 /// Send session `s`'s second turn; the node it landed on.
 async fn second_turn(addr: std::net::SocketAddr, system: &str, s: usize) -> String {
-    let mut turns = first_turn(s);
-    turns.push(format!("second question of session {s}"));
-    let reply = post(
-        addr,
-        "/v1/chat/completions",
-        conversation(system, &turns, None),
-    )
-    .await;
+    let reply = post(addr, "/v1/chat/completions", later_turn(system, s)).await;
     assert_eq!(reply.status, 200);
     reply.node()
 }
@@ -408,14 +401,7 @@ async fn a_hot_prompts_new_sessions_start_on_idle_nodes_one_of_eight_stays() {
         // requests (8 prompts: 5 of prompt 0).
         let mut homes = Vec::new();
         for s in 0..40 {
-            let reply = post(
-                gw.addr,
-                "/v1/chat/completions",
-                conversation(system(s), &first_turn(s), None),
-            )
-            .await;
-            assert_eq!(reply.status, 200, "{}", reply.text());
-            homes.push(by_name(&reply.node()));
+            homes.push(by_name(&start_session(gw.addr, system(s), s).await));
         }
         let home = homes[0];
         assert!(
@@ -438,21 +424,14 @@ async fn a_hot_prompts_new_sessions_start_on_idle_nodes_one_of_eight_stays() {
                     tokio::spawn(async move { post(addr, "/v1/chat/completions", body).await })
                 })
                 .collect();
-            (i, held)
+            held
         };
         // Three later turns held at the home overload it: a new session
         // of prompt 0 then starts elsewhere, a second holder.
-        let (_, held) = hold(home, &[0, 8, 16]);
+        let held = hold(home, &[0, 8, 16]);
         assert!(eventually(Duration::from_secs(5), || outstanding(home) == 3).await);
         nodes[home].set_faults(Faults::default());
-        let reply = post(
-            gw.addr,
-            "/v1/chat/completions",
-            conversation(system(40), &first_turn(40), None),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        let second = by_name(&reply.node());
+        let second = by_name(&start_session(gw.addr, system(40), 40).await);
         assert_ne!(
             second, home,
             "{prompts} prompt(s): the overloaded home lost its match"
@@ -463,18 +442,11 @@ async fn a_hot_prompts_new_sessions_start_on_idle_nodes_one_of_eight_stays() {
         // than the two idle nodes, within the overload bound.
         let mut held = Vec::new();
         for (i, s) in [(home, 0), (second, 40)] {
-            held.extend(hold(i, &[s]).1);
+            held.extend(hold(i, &[s]));
             assert!(eventually(Duration::from_secs(5), || outstanding(i) == 1).await);
             nodes[i].set_faults(Faults::default());
         }
-        let reply = post(
-            gw.addr,
-            "/v1/chat/completions",
-            conversation(system(48), &first_turn(48), None),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        let started = by_name(&reply.node());
+        let started = by_name(&start_session(gw.addr, system(48), 48).await);
         assert_eq!(
             started != home && started != second,
             prompts == 1,
@@ -486,6 +458,14 @@ async fn a_hot_prompts_new_sessions_start_on_idle_nodes_one_of_eight_stays() {
             n.shutdown().await;
         }
     }
+}
+
+/// Send session `s`'s first turn; the node that served it.
+async fn start_session(addr: std::net::SocketAddr, system: &str, s: usize) -> String {
+    let body = conversation(system, &first_turn(s), None);
+    let reply = post(addr, "/v1/chat/completions", body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.node()
 }
 
 /// Session `s`'s second turn (its first turn and answer before it).
