@@ -358,8 +358,9 @@ impl PrefixAware {
 
 /// Whether the prompt with this `share` of the requests (`None`: no
 /// anchor, or not known yet) may be copied to one more node because its
-/// holders have prefill queued: while fewer of the candidates hold it (`held`, by node) than its share of the
-/// recent requests allows ([`prompt_shares::holders_allowed`]). A hot
+/// holders have prefill queued: while fewer of the candidates hold it
+/// (`held`, by node) than its share of the recent requests allows
+/// ([`prompt_shares::holders_allowed`]). A hot
 /// prompt that most sessions share then spreads over the pool as its
 /// holders fill, where each of 8 prompts keeps one home: copying a
 /// prompt into a cache that holds others evicts their conversations

@@ -122,7 +122,9 @@ pub fn holders_allowed(share: Option<f64>, nodes: usize) -> usize {
 /// match being held alike by two or more candidates: that is the shared
 /// prompt, where a later turn's longest match is its own history, on one
 /// node. With a single holder the two look alike, and nothing is widened
-/// (the first copy comes from the prefill-queued rule).
+/// (the first copy comes from the prefill-queued rule). A conversation
+/// that already moved once is held by two nodes as well: its next turn
+/// may then go to a less loaded third node and prefill its history there.
 pub fn widen(
     share: Option<f64>,
     cands: &[usize],
