@@ -25,10 +25,11 @@
 //!    queued by this gateway than its prefix saves (see
 //!    [`tradeoff`](super::tradeoff)).
 //!    A session's first request of a prompt held by fewer nodes than its
-//!    share allows (two holders or more) also counts as matching on the
-//!    least-loaded nodes that do not hold it, up to that share
-//!    ([`prompt_shares::widen`]): a hot prompt's sessions start all over
-//!    the pool, each of 8 prompts keeps one home.
+//!    share allows (the index saw other chains leave the prompt where
+//!    this one does, [`PrefixIndex::leaves_a_shared_prefix`]) also counts
+//!    as matching on the least-loaded nodes that do not hold it, up to
+//!    that share ([`prompt_shares::widen`]): a hot prompt's sessions
+//!    start all over the pool, each of 8 prompts keeps one home.
 //! 4. Among the others, the node with the longest matching prefix wins;
 //!    equal matches go to the least prefill queued at the moment, then
 //!    the lower load.
@@ -248,7 +249,9 @@ impl PrefixAware {
                 yield_to_backlog(nodes, &cands, &mut matched);
             }
             // A hot prompt's sessions start on as many nodes as its share.
-            prompt_shares::widen(share, &cands, &loads, &held, &mut matched);
+            prompt_shares::widen(share, &cands, &loads, &held, &mut matched, || {
+                self.index.leaves_a_shared_prefix(chain)
+            });
         }
         let best_match = cands
             .iter()

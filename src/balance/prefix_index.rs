@@ -40,6 +40,12 @@ pub const MAX_NODES: usize = 64;
 struct Entry {
     nodes: u64,
     used: u32,
+    /// How many different next blocks were recorded after this one
+    /// (saturating; it fills the entry's padding, so costs no memory).
+    /// A block evicted and recorded again inside a chain counts its
+    /// parent one more branch than it has; rare, and it only lets a
+    /// hot prompt's later turn count as a session's start.
+    branches: u32,
 }
 
 type Shard = HashMap<u64, Entry, crate::idhash::BuildIdHasher>;
@@ -213,6 +219,8 @@ impl PrefixIndex {
         let mut order = Scratch::<u32>::new(chain.len());
         let bounds = Self::group(chain, order.as_mut());
         let order = order.as_mut();
+        // Where the chain first goes where no recorded chain went.
+        let mut first_new = chain.len();
         for s in 0..SHARDS {
             let (a, b) = (bounds[s] as usize, bounds[s + 1] as usize);
             if a == b {
@@ -220,9 +228,15 @@ impl PrefixIndex {
             }
             let mut shard = self.lock(s);
             for &k in &order[a..b] {
-                let e = shard.entry(chain[k as usize]).or_insert(Entry {
-                    nodes: 0,
-                    used: now,
+                let e = shard.entry(chain[k as usize]).or_insert_with(|| {
+                    first_new = first_new.min(k as usize);
+                    // New blocks are the chain's tail: each but the last
+                    // goes on one way, to the next new block.
+                    Entry {
+                        nodes: 0,
+                        used: now,
+                        branches: u32::from((k as usize) + 1 < chain.len()),
+                    }
                 });
                 e.nodes |= bit;
                 e.used = now;
@@ -231,6 +245,41 @@ impl PrefixIndex {
                 evict_oldest_quarter(&mut shard);
             }
         }
+        // The block before the first new one now goes on one more way.
+        let parent = (first_new < chain.len())
+            .then(|| first_new.checked_sub(1))
+            .flatten()
+            .and_then(|k| chain.get(k));
+        if let Some(&parent) = parent {
+            if let Some(e) = self.lock(shard_of(parent)).get_mut(&parent) {
+                e.branches = e.branches.saturating_add(1);
+            }
+        }
+    }
+
+    /// Whether the longest leading part of `chain` that any node was sent
+    /// ends where recorded chains already went two or more different
+    /// ways: a new conversation on a shared prompt (each session's first
+    /// message departs from the system prompt's end), not the next turn
+    /// of one (which continues where its own last request ended, a point
+    /// no other chain left). A binary search, as in
+    /// [`Self::likely_holders`]: O(log blocks) shard lookups.
+    pub fn leaves_a_shared_prefix(&self, chain: &[u64]) -> bool {
+        let (mut found, mut hi) = (0usize, chain.len());
+        while found < hi {
+            let mid = found + (hi - found).div_ceil(2);
+            if self.holders(chain[mid - 1]) != 0 {
+                found = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let Some(&deepest) = found.checked_sub(1).and_then(|k| chain.get(k)) else {
+            return false;
+        };
+        self.lock(shard_of(deepest))
+            .get(&deepest)
+            .is_some_and(|e| e.branches >= 2)
     }
 
     /// A copy for a new node list: `new_position[i]` is where the node at
@@ -259,13 +308,7 @@ impl PrefixIndex {
                     }
                 }
                 if nodes != 0 {
-                    new.insert(
-                        hash,
-                        Entry {
-                            nodes,
-                            used: entry.used,
-                        },
-                    );
+                    new.insert(hash, Entry { nodes, ..*entry });
                 }
             }
             *copy.lock(s) = new;
@@ -336,6 +379,42 @@ mod tests {
 
     fn chain(text: &str) -> Vec<u64> {
         block_hashes(seed_for_model("m"), text.as_bytes(), 256)
+    }
+
+    #[test]
+    fn a_new_conversation_leaves_a_shared_prefix_a_next_turn_does_not() {
+        let index = PrefixIndex::new(1 << 16);
+        let sys = "s".repeat(BLOCK_BYTES * 8);
+        let first = |u: usize| format!("{sys}user {u}: {}", "q".repeat(BLOCK_BYTES * 2));
+        let second = |u: usize| {
+            format!(
+                "{}assistant: a\nuser: more {}",
+                first(u),
+                "r".repeat(BLOCK_BYTES)
+            )
+        };
+        index.record(&chain(&first(1)), 0);
+        // One conversation so far: the prompt's end was left one way only.
+        assert!(!index.leaves_a_shared_prefix(&chain(&first(2))));
+        index.record(&chain(&first(2)), 1);
+        // Two sessions went different ways after the system prompt.
+        assert!(index.leaves_a_shared_prefix(&chain(&first(3))));
+        // A later turn continues where its own first turn ended.
+        assert!(!index.leaves_a_shared_prefix(&chain(&second(1))));
+        index.record(&chain(&second(1)), 0);
+        // ... also the turn after it, and recording a chain again (on
+        // another node) adds no branch.
+        for node in [2, 3, 0] {
+            index.record(&chain(&second(1)), node);
+        }
+        let third = format!(
+            "{}assistant: b\nuser: again {}",
+            second(1),
+            "t".repeat(BLOCK_BYTES)
+        );
+        assert!(!index.leaves_a_shared_prefix(&chain(&third)));
+        // Nothing seen: no shared prefix.
+        assert!(!index.leaves_a_shared_prefix(&chain(&"z".repeat(BLOCK_BYTES * 4))));
     }
 
     #[test]

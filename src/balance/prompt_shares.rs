@@ -110,46 +110,46 @@ pub fn holders_allowed(share: Option<f64>, nodes: usize) -> usize {
 /// For a session's first request of a prompt with this `share`: while
 /// fewer candidates (`cands`, node indices; `loads` by position) hold the
 /// prompt (`held`, blocks by node) than its share allows, the least-loaded
-/// candidates that do not hold it, up to the share and no more loaded than
-/// the least-loaded holder, count as matching as far as the holders
+/// candidates that do not hold it, up to the share and less loaded than
+/// every holder (no copy while the holders are as idle), count as
+/// matching as far as the holders
 /// (`matched`, by node, after the yields). The next steps then choose
 /// among them all by backlog, load and rendezvous order, so a hot prompt
 /// gets its share of homes as soon as sessions start, instead of only when
 /// every holder has more prefill queued than the prompt saves (which left
 /// a fast node without a request for a whole run).
 ///
-/// A session's first request is told from a later turn by its longest
-/// match being held alike by two or more candidates: that is the shared
-/// prompt, where a later turn's longest match is its own history, on one
-/// node. With a single holder the two look alike, and nothing is widened
-/// (the first copy comes from the prefill-queued rule). A conversation
-/// that already moved once is held by two nodes as well: its next turn
-/// may then go to a less loaded third node and prefill its history there.
+/// `session_start` says whether the request starts a conversation rather
+/// than continuing one ([`PrefixIndex::leaves_a_shared_prefix`]): moving a
+/// later turn would prefill its history again. It is asked only when
+/// the prompt may gain a holder.
+///
+/// [`PrefixIndex::leaves_a_shared_prefix`]: super::prefix_index::PrefixIndex::leaves_a_shared_prefix
 pub fn widen(
     share: Option<f64>,
     cands: &[usize],
     loads: &[f64],
     held: &[u32; MAX_NODES],
     matched: &mut [u32; MAX_NODES],
+    session_start: impl FnOnce() -> bool,
 ) {
     let at = |a: &[u32; MAX_NODES], i: usize| a.get(i).copied().unwrap_or(0);
     let best = cands.iter().map(|&i| at(matched, i)).max().unwrap_or(0);
-    let (mut holders, mut at_best) = (0, 0);
+    let mut holders = 0;
     let mut least_holder_load = f64::INFINITY;
     for (k, &i) in cands.iter().enumerate() {
         if at(held, i) > 0 {
             holders += 1;
             least_holder_load = least_holder_load.min(loads[k]);
         }
-        at_best += usize::from(best > 0 && at(matched, i) == best);
     }
     let allowed = holders_allowed(share, cands.len());
-    if at_best < 2 || holders >= allowed {
+    if best == 0 || holders >= allowed || !session_start() {
         return;
     }
     let mut others: Vec<usize> = (0..cands.len())
         .filter(|&k| cands[k] < MAX_NODES && at(held, cands[k]) == 0)
-        .filter(|&k| loads[k] <= least_holder_load)
+        .filter(|&k| loads[k] < least_holder_load)
         .collect();
     others.sort_by(|&a, &b| loads[a].total_cmp(&loads[b]));
     for &k in others.iter().take(allowed - holders) {
@@ -238,23 +238,15 @@ mod tests {
     }
 
     /// Node indices 0..4, the given loads, prompt held (20 blocks) where
-    /// `held` says; a session start matches 20 at every holder.
-    fn widened(
-        share: f64,
-        loads: [f64; 4],
-        holders: &[usize],
-        deeper: Option<usize>,
-    ) -> Vec<usize> {
+    /// `held` says; the nodes matching as far as the best after widening.
+    fn widened(share: f64, loads: [f64; 4], holders: &[usize], start: bool) -> Vec<usize> {
         let cands = [0, 1, 2, 3];
         let mut held = [0u32; MAX_NODES];
         for &i in holders {
             held[i] = 20;
         }
-        if let Some(i) = deeper {
-            held[i] = 35;
-        }
         let mut matched = held;
-        widen(Some(share), &cands, &loads, &held, &mut matched);
+        widen(Some(share), &cands, &loads, &held, &mut matched, || start);
         let best = *matched.iter().max().unwrap();
         (0..4).filter(|&i| matched[i] == best).collect()
     }
@@ -263,18 +255,18 @@ mod tests {
     fn a_hot_prompts_session_starts_widen_to_its_share() {
         let idle_two = [3.0, 2.0, 0.0, 0.5];
         // A hot prompt on two of four nodes: both others join.
-        assert_eq!(widened(1.0, idle_two, &[0, 1], None), vec![0, 1, 2, 3]);
+        assert_eq!(widened(1.0, idle_two, &[0, 1], true), vec![0, 1, 2, 3]);
+        // Also from a single holder (node 1 is less loaded than it).
+        assert_eq!(widened(1.0, idle_two, &[0], true), vec![0, 1, 2, 3]);
         // Half the requests: two homes are its share already.
-        assert_eq!(widened(0.5, idle_two, &[0, 1], None), vec![0, 1]);
+        assert_eq!(widened(0.5, idle_two, &[0, 1], true), vec![0, 1]);
         // Three quarters: one more home, the least loaded.
-        assert_eq!(widened(0.75, idle_two, &[0, 1], None), vec![0, 1, 2]);
-        // A later turn (its history is deeper on node 0) is not a start.
-        assert_eq!(widened(1.0, idle_two, &[0, 1], Some(0)), vec![0]);
-        // One holder: a start and a later turn look alike.
-        assert_eq!(widened(1.0, idle_two, &[0], None), vec![0]);
+        assert_eq!(widened(0.75, idle_two, &[0, 1], true), vec![0, 1, 2]);
+        // A later turn is not moved.
+        assert_eq!(widened(1.0, idle_two, &[0, 1], false), vec![0, 1]);
         // Nodes busier than the least-loaded holder do not join.
         assert_eq!(
-            widened(1.0, [1.0, 2.0, 0.5, 4.0], &[0, 1], None),
+            widened(1.0, [1.0, 2.0, 0.5, 4.0], &[0, 1], true),
             vec![0, 1, 2]
         );
     }
