@@ -8,6 +8,11 @@
 //! blocks when each of them has bit `i` set. Nodes are tracked by index in
 //! the pool (the first 64; later ones never match).
 //!
+//! Each block also counts the different next blocks recorded after it, so
+//! [`PrefixIndex::leaves_a_shared_prefix`] tells a new conversation on a
+//! shared system prompt (it leaves the prompt where others already went
+//! different ways) from the next turn of one.
+//!
 //! # Memory and eviction
 //!
 //! Each entry is 8 (key) + 16 (value, padded) bytes plus hashbrown's control
