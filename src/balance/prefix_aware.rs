@@ -69,7 +69,7 @@ use super::anchor_table::AnchorTable;
 use super::lora;
 use super::new_prompts::NewPrompts;
 use super::prefix_index::{PrefixIndex, MAX_NODES};
-use super::prompt_shares::{self, PromptShares};
+use super::prompt_shares::{self, Holders, PromptShares};
 use super::rendezvous;
 use super::signals::{candidates_with, load};
 use super::tradeoff::{least_backlogged, yield_to_backlog, yield_to_queueing};
@@ -174,8 +174,10 @@ impl PrefixAware {
     ) -> Option<(usize, u32)> {
         let now = now_ns();
         let chain = ctx.request.map_or(&[][..], |r| r.prefix.as_slice());
-        let anchor = rendezvous::anchor(chain, self.opts.anchor_blocks);
-        let share = anchor.and_then(|key| self.shares.note(key));
+        // Shares are only read past the rendezvous placement below.
+        let share = rendezvous::anchor(chain, self.opts.anchor_blocks)
+            .filter(|_| self.rendezvous.is_none())
+            .and_then(|key| self.shares.note(key));
         // On a large pool: a random sample plus the nodes holding the prefix.
         let holders = || {
             let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
@@ -245,13 +247,21 @@ impl PrefixAware {
             yield_to_queueing(nodes, &cands, now, &mut matched);
             // ... and to prefill queued at the holders, while the prompt
             // may be copied to another node.
-            if may_copy(share, nodes, &cands, &held) {
+            let holders = Holders::of(nodes, &cands, &loads, &held);
+            if may_copy(share, &holders, cands.len()) {
                 yield_to_backlog(nodes, &cands, &mut matched);
             }
             // A hot prompt's sessions start on as many nodes as its share.
-            prompt_shares::widen(share, &cands, &loads, &held, &mut matched, || {
-                self.index.leaves_a_shared_prefix(chain)
-            });
+            let session_start = || self.index.leaves_a_shared_prefix(chain);
+            prompt_shares::widen(
+                share,
+                &holders,
+                &cands,
+                &loads,
+                &held,
+                &mut matched,
+                session_start,
+            );
         }
         let best_match = cands
             .iter()
@@ -361,33 +371,21 @@ impl PrefixAware {
 
 /// Whether the prompt with this `share` of the requests (`None`: no
 /// anchor, or not known yet) may be copied to one more node because its
-/// holders have prefill queued: while fewer of the candidates hold it
-/// (`held`, by node) than its share of the recent requests allows
-/// ([`prompt_shares::holders_allowed`]). A hot
-/// prompt that most sessions share then spreads over the pool as its
-/// holders fill, where each of 8 prompts keeps one home: copying a
+/// holders have prefill queued: while fewer of the `cands` candidates
+/// hold it (`holders`) than its share of the recent requests allows
+/// ([`prompt_shares::holders_allowed`]). A hot prompt that most sessions
+/// share then spreads over the pool as its holders fill, where each of
+/// 8 prompts keeps one home: copying a
 /// prompt into a cache that holds others evicts their conversations
 /// (moving sessions to any node with less prefill queued cost
 /// bench/peers.sh's 8-prompt workload 4 points of hit rate). Only the
 /// prefill of the moment is weighed this way; real queueing moves a
 /// session off its home at any time.
-fn may_copy(
-    share: Option<f64>,
-    nodes: &[Arc<Node>],
-    cands: &[usize],
-    held: &[u32; MAX_NODES],
-) -> bool {
-    let (mut holders, mut queued_at_a_holder) = (0, false);
-    for &i in cands {
-        if held.get(i).is_some_and(|&m| m > 0) {
-            holders += 1;
-            queued_at_a_holder |= nodes[i].load.ai.pending_prefill_tokens() > 0;
-        }
-    }
-    if holders == 0 || holders >= cands.len() || !queued_at_a_holder {
-        return false;
-    }
-    holders < prompt_shares::holders_allowed(share, cands.len())
+fn may_copy(share: Option<f64>, holders: &Holders, cands: usize) -> bool {
+    // (At most `cands` are allowed, so this also leaves one not holding it.)
+    holders.count > 0
+        && holders.prefill_queued
+        && holders.count < prompt_shares::holders_allowed(share, cands)
 }
 
 /// The nodes one pick chooses among: `positions` index into `cands` and

@@ -180,7 +180,28 @@ impl PrefixIndex {
     /// The nodes that were sent the block `hash` (bit `i`: node `i`). For a
     /// chain's first block: every node that would match at least one block.
     pub fn holders(&self, hash: u64) -> u64 {
-        self.lock(shard_of(hash)).get(&hash).map_or(0, |e| e.nodes)
+        self.entry(hash).map_or(0, |e| e.nodes)
+    }
+
+    fn entry(&self, hash: u64) -> Option<Entry> {
+        self.lock(shard_of(hash)).get(&hash).copied()
+    }
+
+    /// The entry of the deepest block of `chain` that some node holds,
+    /// given the first block's (`first`, held): holders only thin out
+    /// along a chain, so a binary search, O(log blocks) shard lookups.
+    fn deepest_held(&self, chain: &[u64], first: Entry) -> Entry {
+        // Block `len - 1` has holders for `len = found`; find the longest
+        // such `len`.
+        let (mut found, mut hi, mut deepest) = (1usize, chain.len(), first);
+        while found < hi {
+            let mid = found + (hi - found).div_ceil(2);
+            match self.entry(chain[mid - 1]).filter(|e| e.nodes != 0) {
+                Some(e) => (found, deepest) = (mid, e),
+                None => hi = mid - 1,
+            }
+        }
+        deepest
     }
 
     /// A bounded set of nodes likely to match `chain` best (bit `i`: node
@@ -191,27 +212,16 @@ impl PrefixIndex {
     /// overloaded), each chosen from a random rotation. A binary search over
     /// the chain: O(log blocks) shard lookups.
     pub fn likely_holders(&self, chain: &[u64], deepest: u32, others: u32) -> u64 {
-        let first = match chain.first() {
-            Some(&h) => self.holders(h),
-            None => return 0,
-        };
-        if first == 0 {
+        let Some(first) = self.first_held(chain) else {
             return 0;
-        }
-        // Block `len - 1` has holders for `len = found`; find the longest
-        // such `len` (holders only thin out along a chain).
-        let (mut found, mut hi, mut best) = (1usize, chain.len(), first);
-        while found < hi {
-            let mid = found + (hi - found).div_ceil(2);
-            let h = self.holders(chain[mid - 1]);
-            if h != 0 {
-                (found, best) = (mid, h);
-            } else {
-                hi = mid - 1;
-            }
-        }
-        let best = some_of(best, deepest);
-        best | some_of(first & !best, others)
+        };
+        let best = some_of(self.deepest_held(chain, first).nodes, deepest);
+        best | some_of(first.nodes & !best, others)
+    }
+
+    /// The entry of `chain`'s first block, if some node holds it.
+    fn first_held(&self, chain: &[u64]) -> Option<Entry> {
+        self.entry(*chain.first()?).filter(|e| e.nodes != 0)
     }
 
     /// Remember that `node` was sent every block of `chain`.
@@ -267,24 +277,11 @@ impl PrefixIndex {
     /// ways: a new conversation on a shared prompt (each session's first
     /// message departs from the system prompt's end), not the next turn
     /// of one (which continues where its own last request ended, a point
-    /// no other chain left). A binary search, as in
-    /// [`Self::likely_holders`]: O(log blocks) shard lookups.
+    /// no other chain left). The same search as [`Self::likely_holders`]:
+    /// O(log blocks) shard lookups.
     pub fn leaves_a_shared_prefix(&self, chain: &[u64]) -> bool {
-        let (mut found, mut hi) = (0usize, chain.len());
-        while found < hi {
-            let mid = found + (hi - found).div_ceil(2);
-            if self.holders(chain[mid - 1]) != 0 {
-                found = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        let Some(&deepest) = found.checked_sub(1).and_then(|k| chain.get(k)) else {
-            return false;
-        };
-        self.lock(shard_of(deepest))
-            .get(&deepest)
-            .is_some_and(|e| e.branches >= 2)
+        self.first_held(chain)
+            .is_some_and(|first| self.deepest_held(chain, first).branches >= 2)
     }
 
     /// A copy for a new node list: `new_position[i]` is where the node at

@@ -18,9 +18,10 @@
 //! the first prompts of a run are not taken for the only ones in use.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::prefix_index::MAX_NODES;
+use crate::fleet::Node;
 
 /// Requests after which a request's weight in the shares has halved.
 pub const HALF_LIFE: f64 = 256.0;
@@ -107,9 +108,46 @@ pub fn holders_allowed(share: Option<f64>, nodes: usize) -> usize {
     ((nodes as f64 * share.unwrap_or(0.0)).round() as usize).clamp(1, nodes.max(1))
 }
 
+/// The candidates that hold a prompt, counted once per pick for
+/// [`widen`] and the prefill-queued rule (`prefix_aware`'s `may_copy`).
+#[derive(Debug, Clone, Copy)]
+pub struct Holders {
+    /// Candidates holding at least one block of the prompt.
+    pub count: usize,
+    /// The least load among them (infinite when none).
+    pub least_load: f64,
+    /// Whether one of them has prefill queued by this gateway.
+    pub prefill_queued: bool,
+}
+
+impl Holders {
+    /// Of `cands` (node indices; `loads` by position), those `held` (blocks
+    /// by node) says hold the prompt.
+    pub fn of(
+        nodes: &[Arc<Node>],
+        cands: &[usize],
+        loads: &[f64],
+        held: &[u32; MAX_NODES],
+    ) -> Self {
+        let mut h = Holders {
+            count: 0,
+            least_load: f64::INFINITY,
+            prefill_queued: false,
+        };
+        for (k, &i) in cands.iter().enumerate() {
+            if held.get(i).is_some_and(|&m| m > 0) {
+                h.count += 1;
+                h.least_load = h.least_load.min(loads[k]);
+                h.prefill_queued |= nodes[i].load.ai.pending_prefill_tokens() > 0;
+            }
+        }
+        h
+    }
+}
+
 /// For a session's first request of a prompt with this `share`: while
 /// fewer candidates (`cands`, node indices; `loads` by position) hold the
-/// prompt (`held`, blocks by node) than its share allows, the least-loaded
+/// prompt (`holders`, from `held`: blocks by node) than its share allows, the least-loaded
 /// candidates that do not hold it, up to the share and less loaded than
 /// every holder (no copy while the holders are as idle), count as
 /// matching as far as the holders
@@ -127,6 +165,7 @@ pub fn holders_allowed(share: Option<f64>, nodes: usize) -> usize {
 /// [`PrefixIndex::leaves_a_shared_prefix`]: super::prefix_index::PrefixIndex::leaves_a_shared_prefix
 pub fn widen(
     share: Option<f64>,
+    holders: &Holders,
     cands: &[usize],
     loads: &[f64],
     held: &[u32; MAX_NODES],
@@ -135,24 +174,16 @@ pub fn widen(
 ) {
     let at = |a: &[u32; MAX_NODES], i: usize| a.get(i).copied().unwrap_or(0);
     let best = cands.iter().map(|&i| at(matched, i)).max().unwrap_or(0);
-    let mut holders = 0;
-    let mut least_holder_load = f64::INFINITY;
-    for (k, &i) in cands.iter().enumerate() {
-        if at(held, i) > 0 {
-            holders += 1;
-            least_holder_load = least_holder_load.min(loads[k]);
-        }
-    }
     let allowed = holders_allowed(share, cands.len());
-    if best == 0 || holders >= allowed || !session_start() {
+    if best == 0 || holders.count >= allowed || !session_start() {
         return;
     }
     let mut others: Vec<usize> = (0..cands.len())
         .filter(|&k| cands[k] < MAX_NODES && at(held, cands[k]) == 0)
-        .filter(|&k| loads[k] < least_holder_load)
+        .filter(|&k| loads[k] < holders.least_load)
         .collect();
     others.sort_by(|&a, &b| loads[a].total_cmp(&loads[b]));
-    for &k in others.iter().take(allowed - holders) {
+    for &k in others.iter().take(allowed - holders.count) {
         matched[cands[k]] = best;
     }
 }
@@ -246,7 +277,16 @@ mod tests {
             held[i] = 20;
         }
         let mut matched = held;
-        widen(Some(share), &cands, &loads, &held, &mut matched, || start);
+        let holders = Holders::of(&crate::balance::testing::nodes(4), &cands, &loads, &held);
+        widen(
+            Some(share),
+            &holders,
+            &cands,
+            &loads,
+            &held,
+            &mut matched,
+            || start,
+        );
         let best = *matched.iter().max().unwrap();
         (0..4).filter(|&i| matched[i] == best).collect()
     }
