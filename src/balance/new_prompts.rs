@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::prefix_index::{BlockKey, PrefixIndex, MAX_NODES};
 
 /// New anchors remembered (the newest ones).
 pub const RECENT: usize = 16;
@@ -32,13 +32,13 @@ pub const RECENT: usize = 16;
 /// The recently new prompts of one route.
 #[derive(Debug, Default)]
 pub struct NewPrompts {
-    recent: Mutex<VecDeque<u64>>,
+    recent: Mutex<VecDeque<BlockKey>>,
 }
 
 impl NewPrompts {
-    /// Whether no node was sent the block `hash` yet (per the index).
-    pub fn is_new(index: &PrefixIndex, hash: u64) -> bool {
-        index.holders(hash) == 0
+    /// Whether no node was sent the block `key` yet (per the index).
+    pub fn is_new(index: &PrefixIndex, key: BlockKey) -> bool {
+        index.holders(key) == 0
     }
 
     /// The node for the new prompt `key` among `near` (node index, its
@@ -47,7 +47,7 @@ impl NewPrompts {
     /// Remembers `key` as placed. `None` for an empty `near`.
     pub fn place(
         &self,
-        key: u64,
+        key: BlockKey,
         index: &PrefixIndex,
         near: &[(usize, f64, u32)],
     ) -> Option<usize> {
@@ -90,6 +90,11 @@ impl NewPrompts {
 mod tests {
     use super::*;
 
+    /// The key of a one-block prompt.
+    fn one(hash: u64) -> BlockKey {
+        BlockKey::at(&[hash], 0).unwrap()
+    }
+
     #[test]
     fn new_prompts_spread_by_count_then_load() {
         let index = PrefixIndex::new(1 << 16);
@@ -99,16 +104,16 @@ mod tests {
         let mut per = [0; 4];
         for p in 0..8u64 {
             let key = 1000 + p;
-            assert!(NewPrompts::is_new(&index, key));
-            let i = spread.place(key, &index, &near).unwrap();
+            assert!(NewPrompts::is_new(&index, one(key)));
+            let i = spread.place(one(key), &index, &near).unwrap();
             index.record(&[key], i);
-            assert!(!NewPrompts::is_new(&index, key));
+            assert!(!NewPrompts::is_new(&index, one(key)));
             per[i] += 1;
         }
         assert_eq!(per, [2, 2, 2, 2]);
         // Equal counts: the lower load wins, not the first in order.
         let loaded = [(0, 3.0, 1), (1, 2.0, 1), (2, 0.5, 1), (3, 1.0, 1)];
-        assert_eq!(spread.place(2000, &index, &loaded), Some(2));
+        assert_eq!(spread.place(one(2000), &index, &loaded), Some(2));
     }
 
     #[test]
@@ -118,7 +123,7 @@ mod tests {
         let near = [(0, 0.0, 1), (1, 0.0, 2)];
         let mut per = [0; 2];
         for key in 0..6u64 {
-            let i = spread.place(key, &index, &near).unwrap();
+            let i = spread.place(one(key), &index, &near).unwrap();
             index.record(&[key], i);
             per[i] += 1;
         }
@@ -131,20 +136,23 @@ mod tests {
         let index = PrefixIndex::new(32);
         let spread = NewPrompts::default();
         let both = [(0, 0.0, 1), (1, 0.0, 1)];
-        let first = spread.place(1, &index, &both).unwrap();
+        let first = spread.place(one(1), &index, &both).unwrap();
         index.record(&[1], first);
         // Node `first` holds one prompt: the next goes to the other.
-        let second = spread.place(2, &index, &both).unwrap();
+        let second = spread.place(one(2), &index, &both).unwrap();
         assert_ne!(first, second);
         // Without recording the second, the first alone counts.
-        assert_ne!(spread.place(3, &index, &both), Some(first));
+        assert_ne!(spread.place(one(3), &index, &both), Some(first));
         // Flood the index until prompt 1 is gone: it no longer counts.
         for k in 100..10_000u64 {
             index.record(&[k.wrapping_mul(0x9e37_79b9_7f4a_7c15)], 1 - first);
         }
-        assert!(NewPrompts::is_new(&index, 1));
+        assert!(NewPrompts::is_new(&index, one(1)));
         let near_first_loaded = [(first, 0.0, 1), (1 - first, 0.1, 1)];
-        assert_eq!(spread.place(4, &index, &near_first_loaded), Some(first));
+        assert_eq!(
+            spread.place(one(4), &index, &near_first_loaded),
+            Some(first)
+        );
     }
 
     #[test]
@@ -153,7 +161,7 @@ mod tests {
         let spread = NewPrompts::default();
         for k in 0..(RECENT as u64 * 3) {
             let i = spread
-                .place(k, &index, &[(0, 0.0, 1), (1, 0.0, 1)])
+                .place(one(k), &index, &[(0, 0.0, 1), (1, 0.0, 1)])
                 .unwrap();
             index.record(&[k], i);
         }

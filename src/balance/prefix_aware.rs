@@ -54,21 +54,22 @@
 //! The chosen node is recorded for every block of the prompt, so the next
 //! turn of a conversation (same prefix plus more) follows it. Requests
 //! without a prefix (not classified, or shorter than one block) go to the
-//! least-loaded candidate. Cost per pick: O(nodes + prompt blocks) with at
-//! most 2 × 32 short shard locks, no global lock. On pools of more than 128
+//! least-loaded candidate. Cost per pick: O(nodes + prompt blocks) with
+//! two short shard locks per 16 blocks of the prompt, no global lock. On pools of more than 128
 //! nodes the candidates of step 1 are the eligible nodes holding the
 //! longest part of the prompt (and a few with a shorter part) plus 16
 //! random eligible nodes
 //! ([`candidates_with`](super::signals::candidates_with)), so the cost no
 //! longer grows with the pool and `L_min` is the sample's.
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::anchor_table::AnchorTable;
 use super::lora;
 use super::new_prompts::NewPrompts;
-use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::prefix_index::{BlockKey, PrefixIndex, MAX_NODES};
 use super::prompt_shares::{self, Holders, PromptShares};
 use super::rendezvous;
 use super::signals::{candidates_with, load};
@@ -178,10 +179,13 @@ impl PrefixAware {
         let share = rendezvous::anchor(chain, self.opts.anchor_blocks)
             .filter(|_| self.rendezvous.is_none())
             .and_then(|key| self.shares.note(key));
+        // What the index holds of the prompt, searched for at most once.
+        let known = OnceCell::new();
+        let known = || *known.get_or_init(|| self.index.held_prefix(chain));
         // On a large pool: a random sample plus the nodes holding the prefix.
         let holders = || {
             let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
-            self.index.likely_holders(chain, deepest, others)
+            known().map_or(0, |k| k.likely_holders(deepest, others))
         };
         let mut cands = candidates_with(nodes, eligible, now, holders);
         // LoRA: nodes holding the request's adapter first (see `lora`).
@@ -252,7 +256,7 @@ impl PrefixAware {
                 yield_to_backlog(nodes, &cands, &mut matched);
             }
             // A hot prompt's sessions start on as many nodes as its share.
-            let session_start = || self.index.leaves_a_shared_prefix(chain);
+            let session_start = || known().is_some_and(|k| k.leaves_a_shared_prefix());
             prompt_shares::widen(
                 share,
                 &holders,
@@ -348,13 +352,14 @@ impl PrefixAware {
     /// known prompt whose holders lost their match (overloaded, or
     /// queueing longer than it saves): those go to the least load.
     fn first_home(&self, chain: &[u64], nodes: &[Arc<Node>], r: &Ranked<'_>) -> Option<usize> {
-        let key = rendezvous::anchor(chain, self.opts.anchor_blocks)?;
+        let depth = rendezvous::anchor_depth(chain, self.opts.anchor_blocks)?;
+        let key = BlockKey::at(chain, depth - 1)?;
         // New only when no node was sent even its first block: a prompt
         // that shares a shorter prefix than the anchor with one whose
         // holders lost their match (overloaded, queueing) is not new, and
         // goes to the least load (tests/saturation.rs: by count, such
         // requests went to a KV-saturated home with few requests).
-        if !NewPrompts::is_new(&self.index, chain[0]) {
+        if !NewPrompts::is_new(&self.index, BlockKey::at(chain, 0)?) {
             return None;
         }
         let bound = r.bound(NEW_PROMPT_SLACK);
@@ -549,10 +554,11 @@ mod tests {
         let home = pick(&p, &ns, &first);
         let other = 1 - home;
         // The other node holds two new prompts, home one.
-        for key in [7u64, 8] {
+        for k in [7u64, 8] {
+            let key = BlockKey::at(&[k], 0).unwrap();
             let placed = p.new_prompts.place(key, p.index(), &[(other, 0.0, 1)]);
             assert_eq!(placed, Some(other));
-            p.index().record(&[key], other);
+            p.index().record(&[k], other);
         }
         // Home is overloaded by the thresholds (one request against none)
         // but within the new-prompt slack.

@@ -23,11 +23,14 @@
 //!
 //! # Locking
 //!
-//! The map is split into [`SHARDS`] `Mutex`-protected shards by hash bits.
-//! A lookup or a record groups the chain's hashes by shard and takes each
-//! shard's lock once, doing only a few hash probes under it: at most
-//! `SHARDS` short critical sections per request, never one lock over the
-//! whole chain, and workers on different threads rarely meet on a shard.
+//! The map is split into [`SHARDS`] `Mutex`-protected shards. A chain is
+//! stored in runs of [`RUN`] consecutive blocks, each run in the shard of
+//! its first block's hash, so a lookup or a record takes one short lock
+//! per run (a 60-block prompt: 4 locks, where one shard per block took
+//! about 27 of the 32), never one lock over the whole chain; different
+//! prompts' runs spread over the shards, so workers on different threads
+//! rarely meet on one, and eviction stays even. A block is therefore
+//! found by its [`BlockKey`]: its hash and its run's first hash.
 //! A `Mutex` rather than an `RwLock` because every pick both reads and
 //! writes the same entries (lookup, then record of the chosen node), and an
 //! uncontended `Mutex` is the cheaper of the two for sections this short.
@@ -63,32 +66,56 @@ pub struct PrefixIndex {
     clock: AtomicU32,
 }
 
-/// Chains up to this many blocks are worked on in stack buffers.
-const STACK_BLOCKS: usize = 256;
+/// Consecutive blocks of a chain stored in one shard (a power of two).
+pub const RUN: usize = 16;
 
-/// A zeroed buffer for one value per block of a chain: on the stack for
-/// chains up to [`STACK_BLOCKS`] (the default `classify.max_prefix_blocks`),
-/// else on the heap. Picks run once per request; the allocations were a
-/// tenth of a long prompt's pick.
-enum Scratch<T: Copy + Default> {
-    Stack([T; STACK_BLOCKS], usize),
-    Heap(Vec<T>),
+/// Where one block of a chain is found: its hash, and the hash of the
+/// first block of its run, which picks the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    run: u64,
+    hash: u64,
 }
 
-impl<T: Copy + Default> Scratch<T> {
-    fn new(len: usize) -> Self {
-        if len <= STACK_BLOCKS {
-            Scratch::Stack([T::default(); STACK_BLOCKS], len)
-        } else {
-            Scratch::Heap(vec![T::default(); len])
-        }
+impl BlockKey {
+    /// Block `k` of `chain`, if the chain is that long.
+    pub fn at(chain: &[u64], k: usize) -> Option<BlockKey> {
+        Some(BlockKey {
+            run: *chain.get(k & !(RUN - 1))?,
+            hash: *chain.get(k)?,
+        })
+    }
+}
+
+/// What the index holds of a chain's leading part: the entries of its
+/// first block and of the deepest block some node holds (the longest
+/// match). One search answers both questions a pick asks of it.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldPrefix {
+    first: Entry,
+    deepest: Entry,
+}
+
+impl HeldPrefix {
+    /// A bounded set of nodes likely to match the chain best (bit `i`:
+    /// node `i`), for policies that look at a sample of a large pool: up
+    /// to `deepest` of the nodes holding the deepest block any node
+    /// holds (the longest match), and up to `others` more of those
+    /// holding its first block (a shorter match, for when the best are
+    /// overloaded), each chosen from a random rotation.
+    pub fn likely_holders(&self, deepest: u32, others: u32) -> u64 {
+        let best = some_of(self.deepest.nodes, deepest);
+        best | some_of(self.first.nodes & !best, others)
     }
 
-    fn as_mut(&mut self) -> &mut [T] {
-        match self {
-            Scratch::Stack(a, len) => &mut a[..*len],
-            Scratch::Heap(v) => v,
-        }
+    /// Whether the longest leading part of the chain that any node was
+    /// sent ends where recorded chains already went two or more
+    /// different ways: a new conversation on a shared prompt (each
+    /// session's first message departs from the system prompt's end),
+    /// not the next turn of one (which continues where its own last
+    /// request ended, a point no other chain left).
+    pub fn leaves_a_shared_prefix(&self) -> bool {
+        self.deepest.branches >= 2
     }
 }
 
@@ -110,27 +137,6 @@ impl PrefixIndex {
         }
     }
 
-    /// Group the chain's positions by shard into `order` (as long as the
-    /// chain): positions shard by shard, `bounds[s]..bounds[s+1]` are shard
-    /// `s`'s.
-    fn group(chain: &[u64], order: &mut [u32]) -> [u32; SHARDS + 1] {
-        let mut counts = [0u32; SHARDS + 1];
-        for &h in chain {
-            counts[shard_of(h) + 1] += 1;
-        }
-        for s in 0..SHARDS {
-            counts[s + 1] += counts[s];
-        }
-        let bounds = counts;
-        let mut next = counts;
-        for (k, &h) in chain.iter().enumerate() {
-            let s = shard_of(h);
-            order[next[s] as usize] = k as u32;
-            next[s] += 1;
-        }
-        bounds
-    }
-
     fn lock(&self, s: usize) -> std::sync::MutexGuard<'_, Shard> {
         self.shards[s].lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -142,32 +148,21 @@ impl PrefixIndex {
         if chain.is_empty() || mask == 0 {
             return;
         }
-        let mut order = Scratch::<u32>::new(chain.len());
-        let bounds = Self::group(chain, order.as_mut());
-        let mut bits = Scratch::<u64>::new(chain.len());
-        let (order, bits) = (order.as_mut(), bits.as_mut());
-        for s in 0..SHARDS {
-            let (a, b) = (bounds[s] as usize, bounds[s + 1] as usize);
-            if a == b {
-                continue;
-            }
-            let shard = self.lock(s);
-            for &k in &order[a..b] {
-                bits[k as usize] = shard.get(&chain[k as usize]).map_or(0, |e| e.nodes);
-            }
-        }
         let mut alive = mask;
-        for (k, &b) in bits.iter().enumerate() {
-            let next = alive & b;
-            let mut gone = alive & !next;
-            while gone != 0 {
-                let i = gone.trailing_zeros() as usize;
-                out[i] = k as u32;
-                gone &= gone - 1;
-            }
-            alive = next;
-            if alive == 0 {
-                return;
+        for (r, run) in chain.chunks(RUN).enumerate() {
+            let shard = self.lock(shard_of(run[0]));
+            for (j, hash) in run.iter().enumerate() {
+                let next = alive & shard.get(hash).map_or(0, |e| e.nodes);
+                let mut gone = alive & !next;
+                while gone != 0 {
+                    let i = gone.trailing_zeros() as usize;
+                    out[i] = (r * RUN + j) as u32;
+                    gone &= gone - 1;
+                }
+                alive = next;
+                if alive == 0 {
+                    return;
+                }
             }
         }
         while alive != 0 {
@@ -177,14 +172,14 @@ impl PrefixIndex {
         }
     }
 
-    /// The nodes that were sent the block `hash` (bit `i`: node `i`). For a
+    /// The nodes that were sent the block `key` (bit `i`: node `i`). For a
     /// chain's first block: every node that would match at least one block.
-    pub fn holders(&self, hash: u64) -> u64 {
-        self.entry(hash).map_or(0, |e| e.nodes)
+    pub fn holders(&self, key: BlockKey) -> u64 {
+        self.entry(key).map_or(0, |e| e.nodes)
     }
 
-    fn entry(&self, hash: u64) -> Option<Entry> {
-        self.lock(shard_of(hash)).get(&hash).copied()
+    fn entry(&self, key: BlockKey) -> Option<Entry> {
+        self.lock(shard_of(key.run)).get(&key.hash).copied()
     }
 
     /// The entry of the deepest block of `chain` that some node holds,
@@ -196,7 +191,10 @@ impl PrefixIndex {
         let (mut found, mut hi, mut deepest) = (1usize, chain.len(), first);
         while found < hi {
             let mid = found + (hi - found).div_ceil(2);
-            match self.entry(chain[mid - 1]).filter(|e| e.nodes != 0) {
+            match BlockKey::at(chain, mid - 1)
+                .and_then(|key| self.entry(key))
+                .filter(|e| e.nodes != 0)
+            {
                 Some(e) => (found, deepest) = (mid, e),
                 None => hi = mid - 1,
             }
@@ -204,24 +202,26 @@ impl PrefixIndex {
         deepest
     }
 
-    /// A bounded set of nodes likely to match `chain` best (bit `i`: node
-    /// `i`), for policies that look at a sample of a large pool: up to
-    /// `deepest` of the nodes holding the deepest block of `chain` that any
-    /// node holds (the longest match), and up to `others` more of those
-    /// holding its first block (a shorter match, for when the best are
-    /// overloaded), each chosen from a random rotation. A binary search over
+    /// What the index holds of `chain`'s leading part ([`HeldPrefix`]),
+    /// `None` when no node was sent its first block. A binary search over
     /// the chain: O(log blocks) shard lookups.
+    pub fn held_prefix(&self, chain: &[u64]) -> Option<HeldPrefix> {
+        let first = self.first_held(chain)?;
+        Some(HeldPrefix {
+            first,
+            deepest: self.deepest_held(chain, first),
+        })
+    }
+
+    /// [`HeldPrefix::likely_holders`] of `chain` (0 when nothing is held).
     pub fn likely_holders(&self, chain: &[u64], deepest: u32, others: u32) -> u64 {
-        let Some(first) = self.first_held(chain) else {
-            return 0;
-        };
-        let best = some_of(self.deepest_held(chain, first).nodes, deepest);
-        best | some_of(first.nodes & !best, others)
+        self.held_prefix(chain)
+            .map_or(0, |h| h.likely_holders(deepest, others))
     }
 
     /// The entry of `chain`'s first block, if some node holds it.
     fn first_held(&self, chain: &[u64]) -> Option<Entry> {
-        self.entry(*chain.first()?).filter(|e| e.nodes != 0)
+        self.entry(BlockKey::at(chain, 0)?).filter(|e| e.nodes != 0)
     }
 
     /// Remember that `node` was sent every block of `chain`.
@@ -231,26 +231,20 @@ impl PrefixIndex {
         }
         let bit = 1u64 << node;
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        let mut order = Scratch::<u32>::new(chain.len());
-        let bounds = Self::group(chain, order.as_mut());
-        let order = order.as_mut();
         // Where the chain first goes where no recorded chain went.
         let mut first_new = chain.len();
-        for s in 0..SHARDS {
-            let (a, b) = (bounds[s] as usize, bounds[s + 1] as usize);
-            if a == b {
-                continue;
-            }
-            let mut shard = self.lock(s);
-            for &k in &order[a..b] {
-                let e = shard.entry(chain[k as usize]).or_insert_with(|| {
-                    first_new = first_new.min(k as usize);
+        for (r, run) in chain.chunks(RUN).enumerate() {
+            let mut shard = self.lock(shard_of(run[0]));
+            for (j, &hash) in run.iter().enumerate() {
+                let k = r * RUN + j;
+                let e = shard.entry(hash).or_insert_with(|| {
+                    first_new = first_new.min(k);
                     // New blocks are the chain's tail: each but the last
                     // goes on one way, to the next new block.
                     Entry {
                         nodes: 0,
                         used: now,
-                        branches: u32::from((k as usize) + 1 < chain.len()),
+                        branches: u32::from(k + 1 < chain.len()),
                     }
                 });
                 e.nodes |= bit;
@@ -264,24 +258,19 @@ impl PrefixIndex {
         let parent = (first_new < chain.len())
             .then(|| first_new.checked_sub(1))
             .flatten()
-            .and_then(|k| chain.get(k));
-        if let Some(&parent) = parent {
-            if let Some(e) = self.lock(shard_of(parent)).get_mut(&parent) {
+            .and_then(|k| BlockKey::at(chain, k));
+        if let Some(parent) = parent {
+            if let Some(e) = self.lock(shard_of(parent.run)).get_mut(&parent.hash) {
                 e.branches = e.branches.saturating_add(1);
             }
         }
     }
 
-    /// Whether the longest leading part of `chain` that any node was sent
-    /// ends where recorded chains already went two or more different
-    /// ways: a new conversation on a shared prompt (each session's first
-    /// message departs from the system prompt's end), not the next turn
-    /// of one (which continues where its own last request ended, a point
-    /// no other chain left). The same search as [`Self::likely_holders`]:
-    /// O(log blocks) shard lookups.
+    /// [`HeldPrefix::leaves_a_shared_prefix`] of `chain` (false when
+    /// nothing is held).
     pub fn leaves_a_shared_prefix(&self, chain: &[u64]) -> bool {
-        self.first_held(chain)
-            .is_some_and(|first| self.deepest_held(chain, first).branches >= 2)
+        self.held_prefix(chain)
+            .is_some_and(|h| h.leaves_a_shared_prefix())
     }
 
     /// A copy for a new node list: `new_position[i]` is where the node at
@@ -417,6 +406,26 @@ mod tests {
         assert!(!index.leaves_a_shared_prefix(&chain(&third)));
         // Nothing seen: no shared prefix.
         assert!(!index.leaves_a_shared_prefix(&chain(&"z".repeat(BLOCK_BYTES * 4))));
+    }
+
+    #[test]
+    fn a_chain_takes_one_shard_per_run_of_blocks() {
+        // A pick locks one shard per run it reads or records: a 64-block
+        // chain spread over the shards block by block took about 28 locks.
+        let idx = PrefixIndex::new(1 << 16);
+        let c = chain(&"x".repeat(BLOCK_BYTES * 64));
+        assert_eq!(c.len(), 64);
+        idx.record(&c, 3);
+        let shards = (0..SHARDS).filter(|&s| !idx.lock(s).is_empty()).count();
+        assert!(shards <= 64 / RUN, "{shards} shards");
+        // Every block is found by its key, in its run's shard.
+        for k in 0..c.len() {
+            let key = BlockKey::at(&c, k).unwrap();
+            assert_eq!(idx.holders(key), 1 << 3, "block {k}");
+        }
+        let mut out = [0; MAX_NODES];
+        idx.match_lengths(&c, u64::MAX, &mut out);
+        assert_eq!(out[3], 64);
     }
 
     #[test]

@@ -26,8 +26,14 @@ use crate::fleet::Node;
 /// The key of a prompt's placement: the chain value at `anchor_blocks`
 /// (or the last one of a shorter chain); `None` without a prefix.
 pub fn anchor(chain: &[u64], anchor_blocks: usize) -> Option<u64> {
-    let depth = chain.len().min(anchor_blocks.max(1));
-    depth.checked_sub(1).and_then(|i| chain.get(i)).copied()
+    anchor_depth(chain, anchor_blocks)
+        .and_then(|d| chain.get(d - 1))
+        .copied()
+}
+
+/// How many blocks of `chain` its [`anchor`] covers (`None`: no chain).
+pub fn anchor_depth(chain: &[u64], anchor_blocks: usize) -> Option<usize> {
+    Some(chain.len().min(anchor_blocks.max(1))).filter(|&d| d > 0)
 }
 
 /// Weighted rendezvous score of `node` for `key` (higher wins).
