@@ -55,7 +55,8 @@
 //! turn of a conversation (same prefix plus more) follows it. Requests
 //! without a prefix (not classified, or shorter than one block) go to the
 //! least-loaded candidate. Cost per pick: O(nodes + prompt blocks) with
-//! two short shard locks per 16 blocks of the prompt, no global lock. On pools of more than 128
+//! two short shard locks per 16 blocks of the prompt (one to match, one
+//! to record; [`PrefixIndex`]), no global lock. On pools of more than 128
 //! nodes the candidates of step 1 are the eligible nodes holding the
 //! longest part of the prompt (and a few with a shorter part) plus 16
 //! random eligible nodes
