@@ -355,14 +355,7 @@ fn first_turn(s: usize) -> Vec<String> {
 async fn open_sessions(addr: std::net::SocketAddr, systems: &[String]) -> Vec<String> {
     let mut homes = Vec::new();
     for (s, system) in systems.iter().enumerate() {
-        let reply = post(
-            addr,
-            "/v1/chat/completions",
-            conversation(system, &first_turn(s), None),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
-        homes.push(reply.node());
+        homes.push(start_session(addr, system, s).await);
     }
     homes
 }
@@ -417,14 +410,13 @@ async fn a_hot_prompts_new_sessions_start_on_idle_nodes_one_of_eight_stays() {
                 added_latency_ms: 60_000,
                 ..Faults::default()
             });
-            let held: Vec<_> = sessions
+            sessions
                 .iter()
                 .map(|&s| {
                     let (addr, body) = (gw.addr, later_turn(system(s), s));
                     tokio::spawn(async move { post(addr, "/v1/chat/completions", body).await })
                 })
-                .collect();
-            held
+                .collect::<Vec<_>>()
         };
         // Three later turns held at the home overload it: a new session
         // of prompt 0 then starts elsewhere, a second holder.
