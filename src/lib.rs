@@ -14,6 +14,7 @@ pub mod energy;
 pub mod epp;
 pub mod faultlab;
 pub mod fleet;
+pub mod header_lines;
 pub mod health;
 pub mod idhash;
 pub mod kvindex;

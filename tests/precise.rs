@@ -102,7 +102,7 @@ fn keys_for(p: &Precise, body: &str) -> Vec<u64> {
     let head = classify_head(
         &http::Method::POST,
         "/v1/chat/completions",
-        &http::HeaderMap::new(),
+        (&http::HeaderMap::new()).into(),
     );
     let opts = ClassifyOptions {
         capture_prompt_bytes: 1 << 16,
@@ -229,7 +229,7 @@ async fn chat_prompts_match_through_the_models_chat_template() {
     let head = infergate::classify::classify_head(
         &http::Method::POST,
         "/v1/chat/completions",
-        &http::HeaderMap::new(),
+        (&http::HeaderMap::new()).into(),
     );
     let opts = ClassifyOptions {
         capture_prompt_bytes: 400,

@@ -192,3 +192,158 @@ async fn chunks_the_node_sent_together_reach_the_client_in_one_write() {
         chunks.len()
     );
 }
+
+/// A node that answers every request with a small JSON body and sends each
+/// request head it read (as bytes) to the returned channel.
+async fn recording_node() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = buf[..head_end].to_vec();
+                    let length: usize = String::from_utf8_lossy(&head)
+                        .to_ascii_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    let _ = heads.send(head);
+                    let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// Read one response (head and `Content-Length` body) off `stream`.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(at) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..at]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if out.len() >= at + 4 + length {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&chunk[..n]),
+            _ => panic!("no whole response: {}", String::from_utf8_lossy(&out)),
+        }
+    }
+}
+
+/// A plain HTTP/1.1 client's header lines reach an HTTP/1.1 node as the
+/// client wrote them (names in their case, in their order, repeated lines
+/// kept), less the hop-by-hop ones and those the gateway sets itself, which
+/// it writes once. (Through a header map, names arrived lowercased.)
+#[tokio::test]
+async fn a_clients_header_lines_reach_the_node_as_written() {
+    let (node, mut heads) = recording_node().await;
+    let gw = gateway_for(node).await;
+    let body = format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let first = format!(
+        "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw.example\r\nX-Custom-Case: Keep Me\r\n\
+         Connection: keep-alive, X-Hop\r\nX-Hop: drop\r\nKeep-Alive: timeout=5\r\nAccept: a\r\nAccept: b\r\n\
+         X-Forwarded-For: 203.0.113.7\r\nX-Request-Id: req-1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(first.as_bytes()).await.unwrap();
+    let reply = read_response(&mut client).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let head = String::from_utf8(heads.recv().await.unwrap()).unwrap();
+    assert!(
+        head.starts_with("POST /v1/chat/completions?x=1 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(
+            "\r\nHost: gw.example\r\nX-Custom-Case: Keep Me\r\nAccept: a\r\nAccept: b\r\nContent-Type: application/json\r\n"
+        ),
+        "{head}"
+    );
+    let lower = head.to_ascii_lowercase();
+    for gone in ["x-hop", "keep-alive", "connection"] {
+        assert!(!lower.contains(gone), "{gone} forwarded: {head}");
+    }
+    let count = |name: &str| lower.matches(&format!("\r\n{name}:")).count();
+    for (name, times) in [
+        ("x-forwarded-for", 1),
+        ("x-forwarded-proto", 1),
+        ("x-request-id", 1),
+        ("content-length", 1),
+        ("host", 1),
+    ] {
+        assert_eq!(count(name), times, "{name}: {head}");
+    }
+    assert!(
+        lower.contains("\r\nx-forwarded-for: 203.0.113.7, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(lower.contains("\r\nx-request-id: req-1\r\n"), "{head}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\nx-request-id: req-1\r\n"),
+        "{reply}"
+    );
+    assert!(
+        head.ends_with(&format!("content-length: {}\r\n\r\n", body.len())),
+        "{head}"
+    );
+
+    // Lines ended by a bare LF (RFC 9112 lets a server take them) go on
+    // with CRLF.
+    let second = format!(
+        "POST /v1/chat/completions HTTP/1.1\nHost: gw.example\nX-B: 1\ncontent-length: {}\n\n{body}",
+        body.len()
+    );
+    client.write_all(second.as_bytes()).await.unwrap();
+    let reply = read_response(&mut client).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let head = String::from_utf8(heads.recv().await.unwrap()).unwrap();
+    assert!(
+        head.contains("\r\nHost: gw.example\r\nX-B: 1\r\n"),
+        "{head}"
+    );
+    assert!(!head.replace("\r\n", "").contains('\n'), "{head:?}");
+}

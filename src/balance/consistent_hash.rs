@@ -35,6 +35,7 @@ use super::least_outstanding::least_outstanding;
 use super::{sample, PickContext, Policy};
 use crate::config::{BalanceOptions, HashKey};
 use crate::fleet::Node;
+use crate::header_lines::visible_str;
 
 /// Most ring points per node.
 const MAX_POINTS_PER_NODE: u64 = 10_000;
@@ -76,12 +77,11 @@ impl ConsistentHash {
             HashKey::User => ctx.request.and_then(|r| r.user.as_deref()),
             HashKey::Header(name) => ctx
                 .headers
-                .and_then(|h| h.get(name.as_str()))
-                .and_then(|v| v.to_str().ok()),
+                .and_then(|h| h.get_str(name.as_str()))
+                .and_then(visible_str),
             HashKey::Cookie(name) => ctx.headers.and_then(|h| {
-                h.get_all(COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
+                h.get_all(COOKIE.as_str())
+                    .filter_map(visible_str)
                     .flat_map(|v| v.split(';'))
                     .find_map(|pair| {
                         let (k, v) = pair.trim().split_once('=')?;
@@ -289,7 +289,7 @@ mod tests {
         h.insert("cookie", HeaderValue::from_static("theme=dark; sid=s-42"));
         let ctx = PickContext {
             request: None,
-            headers: Some(&h),
+            headers: Some((&h).into()),
         };
         let a = hdr.pick(&ns, &|_| true, &ctx).unwrap();
         let b = cookie.pick(&ns, &|_| true, &ctx).unwrap();

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use crate::header_lines::RequestHeaders;
 
 use crate::classify::RequestClass;
 pub use crate::config::BalanceOptions;
@@ -57,7 +57,7 @@ pub struct PickContext<'a> {
     pub request: Option<&'a RequestClass>,
     /// The request headers as they will be forwarded (session keys for
     /// `consistent_hash`), if available.
-    pub headers: Option<&'a HeaderMap>,
+    pub headers: Option<RequestHeaders<'a>>,
 }
 
 impl PickContext<'_> {

@@ -1,7 +1,9 @@
 //! Step one of classification: method, path and headers.
 //!
 //! Allocation-free except for the KServe model name taken from the path.
-use http::{header::CONTENT_TYPE, HeaderMap, HeaderName, Method};
+use http::{header::CONTENT_TYPE, HeaderName, Method};
+
+use crate::header_lines::{visible_str, RequestHeaders};
 
 use super::{ApiFamily, Endpoint, Head, Priority, PRIORITY_HEADER};
 
@@ -27,7 +29,7 @@ pub const UNPREFIXED_OPENAI_PATHS: &[&str] = &[
 /// `path` is the URI path without the query string. One trailing slash is
 /// tolerated (`/v1/chat/completions/` is the same endpoint). gRPC is recognised
 /// by a `content-type` starting with `application/grpc`, whatever the path.
-pub fn classify_head(method: &Method, path: &str, headers: &HeaderMap) -> Head {
+pub fn classify_head(method: &Method, path: &str, headers: RequestHeaders<'_>) -> Head {
     let asked_priority = asked_priority(headers);
     if is_grpc(headers) {
         return Head {
@@ -125,9 +127,8 @@ fn kserve_infer_model(path: &str) -> Option<&str> {
     }
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
+fn is_grpc(headers: RequestHeaders<'_>) -> bool {
+    headers.get(&CONTENT_TYPE).is_some_and(|v| {
         v.len() >= GRPC_CONTENT_TYPE.len()
             && v[..GRPC_CONTENT_TYPE.len()].eq_ignore_ascii_case(GRPC_CONTENT_TYPE)
     })
@@ -135,24 +136,24 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// The priority the header asks for; `None` when absent or not a known
 /// name. Whether it counts is the route's decision.
-fn asked_priority(headers: &HeaderMap) -> Option<Priority> {
+fn asked_priority(headers: RequestHeaders<'_>) -> Option<Priority> {
     // A name made once: looking up by `&str` parses it on every request.
     static PRIORITY: HeaderName = HeaderName::from_static(PRIORITY_HEADER);
-    let value = headers.get(&PRIORITY)?.to_str().ok()?;
+    let value = visible_str(headers.get(&PRIORITY)?)?;
     Priority::from_name(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     fn head(method: Method, path: &str, headers: &[(&'static str, &'static str)]) -> Head {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(*k, HeaderValue::from_static(v));
         }
-        classify_head(&method, path, &map)
+        classify_head(&method, path, (&map).into())
     }
 
     /// method, path, family, endpoint, path model, parse_body

@@ -19,7 +19,7 @@ use super::body::{PassThrough, ResponseBody};
 use super::client_body::{BodyState, BodyWatch, ClientFault, WatchedBody};
 use super::errors::{error_response, ErrorKind};
 use super::h1_server::body::ClientBody;
-use super::headers::{add_forwarded, strip_hop_by_hop, REQUEST_ID};
+use super::headers::{add_forwarded, forwarded_for, strip_hop_by_hop, REQUEST_ID, X_FORWARDED_FOR};
 use super::queue::Shed;
 use super::retry::RetryGuard;
 use super::select::{select, Selection, Slot};
@@ -27,6 +27,7 @@ use super::table::Route;
 use super::upstream::{self, OutBody};
 use crate::classify::{ApiFamily, RequestClass};
 use crate::config::UpstreamProtocol;
+use crate::header_lines::{HeaderLines, RequestHeaders};
 use crate::health::FailureKind;
 use crate::telemetry::{grpc_http_status, grpc_status, RequestInfo, ShedReason};
 
@@ -159,6 +160,7 @@ fn budget_now() -> Duration {
 pub(super) async fn forward(
     route: &Route,
     parts: Parts,
+    lines: Option<HeaderLines>,
     mut body: RequestBody,
     class: &RequestClass,
     peer: SocketAddr,
@@ -175,21 +177,35 @@ pub(super) async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    // Back to the thread's maps when the attempts are over.
-    let mut headers = super::spare::KeptHeaders(parts.headers);
     let grpc = family == ApiFamily::Grpc;
-    strip_hop_by_hop(
-        &mut headers,
-        grpc && route.protocol == UpstreamProtocol::H2c,
-    );
+    // A plain HTTP/1.1 client's lines go to an HTTP/1.1 node as they came,
+    // and the map holds only what the gateway adds; hyper's client (h2c
+    // nodes) takes one map.
+    let (map, lines) = match lines {
+        Some(lines) if route.protocol == UpstreamProtocol::Http1 => {
+            (super::spare::take_headers(4), Some(lines))
+        }
+        Some(lines) => (lines.to_map(), None),
+        None => (parts.headers, None),
+    };
+    // Back to the thread's maps when the attempts are over.
+    let mut headers = super::spare::KeptHeaders(map);
+    if lines.is_none() {
+        strip_hop_by_hop(
+            &mut headers,
+            grpc && route.protocol == UpstreamProtocol::H2c,
+        );
+    }
     let proto = if parts.extensions.get::<super::worker::OverTls>().is_some() {
         "https"
     } else {
         "http"
     };
-    add_forwarded(&mut headers, peer, proto);
+    let client = RequestHeaders::client(&headers, lines.as_ref());
+    let mut has_host = client.get(&HOST).is_some();
+    let forwarded_for = forwarded_for(client.get(&X_FORWARDED_FOR), peer);
+    add_forwarded(&mut headers, forwarded_for, proto);
     headers.insert(REQUEST_ID.clone(), id.clone());
-    let mut has_host = headers.contains_key(HOST);
     if !has_host {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
@@ -224,7 +240,8 @@ pub(super) async fn forward(
     let mut last_error: Option<AttemptError> = None;
     let mut attempt = 0u32;
     loop {
-        let chosen = match select(route, class, &headers, &tried, deadline).await {
+        let forwarded = RequestHeaders::forwarded(&headers, lines.as_ref());
+        let chosen = match select(route, class, forwarded, &tried, deadline).await {
             Selection::Node(chosen) => chosen,
             Selection::Shed(reason) => {
                 tracing::debug!(route = %route.name, ?reason, "request shed");
@@ -287,7 +304,7 @@ pub(super) async fn forward(
             tls: &route.pool.tls,
         };
         let outcome = response_head(
-            std::pin::pin!(upstream::send(target, request, &headers)),
+            std::pin::pin!(upstream::send(target, request, &headers, lines.as_ref())),
             watch.clone(),
             route.timeouts.first_byte,
             deadline,
@@ -521,7 +538,7 @@ mod tests {
         };
         let request = Request::new(OutBody::Full(Bytes::new()));
         let shared = http::HeaderMap::new();
-        let send = upstream::send(target, request, &shared);
+        let send = upstream::send(target, request, &shared, None);
         let size = std::mem::size_of_val(&send);
         assert!(size <= 1536, "sending to a node is {size} bytes");
         let mut send = std::pin::pin!(send);

@@ -23,6 +23,7 @@ use super::table::RouteTable;
 use super::Gateway;
 use crate::classify::{classify_body, classify_head, ApiFamily, Endpoint, RequestClass};
 use crate::config::ModelsMode;
+use crate::header_lines::{HeaderLines, RequestHeaders};
 use crate::telemetry::{grpc_http_status, grpc_status};
 
 /// Entry point for one client request (hyper service function).
@@ -30,10 +31,11 @@ pub async fn handle(
     gateway: Arc<Gateway>,
     peer: SocketAddr,
     req: Request<ClientBody>,
+    lines: Option<HeaderLines>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = std::time::Instant::now();
     let table = gateway.table();
-    let id = request_id(req.headers());
+    let id = request_id(RequestHeaders::client(req.headers(), lines.as_ref()));
     // The listener's own probe: answered from the gateway's state, not
     // counted as traffic (load balancers ask every few seconds).
     if probe::is_health_probe(&table, req.method(), req.uri().path()) {
@@ -41,7 +43,7 @@ pub async fn handle(
         response.headers_mut().insert(REQUEST_ID.clone(), id);
         return Ok(response);
     }
-    let mut response = match proxy(&gateway, &table, peer, req, &id, started).await {
+    let mut response = match proxy(&gateway, &table, peer, req, lines, &id, started).await {
         Ok(response) => response,
         Err(response) => {
             let telemetry = &gateway.telemetry;
@@ -63,13 +65,15 @@ async fn proxy(
     table: &RouteTable,
     peer: SocketAddr,
     req: Request<ClientBody>,
+    lines: Option<HeaderLines>,
     id: &HeaderValue,
     started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, Reject> {
     let (parts, incoming) = req.into_parts();
-    let head = classify_head(&parts.method, parts.uri.path(), &parts.headers);
+    let headers = RequestHeaders::client(&parts.headers, lines.as_ref());
+    let head = classify_head(&parts.method, parts.uri.path(), headers);
     let family = head.family;
-    if let Some(refusal) = refuse_framing(&parts, family) {
+    if let Some(refusal) = refuse_framing(&parts, headers, family) {
         return Err(refusal);
     }
 
@@ -97,7 +101,7 @@ async fn proxy(
         (RequestClass::from_head(head), None, Some(incoming))
     };
 
-    let Some(route) = table.route(&parts.method, parts.uri.path(), &parts.headers, &class) else {
+    let Some(route) = table.route(&parts.method, parts.uri.path(), headers, &class) else {
         return Err(match &class.model {
             Some(model) if !table.serves_model(model) || family == ApiFamily::OpenAi => {
                 error_response(
@@ -110,7 +114,7 @@ async fn proxy(
                 )
             }
             None if reads_body
-                && table.needs_model(&parts.method, parts.uri.path(), &parts.headers, &class) =>
+                && table.needs_model(&parts.method, parts.uri.path(), headers, &class) =>
             {
                 error_response(
                     family,
@@ -127,7 +131,7 @@ async fn proxy(
 
     // The tenant's budget, before any node is asked.
     let charge = match &route.budget {
-        Some(budgets) => Some(budgets.admit(&parts.headers, &class).map_err(|r| {
+        Some(budgets) => Some(budgets.admit(headers, &class).map_err(|r| {
             let r = *r;
             let kind = if r.unidentified {
                 ErrorKind::NoTenant
@@ -167,7 +171,8 @@ async fn proxy(
         }
         (None, None) => RequestBody::Buffered(Bytes::new()),
     };
-    let mut response = forward(route, parts, body, &class, peer, id, started, charge).await?;
+    let mut response =
+        forward(route, parts, lines, body, &class, peer, id, started, charge).await?;
     if let Some(h) = rate_headers {
         response.headers_mut().extend(h);
     }
@@ -179,7 +184,7 @@ async fn proxy(
 /// are not proxied). (`Transfer-Encoding` with `Content-Length`: hyper
 /// drops the length and reads the chunks, as RFC 9112 §6.3 and HAProxy do,
 /// so only the chunked body is forwarded.)
-fn refuse_framing(parts: &Parts, family: ApiFamily) -> Option<Reject> {
+fn refuse_framing(parts: &Parts, headers: RequestHeaders<'_>, family: ApiFamily) -> Option<Reject> {
     if parts.method == Method::CONNECT {
         return Some(error_response(
             family,
@@ -187,7 +192,7 @@ fn refuse_framing(parts: &Parts, family: ApiFamily) -> Option<Reject> {
             "CONNECT is not supported.",
         ));
     }
-    if parts.version == Version::HTTP_11 && parts.headers.get_all(HOST).iter().count() != 1 {
+    if parts.version == Version::HTTP_11 && headers.count(&HOST) != 1 {
         return Some(error_response(
             family,
             ErrorKind::BadRequest,
@@ -273,7 +278,7 @@ fn printable(name: &str) -> String {
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+    fn future_size<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
@@ -286,7 +291,9 @@ mod tests {
     /// per request; the future went from 8,088 to 5,152 bytes.
     #[test]
     fn a_request_future_carries_no_rarely_used_state() {
-        let handle = future_size(handle as fn(Arc<Gateway>, SocketAddr, Request<ClientBody>) -> _);
+        let handle = future_size(
+            handle as fn(Arc<Gateway>, SocketAddr, Request<ClientBody>, Option<HeaderLines>) -> _,
+        );
         assert!(handle <= 6 * 1024, "the request's future is {handle} bytes");
     }
 }

@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 
+use crate::header_lines::RequestHeaders;
+
 /// The request-id header, generated when absent and passed to the node and
 /// back to the client.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Remove hop-by-hop headers: the fixed list plus every header the
@@ -110,27 +112,36 @@ const HOP_BY_HOP_LENGTHS: u32 = {
     bits
 };
 
-/// Append the client's address to `X-Forwarded-For` and set
-/// `X-Forwarded-Proto` to the scheme the client used.
-pub fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, proto: &'static str) {
+/// `X-Forwarded-For` as the node gets it: the client's address appended
+/// to the value the client sent (`existing`).
+pub fn forwarded_for(existing: Option<&[u8]>, peer: SocketAddr) -> Option<HeaderValue> {
     // An address is at most 45 bytes; written without allocating.
     let mut ip = [0u8; 48];
     let len = write_ip(&mut ip, peer.ip());
     if len == 0 {
-        return;
+        return None;
     }
     let ip = &ip[..len];
-    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+    match existing {
         Some(existing) if !existing.trim_ascii().is_empty() => {
             let mut joined = Vec::with_capacity(existing.len() + 2 + ip.len());
             joined.extend_from_slice(existing);
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(ip);
-            HeaderValue::from_bytes(&joined)
+            HeaderValue::from_bytes(&joined).ok()
         }
-        _ => HeaderValue::from_bytes(ip),
-    };
-    if let Ok(value) = value {
+        _ => HeaderValue::from_bytes(ip).ok(),
+    }
+}
+
+/// Set `X-Forwarded-For` (made by [`forwarded_for`]) and
+/// `X-Forwarded-Proto` to the scheme the client used.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    forwarded_for: Option<HeaderValue>,
+    proto: &'static str,
+) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -173,11 +184,12 @@ fn write_ip(out: &mut [u8; 48], ip: std::net::IpAddr) -> usize {
 
 /// The client's request id if it sent a sane one (visible ASCII, at most 128
 /// bytes), else a new random one (32 hex digits).
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&REQUEST_ID) {
-        let bytes = value.as_bytes();
+pub fn request_id(headers: RequestHeaders<'_>) -> HeaderValue {
+    if let Some(bytes) = headers.get(&REQUEST_ID) {
         if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
-            return value.clone();
+            if let Ok(value) = HeaderValue::from_bytes(bytes) {
+                return value;
+            }
         }
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -249,16 +261,14 @@ mod tests {
     fn forwarded_for_appends() {
         let peer: SocketAddr = "10.0.0.9:5555".parse().unwrap();
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, peer, "http");
+        add_forwarded(&mut h, forwarded_for(None, peer), "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
-        add_forwarded(&mut h, peer, "http");
+        let again = forwarded_for(h.get("x-forwarded-for").map(|v| v.as_bytes()), peer);
+        add_forwarded(&mut h, again, "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         let v6: SocketAddr = "[2001:db8::ffff:1]:443".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("  "));
-        add_forwarded(&mut h, v6, "https");
-        assert_eq!(h["x-forwarded-for"], "2001:db8::ffff:1");
+        assert_eq!(forwarded_for(Some(b"  "), v6).unwrap(), "2001:db8::ffff:1");
         for ip in ["0.0.0.0", "255.255.255.255", "10.100.9.200", "1.20.103.4"] {
             let mut out = [0u8; 48];
             let len = write_ip(&mut out, ip.parse().unwrap());
@@ -269,13 +279,13 @@ mod tests {
     #[test]
     fn request_id_propagates_or_generates() {
         let mut h = HeaderMap::new();
-        let generated = request_id(&h);
+        let generated = request_id((&h).into());
         assert_eq!(generated.len(), 32);
         assert!(generated.as_bytes().iter().all(u8::is_ascii_hexdigit));
-        assert_ne!(request_id(&h), generated);
+        assert_ne!(request_id((&h).into()), generated);
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(request_id((&h).into()), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static("has space"));
-        assert_ne!(request_id(&h), "has space");
+        assert_ne!(request_id((&h).into()), "has space");
     }
 }

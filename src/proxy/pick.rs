@@ -17,6 +17,7 @@ use super::select::{select, spares, Selection, Slot};
 use super::RouteTable;
 use crate::classify::{classify_body, classify_head, RequestClass};
 use crate::fleet::Node;
+use crate::header_lines::RequestHeaders;
 
 /// What [`pick`] decided.
 pub enum Picked {
@@ -91,6 +92,7 @@ pub async fn pick(
     deadline: Instant,
     fallbacks: usize,
 ) -> Picked {
+    let headers = RequestHeaders::from(headers);
     let head = classify_head(method, path, headers);
     let mut class = if head.parse_body {
         match classify_body(head, body, &table.classify) {

@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::HeaderMap;
+use crate::header_lines::RequestHeaders;
 use tokio::time::Instant;
 
 use super::queue::{AdmissionQueue, Shed, Waited};
@@ -53,7 +53,7 @@ enum Pick {
 pub async fn select(
     route: &Route,
     class: &RequestClass,
-    headers: &HeaderMap,
+    headers: RequestHeaders<'_>,
     tried: &[usize],
     deadline: Instant,
 ) -> Selection {
@@ -99,7 +99,12 @@ pub async fn select(
 /// How often a queued request looks for a free node without being woken.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
-fn try_pick(route: &Route, class: &RequestClass, headers: &HeaderMap, tried: &[usize]) -> Pick {
+fn try_pick(
+    route: &Route,
+    class: &RequestClass,
+    headers: RequestHeaders<'_>,
+    tried: &[usize],
+) -> Pick {
     let nodes = &route.pool.nodes;
     let now = health::now_ms();
     // Panic mode (Envoy): too few nodes available, so trust the health

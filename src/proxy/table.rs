@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 
 use super::queue::{AdmissionQueue, QueueRegistry};
 use super::retry::RetryBudget;
@@ -20,6 +20,7 @@ use crate::config::{
 };
 use crate::fleet::capacity::{spawn_scrapers, ScraperHandle};
 use crate::fleet::{LoadRegistry, Node, Pool};
+use crate::header_lines::RequestHeaders;
 use crate::health::OutlierConfig;
 use crate::kvindex::Precise;
 use crate::telemetry::Telemetry;
@@ -109,7 +110,7 @@ impl Matcher {
         &self,
         method: &Method,
         path: &str,
-        headers: &HeaderMap,
+        headers: RequestHeaders<'_>,
         class: &RequestClass,
     ) -> bool {
         if let Some(pattern) = &self.model {
@@ -126,7 +127,7 @@ impl Matcher {
         &self,
         method: &Method,
         path: &str,
-        headers: &HeaderMap,
+        headers: RequestHeaders<'_>,
         class: &RequestClass,
     ) -> bool {
         if self.family.is_some_and(|f| f != class.family) {
@@ -144,7 +145,7 @@ impl Matcher {
         }
         self.headers
             .iter()
-            .all(|(name, value)| headers.get(name) == Some(value))
+            .all(|(name, value)| headers.get(name) == Some(value.as_bytes()))
     }
 }
 
@@ -542,7 +543,7 @@ impl RouteTable {
         &self,
         method: &Method,
         path: &str,
-        headers: &HeaderMap,
+        headers: RequestHeaders<'_>,
         class: &RequestClass,
     ) -> Option<&Route> {
         self.routes
@@ -557,7 +558,7 @@ impl RouteTable {
         &self,
         method: &Method,
         path: &str,
-        headers: &HeaderMap,
+        headers: RequestHeaders<'_>,
         class: &RequestClass,
     ) -> bool {
         class.model.is_none()

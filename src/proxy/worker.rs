@@ -329,7 +329,7 @@ fn client_service(
         // and moved in, it was copied twice (callgrind: +15.6k
         // instructions of memcpy per request).
         Box::pin(async move {
-            let mut response = forward::handle(gateway, peer, req).await?;
+            let mut response = forward::handle(gateway, peer, req, None).await?;
             // hyper writes headers from the map only.
             if let Some(lines) = response.body_mut().take_node_headers() {
                 lines.append_to(response.headers_mut());

@@ -15,6 +15,7 @@ use super::identify::{identify, tenant_id, TenantKey};
 use crate::classify::RequestClass;
 use crate::config::{BudgetConfig, TenantLimits, TenantSource};
 use crate::fleet::now_ns;
+use crate::header_lines::RequestHeaders;
 
 const SHARDS: usize = 16;
 /// A tenant idle this long (and with full buckets) may be dropped to make room.
@@ -185,7 +186,11 @@ impl Budgets {
 
     /// Admit a request of the route, or refuse it. The charge corrects the
     /// token estimate when it is dropped (pass it to the response body).
-    pub fn admit(&self, headers: &HeaderMap, class: &RequestClass) -> Result<Charge, Box<Refusal>> {
+    pub fn admit(
+        &self,
+        headers: RequestHeaders<'_>,
+        class: &RequestClass,
+    ) -> Result<Charge, Box<Refusal>> {
         let tenant = match identify(&self.source, headers, class) {
             Some(key) => self.tenant(key),
             None if self.allow_anonymous => Arc::clone(&self.anonymous),
@@ -401,7 +406,7 @@ mod tests {
         let b = budgets(|_| {});
         // Burst: 10 s of 60/min = 10 requests.
         for i in 0..10 {
-            let c = b.admit(&key("Bearer a"), &class(10)).unwrap();
+            let c = b.admit((&key("Bearer a")).into(), &class(10)).unwrap();
             assert_eq!(
                 c.headers()["x-ratelimit-remaining-requests"],
                 (9 - i).to_string().as_str()
@@ -409,7 +414,7 @@ mod tests {
             assert_eq!(c.headers()["x-ratelimit-limit-requests"], "60");
             assert_eq!(c.headers()["x-ratelimit-limit-tokens"], "6000");
         }
-        let r = b.admit(&key("Bearer a"), &class(10)).unwrap_err();
+        let r = b.admit((&key("Bearer a")).into(), &class(10)).unwrap_err();
         assert!(!r.unidentified);
         assert_eq!(r.headers["retry-after"], "1");
         assert_eq!(r.headers["x-ratelimit-remaining-requests"], "0");
@@ -421,14 +426,14 @@ mod tests {
         assert!(r.message.contains("requests"), "{}", r.message);
         assert!(!r.message.contains("Bearer"), "never the key");
         // Another tenant is not affected.
-        assert!(b.admit(&key("Bearer b"), &class(10)).is_ok());
+        assert!(b.admit((&key("Bearer b")).into(), &class(10)).is_ok());
     }
 
     #[test]
     fn tokens_are_estimated_then_corrected_by_usage() {
         // 6000 tokens/min, burst 10 s = 1000 tokens.
         let b = budgets(|c| c.requests_per_minute = None);
-        let mut c = b.admit(&key("Bearer a"), &class(400)).unwrap();
+        let mut c = b.admit((&key("Bearer a")).into(), &class(400)).unwrap();
         assert_eq!(c.headers()["x-ratelimit-remaining-tokens"], "600");
         assert!(c.headers().get("x-ratelimit-limit-requests").is_none());
         // The node says it used 300 + 500: 400 more than estimated.
@@ -436,30 +441,39 @@ mod tests {
             br#"{"choices":[],"usage":{"prompt_tokens":300,"total_tokens":800,"completion_tokens":500}}"#,
         ));
         drop(c);
-        let r = b.admit(&key("Bearer a"), &class(300)).unwrap_err();
+        let r = b.admit((&key("Bearer a")).into(), &class(300)).unwrap_err();
         assert!(r.message.contains("tokens"), "{}", r.message);
         // A request that got no response is refunded.
         let b = budgets(|c| c.requests_per_minute = None);
-        drop(b.admit(&key("Bearer a"), &class(900)).unwrap());
-        assert!(b.admit(&key("Bearer a"), &class(900)).is_ok());
+        drop(b.admit((&key("Bearer a")).into(), &class(900)).unwrap());
+        assert!(b.admit((&key("Bearer a")).into(), &class(900)).is_ok());
         // Streams without usage: estimate + one token per event.
         let b = budgets(|c| c.requests_per_minute = None);
         let mut s = class(100);
         s.stream = true;
-        let mut c = b.admit(&key("Bearer a"), &s).unwrap();
+        let mut c = b.admit((&key("Bearer a")).into(), &s).unwrap();
         c.on_frame(&Bytes::from_static(
             b"data: {\"x\":1}\n\ndata: {\"x\":2}\n\ndata: [DONE]\n\n",
         ));
         assert_eq!(c.used(), 102);
         drop(c);
         // Larger than the whole burst: a clear message.
-        let r = b.admit(&key("Bearer a"), &class(5000)).unwrap_err();
+        let r = b
+            .admit((&key("Bearer a")).into(), &class(5000))
+            .unwrap_err();
         assert!(r.message.contains("too large"), "{}", r.message);
     }
 
     #[test]
     fn names_overrides_anonymous_and_bounded_tenants() {
-        let id = tenant_id(identify(&TenantSource::ApiKey, &key("Bearer vip"), &class(1)).unwrap());
+        let id = tenant_id(
+            identify(
+                &TenantSource::ApiKey,
+                (&key("Bearer vip")).into(),
+                &class(1),
+            )
+            .unwrap(),
+        );
         let b = budgets(|c| {
             c.names.insert(id.clone(), "vip".into());
             c.tenants.insert(
@@ -472,13 +486,13 @@ mod tests {
             c.max_tenants = 16;
         });
         for _ in 0..50 {
-            assert!(b.admit(&key("Bearer vip"), &class(5000)).is_ok());
+            assert!(b.admit((&key("Bearer vip")).into(), &class(5000)).is_ok());
         }
         // Anonymous requests share one budget.
         for _ in 0..10 {
-            assert!(b.admit(&HeaderMap::new(), &class(1)).is_ok());
+            assert!(b.admit((&HeaderMap::new()).into(), &class(1)).is_ok());
         }
-        assert!(b.admit(&HeaderMap::new(), &class(1)).is_err());
+        assert!(b.admit((&HeaderMap::new()).into(), &class(1)).is_err());
         // At most max_tenants tracked; the rest share `other`.
         for i in 0..100 {
             let h = {
@@ -489,7 +503,7 @@ mod tests {
                 );
                 h
             };
-            let _ = b.admit(&h, &class(1));
+            let _ = b.admit((&h).into(), &class(1));
         }
         let tracked = b.tenants().len() - 2;
         assert!(tracked <= 16, "{tracked}");
@@ -499,7 +513,7 @@ mod tests {
         let strict = budgets(|c| c.allow_anonymous = false);
         assert!(
             strict
-                .admit(&HeaderMap::new(), &class(1))
+                .admit((&HeaderMap::new()).into(), &class(1))
                 .unwrap_err()
                 .unidentified
         );

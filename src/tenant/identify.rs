@@ -3,11 +3,16 @@
 //! of the hash) or the name configured for that id.
 
 use http::header::AUTHORIZATION;
-use http::HeaderMap;
+use http::HeaderName;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::classify::RequestClass;
 use crate::config::TenantSource;
+use crate::header_lines::RequestHeaders;
+
+// Names made once: a `&str` is parsed again on every map lookup.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static API_KEY: HeaderName = HeaderName::from_static("api-key");
 
 /// Fixed seed: ids must be stable across restarts (config names them).
 const SEED: u64 = 0x7e4a_17c3_9b2d_05f1;
@@ -28,28 +33,25 @@ fn hash(kind: u8, value: &[u8]) -> TenantKey {
 /// The tenant of a request, or `None` when it carries none.
 pub fn identify(
     source: &TenantSource,
-    headers: &HeaderMap,
+    headers: RequestHeaders<'_>,
     class: &RequestClass,
 ) -> Option<TenantKey> {
     match source {
         TenantSource::ApiKey => {
-            let bearer = headers
-                .get(AUTHORIZATION)
-                .map(|v| v.as_bytes())
-                .and_then(|v| {
-                    let (scheme, rest) = v.split_at(v.len().min(7));
-                    scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
-                });
+            let bearer = headers.get(&AUTHORIZATION).and_then(|v| {
+                let (scheme, rest) = v.split_at(v.len().min(7));
+                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+            });
             let key = bearer
-                .or_else(|| headers.get("x-api-key").map(|v| v.as_bytes()))
-                .or_else(|| headers.get("api-key").map(|v| v.as_bytes()))
+                .or_else(|| headers.get(&X_API_KEY))
+                .or_else(|| headers.get(&API_KEY))
                 .map(<[u8]>::trim_ascii)
                 .filter(|k| !k.is_empty())?;
             Some(hash(1, key))
         }
         TenantSource::Header(name) => headers
-            .get(name.as_str())
-            .map(|v| v.as_bytes().trim_ascii())
+            .get_str(name)
+            .map(<[u8]>::trim_ascii)
             .filter(|v| !v.is_empty())
             .map(|v| hash(2, v)),
         TenantSource::User => class
@@ -63,6 +65,7 @@ pub fn identify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -77,17 +80,17 @@ mod tests {
         let class = crate::balance::testing::chat_class();
         let a = identify(
             &TenantSource::ApiKey,
-            &headers(&[("authorization", "Bearer sk-aaa")]),
+            (&headers(&[("authorization", "Bearer sk-aaa")])).into(),
             &class,
         );
         let b = identify(
             &TenantSource::ApiKey,
-            &headers(&[("authorization", "bearer  sk-aaa ")]),
+            (&headers(&[("authorization", "bearer  sk-aaa ")])).into(),
             &class,
         );
         let c = identify(
             &TenantSource::ApiKey,
-            &headers(&[("x-api-key", "sk-aaa")]),
+            (&headers(&[("x-api-key", "sk-aaa")])).into(),
             &class,
         );
         assert!(a.is_some());
@@ -101,23 +104,23 @@ mod tests {
         assert_eq!(
             identify(
                 &TenantSource::ApiKey,
-                &headers(&[("authorization", "Basic xyz")]),
+                (&headers(&[("authorization", "Basic xyz")])).into(),
                 &class
             ),
             None
         );
         assert_eq!(
-            identify(&TenantSource::ApiKey, &HeaderMap::new(), &class),
+            identify(&TenantSource::ApiKey, (&HeaderMap::new()).into(), &class),
             None
         );
         let team = TenantSource::Header("x-team".into());
-        let t = identify(&team, &headers(&[("x-team", "sk-aaa")]), &class);
+        let t = identify(&team, (&headers(&[("x-team", "sk-aaa")])).into(), &class);
         assert!(t.is_some() && t != a, "sources never collide");
         let mut with_user = class.clone();
         with_user.user = Some("u1".into());
-        assert!(identify(&TenantSource::User, &HeaderMap::new(), &with_user).is_some());
+        assert!(identify(&TenantSource::User, (&HeaderMap::new()).into(), &with_user).is_some());
         assert_eq!(
-            identify(&TenantSource::User, &HeaderMap::new(), &class),
+            identify(&TenantSource::User, (&HeaderMap::new()).into(), &class),
             None
         );
     }

@@ -166,7 +166,7 @@ mod tests {
             let mut c = crate::balance::testing::chat_class();
             c.prompt_tokens = 100 * (i + 1);
             for _ in 0..=i {
-                let mut charge = b.admit(&h, &c).unwrap();
+                let mut charge = b.admit((&h).into(), &c).unwrap();
                 charge.on_frame(&bytes::Bytes::from_static(b"{}"));
             }
         }

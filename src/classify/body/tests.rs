@@ -5,7 +5,7 @@ use crate::classify::prefix::{block_hashes, BLOCK_BYTES};
 use crate::classify::{classify_head, ApiFamily, Priority, PRIORITY_HEADER};
 
 fn head_for(path: &str) -> Head {
-    classify_head(&Method::POST, path, &HeaderMap::new())
+    classify_head(&Method::POST, path, (&HeaderMap::new()).into())
 }
 
 fn classify(path: &str, body: &str) -> Result<RequestClass, ClassifyError> {
@@ -440,7 +440,7 @@ fn model_falls_back_to_path_and_priority_comes_from_head() {
 
     let mut headers = HeaderMap::new();
     headers.insert(PRIORITY_HEADER, "sheddable".parse().unwrap());
-    let h = classify_head(&Method::POST, "/v1/completions", &headers);
+    let h = classify_head(&Method::POST, "/v1/completions", (&headers).into());
     let c = classify_body(h, br#"{"prompt":"x"}"#, &Default::default()).unwrap();
     assert_eq!(c.asked_priority, Some(Priority::Sheddable));
 }

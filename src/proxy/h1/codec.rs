@@ -16,6 +16,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 use super::node_headers::{Name, NodeHeaders};
+use crate::header_lines::HeaderLines;
 
 /// Most header lines a response head may have (hyper's default too).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -64,11 +65,16 @@ pub fn encode_head(
     method: &Method,
     path: &str,
     headers: [&HeaderMap; 2],
+    lines: Option<&HeaderLines>,
     framing: RequestFraming,
     then: usize,
     out: &mut BytesMut,
 ) {
-    let mut size = method.as_str().len() + path.len() + 32 + then;
+    let mut size = method.as_str().len()
+        + path.len()
+        + 32
+        + then
+        + lines.map_or(0, HeaderLines::forwarded_len);
     // Loops over each map, not a flattened iterator (which cost more than
     // the lines it went over).
     for map in headers {
@@ -82,6 +88,11 @@ pub fn encode_head(
     out.put_slice(path.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
     let keep_length = framing == RequestFraming::LengthHeader;
+    // The client's lines first, as it sent them (they never hold a name
+    // the maps do: the gateway's own headers are not among them).
+    if let Some(lines) = lines {
+        lines.write(keep_length, out);
+    }
     for map in headers {
         for (name, value) in map {
             if (name == CONTENT_LENGTH && !keep_length) || name == TRANSFER_ENCODING {
@@ -802,6 +813,7 @@ mod tests {
             &Method::POST,
             "/v1/chat/completions?x=1",
             [&own, &shared],
+            None,
             RequestFraming::Length(1234567),
             0,
             &mut out,
@@ -815,6 +827,7 @@ mod tests {
             &Method::GET,
             "/",
             [&HeaderMap::new(), &HeaderMap::new()],
+            None,
             RequestFraming::None,
             0,
             &mut out,
@@ -825,6 +838,7 @@ mod tests {
             &Method::PUT,
             "/",
             [&HeaderMap::new(), &HeaderMap::new()],
+            None,
             RequestFraming::Chunked,
             0,
             &mut out,

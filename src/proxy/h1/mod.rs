@@ -22,6 +22,7 @@ use http_body::Body as _;
 use tokio::io::AsyncWrite;
 
 use super::spare::{self, Role};
+use crate::header_lines::HeaderLines;
 use codec::{BodyFraming, CodecError, Decoded, Head, RequestFraming};
 
 /// How a node connection's bytes travel: TCP, or TLS over TCP.
@@ -105,11 +106,12 @@ impl Conn {
         &mut self,
         request: &mut Request<OutBody>,
         shared: &HeaderMap,
+        lines: Option<&HeaderLines>,
     ) -> Result<Answered, ExchangeError> {
         // Write buffers come from the thread (`proxy::spare`): no buffer is
         // held by every connection (a streaming response keeps its
         // connection for minutes), and none is allocated per request.
-        let mut writer = Writer::new(request, shared, spare::take(Role::Write));
+        let mut writer = Writer::new(request, shared, lines, spare::take(Role::Write));
         let method = request.method().clone();
         let mut body = match request.body_mut() {
             OutBody::Stream(body) => Some(body),
@@ -270,15 +272,21 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(request: &Request<OutBody>, shared: &HeaderMap, mut out: BytesMut) -> Writer {
+    fn new(
+        request: &Request<OutBody>,
+        shared: &HeaderMap,
+        lines: Option<&HeaderLines>,
+        mut out: BytesMut,
+    ) -> Writer {
         let headers = [request.headers(), shared];
         let method = request.method();
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         // Looked up only where the framing depends on it.
         let has_length = || {
-            headers
-                .iter()
-                .any(|map| map.contains_key(http::header::CONTENT_LENGTH))
+            lines.is_some_and(HeaderLines::has_length)
+                || headers
+                    .iter()
+                    .any(|map| map.contains_key(http::header::CONTENT_LENGTH))
         };
         out.clear();
         let mut tail = Bytes::new();
@@ -293,7 +301,7 @@ impl Writer {
                 // otherwise is not passed on.
                 let copied = bytes.len() <= COPY_BODY_UP_TO;
                 let room = if copied { bytes.len() } else { 0 };
-                codec::encode_head(method, path, headers, framing, room, &mut out);
+                codec::encode_head(method, path, headers, lines, framing, room, &mut out);
                 if copied {
                     out.extend_from_slice(bytes);
                 } else {
@@ -309,7 +317,7 @@ impl Writer {
                 } else {
                     RequestFraming::Chunked
                 };
-                codec::encode_head(method, path, headers, framing, 0, &mut out);
+                codec::encode_head(method, path, headers, lines, framing, 0, &mut out);
                 (
                     framing,
                     body.is_end_stream() && framing != RequestFraming::Chunked,
@@ -451,7 +459,7 @@ mod tests {
         let request = Request::post("/v1/completions")
             .body(OutBody::Full(body))
             .unwrap();
-        let mut writer = Writer::new(&request, &HeaderMap::new(), BytesMut::new());
+        let mut writer = Writer::new(&request, &HeaderMap::new(), None, BytesMut::new());
         let mut io = SlowFlush {
             written: Vec::new(),
             pending_flushes: 2,

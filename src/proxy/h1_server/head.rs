@@ -8,9 +8,12 @@
 //! dropped; differing lengths are refused; HTTP/1.0 has no chunked bodies;
 //! a request without either framing has no body.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use bytes::{BufMut, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
+
+use crate::header_lines::{HeaderLines, LineKind};
+use crate::proxy::headers::HOP_BY_HOP_NAMES;
 
 use crate::proxy::h1::codec::{self, BodyFraming, Chunked};
 use crate::proxy::h1::node_headers::NodeHeaders;
@@ -20,8 +23,11 @@ pub const MAX_HEADERS: usize = 100;
 
 /// A parsed request head.
 pub struct RequestHead {
-    /// Method, target, version and headers (the body comes separately).
-    pub request: Request<()>,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    /// The header lines as the client sent them.
+    pub lines: HeaderLines,
     /// How the body is framed.
     pub body: BodyFraming,
     /// The client keeps the connection after the response.
@@ -92,48 +98,69 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     } else {
         Version::HTTP_11
     };
-    // Room for what the gateway adds on the way to the node
-    // (`X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id`): the map is
-    // not grown again for them.
-    let mut headers = crate::proxy::spare::take_headers(count + 3);
+    // The lines stay in the client's bytes (`header_lines`). httparse let
+    // through only token names and values of visible bytes, tabs and
+    // obs-text: what `HeaderName` and `HeaderValue` accept, so the lines
+    // are forwarded as they are.
     let mut framing = Framing::default();
-    for &(name, name_len, value, value_len) in &spans[..count] {
-        let name = &bytes[name as usize..(name + name_len) as usize];
-        let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
-        let (at, len) = (value as usize, value_len as usize);
-        // `Connection` saying only close or keep-alive is taken in here
-        // and not kept: it is hop-by-hop, removed before forwarding anyway.
-        if framing.see(&name, &bytes[at..at + len])? {
-            headers.append(name, value_of(&bytes, at, len)?);
-        }
+    let mut kinds = [LineKind::Forward; MAX_HEADERS];
+    let text = |at: u32, len: u32| &bytes[at as usize..(at + len) as usize];
+    for (kind, &(name, name_len, value, value_len)) in kinds.iter_mut().zip(&spans[..count]) {
+        *kind = framing.see(text(name, name_len), text(value, value_len))?;
     }
-    let body = framing.body(version, &mut headers)?;
+    let mut lines = HeaderLines::new(bytes, count);
+    for (&kind, &(name, name_len, value, value_len)) in kinds.iter().zip(&spans[..count]) {
+        lines.push((name, name_len), (value, value_len), kind);
+    }
+    let body = framing.body(version, &mut lines)?;
+    if framing.connection_names_headers {
+        drop_named_by_connection(&mut lines);
+    }
     // A request framed both ways is answered and the connection closed
     // (RFC 9112 §6.1): whatever read it the other way upstream of us
     // must not get to send a second request on it.
     let keep_alive = !framing.close
         && (version == Version::HTTP_11 || framing.keep_alive)
         && !(framing.transfer_encoding && framing.length.is_some());
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
     Ok(Some(RequestHead {
-        request,
+        method,
+        uri,
+        version,
+        lines,
         body,
         keep_alive,
         expect_continue: framing.expect_continue && version == Version::HTTP_11,
     }))
 }
 
-/// A header value sliced out of the head's bytes.
-fn value_of(bytes: &Bytes, at: usize, len: usize) -> Result<HeaderValue, HeadError> {
-    // httparse lets through only what `HeaderValue` accepts; checked
-    // again all the same (hyper skips it with `unsafe`; ~400
-    // instructions per request are not worth that on client bytes).
-    HeaderValue::from_maybe_shared(bytes.slice(at..at + len))
-        .map_err(|_| bad("invalid header value"))
+/// Mark the lines a `Connection` header names as hop-by-hop (RFC 9110
+/// §7.6.1).
+fn drop_named_by_connection(lines: &mut HeaderLines) {
+    let mut named: Vec<Vec<u8>> = Vec::new();
+    for (name, value, _) in lines.iter() {
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if !token.is_empty()
+                    && !token.eq_ignore_ascii_case(b"close")
+                    && !token.eq_ignore_ascii_case(b"keep-alive")
+                {
+                    named.push(token.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    lines.mark(|name, kind| {
+        if kind != LineKind::Consumed && named.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            LineKind::HopByHop
+        } else {
+            kind
+        }
+    });
+}
+
+/// `name` is `lower` (a lowercase name), in any case.
+fn is(name: &[u8], lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower.as_bytes())
 }
 
 /// What a request head's framing headers say, gathered header by header.
@@ -142,6 +169,8 @@ struct Framing {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    /// A `Connection` header names other headers.
+    connection_names_headers: bool,
     /// A `Transfer-Encoding` was sent.
     transfer_encoding: bool,
     /// Its last coding is `chunked`.
@@ -152,14 +181,20 @@ struct Framing {
 }
 
 impl Framing {
-    /// Take note of one header; whether it is to be kept in the map.
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, HeadError> {
-        if name == CONNECTION {
+    /// Take note of one header; what the line is to the forwarding.
+    fn see(&mut self, name: &[u8], value: &[u8]) -> Result<LineKind, HeadError> {
+        // Most names are told apart by their length alone.
+        let len = name.len();
+        if is(name, "connection") {
             let tokens = codec::connection_tokens(value);
             self.close |= tokens.close;
             self.keep_alive |= tokens.keep_alive;
-            return Ok(!tokens.only_options());
-        } else if name == TRANSFER_ENCODING {
+            if tokens.only_options() {
+                return Ok(LineKind::Consumed);
+            }
+            self.connection_names_headers = true;
+            return Ok(LineKind::HopByHop);
+        } else if is(name, "transfer-encoding") {
             self.transfer_encoding = true;
             for coding in value.split(|&b| b == b',') {
                 let coding = coding.trim_ascii();
@@ -176,17 +211,27 @@ impl Framing {
                     self.other_coding = true;
                 }
             }
-        } else if name == CONTENT_LENGTH {
+            return Ok(LineKind::HopByHop);
+        } else if is(name, "content-length") {
             self.length = Some(codec::content_length(value, self.length).map_err(bad)?);
-        } else if name == EXPECT {
+            return Ok(LineKind::Length);
+        } else if is(name, "expect") {
             self.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if (len == 12 || len == 15 || len == 17)
+            && (is(name, "x-request-id")
+                || is(name, "x-forwarded-for")
+                || is(name, "x-forwarded-proto"))
+        {
+            return Ok(LineKind::Gateway);
+        } else if HOP_BY_HOP_NAMES.iter().any(|h| is(name, h)) {
+            return Ok(LineKind::HopByHop);
         }
-        Ok(true)
+        Ok(LineKind::Forward)
     }
 
-    /// How the body is delimited (RFC 9112 §6.3); drops a length that a
-    /// transfer coding overrides, so it is not forwarded.
-    fn body(&self, version: Version, headers: &mut HeaderMap) -> Result<BodyFraming, HeadError> {
+    /// How the body is delimited (RFC 9112 §6.3); a length that a
+    /// transfer coding overrides is not forwarded.
+    fn body(&self, version: Version, lines: &mut HeaderLines) -> Result<BodyFraming, HeadError> {
         if self.transfer_encoding {
             if version == Version::HTTP_10 {
                 return Err(bad("transfer-encoding in an HTTP/1.0 request"));
@@ -200,7 +245,13 @@ impl Framing {
                     why: "unsupported transfer-coding",
                 });
             }
-            headers.remove(CONTENT_LENGTH);
+            lines.mark(|_, kind| {
+                if kind == LineKind::Length {
+                    LineKind::Consumed
+                } else {
+                    kind
+                }
+            });
             return Ok(BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 }));
         }
         Ok(match self.length {
@@ -432,10 +483,10 @@ mod tests {
         );
         let head = parse_request(&mut buf).unwrap().unwrap();
         assert_eq!(&buf[..], b"{}GET");
-        assert_eq!(head.request.method(), Method::POST);
-        assert_eq!(head.request.uri().path(), "/v1/chat/completions");
-        assert_eq!(head.request.uri().query(), Some("x=1"));
-        assert_eq!(head.request.headers()["x-a"], "b");
+        assert_eq!(head.method, Method::POST);
+        assert_eq!(head.uri.path(), "/v1/chat/completions");
+        assert_eq!(head.uri.query(), Some("x=1"));
+        assert_eq!(head.lines.get("x-a"), Some(&b"b"[..]));
         assert_eq!(head.body, BodyFraming::Length(2));
         assert!(head.keep_alive);
         assert!(!head.expect_continue);
@@ -448,13 +499,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(options.keep_alive);
-        assert!(!options.request.headers().contains_key("connection"));
-        // A Connection naming headers stays, so that they are removed too.
-        let naming = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-a\r\nX-A: b\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        assert_eq!(options.lines.get("connection"), None);
+        // A Connection naming headers stays, and what it names is not
+        // forwarded either.
+        let naming = parse(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-a\r\nX-A: b\r\nX-Forwarded-For: 1.2.3.4\r\nKeep-Alive: 5\r\nX-B: c\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert!(!naming.keep_alive);
-        assert_eq!(naming.request.headers()["connection"], "close, x-a");
+        assert_eq!(naming.lines.get("connection"), Some(&b"close, x-a"[..]));
+        let mut forwarded = BytesMut::new();
+        naming.lines.write(true, &mut forwarded);
+        assert_eq!(&forwarded[..], b"Host: a\r\nX-B: c\r\n");
     }
 
     #[test]
@@ -465,7 +522,7 @@ mod tests {
                 .unwrap();
         assert!(matches!(chunked.body, BodyFraming::Chunked(_)));
         assert!(
-            chunked.request.headers().get(CONTENT_LENGTH).is_none(),
+            !chunked.lines.has_length() && chunked.lines.get("content-length").is_none(),
             "the overridden length is not forwarded"
         );
         assert!(!chunked.keep_alive, "nor is the connection kept");

@@ -34,7 +34,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{Method, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -213,13 +213,16 @@ impl Connection {
         draining: &Drain,
     ) -> Next {
         let head::RequestHead {
-            request,
+            method,
+            uri,
+            version,
+            lines,
             body: framing,
             keep_alive: client_keep_alive,
             expect_continue,
         } = head;
-        let head_request = request.method() == Method::HEAD;
-        let http11 = request.version() == Version::HTTP_11;
+        let head_request = method == Method::HEAD;
+        let http11 = version == Version::HTTP_11;
         let body = if framing.is_done() {
             ClientBody::Empty
         } else {
@@ -234,15 +237,22 @@ impl Connection {
                 expect_continue,
             ))
         };
-        let request = request.map(|()| body);
         let gateway = Arc::clone(gateway);
         // Boxed: the connection's own future stays small for as long as
         // it is open; the request's (kilobytes) exists only while it runs.
         // The box is made holding the arguments only, and the request's
         // future is made inside it on the first poll: made first and moved
         // in, it would be copied (callgrind: +13k instructions of memcpy
-        // per small POST when the whole exchange was boxed that way).
-        let handler = Box::pin(async move { forward::handle(gateway, peer, request).await });
+        // per small POST when the whole exchange was boxed that way). The
+        // request is put together in there too: its empty header map
+        // would otherwise take room in every connection's task.
+        let handler = Box::pin(async move {
+            let mut request = Request::new(body);
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            *request.version_mut() = version;
+            forward::handle(gateway, peer, request, Some(lines)).await
+        });
         let Some(response) = self.respond_to(handler).await else {
             // The client went away; its request is cancelled.
             return Next::Gone;

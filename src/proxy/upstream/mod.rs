@@ -48,6 +48,7 @@ use super::h1::codec::Head;
 pub use super::h1::OutBody;
 use super::h1::{Answered, Conn};
 use crate::config::UpstreamProtocol;
+use crate::header_lines::HeaderLines;
 pub use body::{H1Body, NodeBody};
 
 /// Request body type of hyper-util's client (h2c nodes, the gateway's own
@@ -139,20 +140,21 @@ pub async fn send(
     target: Target<'_>,
     mut request: Request<OutBody>,
     shared: &HeaderMap,
+    lines: Option<&HeaderLines>,
 ) -> Result<Response<NodeBody>, UpstreamError> {
     // The h2c and connect paths are boxed: each request's future is as
     // large as its largest state, and both are kilobytes (a TLS handshake,
     // hyper-util's client) that a request on a kept connection never uses
     // but would carry, and copy, all the same.
     if target.protocol == UpstreamProtocol::H2c {
-        return Box::pin(send_h2c(target, request, shared)).await;
+        return Box::pin(send_h2c(target, request, shared, lines)).await;
     }
     let key = Key::new(&target);
     // A kept connection the node closed just before we wrote to it gives
     // the request back unsent: try it once more on a new connection, as
     // hyper-util's client does.
     if let Some(mut conn) = checkout(&key) {
-        match conn.conn.exchange(&mut request, shared).await {
+        match conn.conn.exchange(&mut request, shared, lines).await {
             Ok(answered) => return Ok(respond(answered, conn)),
             Err(e) if e.unsent => {
                 tracing::debug!(node = %key.authority, error = %e.error, "kept connection closed; sending on a new one");
@@ -161,7 +163,7 @@ pub async fn send(
         }
     }
     let mut conn = Box::pin(connect(&target, key)).await?;
-    match conn.conn.exchange(&mut request, shared).await {
+    match conn.conn.exchange(&mut request, shared, lines).await {
         Ok(answered) => Ok(respond(answered, conn)),
         Err(e) => Err(UpstreamError::Exchange(e.error)),
     }
@@ -172,12 +174,16 @@ async fn send_h2c(
     target: Target<'_>,
     request: Request<OutBody>,
     shared: &HeaderMap,
+    lines: Option<&HeaderLines>,
 ) -> Result<Response<NodeBody>, UpstreamError> {
     let (mut parts, body) = request.into_parts();
     parts.uri = absolute(&target, &parts.uri)?;
-    // hyper's client takes the headers by value (h2c nodes pay the copy).
-    let own = std::mem::replace(&mut parts.headers, shared.clone());
-    parts.headers.extend(own);
+    // hyper's client takes the headers by value (h2c nodes pay the copy):
+    // the client's lines, then the shared map, then the request's own.
+    let mut headers = lines.map(HeaderLines::forwarded_map).unwrap_or_default();
+    headers.extend(shared.clone());
+    headers.extend(std::mem::take(&mut parts.headers));
+    parts.headers = headers;
     let body = match body {
         OutBody::Full(bytes) => Full::new(bytes).map_err(|e| match e {}).boxed_unsync(),
         OutBody::Stream(body) => body,

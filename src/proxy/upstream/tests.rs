@@ -39,7 +39,9 @@ async fn exchange(authority: &Authority, tls: &Arc<ClientConfig>) -> Bytes {
         .header("host", authority.as_str())
         .body(OutBody::Full(Bytes::new()))
         .unwrap();
-    let response = send(target, request, &HeaderMap::new()).await.unwrap();
+    let response = send(target, request, &HeaderMap::new(), None)
+        .await
+        .unwrap();
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
@@ -196,6 +198,7 @@ async fn ask(
         target(authority, tls),
         get(authority, method),
         &HeaderMap::new(),
+        None,
     )
     .await
     .unwrap()
@@ -321,7 +324,7 @@ async fn a_streamed_upload_goes_chunked_and_an_early_answer_ends_the_connection(
     // Headers shared by a request's attempts go after its own.
     let mut shared = HeaderMap::new();
     shared.insert("x-request-id", http::HeaderValue::from_static("r1"));
-    let response = send(target(&authority, &tls), request, &shared)
+    let response = send(target(&authority, &tls), request, &shared, None)
         .await
         .unwrap();
     assert_eq!(
@@ -346,7 +349,7 @@ async fn a_streamed_upload_goes_chunked_and_an_early_answer_ends_the_connection(
         .header("host", authority.as_str())
         .body(OutBody::Stream(endless.boxed_unsync()))
         .unwrap();
-    let response = send(target(&authority, &tls), request, &HeaderMap::new())
+    let response = send(target(&authority, &tls), request, &HeaderMap::new(), None)
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
