@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
         body.len()
     );
     eprintln!("chat request body: {} bytes", body.len());
-    let head = classify_head(&Method::POST, path, &headers);
+    let head = classify_head(&Method::POST, path, (&headers).into());
     assert!(head.parse_body);
     let class = classify_body(head.clone(), &body, &opts).unwrap();
     assert!(class.stream && class.max_tokens == Some(512) && !class.prefix.is_empty());
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("chat_4k", |b| {
         b.iter(|| {
-            let head = classify_head(&Method::POST, black_box(path), black_box(&headers));
+            let head = classify_head(&Method::POST, black_box(path), black_box((&headers).into()));
             classify_body(head, black_box(&body), &opts).unwrap()
         })
     });
@@ -84,7 +84,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     c.bench_function("classify_head/chat", |b| {
-        b.iter(|| classify_head(&Method::POST, black_box(path), black_box(&headers)))
+        b.iter(|| classify_head(&Method::POST, black_box(path), black_box((&headers).into())))
     });
 
     // precise_prefix: the prompt captured, then turned into token ids.
