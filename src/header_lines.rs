@@ -263,28 +263,43 @@ impl<'a> RequestHeaders<'a> {
     where
         'a: 'n,
     {
-        let forwarded_only = self.forwarded_only;
-        let from_map = self
-            .map
-            .get_all(name)
+        // An empty map is not asked: a `&str` is parsed on every lookup.
+        let from_map = (!self.map.is_empty())
+            .then(|| self.map.get_all(name))
             .into_iter()
+            .flatten()
             .map(HeaderValue::as_bytes);
-        let from_lines = self.lines.into_iter().flat_map(move |lines| {
-            lines
-                .lines
-                .iter()
-                .filter(move |l| {
-                    !forwarded_only || matches!(l.kind, LineKind::Forward | LineKind::Length)
-                })
-                .filter(move |l| {
-                    l.kind != LineKind::Consumed
-                        && lines
-                            .slice(l.name, l.name_len)
-                            .eq_ignore_ascii_case(name.as_bytes())
-                })
-                .map(move |l| lines.slice(l.value, l.value_len))
-        });
+        let lines = self.lines.map_or(&[][..], |l| &l.lines[..]);
+        let from_lines = lines
+            .iter()
+            .filter(move |l| self.named(l, name.as_bytes()))
+            .filter_map(move |l| Some(self.lines?.slice(l.value, l.value_len)));
         from_map.chain(from_lines)
+    }
+
+    /// Whether `line` is one of this view's and is named `name`.
+    fn named(self, line: &LineAt, name: &[u8]) -> bool {
+        let counted = match line.kind {
+            LineKind::Forward | LineKind::Length => true,
+            LineKind::HopByHop | LineKind::Gateway => !self.forwarded_only,
+            LineKind::Consumed => false,
+        };
+        // The length first: most lines are told apart by it alone.
+        line.name_len as usize == name.len()
+            && counted
+            && self
+                .lines
+                .is_some_and(|l| l.slice(line.name, line.name_len).eq_ignore_ascii_case(name))
+    }
+
+    /// The first value of `name` in the lines.
+    fn first_line(self, name: &[u8]) -> Option<&'a [u8]> {
+        let lines = self.lines?;
+        lines
+            .lines
+            .iter()
+            .find(|l| self.named(l, name))
+            .map(|l| lines.slice(l.value, l.value_len))
     }
 
     /// The first value of `name`, a name made once (a `&str` is parsed
@@ -293,19 +308,26 @@ impl<'a> RequestHeaders<'a> {
         if let Some(value) = self.map.get(name) {
             return Some(value.as_bytes());
         }
-        // Only lines left to look at.
-        self.lines?;
-        self.get_all(name.as_str()).next()
+        self.first_line(name.as_str().as_bytes())
     }
 
     /// The first value of `name` (lowercase).
     pub fn get_str(self, name: &str) -> Option<&'a [u8]> {
-        self.get_all(name).next()
+        if !self.map.is_empty() {
+            if let Some(value) = self.map.get(name) {
+                return Some(value.as_bytes());
+            }
+        }
+        self.first_line(name.as_bytes())
     }
 
     /// How many values `name` has.
     pub fn count(self, name: &HeaderName) -> usize {
-        self.get_all(name.as_str()).count()
+        let in_lines = self.lines.map_or(0, |lines| {
+            let name = name.as_str().as_bytes();
+            lines.lines.iter().filter(|l| self.named(l, name)).count()
+        });
+        self.map.get_all(name).iter().count() + in_lines
     }
 }
 
