@@ -50,6 +50,9 @@ struct LineAt {
 pub struct HeaderLines {
     bytes: Bytes,
     lines: Vec<LineAt>,
+    /// Lines the gateway adds (`name: value` and CRLF each), written after
+    /// the client's: cheaper than a map for the two or three it adds.
+    added: Vec<u8>,
 }
 
 impl HeaderLines {
@@ -59,6 +62,7 @@ impl HeaderLines {
         HeaderLines {
             bytes,
             lines: Vec::with_capacity(capacity),
+            added: Vec::new(),
         }
     }
 
@@ -84,6 +88,64 @@ impl HeaderLines {
             end,
             kind,
         });
+    }
+
+    /// Add a line of the gateway's own. Its name must be one the client's
+    /// lines of kind [`LineKind::Gateway`] are (those are not forwarded),
+    /// or one the client did not send.
+    pub fn add(&mut self, name: &HeaderName, value: &[u8]) {
+        if self.added.capacity() == 0 {
+            // Room for the usual three (forwarded for, proto, request id).
+            self.added.reserve(128);
+        }
+        self.added.extend_from_slice(name.as_str().as_bytes());
+        self.added.extend_from_slice(b": ");
+        self.added.extend_from_slice(value);
+        self.added.extend_from_slice(b"\r\n");
+    }
+
+    /// Add a line of the gateway's own named as client lines may be, with
+    /// `value` appended to the first one's value (", "), as
+    /// `X-Forwarded-For` is; `value` alone when the client sent none.
+    pub fn add_appended(&mut self, name: &HeaderName, value: &[u8]) {
+        let name_bytes = name.as_str().as_bytes();
+        let existing = self
+            .lines
+            .iter()
+            .find(|l| {
+                l.kind != LineKind::Consumed
+                    && l.name_len as usize == name_bytes.len()
+                    && self
+                        .slice(l.name, l.name_len)
+                        .eq_ignore_ascii_case(name_bytes)
+            })
+            .map(|l| (l.value, l.value_len))
+            .filter(|&(at, len)| !self.slice(at, len).trim_ascii().is_empty());
+        let Some((at, len)) = existing else {
+            self.add(name, value);
+            return;
+        };
+        self.add(name, b"");
+        // Written in place of the empty value just added: the client's
+        // value, then ours.
+        self.added.truncate(self.added.len() - 2);
+        let existing = self
+            .bytes
+            .get(at as usize..(at + len) as usize)
+            .unwrap_or_default();
+        self.added.extend_from_slice(existing);
+        self.added.extend_from_slice(b", ");
+        self.added.extend_from_slice(value);
+        self.added.extend_from_slice(b"\r\n");
+    }
+
+    /// The lines the gateway added: name and value.
+    fn added(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.added.split(|&b| b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = memchr::memchr(b':', line)?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii()))
+        })
     }
 
     /// Change the kind of the lines `change` picks (by name).
@@ -172,6 +234,7 @@ impl HeaderLines {
         if let Some((a, b)) = run {
             out.put_slice(&self.bytes[a..b]);
         }
+        out.put_slice(&self.added);
     }
 
     /// Bytes the forwarded lines take at most.
@@ -180,7 +243,8 @@ impl HeaderLines {
             .iter()
             .filter(|l| matches!(l.kind, LineKind::Forward | LineKind::Length))
             .map(|l| (l.end - l.name) as usize + 1)
-            .sum()
+            .sum::<usize>()
+            + self.added.len()
     }
 
     /// The lines as a map, as hyper would have parsed them (for a node
@@ -191,9 +255,17 @@ impl HeaderLines {
         self.map_of(|kind| kind != LineKind::Consumed)
     }
 
-    /// The forwarded lines as a map.
+    /// The forwarded lines, and those the gateway added, as a map.
     pub fn forwarded_map(&self) -> HeaderMap {
-        self.map_of(|kind| matches!(kind, LineKind::Forward | LineKind::Length))
+        let mut map = self.map_of(|kind| matches!(kind, LineKind::Forward | LineKind::Length));
+        for (name, value) in self.added() {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                map.append(name, value);
+            }
+        }
+        map
     }
 
     fn map_of(&self, keep: impl Fn(LineKind) -> bool) -> HeaderMap {
@@ -269,12 +341,19 @@ impl<'a> RequestHeaders<'a> {
             .into_iter()
             .flatten()
             .map(HeaderValue::as_bytes);
+        let from_added = self
+            .lines
+            .filter(|_| self.forwarded_only)
+            .into_iter()
+            .flat_map(HeaderLines::added)
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value);
         let lines = self.lines.map_or(&[][..], |l| &l.lines[..]);
         let from_lines = lines
             .iter()
             .filter(move |l| self.named(l, name.as_bytes()))
             .filter_map(move |l| Some(self.lines?.slice(l.value, l.value_len)));
-        from_map.chain(from_lines)
+        from_map.chain(from_added).chain(from_lines)
     }
 
     /// Whether `line` is one of this view's and is named `name`.
@@ -292,9 +371,16 @@ impl<'a> RequestHeaders<'a> {
                 .is_some_and(|l| l.slice(line.name, line.name_len).eq_ignore_ascii_case(name))
     }
 
-    /// The first value of `name` in the lines.
+    /// The first value of `name` in the lines (those the gateway added
+    /// first, in the forwarded view).
     fn first_line(self, name: &[u8]) -> Option<&'a [u8]> {
         let lines = self.lines?;
+        if self.forwarded_only && !lines.added.is_empty() {
+            let added = lines.added().find(|(n, _)| n.eq_ignore_ascii_case(name));
+            if let Some((_, value)) = added {
+                return Some(value);
+            }
+        }
         lines
             .lines
             .iter()
@@ -325,7 +411,14 @@ impl<'a> RequestHeaders<'a> {
     pub fn count(self, name: &HeaderName) -> usize {
         let in_lines = self.lines.map_or(0, |lines| {
             let name = name.as_str().as_bytes();
-            lines.lines.iter().filter(|l| self.named(l, name)).count()
+            let added = match self.forwarded_only {
+                true => lines
+                    .added()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .count(),
+                false => 0,
+            };
+            added + lines.lines.iter().filter(|l| self.named(l, name)).count()
         });
         self.map.get_all(name).iter().count() + in_lines
     }
@@ -383,6 +476,31 @@ mod tests {
         );
         assert!(out.len() <= lines.forwarded_len());
         assert!(lines.has_length());
+        let mut lines = lines;
+        lines.add(
+            &HeaderName::from_static("x-forwarded-for"),
+            b"9.9.9.9, 1.2.3.4",
+        );
+        out.clear();
+        lines.write(false, &mut out);
+        assert_eq!(
+            &out[..],
+            b"Host: a\r\nAccept: */*\r\nUser-Agent: t\r\nx-forwarded-for: 9.9.9.9, 1.2.3.4\r\n"
+        );
+        assert!(out.len() <= lines.forwarded_len());
+        assert_eq!(lines.forwarded_map()["x-forwarded-for"], "9.9.9.9, 1.2.3.4");
+        // The client's X-Forwarded-For, with the address appended.
+        let mut lines = lines_of(
+            b"GET / HTTP/1.1\r\nX-Forwarded-For: 203.0.113.7\r\nHost: a\r\n\r\n",
+            &[Gateway, Forward],
+        );
+        lines.add_appended(&HeaderName::from_static("x-forwarded-for"), b"10.0.0.1");
+        out.clear();
+        lines.write(false, &mut out);
+        assert_eq!(
+            &out[..],
+            b"Host: a\r\nx-forwarded-for: 203.0.113.7, 10.0.0.1\r\n"
+        );
     }
 
     #[test]
@@ -419,6 +537,21 @@ mod tests {
         assert_eq!(forwarded.get_str("keep-alive"), None);
         assert_eq!(forwarded.get_str("x-forwarded-proto"), Some(&b"http"[..]));
         assert_eq!(forwarded.count(&http::header::COOKIE), 2);
+        // Lines the gateway added count in the forwarded view only.
+        let mut lines = lines;
+        lines.add(&http::header::COOKIE, b"z=3");
+        lines.add(&HeaderName::from_static("x-request-id"), b"r1");
+        let empty = HeaderMap::new();
+        let forwarded = RequestHeaders::forwarded(&empty, Some(&lines));
+        assert_eq!(forwarded.get_str("x-request-id"), Some(&b"r1"[..]));
+        assert_eq!(forwarded.count(&http::header::COOKIE), 3);
+        assert_eq!(
+            forwarded.get_all("cookie").collect::<Vec<_>>(),
+            [&b"z=3"[..], b"x=1", b"y=2"]
+        );
+        let client = RequestHeaders::client(&empty, Some(&lines));
+        assert_eq!(client.get_str("x-request-id"), None);
+        assert_eq!(client.count(&http::header::COOKIE), 2);
     }
 
     #[test]

@@ -19,7 +19,10 @@ use super::body::{PassThrough, ResponseBody};
 use super::client_body::{BodyState, BodyWatch, ClientFault, WatchedBody};
 use super::errors::{error_response, ErrorKind};
 use super::h1_server::body::ClientBody;
-use super::headers::{add_forwarded, forwarded_for, strip_hop_by_hop, REQUEST_ID, X_FORWARDED_FOR};
+use super::headers::{
+    add_forwarded, forwarded_for, strip_hop_by_hop, with_forwarded_for, REQUEST_ID,
+    X_FORWARDED_FOR, X_FORWARDED_PROTO,
+};
 use super::queue::Shed;
 use super::retry::RetryGuard;
 use super::select::{select, Selection, Slot};
@@ -181,9 +184,9 @@ pub(super) async fn forward(
     // A plain HTTP/1.1 client's lines go to an HTTP/1.1 node as they came,
     // and the map holds only what the gateway adds; hyper's client (h2c
     // nodes) takes one map.
-    let (map, lines) = match lines {
+    let (map, mut lines) = match lines {
         Some(lines) if route.protocol == UpstreamProtocol::Http1 => {
-            (super::spare::take_headers(4), Some(lines))
+            (http::HeaderMap::new(), Some(lines))
         }
         Some(lines) => (lines.to_map(), None),
         None => (parts.headers, None),
@@ -201,11 +204,25 @@ pub(super) async fn forward(
     } else {
         "http"
     };
-    let client = RequestHeaders::client(&headers, lines.as_ref());
-    let mut has_host = client.get(&HOST).is_some();
-    let forwarded_for = forwarded_for(client.get(&X_FORWARDED_FOR), peer);
-    add_forwarded(&mut headers, forwarded_for, proto);
-    headers.insert(REQUEST_ID.clone(), id.clone());
+    let mut has_host = RequestHeaders::client(&headers, lines.as_ref())
+        .get(&HOST)
+        .is_some();
+    match &mut lines {
+        // The gateway's own lines, written after the client's.
+        Some(lines) => {
+            with_forwarded_for(None, peer, |ip| {
+                lines.add_appended(&X_FORWARDED_FOR, ip);
+            });
+            lines.add(&X_FORWARDED_PROTO, proto.as_bytes());
+            lines.add(&REQUEST_ID, id.as_bytes());
+        }
+        None => {
+            let existing = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
+            let forwarded_for = forwarded_for(existing, peer);
+            add_forwarded(&mut headers, forwarded_for, proto);
+            headers.insert(REQUEST_ID.clone(), id.clone());
+        }
+    }
     if !has_host {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(value) = HeaderValue::from_str(authority.as_str()) {

@@ -12,7 +12,7 @@ use crate::header_lines::RequestHeaders;
 /// back to the client.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Remove hop-by-hop headers: the fixed list plus every header the
 /// `Connection` header names. `keep_te_trailers` keeps `te: trailers`, which
@@ -115,6 +115,16 @@ const HOP_BY_HOP_LENGTHS: u32 = {
 /// `X-Forwarded-For` as the node gets it: the client's address appended
 /// to the value the client sent (`existing`).
 pub fn forwarded_for(existing: Option<&[u8]>, peer: SocketAddr) -> Option<HeaderValue> {
+    with_forwarded_for(existing, peer, |value| HeaderValue::from_bytes(value).ok()).flatten()
+}
+
+/// [`forwarded_for`]'s value handed to `f`, without allocating unless the
+/// client sent one.
+pub fn with_forwarded_for<R>(
+    existing: Option<&[u8]>,
+    peer: SocketAddr,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
     // An address is at most 45 bytes; written without allocating.
     let mut ip = [0u8; 48];
     let len = write_ip(&mut ip, peer.ip());
@@ -128,9 +138,9 @@ pub fn forwarded_for(existing: Option<&[u8]>, peer: SocketAddr) -> Option<Header
             joined.extend_from_slice(existing);
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(ip);
-            HeaderValue::from_bytes(&joined).ok()
+            Some(f(&joined))
         }
-        _ => HeaderValue::from_bytes(ip).ok(),
+        _ => Some(f(ip)),
     }
 }
 
