@@ -99,14 +99,26 @@ wait_http() { # url
 
 "$BIN" sim --print-tokenizer >"$WORK/tokenizer.json"
 
+# The simulated nodes' cost model, written into their config and used for
+# each request's TTFT floor below: a step takes DECODE_BASE_SECS plus
+# PREFILL_SECS_PER_TOKEN per token prefilled (at most STEP_TOKENS a step),
+# divided by the node's speed.
+SPEEDS=1,1,1,0.5
+STEP_TOKENS=2048
+PREFILL_SECS_PER_TOKEN=0.00005
+DECODE_BASE_SECS=0.0065
+export SPEEDS STEP_TOKENS PREFILL_SECS_PER_TOKEN DECODE_BASE_SECS
+
 run_one() { # name system-prompts repeat
   local name=$1 sp=$2 tag="$1-$2-$3" base ev rp gw
   base=$(free_ports 4); ev=$(free_ports 4); rp=$(free_ports 4); gw=$(free_port)
   cat >"$WORK/sim.toml" <<EOF
 time_scale = 1.0
 max_num_seqs = 32
-max_num_batched_tokens = 2048
+max_num_batched_tokens = $STEP_TOKENS
 kv_blocks = 2048
+prefill_secs_per_token = $PREFILL_SECS_PER_TOKEN
+decode_base_secs = $DECODE_BASE_SECS
 max_model_len = 16384
 default_max_tokens = 64
 tokenizer = "$WORK/tokenizer.json"
@@ -115,7 +127,7 @@ enable_kv_cache_events = true
 endpoint = "tcp://127.0.0.1:$ev"
 replay_endpoint = "tcp://127.0.0.1:$rp"
 EOF
-  "$BIN" sim --nodes 4 --base-port "$base" --speeds 1,1,1,0.5 --config "$WORK/sim.toml" >"$WORK/sim-$name.log" 2>&1 &
+  "$BIN" sim --nodes 4 --base-port "$base" --speeds "$SPEEDS" --config "$WORK/sim.toml" >"$WORK/sim-$name.log" 2>&1 &
   PIDS+=($!)
   local urls=() i
   for i in 0 1 2 3; do
@@ -193,6 +205,21 @@ labels = {
     "vllm": "vLLM router cache_aware",
 }
 
+SPEEDS = [float(v) for v in os.environ["SPEEDS"].split(",")]
+
+def floor(row):
+    """The request's TTFT with no queue and no other work in its steps: its
+    uncached prompt tokens prefilled at its node's speed (the simulator's
+    cost model, bench/peers.sh's settings). Measured TTFTs were never
+    below it (1.01x at least); what a router adds above it is waiting."""
+    uncached = max(int(row["prompt_tokens"] or 0) - int(row["cached_tokens"] or 0), 0)
+    steps = max(-(-uncached // int(os.environ["STEP_TOKENS"])), 1)
+    secs = (steps * float(os.environ["DECODE_BASE_SECS"])
+            + uncached * float(os.environ["PREFILL_SECS_PER_TOKEN"]))
+    m = re.fullmatch(r"sim-(\d+)", row["node"])
+    speed = SPEEDS[int(m.group(1))] if m and int(m.group(1)) < len(SPEEDS) else 1.0
+    return secs / speed
+
 def one_run(n, r):
     """(summary, TTFT stats, e2e stats, hit rate %, per-node figures) of one run."""
     tag = f"{n}-{sp}-{r}"
@@ -216,7 +243,7 @@ def one_run(n, r):
         for row in csv.DictReader(open(csv_path)):
             if row.get("ok") != "true" or not row.get("node"):
                 continue
-            f = nodes.setdefault(row["node"], [0, 0, 0, 0.0, 0, {}])
+            f = nodes.setdefault(row["node"], [0, 0, 0, 0.0, 0, {}, 0.0])
             f[0] += 1
             # The session's system prompt (session i uses prompt i mod sp).
             m = re.fullmatch(r"session-(\d+)", row.get("user") or "")
@@ -229,6 +256,7 @@ def one_run(n, r):
             if row.get("time_to_first_token"):
                 f[3] += float(row["time_to_first_token"])
                 f[4] += 1
+                f[6] += floor(row)
     return (s, lat.get("time_to_first_token"), lat.get("request_latency"),
             100 * hits / queries if queries else None, nodes)
 
@@ -292,6 +320,7 @@ for n in names:
         tokens = sum(g[1] for g in got) / len(runs)
         cached = sum(g[2] for g in got) / max(sum(g[1] for g in got), 1)
         ttft = sum(g[3] for g in got) / max(sum(g[4] for g in got), 1)
+        node_floor = sum(g[6] for g in got) / max(sum(g[4] for g in got), 1)
         # The system prompts whose sessions this node served a fifth or more of.
         mine = {}
         for g in got:
@@ -299,7 +328,21 @@ for n in names:
                 mine[p] = mine.get(p, 0) + c
         carried = sorted(p for p, c in mine.items() if c * 5 >= total[p])
         prompts = f" / prompts {','.join(map(str, carried))}" if carried else ""
-        parts.append(f"{node} {req:.0f} / {tokens / 1000:.0f}k / {100 * cached:.0f} % / {1000 * ttft:.0f} ms{prompts}")
+        parts.append(f"{node} {req:.0f} / {tokens / 1000:.0f}k / {100 * cached:.0f} % / "
+                     f"{1000 * ttft:.0f} ms (floor {1000 * node_floor:.0f}){prompts}")
     print(f"- {labels.get(n, n)}: " + "; ".join(parts))
+print()
+print("TTFT floor: each streamed request's TTFT with no queue and nothing else in its steps (its uncached"
+      " prompt tokens at its node's speed, the simulator's cost model); the rest of the mean is waiting:")
+for n in names:
+    runs = rows[n]
+    if not runs:
+        continue
+    got = [g for x in runs for g in x[4].values()]
+    count = max(sum(g[4] for g in got), 1)
+    measured = sum(g[3] for g in got) / count
+    at_floor = sum(g[6] for g in got) / count
+    print(f"- {labels.get(n, n)}: mean {1000 * measured:.0f} ms = floor {1000 * at_floor:.0f} ms"
+          f" + waiting {1000 * (measured - at_floor):.0f} ms")
 PY
 done
