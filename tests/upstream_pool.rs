@@ -347,3 +347,89 @@ async fn a_clients_header_lines_reach_the_node_as_written() {
     );
     assert!(!head.replace("\r\n", "").contains('\n'), "{head:?}");
 }
+
+/// An h2c node that sends each request's headers (name: value lines, in
+/// the order hyper gives them) to the returned channel and answers 200.
+async fn h2c_recording_node() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let heads = heads.clone();
+                    async move {
+                        let mut seen = String::new();
+                        for (name, value) in req.headers() {
+                            seen.push_str(&format!(
+                                "{name}: {}\n",
+                                String::from_utf8_lossy(value.as_bytes())
+                            ));
+                        }
+                        let _ = heads.send(seen);
+                        let _ = req.into_body().collect().await;
+                        let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+                        let mut response = http::Response::new(Full::new(bytes::Bytes::from(body)));
+                        response
+                            .headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// A plain HTTP/1.1 client's lines reach an h2c node (through hyper's
+/// client, which takes a map) with the same cuts and additions as an
+/// HTTP/1.1 node gets them.
+#[tokio::test]
+async fn a_clients_header_lines_reach_an_h2c_node_as_a_map() {
+    let (node, mut heads) = h2c_recording_node().await;
+    let config = config_text(&[(node, 1)], "round_robin", "retries = 0").replacen(
+        "name = \"p\"\n",
+        "name = \"p\"\nprotocol = \"h2c\"\n",
+        1,
+    );
+    let gw = start_gateway(&config).await;
+    let body = format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw.example\r\nX-Custom-Case: Keep Me\r\n\
+         Connection: X-Hop\r\nX-Hop: drop\r\nKeep-Alive: timeout=5\r\nAccept: a\r\nAccept: b\r\n\
+         X-Forwarded-For: 203.0.113.7\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let reply = read_response(&mut client).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = heads.recv().await.unwrap();
+    for line in [
+        "x-custom-case: Keep Me\n",
+        "accept: a\naccept: b\n",
+        "content-type: application/json\n",
+        "x-forwarded-for: 203.0.113.7, 127.0.0.1\n",
+        "x-forwarded-proto: http\n",
+    ] {
+        assert!(seen.contains(line), "{line:?} not in {seen}");
+    }
+    for gone in ["x-hop", "keep-alive", "connection"] {
+        assert!(
+            !seen.contains(&format!("{gone}:")),
+            "{gone} forwarded: {seen}"
+        );
+    }
+    assert_eq!(seen.matches("x-request-id:").count(), 1, "{seen}");
+    assert_eq!(seen.matches("x-forwarded-for:").count(), 1, "{seen}");
+}
