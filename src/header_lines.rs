@@ -348,27 +348,28 @@ impl<'a> RequestHeaders<'a> {
             .flat_map(HeaderLines::added)
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, value)| value);
-        let lines = self.lines.map_or(&[][..], |l| &l.lines[..]);
-        let from_lines = lines
-            .iter()
-            .filter(move |l| self.named(l, name.as_bytes()))
-            .filter_map(move |l| Some(self.lines?.slice(l.value, l.value_len)));
+        let from_lines = self.lines.into_iter().flat_map(move |lines| {
+            lines
+                .lines
+                .iter()
+                .filter(move |l| self.named(lines, l, name.as_bytes()))
+                .map(move |l| lines.slice(l.value, l.value_len))
+        });
         from_map.chain(from_added).chain(from_lines)
     }
 
-    /// Whether `line` is one of this view's and is named `name`.
-    fn named(self, line: &LineAt, name: &[u8]) -> bool {
-        let counted = match line.kind {
-            LineKind::Forward | LineKind::Length => true,
-            LineKind::HopByHop | LineKind::Gateway => !self.forwarded_only,
-            LineKind::Consumed => false,
-        };
+    /// Whether `line` of `lines` is one of this view's and is named `name`.
+    fn named(self, lines: &HeaderLines, line: &LineAt, name: &[u8]) -> bool {
         // The length first: most lines are told apart by it alone.
         line.name_len as usize == name.len()
-            && counted
-            && self
-                .lines
-                .is_some_and(|l| l.slice(line.name, line.name_len).eq_ignore_ascii_case(name))
+            && match line.kind {
+                LineKind::Forward | LineKind::Length => true,
+                LineKind::HopByHop | LineKind::Gateway => !self.forwarded_only,
+                LineKind::Consumed => false,
+            }
+            && lines
+                .slice(line.name, line.name_len)
+                .eq_ignore_ascii_case(name)
     }
 
     /// The first value of `name` in the lines (those the gateway added
@@ -384,7 +385,7 @@ impl<'a> RequestHeaders<'a> {
         lines
             .lines
             .iter()
-            .find(|l| self.named(l, name))
+            .find(|l| self.named(lines, l, name))
             .map(|l| lines.slice(l.value, l.value_len))
     }
 
@@ -418,7 +419,12 @@ impl<'a> RequestHeaders<'a> {
                     .count(),
                 false => 0,
             };
-            added + lines.lines.iter().filter(|l| self.named(l, name)).count()
+            added
+                + lines
+                    .lines
+                    .iter()
+                    .filter(|l| self.named(lines, l, name))
+                    .count()
         });
         self.map.get_all(name).iter().count() + in_lines
     }

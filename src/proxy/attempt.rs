@@ -162,7 +162,9 @@ fn budget_now() -> Duration {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     route: &Route,
-    parts: Parts,
+    // Borrowed: the request's future then holds a reference, not the
+    // parts (224 bytes) moved into it; the header map is taken out.
+    parts: &mut Parts,
     lines: Option<HeaderLines>,
     mut body: RequestBody,
     class: &RequestClass,
@@ -189,7 +191,7 @@ pub(super) async fn forward(
             (http::HeaderMap::new(), Some(lines))
         }
         Some(lines) => (lines.to_map(), None),
-        None => (parts.headers, None),
+        None => (std::mem::take(&mut parts.headers), None),
     };
     // Back to the thread's maps when the attempts are over.
     let mut headers = super::spare::KeptHeaders(map);

@@ -69,7 +69,7 @@ async fn proxy(
     id: &HeaderValue,
     started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, Reject> {
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let headers = RequestHeaders::client(&parts.headers, lines.as_ref());
     let head = classify_head(&parts.method, parts.uri.path(), headers);
     let family = head.family;
@@ -171,8 +171,10 @@ async fn proxy(
         }
         (None, None) => RequestBody::Buffered(Bytes::new()),
     };
-    let mut response =
-        forward(route, parts, lines, body, &class, peer, id, started, charge).await?;
+    let mut response = forward(
+        route, &mut parts, lines, body, &class, peer, id, started, charge,
+    )
+    .await?;
     if let Some(h) = rate_headers {
         response.headers_mut().extend(h);
     }
