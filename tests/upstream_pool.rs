@@ -42,34 +42,41 @@ async fn raw_node(mode: Mode) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// Read one request off `stream` (head, then `Content-Length` bytes of
+/// body; `buf` keeps what came after it) and return its head; `None` when
+/// the connection ends first.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = buf[..head_end].to_vec();
+    let length: usize = String::from_utf8_lossy(&head)
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..head_end + length);
+    Some(head)
+}
+
 async fn serve(mut stream: TcpStream, mode: Mode) {
     let mut buf = Vec::new();
-    loop {
-        // Read one request: head, then Content-Length bytes of body.
-        let head_end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..head_end + length);
+    while read_request(&mut stream, &mut buf).await.is_some() {
         let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
         let answer = match mode {
             Mode::KeepAlive | Mode::CloseAfterOne => format!(
@@ -204,32 +211,7 @@ async fn recording_node() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<V
             let heads = heads.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                loop {
-                    let head_end = loop {
-                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = buf[..head_end].to_vec();
-                    let length: usize = String::from_utf8_lossy(&head)
-                        .to_ascii_lowercase()
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < head_end + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..head_end + length);
+                while let Some(head) = read_request(&mut stream, &mut buf).await {
                     let _ = heads.send(head);
                     let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
                     let answer = format!(
