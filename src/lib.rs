@@ -1,6 +1,11 @@
 //! infergate: a load balancer for AI inference traffic.
 //!
 //! See `ARCHITECTURE.md` at the repository root for a map of the modules.
+//!
+//! The library is this binary's, not a published API: its documentation is
+//! for the people working on it (`cargo doc --document-private-items`), so
+//! docs may link to private items.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod alerts;

@@ -19,7 +19,7 @@
 //! On pools of more than 128 nodes the candidates are the eligible nodes
 //! holding the longest part of the prompt (and a few with a shorter part)
 //! plus 16 random eligible nodes
-//! ([`candidates_with`](super::signals::candidates_with)), and scores are
+//! ([`candidates_with`]), and scores are
 //! normalized over them: O(1) in the pool's size.
 
 use std::sync::Arc;

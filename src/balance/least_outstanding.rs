@@ -7,7 +7,7 @@
 //! every node on each pick — reading one relaxed atomic per node, no lock —
 //! so it is exact. On larger pools it takes the least loaded of 32 random
 //! eligible nodes, O(1) per pick, which keeps every node within one request
-//! of the mean (figures in [`sample`](super::sample)).
+//! of the mean (figures in [`sample`]).
 //!
 //! The score of node `i` is `(outstanding_i + 1) / weight_i`: the load the
 //! node would have *after* taking this request, per unit of capacity (the `+1`

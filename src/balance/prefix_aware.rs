@@ -60,7 +60,7 @@
 //! nodes the candidates of step 1 are the eligible nodes holding the
 //! longest part of the prompt (and a few with a shorter part) plus 16
 //! random eligible nodes
-//! ([`candidates_with`](super::signals::candidates_with)), so the cost no
+//! ([`candidates_with`]), so the cost no
 //! longer grows with the pool and `L_min` is the sample's.
 
 use std::cell::OnceCell;

@@ -226,7 +226,7 @@ pub fn yield_to_queueing(nodes: &[Arc<Node>], cands: &[usize], now: u64, matched
 
 /// Drop the prefix match (`matched`, indexed by node) of every candidate
 /// whose prefill queued right now
-/// ([`AiLoad::pending_prefill_tokens`]), beyond the least-backlogged
+/// ([`crate::fleet::AiLoad::pending_prefill_tokens`]), beyond the least-backlogged
 /// candidate's, is more than its match saves: a new request waits behind
 /// that work (chunked prefill shares each engine step) before its first
 /// token, wherever it goes, and elsewhere it prefills the matched tokens

@@ -108,7 +108,7 @@ pub struct BenchArgs {
     /// Goodput constraint on time per output token (e.g. 50ms).
     #[arg(long, value_parser = crate::config::duration::parse)]
     slo_tpot: Option<Duration>,
-    /// Directory for the reports [default with --target: bench-report-<unix time>].
+    /// Directory for the reports [default with --target: bench-report-SECONDS, the Unix time].
     #[arg(long)]
     output: Option<PathBuf>,
     /// Response header naming the node that served a request (infergate

@@ -187,9 +187,11 @@ impl BlockPool {
         self.commit_tokens(blocks, hashes, None, &[]);
     }
 
-    /// [`BlockPool::commit`], recording a `BlockStored` event (when events
-    /// are on) per run of newly cached blocks: `parent` is the hash of the
-    /// block before `hashes[0]`, `tokens` the token ids of these blocks.
+    /// Register computed full prompt blocks under their content hashes
+    /// (`blocks[i]` holds the block hashed `hashes[i]`), recording a
+    /// `BlockStored` event (when events are on) per run of newly cached
+    /// blocks: `parent` is the hash of the block before `hashes[0]`,
+    /// `tokens` the token ids of these blocks.
     pub fn commit_tokens(
         &mut self,
         blocks: &[BlockId],

@@ -94,7 +94,7 @@ struct Session {
 }
 
 /// The shared-prefix chat sessions of a [`WorkloadConfig`]: every call of
-/// [`ChatSessions::next`] picks a session and adds a turn. Deterministic for
+/// [`ChatSessions::next_request`] picks a session and adds a turn. Deterministic for
 /// the config's seed (the draws are the ones `run` has always made).
 pub struct ChatSessions {
     config: WorkloadConfig,
