@@ -94,49 +94,25 @@ impl HeaderLines {
     /// lines of kind [`LineKind::Gateway`] are (those are not forwarded),
     /// or one the client did not send.
     pub fn add(&mut self, name: &HeaderName, value: &[u8]) {
-        if self.added.capacity() == 0 {
-            // Room for the usual three (forwarded for, proto, request id).
-            self.added.reserve(128);
-        }
-        self.added.extend_from_slice(name.as_str().as_bytes());
-        self.added.extend_from_slice(b": ");
-        self.added.extend_from_slice(value);
-        self.added.extend_from_slice(b"\r\n");
+        put_line(&mut self.added, name, &[value]);
     }
 
     /// Add a line of the gateway's own named as client lines may be, with
     /// `value` appended to the first one's value (", "), as
     /// `X-Forwarded-For` is; `value` alone when the client sent none.
     pub fn add_appended(&mut self, name: &HeaderName, value: &[u8]) {
-        let name_bytes = name.as_str().as_bytes();
         let existing = self
             .lines
             .iter()
-            .find(|l| {
-                l.kind != LineKind::Consumed
-                    && l.name_len as usize == name_bytes.len()
-                    && self
-                        .slice(l.name, l.name_len)
-                        .eq_ignore_ascii_case(name_bytes)
-            })
-            .map(|l| (l.value, l.value_len))
-            .filter(|&(at, len)| !self.slice(at, len).trim_ascii().is_empty());
-        let Some((at, len)) = existing else {
-            self.add(name, value);
-            return;
-        };
-        self.add(name, b"");
-        // Written in place of the empty value just added: the client's
-        // value, then ours.
-        self.added.truncate(self.added.len() - 2);
-        let existing = self
-            .bytes
-            .get(at as usize..(at + len) as usize)
-            .unwrap_or_default();
-        self.added.extend_from_slice(existing);
-        self.added.extend_from_slice(b", ");
-        self.added.extend_from_slice(value);
-        self.added.extend_from_slice(b"\r\n");
+            .find(|l| self.is_named(l, name.as_str().as_bytes(), false))
+            .map(|l| (l.value as usize, l.value_len as usize));
+        let existing = existing
+            .and_then(|(at, len)| self.bytes.get(at..at + len))
+            .filter(|v| !v.trim_ascii().is_empty());
+        match existing {
+            Some(existing) => put_line(&mut self.added, name, &[existing, b", ", value]),
+            None => put_line(&mut self.added, name, &[value]),
+        }
     }
 
     /// The lines the gateway added: name and value.
@@ -148,47 +124,45 @@ impl HeaderLines {
         })
     }
 
-    /// Change the kind of the lines `change` picks (by name).
-    pub fn mark(&mut self, mut change: impl FnMut(&[u8], LineKind) -> LineKind) {
-        for i in 0..self.lines.len() {
-            let line = self.lines[i];
-            let name = self.slice(line.name, line.name_len);
-            self.lines[i].kind = change(name, line.kind);
-        }
-    }
-
     fn slice(&self, at: u32, len: u32) -> &[u8] {
         self.bytes
             .get(at as usize..(at + len) as usize)
             .unwrap_or_default()
     }
 
-    /// Every line: name, value and kind.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], LineKind)> {
-        self.lines.iter().map(|l| {
-            (
-                self.slice(l.name, l.name_len),
-                self.slice(l.value, l.value_len),
-                l.kind,
-            )
-        })
+    /// Whether `line` is named `name` (lowercase) and counts: every line
+    /// the parser did not take in, or only the forwarded ones.
+    fn is_named(&self, line: &LineAt, name: &[u8], forwarded_only: bool) -> bool {
+        // The length first: most lines are told apart by it alone.
+        line.name_len as usize == name.len()
+            && match line.kind {
+                LineKind::Forward | LineKind::Length => true,
+                LineKind::HopByHop | LineKind::Gateway => !forwarded_only,
+                LineKind::Consumed => false,
+            }
+            && self
+                .slice(line.name, line.name_len)
+                .eq_ignore_ascii_case(name)
     }
 
-    /// The values of the lines named `name` (lowercase).
-    pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    /// The values of the client's lines named `name` (lowercase).
+    fn values<'a, 'n>(
+        &'a self,
+        name: &'n [u8],
+        forwarded_only: bool,
+    ) -> impl Iterator<Item = &'a [u8]> + 'n
     where
         'a: 'n,
     {
-        self.iter()
-            .filter(move |(n, _, kind)| {
-                *kind != LineKind::Consumed && n.eq_ignore_ascii_case(name.as_bytes())
-            })
-            .map(|(_, value, _)| value)
+        self.lines
+            .iter()
+            .filter(move |l| self.is_named(l, name, forwarded_only))
+            .map(|l| self.slice(l.value, l.value_len))
     }
 
-    /// The first value of `name` (lowercase).
+    /// The first value of `name` (lowercase) among the client's lines.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.get_all(name).next()
+        self.values(name.as_bytes(), false).next()
     }
 
     /// A `Content-Length` line is among those that may be forwarded.
@@ -289,6 +263,20 @@ impl HeaderLines {
     }
 }
 
+/// Append the line `name: value` (the value in `parts`) and CRLF.
+fn put_line(out: &mut Vec<u8>, name: &HeaderName, parts: &[&[u8]]) {
+    if out.capacity() == 0 {
+        // Room for the usual three (forwarded for, proto, request id).
+        out.reserve(128);
+    }
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A request's headers to read: a map, the lines of a plain HTTP/1.1
 /// request, or both (the gateway's own headers in the map, which win, and
 /// the client's lines).
@@ -348,28 +336,11 @@ impl<'a> RequestHeaders<'a> {
             .flat_map(HeaderLines::added)
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, value)| value);
-        let from_lines = self.lines.into_iter().flat_map(move |lines| {
-            lines
-                .lines
-                .iter()
-                .filter(move |l| self.named(lines, l, name.as_bytes()))
-                .map(move |l| lines.slice(l.value, l.value_len))
-        });
+        let from_lines = self
+            .lines
+            .into_iter()
+            .flat_map(move |lines| lines.values(name.as_bytes(), self.forwarded_only));
         from_map.chain(from_added).chain(from_lines)
-    }
-
-    /// Whether `line` of `lines` is one of this view's and is named `name`.
-    fn named(self, lines: &HeaderLines, line: &LineAt, name: &[u8]) -> bool {
-        // The length first: most lines are told apart by it alone.
-        line.name_len as usize == name.len()
-            && match line.kind {
-                LineKind::Forward | LineKind::Length => true,
-                LineKind::HopByHop | LineKind::Gateway => !self.forwarded_only,
-                LineKind::Consumed => false,
-            }
-            && lines
-                .slice(line.name, line.name_len)
-                .eq_ignore_ascii_case(name)
     }
 
     /// The first value of `name` in the lines (those the gateway added
@@ -382,11 +353,7 @@ impl<'a> RequestHeaders<'a> {
                 return Some(value);
             }
         }
-        lines
-            .lines
-            .iter()
-            .find(|l| self.named(lines, l, name))
-            .map(|l| lines.slice(l.value, l.value_len))
+        lines.values(name, self.forwarded_only).next()
     }
 
     /// The first value of `name`, a name made once (a `&str` is parsed
@@ -410,23 +377,7 @@ impl<'a> RequestHeaders<'a> {
 
     /// How many values `name` has.
     pub fn count(self, name: &HeaderName) -> usize {
-        let in_lines = self.lines.map_or(0, |lines| {
-            let name = name.as_str().as_bytes();
-            let added = match self.forwarded_only {
-                true => lines
-                    .added()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .count(),
-                false => 0,
-            };
-            added
-                + lines
-                    .lines
-                    .iter()
-                    .filter(|l| self.named(lines, l, name))
-                    .count()
-        });
-        self.map.get_all(name).iter().count() + in_lines
+        self.get_all(name.as_str()).count()
     }
 }
 

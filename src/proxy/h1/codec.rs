@@ -391,6 +391,31 @@ pub(crate) fn header_spans(
     headers.len().min(spans.len())
 }
 
+/// The header lines (as bits by index into `spans`, at most 128) that the
+/// `Connection` lines (`is_connection(i)`) name: hop-by-hop too (RFC 9110
+/// §7.6.1). Used for both heads, a node's and a client's.
+pub(crate) fn named_by_connection(
+    head: &[u8],
+    spans: &[Span],
+    is_connection: impl Fn(usize) -> bool,
+) -> u128 {
+    let text = |at: u32, len: u32| &head[at as usize..(at + len) as usize];
+    let mut named = 0u128;
+    for (_, &(_, _, value, value_len)) in
+        spans.iter().enumerate().filter(|&(i, _)| is_connection(i))
+    {
+        for token in text(value, value_len).split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            for (i, &(other, other_len, ..)) in spans.iter().enumerate().take(128) {
+                if text(other, other_len).eq_ignore_ascii_case(token) {
+                    named |= 1 << i;
+                }
+            }
+        }
+    }
+    named
+}
+
 /// A `Content-Length` value (a list of equal lengths is one length),
 /// agreeing with the length `seen` in an earlier one, if any.
 pub(crate) fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, &'static str> {

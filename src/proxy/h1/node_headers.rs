@@ -13,7 +13,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::codec::{Span, MAX_HEADERS};
+use super::codec::{named_by_connection, Span, MAX_HEADERS};
 use crate::proxy::headers::REQUEST_ID;
 
 /// Runs of forwarded lines kept as offsets; a head needing more (many
@@ -71,7 +71,7 @@ impl NodeHeaders {
         let text = |(at, len): (u32, u32)| &head[at as usize..(at + len) as usize];
         let mut skip = 0u128;
         if connection_names_headers {
-            skip |= named_by_connection(&head, spans, kinds);
+            skip |= named_by_connection(&head, spans, |i| kinds[i] == Name::Connection);
         }
         let mut has_date = false;
         let mut content_type = None;
@@ -300,28 +300,6 @@ impl Name {
             _ => Name::Other,
         }
     }
-}
-
-/// The headers (as bits by index) a `Connection` header names: hop-by-hop
-/// too (RFC 9110 §7.6.1).
-fn named_by_connection(head: &[u8], spans: &[Span], kinds: &[Name]) -> u128 {
-    let text = |at: u32, len: u32| &head[at as usize..(at + len) as usize];
-    let mut named = 0u128;
-    for (&(_, _, value, value_len), _) in spans
-        .iter()
-        .zip(kinds)
-        .filter(|(_, &kind)| kind == Name::Connection)
-    {
-        for token in text(value, value_len).split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            for (i, &(other, other_len, ..)) in spans.iter().enumerate() {
-                if text(other, other_len).eq_ignore_ascii_case(token) {
-                    named |= 1 << i;
-                }
-            }
-        }
-    }
-    named
 }
 
 #[cfg(test)]

@@ -108,13 +108,25 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     for (kind, &(name, name_len, value, value_len)) in kinds.iter_mut().zip(&spans[..count]) {
         *kind = framing.see(text(name, name_len), text(value, value_len))?;
     }
+    let kinds = &mut kinds[..count];
+    let body = framing.body(version, kinds)?;
+    if framing.connection_names_headers {
+        // What a `Connection` line names is hop-by-hop too (the lines the
+        // parser took in are no headers to name).
+        let is_connection = |i: usize| {
+            let (name, name_len, ..) = spans[i];
+            is(text(name, name_len), "connection")
+        };
+        let named = codec::named_by_connection(&bytes, &spans[..count], is_connection);
+        for (i, kind) in kinds.iter_mut().enumerate() {
+            if named & (1 << i) != 0 && *kind != LineKind::Consumed {
+                *kind = LineKind::HopByHop;
+            }
+        }
+    }
     let mut lines = HeaderLines::new(bytes, count);
     for (&kind, &(name, name_len, value, value_len)) in kinds.iter().zip(&spans[..count]) {
         lines.push((name, name_len), (value, value_len), kind);
-    }
-    let body = framing.body(version, &mut lines)?;
-    if framing.connection_names_headers {
-        drop_named_by_connection(&mut lines);
     }
     // A request framed both ways is answered and the connection closed
     // (RFC 9112 §6.1): whatever read it the other way upstream of us
@@ -133,34 +145,9 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     }))
 }
 
-/// Mark the lines a `Connection` header names as hop-by-hop (RFC 9110
-/// §7.6.1).
-fn drop_named_by_connection(lines: &mut HeaderLines) {
-    let mut named: Vec<Vec<u8>> = Vec::new();
-    for (name, value, _) in lines.iter() {
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if !token.is_empty()
-                    && !token.eq_ignore_ascii_case(b"close")
-                    && !token.eq_ignore_ascii_case(b"keep-alive")
-                {
-                    named.push(token.to_ascii_lowercase());
-                }
-            }
-        }
-    }
-    lines.mark(|name, kind| {
-        if kind != LineKind::Consumed && named.iter().any(|n| name.eq_ignore_ascii_case(n)) {
-            LineKind::HopByHop
-        } else {
-            kind
-        }
-    });
-}
-
 /// `name` is `lower` (a lowercase name), in any case.
 fn is(name: &[u8], lower: &str) -> bool {
-    name.len() == lower.len() && name.eq_ignore_ascii_case(lower.as_bytes())
+    name.eq_ignore_ascii_case(lower.as_bytes())
 }
 
 /// What a request head's framing headers say, gathered header by header.
@@ -231,7 +218,7 @@ impl Framing {
 
     /// How the body is delimited (RFC 9112 §6.3); a length that a
     /// transfer coding overrides is not forwarded.
-    fn body(&self, version: Version, lines: &mut HeaderLines) -> Result<BodyFraming, HeadError> {
+    fn body(&self, version: Version, kinds: &mut [LineKind]) -> Result<BodyFraming, HeadError> {
         if self.transfer_encoding {
             if version == Version::HTTP_10 {
                 return Err(bad("transfer-encoding in an HTTP/1.0 request"));
@@ -245,13 +232,9 @@ impl Framing {
                     why: "unsupported transfer-coding",
                 });
             }
-            lines.mark(|_, kind| {
-                if kind == LineKind::Length {
-                    LineKind::Consumed
-                } else {
-                    kind
-                }
-            });
+            for kind in kinds.iter_mut().filter(|k| **k == LineKind::Length) {
+                *kind = LineKind::Consumed;
+            }
             return Ok(BodyFraming::Chunked(Chunked::Size { line: 0, size: 0 }));
         }
         Ok(match self.length {
