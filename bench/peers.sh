@@ -21,7 +21,11 @@
 # Usage: bench/peers.sh            (DURATION=90 seconds per run, RATE=12,
 #                                   SYSTEM_PROMPTS="8 1" (workloads run in
 #                                   turn; 1 = one hot prefix),
-#                                   RUNS="prefix_aware least_outstanding precise_prefix sglang vllm",
+#                                   RUNS="prefix_aware least_outstanding precise_prefix sglang vllm"
+#                                   (add "ideal" for the workload's bound,
+#                                   the least mean TTFT any router could
+#                                   reach, and "pooled" for what the
+#                                   fleet's cache size allows; see run_one),
 #                                   BALANCE='toml lines' added to infergate's
 #                                   [routes.balance],
 #                                   NO_BUILD=1 to use target/release as it is,
@@ -105,6 +109,7 @@ wait_http() { # url
 # divided by the node's speed.
 SPEEDS=1,1,1,0.5
 STEP_TOKENS=2048
+KV_BLOCKS=2048
 PREFILL_SECS_PER_TOKEN=0.00005
 DECODE_BASE_SECS=0.0065
 export SPEEDS STEP_TOKENS PREFILL_SECS_PER_TOKEN DECODE_BASE_SECS
@@ -116,7 +121,7 @@ run_one() { # name system-prompts repeat
 time_scale = 1.0
 max_num_seqs = 32
 max_num_batched_tokens = $STEP_TOKENS
-kv_blocks = 2048
+kv_blocks = $KV_BLOCKS
 prefill_secs_per_token = $PREFILL_SECS_PER_TOKEN
 decode_base_secs = $DECODE_BASE_SECS
 max_model_len = 16384
@@ -127,14 +132,34 @@ enable_kv_cache_events = true
 endpoint = "tcp://127.0.0.1:$ev"
 replay_endpoint = "tcp://127.0.0.1:$rp"
 EOF
-  "$BIN" sim --nodes 4 --base-port "$base" --speeds "$SPEEDS" --config "$WORK/sim.toml" >"$WORK/sim-$name.log" 2>&1 &
+  local nodes=4 speeds=$SPEEDS
+  if [ "$name" = ideal ] || [ "$name" = pooled ]; then
+    # One node that answers at once (1,000x simulated time) and sees every
+    # request, so nothing waits and each finds cached what its node kept.
+    # `ideal` keeps every block it ever held: each request finds all of
+    # its prompt that any earlier request sent, and its TTFT floors (at
+    # full speed) are a bound no placement on the fleet can beat.
+    # `pooled` has the fleet's four caches as one (LRU): a reference for
+    # how much of the workload the fleet's cache size lets any router
+    # keep, not a bound (caches kept apart can do better than one).
+    local blocks=2000000
+    [ "$name" = pooled ] && blocks=$((4 * KV_BLOCKS))
+    nodes=1 speeds=1
+    sed -i -e 's/^time_scale = .*/time_scale = 0.001/' -e "s/^kv_blocks = .*/kv_blocks = $blocks/" \
+      -e 's/^max_num_seqs = .*/max_num_seqs = 1024/' "$WORK/sim.toml"
+  fi
+  "$BIN" sim --nodes "$nodes" --base-port "$base" --speeds "$speeds" --config "$WORK/sim.toml" >"$WORK/sim-$name.log" 2>&1 &
   PIDS+=($!)
   local urls=() i
-  for i in 0 1 2 3; do
+  for ((i = 0; i < nodes; i++)); do
     urls+=("http://127.0.0.1:$((base + i))")
     wait_http "http://127.0.0.1:$((base + i))/health"
   done
   case $name in
+    ideal | pooled)
+      # The bench talks to the node itself.
+      gw=$base
+      ;;
     sglang)
       [ -x "$VENV/bin/sglang-router" ] || return 1
       "$VENV/bin/sglang-router" launch --host 127.0.0.1 --port "$gw" --policy cache_aware \
@@ -203,6 +228,8 @@ labels = {
     "precise_prefix": "infergate precise_prefix",
     "sglang": "SGLang router cache_aware",
     "vllm": "vLLM router cache_aware",
+    "ideal": "ideal (one cache keeping every block, no waiting)",
+    "pooled": "pooled (the fleet's cache as one, no waiting)",
 }
 
 SPEEDS = [float(v) for v in os.environ["SPEEDS"].split(",")]
@@ -286,6 +313,9 @@ print("|---|---|---|---|---|---|---|")
 for n in names:
     label = labels.get(n, n)
     runs = rows[n]
+    if n in ("ideal", "pooled"):
+        # Its times are simulated 1,000x fast: only its floor counts (below).
+        continue
     if not runs:
         print(f"| {label} | – | – | – | – | – | not run or failed |")
         continue
@@ -304,7 +334,7 @@ print("Per node, mean over runs (requests, prompt tokens, share found cached, me
       " the system prompts whose sessions it served a fifth or more of):")
 for n in names:
     runs = rows[n]
-    if not runs:
+    if not runs or n in ("ideal", "pooled"):
         continue
     node_names = sorted({k for x in runs for k in x[4]})
     # Requests per system prompt over all nodes and runs.
@@ -342,6 +372,13 @@ for n in names:
     count = max(sum(g[4] for g in got), 1)
     measured = sum(g[3] for g in got) / count
     at_floor = sum(g[6] for g in got) / count
+    if n in ("ideal", "pooled"):
+        hit = spread([x[3] for x in runs], lambda v: f"{v:.1f} %")
+        what = ("no placement of these requests has a lower mean TTFT" if n == "ideal"
+                else "the mean TTFT at the fleet's cache size if nothing waited and nothing ran at half speed")
+        goal = f" (0.7x the SGLang router's mean: {700 * ref_mean:.0f} ms)" if ref_mean else ""
+        print(f"- {labels[n]}: floor {1000 * at_floor:.0f} ms at a hit rate of {hit}: {what}{goal}")
+        continue
     print(f"- {labels.get(n, n)}: mean {1000 * measured:.0f} ms = floor {1000 * at_floor:.0f} ms"
           f" + waiting {1000 * (measured - at_floor):.0f} ms")
 PY
