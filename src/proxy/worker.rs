@@ -184,9 +184,9 @@ async fn serve_connection(
             let stream =
                 DeadlineIo::new(stream, Arc::clone(&activity), first, idle).with_send_timeout(send);
             let auto = protocols.auto.clone();
-            Box::pin(serve_tls(
-                acceptor, stream, peer, activity, auto, gateway, draining,
-            ))
+            super::boxed_in_place(move || {
+                serve_tls(acceptor, stream, peer, activity, auto, gateway, draining)
+            })
             .await;
         }
     }
@@ -232,18 +232,20 @@ async fn serve_plain(
                 )
                 .with_send_timeout(limits.send_timeout);
                 let auto = protocols.auto.clone();
-                Box::pin(serve_io(
-                    io,
-                    peer,
-                    activity,
-                    ConnSettings {
-                        over_tls: false,
-                        send_timeout: Some(limits.send_timeout),
-                    },
-                    auto,
-                    gateway,
-                    draining,
-                ))
+                super::boxed_in_place(move || {
+                    serve_io(
+                        io,
+                        peer,
+                        activity,
+                        ConnSettings {
+                            over_tls: false,
+                            send_timeout: Some(limits.send_timeout),
+                        },
+                        auto,
+                        gateway,
+                        draining,
+                    )
+                })
                 .await;
                 return;
             }
@@ -328,7 +330,7 @@ fn client_service(
         // future is made inside the box, on the first poll: made before
         // and moved in, it was copied twice (callgrind: +15.6k
         // instructions of memcpy per request).
-        Box::pin(async move {
+        super::boxed_in_place(move || async move {
             let mut response = forward::handle(gateway, peer, req, None).await?;
             // hyper writes headers from the map only.
             if let Some(lines) = response.body_mut().take_node_headers() {

@@ -146,15 +146,17 @@ pub async fn serve(
                 return conn.close(true).await;
             }
         };
-        // Boxed (made holding its arguments, the rest made in place on
-        // the first poll): a connection's task is as large as its largest
+        // Boxed (made holding its arguments, written into its box in
+        // place, `boxed_in_place`; the rest made on the first poll): a
+        // connection's task is as large as its largest
         // state for as long as it is open, and a request's state is twice
         // the rest of the connection's (2.2 KB per connection with it
         // inline; 15,000 idle connections 7.7 KB each, `bench/scale.sh`).
         let conn_ = &mut conn;
         let (gateway_, draining_) = (&gateway, &draining);
-        let exchange =
-            Box::pin(async move { conn_.exchange(head, peer, gateway_, draining_).await });
+        let exchange = crate::proxy::boxed_in_place(move || async move {
+            conn_.exchange(head, peer, gateway_, draining_).await
+        });
         match exchange.await {
             Next::Request => {}
             Next::Close { linger } => return conn.close(linger).await,
@@ -243,10 +245,11 @@ impl Connection {
         // The box is made holding the arguments only, and the request's
         // future is made inside it on the first poll: made first and moved
         // in, it would be copied (callgrind: +13k instructions of memcpy
-        // per small POST when the whole exchange was boxed that way). The
+        // per small POST when the whole exchange was boxed that way), and
+        // the box is written in place (`boxed_in_place`). The
         // request is put together in there too: its empty header map
         // would otherwise take room in every connection's task.
-        let handler = Box::pin(async move {
+        let handler = crate::proxy::boxed_in_place(move || async move {
             let mut request = Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = uri;
