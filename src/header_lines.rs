@@ -53,6 +53,17 @@ pub struct HeaderLines {
     /// Lines the gateway adds (`name: value` and CRLF each), written after
     /// the client's: cheaper than a map for the two or three it adds.
     added: Vec<u8>,
+    /// One bit per (first letter, length) of the names in `lines`
+    /// ([`name_bit`]): most names looked up are absent (a request id, a
+    /// priority, a tenant's key), and the bit says so without a scan of
+    /// the lines (~100–175 instructions a lookup before).
+    names: u64,
+}
+
+/// The bit of [`HeaderLines::names`] for a name (case-insensitive).
+fn name_bit(name: &[u8]) -> u64 {
+    let first = name.first().map_or(0, |b| b.to_ascii_lowercase());
+    1 << ((u32::from(first) * 31 + name.len() as u32) & 63)
 }
 
 impl HeaderLines {
@@ -63,6 +74,7 @@ impl HeaderLines {
             bytes,
             lines: Vec::with_capacity(capacity),
             added: Vec::new(),
+            names: 0,
         }
     }
 
@@ -80,6 +92,7 @@ impl HeaderLines {
         } else {
             len.saturating_sub(1)
         };
+        self.names |= name_bit(self.slice(name.0, name.1));
         self.lines.push(LineAt {
             name: name.0,
             name_len: name.1,
@@ -154,7 +167,12 @@ impl HeaderLines {
     where
         'a: 'n,
     {
-        self.lines
+        let lines = if self.names & name_bit(name) != 0 {
+            &self.lines[..]
+        } else {
+            &[]
+        };
+        lines
             .iter()
             .filter(move |l| self.is_named(l, name, forwarded_only))
             .map(|l| self.slice(l.value, l.value_len))
@@ -413,6 +431,26 @@ mod tests {
             at = end + 1;
         }
         lines
+    }
+
+    /// The name bits only skip scans: names present are found in any
+    /// case, absent ones are not, also when their bit is shared.
+    #[test]
+    fn lookups_find_present_names_and_skip_absent_ones() {
+        use LineKind::*;
+        let lines = lines_of(
+            b"GET / HTTP/1.1\r\nHOST: a\r\nX-Priority: high\r\nx-b: 1\r\nx-B: 2\r\n\r\n",
+            &[Forward, Forward, Forward, Forward],
+        );
+        assert_eq!(lines.get("host"), Some(&b"a"[..]));
+        assert_eq!(lines.get("x-priority"), Some(&b"high"[..]));
+        assert_eq!(lines.values(b"x-b", false).count(), 2);
+        // Absent, with a bit of its own and with one a present name sets
+        // (same first letter and length).
+        assert_eq!(lines.get("authorization"), None);
+        assert_eq!(name_bit(b"x-c"), name_bit(b"x-b"));
+        assert_eq!(lines.get("x-c"), None);
+        assert_eq!(HeaderLines::default().get("host"), None);
     }
 
     #[test]
