@@ -53,8 +53,8 @@ pub struct HeaderLines {
     /// Lines the gateway adds (`name: value` and CRLF each), written after
     /// the client's: cheaper than a map for the two or three it adds.
     added: Vec<u8>,
-    /// One bit per (first letter, length) of the names in `lines`
-    /// ([`name_bit`]): most names looked up are absent (a request id, a
+    /// One bit per name in `lines` (of its first and last letters and
+    /// its length, [`name_bit`]): most names looked up are absent (a request id, a
     /// priority, a tenant's key), and the bit says so without a scan of
     /// the lines (~100–175 instructions a lookup before).
     names: u64,
@@ -458,8 +458,8 @@ mod tests {
         assert_eq!(lines.get("host"), Some(&b"a"[..]));
         assert_eq!(lines.get("x-priority"), Some(&b"high"[..]));
         assert_eq!(lines.values(b"x-b", false).count(), 2);
-        // Absent, with a bit of its own and with one a present name sets
-        // (same first letter and length).
+        // Absent, with a bit of its own and with the bit of a present
+        // name.
         assert_eq!(lines.get("authorization"), None);
         let shares_a_bit = (b'a'..=b'z')
             .flat_map(|a| (b'a'..=b'z').map(move |b| [a, b'-', b]))

@@ -8,7 +8,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 /// jemalloc, for the binary and the tests alike. Against glibc's malloc on
-/// a small proxied POST (2026-12-07, LTO builds): 32.8k → 31.8k
+/// a small proxied POST (2026-12-07, LTO builds): 32.8k → 31.6k
 /// instructions per request (callgrind; malloc and free were 2.1k of
 /// them: a request's 6 KB and 1.3 KB futures are past glibc's per-thread
 /// cache), 5.2 → 4.8 µs user time per request in /proc over three
