@@ -150,6 +150,20 @@ impl HeaderLines {
         })
     }
 
+    /// The values of the lines the gateway added named `name` (lowercase).
+    fn added_values<'a, 'n>(&'a self, name: &'n [u8]) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        let present = self.added_names & name_bit(name) != 0;
+        present
+            .then(|| self.added())
+            .into_iter()
+            .flatten()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+
     fn slice(&self, at: u32, len: u32) -> &[u8] {
         self.bytes
             .get(at as usize..(at + len) as usize)
@@ -362,11 +376,9 @@ impl<'a> RequestHeaders<'a> {
             .map(HeaderValue::as_bytes);
         let from_added = self
             .lines
-            .filter(|l| self.forwarded_only && l.added_names & name_bit(name.as_bytes()) != 0)
+            .filter(|_| self.forwarded_only)
             .into_iter()
-            .flat_map(HeaderLines::added)
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, value)| value);
+            .flat_map(move |lines| lines.added_values(name.as_bytes()));
         let from_lines = self
             .lines
             .into_iter()
@@ -378,13 +390,10 @@ impl<'a> RequestHeaders<'a> {
     /// first, in the forwarded view).
     fn first_line(self, name: &[u8]) -> Option<&'a [u8]> {
         let lines = self.lines?;
-        if self.forwarded_only && lines.added_names & name_bit(name) != 0 {
-            let added = lines.added().find(|(n, _)| n.eq_ignore_ascii_case(name));
-            if let Some((_, value)) = added {
-                return Some(value);
-            }
-        }
-        lines.values(name, self.forwarded_only).next()
+        let added = self.forwarded_only.then(|| lines.added_values(name).next());
+        added
+            .flatten()
+            .or_else(|| lines.values(name, self.forwarded_only).next())
     }
 
     /// The first value of `name`, a name made once (a `&str` is parsed
