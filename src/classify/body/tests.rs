@@ -691,3 +691,37 @@ fn user_field_is_read_as_session_key() {
     );
     assert_eq!(c.user, None);
 }
+
+/// A UTF-8 body is read as text, any other through the byte reader, and
+/// both give what serde_json's byte reader always gave: multi-byte text
+/// is read alike, a bad byte in a field routing reads is a JSON error,
+/// and one in a field it skips is not looked at.
+#[test]
+fn bodies_read_alike_whether_utf8_or_not() {
+    let path = "/v1/chat/completions";
+    let model = "m\u{e9}";
+    let text = "gr\u{fc}\u{df} \u{1f600} ".repeat(20);
+    let c = ok(
+        path,
+        &format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"{text}"}}]}}"#),
+    );
+    assert_eq!(c.model.as_deref(), Some(model));
+    let (fp, bytes) = chat_fp(model, &[("user", &[&text])]);
+    assert!(!fp.is_empty());
+    assert_eq!(c.prefix, fp);
+    assert_eq!(c.prompt_tokens, estimate_tokens(bytes));
+
+    let body = |model: &[u8], skipped: &[u8]| {
+        let mut b = b"{\"model\":\"".to_vec();
+        b.extend_from_slice(model);
+        b.extend_from_slice(b"\",\"user_note\":\"");
+        b.extend_from_slice(skipped);
+        b.extend_from_slice(b"\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+        b
+    };
+    let run = |b: Vec<u8>| classify_body(head_for(path), &b, &ClassifyOptions::default());
+    let e = run(body(b"m\xff", b"x")).expect_err("a bad byte in `model`");
+    assert!(matches!(e, ClassifyError::InvalidJson(_)), "{e:?}");
+    let c = run(body(b"m", b"\xc3\x28")).expect("a bad byte in a skipped field");
+    assert_eq!(c.model.as_deref(), Some("m"));
+}
