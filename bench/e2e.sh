@@ -20,9 +20,10 @@
 # sides, which batching moves from run to run). Installs wrk, h2load, nginx and
 # HAProxy with apt when missing.
 # Usage: bench/e2e.sh [duration=10s] [connections=32]   (INFERGATE_BIN=path runs another build, NO_BUILD=1 target/release as it is)
-# ROUNDS=n repeats the small POST n times, the proxies taking turns, and
-# reports each proxy's median and the ratios of the medians: on a shared
-# 2-core machine one run of one proxy can be 25 % off its usual figure.
+# ROUNDS=n repeats the small POST and the streams n times, the proxies
+# taking turns, and reports each proxy's median and the ratios of the
+# medians: on a shared 2-core machine one run of one proxy can be 25 % off
+# its usual figure. Each proxy gets a warm-up run of each shape first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10s}
@@ -212,23 +213,43 @@ if [ "$STREAM" = 1 ]; then
   SBODY="$WORK/stream.json"
   printf '{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"Tell a story."}],"max_tokens":%s,"stream":true}' "$CHUNKS" > "$SBODY"
   printf '%-26s %10s %14s %14s %14s %12s\n' target "streams/s" "mean ms/stream" "CPU ns/chunk" "user ns/chunk" "RSS after MB"
+  declare -A S_RATE S_CPU S_USER
+  stream_run() { # port
+    h2load --h1 -c"$STREAMS" -n$((STREAMS * 2)) -d "$SBODY" -H 'content-type: application/json' "http://127.0.0.1:$1/v1/chat/completions" 2>/dev/null
+  }
   stream() { # name port pid
     local before after ubefore uafter out n
+    # A warm-up wave first, as the small POST has: the first wave through a
+    # fresh proxy also opens its connections to the nodes.
+    [ "$round" = 1 ] && { stream_run "$2" >/dev/null || true; }
     before=$( [ -n "$3" ] && ticks "$3" || echo 0 )
     ubefore=$( [ -n "$3" ] && ticks "$3" user || echo 0 )
-    out=$(h2load --h1 -c"$STREAMS" -n$((STREAMS * 2)) -d "$SBODY" -H 'content-type: application/json' "http://127.0.0.1:$2/v1/chat/completions" 2>/dev/null)
+    out=$(stream_run "$2")
     after=$( [ -n "$3" ] && ticks "$3" || echo 0 )
     uafter=$( [ -n "$3" ] && ticks "$3" user || echo 0 )
     n=$(awk '/^requests:/ {print $8}' <<<"$out")
-    local cpu="-" user="-" rss="-"
+    local cpu="-" user="-" rss="-" rate
     per_chunk() { awk -v t="$1" -v hz="$HZ" -v n="$n" -v c="$CHUNKS" 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e9 / (n * c); else print "-" }'; }
     [ -n "$3" ] && cpu=$(per_chunk $((after - before))) && user=$(per_chunk $((uafter - ubefore)))
     [ -n "$3" ] && rss=$(( $(rss_kb "$3") / 1024 ))
-    printf '%-26s %10s %14s %14s %14s %12s\n' "$1" "$(awk '/^finished in/ {print $4}' <<<"$out")" \
+    rate=$(awk '/^finished in/ {print $4}' <<<"$out")
+    S_RATE[$1]+="$rate "; S_CPU[$1]+="$cpu "; S_USER[$1]+="$user "
+    printf '%-26s %10s %14s %14s %14s %12s\n' "$1" "$rate" \
       "$(awk '/^time for request:/ {print $6}' <<<"$out")" "$cpu" "$user" "$rss"
   }
-  stream "direct (1 node)" $SIM_PORT ""
-  stream infergate $GW_S $GW_S_PID
-  stream "$NGX_NAME" $NGX_S $NGX_PID
-  stream "$HAP_NAME" $HAP_S $HAP_PID
+  # The proxies take turns, ROUNDS times, as in the small POST.
+  for round in $(seq 1 "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && echo "-- round $round of $ROUNDS"
+    stream "direct (1 node)" $SIM_PORT ""
+    stream infergate $GW_S $GW_S_PID
+    stream "$NGX_NAME" $NGX_S $NGX_PID
+    stream "$HAP_NAME" $HAP_S $HAP_PID
+  done
+  if [ "$ROUNDS" -gt 1 ]; then
+    echo "-- medians of $ROUNDS rounds (streams/s, CPU and user ns per chunk)"
+    for t in "direct (1 node)" infergate "$NGX_NAME" "$HAP_NAME"; do
+      printf '%-26s %10s %14s %14s %14s\n' "$t" "$(median "${S_RATE[$t]}")" "" "$(median "${S_CPU[$t]}")" "$(median "${S_USER[$t]}")"
+    done
+  fi
+  printf 'infergate / nginx: CPU per chunk %s\n' "$(ratio "$(median "${S_CPU[infergate]}")" "$(median "${S_CPU[$NGX_NAME]}")")"
 fi

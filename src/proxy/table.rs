@@ -525,7 +525,16 @@ impl RouteTable {
             max_body_bytes,
             listener: config.listener.clone(),
             classify: ClassifyOptions {
-                max_prefix_blocks: config.classify.max_prefix_blocks,
+                // The prompt's block hashes are read only by the policies
+                // that keep a prefix index (`prefix_aware`, `composite`,
+                // `precise_prefix`'s fallback): with none in the table, a
+                // body is not hashed (the token estimate still counts
+                // every byte).
+                max_prefix_blocks: if keep_indexes.is_empty() {
+                    0
+                } else {
+                    config.classify.max_prefix_blocks
+                },
                 // Enough text for the prefix's blocks at a few bytes a token.
                 capture_prompt_bytes: if capture_prompt {
                     config.classify.max_prefix_blocks * crate::classify::prefix::BLOCK_BYTES * 2
@@ -588,6 +597,20 @@ mod tests {
         );
         let config = Config::from_toml(&text).unwrap();
         RouteTable::build(&config, &LoadRegistry::default(), &QueueRegistry::default()).unwrap()
+    }
+
+    /// Prompts are hashed into block chains only when a policy reads them.
+    #[test]
+    fn prompts_are_hashed_only_for_policies_that_read_the_chain() {
+        assert_eq!(table("").classify.max_prefix_blocks, 0);
+        assert_eq!(
+            table("policy = \"round_robin\"").classify.max_prefix_blocks,
+            0
+        );
+        for policy in ["prefix_aware", "composite"] {
+            let t = table(&format!("policy = \"{policy}\""));
+            assert_eq!(t.classify.max_prefix_blocks, 256, "{policy}");
+        }
     }
 
     #[test]

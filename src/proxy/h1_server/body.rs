@@ -15,6 +15,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::ReadBuf;
 use tokio::net::tcp::OwnedReadHalf;
 
 use crate::proxy::h1::codec::{BodyFraming, Decoded};
@@ -100,16 +101,14 @@ impl Shared {
         stream.poll_read_ready(cx)
     }
 
-    /// Read what the client sent into `buf`; `Ok(0)`: it closed.
-    pub fn poll_read_into(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    /// Read what the client sent into `buf`; nothing filled: it closed.
+    pub fn poll_read_into(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut buf = tokio::io::ReadBuf::new(buf);
-        ready!(tokio::io::AsyncRead::poll_read(
-            Pin::new(&mut *reader),
-            cx,
-            &mut buf
-        ))?;
-        Poll::Ready(Ok(buf.filled().len()))
+        tokio::io::AsyncRead::poll_read(Pin::new(&mut *reader), cx, buf)
     }
 
     /// Write `bytes` without the connection's

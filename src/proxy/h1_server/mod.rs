@@ -36,7 +36,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -410,13 +410,16 @@ impl Connection {
         }
         // Into a small buffer on the stack: a connection answering a long
         // stream holds no read buffer just to notice its client leave.
-        let mut probe = [0u8; 256];
+        // Not zeroed: the reader only writes into it.
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+        let mut probe = ReadBuf::uninit(&mut probe);
         match self.shared.poll_read_into(cx, &mut probe) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(n)) => {
+            Poll::Ready(Ok(())) if probe.filled().is_empty() => true,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
                 // The next request, pipelined: kept for later.
                 self.read = spare::take(Role::Read);
-                self.read.extend_from_slice(&probe[..n]);
+                self.read.extend_from_slice(probe.filled());
                 false
             }
             Poll::Pending => false,
