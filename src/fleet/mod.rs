@@ -17,7 +17,7 @@ pub mod capacity;
 pub mod lora;
 pub mod power;
 
-pub use ai::{expected_output, now_ns, AiLoad, PeakEwma, DEFAULT_EXPECTED_OUTPUT};
+pub use ai::{at_ns, expected_output, now_ns, AiLoad, PeakEwma, DEFAULT_EXPECTED_OUTPUT};
 
 /// Live load counters of one node. Updated on every request with relaxed
 /// atomics; no lock on the data path.

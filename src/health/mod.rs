@@ -52,7 +52,14 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 /// Monotonic; the clock every health timestamp uses.
 #[inline]
 pub fn now_ms() -> u64 {
-    let ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
+    at_ms(Instant::now())
+}
+
+/// `t` as [`now_ms`] counts (for a caller that read the clock already).
+pub fn at_ms(t: Instant) -> u64 {
+    let ms = t
+        .saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis();
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 

@@ -106,7 +106,9 @@ fn try_pick(
     tried: &[usize],
 ) -> Pick {
     let nodes = &route.pool.nodes;
-    let now = health::now_ms();
+    // One read of the clock for both of the fleet's clocks.
+    let clock = std::time::Instant::now();
+    let now = health::at_ms(clock);
     // Panic mode (Envoy): too few nodes available, so trust the health
     // signal less and use them all. With none available at all, fail fast
     // instead (HAProxy): every node is down, and sending traffic anyway
@@ -130,7 +132,7 @@ fn try_pick(
             && (health.is_available(now) || (panic && health::usable_in_panic(health, now, window)))
     };
     // Busy: at its concurrency limit, or saturated by its own metrics.
-    let now_ns = crate::fleet::now_ns();
+    let now_ns = crate::fleet::at_ns(clock);
     let candidate = |i: usize| {
         !tried.contains(&i)
             && nodes

@@ -241,8 +241,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, C
 fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecError> {
     // Where each header's name and value lie in `buf`: the values are then
     // sliced out of the head's bytes without a copy, as hyper does.
-    let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-    let (len, code, minor, count) = {
+    let mut spans = Spans::new();
+    let (len, code, minor) = {
         // Uninitialized: zeroing 100 headers (3.2 KB) cost more than
         // parsing a small head.
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -259,19 +259,19 @@ fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, CodecE
             }
             Err(_) => return Err(CodecError("malformed response head")),
         };
-        let count = header_spans(buf, response.headers, &mut spans);
+        header_spans(buf, response.headers, &mut spans);
         (
             len,
             response.code.unwrap_or(0),
             response.version.unwrap_or(1),
-            count,
         )
     };
     let bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| CodecError("invalid status code"))?;
     // The framing is read on the way; the lines stay as they came (see
     // `node_headers`).
-    let spans = &spans[..count];
+    let count = spans.len();
+    let spans = &spans[..];
     let mut framing = FramingHeaders::default();
     let mut kinds = [Name::Other; MAX_HEADERS];
     for (&(name, name_len, value, value_len), kind) in spans.iter().zip(&mut kinds) {
@@ -372,24 +372,24 @@ pub type Span = (u32, u32, u32, u32);
 /// offset, name length, value offset, value length), so they can be
 /// sliced out of the head's bytes without a copy once the parser's
 /// borrow of `buf` has ended. Returns how many were filled.
-pub(crate) fn header_spans(
-    buf: &[u8],
-    headers: &[httparse::Header<'_>],
-    spans: &mut [Span],
-) -> usize {
+pub(crate) fn header_spans(buf: &[u8], headers: &[httparse::Header<'_>], spans: &mut Spans) {
     let start = buf.as_ptr() as usize;
-    for (span, header) in spans.iter_mut().zip(headers) {
+    let room = spans.inline_size().saturating_sub(spans.len());
+    for header in headers.iter().take(room) {
         let name = header.name.as_ptr() as usize - start;
         let value = header.value.as_ptr() as usize - start;
-        *span = (
+        spans.push((
             name as u32,
             header.name.len() as u32,
             value as u32,
             header.value.len() as u32,
-        );
+        ));
     }
-    headers.len().min(spans.len())
 }
+
+/// A head's [`Span`]s, on the stack and not zeroed first (1.6 KB of
+/// zeroes cost a `memset` per head).
+pub(crate) type Spans = smallvec::SmallVec<[Span; MAX_HEADERS]>;
 
 /// The header lines (as bits by index into `spans`, at most 128) that the
 /// `Connection` lines (`is_connection(i)`) name: hop-by-hop too (RFC 9110

@@ -65,8 +65,8 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     }
     // Where each header's name and value lie in `buf`: the values are
     // sliced out of the head's bytes without a copy.
-    let mut spans: [codec::Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-    let (len, method, target, minor, count) = {
+    let mut spans = codec::Spans::new();
+    let (len, method, target, minor) = {
         // Uninitialized: zeroing 100 headers cost more than parsing a
         // small head.
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -83,13 +83,14 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
             Err(_) => return Err(bad("malformed request head")),
         };
         let start = buf.as_ptr() as usize;
-        let count = codec::header_spans(buf, request.headers, &mut spans);
+        codec::header_spans(buf, request.headers, &mut spans);
         let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
             .map_err(|_| bad("invalid method"))?;
         let path = request.path.unwrap_or("");
         let target = (path.as_ptr() as usize - start, path.len());
-        (len, method, target, request.version.unwrap_or(1), count)
+        (len, method, target, request.version.unwrap_or(1))
     };
+    let count = spans.len();
     let bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.0 + target.1))
         .map_err(|_| bad("invalid request target"))?;
