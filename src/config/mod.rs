@@ -149,7 +149,9 @@ impl Default for ListenerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClassifyConfig {
-    /// Most prompt blocks (64 bytes each) hashed into a prefix fingerprint.
+    /// Most prompt blocks (64 bytes each) hashed into a prefix fingerprint
+    /// (only when a route's policy reads it: `prefix_aware`, `composite`,
+    /// `precise_prefix`).
     pub max_prefix_blocks: usize,
 }
 
