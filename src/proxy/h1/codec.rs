@@ -371,7 +371,7 @@ pub type Span = (u32, u32, u32, u32);
 /// Where a parsed head's header names and values lie in `buf`: (name
 /// offset, name length, value offset, value length), so they can be
 /// sliced out of the head's bytes without a copy once the parser's
-/// borrow of `buf` has ended. Returns how many were filled.
+/// borrow of `buf` has ended. Appended to `spans`, as many as it holds.
 pub(crate) fn header_spans(buf: &[u8], headers: &[httparse::Header<'_>], spans: &mut Spans) {
     let start = buf.as_ptr() as usize;
     let room = spans.inline_size().saturating_sub(spans.len());
