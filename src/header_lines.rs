@@ -122,9 +122,10 @@ impl HeaderLines {
     /// `X-Forwarded-For` is; `value` alone when the client sent none.
     pub fn add_appended(&mut self, name: &HeaderName, value: &[u8]) {
         let name_bytes = name.as_str().as_bytes();
-        self.added_names |= name_bit(name_bytes);
+        let bit = name_bit(name_bytes);
+        self.added_names |= bit;
         // Offsets first: `self.bytes` is read while `self.added` grows.
-        let existing = (self.names & name_bit(name_bytes) != 0)
+        let existing = (self.names & bit != 0)
             .then(|| {
                 self.lines
                     .iter()

@@ -8,12 +8,13 @@
 //! back only as they age and only while it is in use (148 of 151 MB still
 //! held 6 s after 9,000 streams closed). Either reads as a leak on a
 //! dashboard. HAProxy calls `malloc_trim` when it releases its pools for
-//! the same reason; here jemalloc's arenas are purged. A small task looks at the number of open connections every few seconds
-//! and trims once that number has fallen far below its peak since the last
-//! trim, so steady churn (open near its peak) never pays for it. The same
-//! goes for the connections holding HTTP buffers (open and not parked,
-//! `proxy::h1_server`): a wave of connections parking frees their buffers as a
-//! wave of closes frees the rest.
+//! the same reason; here jemalloc's arenas are purged. A small task looks
+//! at the number of open connections every few seconds and trims once that
+//! number has fallen far below its peak since the last trim, so steady
+//! churn (open near its peak) never pays for it. The same goes for the
+//! connections holding HTTP buffers (open and not parked,
+//! `proxy::h1_server`): a wave of connections parking frees their buffers
+//! as a wave of closes frees the rest.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
