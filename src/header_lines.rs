@@ -13,6 +13,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::ascii_case::eq_lower;
+
 /// What a header line is to the forwarding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineKind {
@@ -161,7 +163,7 @@ impl HeaderLines {
             .then(|| self.added())
             .into_iter()
             .flatten()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| eq_lower(n, name))
             .map(|(_, value)| value)
     }
 
@@ -181,9 +183,7 @@ impl HeaderLines {
                 LineKind::HopByHop | LineKind::Gateway => !forwarded_only,
                 LineKind::Consumed => false,
             }
-            && self
-                .slice(line.name, line.name_len)
-                .eq_ignore_ascii_case(name)
+            && eq_lower(self.slice(line.name, line.name_len), name)
     }
 
     /// The values of the client's lines named `name` (lowercase).

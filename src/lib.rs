@@ -22,6 +22,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 pub mod admin;
 pub mod alerts;
+pub mod ascii_case;
 pub mod balance;
 pub mod classify;
 pub mod cli;

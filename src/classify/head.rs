@@ -3,6 +3,7 @@
 //! Allocation-free except for the KServe model name taken from the path.
 use http::{header::CONTENT_TYPE, HeaderName, Method};
 
+use crate::ascii_case::eq_lower;
 use crate::header_lines::{visible_str, RequestHeaders};
 
 use super::{ApiFamily, Endpoint, Head, Priority, PRIORITY_HEADER};
@@ -130,7 +131,7 @@ fn kserve_infer_model(path: &str) -> Option<&str> {
 fn is_grpc(headers: RequestHeaders<'_>) -> bool {
     headers.get(&CONTENT_TYPE).is_some_and(|v| {
         v.len() >= GRPC_CONTENT_TYPE.len()
-            && v[..GRPC_CONTENT_TYPE.len()].eq_ignore_ascii_case(GRPC_CONTENT_TYPE)
+            && eq_lower(&v[..GRPC_CONTENT_TYPE.len()], GRPC_CONTENT_TYPE)
     })
 }
 

@@ -16,6 +16,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 use super::node_headers::{Name, NodeHeaders};
+use crate::ascii_case::eq_lower;
 use crate::header_lines::HeaderLines;
 
 /// Most header lines a response head may have (hyper's default too).
@@ -193,9 +194,9 @@ pub(crate) fn connection_tokens(value: &[u8]) -> ConnectionTokens {
     let mut tokens = ConnectionTokens::default();
     for token in value.split(|&b| b == b',') {
         let token = token.trim_ascii();
-        if token.eq_ignore_ascii_case(b"close") {
+        if eq_lower(token, b"close") {
             tokens.close = true;
-        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+        } else if eq_lower(token, b"keep-alive") {
             tokens.keep_alive = true;
         } else if !token.is_empty() {
             tokens.names_headers = true;
@@ -334,7 +335,7 @@ impl FramingHeaders {
             }
             Name::TransferEncoding => {
                 let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-                self.last_coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+                self.last_coding = Some(last.is_some_and(|c| eq_lower(c, b"chunked")));
             }
             Name::ContentLength => {
                 self.length = Some(content_length(value, self.length).map_err(CodecError)?);

@@ -14,6 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::codec::{named_by_connection, Span, MAX_HEADERS};
+use crate::ascii_case::eq_lower;
 use crate::proxy::headers::REQUEST_ID;
 
 /// Runs of forwarded lines kept as offsets; a head needing more (many
@@ -261,7 +262,7 @@ impl NodeHeaders {
 /// Whether `name` is one of `map`'s.
 fn overridden(map: &HeaderMap, name: &[u8]) -> bool {
     map.keys()
-        .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
+        .any(|own| eq_lower(name, own.as_str().as_bytes()))
 }
 
 /// What a header's name is, as far as forwarding a response goes.
@@ -283,7 +284,7 @@ impl Name {
     /// The kind of `name`, told apart by length first (most names
     /// compare with nothing).
     pub fn of(name: &[u8]) -> Name {
-        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        let is = |known: &[u8]| eq_lower(name, known);
         match name.len() {
             2 if is(b"te") => Name::HopByHop,
             4 if is(b"date") => Name::Date,

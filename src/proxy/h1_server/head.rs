@@ -12,6 +12,7 @@ use bytes::{BufMut, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 
+use crate::ascii_case::eq_lower;
 use crate::header_lines::{HeaderLines, LineKind};
 use crate::proxy::headers::HOP_BY_HOP_NAMES;
 
@@ -148,7 +149,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
 
 /// `name` is `lower` (a lowercase name), in any case.
 fn is(name: &[u8], lower: &str) -> bool {
-    name.eq_ignore_ascii_case(lower.as_bytes())
+    eq_lower(name, lower.as_bytes())
 }
 
 /// What a request head's framing headers say, gathered header by header.
@@ -193,7 +194,7 @@ impl Framing {
                     // `chunked` must come last, and only once.
                     return Err(bad("transfer-encoding after chunked"));
                 }
-                if coding.eq_ignore_ascii_case(b"chunked") {
+                if eq_lower(coding, b"chunked") {
                     self.chunked_last = true;
                 } else {
                     self.other_coding = true;
@@ -204,7 +205,7 @@ impl Framing {
             self.length = Some(codec::content_length(value, self.length).map_err(bad)?);
             return Ok(LineKind::Length);
         } else if is(name, "expect") {
-            self.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            self.expect_continue |= eq_lower(value.trim_ascii(), b"100-continue");
         } else if (len == 12 || len == 15 || len == 17)
             && (is(name, "x-request-id")
                 || is(name, "x-forwarded-for")
