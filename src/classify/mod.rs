@@ -119,7 +119,7 @@ impl Priority {
             ("sheddable", Priority::Sheddable),
         ]
         .into_iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .find(|(n, _)| crate::ascii_case::eq_lower(name.as_bytes(), n.as_bytes()))
         .map(|(_, p)| p)
     }
 

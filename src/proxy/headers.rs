@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 
+use crate::ascii_case::eq_lower;
 use crate::header_lines::RequestHeaders;
 
 /// The request-id header, generated when absent and passed to the node and
@@ -47,7 +48,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
                 .flat_map(|v| v.split(','))
                 .map(str::trim);
             for token in tokens {
-                if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                if eq_lower(token.as_bytes(), b"close") || eq_lower(token.as_bytes(), b"keep-alive")
+                {
                     // An option, or a fixed name: nothing more to remove.
                     continue;
                 }
@@ -59,7 +61,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
             te_trailers = headers
                 .get(header::TE)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
+                .is_some_and(|v| eq_lower(v.as_bytes(), b"trailers"));
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {

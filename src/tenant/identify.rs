@@ -40,7 +40,7 @@ pub fn identify(
         TenantSource::ApiKey => {
             let bearer = headers.get(&AUTHORIZATION).and_then(|v| {
                 let (scheme, rest) = v.split_at(v.len().min(7));
-                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+                crate::ascii_case::eq_lower(scheme, b"bearer ").then_some(rest)
             });
             let key = bearer
                 .or_else(|| headers.get(&X_API_KEY))
