@@ -367,7 +367,9 @@ impl Node {
             output_tokens: output,
             pending_prefill,
             timed: class.stream,
-            started: Some(Instant::now()),
+            // Read only for what is timed (a non-streamed answer's first
+            // byte is its whole body: no TTFT).
+            started: class.stream.then(Instant::now),
             last_frame: None,
         };
         guard

@@ -175,7 +175,10 @@ pub(super) async fn forward(
 ) -> Result<Response<ResponseBody>, Reject> {
     let family = class.family;
     let telemetry = &route.telemetry;
-    let deadline = Instant::now() + route.timeouts.total;
+    // Counted from the head's arrival (a few microseconds ago for a small
+    // body): one clock read serves the request up to its first attempt.
+    let arrived = Instant::from_std(started);
+    let deadline = arrived + route.timeouts.total;
     let nodes = &route.pool.nodes;
     let path_and_query = parts
         .uri
@@ -234,7 +237,9 @@ pub(super) async fn forward(
         }
     }
 
-    route.retry_budget.deposit(budget_now());
+    route
+        .retry_budget
+        .deposit(Duration::from_millis(crate::health::at_ms(started)));
     // Retries that cost a node something (it may have started on the
     // request) draw on `retries` and the budget; a failed connect does not.
     let mut budgeted_left = route.retries;
@@ -260,7 +265,14 @@ pub(super) async fn forward(
     let mut attempt = 0u32;
     loop {
         let forwarded = RequestHeaders::forwarded(&headers, lines.as_ref());
-        let chosen = match select(route, class, forwarded, &tried, deadline).await {
+        // A first attempt picks as of the request's arrival; a later one
+        // reads the clock (time has passed on the node that failed).
+        let now = if tried.is_empty() {
+            arrived
+        } else {
+            Instant::now()
+        };
+        let chosen = match select(route, class, forwarded, &tried, now, deadline).await {
             Selection::Node(chosen) => chosen,
             Selection::Shed(reason) => {
                 tracing::debug!(route = %route.name, ?reason, "request shed");
@@ -321,6 +333,7 @@ pub(super) async fn forward(
             connect_timeout: route.timeouts.connect,
             protocol: route.protocol,
             tls: &route.pool.tls,
+            now: chosen.at,
         };
         let outcome = response_head(
             std::pin::pin!(upstream::send(target, request, &headers, lines.as_ref())),
@@ -554,6 +567,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             protocol: route.protocol,
             tls: &route.pool.tls,
+            now: std::time::Instant::now(),
         };
         let request = Request::new(OutBody::Full(Bytes::new()));
         let shared = http::HeaderMap::new();

@@ -26,14 +26,17 @@ use crate::config::ModelsMode;
 use crate::header_lines::{HeaderLines, RequestHeaders};
 use crate::telemetry::{grpc_http_status, grpc_status};
 
-/// Entry point for one client request (hyper service function).
+/// Entry point for one client request. `started`: when its head began to
+/// arrive (the connection read the clock then): its latency, body and
+/// total deadlines and first pick count from there, with no clock read of
+/// their own.
 pub async fn handle(
     gateway: Arc<Gateway>,
     peer: SocketAddr,
     req: Request<ClientBody>,
     lines: Option<HeaderLines>,
+    started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let started = std::time::Instant::now();
     let table = gateway.table();
     let id = request_id(RequestHeaders::client(req.headers(), lines.as_ref()));
     // The listener's own probe: answered from the gateway's state, not
@@ -93,7 +96,7 @@ async fn proxy(
         if declared_len.is_some_and(|n| n > table.max_body_bytes) {
             return Err(too_large(family, table.max_body_bytes));
         }
-        let bytes = read_body(incoming, table, family).await?;
+        let bytes = read_body(incoming, table, family, started).await?;
         let class = classify_body(head, &bytes, &table.classify)
             .map_err(|e| error_response(family, ErrorKind::BadRequest, &e.to_string()))?;
         (class, Some(bytes), None)
@@ -217,10 +220,13 @@ async fn read_body(
     incoming: ClientBody,
     table: &RouteTable,
     family: ApiFamily,
+    started: std::time::Instant,
 ) -> Result<Bytes, Reject> {
     let limit = usize::try_from(table.max_body_bytes).unwrap_or(usize::MAX);
     let read = Limited::new(incoming, limit).collect();
-    match tokio::time::timeout(table.listener.body_timeout, read).await {
+    // From the head's arrival, microseconds before: no clock read here.
+    let until = tokio::time::Instant::from_std(started) + table.listener.body_timeout;
+    match tokio::time::timeout_at(until, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -280,7 +286,7 @@ fn printable(name: &str) -> String {
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+    fn future_size<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
@@ -294,7 +300,14 @@ mod tests {
     #[test]
     fn a_request_future_carries_no_rarely_used_state() {
         let handle = future_size(
-            handle as fn(Arc<Gateway>, SocketAddr, Request<ClientBody>, Option<HeaderLines>) -> _,
+            handle
+                as fn(
+                    Arc<Gateway>,
+                    SocketAddr,
+                    Request<ClientBody>,
+                    Option<HeaderLines>,
+                    std::time::Instant,
+                ) -> _,
         );
         assert!(handle <= 6 * 1024, "the request's future is {handle} bytes");
     }

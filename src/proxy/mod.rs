@@ -17,6 +17,7 @@ mod h1;
 pub mod h1_server;
 pub mod headers;
 pub mod heap_release;
+mod kept_box;
 pub mod models;
 pub mod pick;
 pub mod priority;

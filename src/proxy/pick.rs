@@ -134,7 +134,7 @@ pub async fn pick(
             },
         );
     }
-    match select(route, &class, headers, &excluded, deadline).await {
+    match select(route, &class, headers, &excluded, Instant::now(), deadline).await {
         Selection::Node(chosen) => match nodes.get(chosen.index) {
             Some(node) => {
                 let mut tried = excluded;

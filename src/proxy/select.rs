@@ -30,6 +30,8 @@ pub struct Chosen {
     /// Leading prompt blocks the policy expects it to hold in its prefix
     /// cache (0: unknown; see `Policy::pick_expecting`).
     pub cached_blocks: u32,
+    /// The clock the pick read (or was given): when the attempt begins.
+    pub at: std::time::Instant,
 }
 
 /// Outcome of [`select`].
@@ -50,18 +52,23 @@ enum Pick {
 
 /// Pick a node for the next attempt, waiting in the pool's queue while all
 /// candidates are at their limit (until the queue timeout or `deadline`).
+/// `now`: the caller's recent read of the clock, for the first look; a
+/// request that waited reads it again.
 pub async fn select(
     route: &Route,
     class: &RequestClass,
     headers: RequestHeaders<'_>,
     tried: &[usize],
+    now: Instant,
     deadline: Instant,
 ) -> Selection {
     let settings = &route.pool_settings;
     let mut until = None;
     let mut ticket = None;
+    let mut clock = Some(now);
     loop {
-        match try_pick(route, class, headers, tried) {
+        let now = clock.take().unwrap_or_else(Instant::now);
+        match try_pick(route, class, headers, tried, now.into_std()) {
             Pick::Node(chosen) => return Selection::Node(chosen),
             Pick::Unavailable => return Selection::Unavailable,
             Pick::Busy => {}
@@ -104,10 +111,10 @@ fn try_pick(
     class: &RequestClass,
     headers: RequestHeaders<'_>,
     tried: &[usize],
+    clock: std::time::Instant,
 ) -> Pick {
     let nodes = &route.pool.nodes;
     // One read of the clock for both of the fleet's clocks.
-    let clock = std::time::Instant::now();
     let now = health::at_ms(clock);
     // Panic mode (Envoy): too few nodes available, so trust the health
     // signal less and use them all. With none available at all, fail fast
@@ -166,6 +173,7 @@ fn try_pick(
         };
         if let Some((index, cached_blocks)) = route.policy.pick_expecting(nodes, &thinned, &ctx) {
             return Pick::Node(Chosen {
+                at: clock,
                 index,
                 cached_blocks,
             });
@@ -173,6 +181,7 @@ fn try_pick(
     }
     if let Some((index, cached_blocks)) = route.policy.pick_expecting(nodes, &candidate, &ctx) {
         return Pick::Node(Chosen {
+            at: clock,
             index,
             cached_blocks,
         });

@@ -331,7 +331,8 @@ fn client_service(
         // and moved in, it was copied twice (callgrind: +15.6k
         // instructions of memcpy per request).
         super::boxed_in_place(move || async move {
-            let mut response = forward::handle(gateway, peer, req, None).await?;
+            let mut response =
+                forward::handle(gateway, peer, req, None, std::time::Instant::now()).await?;
             // hyper writes headers from the map only.
             if let Some(lines) = response.body_mut().take_node_headers() {
                 lines.append_to(response.headers_mut());

@@ -45,6 +45,7 @@ use self::body::{BodyEnd, ClientBody, InBody, Shared};
 use self::head::{ConnectionHeader, HeadError, ResponseFraming};
 use super::body::ResponseBody;
 use super::drain::{Drain, Drained};
+use super::kept_box::KeptBox;
 use super::spare::{self, Role};
 use super::{forward, Gateway};
 
@@ -129,10 +130,14 @@ pub async fn serve(
                 return conn.close(false).await;
             }
         }
+        // The request starts with its head's first bytes: this one read
+        // of the clock is also its start for the handler (latency, the
+        // total and body deadlines, the first pick).
+        let arrived = Instant::now();
         let head_until = if first {
             accepted + header_timeout
         } else {
-            Instant::now() + header_timeout
+            arrived + header_timeout
         };
         first = false;
         let head = match conn.read_head(head_until, max_head).await {
@@ -155,7 +160,9 @@ pub async fn serve(
         let conn_ = &mut conn;
         let (gateway_, draining_) = (&gateway, &draining);
         let exchange = crate::proxy::boxed_in_place(move || async move {
-            conn_.exchange(head, peer, gateway_, draining_).await
+            conn_
+                .exchange(head, arrived, peer, gateway_, draining_)
+                .await
         });
         match exchange.await {
             Next::Request => {}
@@ -210,6 +217,7 @@ impl Connection {
     async fn exchange(
         &mut self,
         head: head::RequestHead,
+        arrived: Instant,
         peer: SocketAddr,
         gateway: &Arc<Gateway>,
         draining: &Drain,
@@ -246,15 +254,16 @@ impl Connection {
         // future is made inside it on the first poll: made first and moved
         // in, it would be copied (callgrind: +13k instructions of memcpy
         // per small POST when the whole exchange was boxed that way), and
-        // the box is written in place (`boxed_in_place`). The
+        // the box is written in place (`KeptBox::new`), in a block its
+        // thread kept from an earlier request (`kept_box`). The
         // request is put together in there too: its empty header map
         // would otherwise take room in every connection's task.
-        let handler = crate::proxy::boxed_in_place(move || async move {
+        let handler = KeptBox::new(move || async move {
             let mut request = Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = uri;
             *request.version_mut() = version;
-            forward::handle(gateway, peer, request, Some(lines)).await
+            forward::handle(gateway, peer, request, Some(lines), arrived.into_std()).await
         });
         let Some(response) = self.respond_to(handler).await else {
             // The client went away; its request is cancelled.
@@ -381,12 +390,12 @@ impl Connection {
     /// Run a request's handler to its response while watching for the
     /// client going away. `None`: it went away (the handler is dropped,
     /// which cancels the request).
-    async fn respond_to<F>(&mut self, mut handler: Pin<Box<F>>) -> Option<Response<ResponseBody>>
+    async fn respond_to<F>(&mut self, mut handler: KeptBox<F>) -> Option<Response<ResponseBody>>
     where
         F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>>,
     {
         poll_fn(|cx| {
-            if let Poll::Ready(Ok(response)) = handler.as_mut().poll(cx) {
+            if let Poll::Ready(Ok(response)) = Pin::new(&mut handler).poll(cx) {
                 return Poll::Ready(Some(response));
             }
             if self.client_gone(cx) {

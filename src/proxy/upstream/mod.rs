@@ -119,6 +119,9 @@ pub struct Target<'a> {
     pub protocol: UpstreamProtocol,
     /// TLS settings for `https` nodes.
     pub tls: &'a Arc<ClientConfig>,
+    /// A recent read of the clock (the attempt's start): the pool's idle
+    /// ages and sweeps need no read of their own.
+    pub now: Instant,
 }
 
 impl Target<'_> {
@@ -153,7 +156,7 @@ pub async fn send(
     // A kept connection the node closed just before we wrote to it gives
     // the request back unsent: try it once more on a new connection, as
     // hyper-util's client does.
-    if let Some(mut conn) = checkout(&key) {
+    if let Some(mut conn) = checkout(&key, target.now) {
         match conn.conn.exchange(&mut request, shared, lines).await {
             Ok(answered) => return Ok(respond(answered, conn)),
             Err(e) if e.unsent => {
@@ -325,10 +328,9 @@ thread_local! {
 
 /// The newest ready connection to the node, if any (the newest: under
 /// light load a few connections stay warm and the others expire).
-fn checkout(key: &Key) -> Option<PooledConn> {
+fn checkout(key: &Key, now: Instant) -> Option<PooledConn> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let now = Instant::now();
         if pool
             .last_sweep
             .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)

@@ -34,6 +34,7 @@ async fn exchange(authority: &Authority, tls: &Arc<ClientConfig>) -> Bytes {
         connect_timeout: Duration::from_secs(5),
         protocol: UpstreamProtocol::Http1,
         tls,
+        now: std::time::Instant::now(),
     };
     let request = Request::get("/")
         .header("host", authority.as_str())
@@ -176,6 +177,7 @@ fn target<'a>(authority: &'a Authority, tls: &'a Arc<ClientConfig>) -> Target<'a
         connect_timeout: Duration::from_secs(5),
         protocol: UpstreamProtocol::Http1,
         tls,
+        now: std::time::Instant::now(),
     }
 }
 
