@@ -156,6 +156,79 @@ async fn first_byte_timeout_starts_after_the_upload_and_slow_uploads_are_408() {
     assert!(load.health.is_available(now_ms()));
 }
 
+/// The total deadline counts from when the request could go to a node:
+/// an inference body uploaded slowly (it is read whole before routing)
+/// does not use it up. The request's start is read once, after its head,
+/// and only a body that had to be waited for reads the clock again.
+#[tokio::test]
+async fn a_slowly_uploaded_inference_body_does_not_use_up_the_total_deadline() {
+    let node = reading_node(false).await;
+    let gw = start_gateway(&streaming_config(
+        node,
+        "body_timeout = \"5s\"",
+        "[routes.timeouts]\ntotal = \"400ms\"",
+    ))
+    .await;
+    let body = chat("hi", false, 1);
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // 750 ms of upload in three pieces, longer than the total deadline.
+    let third = body.len() / 3;
+    for piece in [&body[..third], &body[third..2 * third], &body[2 * third..]] {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.write_all(piece.as_bytes()).await.unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with(&body.len().to_string()), "{text}");
+}
+
+/// A later request on a kept connection has `header_timeout` for its head
+/// from when it began to arrive (not from the previous answer, and not
+/// unbounded when the head does not come whole).
+#[tokio::test]
+async fn a_later_requests_head_has_the_header_timeout_from_its_first_bytes() {
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let mut text = config_text(&unweighted(&nodes), "round_robin", "");
+    text = text.replace(
+        "addr = \"127.0.0.1:0\"\n",
+        "addr = \"127.0.0.1:0\"\nheader_timeout = \"400ms\"\nidle_timeout = \"5s\"\n",
+    );
+    let gw = start_gateway(&text).await;
+    let mut buf = [0u8; 4096];
+    let mut kept = TcpStream::connect(gw.addr).await.unwrap();
+    let get = b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n";
+    kept.write_all(get).await.unwrap();
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Idle for longer than the header timeout, then a head in two halves
+    // 200 ms apart: within its own timeout, so answered.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    kept.write_all(&get[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    kept.write_all(&get[10..]).await.unwrap();
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A head that stops half way: closed once its timeout has passed.
+    kept.write_all(&get[..10]).await.unwrap();
+    let from = Instant::now();
+    assert!(closed_within(&mut kept, Duration::from_secs(3)).await);
+    let waited = from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(390) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+}
+
 /// Whether the gateway closes `stream` within `within`.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 1024];

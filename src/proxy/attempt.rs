@@ -171,14 +171,17 @@ pub(super) async fn forward(
     peer: SocketAddr,
     id: &HeaderValue,
     started: std::time::Instant,
+    ready: std::time::Instant,
     mut budget: Option<crate::tenant::Charge>,
 ) -> Result<Response<ResponseBody>, Reject> {
     let family = class.family;
     let telemetry = &route.telemetry;
-    // Counted from the head's arrival (a few microseconds ago for a small
-    // body): one clock read serves the request up to its first attempt.
-    let arrived = Instant::from_std(started);
-    let deadline = arrived + route.timeouts.total;
+    // `ready`: when the request could go to a node (its start, microseconds
+    // ago, for a body that came with its head): one clock read serves the
+    // request up to its first attempt. `started` is its start for the
+    // access record's latency.
+    let ready = Instant::from_std(ready);
+    let deadline = ready + route.timeouts.total;
     let nodes = &route.pool.nodes;
     let path_and_query = parts
         .uri
@@ -239,7 +242,9 @@ pub(super) async fn forward(
 
     route
         .retry_budget
-        .deposit(Duration::from_millis(crate::health::at_ms(started)));
+        .deposit(Duration::from_millis(crate::health::at_ms(
+            ready.into_std(),
+        )));
     // Retries that cost a node something (it may have started on the
     // request) draw on `retries` and the budget; a failed connect does not.
     let mut budgeted_left = route.retries;
@@ -265,10 +270,10 @@ pub(super) async fn forward(
     let mut attempt = 0u32;
     loop {
         let forwarded = RequestHeaders::forwarded(&headers, lines.as_ref());
-        // A first attempt picks as of the request's arrival; a later one
-        // reads the clock (time has passed on the node that failed).
+        // A first attempt picks as of `ready`; a later one reads the
+        // clock (time has passed on the node that failed).
         let now = if tried.is_empty() {
-            arrived
+            ready
         } else {
             Instant::now()
         };

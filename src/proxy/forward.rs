@@ -26,10 +26,11 @@ use crate::config::ModelsMode;
 use crate::header_lines::{HeaderLines, RequestHeaders};
 use crate::telemetry::{grpc_http_status, grpc_status};
 
-/// Entry point for one client request. `started`: when its head began to
-/// arrive (the connection read the clock then): its latency, body and
-/// total deadlines and first pick count from there, with no clock read of
-/// their own.
+/// Entry point for one client request. `started`: when its head had been
+/// read (the connection read the clock then): its latency and body
+/// deadline count from there, and, when its body needs no wait, its first
+/// attempt too (pick, pool, total deadline), with no clock read of their
+/// own.
 pub async fn handle(
     gateway: Arc<Gateway>,
     peer: SocketAddr,
@@ -92,11 +93,26 @@ async fn proxy(
     // (no second look-up and parse of `Content-Length`).
     let declared_len = http_body::Body::size_hint(&incoming).exact();
     let reads_body = head.parse_body;
+    // When the request is ready to go to a node: its start, unless reading
+    // its body had to wait (then the clock is read again, so the first
+    // attempt's clocks and the total deadline count from the body's end).
+    let mut ready = started;
     let (mut class, buffered, incoming) = if head.parse_body {
         if declared_len.is_some_and(|n| n > table.max_body_bytes) {
             return Err(too_large(family, table.max_body_bytes));
         }
-        let bytes = read_body(incoming, table, family, started).await?;
+        let mut waited = false;
+        let read = read_body(incoming, table, family, started);
+        let mut read = std::pin::pin!(read);
+        let bytes = std::future::poll_fn(|cx| {
+            let polled = std::future::Future::poll(read.as_mut(), cx);
+            waited |= polled.is_pending();
+            polled
+        })
+        .await?;
+        if waited {
+            ready = std::time::Instant::now();
+        }
         let class = classify_body(head, &bytes, &table.classify)
             .map_err(|e| error_response(family, ErrorKind::BadRequest, &e.to_string()))?;
         (class, Some(bytes), None)
@@ -175,7 +191,7 @@ async fn proxy(
         (None, None) => RequestBody::Buffered(Bytes::new()),
     };
     let mut response = forward(
-        route, &mut parts, lines, body, &class, peer, id, started, charge,
+        route, &mut parts, lines, body, &class, peer, id, started, ready, charge,
     )
     .await?;
     if let Some(h) = rate_headers {

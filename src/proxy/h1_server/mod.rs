@@ -130,14 +130,14 @@ pub async fn serve(
                 return conn.close(false).await;
             }
         }
-        // The request starts with its head's first bytes: this one read
-        // of the clock is also its start for the handler (latency, the
-        // total and body deadlines, the first pick).
-        let arrived = Instant::now();
+        // The head's deadline: the connection's first within
+        // `header_timeout` of the accept, a later one from when it began
+        // to arrive (the clock is read only if the head is not whole in
+        // the first bytes, see `read_head`).
         let head_until = if first {
-            accepted + header_timeout
+            HeadDeadline::At(accepted + header_timeout)
         } else {
-            arrived + header_timeout
+            HeadDeadline::After(header_timeout)
         };
         first = false;
         let head = match conn.read_head(head_until, max_head).await {
@@ -151,6 +151,10 @@ pub async fn serve(
                 return conn.close(true).await;
             }
         };
+        // The request's start, read once: its latency, its body's
+        // deadline and, when the body is at hand, its first attempt
+        // (pick, pool, total deadline) count from here.
+        let arrived = Instant::now();
         // Boxed (made holding its arguments, written into its box in
         // place, `boxed_in_place`; the rest made on the first poll): a
         // connection's task is as large as its largest
@@ -210,6 +214,16 @@ struct Connection {
     /// through).
     send_stalled: bool,
     timer: Deadline,
+}
+
+/// When a request head must be whole.
+#[derive(Clone, Copy)]
+enum HeadDeadline {
+    /// By this instant.
+    At(Instant),
+    /// Within this long of the first wait for more of it (a head that
+    /// came whole in its first bytes needs no clock read).
+    After(Duration),
 }
 
 impl Connection {
@@ -368,9 +382,10 @@ impl Connection {
     /// passed (closed without an answer, as hyper and nginx do).
     async fn read_head(
         &mut self,
-        until: Instant,
+        until: HeadDeadline,
         max_head: usize,
     ) -> Result<Option<head::RequestHead>, HeadError> {
+        let mut until = until;
         loop {
             if let Some(head) = head::parse_request(&mut self.read)? {
                 return Ok(Some(head));
@@ -381,7 +396,15 @@ impl Connection {
                     why: "request head too large",
                 });
             }
-            if !matches!(self.read_by(until).await, Ok(n) if n > 0) {
+            let at = match until {
+                HeadDeadline::At(at) => at,
+                HeadDeadline::After(within) => {
+                    let at = Instant::now() + within;
+                    until = HeadDeadline::At(at);
+                    at
+                }
+            };
+            if !matches!(self.read_by(at).await, Ok(n) if n > 0) {
                 return Ok(None);
             }
         }
