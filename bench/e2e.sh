@@ -11,7 +11,13 @@
 #     $CHUNKS chunks each (h2load over HTTP/1.1) from 4 simulated nodes that
 #     answer at once, through each proxy and straight to the nodes;
 #  3. h2c clients (H2C=1, the default): h2load with $H2C_CONNS connections
-#     of $H2C_STREAMS streams each, against the same small POST.
+#     of $H2C_STREAMS streams each, against the same small POST;
+#  4. the small POST at a fixed pace (PACED=1, the default): each of wrk's
+#     $CONNS connections waits $PAUSE_MS ms between its requests, so every
+#     proxy serves the same load below saturation and the latencies compare
+#     the proxies, not how hard each one drove the load tools it shares the
+#     cores with (section 1 is closed-loop: the faster proxy also gets more
+#     requests, and its p99 includes their queueing on a shared machine).
 #
 # For each proxy the CPU it spent (utime+stime of all its processes, from
 # /proc) is divided by the requests (or chunks) it served: on a shared 2-core
@@ -32,6 +38,8 @@ STREAM=${STREAM:-1}
 STREAMS=${STREAMS:-1000}
 CHUNKS=${CHUNKS:-500}
 H2C=${H2C:-1}
+PACED=${PACED:-1}
+PAUSE_MS=${PAUSE_MS:-1}
 H2C_CONNS=${H2C_CONNS:-8}
 H2C_STREAMS=${H2C_STREAMS:-16}
 ROUNDS=${ROUNDS:-1}
@@ -185,6 +193,32 @@ printf 'infergate / nginx:   req/s %s  p99 %s  CPU/req %s\n' \
   "$(ratio "${RPS[infergate]}" "${RPS[$NGX_NAME]}")" "$(ratio "${P99[infergate]}" "${P99[$NGX_NAME]}")" "$(ratio "${CPU[infergate]}" "${CPU[$NGX_NAME]}")"
 printf 'infergate / haproxy: req/s %s  p99 %s  CPU/req %s\n' \
   "$(ratio "${RPS[infergate]}" "${RPS[$HAP_NAME]}")" "$(ratio "${P99[infergate]}" "${P99[$HAP_NAME]}")" "$(ratio "${CPU[infergate]}" "${CPU[$HAP_NAME]}")"
+
+if [ "$PACED" = 1 ]; then
+  echo
+  echo "== 1b. the same POST at a fixed pace: wrk -t2 -c$CONNS, $PAUSE_MS ms between a connection's requests =="
+  printf '%-26s %10s %9s %9s %9s\n' target req/s p50 p90 p99
+  declare -A PACED_P99
+  paced() { # name port
+    local out
+    out=$(PAUSE_MS=$PAUSE_MS wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s bench/paced.lua "http://127.0.0.1:$2/v1/chat/completions" |
+      awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +90%/ {p90=$2} /^ +99%/ {p99=$2} END {print rps, p50, p90, p99}')
+    read -r rps p50 p90 p99 <<<"$out"
+    PACED_P99[$1]+="$(to_us "$p99") "
+    printf '%-26s %10s %9s %9s %9s\n' "$1" "$rps" "$p50" "$p90" "$p99"
+  }
+  for round in $(seq 1 "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && echo "-- round $round of $ROUNDS"
+    paced infergate $GW
+    paced "$NGX_NAME" $NGX
+    paced "$HAP_NAME" $HAP
+  done
+  for t in infergate "$NGX_NAME" "$HAP_NAME"; do PACED_P99[$t]=$(median "${PACED_P99[$t]}"); done
+  [ "$ROUNDS" -gt 1 ] && printf -- '-- median p99: infergate %sus, nginx %sus, haproxy %sus\n' \
+    "${PACED_P99[infergate]}" "${PACED_P99[$NGX_NAME]}" "${PACED_P99[$HAP_NAME]}"
+  printf 'paced p99: infergate / nginx %s, infergate / haproxy %s\n' \
+    "$(ratio "${PACED_P99[infergate]}" "${PACED_P99[$NGX_NAME]}")" "$(ratio "${PACED_P99[infergate]}" "${PACED_P99[$HAP_NAME]}")"
+fi
 
 if [ "$H2C" = 1 ]; then
   echo
