@@ -204,19 +204,50 @@ pub fn request_id(headers: RequestHeaders<'_>) -> HeaderValue {
             }
         }
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut random = fastrand::u128(..);
-    let mut id = [0u8; 32];
-    for digit in id.iter_mut().rev() {
-        *digit = HEX[(random & 0xf) as usize];
-        random >>= 4;
-    }
+    let id = hex_id(fastrand::u128(..));
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// `n` as 32 lowercase hex digits, two digits per byte from a table (a
+/// digit at a time over a `u128` cost ~190 instructions per request).
+fn hex_id(n: u128) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    const PAIRS: [[u8; 2]; 256] = {
+        let mut pairs = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        pairs
+    };
+    let mut id = [0u8; 32];
+    for (pair, byte) in id.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
+    }
+    id
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits_of_the_number() {
+        for n in [
+            0u128,
+            1,
+            0xff,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            assert_eq!(hex_id(n).as_slice(), format!("{n:032x}").as_bytes());
+        }
+        for _ in 0..1000 {
+            let n = fastrand::u128(..);
+            assert_eq!(hex_id(n).as_slice(), format!("{n:032x}").as_bytes());
+        }
+    }
 
     /// The length filter lets every fixed hop-by-hop name through.
     #[test]
