@@ -156,7 +156,12 @@ impl AttemptError {
 
 /// The retry budget's clock.
 fn budget_now() -> Duration {
-    Duration::from_millis(crate::health::now_ms())
+    budget_at(std::time::Instant::now())
+}
+
+/// The retry budget's clock at `t` (read already).
+fn budget_at(t: std::time::Instant) -> Duration {
+    Duration::from_millis(crate::health::at_ms(t))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -240,11 +245,7 @@ pub(super) async fn forward(
         }
     }
 
-    route
-        .retry_budget
-        .deposit(Duration::from_millis(crate::health::at_ms(
-            ready.into_std(),
-        )));
+    route.retry_budget.deposit(budget_at(ready.into_std()));
     // Retries that cost a node something (it may have started on the
     // request) draw on `retries` and the budget; a failed connect does not.
     let mut budgeted_left = route.retries;

@@ -382,10 +382,9 @@ impl Connection {
     /// passed (closed without an answer, as hyper and nginx do).
     async fn read_head(
         &mut self,
-        until: HeadDeadline,
+        mut until: HeadDeadline,
         max_head: usize,
     ) -> Result<Option<head::RequestHead>, HeadError> {
-        let mut until = until;
         loop {
             if let Some(head) = head::parse_request(&mut self.read)? {
                 return Ok(Some(head));
