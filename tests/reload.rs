@@ -101,3 +101,55 @@ async fn file_changes_are_applied_and_bad_ones_refused() {
     admin.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A worker keeps a handle on the route table for its requests
+/// (`proxy::table_cell`). After a reload, one that served a request and
+/// then went idle must still let the old table go: here the old table's
+/// metrics scraper has to stop, which it does only when the table is
+/// dropped.
+#[tokio::test]
+async fn a_reload_lets_an_idle_worker_drop_the_old_table() {
+    let nodes = start_nodes(1, &fast_sim()).await;
+    let plain = config_text(&unweighted(&nodes), "round_robin", "");
+    let scraped = plain.replace(
+        "\n[[routes]]",
+        "[pools.capacity]\ninterval = \"20ms\"\n\n[[routes]]",
+    );
+    let gw = start_gateway(&scraped).await;
+    let scrapes = || {
+        nodes[0]
+            .stats()
+            .requests_by_endpoint
+            .get("/metrics")
+            .copied()
+            .unwrap_or(0)
+    };
+    for _ in 0..4 {
+        let reply = post(gw.addr, "/v1/chat/completions", chat("hi", false, 4)).await;
+        assert_eq!(reply.status, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || scrapes() >= 3).await,
+        "the node is scraped"
+    );
+    gw.gateway
+        .reload(&infergate::config::Config::from_toml(&plain).unwrap())
+        .unwrap();
+    // Scraped every 20 ms while the old table lives: two counts 200 ms
+    // apart are equal only once its scraper has stopped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut before = scrapes();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = scrapes();
+        if now == before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old table's scraper still runs ({now} scrapes)"
+        );
+        before = now;
+    }
+    gw.stop().await;
+}

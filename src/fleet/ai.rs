@@ -170,8 +170,11 @@ impl Ewma {
     }
 }
 
-/// AI-aware counters of one node, kept in [`NodeLoad::ai`].
+/// AI-aware counters of one node, kept in [`NodeLoad::ai`]. The tokens in
+/// flight come first (`repr(C)`): they share a cache line with the node's
+/// request counts (see [`NodeLoad`]).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct AiLoad {
     prompt_tokens: AtomicU64,
     output_tokens: AtomicU64,
@@ -440,6 +443,20 @@ impl InFlight {
 mod tests {
     use super::*;
     use http::uri::Authority;
+
+    #[test]
+    fn what_an_attempt_writes_shares_one_line_with_the_arc_count() {
+        use std::mem::offset_of;
+        // An `Arc`'s allocation: its two counts, then the value.
+        let arc_counts = 2 * std::mem::size_of::<usize>();
+        let last = offset_of!(super::super::NodeLoad, ai) + offset_of!(AiLoad, pending_prefill);
+        assert_eq!(offset_of!(super::super::NodeLoad, outstanding), 0);
+        assert!(
+            arc_counts + last + 8 <= 64,
+            "the counters end at {} bytes into the allocation",
+            arc_counts + last + 8
+        );
+    }
 
     fn class(prompt: u32, max: Option<u32>, stream: bool) -> RequestClass {
         let mut c = crate::balance::testing::chat_class();

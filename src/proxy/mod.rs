@@ -28,6 +28,7 @@ mod select;
 mod spare;
 mod stall;
 pub mod table;
+mod table_cell;
 mod upstream;
 mod worker;
 pub use h1_server::PARK_AFTER;
@@ -39,7 +40,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -68,7 +68,7 @@ pub(crate) fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> std::pin::P
 
 /// The gateway's shared state.
 pub struct Gateway {
-    table: ArcSwap<RouteTable>,
+    table: table_cell::TableCell,
     loads: LoadRegistry,
     queues: queue::QueueRegistry,
     indexes: table::IndexRegistry,
@@ -134,7 +134,7 @@ impl Gateway {
                 found: HashMap::new(),
                 sources: Vec::new(),
             }),
-            table: ArcSwap::new(Arc::clone(&table)),
+            table: table_cell::TableCell::new(Arc::clone(&table)),
             loads,
             queues,
             indexes,
@@ -328,6 +328,18 @@ impl Gateway {
     /// The current routing table.
     pub fn table(&self) -> Arc<RouteTable> {
         self.table.load_full()
+    }
+
+    /// The current routing table for a request on a worker thread: held
+    /// through the thread's own handle (`table_cell`), so requests on two
+    /// workers do not write one count.
+    pub(crate) fn table_snapshot(&self) -> table_cell::Snapshot {
+        self.table.snapshot()
+    }
+
+    /// Told of every table swap (workers then let go of their handle).
+    pub(crate) fn table_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.table.changes()
     }
 
     /// Replace the running config. On error nothing changes. Listener

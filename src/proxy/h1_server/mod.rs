@@ -261,7 +261,10 @@ impl Connection {
                 expect_continue,
             ))
         };
-        let gateway = Arc::clone(gateway);
+        // Borrowed, not cloned: the handler ends before this exchange
+        // does, and a count on the gateway's `Arc` is a cache line both
+        // workers write for every request.
+        let gateway: &Gateway = gateway;
         // Boxed: the connection's own future stays small for as long as
         // it is open; the request's (kilobytes) exists only while it runs.
         // The box is made holding the arguments only, and the request's
