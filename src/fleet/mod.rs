@@ -28,7 +28,9 @@ pub use ai::{at_ns, expected_output, now_ns, AiLoad, PeakEwma, DEFAULT_EXPECTED_
 /// an attempt writes one cache line of the node and not three. Workers on
 /// other cores write the same node's counters, so each line written is a
 /// line taken from the other core (callgrind of a small POST: the counts
-/// at offsets 0x240, 0xe0 and 0x0 of the allocation before).
+/// at offsets 0x240, 0xe0 and 0x0 of the allocation before). One line
+/// if the allocation starts one: jemalloc's size classes for this size
+/// (640 B to 1 KiB) do; nothing forces it.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub struct NodeLoad {
