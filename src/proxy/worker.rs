@@ -64,13 +64,8 @@ impl Workers {
         let mut threads = Vec::with_capacity(count);
         for i in 0..count.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
-            // I/O and timers only: a process driver checks a process-wide
-            // orphan queue under a shared lock at every park (callgrind:
-            // 1.3 of them per request), and workers neither spawn
-            // processes nor take signals (the main runtime does).
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
+                .enable_all()
                 .build()?;
             let builder = Arc::clone(&builder);
             let tls = tls.clone();
@@ -138,7 +133,6 @@ async fn run(
             _ = aborted.changed() => break,
         }
     }
-    super::table_cell::forget_kept();
     tokio::select! {
         () = async { while connections.join_next().await.is_some() {} } => {}
         _ = aborted.wait_for(|a| *a) => connections.abort_all(),
