@@ -315,13 +315,7 @@ mod tests {
     /// per request; the future went from 8,088 to 5,152 bytes.
     #[test]
     fn a_request_future_carries_no_rarely_used_state() {
-        let config = crate::config::Config::from_toml(
-            "[listener]\naddr = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\n\
-             [[pools.nodes]]\nname = \"n\"\naddr = \"127.0.0.1:1\"\n\
-             [[routes]]\nname = \"r\"\npool = \"p\"\n",
-        )
-        .expect("test config");
-        let gateway = Gateway::new(&config).expect("test gateway");
+        let gateway = crate::proxy::one_node_gateway();
         // Made, never polled: its size is its type's.
         let future = handle(
             &gateway,
