@@ -256,7 +256,7 @@ async fn run(
                 continue;
             }
             if let Some(i) = pool.nodes.iter().position(|n| n.name == series.node) {
-                tokens[i] += series.stats.tokens_out.load(Ordering::Relaxed);
+                tokens[i] += series.tokens_out();
             }
         }
         let joules: Vec<f64> = pool.nodes.iter().map(|n| n.load.power.joules()).collect();

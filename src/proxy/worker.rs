@@ -73,7 +73,10 @@ impl Workers {
             let aborted = aborted.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("infergate-worker-{i}"))
-                .spawn(move || runtime.block_on(run(rx, builder, tls, gateway, aborted)))?;
+                .spawn(move || {
+                    crate::telemetry::series::set_worker(i);
+                    runtime.block_on(run(rx, builder, tls, gateway, aborted))
+                })?;
             senders.push(tx);
             threads.push(thread);
         }

@@ -1,7 +1,8 @@
 //! Telemetry: what the gateway measures about the traffic it carries.
 //!
 //! The request path only touches atomics. Counters and fixed-bucket
-//! histograms live in a [`Series`] per (route, pool, node); the route table
+//! histograms live in a [`Series`] per (route, pool, node), one copy per
+//! worker thread (`series`: workers serving one node write apart); the route table
 //! holds the series of its route's nodes by node index ([`RouteTelemetry`]),
 //! so recording is an index and a few relaxed adds, never a map lookup by
 //! name. Series are handed out by the [`Telemetry`] registry when a table is
@@ -31,6 +32,7 @@ pub mod fleet_view;
 pub mod hist;
 pub mod prom;
 pub mod scrape;
+pub mod series;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -43,6 +45,7 @@ use serde::Deserialize;
 
 pub use fleet_view::{FleetView, PoolState, PreciseRoute};
 pub use hist::{HistSnapshot, Histogram};
+pub use series::{RequestStats, Series, Shard, Totals};
 
 /// `[telemetry]`: recording on the request path.
 #[derive(Debug, Clone, Deserialize)]
@@ -134,52 +137,6 @@ pub enum ShedReason {
     Node429 = 4,
 }
 
-/// Counters of one (route, pool, node).
-#[derive(Debug, Default)]
-pub struct RequestStats {
-    /// Attempts by [`CODES`] class.
-    pub codes: [AtomicU64; 6],
-    /// End-to-end latency of responses passed through (request start to
-    /// last byte).
-    pub duration: Histogram,
-    /// Request start to the first body frame (first token for streams).
-    pub ttft: Histogram,
-    /// Gaps between frames of SSE streams.
-    pub itl: Histogram,
-    /// Prompt tokens (estimate from classification).
-    pub tokens_in: AtomicU64,
-    /// Output tokens (SSE events, or `usage.completion_tokens`).
-    pub tokens_out: AtomicU64,
-    /// Attempts on this node that were retried elsewhere.
-    pub retries: AtomicU64,
-}
-
-impl RequestStats {
-    /// Attempts answered (any code) plus attempts without a response.
-    pub fn requests(&self) -> u64 {
-        self.codes.iter().map(|c| c.load(Relaxed)).sum()
-    }
-    /// 5xx answers plus attempts without a response.
-    pub fn errors(&self) -> u64 {
-        self.codes[4].load(Relaxed) + self.codes[CODE_ERROR].load(Relaxed)
-    }
-}
-
-/// A labelled [`RequestStats`].
-#[derive(Debug)]
-pub struct Series {
-    /// Route name.
-    pub route: String,
-    /// Pool name.
-    pub pool: String,
-    /// Node name.
-    pub node: String,
-    /// The route's model pattern (`*` when the route matches any model).
-    pub model: String,
-    /// The counters.
-    pub stats: RequestStats,
-}
-
 /// Shed counters of one pool.
 #[derive(Debug, Default)]
 pub struct ShedStats {
@@ -205,7 +162,7 @@ impl RouteTelemetry {
             return;
         }
         if let Some(s) = self.nodes.get(index) {
-            s.stats.codes[code_index(status)].fetch_add(1, Relaxed);
+            s.local().stats.codes[code_index(status)].fetch_add(1, Relaxed);
             if status == 429 {
                 self.shed.counts[ShedReason::Node429 as usize].fetch_add(1, Relaxed);
             }
@@ -219,7 +176,7 @@ impl RouteTelemetry {
             return;
         }
         if let Some(s) = self.nodes.get(index) {
-            s.stats.codes[CODE_ERROR].fetch_add(1, Relaxed);
+            s.local().stats.codes[CODE_ERROR].fetch_add(1, Relaxed);
         }
     }
 
@@ -230,7 +187,7 @@ impl RouteTelemetry {
             return;
         }
         if let Some(s) = self.nodes.get(index) {
-            s.stats.retries.fetch_add(1, Relaxed);
+            s.local().stats.retries.fetch_add(1, Relaxed);
         }
     }
 
@@ -247,8 +204,11 @@ impl RouteTelemetry {
         let hub = self.hub.as_ref()?;
         let series = self.nodes.get(index)?;
         Some(Tracker {
-            series: Arc::clone(series),
-            hub: Arc::clone(hub),
+            shard: Arc::clone(series.local()),
+            logged: hub
+                .access
+                .is_some()
+                .then(|| (Arc::clone(series), Arc::clone(hub))),
             info,
             first: None,
             last: None,
@@ -285,8 +245,12 @@ pub struct RequestInfo {
 
 /// Follows one response body; records when dropped.
 pub struct Tracker {
-    series: Arc<Series>,
-    hub: Arc<Telemetry>,
+    /// The worker's copy of the node's counters (its own `Arc`: no count
+    /// shared with other workers is touched per request).
+    shard: Arc<Shard>,
+    /// The series' labels and the registry, for the access log, when one
+    /// is written.
+    logged: Option<(Arc<Series>, Arc<Telemetry>)>,
     info: RequestInfo,
     first: Option<Instant>,
     last: Option<Instant>,
@@ -302,12 +266,12 @@ impl Tracker {
         match self.last {
             None => {
                 self.first = Some(now);
-                self.series
+                self.shard
                     .stats
                     .ttft
                     .observe(now.saturating_duration_since(self.info.start));
             }
-            Some(last) if self.info.sse => self.series.stats.itl.observe(now - last),
+            Some(last) if self.info.sse => self.shard.stats.itl.observe(now - last),
             Some(_) => {}
         }
         self.last = Some(now);
@@ -337,7 +301,7 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         let elapsed = self.info.start.elapsed();
-        let stats = &self.series.stats;
+        let stats = &self.shard.stats;
         if self.info.grpc_deferred {
             let index = if self.failed {
                 CODE_ERROR
@@ -352,13 +316,17 @@ impl Drop for Tracker {
         stats
             .tokens_in
             .fetch_add(u64::from(self.info.tokens_in), Relaxed);
-        if let Some(log) = &self.hub.access {
+        if let Some((series, log)) = self
+            .logged
+            .as_ref()
+            .and_then(|(series, hub)| Some((series, hub.access.as_ref()?)))
+        {
             log.record(access::Record {
                 id: self.info.id.to_str().unwrap_or("-"),
                 client: self.info.client,
-                route: &self.series.route,
-                model: &self.series.model,
-                node: &self.series.node,
+                route: &series.route,
+                model: &series.model,
+                node: &series.node,
                 attempts: self.info.attempts,
                 status: self.info.status,
                 latency: elapsed,
@@ -568,15 +536,9 @@ impl Telemetry {
             .iter()
             .map(|node| {
                 let key = (route.to_string(), pool.to_string(), node.clone());
-                let entry = map.entry(key).or_insert_with(|| {
-                    Arc::new(Series {
-                        route: route.to_string(),
-                        pool: pool.to_string(),
-                        node: node.clone(),
-                        model: model.to_string(),
-                        stats: RequestStats::default(),
-                    })
-                });
+                let entry = map
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(Series::new(route, pool, node, model)));
                 Arc::clone(entry)
             })
             .collect();

@@ -163,6 +163,7 @@ pub fn render(telemetry: &Telemetry, fleet: &FleetView<'_>) -> String {
             ])
         })
         .collect();
+    let totals: Vec<_> = series.iter().map(|s| s.totals()).collect();
 
     header(
         &mut out,
@@ -170,13 +171,12 @@ pub fn render(telemetry: &Telemetry, fleet: &FleetView<'_>) -> String {
         "counter",
         "Attempts sent to nodes, by status class (code=error: no response).",
     );
-    for (s, b) in series.iter().zip(&base) {
+    for (t, b) in totals.iter().zip(&base) {
         let inner = &b[1..b.len() - 1];
-        for (code, c) in CODES.iter().zip(&s.stats.codes) {
+        for (code, c) in CODES.iter().zip(&t.codes) {
             let _ = writeln!(
                 out,
-                "infergate_requests_total{{{inner},code=\"{code}\"}} {}",
-                c.load(Relaxed)
+                "infergate_requests_total{{{inner},code=\"{code}\"}} {c}"
             );
         }
     }
@@ -198,13 +198,13 @@ pub fn render(telemetry: &Telemetry, fleet: &FleetView<'_>) -> String {
         ),
     ] {
         header(&mut out, name, "histogram", help);
-        for (s, b) in series.iter().zip(&base) {
+        for (t, b) in totals.iter().zip(&base) {
             let h = match pick {
-                0 => s.stats.duration.snapshot(),
-                1 => s.stats.ttft.snapshot(),
-                _ => s.stats.itl.snapshot(),
+                0 => &t.duration,
+                1 => &t.ttft,
+                _ => &t.itl,
             };
-            histogram(&mut out, name, b, &h);
+            histogram(&mut out, name, b, h);
         }
     }
     header(
@@ -213,13 +213,12 @@ pub fn render(telemetry: &Telemetry, fleet: &FleetView<'_>) -> String {
         "counter",
         "Tokens: in = prompt estimate from classification, out = streamed events or usage.completion_tokens.",
     );
-    for (s, b) in series.iter().zip(&base) {
+    for (t, b) in totals.iter().zip(&base) {
         let inner = &b[1..b.len() - 1];
-        for (dir, v) in [("in", &s.stats.tokens_in), ("out", &s.stats.tokens_out)] {
+        for (dir, v) in [("in", t.tokens_in), ("out", t.tokens_out)] {
             let _ = writeln!(
                 out,
-                "infergate_tokens_total{{{inner},direction=\"{dir}\"}} {}",
-                v.load(Relaxed)
+                "infergate_tokens_total{{{inner},direction=\"{dir}\"}} {v}"
             );
         }
     }
@@ -229,12 +228,8 @@ pub fn render(telemetry: &Telemetry, fleet: &FleetView<'_>) -> String {
         "counter",
         "Attempts on a node that were retried on another node.",
     );
-    for (s, b) in series.iter().zip(&base) {
-        let _ = writeln!(
-            out,
-            "infergate_retries_total{b} {}",
-            s.stats.retries.load(Relaxed)
-        );
+    for (t, b) in totals.iter().zip(&base) {
+        let _ = writeln!(out, "infergate_retries_total{b} {}", t.retries);
     }
 
     let now = health::now_ms();

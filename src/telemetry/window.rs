@@ -256,14 +256,12 @@ impl Window {
         let series = telemetry.all_series();
         for s in &series {
             let c = cums.entry((&s.pool, &s.node)).or_default();
-            c.requests += s.stats.requests();
-            c.errors += s.stats.errors();
-            c.tokens_out += s
-                .stats
-                .tokens_out
-                .load(std::sync::atomic::Ordering::Relaxed);
-            c.duration.merge(&s.stats.duration.snapshot());
-            c.ttft.merge(&s.stats.ttft.snapshot());
+            let t = s.totals();
+            c.requests += t.requests();
+            c.errors += t.errors();
+            c.tokens_out += t.tokens_out;
+            c.duration.merge(&t.duration);
+            c.ttft.merge(&t.ttft);
         }
         let shed: HashMap<String, u64> = telemetry
             .all_shed()
