@@ -26,6 +26,7 @@ pub mod ascii_case;
 pub mod balance;
 pub mod classify;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod discovery;

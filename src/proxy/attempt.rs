@@ -95,7 +95,8 @@ async fn response_head<F: std::future::Future>(
             }
         }
     }
-    tokio::time::timeout_at((Instant::now() + first_byte).min(deadline), send)
+    let now = Instant::from_std(crate::clock::now());
+    tokio::time::timeout_at((now + first_byte).min(deadline), send)
         .await
         .ok()
 }

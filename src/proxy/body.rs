@@ -167,7 +167,7 @@ impl ResponseBody {
 
     /// A node's body, passed through as it arrives.
     pub fn upstream(inner: NodeBody, settings: PassThrough) -> ResponseBody {
-        let now = Instant::now();
+        let now = Instant::from_std(crate::clock::now());
         ResponseBody {
             kind: Kind::Upstream(Box::new(Upstream {
                 inner,
@@ -237,8 +237,9 @@ impl Upstream {
         }
         match self.poll_node(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                // One clock read per frame for all of its bookkeeping.
-                let now = Instant::now();
+                // One clock reading per frame for all of its bookkeeping
+                // (per poll: frames read together were read at one time).
+                let now = Instant::from_std(crate::clock::now());
                 self.last_activity = now;
                 let now = now.into_std();
                 if frame.is_data() {

@@ -126,7 +126,8 @@ async fn run(
         tokio::select! {
             job = jobs.recv() => match job {
                 Some(job) => {
-                    connections.spawn(serve_connection(job, Arc::clone(&builder), tls.clone(), Arc::clone(&gateway)));
+                    // One clock reading per poll of the connection (`clock`).
+                    connections.spawn(crate::clock::PerPoll::new(serve_connection(job, Arc::clone(&builder), tls.clone(), Arc::clone(&gateway))));
                 }
                 None => break,
             },

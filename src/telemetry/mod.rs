@@ -300,7 +300,7 @@ impl Tracker {
 
 impl Drop for Tracker {
     fn drop(&mut self) {
-        let elapsed = self.info.start.elapsed();
+        let elapsed = crate::clock::now().saturating_duration_since(self.info.start);
         let stats = &self.shard.stats;
         if self.info.grpc_deferred {
             let index = if self.failed {

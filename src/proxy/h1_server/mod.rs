@@ -117,7 +117,7 @@ pub async fn serve(
     loop {
         // The next request's first bytes.
         if conn.read.is_empty() {
-            let now = Instant::now();
+            let now = Instant::from_std(crate::clock::now());
             let until = if first {
                 accepted + header_timeout
             } else {
@@ -154,7 +154,7 @@ pub async fn serve(
         // The request's start, read once: its latency, its body's
         // deadline and, when the body is at hand, its first attempt
         // (pick, pool, total deadline) count from here.
-        let arrived = Instant::now();
+        let arrived = Instant::from_std(crate::clock::now());
         // Boxed (made holding its arguments, written into its box in
         // place, `boxed_in_place`; the rest made on the first poll): a
         // connection's task is as large as its largest

@@ -294,7 +294,7 @@ impl PooledConn {
     /// next request.
     fn release(mut self) {
         self.conn.trim();
-        let now = Instant::now();
+        let now = crate::clock::now();
         // `try_with`: a body dropped while its thread shuts down finds the
         // pool gone; its connection then just closes.
         let _ = POOL.try_with(|pool| {
