@@ -1,11 +1,12 @@
 //! The time now, read at most once per poll of a connection's task.
 //!
-//! A small proxied request read the clock eight times: when its head
-//! came, for its first-byte deadline, its retry budget, its response body,
-//! each frame, its node connection's return to the pool and its latency.
-//! They fall in two polls of its connection's task (the request going out,
-//! the answer coming back), microseconds apart, and each read costs a
-//! `clock_gettime` (~25 ns here, 3 % of the request path's user time).
+//! A small proxied request read the clock seven times: when its head
+//! came, for its first-byte deadline, its response body, each frame, its
+//! node connection's return to the pool, its latency and the wait for the
+//! connection's next head. They fall in two polls of its connection's task
+//! (the request going out, the answer coming back), microseconds apart,
+//! and each read costs a `clock_gettime` (~25 ns here, 3 % of the request
+//! path's user time; callgrind counts 2 reads per request with this).
 //! A worker polls each connection's task inside [`PerPoll`]; [`now`]
 //! there returns the poll's first reading. Elsewhere (other threads,
 //! tests, hyper's HTTP/2 stream tasks) it reads the clock each time.
