@@ -156,6 +156,34 @@ async fn first_byte_timeout_starts_after_the_upload_and_slow_uploads_are_408() {
     assert!(load.health.is_available(now_ms()));
 }
 
+/// An inference body is read whole before routing; a client that stops
+/// sending it gets a 408 once the body timeout has passed, woken by its
+/// connection's own timer (no timer of the read's own).
+#[tokio::test]
+async fn an_inference_body_not_sent_in_time_is_408() {
+    let node = reading_node(false).await;
+    let gw = start_gateway(&streaming_config(node, "body_timeout = \"300ms\"", "")).await;
+    let mut buf = vec![0u8; 1024];
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"",
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("not sent in time"), "{text}");
+        assert!(started.elapsed() >= Duration::from_millis(290));
+    }
+}
+
 /// The total deadline counts from when the request could go to a node:
 /// an inference body uploaded slowly (it is read whole before routing)
 /// does not use it up. The request's start is read once, after its head,

@@ -95,10 +95,10 @@ async fn response_head<F: std::future::Future>(
             }
         }
     }
-    let now = Instant::from_std(crate::clock::now());
-    tokio::time::timeout_at((now + first_byte).min(deadline), send)
-        .await
-        .ok()
+    // On the connection task's own timer (`clock::Within`): a head that
+    // comes in a millisecond no longer puts a timer into tokio's wheel.
+    let now = crate::clock::now();
+    crate::clock::Within::new(send, (now + first_byte).min(deadline.into_std())).await
 }
 
 /// The answer to a client whose own body failed the attempt.

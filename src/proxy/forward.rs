@@ -241,21 +241,23 @@ async fn read_body(
     let limit = usize::try_from(table.max_body_bytes).unwrap_or(usize::MAX);
     let read = Limited::new(incoming, limit).collect();
     // From the head's arrival, microseconds before: no clock read here.
-    let until = tokio::time::Instant::from_std(started) + table.listener.body_timeout;
-    match tokio::time::timeout_at(until, read).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e))
+    // On the connection task's timer (`clock::Within`): a body that came
+    // with its head makes no timer at all.
+    let until = started + table.listener.body_timeout;
+    match crate::clock::Within::new(read, until).await {
+        Some(Ok(collected)) => Ok(collected.to_bytes()),
+        Some(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
             Err(too_large(family, table.max_body_bytes))
         }
-        Ok(Err(_)) => Err(error_response(
+        Some(Err(_)) => Err(error_response(
             family,
             ErrorKind::BadRequest,
             "Could not read the request body.",
         )),
-        Err(_) => Err(error_response(
+        None => Err(error_response(
             family,
             ErrorKind::ClientTimeout,
             "The request body was not sent in time.",

@@ -772,6 +772,10 @@ impl BodySent {
 struct Deadline {
     at: Instant,
     timer: Pin<Box<Sleep>>,
+    /// The waker the timer was last polled with: while the timer is set
+    /// and wakes that task, polling it again would only register the same
+    /// waker again (two locked instructions and a waker clone per wait).
+    armed_for: Option<std::task::Waker>,
 }
 
 impl Deadline {
@@ -779,20 +783,32 @@ impl Deadline {
         Deadline {
             at,
             timer: Box::pin(tokio::time::sleep_until(at)),
+            armed_for: None,
         }
     }
 
     fn set(&mut self, at: Instant) {
         if at < self.timer.deadline() {
             self.timer.as_mut().reset(at);
+            self.armed_for = None;
         }
         self.at = at;
     }
 
     /// Whether the deadline has passed; arms the timer otherwise.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let armed = self
+            .armed_for
+            .as_ref()
+            .is_some_and(|armed| armed.will_wake(cx.waker()));
+        if armed && !self.timer.is_elapsed() {
+            return false;
+        }
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
+                if !armed {
+                    self.armed_for = Some(cx.waker().clone());
+                }
                 return false;
             }
             if self.timer.deadline() >= self.at {
