@@ -771,50 +771,63 @@ impl BodySent {
 /// every request.
 struct Deadline {
     at: Instant,
-    timer: Pin<Box<Sleep>>,
-    /// The waker the timer was last polled with: while the timer is set
-    /// and wakes that task, polling it again would only register the same
-    /// waker again (two locked instructions and a waker clone per wait).
-    armed_for: Option<std::task::Waker>,
+    timer: Pin<Box<Armed>>,
+}
+
+pin_project_lite::pin_project! {
+    /// The timer, and the waker it was last polled with: while the timer
+    /// is set and wakes that task, polling it again would only register
+    /// the same waker again (two locked instructions and a waker clone
+    /// per wait). In the timer's box: the connection's task stays as small.
+    struct Armed {
+        #[pin]
+        sleep: Sleep,
+        armed_for: Option<std::task::Waker>,
+    }
 }
 
 impl Deadline {
     fn new(at: Instant) -> Deadline {
         Deadline {
             at,
-            timer: Box::pin(tokio::time::sleep_until(at)),
-            armed_for: None,
+            timer: Box::pin(Armed {
+                sleep: tokio::time::sleep_until(at),
+                armed_for: None,
+            }),
         }
     }
 
     fn set(&mut self, at: Instant) {
-        if at < self.timer.deadline() {
-            self.timer.as_mut().reset(at);
-            self.armed_for = None;
+        if at < self.timer.sleep.deadline() {
+            let timer = self.timer.as_mut().project();
+            timer.sleep.reset(at);
+            *timer.armed_for = None;
         }
         self.at = at;
     }
 
     /// Whether the deadline has passed; arms the timer otherwise.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let armed = self
+        let timer = self.timer.as_mut().project();
+        let armed = timer
             .armed_for
             .as_ref()
             .is_some_and(|armed| armed.will_wake(cx.waker()));
-        if armed && !self.timer.is_elapsed() {
+        if armed && !timer.sleep.is_elapsed() {
             return false;
         }
+        let mut sleep = timer.sleep;
         loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
+            if sleep.as_mut().poll(cx).is_pending() {
                 if !armed {
-                    self.armed_for = Some(cx.waker().clone());
+                    *timer.armed_for = Some(cx.waker().clone());
                 }
                 return false;
             }
-            if self.timer.deadline() >= self.at {
+            if sleep.deadline() >= self.at {
                 return true;
             }
-            self.timer.as_mut().reset(self.at);
+            sleep.as_mut().reset(self.at);
         }
     }
 }
