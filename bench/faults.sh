@@ -12,6 +12,8 @@
 # Installs nginx and HAProxy with apt when missing (skipped if that fails).
 # Usage: bench/faults.sh [--duration 10s] [--connections 16] [--rate 0]
 #                        [--scenarios a,b] [--proxies infergate,nginx,haproxy]
+#        (INFERGATE_BIN=path runs another build, e.g. bench/pgo.sh's;
+#        NO_BUILD=1 target/release as it is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
@@ -23,5 +25,5 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
 fi
 # The Debian packages start their services; the matrix runs its own copies.
 (systemctl stop nginx haproxy || service nginx stop || true) >/dev/null 2>&1 || true
-cargo build --release -q
-exec target/release/infergate faults "$@"
+[ -n "${NO_BUILD:-}${INFERGATE_BIN:-}" ] || cargo build --release -q
+exec "${INFERGATE_BIN:-target/release/infergate}" faults "$@"

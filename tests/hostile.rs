@@ -137,19 +137,8 @@ async fn first_byte_timeout_starts_after_the_upload_and_slow_uploads_are_408() {
 
     // A client that stops sending: 408 after the body timeout, node kept.
     for _ in 0..3 {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream
-            .write_all(b"POST /upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\nxx")
-            .await
-            .unwrap();
-        let started = Instant::now();
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("answered")
-            .unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-        assert!(started.elapsed() >= Duration::from_millis(390));
+        let head = b"POST /upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\nxx";
+        stalled_upload_is_408(gw.addr, head, Duration::from_millis(390)).await;
     }
     let load = &gw.gateway.table().pools[0].nodes[0].load;
     assert_eq!(load.failures(), 0);
@@ -163,25 +152,28 @@ async fn first_byte_timeout_starts_after_the_upload_and_slow_uploads_are_408() {
 async fn an_inference_body_not_sent_in_time_is_408() {
     let node = reading_node(false).await;
     let gw = start_gateway(&streaming_config(node, "body_timeout = \"300ms\"", "")).await;
-    let mut buf = vec![0u8; 1024];
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream
-            .write_all(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"",
-            )
-            .await
-            .unwrap();
-        let started = Instant::now();
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("answered")
-            .unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"";
+        let text = stalled_upload_is_408(gw.addr, head, Duration::from_millis(290)).await;
         assert!(text.contains("not sent in time"), "{text}");
-        assert!(started.elapsed() >= Duration::from_millis(290));
     }
+}
+
+/// Send `sent` (a head and part of its body) and stop: the answer must be
+/// a 408, no sooner than `not_before`. Returns it.
+async fn stalled_upload_is_408(addr: SocketAddr, sent: &[u8], not_before: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() >= not_before);
+    text
 }
 
 /// The total deadline counts from when the request could go to a node:
