@@ -164,6 +164,10 @@ impl<F: Future> Future for PerPoll<F> {
 pin_project_lite::pin_project! {
     /// `inner`, given up at `at` (`None`), as `tokio::time::timeout_at`,
     /// with the timer of the task's [`PerPoll`] where there is one.
+    /// Outside one (hyper's HTTP/2 stream tasks) its own timer is boxed,
+    /// one allocation per wait that `timeout_at` kept inline: the waiting
+    /// future stays small. `at` is on the system's monotonic clock, which
+    /// tokio's paused test clock does not move.
     pub struct Within<F> {
         #[pin]
         inner: F,

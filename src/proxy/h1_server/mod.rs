@@ -22,6 +22,7 @@
 //! name from when hyper's buffers were given back only then).
 
 pub mod body;
+mod deadline;
 pub mod head;
 
 use std::future::{poll_fn, Future};
@@ -39,9 +40,10 @@ use http_body::Body as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use self::body::{BodyEnd, ClientBody, InBody, Shared};
+use self::deadline::Deadline;
 use self::head::{ConnectionHeader, HeadError, ResponseFraming};
 use super::body::ResponseBody;
 use super::drain::{Drain, Drained};
@@ -761,73 +763,6 @@ impl BodySent {
             }
             ResponseFraming::Length(_) | ResponseFraming::LengthHeader(_) => self.left == 0,
             ResponseFraming::ToClose | ResponseFraming::NoBody => true,
-        }
-    }
-}
-
-/// One timer per connection for its deadlines. Deadlines mostly move
-/// later (each request pushes the idle one); the timer is re-armed only
-/// when it fires before the current deadline or must fire earlier, not on
-/// every request.
-struct Deadline {
-    at: Instant,
-    timer: Pin<Box<Armed>>,
-}
-
-pin_project_lite::pin_project! {
-    /// The timer, and the waker it was last polled with: while the timer
-    /// is set and wakes that task, polling it again would only register
-    /// the same waker again (two locked instructions and a waker clone
-    /// per wait). In the timer's box: the connection's task stays as small.
-    struct Armed {
-        #[pin]
-        sleep: Sleep,
-        armed_for: Option<std::task::Waker>,
-    }
-}
-
-impl Deadline {
-    fn new(at: Instant) -> Deadline {
-        Deadline {
-            at,
-            timer: Box::pin(Armed {
-                sleep: tokio::time::sleep_until(at),
-                armed_for: None,
-            }),
-        }
-    }
-
-    fn set(&mut self, at: Instant) {
-        if at < self.timer.sleep.deadline() {
-            let timer = self.timer.as_mut().project();
-            timer.sleep.reset(at);
-            *timer.armed_for = None;
-        }
-        self.at = at;
-    }
-
-    /// Whether the deadline has passed; arms the timer otherwise.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let timer = self.timer.as_mut().project();
-        let armed = timer
-            .armed_for
-            .as_ref()
-            .is_some_and(|armed| armed.will_wake(cx.waker()));
-        if armed && !timer.sleep.is_elapsed() {
-            return false;
-        }
-        let mut sleep = timer.sleep;
-        loop {
-            if sleep.as_mut().poll(cx).is_pending() {
-                if !armed {
-                    *timer.armed_for = Some(cx.waker().clone());
-                }
-                return false;
-            }
-            if sleep.deadline() >= self.at {
-                return true;
-            }
-            sleep.as_mut().reset(self.at);
         }
     }
 }
