@@ -139,7 +139,13 @@ impl<F: Future> Future for PerPoll<F> {
             // Set for `due` or earlier, not fired, and it wakes this task.
             return Poll::Pending;
         }
-        while timer.as_mut().poll(cx).is_ready() {
+        // Outside the task's budget (`unconstrained`): a timer polled with
+        // the budget spent answers `Pending` without taking the waker, and
+        // the waker kept below would then stand for nothing.
+        while Pin::new(&mut tokio::task::unconstrained(timer.as_mut()))
+            .poll(cx)
+            .is_ready()
+        {
             if timer.deadline() >= due {
                 // Due: poll the task again, where whoever asked looks at
                 // the time; those still waiting ask again.
@@ -330,5 +336,34 @@ mod tests {
             .expect("every deadline woke the task");
         assert!(before_far);
         assert_eq!(WAKE_BY.get(), None, "nothing asked is left outside");
+    }
+
+    /// A task that spent its budget (tokio's cooperative scheduling) in
+    /// the poll where a deadline is first asked is still woken by it.
+    #[tokio::test]
+    async fn a_deadline_asked_with_the_budget_spent_still_wakes_the_task() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..1000 {
+            tx.send(i).unwrap();
+        }
+        let at = Instant::now() + Duration::from_millis(30);
+        let task = PerPoll::new(async move {
+            let mut within = std::pin::pin!(Within::new(std::future::pending::<()>(), at));
+            std::future::poll_fn(|cx| {
+                while let Poll::Ready(Some(_)) = rx.poll_recv(cx) {}
+                within.as_mut().poll(cx)
+            })
+            .await
+        });
+        let out = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the deadline woke the task");
+        assert_eq!(out, None);
+        // The guard's own wake-up would let the future see the time too.
+        assert!(
+            Instant::now() < at + Duration::from_secs(2),
+            "woken by the deadline, not by the guard"
+        );
+        drop(tx);
     }
 }

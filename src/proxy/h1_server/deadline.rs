@@ -60,7 +60,11 @@ impl Deadline {
         }
         let mut sleep = timer.sleep;
         loop {
-            if sleep.as_mut().poll(cx).is_pending() {
+            // Outside the task's budget (`unconstrained`): a timer polled
+            // with the budget spent answers `Pending` without taking the
+            // waker, and `armed_for` would then stand for nothing.
+            let polled = Pin::new(&mut tokio::task::unconstrained(sleep.as_mut())).poll(cx);
+            if polled.is_pending() {
                 if !armed {
                     *timer.armed_for = Some(cx.waker().clone());
                 }
@@ -71,5 +75,46 @@ impl Deadline {
             }
             sleep.as_mut().reset(self.at);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    /// A connection whose task spent its budget (tokio's cooperative
+    /// scheduling) when its deadline was set is still woken by it.
+    #[tokio::test]
+    async fn a_deadline_set_with_the_budget_spent_still_fires() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..1000 {
+            tx.send(i).unwrap();
+        }
+        let mut deadline = Deadline::new(Instant::now() + Duration::from_secs(60));
+        let at = Instant::now() + Duration::from_millis(30);
+        let mut first = true;
+        let expired = std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(_)) = rx.poll_recv(cx) {}
+            if std::mem::take(&mut first) {
+                deadline.set(at);
+            }
+            if deadline.poll_expired(cx) {
+                Poll::Ready(Instant::now())
+            } else {
+                Poll::Pending
+            }
+        });
+        let when = tokio::time::timeout(Duration::from_secs(5), expired)
+            .await
+            .expect("the deadline woke the task");
+        assert!(when >= at);
+        // The guard's own wake-up would let the deadline be seen too.
+        assert!(
+            when < at + Duration::from_secs(2),
+            "woken by the deadline, not by the guard"
+        );
+        drop(tx);
     }
 }
