@@ -81,11 +81,7 @@ pin_project_lite::pin_project! {
         due: Option<Instant>,
         // Made at the first deadline asked, then kept: a connection's
         // requests reuse it.
-        timer: Option<Pin<Box<Sleep>>>,
-        // The waker the timer was last polled with: while it is the
-        // task's, polling the timer again would only register it again
-        // (two locked instructions and a waker clone per poll).
-        armed_for: Option<Waker>,
+        timer: Option<Deadline>,
     }
 }
 
@@ -96,7 +92,6 @@ impl<F> PerPoll<F> {
             inner,
             due: None,
             timer: None,
-            armed_for: None,
         }
     }
 }
@@ -123,47 +118,90 @@ impl<F: Future> Future for PerPoll<F> {
             return Poll::Pending;
         };
         let due = tokio::time::Instant::from_std(due);
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        let mut look = timer.is_elapsed()
-            || !this
-                .armed_for
-                .as_ref()
-                .is_some_and(|armed| armed.will_wake(cx.waker()));
-        if due < timer.deadline() {
-            timer.as_mut().reset(due);
-            look = true;
-        }
-        if !look {
-            // Set for `due` or earlier, not fired, and it wakes this task.
-            return Poll::Pending;
-        }
-        // Outside the task's budget (`unconstrained`): a timer polled with
-        // the budget spent answers `Pending` without taking the waker, and
-        // the waker kept below would then stand for nothing.
-        while Pin::new(&mut tokio::task::unconstrained(timer.as_mut()))
-            .poll(cx)
-            .is_ready()
-        {
-            if timer.deadline() >= due {
-                // Due: poll the task again, where whoever asked looks at
-                // the time; those still waiting ask again.
-                *this.due = None;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            // It fired for an earlier deadline that is no longer asked.
-            timer.as_mut().reset(due);
-        }
-        if !this
-            .armed_for
-            .as_ref()
-            .is_some_and(|armed| armed.will_wake(cx.waker()))
-        {
-            *this.armed_for = Some(cx.waker().clone());
+        let timer = this.timer.get_or_insert_with(|| Deadline::new(due));
+        timer.set(due);
+        if timer.poll_expired(cx) {
+            // Due: poll the task again, where whoever asked looks at the
+            // time; those still waiting ask again.
+            *this.due = None;
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+}
+
+/// One timer for a deadline that mostly moves later (a connection's idle
+/// and head deadlines, the earliest deadline a task was asked for): the
+/// timer is re-armed only when it fires before the current deadline or
+/// must fire earlier, not each time the deadline moves.
+pub struct Deadline {
+    at: tokio::time::Instant,
+    timer: Pin<Box<Armed>>,
+}
+
+pin_project_lite::pin_project! {
+    /// The timer, and the waker it was last polled with: while the timer
+    /// is set and wakes that task, polling it again would only register
+    /// the same waker again (two locked instructions and a waker clone
+    /// per wait). In the timer's box: a connection's task stays as small.
+    struct Armed {
+        #[pin]
+        sleep: Sleep,
+        armed_for: Option<Waker>,
+    }
+}
+
+impl Deadline {
+    /// A deadline at `at`.
+    pub fn new(at: tokio::time::Instant) -> Deadline {
+        Deadline {
+            at,
+            timer: Box::pin(Armed {
+                sleep: tokio::time::sleep_until(at),
+                armed_for: None,
+            }),
+        }
+    }
+
+    /// Move the deadline to `at`.
+    pub fn set(&mut self, at: tokio::time::Instant) {
+        if at < self.timer.sleep.deadline() {
+            let timer = self.timer.as_mut().project();
+            timer.sleep.reset(at);
+            *timer.armed_for = None;
+        }
+        self.at = at;
+    }
+
+    /// Whether the deadline has passed; arms the timer otherwise.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timer = self.timer.as_mut().project();
+        let armed = timer
+            .armed_for
+            .as_ref()
+            .is_some_and(|armed| armed.will_wake(cx.waker()));
+        if armed && !timer.sleep.is_elapsed() {
+            // Set for `at` or earlier, not fired, and it wakes this task.
+            return false;
+        }
+        let mut sleep = timer.sleep;
+        loop {
+            // Outside the task's budget (`unconstrained`): a timer polled
+            // with the budget spent answers `Pending` without taking the
+            // waker, and `armed_for` would then stand for nothing.
+            let polled = Pin::new(&mut tokio::task::unconstrained(sleep.as_mut())).poll(cx);
+            if polled.is_pending() {
+                if !armed {
+                    *timer.armed_for = Some(cx.waker().clone());
+                }
+                return false;
+            }
+            if sleep.deadline() >= self.at {
+                return true;
+            }
+            // It fired for an earlier deadline that no longer holds.
+            sleep.as_mut().reset(self.at);
+        }
     }
 }
 
@@ -362,6 +400,40 @@ mod tests {
         // The guard's own wake-up would let the future see the time too.
         assert!(
             Instant::now() < at + Duration::from_secs(2),
+            "woken by the deadline, not by the guard"
+        );
+        drop(tx);
+    }
+
+    /// A connection whose task spent its budget (tokio's cooperative
+    /// scheduling) when its deadline was set is still woken by it.
+    #[tokio::test]
+    async fn a_deadline_set_with_the_budget_spent_still_fires() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..1000 {
+            tx.send(i).unwrap();
+        }
+        let mut deadline = Deadline::new(tokio::time::Instant::now() + Duration::from_secs(60));
+        let at = tokio::time::Instant::now() + Duration::from_millis(30);
+        let mut first = true;
+        let expired = std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(_)) = rx.poll_recv(cx) {}
+            if std::mem::take(&mut first) {
+                deadline.set(at);
+            }
+            if deadline.poll_expired(cx) {
+                Poll::Ready(tokio::time::Instant::now())
+            } else {
+                Poll::Pending
+            }
+        });
+        let when = tokio::time::timeout(Duration::from_secs(5), expired)
+            .await
+            .expect("the deadline woke the task");
+        assert!(when >= at);
+        // The guard's own wake-up would let the deadline be seen too.
+        assert!(
+            when < at + Duration::from_secs(2),
             "woken by the deadline, not by the guard"
         );
         drop(tx);

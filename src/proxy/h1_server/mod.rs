@@ -22,7 +22,6 @@
 //! name from when hyper's buffers were given back only then).
 
 pub mod body;
-mod deadline;
 pub mod head;
 
 use std::future::{poll_fn, Future};
@@ -43,13 +42,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use self::body::{BodyEnd, ClientBody, InBody, Shared};
-use self::deadline::Deadline;
 use self::head::{ConnectionHeader, HeadError, ResponseFraming};
 use super::body::ResponseBody;
 use super::drain::{Drain, Drained};
 use super::kept_box::KeptBox;
 use super::spare::{self, Role};
 use super::{forward, Gateway};
+use crate::clock::Deadline;
 
 /// How long a connection sits without a request before it counts as
 /// parked (`infergate_client_connections_parked`): longer than the gap
