@@ -251,7 +251,7 @@ impl PrefixIndex {
                 e.used = now;
             }
             if shard.len() > self.per_shard {
-                evict_oldest_quarter(&mut shard);
+                evict_oldest_quarter(&mut shard, self.clock.load(Ordering::Relaxed));
             }
         }
         // The block before the first new one now goes on one more way.
@@ -334,7 +334,6 @@ impl PrefixIndex {
     }
 }
 
-/// Drop the least recently used quarter of a shard.
 /// Up to `k` of the bits of `set`, taken in order from a random rotation.
 fn some_of(set: u64, k: u32) -> u64 {
     if set.count_ones() <= k {
@@ -351,16 +350,35 @@ fn some_of(set: u64, k: u32) -> u64 {
     out
 }
 
-fn evict_oldest_quarter(shard: &mut Shard) {
-    let mut ages: Vec<u32> = shard.values().map(|e| e.used).collect();
+/// Ages read to choose where a shard's eviction cuts.
+const AGE_SAMPLE: usize = 256;
+
+/// Drop the least recently used quarter of a shard, `now` being the
+/// index's clock read under the shard's lock (so no entry of the shard is
+/// newer). Ages count back from `now` with wrapping arithmetic: the clock
+/// wraps after 2^32 records (five days at 10k requests/s), and comparing
+/// the stamps themselves then took the newest entries for the oldest and
+/// dropped them first. The cut is chosen from a sample of the ages:
+/// reading every one walked the whole table (~400 KB per shard by
+/// default, past the caches) once more than the removal itself does.
+fn evict_oldest_quarter(shard: &mut Shard, now: u32) {
+    let step = (shard.len() / AGE_SAMPLE).max(1);
+    // The table's order is its hashes', unrelated to age: every
+    // `step`-th entry is a fair sample (only those entries are read).
+    let mut ages: Vec<u32> = shard
+        .values()
+        .step_by(step)
+        .map(|e| now.wrapping_sub(e.used))
+        .collect();
     let cut = ages.len() / 4;
     if cut == 0 {
         return;
     }
-    let (_, &mut threshold, _) = ages.select_nth_unstable(cut);
-    // Keep entries newer than the threshold (ties at the threshold go too,
-    // which can drop a little more than a quarter).
-    shard.retain(|_, e| e.used > threshold);
+    let youngest_dropped = ages.len() - 1 - cut;
+    let (_, &mut threshold, _) = ages.select_nth_unstable(youngest_dropped);
+    // Keep entries younger than the threshold (ties at the threshold go
+    // too, which can drop a little more than a quarter).
+    shard.retain(|_, e| now.wrapping_sub(e.used) < threshold);
 }
 
 #[cfg(test)]
@@ -494,6 +512,36 @@ mod tests {
         let mut out = [0; MAX_NODES];
         idx.match_lengths(&recent, u64::MAX, &mut out);
         assert_eq!(out[1], 8);
+    }
+
+    #[test]
+    fn eviction_after_the_clock_wraps_drops_the_oldest_not_the_newest() {
+        let idx = PrefixIndex::new(2048);
+        let filler = |i: u32| chain(&format!("{i:08}{}", "x".repeat(BLOCK_BYTES * 4)));
+        // Filled up to the clock's wrap: every shard full of old entries.
+        idx.clock.store(u32::MAX - 1995, Ordering::Relaxed);
+        for i in 0..2000u32 {
+            idx.record(&filler(i), (i % 4) as usize);
+        }
+        assert!(idx.clock.load(Ordering::Relaxed) < 10, "the clock wrapped");
+        let recent = chain(&"r".repeat(BLOCK_BYTES * 8));
+        idx.record(&recent, 1);
+        // Then more new blocks into the same shard than its fullness
+        // allows, fewer than its old entries: evictions must take those.
+        let shard = shard_of(recent[0]);
+        let mut i = 10_000;
+        let mut added = 0;
+        while added < 4 {
+            let c = filler(i);
+            if shard_of(c[0]) == shard {
+                idx.record(&c, 2);
+                added += 1;
+            }
+            i += 1;
+        }
+        let mut out = [0; MAX_NODES];
+        idx.match_lengths(&recent, u64::MAX, &mut out);
+        assert_eq!(out[1], 8, "the newest chain was evicted");
     }
 
     #[test]
