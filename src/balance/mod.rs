@@ -117,6 +117,20 @@ pub const POLICY_NAMES: &[&str] = &[
     "composite",
 ];
 
+/// How many of a pool's `nodes` the prefix memory of policy `name`
+/// leaves out: the prefix indexes (approximate and precise) keep a
+/// node bitset of [`prefix_index::MAX_NODES`], so requests sent to nodes
+/// past it are not remembered and no prompt follows them there. 0 for
+/// the other policies.
+pub fn nodes_past_prefix_memory(name: &str, nodes: usize) -> usize {
+    match name {
+        "prefix_aware" | "precise_prefix" | "composite" => {
+            nodes.saturating_sub(prefix_index::MAX_NODES)
+        }
+        _ => 0,
+    }
+}
+
 /// Build the policy called `name` for `nodes` with the route's `[routes.balance]`
 /// options (policies ignore the options they do not use); `None` for an
 /// unknown name.
@@ -151,4 +165,33 @@ pub fn build_with_index(
         _ => return None,
     };
     Some(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_past_the_prefix_memory_are_counted_for_the_prefix_policies_only() {
+        // The bound is the index's: a node past it is not remembered.
+        let index = PrefixIndex::new(1024);
+        let chain = [11, 12, 13];
+        index.record(&chain, prefix_index::MAX_NODES);
+        index.record(&chain, prefix_index::MAX_NODES - 1);
+        let mut out = [0; prefix_index::MAX_NODES];
+        index.match_lengths(&chain, u64::MAX, &mut out);
+        assert_eq!(out[prefix_index::MAX_NODES - 1], 3);
+        assert_eq!(out.iter().filter(|&&m| m > 0).count(), 1);
+
+        for name in ["prefix_aware", "precise_prefix", "composite"] {
+            assert_eq!(nodes_past_prefix_memory(name, 100), 36, "{name}");
+            assert_eq!(nodes_past_prefix_memory(name, 64), 0, "{name}");
+        }
+        for name in POLICY_NAMES
+            .iter()
+            .filter(|n| !n.contains("prefix") && **n != "composite")
+        {
+            assert_eq!(nodes_past_prefix_memory(name, 1000), 0, "{name}");
+        }
+    }
 }

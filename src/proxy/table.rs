@@ -437,6 +437,17 @@ impl RouteTable {
                 })
                 .ok_or_else(|| invalid("policy", format!("unknown policy \"{}\"", route.policy)))?
             };
+            let untracked = balance::nodes_past_prefix_memory(&route.policy, pool.nodes.len());
+            if untracked > 0 {
+                tracing::warn!(
+                    route = %route.name,
+                    pool = %pool.name,
+                    nodes = pool.nodes.len(),
+                    untracked,
+                    "the route's prefix memory covers the pool's first {} nodes: prompts sent to the other {untracked} are not remembered there",
+                    balance::prefix_index::MAX_NODES
+                );
+            }
             // `[pools.energy.consolidate]`: the policy picks inside the active set.
             let consolidate = config
                 .pools
