@@ -1,7 +1,8 @@
 //! The gateway's own HTTP/1.1 connection pool to nodes: connections are
 //! reused once a response has been read to its end (whole or streamed), a
-//! node that closes kept connections loses no request, and chunks a node
-//! sent together reach the client together.
+//! node that closes kept connections loses no request, one it ended is
+//! closed without waiting for the next request, and chunks a node sent
+//! together reach the client together.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -414,4 +415,38 @@ async fn a_clients_header_lines_reach_an_h2c_node_as_a_map() {
     }
     assert_eq!(seen.matches("x-request-id:").count(), 1, "{seen}");
     assert_eq!(seen.matches("x-forwarded-for:").count(), 1, "{seen}");
+}
+
+#[tokio::test]
+async fn a_kept_connection_its_node_ended_is_closed_without_more_traffic() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_request(&mut stream, &mut buf).await.unwrap();
+        let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        // The node's keep-alive timeout: it ends its side, then waits for
+        // the gateway to close its own (the read's end of stream).
+        stream.shutdown().await.unwrap();
+        let mut rest = [0u8; 64];
+        let _ = closed_tx.send(stream.read(&mut rest).await.ok());
+    });
+    let gw = gateway_for(node).await;
+    let reply = post(gw.addr, "/v1/chat/completions", chat("hi", false, 1)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // No request follows: the worker must notice the end on its own, within
+    // a sweep period or two (5 s each), not at the next request.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), closed_rx).await;
+    assert_eq!(
+        closed.ok().and_then(Result::ok).flatten(),
+        Some(0),
+        "the gateway still holds a connection its node ended"
+    );
 }

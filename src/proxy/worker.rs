@@ -122,8 +122,15 @@ async fn run(
 ) {
     let mut connections = JoinSet::new();
     let mut table_changes = gateway.table_changes();
+    let sweep = tokio::time::sleep(super::upstream::SWEEP_EVERY);
+    tokio::pin!(sweep);
     loop {
         tokio::select! {
+            // Idle node connections are also swept without traffic.
+            () = &mut sweep => {
+                super::upstream::sweep_idle();
+                sweep.as_mut().reset(tokio::time::Instant::now() + super::upstream::SWEEP_EVERY);
+            }
             job = jobs.recv() => match job {
                 Some(job) => {
                     // One clock reading per poll of the connection (`clock`).

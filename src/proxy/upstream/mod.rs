@@ -62,8 +62,9 @@ pub type UpstreamClient = Client<crate::tls::HttpsConnector, UpstreamBody>;
 pub const MAX_IDLE_PER_NODE: usize = 64;
 /// An idle connection unused this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a thread's lists are swept of closed and expired connections.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often a thread's lists are swept of closed and expired connections
+/// (on a checkout, and by the worker's timer when no request comes).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Why an exchange with a node failed before its response head.
 #[derive(Debug)]
@@ -350,6 +351,29 @@ fn checkout(key: &Key, now: Instant) -> Option<PooledConn> {
         }
         None
     })
+}
+
+/// Sweep this thread's idle node connections unless a checkout did within
+/// [`SWEEP_EVERY`]. Checkouts sweep only while requests come: the worker
+/// calls this on a timer, so a thread without traffic also closes the
+/// connections that sat idle past [`IDLE_TIMEOUT`] or that their node
+/// ended (which would otherwise wait, half closed and holding a
+/// descriptor, for the next request).
+pub fn sweep_idle() {
+    let now = crate::clock::now();
+    // `try_with`: the pool is gone while the thread shuts down.
+    let _ = POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.idle.is_empty()
+            || pool
+                .last_sweep
+                .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
+        {
+            return;
+        }
+        pool.last_sweep = Some(now);
+        sweep(&mut pool.idle, now);
+    });
 }
 
 /// Drop connections that closed or sat idle past [`IDLE_TIMEOUT`], and the
