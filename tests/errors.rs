@@ -232,5 +232,20 @@ fn check_command_reports_field_errors() {
         stderr.contains("routes[0].policy: unknown policy \"fastest\""),
         "{stderr}"
     );
+    // A prefix-aware route on a pool past the prefix memory's 64 nodes
+    // passes with a warning naming how many nodes it leaves out.
+    let large = dir.join("large.toml");
+    let nodes: Vec<(std::net::SocketAddr, u32)> = (0..70)
+        .map(|i| (format!("127.0.0.1:{}", 20000 + i).parse().unwrap(), 1))
+        .collect();
+    std::fs::write(&large, config_text(&nodes, "prefix_aware", "")).unwrap();
+    let warned = run(&large);
+    assert!(warned.status.success());
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(
+        stderr.contains("first 64 nodes; prompts sent to the other 6 are not remembered"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&run(&good).stderr).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

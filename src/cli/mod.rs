@@ -169,6 +169,23 @@ fn check(path: &std::path::Path) -> ExitCode {
                 nodes,
                 config.routes.len()
             );
+            for route in &config.routes {
+                let nodes = config
+                    .pools
+                    .iter()
+                    .find(|p| p.name == route.pool)
+                    .map_or(0, |p| p.nodes.len());
+                let untracked = crate::balance::nodes_past_prefix_memory(&route.policy, nodes);
+                if untracked > 0 {
+                    eprintln!(
+                        "warning: route \"{}\" ({}): its prefix memory covers pool \"{}\"'s first {} nodes; prompts sent to the other {untracked} are not remembered there",
+                        route.name,
+                        route.policy,
+                        route.pool,
+                        crate::balance::prefix_index::MAX_NODES
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
