@@ -332,13 +332,7 @@ thread_local! {
 fn checkout(key: &Key, now: Instant) -> Option<PooledConn> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if pool
-            .last_sweep
-            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
-        {
-            pool.last_sweep = Some(now);
-            sweep(&mut pool.idle, now);
-        }
+        pool.sweep_if_due(now);
         let list = pool.idle.get_mut(key)?;
         // Newest first; closed ones are dropped on the way.
         while let Some(mut idle) = list.pop() {
@@ -362,18 +356,20 @@ fn checkout(key: &Key, now: Instant) -> Option<PooledConn> {
 pub fn sweep_idle() {
     let now = crate::clock::now();
     // `try_with`: the pool is gone while the thread shuts down.
-    let _ = POOL.try_with(|pool| {
-        let mut pool = pool.borrow_mut();
-        if pool.idle.is_empty()
-            || pool
-                .last_sweep
-                .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
+    let _ = POOL.try_with(|pool| pool.borrow_mut().sweep_if_due(now));
+}
+
+impl Pool {
+    /// [`sweep`] unless it ran within [`SWEEP_EVERY`].
+    fn sweep_if_due(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
         {
-            return;
+            self.last_sweep = Some(now);
+            sweep(&mut self.idle, now);
         }
-        pool.last_sweep = Some(now);
-        sweep(&mut pool.idle, now);
-    });
+    }
 }
 
 /// Drop connections that closed or sat idle past [`IDLE_TIMEOUT`], and the
