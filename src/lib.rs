@@ -38,6 +38,7 @@ pub mod header_lines;
 pub mod health;
 pub mod idhash;
 pub mod kvindex;
+pub mod node_groups;
 pub mod proxy;
 pub mod sim;
 pub mod telemetry;

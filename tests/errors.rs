@@ -232,20 +232,28 @@ fn check_command_reports_field_errors() {
         stderr.contains("routes[0].policy: unknown policy \"fastest\""),
         "{stderr}"
     );
-    // A prefix-aware route on a pool past the prefix memory's 64 nodes
-    // passes with a warning naming how many nodes it leaves out.
+    // A prefix-aware route on a pool past the prefix memory's 16,384
+    // nodes passes with a warning naming how many nodes it leaves out; a
+    // pool of 70 (past one group of 64) without one.
+    let pool = |n: usize| -> Vec<(std::net::SocketAddr, u32)> {
+        (0..n)
+            .map(|i| (format!("127.0.0.1:{}", 20000 + i).parse().unwrap(), 1))
+            .collect()
+    };
     let large = dir.join("large.toml");
-    let nodes: Vec<(std::net::SocketAddr, u32)> = (0..70)
-        .map(|i| (format!("127.0.0.1:{}", 20000 + i).parse().unwrap(), 1))
-        .collect();
-    std::fs::write(&large, config_text(&nodes, "prefix_aware", "")).unwrap();
+    std::fs::write(&large, config_text(&pool(16_390), "prefix_aware", "")).unwrap();
     let warned = run(&large);
     assert!(warned.status.success());
     let stderr = String::from_utf8_lossy(&warned.stderr);
     assert!(
-        stderr.contains("first 64 nodes; prompts sent to the other 6 are not remembered"),
+        stderr.contains("first 16384 nodes; prompts sent to the other 6 are not remembered"),
         "{stderr}"
     );
+    let seventy = dir.join("seventy.toml");
+    std::fs::write(&seventy, config_text(&pool(70), "prefix_aware", "")).unwrap();
+    let quiet = run(&seventy);
+    assert!(quiet.status.success());
+    assert!(String::from_utf8_lossy(&quiet.stderr).is_empty());
     assert!(String::from_utf8_lossy(&run(&good).stderr).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::common::*;
 use infergate::classify::{classify_body, classify_head, ClassifyOptions};
 use infergate::config::precise::PreciseOptions;
-use infergate::kvindex::index::MAX_NODES;
 use infergate::kvindex::Precise;
+use infergate::node_groups::Groups;
 use infergate::sim::{Faults, KvEventsConfig, SimConfig, SimNode};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -64,12 +64,24 @@ async fn subscribe(nodes: &[SimNode], tokenizer: &str) -> Precise {
         .map(|i| (format!("n{i}"), "127.0.0.1".to_string()))
         .collect();
     let p = Precise::start(&names, &options(nodes, tokenizer), 256).unwrap();
-    let all = (1u64 << nodes.len()) - 1;
+    let all: Vec<usize> = (0..nodes.len()).collect();
     assert!(
-        eventually(WAIT, || p.index.live_mask() == all).await,
+        eventually(WAIT, || p.index.live_nodes() == all).await,
         "subscriptions never came up"
     );
     p
+}
+
+/// How many leading blocks of `keys` each of nodes 0 and 1 holds (of
+/// those in `ask`).
+fn match_lengths(
+    index: &infergate::kvindex::index::KvIndex,
+    keys: &[u64],
+    ask: &[usize],
+) -> [u32; 2] {
+    let mut m = [0; 2];
+    index.match_lengths(keys, &Groups::of(ask), &mut m);
+    m
 }
 
 /// A prompt of `words` words from the fleet's vocabulary, distinct per `seed`.
@@ -134,8 +146,7 @@ async fn events_arrive_and_gateway_keys_match_the_nodes_cache() {
     for (s, home) in [(0, 0), (2, 0), (7, 1)] {
         let keys = keys_for(&p, &chat(&prompt(s, 120), false, 4));
         assert!(keys.len() >= 5, "{} blocks", keys.len());
-        let mut m = [0u32; MAX_NODES];
-        p.index.match_lengths(&keys, 0b11, &mut m);
+        let m = match_lengths(&p.index, &keys, &[0, 1]);
         assert_eq!(m[home] as usize, keys.len(), "prompt {s}");
         assert_eq!(m[1 - home], 0, "prompt {s}");
     }
@@ -212,12 +223,11 @@ async fn chat_prompts_match_through_the_models_chat_template() {
     assert!(eventually(WAIT, || in_step(&p, &nodes, 0) && in_step(&q, &nodes, 0)).await);
     let keys = keys_for(&p, &body(&prompt(4, 60)));
     assert!(keys.len() >= 8, "{} blocks", keys.len());
-    let mut m = [0u32; MAX_NODES];
-    p.index.match_lengths(&keys, 0b11, &mut m);
+    let m = match_lengths(&p.index, &keys, &[0, 1]);
     assert_eq!((m[0] as usize, m[1]), (keys.len(), 0));
     // Another question after the same system prompt shares its leading blocks.
     let other = keys_for(&p, &body(&prompt(5, 60)));
-    p.index.match_lengths(&other, 0b11, &mut m);
+    let m = match_lengths(&p.index, &other, &[0, 1]);
     assert!(
         m[0] >= 4 && (m[0] as usize) < other.len(),
         "{} of {}",
@@ -246,7 +256,7 @@ async fn chat_prompts_match_through_the_models_chat_template() {
     assert_eq!(cut[..], keys[..cut.len()]);
     // Without the template (`role: text` lines) not one block matches.
     let keys = keys_for(&q, &body(&prompt(4, 60)));
-    q.index.match_lengths(&keys, 0b11, &mut m);
+    let m = match_lengths(&q.index, &keys, &[0, 1]);
     assert_eq!((m[0], m[1]), (0, 0));
     // Named explicitly, the template is used all the same.
     let mut o = options(&nodes, &bare_tok);
@@ -326,8 +336,7 @@ async fn a_restarted_node_is_cleared() {
     assert!(eventually(WAIT, || in_step(&p, &nodes, 0)).await);
     assert!(p.index.blocks_of(0) < before);
     let old = keys_for(&p, &chat(&prompt(1, 100), false, 4));
-    let mut m = [0u32; MAX_NODES];
-    p.index.match_lengths(&old, 1, &mut m);
+    let m = match_lengths(&p.index, &old, &[0]);
     assert_eq!(m[0], 0, "a block of the old process is still indexed");
 }
 
@@ -351,7 +360,7 @@ async fn the_gateway_routes_to_the_node_that_really_holds_the_prefix() {
     .await;
     let table = gw.gateway.table();
     let precise = Arc::clone(table.routes[0].policy.precise().expect("precise state"));
-    assert!(eventually(WAIT, || precise.index.live_mask() == 0b111).await);
+    assert!(eventually(WAIT, || precise.index.live_nodes() == [0, 1, 2]).await);
     // Warm the prefixes on node 2 only, behind the gateway's back: the
     // approximate index has never seen them.
     let prompts: Vec<String> = (0..4).map(|s| prompt(40 + s, 150)).collect();
@@ -399,7 +408,7 @@ async fn a_request_is_tokenized_once_however_often_it_is_picked() {
     let gw = start_gateway(&text).await;
     let table = gw.gateway.table();
     let precise = Arc::clone(table.routes[0].policy.precise().expect("precise state"));
-    assert!(eventually(WAIT, || precise.index.live_mask() == 1).await);
+    assert!(eventually(WAIT, || precise.index.live_nodes() == [0]).await);
     let addr = gw.addr;
     let first = tokio::spawn(async move {
         post(

@@ -25,12 +25,14 @@
 use std::sync::Arc;
 
 use super::lora;
-use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::prefix_aware::Blocks;
+use super::prefix_index::PrefixIndex;
 use super::signals::{candidates_with, expected_tokens, latency_parts};
 use super::tradeoff::yield_to_queueing;
 use super::{sample, PickContext, Policy};
 use crate::config::{BalanceOptions, ScorerWeights};
 use crate::fleet::{now_ns, Node};
+use crate::node_groups::Groups;
 
 /// Composite-scoring policy for one route.
 #[derive(Debug)]
@@ -135,7 +137,7 @@ impl Policy for Composite {
                 let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
                 self.index.likely_holders(chain, deepest, others)
             }
-            false => 0,
+            false => Vec::new(),
         };
         let mut cands = candidates_with(nodes, eligible, now, holders);
         // LoRA: nodes holding the request's adapter first (see `lora`).
@@ -156,18 +158,15 @@ impl Policy for Composite {
         // One pass over the candidates reads every signal once (one view
         // of the scraped capacity each); the scores are then scaled over
         // the candidates and summed.
-        let mut matched = [0u32; MAX_NODES];
-        let mut held = [0u32; MAX_NODES];
+        // Per node index, up to the highest candidate.
+        let span = cands.iter().max().map_or(0, |&i| i + 1);
+        let mut matched = Blocks::from_elem(0, span);
+        let mut held = Blocks::new();
         let use_prefix = w.prefix > 0.0 && !chain.is_empty();
         if use_prefix {
-            let mut mask = 0u64;
-            for &i in &cands {
-                if i < MAX_NODES {
-                    mask |= 1 << i;
-                }
-            }
-            self.index.match_lengths(chain, mask, &mut matched);
-            held = matched;
+            self.index
+                .match_lengths(chain, &Groups::of(&cands), &mut matched);
+            held.clone_from(&matched);
             // Cache affinity yields to real queueing (scraped waiting, KV).
             yield_to_queueing(nodes, &cands, now, &mut matched);
         }

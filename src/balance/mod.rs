@@ -118,10 +118,10 @@ pub const POLICY_NAMES: &[&str] = &[
 ];
 
 /// How many of a pool's `nodes` the prefix memory of policy `name`
-/// leaves out: the prefix indexes (approximate and precise) keep a
-/// node bitset of [`prefix_index::MAX_NODES`], so requests sent to nodes
-/// past it are not remembered and no prompt follows them there. 0 for
-/// the other policies.
+/// leaves out: the approximate prefix index (which `precise_prefix`
+/// falls back to) holds [`prefix_index::MAX_NODES`] nodes, so requests
+/// sent to nodes past it are not remembered and no prompt follows them
+/// there. 0 for the other policies.
 pub fn nodes_past_prefix_memory(name: &str, nodes: usize) -> usize {
     match name {
         "prefix_aware" | "precise_prefix" | "composite" => {
@@ -174,18 +174,24 @@ mod tests {
     #[test]
     fn nodes_past_the_prefix_memory_are_counted_for_the_prefix_policies_only() {
         // The bound is the index's: a node past it is not remembered.
+        let max = prefix_index::MAX_NODES;
         let index = PrefixIndex::new(1024);
         let chain = [11, 12, 13];
-        index.record(&chain, prefix_index::MAX_NODES);
-        index.record(&chain, prefix_index::MAX_NODES - 1);
-        let mut out = [0; prefix_index::MAX_NODES];
-        index.match_lengths(&chain, u64::MAX, &mut out);
-        assert_eq!(out[prefix_index::MAX_NODES - 1], 3);
+        index.record(&chain, max);
+        index.record(&chain, max - 1);
+        let mut out = vec![0; max + 1];
+        index.match_lengths(
+            &chain,
+            &crate::node_groups::Groups::of(&[max - 1, max]),
+            &mut out,
+        );
+        assert_eq!(out[max - 1], 3);
         assert_eq!(out.iter().filter(|&&m| m > 0).count(), 1);
 
         for name in ["prefix_aware", "precise_prefix", "composite"] {
-            assert_eq!(nodes_past_prefix_memory(name, 100), 36, "{name}");
-            assert_eq!(nodes_past_prefix_memory(name, 64), 0, "{name}");
+            assert_eq!(nodes_past_prefix_memory(name, max + 36), 36, "{name}");
+            assert_eq!(nodes_past_prefix_memory(name, max), 0, "{name}");
+            assert_eq!(nodes_past_prefix_memory(name, 1024), 0, "{name}");
         }
         for name in POLICY_NAMES
             .iter()

@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::prefix_index::{BlockKey, PrefixIndex, MAX_NODES};
+use super::prefix_index::{BlockKey, PrefixIndex};
 
 /// New anchors remembered (the newest ones).
 pub const RECENT: usize = 16;
@@ -38,7 +38,7 @@ pub struct NewPrompts {
 impl NewPrompts {
     /// Whether no node was sent the block `key` yet (per the index).
     pub fn is_new(index: &PrefixIndex, key: BlockKey) -> bool {
-        index.holders(key) == 0
+        !index.is_held(key)
     }
 
     /// The node for the new prompt `key` among `near` (node index, its
@@ -51,34 +51,26 @@ impl NewPrompts {
         index: &PrefixIndex,
         near: &[(usize, f64, u32)],
     ) -> Option<usize> {
-        let mut held = [0u32; MAX_NODES];
+        // Recent new prompts each node up to the last in `near` holds.
+        let span = near.iter().map(|&(i, _, _)| i + 1).max().unwrap_or(0);
+        let mut held: smallvec::SmallVec<[u32; 128]> = smallvec::smallvec![0; span];
         // A poisoned lock only means a pick panicked mid-update; the
         // lowest load is still a correct answer.
         let mut recent = self.recent.lock().ok();
-        // The index tracks the first 64 nodes only: when none of them is
-        // near, every count is 0 and the lookups are skipped (on a
-        // sampled pool of 1,024 nodes, about a third of the picks).
-        let tracked = near.iter().any(|&(i, _, _)| i < MAX_NODES);
         if let Some(recent) = recent.as_deref_mut() {
-            if tracked {
-                // Prompts no node holds any more leave the count.
-                recent.retain(|&k| {
-                    let mut bits = index.holders(k);
-                    let alive = bits != 0 && k != key;
-                    while bits != 0 {
-                        held[bits.trailing_zeros() as usize] += 1;
-                        bits &= bits - 1;
+            // Prompts no node holds any more leave the count.
+            recent.retain(|&k| {
+                let held_by_any = index.each_holder(k, |i| {
+                    if let Some(count) = held.get_mut(i) {
+                        *count += 1;
                     }
-                    alive
                 });
-            } else {
-                recent.retain(|&k| k != key);
-            }
+                held_by_any && k != key
+            });
         }
-        let count = |i: usize| f64::from(held.get(i).copied().unwrap_or(0));
         let mut best: Option<(usize, f64, f64)> = None;
         for &(i, load, weight) in near {
-            let c = count(i) / f64::from(weight.max(1));
+            let c = f64::from(held.get(i).copied().unwrap_or(0)) / f64::from(weight.max(1));
             if best.is_none_or(|(_, bc, bl)| c < bc || (c == bc && load < bl)) {
                 best = Some((i, c, load));
             }
@@ -164,17 +156,22 @@ mod tests {
     }
 
     #[test]
-    fn nodes_past_the_index_count_nothing_and_keep_the_list() {
+    fn nodes_past_the_first_64_count_their_prompts() {
+        // Before node groups, counts were 0 past node 63: the lower load
+        // took every new prompt.
         let index = PrefixIndex::new(1 << 16);
         let spread = NewPrompts::default();
-        let far = [(100, 0.5, 1), (200, 0.0, 1)];
-        for k in 0..4u64 {
-            // Counts are 0 past node 63: the lower load wins.
-            assert_eq!(spread.place(one(k), &index, &far), Some(200));
+        let far = [(100, 0.5, 1), (1000, 0.0, 1)];
+        let mut per = [0; 2];
+        for k in 0..6u64 {
+            let i = spread.place(one(k), &index, &far).unwrap();
+            index.record(&[k], i);
+            per[usize::from(i == 1000)] += 1;
         }
+        assert_eq!(per, [3, 3]);
         // Placed again, a prompt is not listed twice.
         spread.place(one(3), &index, &far);
-        assert_eq!(spread.recent.lock().unwrap().len(), 4);
+        assert_eq!(spread.recent.lock().unwrap().len(), 6);
     }
 
     #[test]

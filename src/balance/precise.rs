@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::prefix_aware::PrefixAware;
-use super::prefix_index::{PrefixIndex, MAX_NODES};
+use super::prefix_index::PrefixIndex;
 use super::{PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::Node;
@@ -75,10 +75,10 @@ impl Policy for PrecisePrefix {
             return self.inner.pick_expecting(nodes, eligible, ctx);
         };
         let stats = &precise.index.stats;
-        let live = precise.index.live_mask();
+        let live = precise.index.any_live();
         // Made once per request by the proxy; made here for other callers.
         let keys: Option<Arc<[u64]>> = match ctx.request {
-            Some(r) if live != 0 => r.prompt_keys.clone().or_else(|| {
+            Some(r) if live => r.prompt_keys.clone().or_else(|| {
                 r.prompt
                     .as_deref()
                     .and_then(|p| precise.keys(p))
@@ -93,14 +93,21 @@ impl Policy for PrecisePrefix {
         let used_precise = Cell::new(false);
         let choice = self
             .inner
-            .pick_matching(nodes, eligible, ctx, &|chain, mask, out| {
-                let mut m = [0u32; MAX_NODES];
-                precise.index.match_lengths(&keys, mask & live, &mut m);
-                if m.iter().any(|&n| n > 0) {
+            .pick_matching(nodes, eligible, ctx, &|chain, ask, out| {
+                let live = ask.filtered(|i| precise.index.is_live(i));
+                // Nodes without a live event stream match nothing.
+                ask.for_each(|i| {
+                    if let Some(o) = out.get_mut(i) {
+                        *o = 0;
+                    }
+                });
+                precise.index.match_lengths(&keys, &live, out);
+                let mut any = false;
+                live.for_each(|i| any |= out.get(i).is_some_and(|&n| n > 0));
+                if any {
                     used_precise.set(true);
-                    *out = m;
                 } else {
-                    self.inner.index().match_lengths(chain, mask, out);
+                    self.inner.index().match_lengths(chain, ask, out);
                 }
             });
         stats.lookups.fetch_add(1, Ordering::Relaxed);

@@ -70,7 +70,7 @@ use std::sync::Arc;
 use super::anchor_table::AnchorTable;
 use super::lora;
 use super::new_prompts::NewPrompts;
-use super::prefix_index::{BlockKey, PrefixIndex, MAX_NODES};
+use super::prefix_index::{BlockKey, PrefixIndex};
 use super::prompt_shares::{self, Holders, PromptShares};
 use super::rendezvous;
 use super::signals::{candidates_with, load};
@@ -78,10 +78,16 @@ use super::tradeoff::{least_backlogged, yield_to_backlog, yield_to_queueing};
 use super::{sample, PickContext, Policy};
 use crate::config::BalanceOptions;
 use crate::fleet::{now_ns, Node};
+use crate::node_groups::Groups;
 
-/// How many leading blocks of a chain (`&[u64]`) each node in a mask
-/// (`u64`) holds, written per node index into the array.
-pub(crate) type Matcher<'a> = dyn Fn(&[u64], u64, &mut [u32; MAX_NODES]) + 'a;
+/// Blocks matched per node index (on the stack up to 128 nodes, the
+/// largest pool scanned whole).
+pub(crate) type Blocks = smallvec::SmallVec<[u32; 128]>;
+
+/// How many leading blocks of a chain (`&[u64]`) each node asked about
+/// holds, written per node index into the slice (the others are left as
+/// they are).
+pub(crate) type Matcher<'a> = dyn Fn(&[u64], &Groups, &mut [u32]) + 'a;
 
 /// Prefix-aware policy for one route.
 #[derive(Debug)]
@@ -155,15 +161,15 @@ impl Policy for PrefixAware {
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext<'_>,
     ) -> Option<(usize, u32)> {
-        self.pick_matching(nodes, eligible, ctx, &|chain, mask, out| {
-            self.index.match_lengths(chain, mask, out)
+        self.pick_matching(nodes, eligible, ctx, &|chain, ask, out| {
+            self.index.match_lengths(chain, ask, out)
         })
     }
 }
 
 impl PrefixAware {
-    /// [`Policy::pick`] with the matching step given: `matcher(chain, mask,
-    /// out)` sets how many leading blocks each node in `mask` holds (the
+    /// [`Policy::pick`] with the matching step given: `matcher(chain, ask,
+    /// out)` sets how many leading blocks each node in `ask` holds (the
     /// `precise_prefix` policy passes the engines' real caches). With the
     /// choice, the blocks the matcher said it holds (0 where no match was
     /// asked for).
@@ -186,7 +192,7 @@ impl PrefixAware {
         // On a large pool: a random sample plus the nodes holding the prefix.
         let holders = || {
             let (deepest, others) = (sample::HOLDERS_DEEPEST, sample::HOLDERS_OTHERS);
-            known().map_or(0, |k| k.likely_holders(deepest, others))
+            known().map_or_else(Vec::new, |k| k.likely_holders(&self.index, deepest, others))
         };
         let mut cands = candidates_with(nodes, eligible, now, holders);
         // LoRA: nodes holding the request's adapter first (see `lora`).
@@ -236,18 +242,20 @@ impl PrefixAware {
             }
         }
 
-        let mut matched = [0u32; MAX_NODES];
-        let mut held = [0u32; MAX_NODES];
+        // Per node index, up to the highest candidate (a sampled pick of a
+        // large pool asks about a few dozen nodes spread over it).
+        let span = cands.iter().max().map_or(0, |&i| i + 1);
+        let mut matched = Blocks::from_elem(0, span);
+        let mut held = Blocks::new();
         if !chain.is_empty() {
-            let mut mask = 0u64;
-            for (k, &i) in cands.iter().enumerate() {
-                let overloaded = loads[k] - min > self.abs && loads[k] > self.rel * min;
-                if i < MAX_NODES && !overloaded {
-                    mask |= 1 << i;
+            let mut ask = Groups::default();
+            for (&i, &l) in cands.iter().zip(&loads) {
+                if !(l - min > self.abs && l > self.rel * min) {
+                    ask.insert(i);
                 }
             }
-            matcher(chain, mask, &mut matched);
-            held = matched;
+            matcher(chain, &ask, &mut matched);
+            held.clone_from(&matched);
             // Cache affinity yields to real queueing (scraped waiting, KV).
             yield_to_queueing(nodes, &cands, now, &mut matched);
             // ... and to prefill queued at the holders, while the prompt
@@ -857,44 +865,77 @@ mod tests {
     #[test]
     fn large_pool_samples_candidates_but_keeps_the_prefix_holders() {
         // 1,024 nodes: a pick looks at 32 random nodes, not all of them,
-        // yet a session still finds the node holding its prefix.
-        fastrand::seed(9);
-        let ns = nodes(1024);
+        // yet a session still finds the node holding its prefix, in the
+        // first 64 nodes or past them (node 900: 14th group of 64).
+        for home in [40, 900] {
+            fastrand::seed(9);
+            let ns = nodes(1024);
+            let p = PrefixAware::new(&BalanceOptions::default());
+            let r = req(&"a long conversation ".repeat(40));
+            let ctx = PickContext {
+                request: Some(&r),
+                headers: None,
+            };
+            // The first turn lands on `home` (the only eligible one).
+            assert_eq!(p.pick(&ns, &|i| i == home, &ctx), Some(home));
+            let calls = std::cell::Cell::new(0usize);
+            let counting = |_: usize| {
+                calls.set(calls.get() + 1);
+                true
+            };
+            let _busy = hold(&ns, home, 2);
+            for _ in 0..50 {
+                calls.set(0);
+                assert_eq!(p.pick(&ns, &counting, &ctx), Some(home));
+                assert!(calls.get() <= crate::balance::sample::CANDIDATE_SAMPLES + 1);
+            }
+            // Overloaded: its affinity goes, to a sampled idle node.
+            let _more = hold(&ns, home, 70);
+            let other = p.pick(&ns, &|_| true, &ctx).unwrap();
+            assert_ne!(other, home);
+            assert_eq!(ns[other].outstanding(), 0);
+            // New prefixes spread over the pool by load.
+            let mut held = Vec::new();
+            for s in 0..300 {
+                let r = req(&format!("{s:04}{}", "y".repeat(BLOCK_BYTES * 4)));
+                let i = pick(&p, &ns, &r);
+                held.push(ns[i].begin_request_for(&r));
+            }
+            assert!(ns
+                .iter()
+                .enumerate()
+                .all(|(i, n)| i == home || n.outstanding() <= 1));
+        }
+    }
+
+    #[test]
+    fn sessions_stick_to_nodes_past_the_first_64() {
+        // A 100-node pool, scanned whole: 50 conversations, each started
+        // on a node of its own from node 50 on; every next turn finds
+        // its node, also while it has more requests than the others.
+        let ns = nodes(100);
         let p = PrefixAware::new(&BalanceOptions::default());
-        let r = req(&"a long conversation ".repeat(40));
-        let ctx = PickContext {
-            request: Some(&r),
-            headers: None,
+        let turn = |s: usize, t: usize| {
+            let start = format!("session {s:03} ").repeat(BLOCK_BYTES / 4);
+            let turns: String = (0..=t)
+                .map(|k| format!("turn {k} ").repeat(BLOCK_BYTES / 6))
+                .collect();
+            req(&format!("{start}{turns}"))
         };
-        // The first turn lands on node 40 (the only eligible one).
-        assert_eq!(p.pick(&ns, &|i| i == 40, &ctx), Some(40));
-        let calls = std::cell::Cell::new(0usize);
-        let counting = |_: usize| {
-            calls.set(calls.get() + 1);
-            true
-        };
-        let _busy = hold(&ns, 40, 2);
-        for _ in 0..50 {
-            calls.set(0);
-            assert_eq!(p.pick(&ns, &counting, &ctx), Some(40));
-            assert!(calls.get() <= crate::balance::sample::CANDIDATE_SAMPLES + 1);
-        }
-        // Overloaded: its affinity goes, to a sampled idle node.
-        let _more = hold(&ns, 40, 70);
-        let other = p.pick(&ns, &|_| true, &ctx).unwrap();
-        assert_ne!(other, 40);
-        assert_eq!(ns[other].outstanding(), 0);
-        // New prefixes spread over the pool by load.
         let mut held = Vec::new();
-        for s in 0..300 {
-            let r = req(&format!("{s:04}{}", "y".repeat(BLOCK_BYTES * 4)));
-            let i = pick(&p, &ns, &r);
-            held.push(ns[i].begin_request_for(&r));
+        for s in 0..50 {
+            let home = 50 + s;
+            let r = turn(s, 0);
+            let ctx = PickContext {
+                request: Some(&r),
+                headers: None,
+            };
+            assert_eq!(p.pick(&ns, &|i| i == home, &ctx), Some(home));
+            held.extend(hold(&ns, home, 1));
         }
-        assert!(ns
-            .iter()
-            .enumerate()
-            .all(|(i, n)| i == 40 || n.outstanding() <= 1));
+        for s in 0..50 {
+            assert_eq!(pick(&p, &ns, &turn(s, 1)), 50 + s, "session {s}");
+        }
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! Which nodes were recently sent which prompt prefixes: a bounded map from
-//! prefix block hash to a node bitset, shared by the prefix-aware policies.
+//! prefix block hash to the nodes sent it, shared by the prefix-aware
+//! policies.
 //!
 //! Requests carry their prompt as a chain of block hashes (see
 //! [`crate::classify::prefix`]): block `k`'s hash covers blocks `0..=k`, so
 //! one flat map `block hash → nodes` answers "how many leading blocks of this
 //! prompt did node `i` see" without a tree: node `i` matches the first `m`
-//! blocks when each of them has bit `i` set. Nodes are tracked by index in
-//! the pool (the first 64; later ones never match).
+//! blocks when each of them has node `i` in its set. Nodes are tracked by
+//! index in the pool, in groups of 64 ([`crate::node_groups`]): a block's
+//! *head* entry, under its hash, holds nodes 0–63 and says which other
+//! groups hold it; each of those has its own entry. A pool of up to 64
+//! nodes thus keeps one entry per block, and a lookup on a larger pool
+//! reads only the groups of the nodes it asks about that still match
+//! (up to [`MAX_NODES`] nodes, 16,384).
 //!
 //! Each block also counts the different next blocks recorded after it, so
 //! [`PrefixIndex::leaves_a_shared_prefix`] tells a new conversation on a
@@ -15,9 +21,10 @@
 //!
 //! # Memory and eviction
 //!
-//! Each entry is 8 (key) + 16 (value, padded) bytes plus hashbrown's control
+//! Each entry is 8 (key) + 16 (value) bytes plus hashbrown's control
 //! byte, in a table kept between 7/16 and 7/8 full: about 30–60 bytes per
-//! distinct block. The map holds at most `capacity` blocks; when a shard
+//! distinct block and group holding it. The map holds at most `capacity`
+//! entries; when a shard
 //! grows past its share, the least recently used quarter of it is dropped
 //! (one O(shard) pass per `capacity/4/shards` inserts, so O(1) amortized).
 //!
@@ -36,27 +43,101 @@
 //! uncontended `Mutex` is the cheaper of the two for sections this short.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use crate::node_groups::{each_node, group_key, locate, Groups, GROUP};
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 32;
-/// Nodes a bitset can hold.
-pub const MAX_NODES: usize = 64;
+/// Node groups an index can hold (an entry names its group in a `u8`).
+pub const MAX_GROUPS: usize = 256;
+/// Nodes an index can hold: requests sent to a pool's later nodes are
+/// not remembered.
+pub const MAX_NODES: usize = GROUP * MAX_GROUPS;
 
+/// One block's node set for one group of 64 nodes. The block's *head*
+/// (group 0, under the block's own hash) also says which other groups
+/// hold it and how many ways chains went on after it.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// Bit `b`: node `64 × group + b` was sent the block.
     nodes: u64,
     used: u32,
-    /// How many different next blocks were recorded after this one
-    /// (saturating; it fills the entry's padding, so costs no memory).
-    /// A block evicted and recorded again inside a chain counts its
-    /// parent one more branch than it has; rare, and it only lets a
-    /// hot prompt's later turn count as a session's start.
-    branches: u32,
+    /// Head only: bit `g % 16` is set when some group `g` holds the
+    /// block, so a lookup skips the groups that do not (exact up to
+    /// 1,024 nodes; past that, a set bit may stand for several groups).
+    folds: u16,
+    /// 0 for the head; `g` for group `g`'s entry.
+    group: u8,
+    /// Head only: how many different next blocks were recorded after
+    /// this one (saturating; only "two or more" is read). A block
+    /// evicted and recorded again inside a chain counts its parent one
+    /// more branch than it has; rare, and it only lets a hot prompt's
+    /// later turn count as a session's start.
+    branches: u8,
+}
+
+impl Entry {
+    fn head(used: u32, branches: u8) -> Entry {
+        Entry {
+            nodes: 0,
+            used,
+            folds: 0,
+            group: 0,
+            branches,
+        }
+    }
+
+    fn is_head(&self) -> bool {
+        self.group == 0
+    }
+
+    /// Whether any node holds the block (a head's question).
+    fn held(&self) -> bool {
+        self.folds != 0
+    }
+}
+
+/// A head's bit for group `g` ([`Entry::folds`]).
+#[inline]
+fn fold(g: usize) -> u16 {
+    1 << (g % 16)
 }
 
 type Shard = HashMap<u64, Entry, crate::idhash::BuildIdHasher>;
+
+/// The head of block `hash` in its shard.
+#[inline]
+fn head_in(shard: &Shard, hash: u64) -> Option<&Entry> {
+    shard.get(&hash).filter(|e| e.is_head())
+}
+
+/// The nodes of group `g` holding block `hash`, whose head is `head`.
+#[inline]
+fn group_bits(shard: &Shard, hash: u64, head: &Entry, g: usize) -> u64 {
+    if g == 0 {
+        head.nodes
+    } else if head.folds & fold(g) == 0 {
+        0
+    } else {
+        shard
+            .get(&group_key(hash, g))
+            .filter(|e| usize::from(e.group) == g)
+            .map_or(0, |e| e.nodes)
+    }
+}
+
+/// Call `f` with every node holding block `hash` (head `head`), over the
+/// index's first `groups` groups.
+fn each_holder_in(shard: &Shard, hash: u64, head: &Entry, groups: usize, mut f: impl FnMut(usize)) {
+    each_node(0, head.nodes, &mut f);
+    if head.folds & !1 != 0 {
+        for g in 1..groups {
+            each_node(g, group_bits(shard, hash, head, g), &mut f);
+        }
+    }
+}
 
 /// The index of one route (see the module docs).
 #[derive(Debug)]
@@ -64,6 +145,9 @@ pub struct PrefixIndex {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     clock: AtomicU32,
+    /// Groups recorded so far (the highest group + 1; at least 1), so a
+    /// walk over a block's groups stops there.
+    groups: AtomicUsize,
 }
 
 /// Consecutive blocks of a chain stored in one shard (a power of two).
@@ -87,25 +171,31 @@ impl BlockKey {
     }
 }
 
-/// What the index holds of a chain's leading part: the entries of its
-/// first block and of the deepest block some node holds (the longest
-/// match). One search answers both questions a pick asks of it.
+/// What the index holds of a chain's leading part: the heads of its first
+/// block and of the deepest block some node holds (the longest match).
+/// One search answers both questions a pick asks of it.
 #[derive(Debug, Clone, Copy)]
 pub struct HeldPrefix {
-    first: Entry,
-    deepest: Entry,
+    first: (BlockKey, Entry),
+    deepest: (BlockKey, Entry),
 }
 
 impl HeldPrefix {
-    /// A bounded set of nodes likely to match the chain best (bit `i`:
-    /// node `i`), for policies that look at a sample of a large pool: up
-    /// to `deepest` of the nodes holding the deepest block any node
-    /// holds (the longest match), and up to `others` more of those
-    /// holding its first block (a shorter match, for when the best are
-    /// overloaded), each chosen from a random rotation.
-    pub fn likely_holders(&self, deepest: u32, others: u32) -> u64 {
-        let best = some_of(self.deepest.nodes, deepest);
-        best | some_of(self.first.nodes & !best, others)
+    /// A bounded set of nodes likely to match the chain best, for
+    /// policies that look at a sample of a large pool: up to `deepest`
+    /// of the nodes holding the deepest block any node holds (the
+    /// longest match), and up to `others` more of those holding its
+    /// first block (a shorter match, for when the best are overloaded),
+    /// each chosen from a random rotation.
+    pub fn likely_holders(&self, index: &PrefixIndex, deepest: usize, others: usize) -> Vec<usize> {
+        let mut best = some_of(index.holders_of(self.deepest), deepest);
+        let rest: Vec<usize> = index
+            .holders_of(self.first)
+            .into_iter()
+            .filter(|i| !best.contains(i))
+            .collect();
+        best.extend(some_of(rest, others));
+        best
     }
 
     /// Whether the longest leading part of the chain that any node was
@@ -115,7 +205,7 @@ impl HeldPrefix {
     /// not the next turn of one (which continues where its own last
     /// request ended, a point no other chain left).
     pub fn leaves_a_shared_prefix(&self) -> bool {
-        self.deepest.branches >= 2
+        self.deepest.1.branches >= 2
     }
 }
 
@@ -127,13 +217,15 @@ fn shard_of(hash: u64) -> usize {
 }
 
 impl PrefixIndex {
-    /// An index holding at most about `capacity` blocks.
+    /// An index holding at most about `capacity` entries (one per block
+    /// and group of 64 nodes holding it).
     pub fn new(capacity: usize) -> Self {
         let per_shard = capacity.div_ceil(SHARDS).max(16);
         PrefixIndex {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard,
             clock: AtomicU32::new(1),
+            groups: AtomicUsize::new(1),
         }
     }
 
@@ -141,23 +233,68 @@ impl PrefixIndex {
         self.shards[s].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// For each node index `i < 64`, how many leading blocks of `chain` it
-    /// was sent (`out[i]`), considering only nodes in `mask`.
-    pub fn match_lengths(&self, chain: &[u64], mask: u64, out: &mut [u32; MAX_NODES]) {
-        out.fill(0);
-        if chain.is_empty() || mask == 0 {
+    /// For each node in `ask` that was sent at least the first block of
+    /// `chain`, how many leading blocks it was sent (`out[i]` for node `i`).
+    /// Nothing else is written: `out` holds 0 for the asked nodes on
+    /// entry (zeroing them here, one by one, took a tenth of a 64-node
+    /// pick). Nodes past `out`'s end are skipped.
+    pub fn match_lengths(&self, chain: &[u64], ask: &Groups, out: &mut [u32]) {
+        let mut set = |i: usize, k: usize| {
+            if let Some(o) = out.get_mut(i) {
+                *o = k as u32;
+            }
+        };
+        if chain.is_empty() || ask.is_empty() {
             return;
         }
-        let mut alive = mask;
+        if let &[(g, bits)] = ask.pairs() {
+            return self.match_in_group(chain, g, bits, out);
+        }
+        let mut alive = ask.clone();
         for (r, run) in chain.chunks(RUN).enumerate() {
             let shard = self.lock(shard_of(run[0]));
-            for (j, hash) in run.iter().enumerate() {
-                let next = alive & shard.get(hash).map_or(0, |e| e.nodes);
-                let mut gone = alive & !next;
-                while gone != 0 {
-                    let i = gone.trailing_zeros() as usize;
-                    out[i] = (r * RUN + j) as u32;
-                    gone &= gone - 1;
+            for (j, &hash) in run.iter().enumerate() {
+                let k = r * RUN + j;
+                let head = head_in(&shard, hash);
+                let mut any = false;
+                for (g, bits) in alive.pairs_mut() {
+                    if *bits == 0 {
+                        continue;
+                    }
+                    let next = *bits & head.map_or(0, |h| group_bits(&shard, hash, h, *g));
+                    if k > 0 {
+                        each_node(*g, *bits & !next, |i| set(i, k));
+                    }
+                    *bits = next;
+                    any |= next != 0;
+                }
+                if !any {
+                    return;
+                }
+            }
+        }
+        alive.for_each(|i| set(i, chain.len()));
+    }
+
+    /// [`Self::match_lengths`] for nodes of one group (`bits` of group
+    /// `g`): every pool of up to 64 nodes, with no set of groups to walk.
+    fn match_in_group(&self, chain: &[u64], g: usize, mut alive: u64, out: &mut [u32]) {
+        let mut set = |bits: u64, k: usize| {
+            each_node(g, bits, |i| {
+                if let Some(o) = out.get_mut(i) {
+                    *o = k as u32;
+                }
+            })
+        };
+        for (r, run) in chain.chunks(RUN).enumerate() {
+            let shard = self.lock(shard_of(run[0]));
+            for (j, &hash) in run.iter().enumerate() {
+                let held = head_in(&shard, hash).map_or(0, |h| group_bits(&shard, hash, h, g));
+                let next = alive & held;
+                let k = r * RUN + j;
+                // Those stopping at block 0 hold 0 already.
+                if k > 0 {
+                    set(alive & !next, k);
                 }
                 alive = next;
                 if alive == 0 {
@@ -165,35 +302,66 @@ impl PrefixIndex {
                 }
             }
         }
-        while alive != 0 {
-            let i = alive.trailing_zeros() as usize;
-            out[i] = chain.len() as u32;
-            alive &= alive - 1;
+        set(alive, chain.len());
+    }
+
+    /// Whether some node was sent the block `key`. For a chain's first
+    /// block: whether any node would match at least one block.
+    pub fn is_held(&self, key: BlockKey) -> bool {
+        self.head(key).is_some_and(|e| e.held())
+    }
+
+    /// The nodes that were sent the block `key`, in ascending order.
+    pub fn holders(&self, key: BlockKey) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.each_holder(key, |i| out.push(i));
+        out
+    }
+
+    /// Call `f` with each node that was sent the block `key`, in
+    /// ascending order, under the block's shard lock; whether any was.
+    pub fn each_holder(&self, key: BlockKey, mut f: impl FnMut(usize)) -> bool {
+        let groups = self.groups.load(Ordering::Relaxed);
+        let shard = self.lock(shard_of(key.run));
+        let Some(head) = head_in(&shard, key.hash) else {
+            return false;
+        };
+        each_holder_in(&shard, key.hash, head, groups, &mut f);
+        head.held()
+    }
+
+    /// The nodes holding a block whose head was read already: no lock
+    /// when only group 0 holds it.
+    fn holders_of(&self, (key, head): (BlockKey, Entry)) -> Vec<usize> {
+        let mut out = Vec::new();
+        if head.folds & !1 == 0 {
+            each_node(0, head.nodes, |i| out.push(i));
+        } else {
+            let groups = self.groups.load(Ordering::Relaxed);
+            let shard = self.lock(shard_of(key.run));
+            // The head read under the lock: the copy may be older.
+            let head = head_in(&shard, key.hash).copied().unwrap_or(head);
+            each_holder_in(&shard, key.hash, &head, groups, |i| out.push(i));
         }
+        out
     }
 
-    /// The nodes that were sent the block `key` (bit `i`: node `i`). For a
-    /// chain's first block: every node that would match at least one block.
-    pub fn holders(&self, key: BlockKey) -> u64 {
-        self.entry(key).map_or(0, |e| e.nodes)
+    fn head(&self, key: BlockKey) -> Option<Entry> {
+        head_in(&self.lock(shard_of(key.run)), key.hash).copied()
     }
 
-    fn entry(&self, key: BlockKey) -> Option<Entry> {
-        self.lock(shard_of(key.run)).get(&key.hash).copied()
-    }
-
-    /// The entry of the deepest block of `chain` that some node holds,
+    /// The head of the deepest block of `chain` that some node holds,
     /// given the first block's (`first`, held): holders only thin out
     /// along a chain, so a binary search, O(log blocks) shard lookups.
-    fn deepest_held(&self, chain: &[u64], first: Entry) -> Entry {
+    fn deepest_held(&self, chain: &[u64], first: (BlockKey, Entry)) -> (BlockKey, Entry) {
         // Block `len - 1` has holders for `len = found`; find the longest
         // such `len`.
         let (mut found, mut hi, mut deepest) = (1usize, chain.len(), first);
         while found < hi {
             let mid = found + (hi - found).div_ceil(2);
             match BlockKey::at(chain, mid - 1)
-                .and_then(|key| self.entry(key))
-                .filter(|e| e.nodes != 0)
+                .and_then(|key| Some((key, self.head(key)?)))
+                .filter(|(_, e)| e.held())
             {
                 Some(e) => (found, deepest) = (mid, e),
                 None => hi = mid - 1,
@@ -206,22 +374,18 @@ impl PrefixIndex {
     /// `None` when no node was sent its first block. A binary search over
     /// the chain: O(log blocks) shard lookups.
     pub fn held_prefix(&self, chain: &[u64]) -> Option<HeldPrefix> {
-        let first = self.first_held(chain)?;
+        let key = BlockKey::at(chain, 0)?;
+        let first = (key, self.head(key).filter(|e| e.held())?);
         Some(HeldPrefix {
             first,
             deepest: self.deepest_held(chain, first),
         })
     }
 
-    /// [`HeldPrefix::likely_holders`] of `chain` (0 when nothing is held).
-    pub fn likely_holders(&self, chain: &[u64], deepest: u32, others: u32) -> u64 {
+    /// [`HeldPrefix::likely_holders`] of `chain` (none when nothing is held).
+    pub fn likely_holders(&self, chain: &[u64], deepest: usize, others: usize) -> Vec<usize> {
         self.held_prefix(chain)
-            .map_or(0, |h| h.likely_holders(deepest, others))
-    }
-
-    /// The entry of `chain`'s first block, if some node holds it.
-    fn first_held(&self, chain: &[u64]) -> Option<Entry> {
-        self.entry(BlockKey::at(chain, 0)?).filter(|e| e.nodes != 0)
+            .map_or_else(Vec::new, |h| h.likely_holders(self, deepest, others))
     }
 
     /// Remember that `node` was sent every block of `chain`.
@@ -229,7 +393,10 @@ impl PrefixIndex {
         if node >= MAX_NODES || chain.is_empty() {
             return;
         }
-        let bit = 1u64 << node;
+        let (g, bit) = locate(node);
+        if self.groups.load(Ordering::Relaxed) <= g {
+            self.groups.fetch_max(g + 1, Ordering::Relaxed);
+        }
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         // Where the chain first goes where no recorded chain went.
         let mut first_new = chain.len();
@@ -237,18 +404,24 @@ impl PrefixIndex {
             let mut shard = self.lock(shard_of(run[0]));
             for (j, &hash) in run.iter().enumerate() {
                 let k = r * RUN + j;
-                let e = shard.entry(hash).or_insert_with(|| {
+                let head = shard.entry(hash).or_insert_with(|| {
                     first_new = first_new.min(k);
                     // New blocks are the chain's tail: each but the last
                     // goes on one way, to the next new block.
-                    Entry {
-                        nodes: 0,
-                        used: now,
-                        branches: u32::from(k + 1 < chain.len()),
-                    }
+                    Entry::head(now, u8::from(k + 1 < chain.len()))
                 });
-                e.nodes |= bit;
-                e.used = now;
+                head.used = now;
+                head.folds |= fold(g);
+                if g == 0 {
+                    head.nodes |= bit;
+                    continue;
+                }
+                let entry = shard.entry(group_key(hash, g)).or_insert(Entry {
+                    group: g as u8,
+                    ..Entry::head(now, 0)
+                });
+                entry.nodes |= bit;
+                entry.used = now;
             }
             if shard.len() > self.per_shard {
                 evict_oldest_quarter(&mut shard, self.clock.load(Ordering::Relaxed));
@@ -260,7 +433,8 @@ impl PrefixIndex {
             .flatten()
             .and_then(|k| BlockKey::at(chain, k));
         if let Some(parent) = parent {
-            if let Some(e) = self.lock(shard_of(parent.run)).get_mut(&parent.hash) {
+            let mut shard = self.lock(shard_of(parent.run));
+            if let Some(e) = shard.get_mut(&parent.hash).filter(|e| e.is_head()) {
                 e.branches = e.branches.saturating_add(1);
             }
         }
@@ -278,28 +452,48 @@ impl PrefixIndex {
     /// are dropped. The old index stays as it was, for the requests still
     /// running on the old node list.
     pub fn remapped(&self, new_position: &[Option<usize>]) -> PrefixIndex {
+        let old_groups = self.groups.load(Ordering::Relaxed);
+        let new_groups = new_position
+            .iter()
+            .flatten()
+            .filter(|&&j| j < MAX_NODES)
+            .map(|&j| j / GROUP + 1)
+            .max()
+            .unwrap_or(1);
         let copy = PrefixIndex {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: self.per_shard,
             clock: AtomicU32::new(self.clock.load(Ordering::Relaxed)),
+            groups: AtomicUsize::new(new_groups),
         };
         for s in 0..SHARDS {
             let old = self.lock(s);
             let mut new = Shard::with_capacity_and_hasher(old.len(), Default::default());
-            for (&hash, entry) in old.iter() {
-                let mut nodes = 0u64;
-                let mut bits = entry.nodes;
-                while bits != 0 {
-                    let i = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
+            for (&hash, head) in old.iter().filter(|(_, e)| e.is_head()) {
+                let mut moved = Groups::default();
+                each_holder_in(&old, hash, head, old_groups, |i| {
                     if let Some(Some(j)) = new_position.get(i) {
                         if *j < MAX_NODES {
-                            nodes |= 1 << j;
+                            moved.insert(*j);
                         }
                     }
+                });
+                let mut new_head = Entry::head(head.used, head.branches);
+                for &mut (g, nodes) in moved.pairs_mut() {
+                    new_head.folds |= fold(g);
+                    if g == 0 {
+                        new_head.nodes = nodes;
+                    } else {
+                        let entry = Entry {
+                            nodes,
+                            group: g as u8,
+                            ..Entry::head(head.used, 0)
+                        };
+                        new.insert(group_key(hash, g), entry);
+                    }
                 }
-                if nodes != 0 {
-                    new.insert(hash, Entry { nodes, ..*entry });
+                if new_head.held() {
+                    new.insert(hash, new_head);
                 }
             }
             *copy.lock(s) = new;
@@ -307,7 +501,7 @@ impl PrefixIndex {
         copy
     }
 
-    /// Blocks held.
+    /// Entries held: one per block and group of 64 nodes holding it.
     pub fn len(&self) -> usize {
         (0..SHARDS).map(|s| self.lock(s).len()).sum()
     }
@@ -334,20 +528,13 @@ impl PrefixIndex {
     }
 }
 
-/// Up to `k` of the bits of `set`, taken in order from a random rotation.
-fn some_of(set: u64, k: u32) -> u64 {
-    if set.count_ones() <= k {
+/// Up to `k` of `set`, taken in order from a random start (wrapping).
+fn some_of(set: Vec<usize>, k: usize) -> Vec<usize> {
+    if set.len() <= k {
         return set;
     }
-    let turn = fastrand::u32(..64);
-    let mut rotated = set.rotate_right(turn);
-    let mut out = 0u64;
-    for _ in 0..k {
-        let b = rotated.trailing_zeros();
-        rotated &= rotated - 1;
-        out |= 1u64 << ((b + turn) % 64);
-    }
-    out
+    let start = fastrand::usize(..set.len());
+    set.iter().cycle().skip(start).take(k).copied().collect()
 }
 
 /// Ages read to choose where a shard's eviction cuts.
@@ -388,6 +575,13 @@ mod tests {
 
     fn chain(text: &str) -> Vec<u64> {
         block_hashes(seed_for_model("m"), text.as_bytes(), 256)
+    }
+
+    /// Match lengths of nodes `0..n` for `chain`.
+    fn lengths(idx: &PrefixIndex, chain: &[u64], n: usize) -> Vec<u32> {
+        let mut out = vec![0; n];
+        idx.match_lengths(chain, &Groups::of(&(0..n).collect::<Vec<_>>()), &mut out);
+        out
     }
 
     #[test]
@@ -439,11 +633,9 @@ mod tests {
         // Every block is found by its key, in its run's shard.
         for k in 0..c.len() {
             let key = BlockKey::at(&c, k).unwrap();
-            assert_eq!(idx.holders(key), 1 << 3, "block {k}");
+            assert_eq!(idx.holders(key), vec![3], "block {k}");
         }
-        let mut out = [0; MAX_NODES];
-        idx.match_lengths(&c, u64::MAX, &mut out);
-        assert_eq!(out[3], 64);
+        assert_eq!(lengths(&idx, &c, 64)[3], 64);
     }
 
     #[test]
@@ -457,25 +649,24 @@ mod tests {
         }
         idx.record(&talk, 50);
         let h = idx.likely_holders(&talk, 16, 8);
-        assert!(h & (1 << 50) != 0, "{h:b}");
-        assert_eq!(h.count_ones(), 9, "{h:b}");
-        assert_eq!(h & !(((1 << 40) - 1) | (1 << 50)), 0, "{h:b}");
+        assert!(h.contains(&50), "{h:?}");
+        assert_eq!(h.len(), 9, "{h:?}");
+        assert!(h.iter().all(|&i| i < 40 || i == 50), "{h:?}");
         // Many equally long matches: a bounded number of them.
         for i in 0..30 {
             idx.record(&talk, i);
         }
         let h = idx.likely_holders(&talk, 16, 8);
-        assert!(
-            (h & (((1 << 30) - 1) | (1 << 50))).count_ones() >= 16,
-            "{h:b}"
-        );
-        assert_eq!(h.count_ones(), 16 + 8, "{h:b}");
+        let deepest = h.iter().filter(|&&i| i < 30 || i == 50).count();
+        assert!(deepest >= 16, "{h:?}");
+        assert_eq!(h.len(), 16 + 8, "{h:?}");
+        let distinct: std::collections::HashSet<_> = h.iter().collect();
+        assert_eq!(distinct.len(), h.len(), "{h:?}");
         // Nothing known, or no chain: no hint.
-        assert_eq!(
-            idx.likely_holders(&chain(&"u".repeat(BLOCK_BYTES * 3)), 16, 8),
-            0
-        );
-        assert_eq!(idx.likely_holders(&[], 16, 8), 0);
+        assert!(idx
+            .likely_holders(&chain(&"u".repeat(BLOCK_BYTES * 3)), 16, 8)
+            .is_empty());
+        assert!(idx.likely_holders(&[], 16, 8).is_empty());
     }
 
     #[test]
@@ -486,17 +677,15 @@ mod tests {
         let b = chain(&format!("{sys}{}", "b".repeat(BLOCK_BYTES * 2)));
         idx.record(&a, 0);
         idx.record(&b, 1);
-        let mut out = [0; MAX_NODES];
-        idx.match_lengths(&a, u64::MAX, &mut out);
-        assert_eq!(&out[..3], &[7, 4, 0]);
-        idx.match_lengths(&b, u64::MAX, &mut out);
-        assert_eq!(&out[..3], &[4, 6, 0]);
-        // Masked-out nodes never match.
-        idx.match_lengths(&a, 0b10, &mut out);
-        assert_eq!(&out[..2], &[0, 4]);
+        assert_eq!(lengths(&idx, &a, 3), [7, 4, 0]);
+        assert_eq!(lengths(&idx, &b, 3), [4, 6, 0]);
+        // Nodes not asked about are left as they are.
+        let mut out = [9, 9];
+        idx.match_lengths(&a, &Groups::of(&[1]), &mut out);
+        assert_eq!(out, [9, 4]);
         // Unknown prompt.
-        idx.match_lengths(&chain(&"z".repeat(500)), u64::MAX, &mut out);
-        assert!(out.iter().all(|&m| m == 0));
+        let unknown = lengths(&idx, &chain(&"z".repeat(500)), 64);
+        assert!(unknown.iter().all(|&m| m == 0));
     }
 
     #[test]
@@ -509,9 +698,7 @@ mod tests {
             idx.record(&recent, 1);
         }
         assert!(idx.len() <= 2048 + SHARDS * 16, "{}", idx.len());
-        let mut out = [0; MAX_NODES];
-        idx.match_lengths(&recent, u64::MAX, &mut out);
-        assert_eq!(out[1], 8);
+        assert_eq!(lengths(&idx, &recent, 4)[1], 8);
     }
 
     #[test]
@@ -539,9 +726,81 @@ mod tests {
             }
             i += 1;
         }
-        let mut out = [0; MAX_NODES];
-        idx.match_lengths(&recent, u64::MAX, &mut out);
-        assert_eq!(out[1], 8, "the newest chain was evicted");
+        assert_eq!(
+            lengths(&idx, &recent, 4)[1],
+            8,
+            "the newest chain was evicted"
+        );
+    }
+
+    #[test]
+    fn nodes_of_every_group_match_as_the_first_64_do() {
+        // Nodes in groups 0, 1, 10, 15 and 16 (group 16 shares its head
+        // bit with group 0: a set bit only says "look").
+        let idx = PrefixIndex::new(1 << 16);
+        let sys = "s".repeat(BLOCK_BYTES * 20);
+        let talk = |n: usize, blocks: usize| {
+            chain(&format!(
+                "{sys}{}",
+                format!("{n:04}").repeat(BLOCK_BYTES * blocks / 4)
+            ))
+        };
+        let homes = [3, 70, 700, 1000, 1030];
+        for (k, &n) in homes.iter().enumerate() {
+            idx.record(&talk(n, k + 1), n);
+        }
+        let out = lengths(&idx, &talk(1030, 5), 1100);
+        for (k, &n) in homes.iter().enumerate() {
+            let want = if n == 1030 { 25 } else { 20 };
+            assert_eq!(out[n], want, "node {n} (turn {k})");
+        }
+        assert_eq!(out.iter().filter(|&&m| m > 0).count(), homes.len());
+        for (k, &n) in homes.iter().enumerate() {
+            let mine = lengths(&idx, &talk(n, k + 1), 1100);
+            assert_eq!(mine[n] as usize, 20 + k + 1, "node {n}");
+        }
+        // Asking about a few nodes reads only theirs.
+        let mut few = vec![0; 1100];
+        idx.match_lengths(&talk(700, 3), &Groups::of(&[700, 5, 1030]), &mut few);
+        assert_eq!((few[700], few[5], few[1030], few[3]), (23, 0, 20, 0));
+        // The holders of the system prompt's first block, in order; the
+        // deepest of a far node's own chain is that node.
+        let first = BlockKey::at(&talk(3, 1), 0).unwrap();
+        assert_eq!(idx.holders(first), homes.to_vec());
+        assert_eq!(idx.likely_holders(&talk(1000, 4), 1, 0), vec![1000]);
+        let mut likely = idx.likely_holders(&talk(1000, 4), 1, 8);
+        likely.sort_unstable();
+        assert_eq!(likely, homes.to_vec());
+        // Branches count whichever group records: five sessions left the
+        // system prompt five ways.
+        assert!(idx.leaves_a_shared_prefix(&talk(9999, 1)));
+    }
+
+    #[test]
+    fn remapping_moves_nodes_between_groups() {
+        let index = PrefixIndex::new(1 << 12);
+        let chain = |seed: u64| -> Vec<u64> { (0..4).map(|k| seed * 100 + k + 1).collect() };
+        for (seed, node) in [(1, 5), (2, 70), (3, 700), (4, 5)] {
+            index.record(&chain(seed), node);
+        }
+        index.record(&chain(4), 130);
+        // 5 -> 130, 70 -> 5, 700 removed, 130 -> 64.
+        let mut to = vec![None; 701];
+        (to[5], to[70], to[130]) = (Some(130), Some(5), Some(64));
+        let moved = index.remapped(&to);
+        assert_eq!(lengths(&moved, &chain(1), 200)[130], 4);
+        assert_eq!(lengths(&moved, &chain(2), 200)[5], 4);
+        assert!(lengths(&moved, &chain(3), 800).iter().all(|&m| m == 0));
+        let both = lengths(&moved, &chain(4), 200);
+        assert_eq!((both[130], both[64], both[5]), (4, 4, 0));
+        // Heads of chains 1, 2, 4, the group entries of 1 (group 2) and
+        // 4 (groups 1 and 2): chain 3 is gone.
+        assert_eq!(moved.len(), 4 * 6);
+        assert_eq!(
+            lengths(&index, &chain(3), 800)[700],
+            4,
+            "the old index stays"
+        );
     }
 
     #[test]
@@ -553,11 +812,7 @@ mod tests {
         index.record(&chain(3), 2);
         // Old [a, b, c] -> new [d, a, c]: a moves to 1, b is gone, c stays.
         let moved = index.remapped(&[Some(1), None, Some(2)]);
-        let lengths = |idx: &PrefixIndex, seed: u64| {
-            let mut out = [0u32; MAX_NODES];
-            idx.match_lengths(&chain(seed), u64::MAX, &mut out);
-            out
-        };
+        let lengths = |idx: &PrefixIndex, seed: u64| lengths(idx, &chain(seed), 64);
         assert_eq!(lengths(&moved, 1)[1], 4);
         assert_eq!(lengths(&moved, 1)[0], 0);
         assert!(

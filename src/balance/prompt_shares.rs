@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::prefix_index::MAX_NODES;
 use crate::fleet::Node;
 
 /// Requests after which a request's weight in the shares has halved.
@@ -123,12 +122,7 @@ pub struct Holders {
 impl Holders {
     /// Of `cands` (node indices; `loads` by position), those `held` (blocks
     /// by node) says hold the prompt.
-    pub fn of(
-        nodes: &[Arc<Node>],
-        cands: &[usize],
-        loads: &[f64],
-        held: &[u32; MAX_NODES],
-    ) -> Self {
+    pub fn of(nodes: &[Arc<Node>], cands: &[usize], loads: &[f64], held: &[u32]) -> Self {
         let mut h = Holders {
             count: 0,
             least_load: f64::INFINITY,
@@ -168,23 +162,25 @@ pub fn widen(
     holders: &Holders,
     cands: &[usize],
     loads: &[f64],
-    held: &[u32; MAX_NODES],
-    matched: &mut [u32; MAX_NODES],
+    held: &[u32],
+    matched: &mut [u32],
     session_start: impl FnOnce() -> bool,
 ) {
-    let at = |a: &[u32; MAX_NODES], i: usize| a.get(i).copied().unwrap_or(0);
+    let at = |a: &[u32], i: usize| a.get(i).copied().unwrap_or(0);
     let best = cands.iter().map(|&i| at(matched, i)).max().unwrap_or(0);
     let allowed = holders_allowed(share, cands.len());
     if best == 0 || holders.count >= allowed || !session_start() {
         return;
     }
     let mut others: Vec<usize> = (0..cands.len())
-        .filter(|&k| cands[k] < MAX_NODES && at(held, cands[k]) == 0)
+        .filter(|&k| at(held, cands[k]) == 0)
         .filter(|&k| loads[k] < holders.least_load)
         .collect();
     others.sort_by(|&a, &b| loads[a].total_cmp(&loads[b]));
     for &k in others.iter().take(allowed - holders.count) {
-        matched[cands[k]] = best;
+        if let Some(m) = matched.get_mut(cands[k]) {
+            *m = best;
+        }
     }
 }
 
@@ -272,7 +268,7 @@ mod tests {
     /// `held` says; the nodes matching as far as the best after widening.
     fn widened(share: f64, loads: [f64; 4], holders: &[usize], start: bool) -> Vec<usize> {
         let cands = [0, 1, 2, 3];
-        let mut held = [0u32; MAX_NODES];
+        let mut held = [0u32; 4];
         for &i in holders {
             held[i] = 20;
         }

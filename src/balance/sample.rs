@@ -65,8 +65,8 @@ pub(crate) const CANDIDATE_SAMPLES: usize = 16;
 /// Most candidates a sampled `prefix_aware` or `composite` pick takes from
 /// the nodes holding the longest part of the prompt, and from those holding
 /// only a shorter part ([`PrefixIndex::likely_holders`](super::PrefixIndex::likely_holders)).
-pub(crate) const HOLDERS_DEEPEST: u32 = 16;
-pub(crate) const HOLDERS_OTHERS: u32 = 8;
+pub(crate) const HOLDERS_DEEPEST: usize = 16;
+pub(crate) const HOLDERS_OTHERS: usize = 8;
 
 /// Random draws per wanted sample at most (ineligible draws are skipped).
 const DRAWS_PER_SAMPLE: usize = 4;

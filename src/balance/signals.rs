@@ -45,11 +45,11 @@ pub fn saturated(node: &Node, now: u64) -> bool {
 /// [`sample::CANDIDATE_SAMPLES`] random eligible nodes (see
 /// [`candidates_with`]).
 pub fn candidates(nodes: &[Arc<Node>], eligible: &dyn Fn(usize) -> bool, now: u64) -> Vec<usize> {
-    candidates_with(nodes, eligible, now, || 0)
+    candidates_with(nodes, eligible, now, Vec::new)
 }
 
 /// [`candidates`], where on a large (sampled) pool the eligible nodes in
-/// the bitset `hint()` (bit `i`: node `i`, the first 64 nodes) are always
+/// `hint()` (node indices) are always
 /// among them besides the random sample: the nodes the prefix index says
 /// hold the request's prefix. `hint` is called only on sampled pools. When
 /// the sample finds too few eligible nodes, the whole pool is scanned.
@@ -57,24 +57,16 @@ pub fn candidates_with(
     nodes: &[Arc<Node>],
     eligible: &dyn Fn(usize) -> bool,
     now: u64,
-    hint: impl FnOnce() -> u64,
+    hint: impl FnOnce() -> Vec<usize>,
 ) -> Vec<usize> {
     let n = nodes.len();
     let mut all: Vec<usize> = if sample::sampled(n) {
         let hint = hint();
-        let mut picked = Vec::with_capacity(sample::CANDIDATE_SAMPLES + hint.count_ones() as usize);
-        let mut bits = hint;
-        while bits != 0 {
-            let i = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            if i < n && eligible(i) {
-                picked.push(i);
-            }
-        }
+        let mut picked = Vec::with_capacity(sample::CANDIDATE_SAMPLES + hint.len());
+        picked.extend(hint.iter().copied().filter(|&i| i < n && eligible(i)));
         let hinted = picked.len();
         let drawn = sample::draw_eligible(n, sample::CANDIDATE_SAMPLES, eligible, |i| {
-            let in_hint = i < 64 && hint & (1 << i) != 0;
-            if !in_hint && !picked[hinted..].contains(&i) {
+            if !hint.contains(&i) && !picked[hinted..].contains(&i) {
                 picked.push(i);
             }
         });

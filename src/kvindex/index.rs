@@ -3,8 +3,9 @@
 //! Per node: engine block hash → (gateway key, copies), so a `BlockRemoved`
 //! (which names only engine hashes) finds the key, and a `BlockStored` finds
 //! its parent's key to continue the chain (see [`super::chain`]). Shared:
-//! gateway key → bitset of the nodes holding it, in shards, so a lookup
-//! walks the prompt's keys once for all nodes.
+//! gateway key → the nodes holding it, one bitset per group of 64 nodes
+//! ([`crate::node_groups`]; all groups of a key in the key's shard), so a
+//! lookup walks the prompt's keys once for all nodes.
 //!
 //! Memory: each node holds at most `max_blocks_per_node` blocks (about 40
 //! bytes each in the node map plus its share of the key map); stores past
@@ -18,9 +19,8 @@ use std::sync::{Mutex, MutexGuard};
 use super::chain::{block_key, root};
 use super::wire::KvEvent;
 use super::KvStats;
+use crate::node_groups::{each_node, group_key, locate, Groups};
 
-/// Nodes a bitset can hold (as the approximate index).
-pub const MAX_NODES: usize = 64;
 const SHARDS: usize = 16;
 
 type FastMap<V> = HashMap<u64, V, crate::idhash::BuildIdHasher>;
@@ -66,9 +66,9 @@ fn shard_of(key: u64) -> usize {
 }
 
 impl KvIndex {
-    /// An empty index for `nodes` nodes (only the first 64 are tracked).
+    /// An empty index for `nodes` nodes.
     pub fn new(nodes: usize, block_size: usize, max_blocks_per_node: usize) -> KvIndex {
-        let n = nodes.min(MAX_NODES);
+        let n = nodes;
         KvIndex {
             block_size: block_size.max(1),
             max_blocks_per_node,
@@ -104,11 +104,14 @@ impl KvIndex {
             .is_some_and(|l| l.load(Ordering::Relaxed))
     }
 
-    /// Nodes whose event streams are live, as a bitset.
-    pub fn live_mask(&self) -> u64 {
-        (0..self.live.len())
-            .filter(|&i| self.is_live(i))
-            .fold(0, |m, i| m | 1 << i)
+    /// Whether some node's event stream is live.
+    pub fn any_live(&self) -> bool {
+        (0..self.live.len()).any(|i| self.is_live(i))
+    }
+
+    /// The nodes whose event streams are live, in order.
+    pub fn live_nodes(&self) -> Vec<usize> {
+        (0..self.live.len()).filter(|&i| self.is_live(i)).collect()
     }
 
     pub(crate) fn set_live(&self, node: usize, live: bool) {
@@ -119,20 +122,22 @@ impl KvIndex {
 
     /// Whether node `node` holds the block with gateway key `key`.
     pub fn holds(&self, node: usize, key: u64) -> bool {
-        node < MAX_NODES
-            && lock(&self.shards[shard_of(key)])
-                .get(&key)
-                .is_some_and(|bits| bits & (1 << node) != 0)
+        let (g, bit) = locate(node);
+        lock(&self.shards[shard_of(key)])
+            .get(&group_key(key, g))
+            .is_some_and(|bits| bits & bit != 0)
     }
 
     fn set_bit(&self, key: u64, node: usize, on: bool) {
+        let (g, bit) = locate(node);
         let mut shard = lock(&self.shards[shard_of(key)]);
+        let entry = group_key(key, g);
         if on {
-            *shard.entry(key).or_insert(0) |= 1 << node;
-        } else if let Some(bits) = shard.get_mut(&key) {
-            *bits &= !(1 << node);
+            *shard.entry(entry).or_insert(0) |= bit;
+        } else if let Some(bits) = shard.get_mut(&entry) {
+            *bits &= !bit;
             if *bits == 0 {
-                shard.remove(&key);
+                shard.remove(&entry);
             }
         }
     }
@@ -254,32 +259,36 @@ impl KvIndex {
         self.blocks[node].store(0, Ordering::Relaxed);
     }
 
-    /// For each node in `mask`, how many leading blocks of `keys` it holds
-    /// (`out[i]`; nodes outside `mask` get 0).
-    pub fn match_lengths(&self, keys: &[u64], mask: u64, out: &mut [u32; MAX_NODES]) {
-        out.fill(0);
-        let mut alive = mask;
+    /// For each node in `ask` holding at least the first block of `keys`,
+    /// how many leading blocks it holds (`out[i]` for node `i`). As the
+    /// approximate index's: nothing else is written, so `out` holds 0 for
+    /// the asked nodes on entry; nodes past its end are skipped.
+    pub fn match_lengths(&self, keys: &[u64], ask: &Groups, out: &mut [u32]) {
+        let mut set = |i: usize, k: usize| {
+            if let Some(o) = out.get_mut(i) {
+                *o = k as u32;
+            }
+        };
+        let mut alive = ask.clone();
         for (k, key) in keys.iter().enumerate() {
-            if alive == 0 {
+            let shard = lock(&self.shards[shard_of(*key)]);
+            let mut any = false;
+            for (g, bits) in alive.pairs_mut() {
+                if *bits == 0 {
+                    continue;
+                }
+                let next = *bits & shard.get(&group_key(*key, *g)).copied().unwrap_or(0);
+                if k > 0 {
+                    each_node(*g, *bits & !next, |i| set(i, k));
+                }
+                *bits = next;
+                any |= next != 0;
+            }
+            if !any {
                 return;
             }
-            let bits = lock(&self.shards[shard_of(*key)])
-                .get(key)
-                .copied()
-                .unwrap_or(0);
-            let stopped = alive & !bits;
-            for (i, slot) in out.iter_mut().enumerate() {
-                if stopped & (1 << i) != 0 {
-                    *slot = k as u32;
-                }
-            }
-            alive &= bits;
         }
-        for (i, slot) in out.iter_mut().enumerate() {
-            if alive & (1 << i) != 0 {
-                *slot = keys.len() as u32;
-            }
-        }
+        alive.for_each(|i| set(i, keys.len()));
     }
 }
 
@@ -311,11 +320,12 @@ mod tests {
         let tokens: Vec<u32> = (0..14).collect();
         let keys = prompt_keys(root(None), &tokens, 4, 64);
         assert_eq!(keys.len(), 3);
-        let mut out = [0; MAX_NODES];
-        idx.match_lengths(&keys, 0b11, &mut out);
-        assert_eq!(&out[..2], &[3, 1]);
-        idx.match_lengths(&keys, 0b10, &mut out);
-        assert_eq!(&out[..2], &[0, 1]);
+        let mut out = [0; 2];
+        idx.match_lengths(&keys, &Groups::of(&[0, 1]), &mut out);
+        assert_eq!(out, [3, 1]);
+        let mut out = [0; 2];
+        idx.match_lengths(&keys, &Groups::of(&[1]), &mut out);
+        assert_eq!(out, [0, 1]);
         // Evicting node 0's middle block cuts its run at 1.
         idx.apply(
             0,
@@ -324,13 +334,35 @@ mod tests {
                 medium: None,
             },
         );
-        idx.match_lengths(&keys, 0b11, &mut out);
-        assert_eq!(&out[..2], &[1, 1]);
+        let mut out = [0; 2];
+        idx.match_lengths(&keys, &Groups::of(&[0, 1]), &mut out);
+        assert_eq!(out, [1, 1]);
         assert_eq!(idx.blocks_of(0), 2);
         idx.apply(1, &KvEvent::AllCleared);
-        idx.match_lengths(&keys, 0b11, &mut out);
-        assert_eq!(&out[..2], &[1, 0]);
+        let mut out = [0; 2];
+        idx.match_lengths(&keys, &Groups::of(&[0, 1]), &mut out);
+        assert_eq!(out, [1, 0]);
         assert_eq!(idx.blocks_of(1), 0);
+    }
+
+    #[test]
+    fn nodes_past_the_first_64_are_indexed() {
+        // Before node groups, nodes past 63 had no slot: their events
+        // were dropped and they never matched.
+        let idx = KvIndex::new(200, 4, 1000);
+        idx.apply(150, &stored(&[7, 8], None, 0..8));
+        idx.apply(3, &stored(&[9], None, 0..4));
+        idx.apply(130, &stored(&[9], None, 0..4));
+        let keys = prompt_keys(root(None), &(0..12).collect::<Vec<u32>>(), 4, 64);
+        assert!(idx.holds(150, keys[1]) && !idx.holds(86, keys[1]));
+        let mut out = vec![0; 200];
+        idx.match_lengths(&keys, &Groups::of(&[3, 130, 150, 199]), &mut out);
+        assert_eq!((out[3], out[130], out[150], out[199]), (1, 1, 2, 0));
+        assert_eq!(idx.blocks_of(150), 2);
+        idx.apply(150, &KvEvent::AllCleared);
+        let mut out = vec![0; 200];
+        idx.match_lengths(&keys, &Groups::of(&[150]), &mut out);
+        assert_eq!(out[150], 0);
     }
 
     #[test]
@@ -360,8 +392,8 @@ mod tests {
         idx.clear_node(0);
         assert_eq!(idx.blocks_of(0), 0);
         let keys = prompt_keys(root(None), &(0..8).collect::<Vec<u32>>(), 4, 64);
-        let mut out = [0; MAX_NODES];
-        idx.match_lengths(&keys, 1, &mut out);
+        let mut out = [0; 1];
+        idx.match_lengths(&keys, &Groups::of(&[0]), &mut out);
         assert_eq!(out[0], 0);
     }
 }

@@ -319,7 +319,7 @@ impl Precise {
     /// when no keys are needed (no tokenizer, no live event stream) or
     /// they cannot be computed; the pick then falls back as it would.
     pub async fn keys_off_worker(self: &Arc<Self>, prompt: &Arc<Prompt>) -> Option<Vec<u64>> {
-        if self.tokenizer.is_none() || self.index.live_mask() == 0 {
+        if self.tokenizer.is_none() || !self.index.any_live() {
             return None;
         }
         if matches!(**prompt, Prompt::Ids(_)) {
