@@ -466,3 +466,39 @@ fn later_turn(system: &str, s: usize) -> String {
     turns.push(format!("second question of session {s}"));
     conversation(system, &turns, None)
 }
+
+/// A pool of 72 nodes: every session's next turn comes back to the node
+/// that served its first, also on the nodes past the 64th. The prefix
+/// memory keeps nodes in groups of 64; before, only the first 64 were
+/// remembered, so a session that started on a later node moved on its
+/// next turn and prefilled its whole prompt again elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_come_home_on_a_pool_past_64_nodes() {
+    let n = 72;
+    let nodes = start_nodes(n, &small_fast()).await;
+    let gw = start_gateway(&config_text(&unweighted(&nodes), "prefix_aware", "")).await;
+    let systems = session_systems(n);
+    let homes = open_sessions(gw.addr, &systems).await;
+    let index = |name: &str| {
+        name.strip_prefix("sim-")
+            .and_then(|i| i.parse::<usize>().ok())
+    };
+    let far = homes
+        .iter()
+        .filter(|h| index(h).is_some_and(|i| i >= 64))
+        .count();
+    assert!(far > 0, "no session started past node 63: {homes:?}");
+    // In reverse order: a pick's rotating start (ties among idle nodes)
+    // is then unrelated to where the session started.
+    for (s, system) in systems.iter().enumerate().rev() {
+        assert_eq!(
+            second_turn(gw.addr, system, s).await,
+            homes[s],
+            "session {s}"
+        );
+    }
+    gw.stop().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
