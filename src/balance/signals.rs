@@ -73,10 +73,10 @@ pub fn candidates_with(
         if drawn.enough() {
             picked
         } else {
-            (0..n).filter(|&i| eligible(i)).collect()
+            all_eligible(n, eligible)
         }
     } else {
-        (0..n).filter(|&i| eligible(i)).collect()
+        all_eligible(n, eligible)
     };
     if all.len() <= 1 {
         return all;
@@ -94,6 +94,16 @@ pub fn candidates_with(
     if free > 0 {
         all.truncate(free);
     }
+    all
+}
+
+/// The eligible nodes of a pool of `n`, in order. Sized for all of them
+/// at once: collected from a filter, the vector grew four times on the
+/// way to 64 nodes (0.1–0.2 µs, 6–9 % of a 64-node `prefix_aware` or
+/// `composite` pick with a prompt).
+fn all_eligible(n: usize, eligible: &dyn Fn(usize) -> bool) -> Vec<usize> {
+    let mut all = Vec::with_capacity(n);
+    all.extend((0..n).filter(|&i| eligible(i)));
     all
 }
 
