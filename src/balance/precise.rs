@@ -94,13 +94,9 @@ impl Policy for PrecisePrefix {
         let choice = self
             .inner
             .pick_matching(nodes, eligible, ctx, &|chain, ask, out| {
+                // Nodes without a live event stream match nothing (their
+                // entries stay 0).
                 let live = ask.filtered(|i| precise.index.is_live(i));
-                // Nodes without a live event stream match nothing.
-                ask.for_each(|i| {
-                    if let Some(o) = out.get_mut(i) {
-                        *o = 0;
-                    }
-                });
                 precise.index.match_lengths(&keys, &live, out);
                 let mut any = false;
                 live.for_each(|i| any |= out.get(i).is_some_and(|&n| n > 0));

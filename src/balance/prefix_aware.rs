@@ -85,8 +85,8 @@ use crate::node_groups::Groups;
 pub(crate) type Blocks = smallvec::SmallVec<[u32; 128]>;
 
 /// How many leading blocks of a chain (`&[u64]`) each node asked about
-/// holds, written per node index into the slice (the others are left as
-/// they are).
+/// holds, written per node index into the slice, which holds 0 for those
+/// nodes on entry (only matches are written).
 pub(crate) type Matcher<'a> = dyn Fn(&[u64], &Groups, &mut [u32]) + 'a;
 
 /// Prefix-aware policy for one route.
