@@ -83,6 +83,7 @@ impl Groups {
     }
 
     /// Whether node `node` is in the set.
+    #[cfg(test)]
     pub fn contains(&self, node: usize) -> bool {
         let (g, bit) = locate(node);
         self.0
@@ -124,10 +125,65 @@ impl Groups {
     }
 
     /// The nodes in ascending order.
+    #[cfg(test)]
     pub fn to_vec(&self) -> Vec<usize> {
         let mut out = Vec::new();
         self.for_each(|i| out.push(i));
         out
+    }
+}
+
+/// How many leading blocks of a chain each asked node holds, found block
+/// by block: each group keeps the nodes still matching, and a node that
+/// stops is written its length. Both block indexes walk this way.
+pub struct MatchWalk<'a> {
+    alive: Groups,
+    out: &'a mut [u32],
+}
+
+impl<'a> MatchWalk<'a> {
+    /// A walk over the nodes in `ask`, writing into `out` (by node index;
+    /// it holds 0 for them on entry; nodes past its end are skipped).
+    pub fn new(ask: &Groups, out: &'a mut [u32]) -> Self {
+        MatchWalk {
+            alive: ask.clone(),
+            out,
+        }
+    }
+
+    /// Block `k`: each group narrowed to its nodes that `held(group)`
+    /// says hold the block; those that stop get `k` (stopping at block 0,
+    /// they keep their 0). Whether any node still matches.
+    #[inline]
+    pub fn step(&mut self, k: usize, mut held: impl FnMut(usize) -> u64) -> bool {
+        let mut any = false;
+        for (g, bits) in self.alive.pairs_mut() {
+            if *bits == 0 {
+                continue;
+            }
+            let next = *bits & held(*g);
+            if k > 0 {
+                let out = &mut *self.out;
+                each_node(*g, *bits & !next, |i| {
+                    if let Some(o) = out.get_mut(i) {
+                        *o = k as u32;
+                    }
+                });
+            }
+            *bits = next;
+            any |= next != 0;
+        }
+        any
+    }
+
+    /// The chain's end, `len` blocks: the nodes still matching hold all.
+    pub fn finish(self, len: usize) {
+        let out = self.out;
+        self.alive.for_each(|i| {
+            if let Some(o) = out.get_mut(i) {
+                *o = len as u32;
+            }
+        });
     }
 }
 

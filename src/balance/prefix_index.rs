@@ -46,7 +46,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::node_groups::{each_node, group_key, locate, Groups, GROUP};
+use crate::node_groups::{each_node, group_key, locate, Groups, MatchWalk, GROUP};
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 32;
@@ -239,41 +239,24 @@ impl PrefixIndex {
     /// entry (zeroing them here, one by one, took a tenth of a 64-node
     /// pick). Nodes past `out`'s end are skipped.
     pub fn match_lengths(&self, chain: &[u64], ask: &Groups, out: &mut [u32]) {
-        let mut set = |i: usize, k: usize| {
-            if let Some(o) = out.get_mut(i) {
-                *o = k as u32;
-            }
-        };
         if chain.is_empty() || ask.is_empty() {
             return;
         }
         if let &[(g, bits)] = ask.pairs() {
             return self.match_in_group(chain, g, bits, out);
         }
-        let mut alive = ask.clone();
+        let mut walk = MatchWalk::new(ask, out);
         for (r, run) in chain.chunks(RUN).enumerate() {
             let shard = self.lock(shard_of(run[0]));
             for (j, &hash) in run.iter().enumerate() {
-                let k = r * RUN + j;
                 let head = head_in(&shard, hash);
-                let mut any = false;
-                for (g, bits) in alive.pairs_mut() {
-                    if *bits == 0 {
-                        continue;
-                    }
-                    let next = *bits & head.map_or(0, |h| group_bits(&shard, hash, h, *g));
-                    if k > 0 {
-                        each_node(*g, *bits & !next, |i| set(i, k));
-                    }
-                    *bits = next;
-                    any |= next != 0;
-                }
-                if !any {
+                let held = |g| head.map_or(0, |h| group_bits(&shard, hash, h, g));
+                if !walk.step(r * RUN + j, held) {
                     return;
                 }
             }
         }
-        alive.for_each(|i| set(i, chain.len()));
+        walk.finish(chain.len());
     }
 
     /// [`Self::match_lengths`] for nodes of one group (`bits` of group

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::chain::{block_key, root};
 use super::wire::KvEvent;
 use super::KvStats;
-use crate::node_groups::{each_node, group_key, locate, Groups};
+use crate::node_groups::{group_key, locate, Groups, MatchWalk};
 
 const SHARDS: usize = 16;
 
@@ -264,31 +264,15 @@ impl KvIndex {
     /// approximate index's: nothing else is written, so `out` holds 0 for
     /// the asked nodes on entry; nodes past its end are skipped.
     pub fn match_lengths(&self, keys: &[u64], ask: &Groups, out: &mut [u32]) {
-        let mut set = |i: usize, k: usize| {
-            if let Some(o) = out.get_mut(i) {
-                *o = k as u32;
-            }
-        };
-        let mut alive = ask.clone();
+        let mut walk = MatchWalk::new(ask, out);
         for (k, key) in keys.iter().enumerate() {
             let shard = lock(&self.shards[shard_of(*key)]);
-            let mut any = false;
-            for (g, bits) in alive.pairs_mut() {
-                if *bits == 0 {
-                    continue;
-                }
-                let next = *bits & shard.get(&group_key(*key, *g)).copied().unwrap_or(0);
-                if k > 0 {
-                    each_node(*g, *bits & !next, |i| set(i, k));
-                }
-                *bits = next;
-                any |= next != 0;
-            }
-            if !any {
+            let held = |g| shard.get(&group_key(*key, g)).copied().unwrap_or(0);
+            if !walk.step(k, held) {
                 return;
             }
         }
-        alive.for_each(|i| set(i, keys.len()));
+        walk.finish(keys.len());
     }
 }
 
