@@ -53,8 +53,10 @@ pub struct BalanceOptions {
     /// Tokens (in flight, or prompt tokens a node would have to prefill)
     /// that count as one request of load.
     pub tokens_per_request: f64,
-    /// `prefix_aware`, `composite`: most prompt blocks the prefix index
-    /// remembers per route; the least recently used are evicted.
+    /// `prefix_aware`, `composite`: most entries the prefix index keeps
+    /// per route, one per prompt block and group of 64 nodes holding it
+    /// (one per block on a pool of up to 64 nodes); the least recently
+    /// used are evicted.
     pub prefix_capacity: usize,
     /// `consistent_hash`: where the key comes from: `user` (the body's
     /// `user` field), `header:<name>` or `cookie:<name>`.
