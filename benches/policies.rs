@@ -1,8 +1,9 @@
 //! Cost of one `pick` for every policy on pools of 4, 64 and 1024 nodes with
 //! weights 1..=4 and random in-flight load, all nodes eligible (`pick/…`),
 //! and of the prefix-aware policies routing classified chat requests of 64
-//! conversations in turn, so their prefix index is used (`pick_prompt/…`),
-//! or a new prompt on every request (`pick_new_prompt/…`).
+//! conversations in turn, so their prefix index is used (`pick_prompt/…`;
+//! `pick_hot_prompt/…` with every node holding their system prompt), or a
+//! new prompt on every request (`pick_new_prompt/…`).
 //!
 //! `INFERGATE_BENCH_CPU=1` measures the bench thread's CPU time instead of
 //! wall time: on a shared, loaded machine wall time also counts the time
@@ -101,6 +102,40 @@ fn bench_pick_prompt<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
+/// The prefix-aware policies on 1,024 nodes that all hold the
+/// conversations' shared system prompt (each node was sent one of the 64
+/// conversations first): a sampled pick's likely holders are then drawn
+/// from 1,024 holders of the first block.
+fn bench_pick_hot_prompt<M: Measurement>(c: &mut Criterion<M>) {
+    let mut group = c.benchmark_group("pick_hot_prompt");
+    let requests = conversations(64);
+    let n = 1024;
+    let (nodes, _guards) = pool(n);
+    for name in ["prefix_aware", "composite"] {
+        let policy = build(name, &nodes, &BalanceOptions::default()).expect("known policy");
+        for home in 0..n {
+            let ctx = PickContext {
+                request: Some(&requests[home % requests.len()]),
+                headers: None,
+            };
+            policy.pick(&nodes, &|i| i == home, &ctx);
+        }
+        let eligible = |_: usize| true;
+        let mut turn = 0;
+        group.bench_with_input(BenchmarkId::new(name, n), &nodes, |b, nodes| {
+            b.iter(|| {
+                turn = (turn + 1) % requests.len();
+                let ctx = PickContext {
+                    request: Some(&requests[turn]),
+                    headers: None,
+                };
+                black_box(policy.pick(black_box(nodes), &eligible, &ctx))
+            })
+        });
+    }
+    group.finish();
+}
+
 /// `prefix_aware` when every request is a prompt no node was
 /// sent yet (no shared prefix at all): each pick places a new prompt,
 /// counting the recent new prompts each node holds. The chain is made
@@ -177,6 +212,7 @@ fn run<M: Measurement>(c: Criterion<M>) {
         .configure_from_args();
     bench_pick(&mut c);
     bench_pick_prompt(&mut c);
+    bench_pick_hot_prompt(&mut c);
     bench_pick_new_prompt(&mut c);
     c.final_summary();
 }

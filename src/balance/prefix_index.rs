@@ -188,13 +188,9 @@ impl HeldPrefix {
     /// first block (a shorter match, for when the best are overloaded),
     /// each chosen from a random rotation.
     pub fn likely_holders(&self, index: &PrefixIndex, deepest: usize, others: usize) -> Vec<usize> {
-        let mut best = some_of(index.holders_of(self.deepest), deepest);
-        let rest: Vec<usize> = index
-            .holders_of(self.first)
-            .into_iter()
-            .filter(|i| !best.contains(i))
-            .collect();
-        best.extend(some_of(rest, others));
+        let mut best = index.some_holders(self.deepest, deepest, &[]);
+        let rest = index.some_holders(self.first, others, &best);
+        best.extend(rest);
         best
     }
 
@@ -313,18 +309,45 @@ impl PrefixIndex {
         head.held()
     }
 
-    /// The nodes holding a block whose head was read already: no lock
-    /// when only group 0 holds it.
-    fn holders_of(&self, (key, head): (BlockKey, Entry)) -> Vec<usize> {
-        let mut out = Vec::new();
-        if head.folds & !1 == 0 {
-            each_node(0, head.nodes, |i| out.push(i));
+    /// Up to `k` nodes holding a block whose head was read already, not
+    /// in `skip`: from a random group on, each group's nodes from a random
+    /// rotation. O(groups + k), whatever the number of holders (a hot
+    /// system prompt may be held by every node of a large pool); no lock
+    /// when only group 0 holds the block.
+    fn some_holders(&self, (key, head): (BlockKey, Entry), k: usize, skip: &[usize]) -> Vec<usize> {
+        let mut out = Vec::with_capacity(k);
+        let wide = head.folds & !1 != 0;
+        let shard = wide.then(|| self.lock(shard_of(key.run)));
+        // The head read again under the lock: the copy may be older.
+        let head = shard
+            .as_ref()
+            .and_then(|s| head_in(s, key.hash).copied())
+            .unwrap_or(head);
+        let groups = if wide {
+            self.groups.load(Ordering::Relaxed)
         } else {
-            let groups = self.groups.load(Ordering::Relaxed);
-            let shard = self.lock(shard_of(key.run));
-            // The head read under the lock: the copy may be older.
-            let head = head_in(&shard, key.hash).copied().unwrap_or(head);
-            each_holder_in(&shard, key.hash, &head, groups, |i| out.push(i));
+            1
+        };
+        let start = fastrand::usize(..groups);
+        for step in 0..groups {
+            if out.len() >= k {
+                break;
+            }
+            let g = (start + step) % groups;
+            let bits = match &shard {
+                Some(shard) => group_bits(shard, key.hash, &head, g),
+                None => head.nodes,
+            };
+            let turn = fastrand::u32(..64);
+            let mut rotated = bits.rotate_right(turn);
+            while rotated != 0 && out.len() < k {
+                let b = (rotated.trailing_zeros() + turn) % 64;
+                rotated &= rotated - 1;
+                let i = g * GROUP + b as usize;
+                if !skip.contains(&i) {
+                    out.push(i);
+                }
+            }
         }
         out
     }
@@ -509,15 +532,6 @@ impl PrefixIndex {
             .sum::<usize>()
             + SHARDS * std::mem::size_of::<Mutex<Shard>>()
     }
-}
-
-/// Up to `k` of `set`, taken in order from a random start (wrapping).
-fn some_of(set: Vec<usize>, k: usize) -> Vec<usize> {
-    if set.len() <= k {
-        return set;
-    }
-    let start = fastrand::usize(..set.len());
-    set.iter().cycle().skip(start).take(k).copied().collect()
 }
 
 /// Ages read to choose where a shard's eviction cuts.
@@ -757,6 +771,32 @@ mod tests {
         // Branches count whichever group records: five sessions left the
         // system prompt five ways.
         assert!(idx.leaves_a_shared_prefix(&talk(9999, 1)));
+    }
+
+    #[test]
+    fn likely_holders_of_a_prompt_every_node_holds_are_a_bounded_sample() {
+        // A hot system prompt on all 1,000 nodes: a bounded, distinct
+        // sample from all over the pool, not a list of 1,000.
+        let idx = PrefixIndex::new(1 << 16);
+        let sys = chain(&"s".repeat(BLOCK_BYTES * 4));
+        for n in 0..1000 {
+            idx.record(&sys, n);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let h = idx.likely_holders(&sys, 16, 8);
+            let distinct: std::collections::HashSet<_> = h.iter().copied().collect();
+            // The whole chain is the prompt: 16 "deepest" and 8 "others"
+            // of the same holders.
+            assert_eq!((h.len(), distinct.len()), (24, 24), "{h:?}");
+            assert!(h.iter().all(|&i| i < 1000), "{h:?}");
+            seen.extend(h);
+        }
+        assert!(
+            seen.len() > 900,
+            "{} of 1,000 nodes ever sampled",
+            seen.len()
+        );
     }
 
     #[test]
