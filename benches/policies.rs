@@ -16,7 +16,7 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion};
 use http::uri::Authority;
-use infergate::balance::{build, BalanceOptions, PickContext, POLICY_NAMES};
+use infergate::balance::{build, BalanceOptions, PickContext, Policy, POLICY_NAMES};
 use infergate::classify::prefix::{block_hashes, seed_for_model};
 use infergate::classify::{ApiFamily, Endpoint, Head, RequestClass};
 use infergate::fleet::{InFlight, Node};
@@ -85,18 +85,7 @@ fn bench_pick_prompt<M: Measurement>(c: &mut Criterion<M>) {
         let (nodes, _guards) = pool(n);
         for name in ["prefix_aware", "composite"] {
             let policy = build(name, &nodes, &BalanceOptions::default()).expect("known policy");
-            let eligible = |_: usize| true;
-            let mut turn = 0;
-            group.bench_with_input(BenchmarkId::new(name, n), &nodes, |b, nodes| {
-                b.iter(|| {
-                    turn = (turn + 1) % requests.len();
-                    let ctx = PickContext {
-                        request: Some(&requests[turn]),
-                        headers: None,
-                    };
-                    black_box(policy.pick(black_box(nodes), &eligible, &ctx))
-                })
-            });
+            bench_turns(&mut group, name, &*policy, &nodes, &requests);
         }
     }
     group.finish();
@@ -109,31 +98,42 @@ fn bench_pick_prompt<M: Measurement>(c: &mut Criterion<M>) {
 fn bench_pick_hot_prompt<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("pick_hot_prompt");
     let requests = conversations(64);
-    let n = 1024;
-    let (nodes, _guards) = pool(n);
+    let (nodes, _guards) = pool(1024);
     for name in ["prefix_aware", "composite"] {
         let policy = build(name, &nodes, &BalanceOptions::default()).expect("known policy");
-        for home in 0..n {
+        for home in 0..nodes.len() {
             let ctx = PickContext {
                 request: Some(&requests[home % requests.len()]),
                 headers: None,
             };
             policy.pick(&nodes, &|i| i == home, &ctx);
         }
-        let eligible = |_: usize| true;
-        let mut turn = 0;
-        group.bench_with_input(BenchmarkId::new(name, n), &nodes, |b, nodes| {
-            b.iter(|| {
-                turn = (turn + 1) % requests.len();
-                let ctx = PickContext {
-                    request: Some(&requests[turn]),
-                    headers: None,
-                };
-                black_box(policy.pick(black_box(nodes), &eligible, &ctx))
-            })
-        });
+        bench_turns(&mut group, name, &*policy, &nodes, &requests);
     }
     group.finish();
+}
+
+/// One bench of `policy` picking for `requests` in turn, every node
+/// eligible.
+fn bench_turns<M: Measurement>(
+    group: &mut criterion::BenchmarkGroup<'_, M>,
+    name: &str,
+    policy: &dyn Policy,
+    nodes: &[Arc<Node>],
+    requests: &[RequestClass],
+) {
+    let eligible = |_: usize| true;
+    let mut turn = 0;
+    group.bench_with_input(BenchmarkId::new(name, nodes.len()), nodes, |b, nodes| {
+        b.iter(|| {
+            turn = (turn + 1) % requests.len();
+            let ctx = PickContext {
+                request: Some(&requests[turn]),
+                headers: None,
+            };
+            black_box(policy.pick(black_box(nodes), &eligible, &ctx))
+        })
+    });
 }
 
 /// `prefix_aware` when every request is a prompt no node was
