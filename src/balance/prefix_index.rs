@@ -291,6 +291,7 @@ impl PrefixIndex {
     }
 
     /// The nodes that were sent the block `key`, in ascending order.
+    #[cfg(test)]
     pub fn holders(&self, key: BlockKey) -> Vec<usize> {
         let mut out = Vec::new();
         self.each_holder(key, |i| out.push(i));
@@ -485,7 +486,7 @@ impl PrefixIndex {
                     }
                 });
                 let mut new_head = Entry::head(head.used, head.branches);
-                for &mut (g, nodes) in moved.pairs_mut() {
+                for &(g, nodes) in moved.pairs() {
                     new_head.folds |= fold(g);
                     if g == 0 {
                         new_head.nodes = nodes;
