@@ -68,14 +68,13 @@ fn shard_of(key: u64) -> usize {
 impl KvIndex {
     /// An empty index for `nodes` nodes.
     pub fn new(nodes: usize, block_size: usize, max_blocks_per_node: usize) -> KvIndex {
-        let n = nodes;
         KvIndex {
             block_size: block_size.max(1),
             max_blocks_per_node,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            nodes: (0..n).map(|_| Mutex::default()).collect(),
-            live: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            blocks: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            nodes: (0..nodes).map(|_| Mutex::default()).collect(),
+            live: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            blocks: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             stats: KvStats::default(),
         }
     }
