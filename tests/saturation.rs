@@ -118,10 +118,52 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
         // and after the preemptions that follow the node really has room
         // again (running 3 at 0.89 was seen on a loaded machine), so the
         // count would measure the machine's speed rather than the policy.
-        nodes[home].set_faults(Faults {
-            slowdown: 2000.0,
-            ..Faults::default()
-        });
+        //
+        // The flood may have been preempted between the scrape that showed
+        // the saturation and the freeze; then the frozen node has room and
+        // the count would again measure the machine. So the freeze counts
+        // only once a scrape taken after it still shows the node full.
+        let mut frozen_full = false;
+        for _ in 0..5 {
+            nodes[home].set_faults(Faults {
+                slowdown: 2000.0,
+                ..Faults::default()
+            });
+            let frozen_at = now_ns();
+            let fresh_and_seen = || {
+                let fresh = gw_home
+                    .load
+                    .ai
+                    .capacity
+                    .report(now_ns())
+                    .reading
+                    .is_some_and(|r| r.age_secs * 1e9 < now_ns().saturating_sub(frozen_at) as f64);
+                fresh && seen(&gw_home, kind)
+            };
+            if nodes[home].stats().kv_usage >= 0.9
+                && eventually(Duration::from_secs(5), fresh_and_seen).await
+            {
+                frozen_full = true;
+                break;
+            }
+            // Frozen with room: let the flood fill the cache again.
+            nodes[home].set_faults(Faults {
+                slowdown: 20.0,
+                ..Faults::default()
+            });
+            assert!(
+                eventually(Duration::from_secs(10), || nodes[home].stats().kv_usage
+                    >= 0.9)
+                .await,
+                "{policy}/{kind:?}: the flood never refilled the KV cache: {:?}",
+                nodes[home].stats()
+            );
+        }
+        assert!(
+            frozen_full,
+            "{policy}/{kind:?}: the node could not be frozen with its KV cache full: {:?}",
+            nodes[home].stats()
+        );
     }
     // Intermittent: home's metrics page answers in 1 s (scrape timeout
     // 150 ms) for 250 ms out of every 500 ms, as a loaded vLLM's does.
@@ -147,8 +189,23 @@ async fn run(policy: &str, kind: Kind, pool_extra: &str, slow_home_metrics: bool
             // while the last scrape failed.
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
-        let reply = post(gw.addr, "/v1/chat/completions", shared(i)).await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
+        let sent_home_before = nodes[home].stats().requests_total;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(8),
+            post(gw.addr, "/v1/chat/completions", shared(i)),
+        )
+        .await;
+        // A request that went home waits behind the saturation: say so,
+        // with what the gateway read, rather than a bare timeout.
+        let Ok(reply) = reply else {
+            panic!(
+                "{policy}/{kind:?}: request {i} got no answer in 8 s; sent to the saturated node: {}; scrape {:?}, node {:?}",
+                nodes[home].stats().requests_total > sent_home_before,
+                gw_home.load.ai.capacity.report(now_ns()),
+                nodes[home].stats()
+            )
+        };
+        assert_eq!(reply.status, 200, "{policy}/{kind:?}: {}", reply.text());
         if reply.node() == format!("sim-{home}") {
             went_home += 1;
             eprintln!(
