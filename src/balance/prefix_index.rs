@@ -238,9 +238,6 @@ impl PrefixIndex {
         if chain.is_empty() || ask.is_empty() {
             return;
         }
-        if let &[(g, bits)] = ask.pairs() {
-            return self.match_in_group(chain, g, bits, out);
-        }
         let mut walk = MatchWalk::new(ask, out);
         for (r, run) in chain.chunks(RUN).enumerate() {
             let shard = self.lock(shard_of(run[0]));
@@ -253,35 +250,6 @@ impl PrefixIndex {
             }
         }
         walk.finish(chain.len());
-    }
-
-    /// [`Self::match_lengths`] for nodes of one group (`bits` of group
-    /// `g`): every pool of up to 64 nodes, with no set of groups to walk.
-    fn match_in_group(&self, chain: &[u64], g: usize, mut alive: u64, out: &mut [u32]) {
-        let mut set = |bits: u64, k: usize| {
-            each_node(g, bits, |i| {
-                if let Some(o) = out.get_mut(i) {
-                    *o = k as u32;
-                }
-            })
-        };
-        for (r, run) in chain.chunks(RUN).enumerate() {
-            let shard = self.lock(shard_of(run[0]));
-            for (j, &hash) in run.iter().enumerate() {
-                let held = head_in(&shard, hash).map_or(0, |h| group_bits(&shard, hash, h, g));
-                let next = alive & held;
-                let k = r * RUN + j;
-                // Those stopping at block 0 hold 0 already.
-                if k > 0 {
-                    set(alive & !next, k);
-                }
-                alive = next;
-                if alive == 0 {
-                    return;
-                }
-            }
-        }
-        set(alive, chain.len());
     }
 
     /// Whether some node was sent the block `key`. For a chain's first
