@@ -14,7 +14,7 @@
 # Then (BOLT=1, the default) a post-link layout pass: the optimised build,
 # linked with its relocations kept, is instrumented by LLVM BOLT, run on
 # the same training load, and rewritten with its hot functions and blocks
-# packed together (ARCHITECTURE.md, "Post-link layout"). The result must
+# packed together (docs/data-path.md, "Post-link layout"). The result must
 # answer plain and TLS requests (a smoke check here) before it replaces
 # the profile-guided binary, which stays next to it as `infergate.pgo`.
 #

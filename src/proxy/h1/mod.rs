@@ -3,7 +3,7 @@
 //! then the body read straight out of the connection's buffer as the
 //! client takes it. No task, no channel and no second buffer sit between
 //! the node's socket and the client's (Pingora's design; what hyper's
-//! client connection cost, measured, is in ARCHITECTURE.md).
+//! client connection cost, measured, is in docs/data-path.md).
 //!
 //! The byte-level rules are in [`codec`]; keeping connections between
 //! requests is `upstream`'s job.

@@ -11,7 +11,7 @@
 //! the URI and a task spawned to wait for the connection to become idle;
 //! compared with hyper's own client connection, its dispatch channel, the
 //! body channel between connection and body, and a second read buffer
-//! (see ARCHITECTURE.md, "Data path costs", for the measured differences).
+//! (see docs/data-path.md for the measured differences).
 //!
 //! A connection has no task of its own: the task serving the client
 //! reads and writes it while it waits for the response head and while it
