@@ -89,6 +89,14 @@ impl Entry {
         }
     }
 
+    /// Group `g`'s entry (`g > 0`), no node yet.
+    fn of_group(g: usize, used: u32) -> Entry {
+        Entry {
+            group: g as u8,
+            ..Entry::head(used, 0)
+        }
+    }
+
     fn is_head(&self) -> bool {
         self.group == 0
     }
@@ -391,10 +399,9 @@ impl PrefixIndex {
                     head.nodes |= bit;
                     continue;
                 }
-                let entry = shard.entry(group_key(hash, g)).or_insert(Entry {
-                    group: g as u8,
-                    ..Entry::head(now, 0)
-                });
+                let entry = shard
+                    .entry(group_key(hash, g))
+                    .or_insert(Entry::of_group(g, now));
                 entry.nodes |= bit;
                 entry.used = now;
             }
@@ -461,8 +468,7 @@ impl PrefixIndex {
                     } else {
                         let entry = Entry {
                             nodes,
-                            group: g as u8,
-                            ..Entry::head(head.used, 0)
+                            ..Entry::of_group(g, head.used)
                         };
                         new.insert(group_key(hash, g), entry);
                     }

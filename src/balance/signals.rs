@@ -64,9 +64,10 @@ pub fn candidates_with(
         let hint = hint();
         let mut picked = Vec::with_capacity(sample::CANDIDATE_SAMPLES + hint.len());
         picked.extend(hint.iter().copied().filter(|&i| i < n && eligible(i)));
-        let hinted = picked.len();
+        // A drawn node is eligible and in the pool, so if it was hinted
+        // it is among the picked already.
         let drawn = sample::draw_eligible(n, sample::CANDIDATE_SAMPLES, eligible, |i| {
-            if !hint.contains(&i) && !picked[hinted..].contains(&i) {
+            if !picked.contains(&i) {
                 picked.push(i);
             }
         });
